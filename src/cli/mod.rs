@@ -1,0 +1,271 @@
+//! The command line: argument parsing, output and exit codes.
+//!
+//! Terms:
+//! - The *system directory* is `/etc`, or `$SNAPSYNC_SYSTEM_DIR`: where
+//!   `snapsync.cfg` and `snapsync_NAME.cfg` (`-C NAME`) are looked up.
+//! - The *config name* names the configuration in the state directory
+//!   layout `STATE_DIR/CONFIG_NAME/HOST/`: `default`, the `-C` name, or for
+//!   `--config FILE` the file's stem and a hash of its absolute path, so
+//!   several configs and several `-N` names on one machine never share
+//!   state.
+//!
+//! Exit status (SPEC §3): 0 success, 1 runtime failure, 2 usage or
+//! configuration error, 3 finished with conflicts or differences left.
+
+mod demo;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::engine::{Engine, EngineError};
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: a runtime failure (I/O, damaged data, a peer).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: bad usage or configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: finished, but conflicts or differences remain.
+pub const EXIT_DIFFERENCES: u8 = 3;
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/snapsync";
+
+/// snapsync keeps directory trees identical on any number of hosts.
+#[derive(Debug, Parser)]
+#[command(name = "snapsync", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Read this configuration file (csync2 syntax).
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "config_name")]
+    pub config: Option<PathBuf>,
+    /// Read $SNAPSYNC_SYSTEM_DIR/snapsync_NAME.cfg (default /etc/snapsync_NAME.cfg).
+    #[arg(short = 'C', global = true, value_name = "NAME")]
+    pub config_name: Option<String>,
+    /// The local host's name in the configuration (default: the system hostname).
+    #[arg(short = 'N', long = "name", global = true, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Where node state is kept.
+    #[arg(short = 'D', long = "state-dir", global = true, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr, no progress.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print one machine-readable JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scan the included trees (or PATHs) and record local changes.
+    Check {
+        /// Only these paths (and everything below them).
+        paths: Vec<PathBuf>,
+    },
+    /// List tracked entries with their hashes and metadata.
+    Ls {
+        /// Only entries at or below this path.
+        path: Option<PathBuf>,
+    },
+    /// Write a new group key (csync2 -k format).
+    Keygen {
+        /// The key file to create (mode 0600; never overwritten).
+        file: PathBuf,
+    },
+    /// List backup generations.
+    Generations {
+        /// Only these groups.
+        #[arg(long, value_delimiter = ',')]
+        group: Vec<String>,
+    },
+    /// Bring back the tree (or PATHs) as a generation had it.
+    Restore {
+        /// The generation's id (see `generations`).
+        #[arg(long)]
+        generation: u64,
+        /// Only these paths.
+        paths: Vec<PathBuf>,
+        /// Write the restored tree below DIR instead, touching nothing else.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
+    /// Drop generations beyond backup-generations and free unused space.
+    Gc,
+    /// Re-read tracked files and stored chunks and check their hashes.
+    Verify,
+    /// Show snapsync at work on an embedded sample configuration and tree.
+    Demo {
+        /// Where to lay out the demo (default: a new directory under the temp directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(&cli);
+    ExitCode::from(run(&cli))
+}
+
+fn init_logging(cli: &Cli) {
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,audit=info",
+        (false, 1) => "info,snapsync=debug",
+        (false, _) => "debug,snapsync=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// The system directory: `$SNAPSYNC_SYSTEM_DIR` or `/etc`.
+pub fn system_dir() -> PathBuf {
+    std::env::var_os("SNAPSYNC_SYSTEM_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/etc"))
+}
+
+/// The config file to read and the config name its state is kept under.
+pub fn config_location(cli: &Cli) -> (PathBuf, String) {
+    if let Some(file) = &cli.config {
+        let abs = Engine::absolute_path(file);
+        let stem = abs.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
+        let stem: String =
+            stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+        let tag = crate::hash::Hash::of(abs.as_os_str().as_encoded_bytes()).short();
+        return (abs, format!("{stem}-{tag}"));
+    }
+    match &cli.config_name {
+        Some(name) => (system_dir().join(format!("snapsync_{name}.cfg")), name.clone()),
+        None => (system_dir().join("snapsync.cfg"), "default".to_owned()),
+    }
+}
+
+/// The local host name: `-N`, else the system hostname.
+pub fn host_name(cli: &Cli) -> String {
+    cli.name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+}
+
+fn run(cli: &Cli) -> u8 {
+    if let Command::Demo { dir } = &cli.command {
+        return match demo::run(dir.as_deref()) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                EXIT_FAILURE
+            }
+        };
+    }
+    if let Command::Keygen { file } = &cli.command {
+        return match crate::key::write_new(file) {
+            Ok(()) => {
+                output::keygen(cli, file);
+                EXIT_OK
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                EXIT_FAILURE
+            }
+        };
+    }
+    let (config_path, config_name) = config_location(cli);
+    let config = match load_config(&config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let host = host_name(cli);
+    let state = cli.state_dir.join(&config_name).join(sanitize(&host));
+    let mut engine = match Engine::open(&config, &host, &state) {
+        Ok(e) => e,
+        Err(e) => return report_error(&e),
+    };
+    engine.progress = !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match run_command(cli, &engine) {
+        Ok(code) => code,
+        Err(e) => report_error(&e),
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config, u8> {
+    match config::load(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(c)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+fn sanitize(host: &str) -> String {
+    host.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect()
+}
+
+fn report_error(e: &EngineError) -> u8 {
+    tracing::error!("{e}");
+    match e {
+        EngineError::Config(_) | EngineError::Usage(_) | EngineError::NotFound(_) => EXIT_USAGE,
+        EngineError::Store(_) | EngineError::Io { .. } => EXIT_FAILURE,
+    }
+}
+
+fn run_command(cli: &Cli, engine: &Engine) -> Result<u8, EngineError> {
+    Ok(match &cli.command {
+        Command::Check { paths } => {
+            let report = engine.check(paths)?;
+            output::check(cli, &report);
+            if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
+        }
+        Command::Ls { path } => {
+            output::ls(cli, &engine.ls(path.as_deref())?);
+            EXIT_OK
+        }
+        Command::Generations { group } => {
+            output::generations(cli, &engine.generations(group)?);
+            EXIT_OK
+        }
+        Command::Restore { generation, paths, to } => {
+            let report = engine.restore(*generation, paths, to.as_deref())?;
+            output::restore(cli, &report);
+            if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
+        }
+        Command::Gc => {
+            output::gc(cli, &engine.gc()?);
+            EXIT_OK
+        }
+        Command::Verify => {
+            let report = engine.verify()?;
+            output::verify(cli, &report);
+            if report.mismatches.is_empty() { EXIT_OK } else { EXIT_FAILURE }
+        }
+        Command::Keygen { .. } | Command::Demo { .. } => unreachable!("handled before the config is read"),
+    })
+}

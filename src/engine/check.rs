@@ -1,0 +1,174 @@
+//! `check`: scan, then record what changed.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{Engine, EngineError};
+use crate::scan::{EntryWrite, Problem, ScanStats, Scanner, Scope, Severity};
+use crate::store::Generation;
+use crate::tree::Timestamp;
+
+/// What a check did to one group.
+#[derive(Debug, Serialize)]
+pub struct GroupCheck {
+    /// The group.
+    pub group: String,
+    /// Whether the group's tree changed.
+    pub changed: bool,
+    /// The generation recorded, if any.
+    pub generation: Option<u64>,
+    /// The group's root hash after the check.
+    pub root: String,
+    /// Counters of the scan.
+    pub stats: ScanStats,
+}
+
+/// What a check did.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// Per group.
+    pub groups: Vec<GroupCheck>,
+    /// Per-path problems.
+    #[serde(serialize_with = "problems_as_json")]
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    /// Whether any problem fails the run.
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+}
+
+fn problems_as_json<S: serde::Serializer>(p: &[Problem], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(p.len()))?;
+    for x in p {
+        seq.serialize_element(&serde_json::json!({
+            "path": x.path.to_string_lossy(),
+            "message": x.message,
+            "severity": x.severity,
+        }))?;
+    }
+    seq.end()
+}
+
+impl Engine {
+    /// Scans every group (or only `paths`) and records local changes.
+    pub fn check(&self, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
+        self.check_with_cause(paths, "local scan", None, true)
+    }
+
+    /// Like [`Engine::check`], naming the cause recorded with generations.
+    /// With `only_group`, other groups are left alone; without `gc`, no
+    /// generation is dropped (a restore needs its source to stay).
+    pub(crate) fn check_with_cause(
+        &self,
+        paths: &[PathBuf],
+        cause: &str,
+        only_group: Option<usize>,
+        gc: bool,
+    ) -> Result<CheckReport, EngineError> {
+        let abs: Vec<PathBuf> = paths.iter().map(|p| Engine::absolute(p)).collect::<Result<_, _>>()?;
+        for p in &abs {
+            let inside =
+                self.groups.iter().flat_map(|g| &g.roots).any(|r| p.starts_with(&r.local) || r.local.starts_with(p));
+            if !inside {
+                return Err(EngineError::NotFound(format!("{} is not inside any included tree", p.display())));
+            }
+        }
+        let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
+        let mut any_changed = false;
+        for (i, group) in self.groups.iter().enumerate() {
+            if only_group.is_some_and(|g| g != i) {
+                continue;
+            }
+            let scope = if abs.is_empty() {
+                Scope::All
+            } else {
+                // A path above a root means the whole root.
+                let mut mine = Vec::new();
+                for p in &abs {
+                    for r in &group.roots {
+                        if r.local.starts_with(p) {
+                            mine.push(r.local.clone());
+                        } else if p.starts_with(&r.local) {
+                            mine.push(p.clone());
+                        }
+                    }
+                }
+                if mine.is_empty() {
+                    continue;
+                }
+                Scope::Paths(mine)
+            };
+            let bar = self.bar(None, &format!("scanning {}", group.name));
+            let chunks = self.chunk_store(i);
+            let out = Scanner { group, store: &self.store, chunks, host: &self.host, progress: &bar }.run(&scope)?;
+            bar.finish_and_clear();
+
+            let old = self.store.root_set(&group.name)?;
+            let changed = old.as_ref() != Some(&out.roots);
+            let mut batch = self.store.batch();
+            for w in &out.writes.entries {
+                match w {
+                    EntryWrite::Put { parent, name, record } => batch.put_entry(&group.name, parent, name, record),
+                    EntryWrite::Forget { parent, name } => batch.remove_entry(&group.name, parent, name),
+                }
+            }
+            for (hash, encoded) in &out.writes.nodes {
+                batch.put_node(hash, encoded);
+            }
+            for (hash, chunks) in &out.writes.contents {
+                batch.put_content(hash, chunks);
+            }
+            if out.seq != self.store.seq()? {
+                batch.put_seq(out.seq);
+            }
+            let mut generation = None;
+            if changed {
+                batch.put_root_set(&group.name, &out.roots);
+                if let Some(cs) = chunks {
+                    // Chunks must be durable before the generation that
+                    // references them (docs/design.md, "Write ordering").
+                    cs.persist()?;
+                    let g = Generation {
+                        id: self.store.next_generation_id()?,
+                        group: group.name.clone(),
+                        time: Timestamp::now(),
+                        cause: cause.to_owned(),
+                        roots: out.roots.clone(),
+                        entries: out.entries,
+                        bytes: out.bytes,
+                        added_bytes: out.added_bytes,
+                    };
+                    generation = Some(g.id);
+                    batch.put_generation(&g);
+                }
+            }
+            batch.commit()?;
+            if changed {
+                any_changed = true;
+                tracing::debug!(
+                    "{}: {} entries changed{}",
+                    group.name,
+                    out.stats.entries_changed,
+                    generation.map(|g| format!(", generation {g} recorded")).unwrap_or_default()
+                );
+            }
+            report.groups.push(GroupCheck {
+                group: group.name.clone(),
+                changed,
+                generation,
+                root: out.roots.hash().to_hex(),
+                stats: out.stats,
+            });
+            report.problems.extend(out.problems);
+        }
+        if any_changed && gc {
+            self.gc()?;
+        }
+        Ok(report)
+    }
+}

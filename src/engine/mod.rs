@@ -1,0 +1,198 @@
+//! One node's local operations: the layer the command line calls.
+//!
+//! Terms:
+//! - The *engine* ([`Engine`]) is one opened node: its configuration
+//!   resolved for the local host, its state store (lock held) and the chunk
+//!   stores of the groups that keep backups.
+//! - A *check* scans groups and records what changed, as one atomic commit
+//!   per group; when a group's tree changed and it keeps backups, the
+//!   commit also records a generation, and a garbage collection follows.
+//!
+//! Every operation collects per-path problems and finishes the rest of its
+//! work before reporting them (STYLE: one bad file does not stop a run).
+
+mod check;
+mod ls;
+mod verify;
+
+pub use check::{CheckReport, GroupCheck};
+pub use ls::LsEntry;
+pub use verify::{Mismatch, VerifyReport};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigError, ResolvedGroup};
+use crate::store::{ChunkStore, GcGroup, GcReport, Generation, Store, StoreError, collect_garbage};
+
+/// An error that stops an operation as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The configuration is unusable for this host.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state or a chunk store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The command names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The command asks for something the configuration does not allow.
+    #[error("{0}")]
+    Usage(String),
+    /// A filesystem operation outside the stores failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        EngineError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// One opened node.
+pub struct Engine {
+    /// The local host name.
+    pub host: String,
+    /// The groups that list the local host, resolved for it.
+    pub groups: Vec<ResolvedGroup>,
+    /// The node's state.
+    pub store: Store,
+    /// Open chunk stores, by path.
+    chunk_stores: Vec<ChunkStore>,
+    /// For each group (same index as `groups`), its chunk store.
+    group_chunks: Vec<Option<usize>>,
+    /// Whether to draw progress bars.
+    pub progress: bool,
+}
+
+impl Engine {
+    /// Opens the node `host` of `config` with its state in `state_dir`.
+    pub fn open(config: &Config, host: &str, state_dir: &Path) -> Result<Engine, EngineError> {
+        let groups = config.resolve(host)?;
+        let store = Store::open(state_dir)?;
+        let mut chunk_stores: Vec<ChunkStore> = Vec::new();
+        let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
+        let mut group_chunks = Vec::new();
+        for g in &groups {
+            let idx = match &g.backup_directory {
+                None => None,
+                Some(dir) => {
+                    let path = dir.join(format!("snapsync-{}", host.replace('/', "_")));
+                    let i = match by_path.get(&path) {
+                        Some(&i) => i,
+                        None => {
+                            chunk_stores.push(ChunkStore::open(&path)?);
+                            by_path.insert(path, chunk_stores.len() - 1);
+                            chunk_stores.len() - 1
+                        }
+                    };
+                    Some(i)
+                }
+            };
+            group_chunks.push(idx);
+        }
+        Ok(Engine { host: host.to_owned(), groups, store, chunk_stores, group_chunks, progress: false })
+    }
+
+    /// The chunk store of group `i`, if it keeps backups.
+    pub fn chunk_store(&self, i: usize) -> Option<&ChunkStore> {
+        self.group_chunks[i].map(|c| &self.chunk_stores[c])
+    }
+
+    /// The index of the group named `name`.
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.groups.iter().position(|g| g.name == name)
+    }
+
+    /// A progress bar for long work, or a hidden one.
+    pub(crate) fn bar(&self, len: Option<u64>, what: &str) -> indicatif::ProgressBar {
+        if !self.progress {
+            return indicatif::ProgressBar::hidden();
+        }
+        let style =
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {human_pos}/{human_len} [{elapsed}] {wide_bar}")
+                .expect("valid template");
+        let bar = match len {
+            Some(n) => indicatif::ProgressBar::new(n).with_style(style),
+            None => indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} {human_pos} [{elapsed}]")
+                    .expect("valid template"),
+            ),
+        };
+        bar.set_message(what.to_owned());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    }
+
+    /// Generations of all groups (or of `only`), oldest first.
+    pub fn generations(&self, only: &[String]) -> Result<Vec<Generation>, EngineError> {
+        for name in only {
+            if self.group_index(name).is_none() {
+                return Err(EngineError::NotFound(format!("no group {name:?} lists host {}", self.host)));
+            }
+        }
+        Ok(self.store.generations()?.into_iter().filter(|g| only.is_empty() || only.contains(&g.group)).collect())
+    }
+
+    /// Drops generations beyond each group's `backup-generations` and
+    /// frees what nothing kept references.
+    pub fn gc(&self) -> Result<GcReport, EngineError> {
+        let groups: Vec<GcGroup<'_>> = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| GcGroup {
+                name: &g.name,
+                keep: if g.backup_directory.is_some() { g.backup_generations } else { 0 },
+                chunk_store: self.group_chunks[i],
+            })
+            .collect();
+        let stores: Vec<&ChunkStore> = self.chunk_stores.iter().collect();
+        let report = collect_garbage(&self.store, &groups, &stores)?;
+        if !report.generations_dropped.is_empty() || report.chunks_freed > 0 {
+            tracing::info!(
+                "gc: dropped generations {:?}, freed {} chunks ({} bytes), {} nodes, {} chunk lists",
+                report.generations_dropped,
+                report.chunks_freed,
+                report.bytes_freed,
+                report.nodes_freed,
+                report.contents_freed
+            );
+        }
+        Ok(report)
+    }
+
+    /// Makes a command-line path absolute and normal.
+    pub(crate) fn absolute(path: &Path) -> Result<PathBuf, EngineError> {
+        let abs = std::path::absolute(path).map_err(|e| EngineError::io(path, e))?;
+        Ok(normalize(&abs))
+    }
+
+    /// Like `absolute`, falling back to the path as given.
+    pub fn absolute_path(path: &Path) -> PathBuf {
+        Engine::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// Removes `.` and resolves `..` lexically: the walk never follows links,
+/// so neither does the naming of paths.
+fn normalize(abs: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}

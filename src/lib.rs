@@ -1,0 +1,30 @@
+//! snapsync: multi-host file synchronization over a content-addressed store.
+//!
+//! The library holds all of snapsync's work; `src/main.rs` is glue that
+//! parses the command line and calls into [`cli`].
+//!
+//! Modules, lowest layer first. A module only uses modules listed above it.
+//!
+//! - [`audit`]: the audit log line for every change applied to disk.
+//! - [`hash`]: the BLAKE3 digest type that names chunks, contents and nodes.
+//! - [`key`]: group key files (csync2 format).
+//! - [`config`]: the csync2-compatible configuration language and path patterns.
+//! - [`chunk`]: FastCDC content-defined chunking and chunk hashing.
+//! - [`tree`]: entries, the canonical Merkle node encoding, tree hashing.
+//! - [`store`]: the node's state database (fjall), content store, generations, gc.
+//! - [`scan`]: the parallel walk of included trees with the stat cache.
+//! - [`restore`]: writing a generation back to disk, verified.
+//! - [`engine`]: one node's local operations (check, ls, restore, verify, gc).
+//! - [`cli`]: command-line parsing, output and exit codes.
+
+pub mod audit;
+pub mod chunk;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod hash;
+pub mod key;
+pub mod restore;
+pub mod scan;
+pub mod store;
+pub mod tree;

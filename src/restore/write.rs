@@ -1,0 +1,249 @@
+//! Making one path on disk match its want.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, FileTimes, Permissions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use super::RestoreReport;
+use crate::config::{Class, Matcher};
+use crate::hash::Hash;
+use crate::scan::{Problem, Severity};
+use crate::store::{ChunkStore, Store};
+use crate::tree::{Body, Meta};
+
+pub(super) struct Writer<'a> {
+    host: &'a str,
+    store: &'a Store,
+    chunks: &'a ChunkStore,
+    /// In place: the group's patterns, so excluded paths are never touched.
+    matcher: Option<&'a Matcher>,
+    problems: Mutex<Vec<Problem>>,
+    files_written: AtomicU64,
+    bytes_written: AtomicU64,
+    files_kept: AtomicU64,
+    removed: AtomicU64,
+}
+
+impl<'a> Writer<'a> {
+    pub(super) fn new(host: &'a str, store: &'a Store, chunks: &'a ChunkStore, matcher: Option<&'a Matcher>) -> Self {
+        Writer {
+            host,
+            store,
+            chunks,
+            matcher,
+            problems: Mutex::default(),
+            files_written: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            files_kept: AtomicU64::new(0),
+            removed: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn finish(self, report: &mut RestoreReport) {
+        report.files_written = self.files_written.into_inner();
+        report.bytes_written = self.bytes_written.into_inner();
+        report.files_kept = self.files_kept.into_inner();
+        report.entries_removed = self.removed.into_inner();
+        report.problems.extend(self.problems.into_inner().expect("poisoned"));
+    }
+
+    fn problem(&self, path: &Path, message: String) {
+        let p = Problem { path: path.to_path_buf(), message, severity: Severity::Error };
+        tracing::error!("{p}");
+        self.problems.lock().expect("poisoned").push(p);
+    }
+
+    fn excluded(&self, path: &Path) -> bool {
+        self.matcher.is_some_and(|m| m.classify(path) == Class::Excluded)
+    }
+
+    /// Makes `path` hold `want` (or nothing).
+    pub(super) fn restore(&self, path: &Path, want: Option<&(Meta, Body)>) {
+        let result = match want {
+            None => self.remove(path),
+            Some((meta, Body::File { size, content })) => self.file(path, meta, *size, content),
+            Some((meta, Body::Symlink { target })) => self.symlink(path, meta, target),
+            Some((meta, Body::Dir { tree })) => self.dir(path, meta, tree),
+        };
+        if let Err(e) = result {
+            self.problem(path, e.to_string());
+        }
+    }
+
+    /// Removes what is at `path`, leaving excluded paths (and so the
+    /// directories holding them) alone.
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let md = match fs::symlink_metadata(path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if md.is_dir() {
+            let mut kept = false;
+            for e in fs::read_dir(path)? {
+                let child = path.join(e?.file_name());
+                if self.excluded(&child) {
+                    kept = true;
+                } else {
+                    self.remove(&child)?;
+                }
+            }
+            if kept {
+                tracing::warn!("{}: kept, it holds excluded entries", path.display());
+                return Ok(());
+            }
+            fs::remove_dir(path)?;
+        } else {
+            fs::remove_file(path)?;
+        }
+        crate::audit::applied(self.host, "restore", "remove", path);
+        self.removed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Removes a directory in the way of a file or link.
+    fn clear_dir(&self, path: &Path) -> io::Result<()> {
+        match fs::symlink_metadata(path) {
+            Ok(md) if md.is_dir() => {
+                self.remove(path)?;
+                if path.exists() {
+                    return Err(io::Error::other("a directory holding excluded entries is in the way"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn file(&self, path: &Path, meta: &Meta, size: u64, content: &Hash) -> io::Result<()> {
+        self.clear_dir(path)?;
+        // Already right? Then only the metadata may need setting.
+        if let Ok(md) = fs::symlink_metadata(path)
+            && md.is_file()
+            && md.len() == size
+            && let Ok(mut f) = File::open(path)
+            && let Ok(chunks) = crate::chunk::chunk_file(&mut f, size, |_, _| Ok(()))
+            && crate::chunk::content_hash(&chunks) == *content
+        {
+            apply_meta(&f, meta)?;
+            self.files_kept.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let chunks = self
+            .store
+            .content(content)
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::other(format!("chunk list {content} is not in the store")))?;
+        let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+        let mut tmp = tempfile::Builder::new().prefix(".snapsync-").tempfile_in(dir)?;
+        let mut written = 0u64;
+        for c in &chunks {
+            // `get` checks every chunk against its hash before it is used.
+            let data = self.chunks.get(&c.hash).map_err(io::Error::other)?;
+            tmp.write_all(&data)?;
+            written += data.len() as u64;
+        }
+        if written != size {
+            return Err(io::Error::other(format!("assembled {written} bytes, expected {size}")));
+        }
+        tmp.as_file().sync_all()?;
+        apply_meta(tmp.as_file(), meta)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        sync_dir(dir)?;
+        crate::audit::applied(self.host, "restore", "write", path);
+        self.files_written.fetch_add(1, Ordering::Relaxed);
+        self.bytes_written.fetch_add(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn symlink(&self, path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
+        self.clear_dir(path)?;
+        if fs::read_link(path).is_ok_and(|t| t.as_os_str().as_bytes() == target) {
+            lchown(path, meta)?;
+            return Ok(());
+        }
+        let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+        // A fresh name next to the target, then an atomic rename over it.
+        let tmp = dir.join(format!(
+            ".snapsync-link-{}-{}",
+            std::process::id(),
+            Hash::of(path.as_os_str().as_bytes()).short()
+        ));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)?;
+        lchown(&tmp, meta)?;
+        fs::rename(&tmp, path)?;
+        crate::audit::applied(self.host, "restore", "link", path);
+        self.files_written.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn dir(&self, path: &Path, meta: &Meta, tree: &Hash) -> io::Result<()> {
+        match fs::symlink_metadata(path) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => fs::remove_file(path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if !path.is_dir() {
+            fs::create_dir(path)?;
+        }
+        // Owner-writable while filling it; the recorded mode comes last.
+        fs::set_permissions(path, Permissions::from_mode(0o700))?;
+        let node = self
+            .store
+            .node(tree)
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::other(format!("directory node {tree} is not in the store")))?;
+        for e in fs::read_dir(path)? {
+            let name = e?.file_name();
+            if node.get(name.as_bytes()).is_none() {
+                let child = path.join(&name);
+                if !self.excluded(&child) {
+                    self.remove(&child)?;
+                }
+            }
+        }
+        node.entries.par_iter().for_each(|e| {
+            let child = path.join(OsStr::from_bytes(&e.name));
+            self.restore(&child, Some(&(e.meta.clone(), e.body.clone())));
+        });
+        let f = File::open(path)?;
+        apply_meta(&f, meta)?;
+        Ok(())
+    }
+}
+
+/// Sets owner, mode and mtime on an open file or directory, in that order
+/// (chown clears set-id bits, so mode follows it).
+fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
+    if meta.uid.is_some() || meta.gid.is_some() {
+        std::os::unix::fs::fchown(f, meta.uid, meta.gid)?;
+    }
+    if let Some(mode) = meta.mode {
+        f.set_permissions(Permissions::from_mode(mode))?;
+    }
+    if let Some(t) = meta.mtime {
+        f.set_times(FileTimes::new().set_modified(t.to_system()))?;
+    }
+    Ok(())
+}
+
+fn lchown(path: &Path, meta: &Meta) -> io::Result<()> {
+    if meta.uid.is_some() || meta.gid.is_some() {
+        std::os::unix::fs::lchown(path, meta.uid, meta.gid)?;
+    }
+    Ok(())
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,707 @@
+//! Scanning: bring the recorded state of a group in line with its disk.
+//!
+//! Terms:
+//! - A *scan* visits a group's include roots (or only some paths below
+//!   them, the *scope*) and produces the writes that make the state match
+//!   the disk: changed entry records, new directory nodes and chunk lists,
+//!   and the group's new root set. Nothing is written here; the caller
+//!   commits [`ScanOutput::writes`] in one batch.
+//! - The *stat cache* is the [`Stat`] kept in each file's record. A file
+//!   whose `lstat` still matches it (and which was not racily clean) is not
+//!   opened: an unchanged tree costs one `readdir` per directory, one
+//!   `lstat` per entry and one range read of the state per directory.
+//! - A *problem* is something wrong with one path (unreadable, changing
+//!   while read, a special file). It is reported and the rest of the scan
+//!   goes on; the path keeps its previous record.
+//!
+//! Directories are visited depth-first in parallel (rayon): each directory
+//! merges its listing with its stored children, visits them, and hashes its
+//! node only when something below it changed. The walk never follows
+//! symlinks and never opens a path the group's patterns exclude.
+
+mod read;
+
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::chunk::ChunkRef;
+use crate::config::{Class, ResolvedGroup};
+use crate::hash::Hash;
+use crate::store::{ChunkStore, EntryRecord, Stat, Store, StoreError, Version, join_logical};
+use crate::tree::{Body, Kind, Meta, Node, NodeEntry, RootEntry, RootSet, Timestamp};
+
+/// Which part of a group to scan.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// Every include root.
+    All,
+    /// Only these local paths (and everything below them).
+    Paths(Vec<PathBuf>),
+}
+
+/// One change to an entry record.
+#[derive(Clone, Debug)]
+pub enum EntryWrite {
+    /// Store this record.
+    Put {
+        /// Logical path of the directory holding the entry ("" for a root).
+        parent: Vec<u8>,
+        /// Entry name (the logical path for a root).
+        name: Vec<u8>,
+        /// The new record.
+        record: EntryRecord,
+    },
+    /// Drop the record without a tombstone: the path left the included set.
+    Forget {
+        /// As in `Put`.
+        parent: Vec<u8>,
+        /// As in `Put`.
+        name: Vec<u8>,
+    },
+}
+
+/// Everything a scan wants written.
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// Entry record changes.
+    pub entries: Vec<EntryWrite>,
+    /// New directory nodes: tree hash and encoding.
+    pub nodes: Vec<(Hash, Vec<u8>)>,
+    /// New chunk lists: content hash and chunks.
+    pub contents: Vec<(Hash, Vec<ChunkRef>)>,
+}
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The path was skipped on purpose (a special file, a file that kept
+    /// changing while read); the run still succeeds.
+    Warning,
+    /// The path could not be scanned; the run fails after finishing the rest.
+    Error,
+}
+
+/// Something wrong with one path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct Problem {
+    /// The local path.
+    pub path: PathBuf,
+    /// What happened.
+    pub message: String,
+    /// Whether it fails the run.
+    pub severity: Severity,
+}
+
+/// Counters of one scan.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ScanStats {
+    /// Entries looked at on disk.
+    pub entries_seen: u64,
+    /// Directories listed.
+    pub dirs_listed: u64,
+    /// Files opened and read.
+    pub files_read: u64,
+    /// Bytes read from those files.
+    pub bytes_read: u64,
+    /// Entries created, changed or deleted.
+    pub entries_changed: u64,
+}
+
+/// The result of scanning one group.
+#[derive(Debug)]
+pub struct ScanOutput {
+    /// The group's root set after the scan.
+    pub roots: RootSet,
+    /// What must be written to record it.
+    pub writes: Writes,
+    /// Per-path problems, in no particular order.
+    pub problems: Vec<Problem>,
+    /// Counters.
+    pub stats: ScanStats,
+    /// The last version counter handed out.
+    pub seq: u64,
+    /// Entries in the group's tree.
+    pub entries: u64,
+    /// Bytes of files in the group's tree.
+    pub bytes: u64,
+    /// Stored bytes of chunks this scan added to the chunk store.
+    pub added_bytes: u64,
+}
+
+/// A scan of one group against one state.
+pub struct Scanner<'a> {
+    /// The group, resolved for the local host.
+    pub group: &'a ResolvedGroup,
+    /// The node's state.
+    pub store: &'a Store,
+    /// Where to keep chunk bytes, if the group keeps backups.
+    pub chunks: Option<&'a ChunkStore>,
+    /// The local host name, for version vectors.
+    pub host: &'a str,
+    /// Ticks once per entry seen.
+    pub progress: &'a indicatif::ProgressBar,
+}
+
+/// What to do with one entry.
+enum Mode {
+    /// Take the stored record as it is.
+    Keep,
+    /// Look at it on disk, everything below included.
+    Full,
+    /// Look at it and at these paths below it (component lists).
+    Partial(Vec<Vec<Vec<u8>>>),
+}
+
+/// An entry as it stands after the visit, with its subtree totals.
+struct Visited {
+    meta: Meta,
+    body: Body,
+    count: u64,
+    bytes: u64,
+}
+
+impl Visited {
+    fn from_record(r: &EntryRecord) -> Option<Visited> {
+        (!r.deleted).then(|| Visited { meta: r.meta.clone(), body: r.body.clone(), count: r.count, bytes: r.bytes })
+    }
+}
+
+struct Run<'a, 's> {
+    scan: &'s Scanner<'a>,
+    writes: Mutex<Writes>,
+    problems: Mutex<Vec<Problem>>,
+    seq: AtomicU64,
+    added_bytes: AtomicU64,
+    entries_seen: AtomicU64,
+    dirs_listed: AtomicU64,
+    files_read: AtomicU64,
+    bytes_read: AtomicU64,
+    entries_changed: AtomicU64,
+    /// A fatal store error: the scan stops reporting it.
+    fatal: Mutex<Option<StoreError>>,
+}
+
+impl Scanner<'_> {
+    /// Scans `scope` of the group and returns what to write.
+    pub fn run(&self, scope: &Scope) -> Result<ScanOutput, StoreError> {
+        let run = Run {
+            scan: self,
+            writes: Mutex::default(),
+            problems: Mutex::default(),
+            seq: AtomicU64::new(self.store.seq()?),
+            added_bytes: AtomicU64::new(0),
+            entries_seen: AtomicU64::new(0),
+            dirs_listed: AtomicU64::new(0),
+            files_read: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            entries_changed: AtomicU64::new(0),
+            fatal: Mutex::new(None),
+        };
+        let mut roots = Vec::new();
+        let (mut entries, mut bytes) = (0, 0);
+        for root in &self.group.roots {
+            let mode = match scope {
+                Scope::All => Mode::Full,
+                Scope::Paths(paths) => root_mode(&root.local, paths),
+            };
+            let logical = root.logical.as_bytes();
+            let old = self.store.entry(&self.group.name, b"", logical)?;
+            let v = match mode {
+                Mode::Keep => old.as_ref().and_then(Visited::from_record),
+                mode => run.visit(b"", logical, &root.local, old, Class::Included, &mode),
+            };
+            if let Some(f) = run.fatal.lock().expect("poisoned").take() {
+                return Err(f);
+            }
+            if let Some(v) = &v {
+                entries += v.count;
+                bytes += v.bytes;
+            }
+            roots.push((root.logical.clone(), v.map(|v| RootEntry { meta: v.meta, body: v.body })));
+        }
+        roots.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(ScanOutput {
+            roots: RootSet { roots },
+            writes: run.writes.into_inner().expect("poisoned"),
+            problems: run.problems.into_inner().expect("poisoned"),
+            stats: ScanStats {
+                entries_seen: run.entries_seen.into_inner(),
+                dirs_listed: run.dirs_listed.into_inner(),
+                files_read: run.files_read.into_inner(),
+                bytes_read: run.bytes_read.into_inner(),
+                entries_changed: run.entries_changed.into_inner(),
+            },
+            seq: run.seq.into_inner(),
+            entries,
+            bytes,
+            added_bytes: run.added_bytes.into_inner(),
+        })
+    }
+}
+
+/// How a root is scanned when only `paths` are asked for.
+fn root_mode(root: &Path, paths: &[PathBuf]) -> Mode {
+    let mut below = Vec::new();
+    for p in paths {
+        if let Ok(rest) = p.strip_prefix(root) {
+            let comps: Vec<Vec<u8>> = rest.iter().map(|c| c.as_bytes().to_vec()).collect();
+            if comps.is_empty() {
+                return Mode::Full;
+            }
+            below.push(comps);
+        }
+    }
+    if below.is_empty() { Mode::Keep } else { Mode::Partial(below) }
+}
+
+impl Run<'_, '_> {
+    fn group(&self) -> &str {
+        &self.scan.group.name
+    }
+
+    fn problem(&self, path: &Path, message: impl Into<String>, severity: Severity) {
+        let p = Problem { path: path.to_path_buf(), message: message.into(), severity };
+        match severity {
+            Severity::Warning => tracing::warn!("{p}"),
+            Severity::Error => tracing::error!("{p}"),
+        }
+        self.problems.lock().expect("poisoned").push(p);
+    }
+
+    fn fatal(&self, e: StoreError) {
+        self.fatal.lock().expect("poisoned").get_or_insert(e);
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn put(&self, parent: &[u8], name: &[u8], record: EntryRecord) {
+        self.writes.lock().expect("poisoned").entries.push(EntryWrite::Put {
+            parent: parent.to_vec(),
+            name: name.to_vec(),
+            record,
+        });
+    }
+
+    /// Records that an entry (and everything below it) no longer exists.
+    fn gone(&self, parent: &[u8], name: &[u8], old: &EntryRecord) {
+        if old.deleted {
+            return;
+        }
+        self.tombstone(parent, name, old);
+        if old.body.kind() == Kind::Dir {
+            match self.scan.store.descendants(self.group(), &join_logical(parent, name)) {
+                Ok(below) => {
+                    for (p, n, r) in below.iter().filter(|(_, _, r)| !r.deleted) {
+                        self.tombstone(p, n, r);
+                    }
+                }
+                Err(e) => self.fatal(e),
+            }
+        }
+    }
+
+    fn tombstone(&self, parent: &[u8], name: &[u8], old: &EntryRecord) {
+        self.entries_changed.fetch_add(1, Ordering::Relaxed);
+        let record = EntryRecord {
+            deleted: true,
+            racy: false,
+            version: old.version.bumped(self.scan.host, self.next_seq()),
+            ..old.clone()
+        };
+        self.put(parent, name, record);
+    }
+
+    /// Drops an entry and everything below it from the state, without
+    /// tombstones: it left the included set, which is not a deletion.
+    fn forget(&self, parent: &[u8], name: &[u8], old: &EntryRecord) {
+        let mut w = Vec::new();
+        w.push(EntryWrite::Forget { parent: parent.to_vec(), name: name.to_vec() });
+        if old.body.kind() == Kind::Dir {
+            match self.scan.store.descendants(self.group(), &join_logical(parent, name)) {
+                Ok(below) => {
+                    w.extend(below.into_iter().map(|(parent, name, _)| EntryWrite::Forget { parent, name }));
+                }
+                Err(e) => self.fatal(e),
+            }
+        }
+        self.writes.lock().expect("poisoned").entries.extend(w);
+    }
+
+    /// Visits one entry; returns it as it now stands, or `None` if it is
+    /// not (or no longer) tracked.
+    fn visit(
+        &self,
+        parent: &[u8],
+        name: &[u8],
+        local: &Path,
+        old: Option<EntryRecord>,
+        class: Class,
+        mode: &Mode,
+    ) -> Option<Visited> {
+        if let Mode::Keep = mode {
+            return old.as_ref().and_then(Visited::from_record);
+        }
+        self.entries_seen.fetch_add(1, Ordering::Relaxed);
+        self.scan.progress.inc(1);
+        let md = match std::fs::symlink_metadata(local) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(old) = &old {
+                    self.gone(parent, name, old);
+                }
+                return None;
+            }
+            Err(e) => {
+                self.problem(local, format!("cannot stat: {e}"), Severity::Error);
+                return old.as_ref().and_then(Visited::from_record);
+            }
+        };
+        let ft = md.file_type();
+        let kind = if ft.is_file() {
+            Kind::File
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else {
+            self.problem(local, "skipped: not a regular file, directory or symlink", Severity::Warning);
+            if let Some(old) = &old {
+                self.gone(parent, name, old);
+            }
+            return None;
+        };
+        // An ancestor of an include is walked through but only tracked
+        // when it is a directory.
+        if class == Class::Ancestor && kind != Kind::Dir {
+            if let Some(old) = &old {
+                self.forget(parent, name, old);
+            }
+            return None;
+        }
+        // A type change is a deletion of the old entry's subtree.
+        if let Some(o) = &old
+            && !o.deleted
+            && o.body.kind() == Kind::Dir
+            && kind != Kind::Dir
+        {
+            self.gone(parent, name, o);
+        }
+        let meta = self.meta_of(&md, kind);
+        let stat = stat_of(&md);
+        match kind {
+            Kind::Dir => self.visit_dir(parent, name, local, old, meta, stat, mode),
+            Kind::File => self.visit_file(parent, name, local, old, meta, stat),
+            Kind::Symlink => self.visit_symlink(parent, name, local, old, meta, stat),
+        }
+    }
+
+    fn meta_of(&self, md: &Metadata, kind: Kind) -> Meta {
+        let ignore = &self.scan.group.ignore;
+        Meta {
+            mode: (kind != Kind::Symlink && !ignore.mode).then_some(md.mode() & 0o7777),
+            uid: (!ignore.uid).then_some(md.uid()),
+            gid: (!ignore.gid).then_some(md.gid()),
+            mtime: (kind == Kind::File).then(|| Timestamp { secs: md.mtime(), nanos: md.mtime_nsec() as u32 }),
+        }
+    }
+
+    /// The record for an entry as now found, keeping the old version when
+    /// nothing the tree cares about changed.
+    fn record(
+        &self,
+        old: Option<&EntryRecord>,
+        meta: Meta,
+        body: Body,
+        stat: Stat,
+        count: u64,
+        bytes: u64,
+    ) -> (EntryRecord, bool) {
+        let same = old.is_some_and(|o| {
+            !o.deleted
+                && o.meta == meta
+                && match (&o.body, &body) {
+                    // A directory's own version covers its metadata; its
+                    // children carry their own versions.
+                    (Body::Dir { .. }, Body::Dir { .. }) => true,
+                    (a, b) => a == b,
+                }
+        });
+        let version = match old {
+            Some(o) if same => o.version.clone(),
+            Some(o) => o.version.bumped(self.scan.host, self.next_seq()),
+            None => Version::default().bumped(self.scan.host, self.next_seq()),
+        };
+        if !same {
+            self.entries_changed.fetch_add(1, Ordering::Relaxed);
+        }
+        let rec = EntryRecord { meta, body, stat, racy: false, stored: false, version, deleted: false, count, bytes };
+        (rec, !same)
+    }
+
+    fn visit_symlink(
+        &self,
+        parent: &[u8],
+        name: &[u8],
+        local: &Path,
+        old: Option<EntryRecord>,
+        meta: Meta,
+        stat: Stat,
+    ) -> Option<Visited> {
+        if let Some(o) = &old
+            && !o.deleted
+            && o.stat == stat
+            && o.meta == meta
+            && o.body.kind() == Kind::Symlink
+        {
+            return Visited::from_record(o);
+        }
+        let target = match std::fs::read_link(local) {
+            Ok(t) => t.into_os_string().into_vec(),
+            Err(e) => {
+                self.problem(local, format!("cannot read link: {e}"), Severity::Error);
+                return old.as_ref().and_then(Visited::from_record);
+            }
+        };
+        let (rec, _) = self.record(old.as_ref(), meta.clone(), Body::Symlink { target: target.clone() }, stat, 1, 0);
+        self.put(parent, name, rec);
+        Some(Visited { meta, body: Body::Symlink { target }, count: 1, bytes: 0 })
+    }
+
+    fn visit_file(
+        &self,
+        parent: &[u8],
+        name: &[u8],
+        local: &Path,
+        old: Option<EntryRecord>,
+        meta: Meta,
+        stat: Stat,
+    ) -> Option<Visited> {
+        let backups = self.scan.chunks;
+        if let Some(o) = &old
+            && !o.deleted
+            && o.stat == stat
+            && !o.racy
+            && o.meta == meta
+            && (backups.is_none() || o.stored)
+            && o.body.kind() == Kind::File
+        {
+            return Visited::from_record(o);
+        }
+        let read = match read::read_stable(local, &stat, backups) {
+            Ok(r) => r,
+            Err(read::ReadError::Unstable) => {
+                self.problem(local, "skipped: changed while being read; it is read again next run", Severity::Warning);
+                return old.as_ref().and_then(Visited::from_record);
+            }
+            Err(read::ReadError::Gone) => {
+                if let Some(old) = &old {
+                    self.gone(parent, name, old);
+                }
+                return None;
+            }
+            Err(read::ReadError::Io(e)) => {
+                self.problem(local, format!("cannot read: {e}"), Severity::Error);
+                return old.as_ref().and_then(Visited::from_record);
+            }
+            Err(read::ReadError::Store(e)) => {
+                self.fatal(e);
+                return None;
+            }
+        };
+        self.files_read.fetch_add(1, Ordering::Relaxed);
+        self.bytes_read.fetch_add(read.stat.size, Ordering::Relaxed);
+        self.added_bytes.fetch_add(read.added_bytes, Ordering::Relaxed);
+        // The stat taken on the open file is the one that matches the
+        // bytes read; metadata may have moved since the lstat.
+        let meta = Meta { mtime: Some(read.stat.mtime), ..meta };
+        let size = read.stat.size;
+        let content = crate::chunk::content_hash(&read.chunks);
+        let body = Body::File { size, content };
+        let (mut rec, _) = self.record(old.as_ref(), meta.clone(), body.clone(), read.stat, 1, size);
+        rec.racy = read.racy;
+        rec.stored = backups.is_some();
+        self.writes.lock().expect("poisoned").contents.push((content, read.chunks));
+        self.put(parent, name, rec);
+        Some(Visited { meta, body, count: 1, bytes: size })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn visit_dir(
+        &self,
+        parent: &[u8],
+        name: &[u8],
+        local: &Path,
+        old: Option<EntryRecord>,
+        meta: Meta,
+        stat: Stat,
+        mode: &Mode,
+    ) -> Option<Visited> {
+        let logical = join_logical(parent, name);
+        let stored = match self.scan.store.children(self.group(), &logical) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fatal(e);
+                return None;
+            }
+        };
+        // (name, stored record, class, mode) for each child to visit.
+        let mut todo: Vec<(Vec<u8>, Option<EntryRecord>, Class, Mode)> = Vec::new();
+        match mode {
+            Mode::Full => {
+                self.dirs_listed.fetch_add(1, Ordering::Relaxed);
+                let listing = match list_dir(local) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.problem(local, format!("cannot list directory: {e}"), Severity::Error);
+                        return old.as_ref().and_then(Visited::from_record);
+                    }
+                };
+                let mut stored = stored.into_iter().peekable();
+                for child in listing {
+                    while let Some((n, r)) = stored.next_if(|(n, _)| *n < child) {
+                        self.vanished(&logical, local, n, r, &mut todo);
+                    }
+                    let rec = stored.next_if(|(n, _)| *n == child).map(|(_, r)| r);
+                    let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&child)));
+                    match (class, rec) {
+                        (Class::Excluded, Some(r)) if !r.deleted => self.forget(&logical, &child, &r),
+                        (Class::Excluded, _) => {}
+                        (class, rec) => todo.push((child, rec, class, Mode::Full)),
+                    }
+                }
+                for (n, r) in stored {
+                    self.vanished(&logical, local, n, r, &mut todo);
+                }
+            }
+            Mode::Partial(targets) => {
+                let mut wanted: Vec<(Vec<u8>, Mode)> = Vec::new();
+                for t in targets {
+                    let (first, rest) = t.split_first().expect("targets are never empty");
+                    let m = if rest.is_empty() { Mode::Full } else { Mode::Partial(vec![rest.to_vec()]) };
+                    match wanted.iter_mut().find(|(n, _)| n == first) {
+                        Some((_, existing)) => merge_mode(existing, m),
+                        None => wanted.push((first.clone(), m)),
+                    }
+                }
+                let mut stored_map: std::collections::BTreeMap<Vec<u8>, EntryRecord> = stored.into_iter().collect();
+                for (n, m) in wanted {
+                    let rec = stored_map.remove(&n);
+                    let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&n)));
+                    if class == Class::Excluded {
+                        if let Some(r) = rec.filter(|r| !r.deleted) {
+                            self.forget(&logical, &n, &r);
+                        }
+                        continue;
+                    }
+                    todo.push((n, rec, class, m));
+                }
+                todo.extend(stored_map.into_iter().map(|(n, r)| (n, Some(r), Class::Included, Mode::Keep)));
+            }
+            Mode::Keep => unreachable!("visit handles Keep"),
+        }
+
+        let children: Vec<(Vec<u8>, Visited)> = todo
+            .into_par_iter()
+            .filter_map(|(n, rec, class, m)| {
+                let path = local.join(OsStr::from_bytes(&n));
+                self.visit(&logical, &n, &path, rec, class, &m).map(|v| (n, v))
+            })
+            .collect();
+        let (mut count, mut bytes) = (1, 0);
+        let mut entries = Vec::with_capacity(children.len());
+        for (n, v) in children {
+            count += v.count;
+            bytes += v.bytes;
+            entries.push(NodeEntry { name: n, meta: v.meta, body: v.body });
+        }
+        let node = match Node::from_unsorted(entries) {
+            Ok(n) => n,
+            Err(e) => {
+                self.problem(local, format!("cannot record directory: {e}"), Severity::Error);
+                return old.as_ref().and_then(Visited::from_record);
+            }
+        };
+        let encoded = node.encode();
+        let tree = Node::hash_encoded(&encoded);
+        let body = Body::Dir { tree };
+        let unchanged = old
+            .as_ref()
+            .is_some_and(|o| !o.deleted && o.meta == meta && o.body == body && o.count == count && o.bytes == bytes);
+        if !unchanged {
+            if old.as_ref().is_none_or(|o| o.body != body) {
+                self.writes.lock().expect("poisoned").nodes.push((tree, encoded));
+            }
+            let (rec, _) = self.record(old.as_ref(), meta.clone(), body.clone(), stat, count, bytes);
+            self.put(parent, name, rec);
+        }
+        Some(Visited { meta, body, count, bytes })
+    }
+
+    /// A stored child missing from the listing: deleted, or (if the
+    /// patterns now exclude it) forgotten.
+    fn vanished(
+        &self,
+        logical: &[u8],
+        local: &Path,
+        name: Vec<u8>,
+        rec: EntryRecord,
+        todo: &mut Vec<(Vec<u8>, Option<EntryRecord>, Class, Mode)>,
+    ) {
+        if rec.deleted {
+            return;
+        }
+        let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&name)));
+        if class == Class::Excluded {
+            self.forget(logical, &name, &rec);
+        } else {
+            // Let visit confirm it is gone; it may have appeared since the listing.
+            todo.push((name, Some(rec), class, Mode::Full));
+        }
+    }
+}
+
+fn merge_mode(existing: &mut Mode, new: Mode) {
+    match (existing, new) {
+        (e @ Mode::Full, _) => *e = Mode::Full,
+        (e, Mode::Full) => *e = Mode::Full,
+        (Mode::Partial(a), Mode::Partial(b)) => a.extend(b),
+        (e, m) => *e = m,
+    }
+}
+
+/// The names in a directory, sorted by bytes.
+fn list_dir(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        names.push(e?.file_name().into_vec());
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+/// The stat cache fields of `md`.
+pub(crate) fn stat_of(md: &Metadata) -> Stat {
+    Stat {
+        size: md.size(),
+        mtime: Timestamp { secs: md.mtime(), nanos: md.mtime_nsec() as u32 },
+        ctime: Timestamp { secs: md.ctime(), nanos: md.ctime_nsec() as u32 },
+        ino: md.ino(),
+        dev: md.dev(),
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+    }
+}

@@ -1,0 +1,90 @@
+//! Reading one file consistently.
+//!
+//! A file that is being written while it is read must never be recorded
+//! half-read (SPEC §4.14). The file is opened without following links,
+//! `fstat`ed before and after its bytes are chunked, and the read counts
+//! only if both agree (size, mtime, ctime, inode). Otherwise it is tried
+//! again a few times and then skipped until the next run.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::chunk::ChunkRef;
+use crate::store::{ChunkStore, Stat, StoreError};
+use crate::tree::Timestamp;
+
+/// How often a changing file is read before it is skipped.
+const ATTEMPTS: usize = 3;
+
+/// How close to "now" an mtime makes the stat cache untrustworthy. Two
+/// seconds covers filesystems with coarse timestamps and clock ticks.
+const RACY_WINDOW_SECS: i64 = 2;
+
+pub(super) struct ReadOut {
+    pub chunks: Vec<ChunkRef>,
+    pub stat: Stat,
+    pub racy: bool,
+    pub added_bytes: u64,
+}
+
+pub(super) enum ReadError {
+    /// It kept changing while read.
+    Unstable,
+    /// It disappeared.
+    Gone,
+    /// It could not be read.
+    Io(io::Error),
+    /// The chunk store failed: fatal for the run.
+    Store(StoreError),
+}
+
+/// Reads and chunks `path`, storing chunks in `backups` if given.
+pub(super) fn read_stable(path: &Path, _lstat: &Stat, backups: Option<&ChunkStore>) -> Result<ReadOut, ReadError> {
+    for _ in 0..ATTEMPTS {
+        let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Gone),
+            // ELOOP: a symlink was put in its place since the lstat.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => continue,
+            Err(e) => return Err(ReadError::Io(e)),
+        };
+        let before = fstat(&f)?;
+        if before.mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        let mut added = 0u64;
+        let mut store_err = None;
+        let chunks = crate::chunk::chunk_file(&mut f, before.size, |c, data| {
+            if let Some(cs) = backups {
+                match cs.put(&c.hash, data) {
+                    Ok(n) => added += n,
+                    Err(e) => {
+                        store_err = Some(e);
+                        return Err(io::Error::other("chunk store failed"));
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Some(e) = store_err {
+            return Err(ReadError::Store(e));
+        }
+        let chunks = chunks.map_err(ReadError::Io)?;
+        let after = fstat(&f)?;
+        let len: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        if before != after || len != before.size {
+            tracing::debug!("{}: changed while being read, reading again", path.display());
+            continue;
+        }
+        let now = Timestamp::now();
+        let racy = now.secs - after.mtime.secs < RACY_WINDOW_SECS;
+        return Ok(ReadOut { chunks, stat: after, racy, added_bytes: added });
+    }
+    Err(ReadError::Unstable)
+}
+
+fn fstat(f: &File) -> Result<Stat, ReadError> {
+    f.metadata().map(|md| super::stat_of(&md)).map_err(ReadError::Io)
+}

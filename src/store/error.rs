@@ -1,0 +1,69 @@
+//! Errors of the state and content stores.
+
+use std::path::{Path, PathBuf};
+
+/// An error opening, reading or writing a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation on the store failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The database engine reported an error.
+    #[error("database {}: {source}", path.display())]
+    Db {
+        /// The database directory.
+        path: PathBuf,
+        /// The engine's error.
+        source: Box<fjall::Error>,
+    },
+    /// Another process holds the state.
+    #[error(
+        "state directory {} is in use by another snapsync process (pid {pid}); \
+         stop it, or use its socket, and try again",
+        path.display()
+    )]
+    Locked {
+        /// The state directory.
+        path: PathBuf,
+        /// The pid written in the lock file, as found.
+        pid: String,
+    },
+    /// The state was written by an incompatible version.
+    #[error("state in {} has format {found}; this snapsync reads format {expected}", path.display())]
+    Format {
+        /// The state directory.
+        path: PathBuf,
+        /// The format found.
+        found: u32,
+        /// The format this build reads.
+        expected: u32,
+    },
+    /// Stored data does not decode or does not match its hash.
+    #[error("store {} is damaged: {what}: {why}; run `snapsync verify`", path.display())]
+    Corrupt {
+        /// The store directory.
+        path: PathBuf,
+        /// What was being read.
+        what: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.to_path_buf(), source }
+    }
+
+    pub(crate) fn db(path: &Path, source: fjall::Error) -> Self {
+        if matches!(source, fjall::Error::Locked) {
+            return StoreError::Locked { path: path.to_path_buf(), pid: "unknown".into() };
+        }
+        StoreError::Db { path: path.to_path_buf(), source: Box::new(source) }
+    }
+}

@@ -1,0 +1,419 @@
+//! The node's state: a fjall database in the state directory.
+//!
+//! Terms:
+//! - The *state directory* holds one node's state for one config and one
+//!   host name: a `lock` file and the `db` database.
+//! - An *entry record* ([`EntryRecord`]) is what the node knows of one
+//!   tracked path: the kept metadata and body (as in the Merkle tree), the
+//!   stat cache that lets a rescan skip unchanged files, the version vector
+//!   used for reconciling, and whether it is a *tombstone* (deleted).
+//! - *Nodes* (tree hash → encoded directory node) and *contents* (content
+//!   hash → chunk list) are content-addressed and shared by the live tree
+//!   and every generation.
+//! - A *generation* ([`Generation`]) is a recorded root set of one group.
+//!
+//! Keyspaces: `meta` (counters, format, per-group root sets), `entries`,
+//! `nodes`, `contents`, `generations`. Chunk bytes live apart, in a
+//! [`ChunkStore`] under the group's backup directory. All writes of one run
+//! go into one [`fjall::OwnedWriteBatch`], committed atomically and synced
+//! (docs/design.md, "Write ordering").
+
+mod chunks;
+mod error;
+mod gc;
+mod generation;
+mod record;
+
+pub use chunks::ChunkStore;
+pub use error::StoreError;
+pub use gc::{GcGroup, GcReport, collect_garbage};
+pub use generation::Generation;
+pub use record::{EntryRecord, Stat, Version, entry_key, join_logical, split_entry_key};
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::chunk::ChunkRef;
+use crate::hash::Hash;
+use crate::tree::{Node, RootSet};
+
+/// Version of the state layout; stored under `meta/format`.
+pub const STATE_FORMAT: u32 = 1;
+
+const KEY_FORMAT: &[u8] = b"format";
+const KEY_SEQ: &[u8] = b"seq";
+const KEY_NEXT_GENERATION: &[u8] = b"next-generation";
+const ROOT_PREFIX: &[u8] = b"root\0";
+
+/// One node's open state database. Holding it holds the state lock.
+pub struct Store {
+    dir: PathBuf,
+    db: Database,
+    meta: Keyspace,
+    entries: Keyspace,
+    nodes: Keyspace,
+    contents: Keyspace,
+    generations: Keyspace,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the state in `dir`, taking its lock.
+    ///
+    /// Fails with [`StoreError::Locked`] when another process holds it.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let lock = take_lock(dir)?;
+        let db_path = dir.join("db");
+        let db = Database::builder(&db_path).open().map_err(|e| StoreError::db(&db_path, e))?;
+        let ks =
+            |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| StoreError::db(&db_path, e));
+        let store = Store {
+            meta: ks("meta")?,
+            entries: ks("entries")?,
+            nodes: ks("nodes")?,
+            contents: ks("contents")?,
+            generations: ks("generations")?,
+            dir: dir.to_path_buf(),
+            db,
+            _lock: lock,
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        match self.meta.get(KEY_FORMAT).map_err(|e| self.err(e))? {
+            None => {
+                self.meta.insert(KEY_FORMAT, STATE_FORMAT.to_be_bytes()).map_err(|e| self.err(e))?;
+                self.db.persist(PersistMode::SyncAll).map_err(|e| self.err(e))?;
+                Ok(())
+            }
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| self.corrupt("meta/format", "not 4 bytes"))?);
+                if found == STATE_FORMAT {
+                    Ok(())
+                } else {
+                    Err(StoreError::Format { path: self.dir.clone(), found, expected: STATE_FORMAT })
+                }
+            }
+        }
+    }
+
+    fn err(&self, e: fjall::Error) -> StoreError {
+        StoreError::db(&self.dir, e)
+    }
+
+    fn corrupt(&self, what: &str, why: impl Into<String>) -> StoreError {
+        StoreError::Corrupt { path: self.dir.clone(), what: what.to_owned(), why: why.into() }
+    }
+
+    fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        match self.meta.get(key).map_err(|e| self.err(e))? {
+            None => Ok(0),
+            Some(v) => {
+                Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| self.corrupt("meta counter", "not 8 bytes"))?))
+            }
+        }
+    }
+
+    /// The last version counter this node handed out (0 if none yet).
+    pub fn seq(&self) -> Result<u64, StoreError> {
+        self.get_u64(KEY_SEQ)
+    }
+
+    /// The id the next generation will get (ids start at 1).
+    pub fn next_generation_id(&self) -> Result<u64, StoreError> {
+        Ok(self.get_u64(KEY_NEXT_GENERATION)?.max(1))
+    }
+
+    /// The stored record of `name` in directory `parent` of `group`.
+    pub fn entry(&self, group: &str, parent: &[u8], name: &[u8]) -> Result<Option<EntryRecord>, StoreError> {
+        let key = entry_key(group, parent, name);
+        match self.entries.get(&key).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => EntryRecord::decode(&v).map(Some).map_err(|why| self.corrupt("entry record", why)),
+        }
+    }
+
+    /// The records of the direct children of directory `dir` (a logical
+    /// path) in `group`, tombstones included, sorted by name.
+    pub fn children(&self, group: &str, dir: &[u8]) -> Result<Vec<(Vec<u8>, EntryRecord)>, StoreError> {
+        let prefix = entry_key(group, dir, b"");
+        let mut out = Vec::new();
+        for guard in self.entries.prefix(&prefix) {
+            let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
+            let name = k[prefix.len()..].to_vec();
+            let rec = EntryRecord::decode(&v).map_err(|why| self.corrupt("entry record", why))?;
+            out.push((name, rec));
+        }
+        Ok(out)
+    }
+
+    /// Every record strictly below directory `dir` (any depth), as
+    /// `(parent, name, record)`. Used when a directory disappears.
+    pub fn descendants(&self, group: &str, dir: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>, EntryRecord)>, StoreError> {
+        let mut out = Vec::new();
+        let mut below = dir.to_vec();
+        below.push(b'/');
+        for prefix in [entry_key(group, dir, b""), record::group_prefix_with(group, &below)] {
+            for guard in self.entries.prefix(&prefix) {
+                let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
+                let (_, parent, name) = split_entry_key(&k).ok_or_else(|| self.corrupt("entry key", "malformed"))?;
+                let rec = EntryRecord::decode(&v).map_err(|why| self.corrupt("entry record", why))?;
+                out.push((parent.to_vec(), name.to_vec(), rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every record of `group` in key order: `(parent, name, record)`.
+    pub fn all_entries(
+        &self,
+        group: &str,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>, EntryRecord), StoreError>> + '_ {
+        let prefix = record::group_prefix(group);
+        self.entries.prefix(prefix).map(move |guard| {
+            let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
+            let (_, parent, name) = split_entry_key(&k).ok_or_else(|| self.corrupt("entry key", "malformed"))?;
+            let rec = EntryRecord::decode(&v).map_err(|why| self.corrupt("entry record", why))?;
+            Ok((parent.to_vec(), name.to_vec(), rec))
+        })
+    }
+
+    /// The current root set of `group`, if it was ever scanned.
+    pub fn root_set(&self, group: &str) -> Result<Option<RootSet>, StoreError> {
+        let key = [ROOT_PREFIX, group.as_bytes()].concat();
+        match self.meta.get(key).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| self.corrupt("root set", e.to_string())),
+        }
+    }
+
+    /// A directory node by tree hash, decoded and checked.
+    pub fn node(&self, hash: &Hash) -> Result<Option<Node>, StoreError> {
+        match self.nodes.get(hash.as_bytes()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => {
+                if Node::hash_encoded(&v) != *hash {
+                    return Err(self.corrupt(&format!("tree node {hash}"), "hash mismatch"));
+                }
+                Node::decode(&v).map(Some).map_err(|e| self.corrupt(&format!("tree node {hash}"), e.to_string()))
+            }
+        }
+    }
+
+    /// Whether a node is stored.
+    pub fn has_node(&self, hash: &Hash) -> Result<bool, StoreError> {
+        self.nodes.contains_key(hash.as_bytes()).map_err(|e| self.err(e))
+    }
+
+    /// A content's chunk list, checked against the content hash.
+    pub fn content(&self, hash: &Hash) -> Result<Option<Vec<ChunkRef>>, StoreError> {
+        match self.contents.get(hash.as_bytes()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => {
+                let chunks: Vec<ChunkRef> =
+                    postcard::from_bytes(&v).map_err(|e| self.corrupt(&format!("content {hash}"), e.to_string()))?;
+                if crate::chunk::content_hash(&chunks) != *hash {
+                    return Err(self.corrupt(&format!("content {hash}"), "chunk list does not match its hash"));
+                }
+                Ok(Some(chunks))
+            }
+        }
+    }
+
+    /// All generations, oldest first.
+    pub fn generations(&self) -> Result<Vec<Generation>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.generations.iter() {
+            let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
+            out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("generation", e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// One generation by id.
+    pub fn generation(&self, id: u64) -> Result<Option<Generation>, StoreError> {
+        match self.generations.get(id.to_be_bytes()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| self.corrupt("generation", e.to_string())),
+        }
+    }
+
+    /// Starts a batch of writes that commits atomically.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { store: self, inner: self.db.batch().durability(Some(PersistMode::SyncAll)), empty: true }
+    }
+}
+
+/// Writes to the state that become visible together on [`Batch::commit`].
+pub struct Batch<'a> {
+    store: &'a Store,
+    inner: fjall::OwnedWriteBatch,
+    empty: bool,
+}
+
+impl Batch<'_> {
+    /// Records an entry.
+    pub fn put_entry(&mut self, group: &str, parent: &[u8], name: &[u8], rec: &EntryRecord) {
+        self.empty = false;
+        self.inner.insert(&self.store.entries, entry_key(group, parent, name), rec.encode());
+    }
+
+    /// Forgets an entry entirely (no tombstone): used when a path leaves
+    /// the included set.
+    pub fn remove_entry(&mut self, group: &str, parent: &[u8], name: &[u8]) {
+        self.empty = false;
+        self.inner.remove(&self.store.entries, entry_key(group, parent, name));
+    }
+
+    /// Stores an encoded node under its hash.
+    pub fn put_node(&mut self, hash: &Hash, encoded: &[u8]) {
+        self.empty = false;
+        self.inner.insert(&self.store.nodes, hash.as_bytes(), encoded);
+    }
+
+    /// Stores a chunk list under its content hash.
+    pub fn put_content(&mut self, hash: &Hash, chunks: &[ChunkRef]) {
+        self.empty = false;
+        let v = postcard::to_stdvec(chunks).expect("encoding to a Vec cannot fail");
+        self.inner.insert(&self.store.contents, hash.as_bytes(), v);
+    }
+
+    /// Sets a group's current root set.
+    pub fn put_root_set(&mut self, group: &str, roots: &RootSet) {
+        self.empty = false;
+        let key = [ROOT_PREFIX, group.as_bytes()].concat();
+        self.inner.insert(&self.store.meta, key, postcard::to_stdvec(roots).expect("encoding to a Vec cannot fail"));
+    }
+
+    /// Stores the last version counter handed out.
+    pub fn put_seq(&mut self, seq: u64) {
+        self.empty = false;
+        self.inner.insert(&self.store.meta, KEY_SEQ, seq.to_be_bytes());
+    }
+
+    /// Records a generation and advances the generation counter past it.
+    pub fn put_generation(&mut self, g: &Generation) {
+        self.empty = false;
+        self.inner.insert(
+            &self.store.generations,
+            g.id.to_be_bytes(),
+            postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"),
+        );
+        self.inner.insert(&self.store.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
+    }
+
+    /// Drops a generation record.
+    pub fn remove_generation(&mut self, id: u64) {
+        self.empty = false;
+        self.inner.remove(&self.store.generations, id.to_be_bytes());
+    }
+
+    pub(crate) fn remove_node(&mut self, key: &[u8]) {
+        self.empty = false;
+        self.inner.remove(&self.store.nodes, key);
+    }
+
+    pub(crate) fn remove_content(&mut self, key: &[u8]) {
+        self.empty = false;
+        self.inner.remove(&self.store.contents, key);
+    }
+
+    /// Whether nothing was written to the batch.
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// Commits every write of the batch atomically and syncs the journal.
+    pub fn commit(self) -> Result<(), StoreError> {
+        if self.empty {
+            return Ok(());
+        }
+        self.inner.commit().map_err(|e| self.store.err(e))
+    }
+}
+
+/// Takes the state lock, writing our pid into the lock file. The lock is an
+/// advisory `flock`, so it dies with the process: a crash leaves no stale lock.
+fn take_lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {
+            f.set_len(0).map_err(|e| StoreError::io(&path, e))?;
+            f.rewind().map_err(|e| StoreError::io(&path, e))?;
+            writeln!(f, "{}", std::process::id()).map_err(|e| StoreError::io(&path, e))?;
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            Err(StoreError::Locked { path: dir.to_path_buf(), pid: pid.trim().to_owned() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    }
+}
+
+pub(crate) fn keyspace_keys(ks: &Keyspace) -> impl Iterator<Item = fjall::Result<fjall::UserKey>> + '_ {
+    ks.iter().map(|g| g.key())
+}
+
+impl Store {
+    pub(crate) fn nodes_keyspace(&self) -> &Keyspace {
+        &self.nodes
+    }
+    pub(crate) fn contents_keyspace(&self) -> &Keyspace {
+        &self.contents
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_reports_the_lock_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        match Store::open(dir.path()) {
+            Err(StoreError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("second open succeeded"),
+        }
+    }
+
+    #[test]
+    fn batch_writes_are_visible_after_commit_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = EntryRecord::tombstone_for_test();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = store.batch();
+            b.put_entry("g", b"/r", b"a", &rec);
+            b.put_seq(7);
+            b.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.seq().unwrap(), 7);
+        assert_eq!(store.entry("g", b"/r", b"a").unwrap(), Some(rec));
+        assert_eq!(store.children("g", b"/r").unwrap().len(), 1);
+        assert!(store.children("g", b"/r/a").unwrap().is_empty());
+    }
+}

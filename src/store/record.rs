@@ -1,0 +1,191 @@
+//! Entry records and their keys.
+//!
+//! An entry's key is `group NUL parent NUL name`, where `parent` is the
+//! logical path of its directory. Keying by parent makes a directory's
+//! children one contiguous, name-sorted range: a rescan reads each
+//! directory's records with one prefix scan and merges them with the
+//! directory listing. An include root is keyed with an empty parent and its
+//! logical path as name. Everything below directory `d` is the two ranges
+//! `group NUL d NUL` (children) and `group NUL d /` (deeper).
+
+use serde::{Deserialize, Serialize};
+
+use crate::tree::{Body, Meta, Timestamp};
+
+/// What `lstat` said when the entry was last read: if all of it still
+/// matches, the file is not opened again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    /// `st_size`.
+    pub size: u64,
+    /// `st_mtime` with nanoseconds.
+    pub mtime: Timestamp,
+    /// `st_ctime` with nanoseconds: catches rewrites that restore the mtime.
+    pub ctime: Timestamp,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_mode`, file type bits included.
+    pub mode: u32,
+    /// `st_uid`.
+    pub uid: u32,
+    /// `st_gid`.
+    pub gid: u32,
+}
+
+/// A version vector: for each host that changed the entry, the counter of
+/// its latest change. Sorted by host name, one pair per host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version(pub Vec<(String, u64)>);
+
+impl Version {
+    /// This version with `host`'s counter set to `seq` (a new local change).
+    pub fn bumped(&self, host: &str, seq: u64) -> Version {
+        let mut v = self.0.clone();
+        match v.binary_search_by(|(h, _)| h.as_str().cmp(host)) {
+            Ok(i) => v[i].1 = seq,
+            Err(i) => v.insert(i, (host.to_owned(), seq)),
+        }
+        Version(v)
+    }
+
+    /// Whether `self` has seen everything `other` has (`self >= other`).
+    pub fn dominates(&self, other: &Version) -> bool {
+        other
+            .0
+            .iter()
+            .all(|(h, c)| self.0.binary_search_by(|(x, _)| x.as_str().cmp(h)).is_ok_and(|i| self.0[i].1 >= *c))
+    }
+}
+
+/// What the node knows of one tracked path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRecord {
+    /// Kept metadata (as in the tree).
+    pub meta: Meta,
+    /// Content (as in the tree); for a tombstone, the last one seen.
+    pub body: Body,
+    /// The stat cache; meaningless for tombstones.
+    pub stat: Stat,
+    /// Whether the stat cache must not be trusted: the file's mtime was so
+    /// close to the time it was read that a write in the same clock tick
+    /// could go unnoticed (git's "racily clean" problem).
+    pub racy: bool,
+    /// Whether the file's chunks are in the group's chunk store.
+    pub stored: bool,
+    /// Version vector of the entry's last change.
+    pub version: Version,
+    /// The entry was deleted; kept so the deletion can travel.
+    pub deleted: bool,
+    /// Entries in the subtree rooted here, this one included (1 for a file
+    /// or link). Kept so a partial rescan can total the tree without
+    /// walking it.
+    pub count: u64,
+    /// Bytes of regular files in the subtree rooted here.
+    pub bytes: u64,
+}
+
+impl EntryRecord {
+    /// The stored encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes a stored record.
+    pub fn decode(bytes: &[u8]) -> Result<EntryRecord, String> {
+        postcard::from_bytes(bytes).map_err(|e| e.to_string())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tombstone_for_test() -> EntryRecord {
+        EntryRecord {
+            meta: Meta::default(),
+            body: Body::Symlink { target: b"x".to_vec() },
+            stat: Stat::default(),
+            racy: false,
+            stored: false,
+            version: Version::default().bumped("a", 1),
+            deleted: true,
+            count: 1,
+            bytes: 0,
+        }
+    }
+}
+
+pub(crate) fn group_prefix(group: &str) -> Vec<u8> {
+    group_prefix_with(group, b"")
+}
+
+pub(crate) fn group_prefix_with(group: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + 1 + rest.len());
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// The key of entry `name` in directory `parent` of `group`.
+pub fn entry_key(group: &str, parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + parent.len() + name.len() + 2);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(parent);
+    k.push(0);
+    k.extend_from_slice(name);
+    k
+}
+
+/// Splits a key into `(group, parent, name)`.
+pub fn split_entry_key(key: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let g = key.iter().position(|&b| b == 0)?;
+    let rest = &key[g + 1..];
+    let p = rest.iter().position(|&b| b == 0)?;
+    Some((&key[..g], &rest[..p], &rest[p + 1..]))
+}
+
+/// The logical path of `name` in `parent` (`name` alone for a root).
+pub fn join_logical(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_split_back() {
+        let k = entry_key("grp", b"/a/b", b"c");
+        assert_eq!(split_entry_key(&k), Some((&b"grp"[..], &b"/a/b"[..], &b"c"[..])));
+        let root = entry_key("grp", b"", b"%p%/x");
+        assert_eq!(split_entry_key(&root), Some((&b"grp"[..], &b""[..], &b"%p%/x"[..])));
+    }
+
+    #[test]
+    fn children_of_a_directory_are_one_range() {
+        // A sibling directory whose name extends the parent's must not fall
+        // into the parent's child range.
+        let prefix = entry_key("g", b"/a/b", b"");
+        assert!(entry_key("g", b"/a/b", b"x").starts_with(&prefix));
+        assert!(!entry_key("g", b"/a/bc", b"x").starts_with(&prefix));
+        assert!(!entry_key("g", b"/a/b/c", b"x").starts_with(&prefix));
+    }
+
+    #[test]
+    fn version_vectors_compare() {
+        let a = Version::default().bumped("a", 1);
+        let ab = a.bumped("b", 4);
+        assert!(ab.dominates(&a));
+        assert!(!a.dominates(&ab));
+        let a2 = a.bumped("a", 2);
+        assert!(!a2.dominates(&ab) && !ab.dominates(&a2));
+        assert_eq!(ab.bumped("a", 3).0, vec![("a".to_owned(), 3), ("b".to_owned(), 4)]);
+    }
+}

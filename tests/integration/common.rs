@@ -1,0 +1,122 @@
+//! A node laid out in a temporary directory, and helpers to look at trees.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// One node: a config, a key, a tree and a state directory, all in one
+/// temporary directory.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+impl Node {
+    /// A node `name` whose group `g` includes `<dir>/tree` and keeps
+    /// `generations` backups (none when 0). `extra` goes into the group.
+    pub fn new(name: &str, generations: u32, extra: &str) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().display().to_string();
+        let backup = if generations > 0 {
+            format!("backup-directory {d}/backup;\n  backup-generations {generations};")
+        } else {
+            String::new()
+        };
+        let config = format!(
+            "group g {{\n  host {name} other;\n  key {d}/key;\n  include {d}/tree;\n  {backup}\n  {extra}\n}}\n"
+        );
+        std::fs::write(dir.path().join("snapsync.cfg"), config).unwrap();
+        std::fs::create_dir_all(dir.path().join("tree")).unwrap();
+        let node = Node { dir, name: name.to_owned() };
+        node.cmd().args(["keygen"]).arg(node.path("key")).assert().success();
+        node
+    }
+
+    /// A path inside the node's directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The node's tree.
+    pub fn tree(&self) -> PathBuf {
+        self.path("tree")
+    }
+
+    /// `snapsync --config ... -N name -D state`.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("snapsync").unwrap();
+        c.arg("--config").arg(self.path("snapsync.cfg"));
+        c.arg("-N").arg(&self.name);
+        c.arg("-D").arg(self.path("state"));
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs a command with `--json` and parses its output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cmd().arg("--json").args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Writes a file, creating its directories.
+pub fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+/// What a tree holds, for comparisons: relative path → (kind, mode,
+/// mtime for files, content or link target).
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (String, u32, Option<(i64, i64)>, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    for e in walkdir(root) {
+        let md = std::fs::symlink_metadata(&e).unwrap();
+        let rel = e.strip_prefix(root).unwrap().to_path_buf();
+        let ft = md.file_type();
+        let v = if ft.is_symlink() {
+            ("link".into(), 0, None, std::fs::read_link(&e).unwrap().into_os_string().into_encoded_bytes())
+        } else if ft.is_dir() {
+            ("dir".into(), md.permissions().mode() & 0o7777, None, Vec::new())
+        } else {
+            (
+                "file".into(),
+                md.permissions().mode() & 0o7777,
+                Some((md.mtime(), md.mtime_nsec())),
+                std::fs::read(&e).unwrap(),
+            )
+        };
+        out.insert(rel, v);
+    }
+    out
+}
+
+fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
