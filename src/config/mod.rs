@@ -2,14 +2,14 @@
 //! and resolved for the local host.
 //!
 //! Terms. A *config file* is a sequence of *directives* in csync2's syntax
-//! (`group`, `prefix`, `ignore`, `config`, ...; see [`parser`] for the
-//! grammar and [`lexer`] for the tokens). `config FILE;` *includes* another
+//! (`group`, `prefix`, `ignore`, `config`, ...; see `parser.rs` for the
+//! grammar and `lexer.rs` for the tokens). `config FILE;` *includes* another
 //! file in place. A *group* lists *hosts* and the *patterns* that choose
-//! its files ([`model`]). A *prefix* gives a directory a name, `%NAME%`,
-//! whose *path* differs per host ([`prefix`]). *Resolving* a config for a
+//! its files (`model.rs`). A *prefix* gives a directory a name, `%NAME%`,
+//! whose *path* differs per host (`prefix.rs`). *Resolving* a config for a
 //! host ([`Config::resolve`]) keeps that host's groups, expands prefixes,
-//! and compiles patterns into a [`Matcher`] ([`pattern`]) and *include
-//! roots* ([`resolve`]). A *logical path* is a path as every host names it
+//! and compiles patterns into a [`Matcher`] (`pattern.rs`) and *include
+//! roots* (`resolve.rs`). A *logical path* is a path as every host names it
 //! (prefix unexpanded); a *local path* is where it lives on this host.
 //!
 //! Directives snapsync accepts but has no use for (`nossl`, `database`,

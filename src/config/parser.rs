@@ -177,7 +177,10 @@ impl Parser {
                 TokenKind::Keyword(Keyword::Database) => {
                     self.string("a database name")?;
                     self.semicolon("the database name")?;
-                    self.warn(&t.location, "database is ignored: snapsync keeps its state in its state directory (-D)");
+                    self.warn(
+                        &t.location,
+                        "database is ignored: snapsync keeps its own state in its state directory (-D)",
+                    );
                 }
                 TokenKind::Keyword(Keyword::Tempdir) => {
                     self.string("a directory")?;
@@ -190,7 +193,10 @@ impl Parser {
                 TokenKind::Keyword(Keyword::LockTimeout) => {
                     self.string("a number of seconds")?;
                     self.semicolon("the lock-timeout")?;
-                    self.warn(&t.location, "lock-timeout is ignored: snapsync does not wait for database locks");
+                    self.warn(
+                        &t.location,
+                        "lock-timeout is ignored: it tunes csync2's database locking, which snapsync does not have",
+                    );
                 }
                 TokenKind::Keyword(Keyword::NoCygwinLowercase) => {
                     self.semicolon("no-cygwin-lowercase")?;

@@ -149,7 +149,7 @@ fn no_change_check_does_not_open_unreadable_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret"));
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
 }
 

@@ -5,3 +5,4 @@
 
 mod common;
 mod local;
+mod spec_example;

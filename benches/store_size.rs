@@ -1,0 +1,89 @@
+//! Store size of three generations of a tree with 1% of its bytes changed
+//! between them, relative to one generation (SPEC §8: at most 1.05).
+//!
+//! Two kinds of change are measured: whole files rewritten (1% of the
+//! bytes, as when assets are replaced: the target case), and scattered
+//! 4 KiB in-place edits adding up to 1% of the bytes (each edit costs a
+//! whole chunk, so this shows the chunk-size trade-off). Results go to
+//! `target/bench-results/store_size.json`.
+
+mod common;
+
+use std::path::Path;
+
+use snapsync::engine::Engine;
+
+fn main() {
+    let files: usize = std::env::var("SNAPSYNC_BENCH_STORE_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    let rewrite = measure(files, Change::RewriteFiles);
+    let scattered = measure(files, Change::ScatteredEdits);
+    common::save("store_size", &serde_json::json!({ "files": files, "rewrite_files": rewrite, "scattered_edits": scattered }));
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    RewriteFiles,
+    ScatteredEdits,
+}
+
+fn measure(files: usize, change: Change) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    let (paths, total) = common::generate_tree(&tree, files, 7);
+    let backup = dir.path().join("backup");
+    let config = common::config(dir.path(), &tree, Some((&backup, 3)));
+    let engine = Engine::open(&config, "bench", &dir.path().join("state")).unwrap();
+    let mut rng = common::Rng(99);
+
+    engine.check(&[]).unwrap();
+    let one = stored_bytes(&engine);
+    for _ in 0..2 {
+        let mut budget = total / 100;
+        while budget > 0 {
+            let p = &paths[(rng.next() % files as u64) as usize];
+            let mut data = std::fs::read(p).unwrap();
+            match change {
+                Change::RewriteFiles => {
+                    budget = budget.saturating_sub(data.len() as u64);
+                    data = rng.bytes(data.len());
+                }
+                Change::ScatteredEdits => {
+                    let n = 4096.min(data.len());
+                    let at = (rng.next() % (data.len() - n + 1) as u64) as usize;
+                    data[at..at + n].copy_from_slice(&rng.bytes(n));
+                    budget = budget.saturating_sub(n as u64);
+                }
+            }
+            std::fs::write(p, data).unwrap();
+        }
+        engine.check(&[]).unwrap();
+    }
+    let gens = engine.generations(&[]).unwrap();
+    assert_eq!(gens.len(), 3);
+    let three = stored_bytes(&engine);
+    let ratio = three as f64 / one as f64;
+    println!(
+        "{change:?}: tree {} in {files} files; store after 1 generation {}, after 3 {}: {ratio:.3}x (target at most 1.05x for rewritten files)",
+        indicatif::HumanBytes(total),
+        indicatif::HumanBytes(one),
+        indicatif::HumanBytes(three)
+    );
+    serde_json::json!({ "tree_bytes": total, "one_generation_bytes": one, "three_generations_bytes": three, "ratio": ratio })
+}
+
+/// Bytes the store holds: stored chunk bytes plus the state's metadata
+/// (nodes, chunk lists, records) as the state database reports it on disk.
+fn stored_bytes(engine: &Engine) -> u64 {
+    let chunks: u64 = engine.chunk_store(0).unwrap().list().unwrap().iter().map(|(_, s)| s).sum();
+    chunks + dir_size(engine.store.dir())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let md = e.metadata().unwrap();
+        n += if md.is_dir() { dir_size(&e.path()) } else { md.len() };
+    }
+    n
+}
