@@ -144,25 +144,18 @@ fn init_logging(cli: &Cli) {
         .try_init();
 }
 
-/// The system directory: `$SNAPSYNC_SYSTEM_DIR` or `/etc`.
-pub fn system_dir() -> PathBuf {
-    std::env::var_os("SNAPSYNC_SYSTEM_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/etc"))
-}
-
 /// The config file to read and the config name its state is kept under.
-pub fn config_location(cli: &Cli) -> (PathBuf, String) {
+pub fn config_location(cli: &Cli) -> Result<(PathBuf, String), config::ConfigError> {
     if let Some(file) = &cli.config {
         let abs = Engine::absolute_path(file);
         let stem = abs.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
         let stem: String =
             stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
         let tag = crate::hash::Hash::of(abs.as_os_str().as_encoded_bytes()).short();
-        return (abs, format!("{stem}-{tag}"));
+        return Ok((abs, format!("{stem}-{tag}")));
     }
-    match &cli.config_name {
-        Some(name) => (system_dir().join(format!("snapsync_{name}.cfg")), name.clone()),
-        None => (system_dir().join("snapsync.cfg"), "default".to_owned()),
-    }
+    let path = config::config_path(&config::system_dir(), cli.config_name.as_deref())?;
+    Ok((path, cli.config_name.clone().unwrap_or_else(|| "default".to_owned())))
 }
 
 /// The local host name: `-N`, else the system hostname.
@@ -192,7 +185,13 @@ fn run(cli: &Cli) -> u8 {
             }
         };
     }
-    let (config_path, config_name) = config_location(cli);
+    let (config_path, config_name) = match config_location(cli) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_USAGE;
+        }
+    };
     let config = match load_config(&config_path) {
         Ok(c) => c,
         Err(code) => return code,

@@ -57,8 +57,16 @@ pub struct Store {
     nodes: Keyspace,
     contents: Keyspace,
     generations: Keyspace,
+    /// Bytes committed since the memtables were last flushed.
+    unflushed: std::sync::atomic::AtomicU64,
     _lock: File,
 }
+
+/// Above this many bytes of unflushed writes, closing the store flushes
+/// its memtables. fjall otherwise replays the journal into memory on the
+/// next open, which after a first scan of 100k files costs more than the
+/// scan of an unchanged tree itself.
+const FLUSH_ON_CLOSE_BYTES: u64 = 1 << 20;
 
 impl Store {
     /// Opens (creating if needed) the state in `dir`, taking its lock.
@@ -79,6 +87,7 @@ impl Store {
             generations: ks("generations")?,
             dir: dir.to_path_buf(),
             db,
+            unflushed: std::sync::atomic::AtomicU64::new(0),
             _lock: lock,
         };
         store.check_format()?;
@@ -252,7 +261,7 @@ impl Store {
 
     /// Starts a batch of writes that commits atomically.
     pub fn batch(&self) -> Batch<'_> {
-        Batch { store: self, inner: self.db.batch().durability(Some(PersistMode::SyncAll)), empty: true }
+        Batch { store: self, inner: self.db.batch().durability(Some(PersistMode::SyncAll)), empty: true, bytes: 0 }
     }
 }
 
@@ -261,73 +270,83 @@ pub struct Batch<'a> {
     store: &'a Store,
     inner: fjall::OwnedWriteBatch,
     empty: bool,
+    bytes: u64,
 }
 
 impl Batch<'_> {
+    fn insert(&mut self, ks: &Keyspace, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.empty = false;
+        self.bytes += (key.len() + value.len()) as u64;
+        self.inner.insert(ks, key, value);
+    }
+
+    fn remove(&mut self, ks: &Keyspace, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.empty = false;
+        self.bytes += key.len() as u64;
+        self.inner.remove(ks, key);
+    }
+
     /// Records an entry.
     pub fn put_entry(&mut self, group: &str, parent: &[u8], name: &[u8], rec: &EntryRecord) {
-        self.empty = false;
-        self.inner.insert(&self.store.entries, entry_key(group, parent, name), rec.encode());
+        let store = self.store;
+        self.insert(&store.entries, entry_key(group, parent, name), rec.encode());
     }
 
     /// Forgets an entry entirely (no tombstone): used when a path leaves
     /// the included set.
     pub fn remove_entry(&mut self, group: &str, parent: &[u8], name: &[u8]) {
-        self.empty = false;
-        self.inner.remove(&self.store.entries, entry_key(group, parent, name));
+        let store = self.store;
+        self.remove(&store.entries, entry_key(group, parent, name));
     }
 
     /// Stores an encoded node under its hash.
     pub fn put_node(&mut self, hash: &Hash, encoded: &[u8]) {
-        self.empty = false;
-        self.inner.insert(&self.store.nodes, hash.as_bytes(), encoded);
+        let store = self.store;
+        self.insert(&store.nodes, hash.as_bytes(), encoded);
     }
 
     /// Stores a chunk list under its content hash.
     pub fn put_content(&mut self, hash: &Hash, chunks: &[ChunkRef]) {
-        self.empty = false;
-        let v = postcard::to_stdvec(chunks).expect("encoding to a Vec cannot fail");
-        self.inner.insert(&self.store.contents, hash.as_bytes(), v);
+        let store = self.store;
+        self.insert(&store.contents, hash.as_bytes(), postcard::to_stdvec(chunks).expect("encoding to a Vec cannot fail"));
     }
 
     /// Sets a group's current root set.
     pub fn put_root_set(&mut self, group: &str, roots: &RootSet) {
-        self.empty = false;
+        let store = self.store;
         let key = [ROOT_PREFIX, group.as_bytes()].concat();
-        self.inner.insert(&self.store.meta, key, postcard::to_stdvec(roots).expect("encoding to a Vec cannot fail"));
+        self.insert(&store.meta, key, postcard::to_stdvec(roots).expect("encoding to a Vec cannot fail"));
     }
 
     /// Stores the last version counter handed out.
     pub fn put_seq(&mut self, seq: u64) {
-        self.empty = false;
-        self.inner.insert(&self.store.meta, KEY_SEQ, seq.to_be_bytes());
+        let store = self.store;
+        self.insert(&store.meta, KEY_SEQ, seq.to_be_bytes());
     }
 
     /// Records a generation and advances the generation counter past it.
     pub fn put_generation(&mut self, g: &Generation) {
-        self.empty = false;
-        self.inner.insert(
-            &self.store.generations,
-            g.id.to_be_bytes(),
-            postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"),
-        );
-        self.inner.insert(&self.store.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
+        let store = self.store;
+        self.insert(&store.generations, g.id.to_be_bytes(), postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"));
+        self.insert(&store.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
     }
 
     /// Drops a generation record.
     pub fn remove_generation(&mut self, id: u64) {
-        self.empty = false;
-        self.inner.remove(&self.store.generations, id.to_be_bytes());
+        let store = self.store;
+        self.remove(&store.generations, id.to_be_bytes());
     }
 
     pub(crate) fn remove_node(&mut self, key: &[u8]) {
-        self.empty = false;
-        self.inner.remove(&self.store.nodes, key);
+        let store = self.store;
+        self.remove(&store.nodes, key);
     }
 
     pub(crate) fn remove_content(&mut self, key: &[u8]) {
-        self.empty = false;
-        self.inner.remove(&self.store.contents, key);
+        let store = self.store;
+        self.remove(&store.contents, key);
     }
 
     /// Whether nothing was written to the batch.
@@ -340,7 +359,21 @@ impl Batch<'_> {
         if self.empty {
             return Ok(());
         }
+        self.store.unflushed.fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
         self.inner.commit().map_err(|e| self.store.err(e))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if *self.unflushed.get_mut() < FLUSH_ON_CLOSE_BYTES {
+            return;
+        }
+        for ks in [&self.entries, &self.nodes, &self.contents, &self.meta, &self.generations] {
+            if let Err(e) = ks.rotate_memtable_and_wait() {
+                tracing::warn!("{}: flushing the state on close: {e}", self.dir.display());
+            }
+        }
     }
 }
 
