@@ -24,7 +24,12 @@ fn main() {
     // Make every file old enough that none is racily clean.
     let old = std::time::SystemTime::now() - Duration::from_secs(3600);
     paths.par_iter().for_each(|p| {
-        std::fs::File::options().write(true).open(p).unwrap().set_times(std::fs::FileTimes::new().set_modified(old)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(old))
+            .unwrap();
     });
 
     let config = common::config(dir.path(), &tree, None);
@@ -32,7 +37,12 @@ fn main() {
 
     let (first, r) = common::time(|| engine.check(&[]).unwrap());
     let read = r.groups[0].stats.bytes_read;
-    println!("first check:       {:>9.3?}  ({} read, {:.0} MiB/s)", first, indicatif::HumanBytes(read), read as f64 / first.as_secs_f64() / 1048576.0);
+    println!(
+        "first check:       {:>9.3?}  ({} read, {:.0} MiB/s)",
+        first,
+        indicatif::HumanBytes(read),
+        read as f64 / first.as_secs_f64() / 1048576.0
+    );
 
     let mut rerun = Vec::new();
     for _ in 0..5 {

@@ -137,8 +137,8 @@ fn chunk_reader(bencher: Bencher) {
         .bench(|| chunk::chunk_reader(black_box(&data[..]), |_, _| Ok(())).unwrap());
 }
 
-/// `chunk_file` on a page-cached file of each size: read whole up to
-/// `WHOLE_READ_MAX`, streamed above.
+/// `chunk_file` on a page-cached file of each size: read whole below
+/// `STREAM_WINDOW` (1 MiB), streamed above.
 #[divan::bench(args = [64 << 10, 1 << 20, 8 << 20, 64 << 20])]
 fn chunk_file(bencher: Bencher, size: usize) {
     let data = random_bytes(0xf11e, size);

@@ -17,7 +17,10 @@ fn main() {
     let files: usize = std::env::var("SNAPSYNC_BENCH_STORE_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
     let rewrite = measure(files, Change::RewriteFiles);
     let scattered = measure(files, Change::ScatteredEdits);
-    common::save("store_size", &serde_json::json!({ "files": files, "rewrite_files": rewrite, "scattered_edits": scattered }));
+    common::save(
+        "store_size",
+        &serde_json::json!({ "files": files, "rewrite_files": rewrite, "scattered_edits": scattered }),
+    );
 }
 
 #[derive(Clone, Copy, Debug)]

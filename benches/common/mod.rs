@@ -73,9 +73,8 @@ pub fn save(name: &str, value: &serde_json::Value) {
 
 /// A config with one group including `tree`, with backups in `backup` if given.
 pub fn config(dir: &Path, tree: &Path, backup: Option<(&Path, u32)>) -> snapsync::config::Config {
-    let backup = backup
-        .map(|(b, n)| format!("backup-directory {};\n backup-generations {n};", b.display()))
-        .unwrap_or_default();
+    let backup =
+        backup.map(|(b, n)| format!("backup-directory {};\n backup-generations {n};", b.display())).unwrap_or_default();
     let text = format!(
         "group bench {{\n host bench other;\n key {}/key;\n include {};\n {backup}\n}}\n",
         dir.display(),

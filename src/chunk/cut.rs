@@ -25,18 +25,19 @@ use super::{AVG_SIZE, ChunkRef, MAX_SIZE, MIN_SIZE};
 /// [`MAX_SIZE`] (the FastCDC paper's recommended trade-off).
 const NORMALIZATION: Normalization = Normalization::Level1;
 
-/// Read buffer of [`chunk_reader`], and of [`chunk_file`] above
-/// [`WHOLE_READ_MAX`]. Four times [`MAX_SIZE`]: the window only has to hold
-/// [`MAX_SIZE`] bytes ahead of the next cut, and each refill first moves the
-/// unfinished tail (less than [`MAX_SIZE`]) to the front, so a larger window
-/// means fewer, larger reads and a smaller share of bytes moved twice.
+/// The read buffer of [`chunk_reader`] and [`chunk_file`].
+///
+/// Four times [`MAX_SIZE`]: the window only has to hold [`MAX_SIZE`] bytes
+/// ahead of the next cut, and each refill first moves the unfinished tail
+/// (less than [`MAX_SIZE`]) to the front, so a larger window means fewer,
+/// larger reads and fewer bytes moved twice. A file smaller than the window
+/// is read whole, in one `read`.
+///
+/// Files up to 8 MiB were also tried read whole into a buffer of their own
+/// size: that was no faster than streaming them through this window (whose
+/// bytes are still in cache when they are hashed), and it would keep 8 MiB
+/// per chunking thread instead of 1 MiB.
 pub const STREAM_WINDOW: usize = 4 * MAX_SIZE as usize;
-
-/// Largest file [`chunk_file`] reads whole, in one pass into a reused
-/// buffer; larger files stream through a [`STREAM_WINDOW`] window. Each
-/// thread that calls [`chunk_file`] keeps one such buffer, so this bounds
-/// the memory chunking holds per thread.
-pub const WHOLE_READ_MAX: u64 = 8 * 1024 * 1024;
 
 /// FastCDC cut-point search with its masks selected once.
 #[derive(Clone, Copy)]
@@ -114,57 +115,55 @@ pub fn chunk_bytes(data: &[u8]) -> Vec<ChunkRef> {
 /// Cuts everything `r` yields into chunks, calling `sink` with each chunk's
 /// reference and bytes in order, and returns the chunk list.
 ///
-/// Memory stays at one [`STREAM_WINDOW`] buffer plus the chunk list
-/// (36 bytes per chunk) whatever the input's size. The chunk list is the
-/// one [`chunk_bytes`] gives for the same bytes. An error from `r` or from
-/// `sink` stops the work and is returned as it is; `Interrupted` reads are
-/// retried.
+/// Memory stays at one [`STREAM_WINDOW`] buffer, reused across calls on the
+/// same thread, plus the chunk list (36 bytes per chunk) whatever the
+/// input's size. The chunk list is the one [`chunk_bytes`] gives for the
+/// same bytes. An error from `r` or from `sink` stops the work and is
+/// returned as it is; `Interrupted` reads are retried.
 pub fn chunk_reader<R: Read>(
     mut r: R,
     sink: impl FnMut(&ChunkRef, &[u8]) -> io::Result<()>,
 ) -> io::Result<Vec<ChunkRef>> {
-    let mut window = vec![0; STREAM_WINDOW];
     let mut list = Vec::new();
-    chunk_stream(&mut r, &mut window, sink, &mut list)?;
+    with_window(|window| chunk_stream(&mut r, window, sink, &mut list))?;
     Ok(list)
 }
 
-thread_local! {
-    /// [`chunk_file`]'s read buffer, kept between calls so that chunking
-    /// many files allocates once per thread.
-    static FILE_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-/// Cuts a file into chunks like [`chunk_reader`], reading it whole when
-/// `size_hint` (its size when it was last looked at) is at most
-/// [`WHOLE_READ_MAX`], and streaming it otherwise.
+/// Cuts a file into chunks like [`chunk_reader`]; a file smaller than
+/// [`STREAM_WINDOW`] is read whole in one `read`, a larger one streams.
 ///
-/// Either way the result is the chunk list of the bytes actually read: a
-/// file that grew or shrank since `size_hint` was taken is still cut
-/// correctly (deciding whether such a file is consistent is the caller's
-/// business). The read buffer is reused across calls on the same thread.
+/// `size_hint` (the file's size when it was last looked at) only sizes the
+/// chunk list up front. The result is the chunk list of the bytes actually
+/// read: a file that grew or shrank since the hint was taken is still cut
+/// correctly (whether such a file is consistent is the caller's business).
 pub fn chunk_file(
     file: &mut File,
     size_hint: u64,
     sink: impl FnMut(&ChunkRef, &[u8]) -> io::Result<()>,
 ) -> io::Result<Vec<ChunkRef>> {
-    // One byte more than the file, so the read that fills the buffer is
-    // followed by the read that reports its end, with no refill in between.
-    let window_len =
-        if size_hint <= WHOLE_READ_MAX { (size_hint as usize + 1).max(MAX_SIZE as usize) } else { STREAM_WINDOW };
-    // Taken out of the cell rather than borrowed, so that a sink that
-    // chunks another file on this thread gets a buffer of its own.
-    let mut window = FILE_BUFFER.take();
-    if window.len() < window_len {
-        window.resize(window_len, 0);
-    }
-    // A chunk list costs 36 bytes per chunk; trust the hint only as far as a
-    // modest reservation.
+    // Trust the hint only as far as a modest reservation: a chunk list
+    // costs 36 bytes per chunk, and 4096 chunks is a 256 MiB file or more.
     let expected_chunks = (size_hint / u64::from(AVG_SIZE) + 1).min(4096) as usize;
     let mut list = Vec::with_capacity(expected_chunks);
-    let result = chunk_stream(file, &mut window[..window_len], sink, &mut list);
-    FILE_BUFFER.set(window);
-    result.map(|()| list)
+    with_window(|window| chunk_stream(file, window, sink, &mut list))?;
+    Ok(list)
+}
+
+thread_local! {
+    /// The streaming window, kept between calls so that chunking many files
+    /// allocates once per thread.
+    static WINDOW: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's [`STREAM_WINDOW`]-byte window.
+fn with_window<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    // Taken out of the cell rather than borrowed, so that a sink that
+    // chunks another file on this thread gets a window of its own.
+    let mut window = WINDOW.take();
+    window.resize(STREAM_WINDOW, 0);
+    let result = f(&mut window);
+    WINDOW.set(window);
+    result
 }
 
 /// The streaming loop behind [`chunk_reader`] and [`chunk_file`]: reads
@@ -376,8 +375,7 @@ mod tests {
         let expected = chunk_bytes(&data);
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&data).unwrap();
-        // Right hint (streamed, since 10 MiB > WHOLE_READ_MAX), a hint small
-        // enough to read whole though the file is larger, and a stale hint.
+        // The right size hint, and wrong ones.
         for hint in [data.len() as u64, 1 << 20, 0, 1 << 40] {
             file.rewind().unwrap();
             let mut seen = Vec::new();
@@ -392,13 +390,19 @@ mod tests {
     }
 
     #[test]
-    fn chunk_file_reads_small_file_whole() {
-        let data = random_bytes(6, 3 << 20);
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&data).unwrap();
-        file.rewind().unwrap();
-        let list = chunk_file(&mut file, data.len() as u64, |_, _| Ok(())).unwrap();
+    fn input_smaller_than_window_is_read_in_one_call() {
+        struct Counting<'a>(&'a [u8], usize);
+        impl Read for Counting<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.1 += 1;
+                self.0.read(buf)
+            }
+        }
+        let data = random_bytes(6, STREAM_WINDOW - 1);
+        let mut reader = Counting(&data, 0);
+        let list = chunk_reader(&mut reader, |_, _| Ok(())).unwrap();
         assert_eq!(list, chunk_bytes(&data));
+        assert_eq!(reader.1, 2, "one read for the data, one for its end");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash;
 
-pub use cut::{STREAM_WINDOW, WHOLE_READ_MAX, chunk_bytes, chunk_file, chunk_reader, chunks};
+pub use cut::{Chunks, STREAM_WINDOW, chunk_bytes, chunk_file, chunk_reader, chunks};
 pub use stored::{TAG_RAW, TAG_ZSTD, ZSTD_LEVEL, decode, decode_into, encode, encode_into};
 
 /// Smallest chunk FastCDC cuts (except a file's last chunk).
@@ -79,7 +79,7 @@ pub const MAX_SIZE: u32 = 256 * 1024;
 
 /// The `derive_key` context of [`content_hash`]. Part of the format: content
 /// hashes computed under another context are different names.
-pub const CONTENT_HASH_CONTEXT: &str = "snapsync 2026 content v1";
+pub const CONTENT_HASH_CONTEXT: &str = "snapsync 2026-11 content v1";
 
 /// One entry of a chunk list: a chunk's hash and its length in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

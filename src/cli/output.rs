@@ -160,12 +160,11 @@ pub(super) fn gc(cli: &Cli, r: &GcReport) {
         print_json(&serde_json::to_value(r).expect("report serializes"));
     } else if !cli.quiet {
         println!(
-            "dropped {} generations, freed {} chunks ({}), {} tree nodes, {} chunk lists",
+            "dropped {} generations, freed {} chunks ({}) and {} tree nodes",
             r.generations_dropped.len(),
             r.chunks_freed,
             bytes(r.bytes_freed),
-            r.nodes_freed,
-            r.contents_freed
+            r.nodes_freed
         );
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{Engine, EngineError};
-use crate::scan::{EntryWrite, Problem, ScanStats, Scanner, Scope, Severity};
+use crate::scan::{Problem, ScanStats, Scanner, Scope, Severity};
 use crate::store::Generation;
 use crate::tree::Timestamp;
 
@@ -111,17 +111,14 @@ impl Engine {
             let old = self.store.root_set(&group.name)?;
             let changed = old.as_ref() != Some(&out.roots);
             let mut batch = self.store.batch();
-            for w in &out.writes.entries {
-                match w {
-                    EntryWrite::Put { parent, name, record } => batch.put_entry(&group.name, parent, name, record),
-                    EntryWrite::Forget { parent, name } => batch.remove_entry(&group.name, parent, name),
+            for (dir, rec) in &out.writes.dirs {
+                match rec {
+                    Some(rec) => batch.put_dir_record(&group.name, dir, rec),
+                    None => batch.remove_dir_record(&group.name, dir),
                 }
             }
-            for (hash, encoded) in &out.writes.nodes {
-                batch.put_node(hash, encoded);
-            }
-            for (hash, chunks) in &out.writes.contents {
-                batch.put_content(hash, chunks);
+            for (hash, encoded, manifest) in &out.writes.nodes {
+                batch.put_node(hash, encoded, manifest);
             }
             if out.seq != self.store.seq()? {
                 batch.put_seq(out.seq);
@@ -139,6 +136,7 @@ impl Engine {
                         time: Timestamp::now(),
                         cause: cause.to_owned(),
                         roots: out.roots.clone(),
+                        root_chunks: out.root_chunks.clone(),
                         entries: out.entries,
                         bytes: out.bytes,
                         added_bytes: out.added_bytes,

@@ -55,34 +55,36 @@ impl Engine {
         let under = under.map(Engine::absolute).transpose()?;
         let mut out = Vec::new();
         for group in &self.groups {
-            for item in self.store.all_entries(&group.name) {
-                let (parent, name, rec) = item?;
-                if rec.deleted {
-                    continue;
+            for item in self.store.all_dir_records(&group.name) {
+                let (dir, record) = item?;
+                for (name, rec) in &record.children {
+                    if rec.deleted {
+                        continue;
+                    }
+                    let Some(path) = local_path(group, &join_logical(&dir, name)) else {
+                        continue;
+                    };
+                    if under.as_ref().is_some_and(|u| !path.starts_with(u)) {
+                        continue;
+                    }
+                    let (size, hash, target) = match &rec.body {
+                        Body::File { size, content } => (Some(*size), Some(content.to_hex()), None),
+                        Body::Dir { tree } => (None, Some(tree.to_hex()), None),
+                        Body::Symlink { target } => (None, None, Some(String::from_utf8_lossy(target).into_owned())),
+                    };
+                    out.push(LsEntry {
+                        group: group.name.clone(),
+                        path,
+                        kind: rec.body.kind().as_str(),
+                        mode: rec.meta.mode.map(|m| format!("{m:04o}")),
+                        uid: rec.meta.uid,
+                        gid: rec.meta.gid,
+                        size,
+                        mtime: rec.meta.mtime.map(|t| format!("{}.{:09}", t.secs, t.nanos)),
+                        hash,
+                        target,
+                    });
                 }
-                let Some(path) = local_path(group, &join_logical(&parent, &name)) else {
-                    continue;
-                };
-                if under.as_ref().is_some_and(|u| !path.starts_with(u)) {
-                    continue;
-                }
-                let (size, hash, target) = match &rec.body {
-                    Body::File { size, content } => (Some(*size), Some(content.to_hex()), None),
-                    Body::Dir { tree } => (None, Some(tree.to_hex()), None),
-                    Body::Symlink { target } => (None, None, Some(String::from_utf8_lossy(target).into_owned())),
-                };
-                out.push(LsEntry {
-                    group: group.name.clone(),
-                    path,
-                    kind: rec.body.kind().as_str(),
-                    mode: rec.meta.mode.map(|m| format!("{m:04o}")),
-                    uid: rec.meta.uid,
-                    gid: rec.meta.gid,
-                    size,
-                    mtime: rec.meta.mtime.map(|t| format!("{}.{:09}", t.secs, t.nanos)),
-                    hash,
-                    target,
-                });
             }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.group.cmp(&b.group)));

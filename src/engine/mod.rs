@@ -157,13 +157,12 @@ impl Engine {
         let stores: Vec<&ChunkStore> = self.chunk_stores.iter().collect();
         let report = collect_garbage(&self.store, &groups, &stores)?;
         if !report.generations_dropped.is_empty() || report.chunks_freed > 0 {
-            tracing::info!(
-                "gc: dropped generations {:?}, freed {} chunks ({} bytes), {} nodes, {} chunk lists",
+            tracing::debug!(
+                "gc: dropped generations {:?}, freed {} chunks ({} bytes) and {} nodes",
                 report.generations_dropped,
                 report.chunks_freed,
                 report.bytes_freed,
-                report.nodes_freed,
-                report.contents_freed
+                report.nodes_freed
             );
         }
         Ok(report)

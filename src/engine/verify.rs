@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use super::ls::local_path;
 use super::{Engine, EngineError};
+use crate::chunk::ChunkRef;
 use crate::hash::Hash;
-use crate::store::{EntryRecord, join_logical};
+use crate::store::{EntryRecord, StoreError, join_logical};
 use crate::tree::Body;
 
 /// One thing that does not match its hash.
@@ -47,13 +48,15 @@ impl Engine {
         let mut report = VerifyReport::default();
         for group in &self.groups {
             let mut files: Vec<(PathBuf, EntryRecord)> = Vec::new();
-            for item in self.store.all_entries(&group.name) {
-                let (parent, name, rec) = item?;
-                if rec.deleted || rec.body.kind() == crate::tree::Kind::Dir {
-                    continue;
-                }
-                if let Some(path) = local_path(group, &join_logical(&parent, &name)) {
-                    files.push((path, rec));
+            for item in self.store.all_dir_records(&group.name) {
+                let (dir, record) = item?;
+                for (name, rec) in record.children {
+                    if rec.deleted || rec.body.kind() == crate::tree::Kind::Dir {
+                        continue;
+                    }
+                    if let Some(path) = local_path(group, &join_logical(&dir, &name)) {
+                        files.push((path, rec));
+                    }
                 }
             }
             let bar = self.bar(Some(files.len() as u64), &format!("verifying {}", group.name));
@@ -94,20 +97,19 @@ impl Engine {
         }
 
         for generation in self.store.generations()? {
-            let Some(gi) = self.group_index(&generation.group) else {
-                continue;
-            };
+            let Some(gi) = self.group_index(&generation.group) else { continue };
             let group = &self.groups[gi];
-            let chunks = self.chunk_store(gi);
-            let mut stack: Vec<(Vec<u8>, Body)> = generation
+            let Some(chunks) = self.chunk_store(gi) else { continue };
+            let mut stack: Vec<(Vec<u8>, Body, Vec<ChunkRef>)> = generation
                 .roots
                 .roots
                 .iter()
-                .filter_map(|(l, e)| e.as_ref().map(|e| (l.as_bytes().to_vec(), e.body.clone())))
+                .zip(generation.root_chunks.iter().chain(std::iter::repeat(&Vec::new())))
+                .filter_map(|((l, e), c)| e.as_ref().map(|e| (l.as_bytes().to_vec(), e.body.clone(), c.clone())))
                 .collect();
             let mut seen_trees = std::collections::HashSet::new();
-            let mut seen_contents = std::collections::HashSet::new();
-            while let Some((logical, body)) = stack.pop() {
+            let mut seen_chunks = std::collections::HashSet::new();
+            while let Some((logical, body, list)) = stack.pop() {
                 let shown = local_path(group, &logical)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| String::from_utf8_lossy(&logical).into_owned());
@@ -118,32 +120,29 @@ impl Engine {
                         if !seen_trees.insert(tree) {
                             continue;
                         }
-                        match self.store.node(&tree) {
-                            Ok(Some(node)) => {
-                                for e in node.entries {
-                                    stack.push((join_logical(&logical, &e.name), e.body));
+                        let node = self.store.node(&tree).and_then(|n| {
+                            let n = n.ok_or_else(|| StoreError::Corrupt {
+                                path: self.store.dir().to_path_buf(),
+                                what: format!("tree node {tree}"),
+                                why: "missing".into(),
+                            })?;
+                            let m = self.store.manifest(&tree, &n)?;
+                            Ok((n, m))
+                        });
+                        match node {
+                            Ok((node, manifest)) => {
+                                for (e, c) in node.entries.into_iter().zip(manifest) {
+                                    stack.push((join_logical(&logical, &e.name), e.body, c));
                                 }
                             }
-                            Ok(None) => report.mismatches.push(bad(format!("directory node {tree} is missing"))),
                             Err(e) => report.mismatches.push(bad(e.to_string())),
                         }
                     }
-                    Body::File { content, .. } => {
-                        if !seen_contents.insert(content) {
-                            continue;
-                        }
-                        match self.store.content(&content) {
-                            Ok(Some(list)) => {
-                                if let Some(cs) = chunks {
-                                    for c in list {
-                                        if !cs.has(&c.hash)? {
-                                            report.mismatches.push(bad(format!("chunk {} is missing", c.hash)));
-                                        }
-                                    }
-                                }
+                    Body::File { .. } => {
+                        for c in list {
+                            if seen_chunks.insert(c.hash) && !chunks.has(&c.hash)? {
+                                report.mismatches.push(bad(format!("chunk {} is missing", c.hash)));
                             }
-                            Ok(None) => report.mismatches.push(bad(format!("chunk list {content} is missing"))),
-                            Err(e) => report.mismatches.push(bad(e.to_string())),
                         }
                     }
                     Body::Symlink { .. } => {}

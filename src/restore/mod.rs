@@ -21,10 +21,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::chunk::ChunkRef;
 use crate::engine::{Engine, EngineError};
 use crate::scan::{Problem, Severity};
 use crate::store::Generation;
 use crate::tree::{Body, Meta, Timestamp};
+
+/// What a generation holds at one path.
+#[derive(Clone, Debug)]
+pub(crate) struct Want {
+    pub(crate) meta: Meta,
+    pub(crate) body: Body,
+    /// The chunk list, for a file.
+    pub(crate) chunks: Vec<ChunkRef>,
+}
 
 /// What a restore did.
 #[derive(Debug, Default, Serialize)]
@@ -77,11 +87,10 @@ impl Engine {
         })?;
 
         // (local path, want) for each target.
-        let mut targets: Vec<(PathBuf, Option<(Meta, Body)>)> = Vec::new();
+        let mut targets: Vec<(PathBuf, Option<Want>)> = Vec::new();
         if paths.is_empty() {
             for r in &group.roots {
-                let want = generation.roots.roots.iter().find(|(l, _)| *l == r.logical).and_then(|(_, e)| e.clone());
-                targets.push((r.local.clone(), want.map(|e| (e.meta, e.body))));
+                targets.push((r.local.clone(), self.want_at(&generation, &r.logical, Path::new(""))?));
             }
         } else {
             for p in paths {
@@ -108,7 +117,8 @@ impl Engine {
             report.before = self.record_current(gi, &format!("before restore of generation {id}"))?;
         }
 
-        let writer = write::Writer::new(&self.host, &self.store, chunks, if to.is_none() { Some(&group.matcher) } else { None });
+        let writer =
+            write::Writer::new(&self.host, &self.store, chunks, if to.is_none() { Some(&group.matcher) } else { None });
         for (local, want) in &targets {
             let dest = match to {
                 None => local.clone(),
@@ -132,13 +142,17 @@ impl Engine {
     }
 
     /// The entry generation `g` holds at `rest` below root `logical`.
-    fn want_at(&self, g: &Generation, logical: &str, rest: &Path) -> Result<Option<(Meta, Body)>, EngineError> {
-        let Some(Some(root)) = g.roots.roots.iter().find(|(l, _)| l == logical).map(|(_, e)| e.clone()) else {
+    fn want_at(&self, g: &Generation, logical: &str, rest: &Path) -> Result<Option<Want>, EngineError> {
+        let Some(i) = g.roots.roots.iter().position(|(l, _)| l == logical) else {
             return Ok(None);
         };
-        let (mut meta, mut body) = (root.meta, root.body);
+        let Some(root) = g.roots.roots[i].1.clone() else {
+            return Ok(None);
+        };
+        let chunks = g.root_chunks.get(i).cloned().unwrap_or_default();
+        let mut want = Want { meta: root.meta, body: root.body, chunks };
         for comp in rest.iter() {
-            let Body::Dir { tree } = body else {
+            let Body::Dir { tree } = want.body else {
                 return Ok(None);
             };
             let node = self.store.node(&tree)?.ok_or_else(|| crate::store::StoreError::Corrupt {
@@ -146,12 +160,14 @@ impl Engine {
                 what: format!("tree node {tree}"),
                 why: "missing".into(),
             })?;
-            let Some(e) = node.get(comp.as_bytes()) else {
+            let manifest = self.store.manifest(&tree, &node)?;
+            let Some(at) = node.entries.iter().position(|e| e.name == comp.as_bytes()) else {
                 return Ok(None);
             };
-            (meta, body) = (e.meta.clone(), e.body.clone());
+            let e = &node.entries[at];
+            want = Want { meta: e.meta.clone(), body: e.body.clone(), chunks: manifest[at].clone() };
         }
-        Ok(Some((meta, body)))
+        Ok(Some(want))
     }
 
     /// Records the group's current tree as a generation unless the newest
@@ -163,22 +179,27 @@ impl Engine {
             return Ok(None);
         };
         let newest = self.store.generations()?.into_iter().filter(|g| g.group == group.name).max_by_key(|g| g.id);
+        let roots = self.store.dir_record(&group.name, b"")?.unwrap_or_default();
         if let Some(n) = newest.filter(|n| n.roots == current) {
             return Ok(Some(n.id));
         }
         let (mut entries, mut bytes) = (0, 0);
-        for r in &group.roots {
-            if let Some(rec) = self.store.entry(&group.name, b"", r.logical.as_bytes())?.filter(|r| !r.deleted) {
-                entries += rec.count;
-                bytes += rec.bytes;
-            }
+        for (_, rec) in roots.children.iter().filter(|(_, r)| !r.deleted) {
+            entries += rec.count;
+            bytes += rec.bytes;
         }
+        let root_chunks = current
+            .roots
+            .iter()
+            .map(|(l, _)| roots.get(l.as_bytes()).map(|r| r.chunks.clone()).unwrap_or_default())
+            .collect();
         let g = Generation {
             id: self.store.next_generation_id()?,
             group: group.name.clone(),
             time: Timestamp::now(),
             cause: cause.to_owned(),
             roots: current,
+            root_chunks,
             entries,
             bytes,
             added_bytes: 0,

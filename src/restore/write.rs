@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
-use super::RestoreReport;
+use super::{RestoreReport, Want};
+use crate::chunk::ChunkRef;
 use crate::config::{Class, Matcher};
 use crate::hash::Hash;
 use crate::scan::{Problem, Severity};
@@ -65,12 +66,14 @@ impl<'a> Writer<'a> {
     }
 
     /// Makes `path` hold `want` (or nothing).
-    pub(super) fn restore(&self, path: &Path, want: Option<&(Meta, Body)>) {
+    pub(super) fn restore(&self, path: &Path, want: Option<&Want>) {
         let result = match want {
             None => self.remove(path),
-            Some((meta, Body::File { size, content })) => self.file(path, meta, *size, content),
-            Some((meta, Body::Symlink { target })) => self.symlink(path, meta, target),
-            Some((meta, Body::Dir { tree })) => self.dir(path, meta, tree),
+            Some(w) => match &w.body {
+                Body::File { size, content } => self.file(path, &w.meta, *size, content, &w.chunks),
+                Body::Symlink { target } => self.symlink(path, &w.meta, target),
+                Body::Dir { tree } => self.dir(path, &w.meta, tree),
+            },
         };
         if let Err(e) = result {
             self.problem(path, e.to_string());
@@ -122,7 +125,7 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn file(&self, path: &Path, meta: &Meta, size: u64, content: &Hash) -> io::Result<()> {
+    fn file(&self, path: &Path, meta: &Meta, size: u64, content: &Hash, chunks: &[ChunkRef]) -> io::Result<()> {
         self.clear_dir(path)?;
         // Already right? Then only the metadata may need setting.
         if let Ok(md) = fs::symlink_metadata(path)
@@ -136,15 +139,13 @@ impl<'a> Writer<'a> {
             self.files_kept.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let chunks = self
-            .store
-            .content(content)
-            .map_err(io::Error::other)?
-            .ok_or_else(|| io::Error::other(format!("chunk list {content} is not in the store")))?;
+        if crate::chunk::content_hash(chunks) != *content {
+            return Err(io::Error::other(format!("the stored chunk list does not match content {content}")));
+        }
         let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
         let mut tmp = tempfile::Builder::new().prefix(".snapsync-").tempfile_in(dir)?;
         let mut written = 0u64;
-        for c in &chunks {
+        for c in chunks {
             // `get` checks every chunk against its hash before it is used.
             let data = self.chunks.get(&c.hash).map_err(io::Error::other)?;
             tmp.write_all(&data)?;
@@ -211,9 +212,10 @@ impl<'a> Writer<'a> {
                 }
             }
         }
-        node.entries.par_iter().for_each(|e| {
+        let manifest = self.store.manifest(tree, &node).map_err(io::Error::other)?;
+        node.entries.into_par_iter().zip(manifest).for_each(|(e, chunks)| {
             let child = path.join(OsStr::from_bytes(&e.name));
-            self.restore(&child, Some(&(e.meta.clone(), e.body.clone())));
+            self.restore(&child, Some(&Want { meta: e.meta, body: e.body, chunks }));
         });
         let f = File::open(path)?;
         apply_meta(&f, meta)?;

@@ -23,7 +23,7 @@ mod read;
 
 use std::ffi::OsStr;
 use std::fs::Metadata;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use crate::chunk::ChunkRef;
 use crate::config::{Class, ResolvedGroup};
 use crate::hash::Hash;
-use crate::store::{ChunkStore, EntryRecord, Stat, Store, StoreError, Version, join_logical};
+use crate::store::{ChunkStore, DirRecord, EntryRecord, Stat, Store, StoreError, Version, join_logical};
 use crate::tree::{Body, Kind, Meta, Node, NodeEntry, RootEntry, RootSet, Timestamp};
 
 /// Which part of a group to scan.
@@ -46,36 +46,13 @@ pub enum Scope {
     Paths(Vec<PathBuf>),
 }
 
-/// One change to an entry record.
-#[derive(Clone, Debug)]
-pub enum EntryWrite {
-    /// Store this record.
-    Put {
-        /// Logical path of the directory holding the entry ("" for a root).
-        parent: Vec<u8>,
-        /// Entry name (the logical path for a root).
-        name: Vec<u8>,
-        /// The new record.
-        record: EntryRecord,
-    },
-    /// Drop the record without a tombstone: the path left the included set.
-    Forget {
-        /// As in `Put`.
-        parent: Vec<u8>,
-        /// As in `Put`.
-        name: Vec<u8>,
-    },
-}
-
 /// Everything a scan wants written.
 #[derive(Debug, Default)]
 pub struct Writes {
-    /// Entry record changes.
-    pub entries: Vec<EntryWrite>,
-    /// New directory nodes: tree hash and encoding.
-    pub nodes: Vec<(Hash, Vec<u8>)>,
-    /// New chunk lists: content hash and chunks.
-    pub contents: Vec<(Hash, Vec<ChunkRef>)>,
+    /// Directory records to store (`Some`) or drop (`None`), by logical path.
+    pub dirs: Vec<(Vec<u8>, Option<DirRecord>)>,
+    /// New directory nodes: tree hash, encoding and manifest.
+    pub nodes: Vec<(Hash, Vec<u8>, Vec<Vec<ChunkRef>>)>,
 }
 
 /// How bad a problem is.
@@ -121,6 +98,8 @@ pub struct ScanStats {
 pub struct ScanOutput {
     /// The group's root set after the scan.
     pub roots: RootSet,
+    /// Chunk lists of roots that are files, in the order of `roots`.
+    pub root_chunks: Vec<Vec<ChunkRef>>,
     /// What must be written to record it.
     pub writes: Writes,
     /// Per-path problems, in no particular order.
@@ -161,20 +140,6 @@ enum Mode {
     Partial(Vec<Vec<Vec<u8>>>),
 }
 
-/// An entry as it stands after the visit, with its subtree totals.
-struct Visited {
-    meta: Meta,
-    body: Body,
-    count: u64,
-    bytes: u64,
-}
-
-impl Visited {
-    fn from_record(r: &EntryRecord) -> Option<Visited> {
-        (!r.deleted).then(|| Visited { meta: r.meta.clone(), body: r.body.clone(), count: r.count, bytes: r.bytes })
-    }
-}
-
 struct Run<'a, 's> {
     scan: &'s Scanner<'a>,
     writes: Mutex<Writes>,
@@ -186,7 +151,7 @@ struct Run<'a, 's> {
     files_read: AtomicU64,
     bytes_read: AtomicU64,
     entries_changed: AtomicU64,
-    /// A fatal store error: the scan stops reporting it.
+    /// A fatal store error: the scan stops and reports it.
     fatal: Mutex<Option<StoreError>>,
 }
 
@@ -206,31 +171,42 @@ impl Scanner<'_> {
             entries_changed: AtomicU64::new(0),
             fatal: Mutex::new(None),
         };
-        let mut roots = Vec::new();
-        let (mut entries, mut bytes) = (0, 0);
+        // The roots are the children of the record with the empty path.
+        let old = self.store.dir_record(&self.group.name, b"")?.unwrap_or_default();
+        let mut new = DirRecord::default();
         for root in &self.group.roots {
             let mode = match scope {
                 Scope::All => Mode::Full,
                 Scope::Paths(paths) => root_mode(&root.local, paths),
             };
             let logical = root.logical.as_bytes();
-            let old = self.store.entry(&self.group.name, b"", logical)?;
-            let v = match mode {
-                Mode::Keep => old.as_ref().and_then(Visited::from_record),
-                mode => run.visit(b"", logical, &root.local, old, Class::Included, &mode),
-            };
-            if let Some(f) = run.fatal.lock().expect("poisoned").take() {
-                return Err(f);
+            let rec = run.visit(b"", logical, &root.local, old.get(logical).cloned(), Class::Included, &mode);
+            if let Some(rec) = rec {
+                new.children.push((logical.to_vec(), rec));
             }
-            if let Some(v) = &v {
-                entries += v.count;
-                bytes += v.bytes;
-            }
-            roots.push((root.logical.clone(), v.map(|v| RootEntry { meta: v.meta, body: v.body })));
         }
-        roots.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(f) = run.fatal.lock().expect("poisoned").take() {
+            return Err(f);
+        }
+        new.children.sort_by(|a, b| a.0.cmp(&b.0));
+        if new != old {
+            run.writes.lock().expect("poisoned").dirs.push((Vec::new(), Some(new.clone())));
+        }
+        let (mut entries, mut bytes) = (0, 0);
+        let mut roots = Vec::new();
+        let mut root_chunks = Vec::new();
+        for root in &self.group.roots {
+            let rec = new.get(root.logical.as_bytes()).filter(|r| !r.deleted);
+            if let Some(r) = rec {
+                entries += r.count;
+                bytes += r.bytes;
+            }
+            roots.push((root.logical.clone(), rec.map(|r| RootEntry { meta: r.meta.clone(), body: r.body.clone() })));
+            root_chunks.push(rec.map(|r| r.chunks.clone()).unwrap_or_default());
+        }
         Ok(ScanOutput {
             roots: RootSet { roots },
+            root_chunks,
             writes: run.writes.into_inner().expect("poisoned"),
             problems: run.problems.into_inner().expect("poisoned"),
             stats: ScanStats {
@@ -285,61 +261,61 @@ impl Run<'_, '_> {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn put(&self, parent: &[u8], name: &[u8], record: EntryRecord) {
-        self.writes.lock().expect("poisoned").entries.push(EntryWrite::Put {
-            parent: parent.to_vec(),
-            name: name.to_vec(),
-            record,
-        });
+    fn write_dir(&self, dir: Vec<u8>, rec: Option<DirRecord>) {
+        self.writes.lock().expect("poisoned").dirs.push((dir, rec));
     }
 
-    /// Records that an entry (and everything below it) no longer exists.
-    fn gone(&self, parent: &[u8], name: &[u8], old: &EntryRecord) {
+    /// The tombstone of `old`, and tombstones for everything below it.
+    fn gone(&self, parent: &[u8], name: &[u8], old: &EntryRecord) -> Option<EntryRecord> {
         if old.deleted {
-            return;
+            return Some(old.clone());
         }
-        self.tombstone(parent, name, old);
         if old.body.kind() == Kind::Dir {
-            match self.scan.store.descendants(self.group(), &join_logical(parent, name)) {
+            match self.scan.store.dir_records_below(self.group(), &join_logical(parent, name)) {
                 Ok(below) => {
-                    for (p, n, r) in below.iter().filter(|(_, _, r)| !r.deleted) {
-                        self.tombstone(p, n, r);
+                    for (dir, mut rec) in below {
+                        for (_, child) in rec.children.iter_mut().filter(|(_, c)| !c.deleted) {
+                            *child = self.tombstone(child);
+                        }
+                        self.write_dir(dir, Some(rec));
                     }
                 }
                 Err(e) => self.fatal(e),
             }
         }
+        Some(self.tombstone(old))
     }
 
-    fn tombstone(&self, parent: &[u8], name: &[u8], old: &EntryRecord) {
+    fn tombstone(&self, old: &EntryRecord) -> EntryRecord {
         self.entries_changed.fetch_add(1, Ordering::Relaxed);
-        let record = EntryRecord {
+        EntryRecord {
             deleted: true,
             racy: false,
+            chunks: Vec::new(),
             version: old.version.bumped(self.scan.host, self.next_seq()),
             ..old.clone()
-        };
-        self.put(parent, name, record);
+        }
     }
 
-    /// Drops an entry and everything below it from the state, without
-    /// tombstones: it left the included set, which is not a deletion.
-    fn forget(&self, parent: &[u8], name: &[u8], old: &EntryRecord) {
-        let mut w = Vec::new();
-        w.push(EntryWrite::Forget { parent: parent.to_vec(), name: name.to_vec() });
+    /// Drops everything below a directory from the state, without
+    /// tombstones: it left the included set, which is not a deletion. The
+    /// caller drops the entry itself from its parent's record.
+    fn forget(&self, parent: &[u8], name: &[u8], old: &EntryRecord) -> Option<EntryRecord> {
         if old.body.kind() == Kind::Dir {
-            match self.scan.store.descendants(self.group(), &join_logical(parent, name)) {
+            match self.scan.store.dir_records_below(self.group(), &join_logical(parent, name)) {
                 Ok(below) => {
-                    w.extend(below.into_iter().map(|(parent, name, _)| EntryWrite::Forget { parent, name }));
+                    for (dir, _) in below {
+                        self.write_dir(dir, None);
+                    }
                 }
                 Err(e) => self.fatal(e),
             }
         }
-        self.writes.lock().expect("poisoned").entries.extend(w);
+        None
     }
 
-    /// Visits one entry; returns it as it now stands, or `None` if it is
-    /// not (or no longer) tracked.
+    /// Visits one entry; returns its record as it now stands (a tombstone
+    /// if it was deleted), or `None` if it is not tracked.
     fn visit(
         &self,
         parent: &[u8],
@@ -348,23 +324,20 @@ impl Run<'_, '_> {
         old: Option<EntryRecord>,
         class: Class,
         mode: &Mode,
-    ) -> Option<Visited> {
+    ) -> Option<EntryRecord> {
         if let Mode::Keep = mode {
-            return old.as_ref().and_then(Visited::from_record);
+            return old;
         }
         self.entries_seen.fetch_add(1, Ordering::Relaxed);
         self.scan.progress.inc(1);
         let md = match std::fs::symlink_metadata(local) {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(old) = &old {
-                    self.gone(parent, name, old);
-                }
-                return None;
+                return old.and_then(|o| self.gone(parent, name, &o));
             }
             Err(e) => {
                 self.problem(local, format!("cannot stat: {e}"), Severity::Error);
-                return old.as_ref().and_then(Visited::from_record);
+                return old;
             }
         };
         let ft = md.file_type();
@@ -376,33 +349,24 @@ impl Run<'_, '_> {
             Kind::Symlink
         } else {
             self.problem(local, "skipped: not a regular file, directory or symlink", Severity::Warning);
-            if let Some(old) = &old {
-                self.gone(parent, name, old);
-            }
-            return None;
+            return old.and_then(|o| self.gone(parent, name, &o));
         };
         // An ancestor of an include is walked through but only tracked
         // when it is a directory.
         if class == Class::Ancestor && kind != Kind::Dir {
-            if let Some(old) = &old {
-                self.forget(parent, name, old);
-            }
-            return None;
+            return old.and_then(|o| self.forget(parent, name, &o));
         }
-        // A type change is a deletion of the old entry's subtree.
-        if let Some(o) = &old
-            && !o.deleted
-            && o.body.kind() == Kind::Dir
-            && kind != Kind::Dir
-        {
-            self.gone(parent, name, o);
-        }
+        // A directory replaced by something else: its subtree is deleted.
+        let old = match old {
+            Some(o) if !o.deleted && o.body.kind() == Kind::Dir && kind != Kind::Dir => self.gone(parent, name, &o),
+            o => o,
+        };
         let meta = self.meta_of(&md, kind);
         let stat = stat_of(&md);
         match kind {
             Kind::Dir => self.visit_dir(parent, name, local, old, meta, stat, mode),
-            Kind::File => self.visit_file(parent, name, local, old, meta, stat),
-            Kind::Symlink => self.visit_symlink(parent, name, local, old, meta, stat),
+            Kind::File => self.visit_file(local, old, meta, stat),
+            Kind::Symlink => self.visit_symlink(local, old, meta, stat),
         }
     }
 
@@ -416,17 +380,9 @@ impl Run<'_, '_> {
         }
     }
 
-    /// The record for an entry as now found, keeping the old version when
+    /// The record of an entry as now found, keeping the old version when
     /// nothing the tree cares about changed.
-    fn record(
-        &self,
-        old: Option<&EntryRecord>,
-        meta: Meta,
-        body: Body,
-        stat: Stat,
-        count: u64,
-        bytes: u64,
-    ) -> (EntryRecord, bool) {
+    fn record(&self, old: Option<&EntryRecord>, meta: Meta, body: Body, stat: Stat) -> EntryRecord {
         let same = old.is_some_and(|o| {
             !o.deleted
                 && o.meta == meta
@@ -445,48 +401,44 @@ impl Run<'_, '_> {
         if !same {
             self.entries_changed.fetch_add(1, Ordering::Relaxed);
         }
-        let rec = EntryRecord { meta, body, stat, racy: false, stored: false, version, deleted: false, count, bytes };
-        (rec, !same)
+        let bytes = match &body {
+            Body::File { size, .. } => *size,
+            _ => 0,
+        };
+        EntryRecord {
+            meta,
+            body,
+            chunks: Vec::new(),
+            stat,
+            racy: false,
+            stored: false,
+            version,
+            deleted: false,
+            count: 1,
+            bytes,
+        }
     }
 
-    fn visit_symlink(
-        &self,
-        parent: &[u8],
-        name: &[u8],
-        local: &Path,
-        old: Option<EntryRecord>,
-        meta: Meta,
-        stat: Stat,
-    ) -> Option<Visited> {
+    fn visit_symlink(&self, local: &Path, old: Option<EntryRecord>, meta: Meta, stat: Stat) -> Option<EntryRecord> {
         if let Some(o) = &old
             && !o.deleted
             && o.stat == stat
             && o.meta == meta
             && o.body.kind() == Kind::Symlink
         {
-            return Visited::from_record(o);
+            return old;
         }
         let target = match std::fs::read_link(local) {
             Ok(t) => t.into_os_string().into_vec(),
             Err(e) => {
                 self.problem(local, format!("cannot read link: {e}"), Severity::Error);
-                return old.as_ref().and_then(Visited::from_record);
+                return old;
             }
         };
-        let (rec, _) = self.record(old.as_ref(), meta.clone(), Body::Symlink { target: target.clone() }, stat, 1, 0);
-        self.put(parent, name, rec);
-        Some(Visited { meta, body: Body::Symlink { target }, count: 1, bytes: 0 })
+        Some(self.record(old.as_ref(), meta, Body::Symlink { target }, stat))
     }
 
-    fn visit_file(
-        &self,
-        parent: &[u8],
-        name: &[u8],
-        local: &Path,
-        old: Option<EntryRecord>,
-        meta: Meta,
-        stat: Stat,
-    ) -> Option<Visited> {
+    fn visit_file(&self, local: &Path, old: Option<EntryRecord>, meta: Meta, stat: Stat) -> Option<EntryRecord> {
         let backups = self.scan.chunks;
         if let Some(o) = &old
             && !o.deleted
@@ -496,27 +448,26 @@ impl Run<'_, '_> {
             && (backups.is_none() || o.stored)
             && o.body.kind() == Kind::File
         {
-            return Visited::from_record(o);
+            return old;
         }
-        let read = match read::read_stable(local, &stat, backups) {
+        let read = match read::read_stable(local, backups) {
             Ok(r) => r,
             Err(read::ReadError::Unstable) => {
                 self.problem(local, "skipped: changed while being read; it is read again next run", Severity::Warning);
-                return old.as_ref().and_then(Visited::from_record);
+                return old;
             }
             Err(read::ReadError::Gone) => {
-                if let Some(old) = &old {
-                    self.gone(parent, name, old);
-                }
-                return None;
+                // Deleted between the listing and the read: the parent's
+                // next visit records the deletion.
+                return old;
             }
             Err(read::ReadError::Io(e)) => {
                 self.problem(local, format!("cannot read: {e}"), Severity::Error);
-                return old.as_ref().and_then(Visited::from_record);
+                return old;
             }
             Err(read::ReadError::Store(e)) => {
                 self.fatal(e);
-                return None;
+                return old;
             }
         };
         self.files_read.fetch_add(1, Ordering::Relaxed);
@@ -525,15 +476,12 @@ impl Run<'_, '_> {
         // The stat taken on the open file is the one that matches the
         // bytes read; metadata may have moved since the lstat.
         let meta = Meta { mtime: Some(read.stat.mtime), ..meta };
-        let size = read.stat.size;
-        let content = crate::chunk::content_hash(&read.chunks);
-        let body = Body::File { size, content };
-        let (mut rec, _) = self.record(old.as_ref(), meta.clone(), body.clone(), read.stat, 1, size);
+        let body = Body::File { size: read.stat.size, content: crate::chunk::content_hash(&read.chunks) };
+        let mut rec = self.record(old.as_ref(), meta, body, read.stat);
+        rec.chunks = read.chunks;
         rec.racy = read.racy;
         rec.stored = backups.is_some();
-        self.writes.lock().expect("poisoned").contents.push((content, read.chunks));
-        self.put(parent, name, rec);
-        Some(Visited { meta, body, count: 1, bytes: size })
+        Some(rec)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -546,13 +494,13 @@ impl Run<'_, '_> {
         meta: Meta,
         stat: Stat,
         mode: &Mode,
-    ) -> Option<Visited> {
+    ) -> Option<EntryRecord> {
         let logical = join_logical(parent, name);
-        let stored = match self.scan.store.children(self.group(), &logical) {
-            Ok(s) => s,
+        let stored = match self.scan.store.dir_record(self.group(), &logical) {
+            Ok(s) => s.unwrap_or_default(),
             Err(e) => {
                 self.fatal(e);
-                return None;
+                return old;
             }
         };
         // (name, stored record, class, mode) for each child to visit.
@@ -564,25 +512,27 @@ impl Run<'_, '_> {
                     Ok(l) => l,
                     Err(e) => {
                         self.problem(local, format!("cannot list directory: {e}"), Severity::Error);
-                        return old.as_ref().and_then(Visited::from_record);
+                        return old;
                     }
                 };
-                let mut stored = stored.into_iter().peekable();
+                let classify = |n: &[u8]| self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(n)));
+                // Stored children missing from the listing: tombstones stay
+                // as they are; the others are visited so the visit confirms
+                // they are gone (or excluded now).
+                let missing = |n: &Vec<u8>, r: &EntryRecord| {
+                    let m = if r.deleted { Mode::Keep } else { Mode::Full };
+                    (n.clone(), Some(r.clone()), classify(n), m)
+                };
+                let mut stored_iter = stored.children.iter().peekable();
                 for child in listing {
-                    while let Some((n, r)) = stored.next_if(|(n, _)| *n < child) {
-                        self.vanished(&logical, local, n, r, &mut todo);
+                    while let Some((n, r)) = stored_iter.next_if(|(n, _)| *n < child) {
+                        todo.push(missing(n, r));
                     }
-                    let rec = stored.next_if(|(n, _)| *n == child).map(|(_, r)| r);
-                    let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&child)));
-                    match (class, rec) {
-                        (Class::Excluded, Some(r)) if !r.deleted => self.forget(&logical, &child, &r),
-                        (Class::Excluded, _) => {}
-                        (class, rec) => todo.push((child, rec, class, Mode::Full)),
-                    }
+                    let rec = stored_iter.next_if(|(n, _)| *n == child).map(|(_, r)| r.clone());
+                    let class = classify(&child);
+                    todo.push((child, rec, class, Mode::Full));
                 }
-                for (n, r) in stored {
-                    self.vanished(&logical, local, n, r, &mut todo);
-                }
+                todo.extend(stored_iter.map(|(n, r)| missing(n, r)));
             }
             Mode::Partial(targets) => {
                 let mut wanted: Vec<(Vec<u8>, Mode)> = Vec::new();
@@ -594,79 +544,62 @@ impl Run<'_, '_> {
                         None => wanted.push((first.clone(), m)),
                     }
                 }
-                let mut stored_map: std::collections::BTreeMap<Vec<u8>, EntryRecord> = stored.into_iter().collect();
-                for (n, m) in wanted {
-                    let rec = stored_map.remove(&n);
-                    let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&n)));
-                    if class == Class::Excluded {
-                        if let Some(r) = rec.filter(|r| !r.deleted) {
-                            self.forget(&logical, &n, &r);
-                        }
-                        continue;
+                for (n, r) in &stored.children {
+                    if !wanted.iter().any(|(w, _)| w == n) {
+                        todo.push((n.clone(), Some(r.clone()), Class::Included, Mode::Keep));
                     }
-                    todo.push((n, rec, class, m));
                 }
-                todo.extend(stored_map.into_iter().map(|(n, r)| (n, Some(r), Class::Included, Mode::Keep)));
+                for (n, m) in wanted {
+                    let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&n)));
+                    todo.push((n.clone(), stored.get(&n).cloned(), class, m));
+                }
             }
             Mode::Keep => unreachable!("visit handles Keep"),
         }
 
-        let children: Vec<(Vec<u8>, Visited)> = todo
+        let mut children: Vec<(Vec<u8>, EntryRecord)> = todo
             .into_par_iter()
             .filter_map(|(n, rec, class, m)| {
+                if class == Class::Excluded {
+                    // Excluded now: forgotten, never a deletion.
+                    return rec.and_then(|r| self.forget(&logical, &n, &r)).map(|r| (n, r));
+                }
                 let path = local.join(OsStr::from_bytes(&n));
-                self.visit(&logical, &n, &path, rec, class, &m).map(|v| (n, v))
+                self.visit(&logical, &n, &path, rec, class, &m).map(|r| (n, r))
             })
             .collect();
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+
         let (mut count, mut bytes) = (1, 0);
         let mut entries = Vec::with_capacity(children.len());
-        for (n, v) in children {
-            count += v.count;
-            bytes += v.bytes;
-            entries.push(NodeEntry { name: n, meta: v.meta, body: v.body });
+        let mut manifest = Vec::with_capacity(children.len());
+        for (n, r) in children.iter().filter(|(_, r)| !r.deleted) {
+            count += r.count;
+            bytes += r.bytes;
+            entries.push(NodeEntry { name: n.clone(), meta: r.meta.clone(), body: r.body.clone() });
+            manifest.push(r.chunks.clone());
         }
-        let node = match Node::from_unsorted(entries) {
-            Ok(n) => n,
-            Err(e) => {
-                self.problem(local, format!("cannot record directory: {e}"), Severity::Error);
-                return old.as_ref().and_then(Visited::from_record);
-            }
-        };
+        let node = Node { entries };
         let encoded = node.encode();
         let tree = Node::hash_encoded(&encoded);
         let body = Body::Dir { tree };
-        let unchanged = old
-            .as_ref()
-            .is_some_and(|o| !o.deleted && o.meta == meta && o.body == body && o.count == count && o.bytes == bytes);
-        if !unchanged {
-            if old.as_ref().is_none_or(|o| o.body != body) {
-                self.writes.lock().expect("poisoned").nodes.push((tree, encoded));
+        let new = DirRecord { children };
+        if new != stored {
+            self.write_dir(logical, Some(new));
+        }
+        if old.as_ref().is_none_or(|o| o.body != body) {
+            self.writes.lock().expect("poisoned").nodes.push((tree, encoded, manifest));
+        }
+        match old {
+            Some(o) if !o.deleted && o.meta == meta && o.body == body && o.count == count && o.bytes == bytes => {
+                Some(o)
             }
-            let (rec, _) = self.record(old.as_ref(), meta.clone(), body.clone(), stat, count, bytes);
-            self.put(parent, name, rec);
-        }
-        Some(Visited { meta, body, count, bytes })
-    }
-
-    /// A stored child missing from the listing: deleted, or (if the
-    /// patterns now exclude it) forgotten.
-    fn vanished(
-        &self,
-        logical: &[u8],
-        local: &Path,
-        name: Vec<u8>,
-        rec: EntryRecord,
-        todo: &mut Vec<(Vec<u8>, Option<EntryRecord>, Class, Mode)>,
-    ) {
-        if rec.deleted {
-            return;
-        }
-        let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&name)));
-        if class == Class::Excluded {
-            self.forget(logical, &name, &rec);
-        } else {
-            // Let visit confirm it is gone; it may have appeared since the listing.
-            todo.push((name, Some(rec), class, Mode::Full));
+            old => {
+                let mut rec = self.record(old.as_ref(), meta, body, stat);
+                rec.count = count;
+                rec.bytes = bytes;
+                Some(rec)
+            }
         }
     }
 }
@@ -689,8 +622,6 @@ fn list_dir(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     names.sort_unstable();
     Ok(names)
 }
-
-use std::os::unix::ffi::OsStringExt;
 
 /// The stat cache fields of `md`.
 pub(crate) fn stat_of(md: &Metadata) -> Stat {

@@ -41,7 +41,7 @@ pub(super) enum ReadError {
 }
 
 /// Reads and chunks `path`, storing chunks in `backups` if given.
-pub(super) fn read_stable(path: &Path, _lstat: &Stat, backups: Option<&ChunkStore>) -> Result<ReadOut, ReadError> {
+pub(super) fn read_stable(path: &Path, backups: Option<&ChunkStore>) -> Result<ReadOut, ReadError> {
     for _ in 0..ATTEMPTS {
         let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
             Ok(f) => f,

@@ -1,16 +1,20 @@
 //! Garbage collection: drop generations beyond a group's limit and free
-//! every node, content and chunk that nothing kept refers to.
+//! every node and chunk that nothing kept refers to.
 //!
 //! Mark and sweep rather than reference counts: the marks are recomputed
 //! from the roots each time, so a crash half-way through a collection, or a
 //! bug in a counter, can never free something still in use. The live set
-//! is each group's current tree plus its kept generations. State records
-//! are removed (and synced) before the chunks they referenced, so a crash
-//! leaves at worst unreferenced chunks for the next collection.
+//! is each group's current tree plus its kept generations. Walking shares
+//! work between generations: a subtree seen once (same tree hash) is not
+//! walked again, so the cost is one tree plus what changed between
+//! generations. State records are removed (and synced) before the chunks
+//! they referenced, so a crash leaves at worst unreferenced chunks for the
+//! next collection.
 
 use std::collections::{HashMap, HashSet};
 
 use super::{ChunkStore, Store, StoreError, keyspace_keys};
+use crate::chunk::ChunkRef;
 use crate::hash::Hash;
 use crate::tree::{Body, RootSet};
 
@@ -19,19 +23,15 @@ use crate::tree::{Body, RootSet};
 pub struct GcReport {
     /// Generation ids dropped because their group keeps fewer.
     pub generations_dropped: Vec<u64>,
-    /// Directory nodes freed.
+    /// Directory nodes (with their manifests) freed.
     pub nodes_freed: u64,
-    /// Chunk lists freed.
-    pub contents_freed: u64,
     /// Chunks freed from chunk stores.
     pub chunks_freed: u64,
     /// Stored bytes those chunks took.
     pub bytes_freed: u64,
 }
 
-/// A group as the collector sees it: how many generations it keeps and
-/// which chunk store (index into the `chunk_stores` slice) holds its
-/// content, if any.
+/// A group as the collector sees it.
 pub struct GcGroup<'a> {
     /// The group's name.
     pub name: &'a str,
@@ -43,8 +43,8 @@ pub struct GcGroup<'a> {
 
 /// Drops excess generations, then frees whatever nothing kept refers to.
 ///
-/// `groups` must list every group whose data lives in `store`; data of a
-/// group not listed counts as garbage.
+/// `groups` must list every group whose data lives in `store`; generations
+/// of a group not listed are dropped.
 pub fn collect_garbage(
     store: &Store,
     groups: &[GcGroup<'_>],
@@ -54,52 +54,54 @@ pub fn collect_garbage(
     let mut batch = store.batch();
 
     // Which generations stay.
-    let mut kept_by_group: HashMap<&str, Vec<RootSet>> = HashMap::new();
-    let all = store.generations()?;
-    for g in groups {
-        let mut mine: Vec<_> = all.iter().filter(|x| x.group == g.name).collect();
-        mine.sort_by_key(|x| std::cmp::Reverse(x.id));
-        for (i, generation) in mine.iter().enumerate() {
-            if i < g.keep as usize {
-                kept_by_group.entry(g.name).or_default().push(generation.roots.clone());
-            } else {
-                batch.remove_generation(generation.id);
-                report.generations_dropped.push(generation.id);
-            }
+    let mut kept: HashMap<&str, Vec<(RootSet, Vec<Vec<ChunkRef>>)>> = HashMap::new();
+    let mut all = store.generations()?;
+    all.sort_by_key(|g| std::cmp::Reverse(g.id));
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    for g in &all {
+        let group = groups.iter().find(|x| x.name == g.group);
+        let n = seen.entry(g.group.as_str()).or_default();
+        if group.is_some_and(|x| *n < x.keep) {
+            *n += 1;
+            kept.entry(group.expect("checked").name).or_default().push((g.roots.clone(), g.root_chunks.clone()));
+        } else {
+            batch.remove_generation(g.id);
+            report.generations_dropped.push(g.id);
         }
-    }
-    let known: HashSet<&str> = groups.iter().map(|g| g.name).collect();
-    for generation in all.iter().filter(|x| !known.contains(x.group.as_str())) {
-        batch.remove_generation(generation.id);
-        report.generations_dropped.push(generation.id);
     }
     report.generations_dropped.sort_unstable();
 
     // Mark.
     let mut live_nodes = HashSet::new();
-    let mut live_contents = HashSet::new();
     let mut live_chunks: Vec<HashSet<Hash>> = vec![HashSet::new(); chunk_stores.len()];
     for g in groups {
-        let mut group_contents = HashSet::new();
-        let mut sets = kept_by_group.remove(g.name).unwrap_or_default();
+        let mut sets = kept.remove(g.name).unwrap_or_default();
         if let Some(current) = store.root_set(g.name)? {
-            sets.push(current);
+            let roots = store.dir_record(g.name, b"")?.unwrap_or_default();
+            let chunks = current
+                .roots
+                .iter()
+                .map(|(l, _)| roots.get(l.as_bytes()).map(|r| r.chunks.clone()).unwrap_or_default())
+                .collect();
+            sets.push((current, chunks));
         }
-        for set in &sets {
-            for (_, root) in &set.roots {
-                if let Some(root) = root {
-                    mark_body(store, &root.body, &mut live_nodes, &mut group_contents)?;
+        // Walked per group: a subtree two groups share must have its chunks
+        // marked for each group's chunk store.
+        let mut visited = HashSet::new();
+        let mut chunks = g.chunk_store.map(|i| &mut live_chunks[i]);
+        for (set, root_chunks) in &sets {
+            for ((_, root), rc) in set.roots.iter().zip(root_chunks) {
+                if let Some(c) = chunks.as_deref_mut() {
+                    c.extend(rc.iter().map(|c| c.hash));
+                }
+                if let Some(root) = root
+                    && let Body::Dir { tree } = root.body
+                {
+                    mark_tree(store, tree, &mut visited, chunks.as_deref_mut())?;
                 }
             }
         }
-        if let Some(i) = g.chunk_store {
-            for content in &group_contents {
-                if let Some(chunks) = store.content(content)? {
-                    live_chunks[i].extend(chunks.iter().map(|c| c.hash));
-                }
-            }
-        }
-        live_contents.extend(group_contents);
+        live_nodes.extend(visited);
     }
 
     // Sweep the state first, then the chunks it referenced.
@@ -108,13 +110,6 @@ pub fn collect_garbage(
         if Hash::from_slice(&key).is_none_or(|h| !live_nodes.contains(&h)) {
             batch.remove_node(&key);
             report.nodes_freed += 1;
-        }
-    }
-    for key in keyspace_keys(store.contents_keyspace()) {
-        let key = key.map_err(|e| store.err(e))?;
-        if Hash::from_slice(&key).is_none_or(|h| !live_contents.contains(&h)) {
-            batch.remove_content(&key);
-            report.contents_freed += 1;
         }
     }
     batch.commit()?;
@@ -128,22 +123,16 @@ pub fn collect_garbage(
     Ok(report)
 }
 
-/// Marks everything reachable from one entry body. Iterative: a deep tree
-/// must not overflow the stack.
-fn mark_body(
+/// Marks every node below `tree` and, with `chunks`, every chunk its files
+/// use. Iterative: a deep tree must not overflow the stack. A node already
+/// marked was walked with everything below it, so it is skipped.
+fn mark_tree(
     store: &Store,
-    body: &Body,
+    tree: Hash,
     nodes: &mut HashSet<Hash>,
-    contents: &mut HashSet<Hash>,
+    mut chunks: Option<&mut HashSet<Hash>>,
 ) -> Result<(), StoreError> {
-    let mut stack = Vec::new();
-    match body {
-        Body::File { content, .. } => {
-            contents.insert(*content);
-        }
-        Body::Dir { tree } => stack.push(*tree),
-        Body::Symlink { .. } => {}
-    }
+    let mut stack = vec![tree];
     while let Some(tree) = stack.pop() {
         if !nodes.insert(tree) {
             continue;
@@ -155,15 +144,15 @@ fn mark_body(
                 why: "referenced but missing".into(),
             });
         };
-        for e in node.entries {
-            match e.body {
-                Body::File { content, .. } => {
-                    contents.insert(content);
-                }
-                Body::Dir { tree } => stack.push(tree),
-                Body::Symlink { .. } => {}
+        if let Some(c) = chunks.as_deref_mut() {
+            for list in store.manifest(&tree, &node)? {
+                c.extend(list.iter().map(|x| x.hash));
             }
         }
+        stack.extend(node.entries.iter().filter_map(|e| match e.body {
+            Body::Dir { tree } => Some(tree),
+            _ => None,
+        }));
     }
     Ok(())
 }

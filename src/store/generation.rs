@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunk::ChunkRef;
 use crate::tree::{RootSet, Timestamp};
 
 /// One recorded state of one group.
@@ -23,6 +24,10 @@ pub struct Generation {
     pub cause: String,
     /// The tree: the group's roots and what they held.
     pub roots: RootSet,
+    /// The chunk lists of roots that are files (empty for other roots),
+    /// in the order of `roots`: nodes carry their files' chunk lists in
+    /// manifests, roots have no node to hang them on.
+    pub root_chunks: Vec<Vec<ChunkRef>>,
     /// Number of entries (files, directories, links) in the tree.
     pub entries: u64,
     /// Logical size: the sum of the sizes of its files.

@@ -4,16 +4,18 @@
 //! - The *state directory* holds one node's state for one config and one
 //!   host name: a `lock` file and the `db` database.
 //! - An *entry record* ([`EntryRecord`]) is what the node knows of one
-//!   tracked path: the kept metadata and body (as in the Merkle tree), the
-//!   stat cache that lets a rescan skip unchanged files, the version vector
-//!   used for reconciling, and whether it is a *tombstone* (deleted).
-//! - *Nodes* (tree hash → encoded directory node) and *contents* (content
-//!   hash → chunk list) are content-addressed and shared by the live tree
-//!   and every generation.
+//!   tracked path: the kept metadata and body (as in the Merkle tree), a
+//!   file's chunk list, the stat cache that lets a rescan skip unchanged
+//!   files, the version vector used for reconciling, and whether it is a
+//!   *tombstone* (deleted). A *directory record* ([`DirRecord`]) holds the
+//!   entry records of one directory's children.
+//! - *Nodes* (tree hash → encoded directory node) and their *manifests*
+//!   (tree hash → the chunk lists of the node's files, in entry order) are
+//!   content-addressed and shared by the live tree and every generation.
 //! - A *generation* ([`Generation`]) is a recorded root set of one group.
 //!
-//! Keyspaces: `meta` (counters, format, per-group root sets), `entries`,
-//! `nodes`, `contents`, `generations`. Chunk bytes live apart, in a
+//! Keyspaces: `meta` (counters, format, per-group root sets), `dirs`,
+//! `nodes`, `manifests`, `generations`. Chunk bytes live apart, in a
 //! [`ChunkStore`] under the group's backup directory. All writes of one run
 //! go into one [`fjall::OwnedWriteBatch`], committed atomically and synced
 //! (docs/design.md, "Write ordering").
@@ -28,7 +30,7 @@ pub use chunks::ChunkStore;
 pub use error::StoreError;
 pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
-pub use record::{EntryRecord, Stat, Version, entry_key, join_logical, split_entry_key};
+pub use record::{DirRecord, EntryRecord, Stat, Version, dir_key, join_logical, split_dir_key};
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -53,9 +55,9 @@ pub struct Store {
     dir: PathBuf,
     db: Database,
     meta: Keyspace,
-    entries: Keyspace,
+    dirs: Keyspace,
     nodes: Keyspace,
-    contents: Keyspace,
+    manifests: Keyspace,
     generations: Keyspace,
     /// Bytes committed since the memtables were last flushed.
     unflushed: std::sync::atomic::AtomicU64,
@@ -81,9 +83,9 @@ impl Store {
             |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| StoreError::db(&db_path, e));
         let store = Store {
             meta: ks("meta")?,
-            entries: ks("entries")?,
+            dirs: ks("dirs")?,
             nodes: ks("nodes")?,
-            contents: ks("contents")?,
+            manifests: ks("manifests")?,
             generations: ks("generations")?,
             dir: dir.to_path_buf(),
             db,
@@ -145,57 +147,43 @@ impl Store {
         Ok(self.get_u64(KEY_NEXT_GENERATION)?.max(1))
     }
 
-    /// The stored record of `name` in directory `parent` of `group`.
-    pub fn entry(&self, group: &str, parent: &[u8], name: &[u8]) -> Result<Option<EntryRecord>, StoreError> {
-        let key = entry_key(group, parent, name);
-        match self.entries.get(&key).map_err(|e| self.err(e))? {
+    /// The record of directory `dir` (a logical path; empty for the
+    /// include roots) of `group`.
+    pub fn dir_record(&self, group: &str, dir: &[u8]) -> Result<Option<DirRecord>, StoreError> {
+        match self.dirs.get(dir_key(group, dir)).map_err(|e| self.err(e))? {
             None => Ok(None),
-            Some(v) => EntryRecord::decode(&v).map(Some).map_err(|why| self.corrupt("entry record", why)),
+            Some(v) => DirRecord::decode(&v).map(Some).map_err(|why| self.corrupt("directory record", why)),
         }
     }
 
-    /// The records of the direct children of directory `dir` (a logical
-    /// path) in `group`, tombstones included, sorted by name.
-    pub fn children(&self, group: &str, dir: &[u8]) -> Result<Vec<(Vec<u8>, EntryRecord)>, StoreError> {
-        let prefix = entry_key(group, dir, b"");
-        let mut out = Vec::new();
-        for guard in self.entries.prefix(&prefix) {
-            let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
-            let name = k[prefix.len()..].to_vec();
-            let rec = EntryRecord::decode(&v).map_err(|why| self.corrupt("entry record", why))?;
-            out.push((name, rec));
-        }
-        Ok(out)
+    /// The record of `name` in directory `parent` of `group`.
+    pub fn entry(&self, group: &str, parent: &[u8], name: &[u8]) -> Result<Option<EntryRecord>, StoreError> {
+        Ok(self.dir_record(group, parent)?.and_then(|d| d.get(name).cloned()))
     }
 
-    /// Every record strictly below directory `dir` (any depth), as
-    /// `(parent, name, record)`. Used when a directory disappears.
-    pub fn descendants(&self, group: &str, dir: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>, EntryRecord)>, StoreError> {
+    /// The records of directory `dir` and of every directory below it, as
+    /// `(logical path, record)`. Used when a directory disappears.
+    pub fn dir_records_below(&self, group: &str, dir: &[u8]) -> Result<Vec<(Vec<u8>, DirRecord)>, StoreError> {
         let mut out = Vec::new();
+        if let Some(d) = self.dir_record(group, dir)? {
+            out.push((dir.to_vec(), d));
+        }
         let mut below = dir.to_vec();
         below.push(b'/');
-        for prefix in [entry_key(group, dir, b""), record::group_prefix_with(group, &below)] {
-            for guard in self.entries.prefix(&prefix) {
-                let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
-                let (_, parent, name) = split_entry_key(&k).ok_or_else(|| self.corrupt("entry key", "malformed"))?;
-                let rec = EntryRecord::decode(&v).map_err(|why| self.corrupt("entry record", why))?;
-                out.push((parent.to_vec(), name.to_vec(), rec));
-            }
+        for guard in self.dirs.prefix(dir_key(group, &below)) {
+            let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
+            let (_, path) = split_dir_key(&k).ok_or_else(|| self.corrupt("directory key", "malformed"))?;
+            out.push((path.to_vec(), DirRecord::decode(&v).map_err(|why| self.corrupt("directory record", why))?));
         }
         Ok(out)
     }
 
-    /// Every record of `group` in key order: `(parent, name, record)`.
-    pub fn all_entries(
-        &self,
-        group: &str,
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>, EntryRecord), StoreError>> + '_ {
-        let prefix = record::group_prefix(group);
-        self.entries.prefix(prefix).map(move |guard| {
+    /// Every directory record of `group`, in key order.
+    pub fn all_dir_records(&self, group: &str) -> impl Iterator<Item = Result<(Vec<u8>, DirRecord), StoreError>> + '_ {
+        self.dirs.prefix(dir_key(group, b"")).map(move |guard| {
             let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
-            let (_, parent, name) = split_entry_key(&k).ok_or_else(|| self.corrupt("entry key", "malformed"))?;
-            let rec = EntryRecord::decode(&v).map_err(|why| self.corrupt("entry record", why))?;
-            Ok((parent.to_vec(), name.to_vec(), rec))
+            let (_, path) = split_dir_key(&k).ok_or_else(|| self.corrupt("directory key", "malformed"))?;
+            Ok((path.to_vec(), DirRecord::decode(&v).map_err(|why| self.corrupt("directory record", why))?))
         })
     }
 
@@ -226,19 +214,27 @@ impl Store {
         self.nodes.contains_key(hash.as_bytes()).map_err(|e| self.err(e))
     }
 
-    /// A content's chunk list, checked against the content hash.
-    pub fn content(&self, hash: &Hash) -> Result<Option<Vec<ChunkRef>>, StoreError> {
-        match self.contents.get(hash.as_bytes()).map_err(|e| self.err(e))? {
-            None => Ok(None),
-            Some(v) => {
-                let chunks: Vec<ChunkRef> =
-                    postcard::from_bytes(&v).map_err(|e| self.corrupt(&format!("content {hash}"), e.to_string()))?;
-                if crate::chunk::content_hash(&chunks) != *hash {
-                    return Err(self.corrupt(&format!("content {hash}"), "chunk list does not match its hash"));
-                }
-                Ok(Some(chunks))
+    /// The chunk lists of a node's entries (empty for non-files), checked
+    /// against the node's content hashes.
+    pub fn manifest(&self, tree: &Hash, node: &Node) -> Result<Vec<Vec<ChunkRef>>, StoreError> {
+        let what = || format!("manifest of tree node {tree}");
+        let v = self
+            .manifests
+            .get(tree.as_bytes())
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| self.corrupt(&what(), "missing"))?;
+        let lists: Vec<Vec<ChunkRef>> = postcard::from_bytes(&v).map_err(|e| self.corrupt(&what(), e.to_string()))?;
+        if lists.len() != node.entries.len() {
+            return Err(self.corrupt(&what(), "entry count differs from the node's"));
+        }
+        for (e, chunks) in node.entries.iter().zip(&lists) {
+            if let crate::tree::Body::File { content, .. } = &e.body
+                && crate::chunk::content_hash(chunks) != *content
+            {
+                return Err(self.corrupt(&what(), "a chunk list does not match its content hash"));
             }
         }
+        Ok(lists)
     }
 
     /// All generations, oldest first.
@@ -288,29 +284,27 @@ impl Batch<'_> {
         self.inner.remove(ks, key);
     }
 
-    /// Records an entry.
-    pub fn put_entry(&mut self, group: &str, parent: &[u8], name: &[u8], rec: &EntryRecord) {
+    /// Stores a directory record.
+    pub fn put_dir_record(&mut self, group: &str, dir: &[u8], rec: &DirRecord) {
         let store = self.store;
-        self.insert(&store.entries, entry_key(group, parent, name), rec.encode());
+        self.insert(&store.dirs, dir_key(group, dir), rec.encode());
     }
 
-    /// Forgets an entry entirely (no tombstone): used when a path leaves
-    /// the included set.
-    pub fn remove_entry(&mut self, group: &str, parent: &[u8], name: &[u8]) {
+    /// Drops a directory record: the directory left the included set.
+    pub fn remove_dir_record(&mut self, group: &str, dir: &[u8]) {
         let store = self.store;
-        self.remove(&store.entries, entry_key(group, parent, name));
+        self.remove(&store.dirs, dir_key(group, dir));
     }
 
-    /// Stores an encoded node under its hash.
-    pub fn put_node(&mut self, hash: &Hash, encoded: &[u8]) {
+    /// Stores an encoded node and its manifest under the node's hash.
+    pub fn put_node(&mut self, hash: &Hash, encoded: &[u8], manifest: &[Vec<ChunkRef>]) {
         let store = self.store;
         self.insert(&store.nodes, hash.as_bytes(), encoded);
-    }
-
-    /// Stores a chunk list under its content hash.
-    pub fn put_content(&mut self, hash: &Hash, chunks: &[ChunkRef]) {
-        let store = self.store;
-        self.insert(&store.contents, hash.as_bytes(), postcard::to_stdvec(chunks).expect("encoding to a Vec cannot fail"));
+        self.insert(
+            &store.manifests,
+            hash.as_bytes(),
+            postcard::to_stdvec(manifest).expect("encoding to a Vec cannot fail"),
+        );
     }
 
     /// Sets a group's current root set.
@@ -329,7 +323,11 @@ impl Batch<'_> {
     /// Records a generation and advances the generation counter past it.
     pub fn put_generation(&mut self, g: &Generation) {
         let store = self.store;
-        self.insert(&store.generations, g.id.to_be_bytes(), postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"));
+        self.insert(
+            &store.generations,
+            g.id.to_be_bytes(),
+            postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"),
+        );
         self.insert(&store.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
     }
 
@@ -342,11 +340,7 @@ impl Batch<'_> {
     pub(crate) fn remove_node(&mut self, key: &[u8]) {
         let store = self.store;
         self.remove(&store.nodes, key);
-    }
-
-    pub(crate) fn remove_content(&mut self, key: &[u8]) {
-        let store = self.store;
-        self.remove(&store.contents, key);
+        self.remove(&store.manifests, key);
     }
 
     /// Whether nothing was written to the batch.
@@ -369,7 +363,7 @@ impl Drop for Store {
         if *self.unflushed.get_mut() < FLUSH_ON_CLOSE_BYTES {
             return;
         }
-        for ks in [&self.entries, &self.nodes, &self.contents, &self.meta, &self.generations] {
+        for ks in [&self.dirs, &self.nodes, &self.manifests, &self.meta, &self.generations] {
             if let Err(e) = ks.rotate_memtable_and_wait() {
                 tracing::warn!("{}: flushing the state on close: {e}", self.dir.display());
             }
@@ -412,9 +406,6 @@ impl Store {
     pub(crate) fn nodes_keyspace(&self) -> &Keyspace {
         &self.nodes
     }
-    pub(crate) fn contents_keyspace(&self) -> &Keyspace {
-        &self.contents
-    }
 }
 
 #[cfg(test)]
@@ -436,17 +427,21 @@ mod tests {
     fn batch_writes_are_visible_after_commit_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let rec = EntryRecord::tombstone_for_test();
+        let mut d = DirRecord::default();
+        d.children.push((b"a".to_vec(), rec.clone()));
         {
             let store = Store::open(dir.path()).unwrap();
             let mut b = store.batch();
-            b.put_entry("g", b"/r", b"a", &rec);
+            b.put_dir_record("g", b"/r", &d);
+            b.put_dir_record("g", b"/r/x", &DirRecord::default());
+            b.put_dir_record("g", b"/rx", &DirRecord::default());
             b.put_seq(7);
             b.commit().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.seq().unwrap(), 7);
         assert_eq!(store.entry("g", b"/r", b"a").unwrap(), Some(rec));
-        assert_eq!(store.children("g", b"/r").unwrap().len(), 1);
-        assert!(store.children("g", b"/r/a").unwrap().is_empty());
+        let below: Vec<Vec<u8>> = store.dir_records_below("g", b"/r").unwrap().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(below, [b"/r".to_vec(), b"/r/x".to_vec()], "a sibling sharing the prefix is not below");
     }
 }
