@@ -113,7 +113,7 @@ impl Engine {
             let mut batch = self.store.batch();
             for (dir, rec) in &out.writes.dirs {
                 match rec {
-                    Some(rec) => batch.put_dir_record(&group.name, dir, rec),
+                    Some(rec) => batch.put_dir_record_encoded(&group.name, dir, rec),
                     None => batch.remove_dir_record(&group.name, dir),
                 }
             }

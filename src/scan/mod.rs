@@ -49,8 +49,9 @@ pub enum Scope {
 /// Everything a scan wants written.
 #[derive(Debug, Default)]
 pub struct Writes {
-    /// Directory records to store (`Some`) or drop (`None`), by logical path.
-    pub dirs: Vec<(Vec<u8>, Option<DirRecord>)>,
+    /// Encoded directory records to store (`Some`) or drop (`None`), by
+    /// logical path.
+    pub dirs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// New directory nodes: tree hash, encoding and manifest.
     pub nodes: Vec<(Hash, Vec<u8>, Vec<Vec<ChunkRef>>)>,
 }
@@ -190,7 +191,7 @@ impl Scanner<'_> {
         }
         new.children.sort_by(|a, b| a.0.cmp(&b.0));
         if new != old {
-            run.writes.lock().expect("poisoned").dirs.push((Vec::new(), Some(new.clone())));
+            run.writes.lock().expect("poisoned").dirs.push((Vec::new(), Some(new.encode())));
         }
         let (mut entries, mut bytes) = (0, 0);
         let mut roots = Vec::new();
@@ -261,7 +262,7 @@ impl Run<'_, '_> {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn write_dir(&self, dir: Vec<u8>, rec: Option<DirRecord>) {
+    fn write_dir(&self, dir: Vec<u8>, rec: Option<Vec<u8>>) {
         self.writes.lock().expect("poisoned").dirs.push((dir, rec));
     }
 
@@ -277,7 +278,7 @@ impl Run<'_, '_> {
                         for (_, child) in rec.children.iter_mut().filter(|(_, c)| !c.deleted) {
                             *child = self.tombstone(child);
                         }
-                        self.write_dir(dir, Some(rec));
+                        self.write_dir(dir, Some(rec.encode()));
                     }
                 }
                 Err(e) => self.fatal(e),
@@ -496,8 +497,12 @@ impl Run<'_, '_> {
         mode: &Mode,
     ) -> Option<EntryRecord> {
         let logical = join_logical(parent, name);
-        let stored = match self.scan.store.dir_record(self.group(), &logical) {
-            Ok(s) => s.unwrap_or_default(),
+        // The stored bytes are kept to tell, by comparing encodings, whether
+        // the directory changed; the decoded children are moved into the
+        // visits rather than cloned.
+        let (stored, stored_raw) = match self.scan.store.dir_record_raw(self.group(), &logical) {
+            Ok(Some((rec, raw))) => (rec, Some(raw)),
+            Ok(None) => (DirRecord::default(), None),
             Err(e) => {
                 self.fatal(e);
                 return old;
@@ -519,20 +524,21 @@ impl Run<'_, '_> {
                 // Stored children missing from the listing: tombstones stay
                 // as they are; the others are visited so the visit confirms
                 // they are gone (or excluded now).
-                let missing = |n: &Vec<u8>, r: &EntryRecord| {
+                let missing = |(n, r): (Vec<u8>, EntryRecord)| {
                     let m = if r.deleted { Mode::Keep } else { Mode::Full };
-                    (n.clone(), Some(r.clone()), classify(n), m)
+                    let class = classify(&n);
+                    (n, Some(r), class, m)
                 };
-                let mut stored_iter = stored.children.iter().peekable();
+                let mut stored_iter = stored.children.into_iter().peekable();
                 for child in listing {
-                    while let Some((n, r)) = stored_iter.next_if(|(n, _)| *n < child) {
-                        todo.push(missing(n, r));
+                    while let Some(s) = stored_iter.next_if(|(n, _)| *n < child) {
+                        todo.push(missing(s));
                     }
-                    let rec = stored_iter.next_if(|(n, _)| *n == child).map(|(_, r)| r.clone());
+                    let rec = stored_iter.next_if(|(n, _)| *n == child).map(|(_, r)| r);
                     let class = classify(&child);
                     todo.push((child, rec, class, Mode::Full));
                 }
-                todo.extend(stored_iter.map(|(n, r)| missing(n, r)));
+                todo.extend(stored_iter.map(missing));
             }
             Mode::Partial(targets) => {
                 let mut wanted: Vec<(Vec<u8>, Mode)> = Vec::new();
@@ -544,15 +550,13 @@ impl Run<'_, '_> {
                         None => wanted.push((first.clone(), m)),
                     }
                 }
-                for (n, r) in &stored.children {
-                    if !wanted.iter().any(|(w, _)| w == n) {
-                        todo.push((n.clone(), Some(r.clone()), Class::Included, Mode::Keep));
-                    }
-                }
+                let mut stored: std::collections::BTreeMap<Vec<u8>, EntryRecord> = stored.children.into_iter().collect();
                 for (n, m) in wanted {
                     let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&n)));
-                    todo.push((n.clone(), stored.get(&n).cloned(), class, m));
+                    let rec = stored.remove(&n);
+                    todo.push((n, rec, class, m));
                 }
+                todo.extend(stored.into_iter().map(|(n, r)| (n, Some(r), Class::Included, Mode::Keep)));
             }
             Mode::Keep => unreachable!("visit handles Keep"),
         }
@@ -570,6 +574,22 @@ impl Run<'_, '_> {
             .collect();
         children.sort_by(|a, b| a.0.cmp(&b.0));
 
+        let new = DirRecord { children };
+        let encoded = new.encode();
+        let changed = stored_raw.as_deref() != Some(encoded.as_slice());
+        if changed {
+            self.write_dir(logical, Some(encoded));
+        } else if let Some(o) = old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::Dir) {
+            // Same children as recorded: same node, same tree hash.
+            if o.meta == meta {
+                return old;
+            }
+            let mut rec = self.record(Some(o), meta, o.body.clone(), stat);
+            (rec.count, rec.bytes) = (o.count, o.bytes);
+            return Some(rec);
+        }
+        let children = new.children;
+
         let (mut count, mut bytes) = (1, 0);
         let mut entries = Vec::with_capacity(children.len());
         let mut manifest = Vec::with_capacity(children.len());
@@ -583,10 +603,6 @@ impl Run<'_, '_> {
         let encoded = node.encode();
         let tree = Node::hash_encoded(&encoded);
         let body = Body::Dir { tree };
-        let new = DirRecord { children };
-        if new != stored {
-            self.write_dir(logical, Some(new));
-        }
         if old.as_ref().is_none_or(|o| o.body != body) {
             self.writes.lock().expect("poisoned").nodes.push((tree, encoded, manifest));
         }
