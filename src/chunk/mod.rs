@@ -55,7 +55,7 @@ pub const MIN_SIZE: u32 = 16 * 1024;
 /// The size FastCDC aims for: the unit of deduplication and of transfer.
 ///
 /// 64 KiB keeps the per-chunk cost small (an index entry, a store object
-/// and a request each; a 100 GiB tree is about 1.5 million chunks) while a
+/// and a request each; a 100 GiB tree is about 1.3 million chunks) while a
 /// one-byte edit in a large file still sends only about one chunk. Most
 /// asset files (a few hundred bytes to a few hundred KiB) are one to a few
 /// chunks. On random data the mean chunk is about 80 KiB: with
@@ -67,9 +67,10 @@ pub const AVG_SIZE: u32 = 64 * 1024;
 /// Largest chunk; FastCDC forces a cut here when it found none.
 ///
 /// Four times [`AVG_SIZE`]: past `AVG_SIZE` the normalized cut probability
-/// is `2^-15` per byte, so random data reaches the forced cut in about one
-/// chunk in 400 (`e^-6`); forced cuts are not content-defined, so they should
-/// be rare outside of degenerate data such as long runs of zeros. It also
+/// is `2^-15` per byte, so a chunk of random data that gets that far reaches
+/// the forced cut with probability `e^-6` (one in 400; one chunk in about
+/// 600 overall). Forced cuts are not content-defined, so they should be
+/// rare outside of degenerate data such as long runs of zeros. It also
 /// bounds every buffer that holds one chunk: the streaming window, the
 /// decoder ([`decode`] refuses anything larger) and a chunk message on the
 /// wire.

@@ -78,7 +78,13 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let lock = take_lock(dir)?;
         let db_path = dir.join("db");
-        let db = Database::builder(&db_path).open().map_err(|e| StoreError::db(&db_path, e))?;
+        // No journal compression: fjall re-encodes every journal entry when
+        // it replays the journal on open, and compressing them again costs
+        // more there than the disk space saves.
+        let db = Database::builder(&db_path)
+            .journal_compression(fjall::CompressionType::None)
+            .open()
+            .map_err(|e| StoreError::db(&db_path, e))?;
         let ks =
             |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| StoreError::db(&db_path, e));
         let store = Store {
