@@ -131,6 +131,16 @@ pub struct Scanner<'a> {
     pub progress: &'a indicatif::ProgressBar,
 }
 
+/// What a visit found an entry's record to become.
+enum Seen {
+    /// The stored record stands as it is (or there is none, and still none).
+    Same,
+    /// A new record (a new, changed or deleted entry, or a fresher stat).
+    New(EntryRecord),
+    /// The entry is not tracked (any more): no record.
+    Untracked,
+}
+
 /// What to do with one entry.
 enum Mode {
     /// Take the stored record as it is.
@@ -181,7 +191,12 @@ impl Scanner<'_> {
                 Scope::Paths(paths) => root_mode(&root.local, paths),
             };
             let logical = root.logical.as_bytes();
-            let rec = run.visit(b"", logical, &root.local, old.get(logical).cloned(), Class::Included, &mode);
+            let prev = old.get(logical);
+            let rec = match run.visit(b"", logical, &root.local, prev, Class::Included, &mode) {
+                Seen::Same => prev.cloned(),
+                Seen::New(r) => Some(r),
+                Seen::Untracked => None,
+            };
             if let Some(rec) = rec {
                 new.children.push((logical.to_vec(), rec));
             }
@@ -267,9 +282,9 @@ impl Run<'_, '_> {
     }
 
     /// The tombstone of `old`, and tombstones for everything below it.
-    fn gone(&self, parent: &[u8], name: &[u8], old: &EntryRecord) -> Option<EntryRecord> {
+    fn gone(&self, parent: &[u8], name: &[u8], old: &EntryRecord) -> Seen {
         if old.deleted {
-            return Some(old.clone());
+            return Seen::Same;
         }
         if old.body.kind() == Kind::Dir {
             match self.scan.store.dir_records_below(self.group(), &join_logical(parent, name)) {
@@ -284,7 +299,7 @@ impl Run<'_, '_> {
                 Err(e) => self.fatal(e),
             }
         }
-        Some(self.tombstone(old))
+        Seen::New(self.tombstone(old))
     }
 
     fn tombstone(&self, old: &EntryRecord) -> EntryRecord {
@@ -298,10 +313,9 @@ impl Run<'_, '_> {
         }
     }
 
-    /// Drops everything below a directory from the state, without
-    /// tombstones: it left the included set, which is not a deletion. The
-    /// caller drops the entry itself from its parent's record.
-    fn forget(&self, parent: &[u8], name: &[u8], old: &EntryRecord) -> Option<EntryRecord> {
+    /// Drops an entry and everything below it from the state, without
+    /// tombstones: it left the included set, which is not a deletion.
+    fn forget(&self, parent: &[u8], name: &[u8], old: &EntryRecord) -> Seen {
         if old.body.kind() == Kind::Dir {
             match self.scan.store.dir_records_below(self.group(), &join_logical(parent, name)) {
                 Ok(below) => {
@@ -312,33 +326,31 @@ impl Run<'_, '_> {
                 Err(e) => self.fatal(e),
             }
         }
-        None
+        Seen::Untracked
     }
 
-    /// Visits one entry; returns its record as it now stands (a tombstone
-    /// if it was deleted), or `None` if it is not tracked.
+    /// Visits one entry and says what its record becomes.
     fn visit(
         &self,
         parent: &[u8],
         name: &[u8],
         local: &Path,
-        old: Option<EntryRecord>,
+        old: Option<&EntryRecord>,
         class: Class,
         mode: &Mode,
-    ) -> Option<EntryRecord> {
+    ) -> Seen {
         if let Mode::Keep = mode {
-            return old;
+            return Seen::Same;
         }
         self.entries_seen.fetch_add(1, Ordering::Relaxed);
         self.scan.progress.inc(1);
+        let gone = |old: Option<&EntryRecord>| old.map_or(Seen::Untracked, |o| self.gone(parent, name, o));
         let md = match std::fs::symlink_metadata(local) {
             Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return old.and_then(|o| self.gone(parent, name, &o));
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return gone(old),
             Err(e) => {
                 self.problem(local, format!("cannot stat: {e}"), Severity::Error);
-                return old;
+                return Seen::Same;
             }
         };
         let ft = md.file_type();
@@ -350,24 +362,33 @@ impl Run<'_, '_> {
             Kind::Symlink
         } else {
             self.problem(local, "skipped: not a regular file, directory or symlink", Severity::Warning);
-            return old.and_then(|o| self.gone(parent, name, &o));
+            return gone(old);
         };
         // An ancestor of an include is walked through but only tracked
         // when it is a directory.
         if class == Class::Ancestor && kind != Kind::Dir {
-            return old.and_then(|o| self.forget(parent, name, &o));
+            return old.map_or(Seen::Untracked, |o| self.forget(parent, name, o));
         }
-        // A directory replaced by something else: its subtree is deleted.
-        let old = match old {
-            Some(o) if !o.deleted && o.body.kind() == Kind::Dir && kind != Kind::Dir => self.gone(parent, name, &o),
-            o => o,
+        // A directory replaced by something else: its subtree is deleted,
+        // and what replaced it is compared with the tombstone.
+        let replaced = match old {
+            Some(o) if !o.deleted && o.body.kind() == Kind::Dir && kind != Kind::Dir => match self.gone(parent, name, o) {
+                Seen::New(t) => Some(t),
+                _ => None,
+            },
+            _ => None,
         };
+        let old = replaced.as_ref().or(old);
         let meta = self.meta_of(&md, kind);
         let stat = stat_of(&md);
-        match kind {
+        let seen = match kind {
             Kind::Dir => self.visit_dir(parent, name, local, old, meta, stat, mode),
             Kind::File => self.visit_file(local, old, meta, stat),
             Kind::Symlink => self.visit_symlink(local, old, meta, stat),
+        };
+        match (seen, replaced) {
+            (Seen::Same, Some(t)) => Seen::New(t),
+            (seen, _) => seen,
         }
     }
 
@@ -420,28 +441,28 @@ impl Run<'_, '_> {
         }
     }
 
-    fn visit_symlink(&self, local: &Path, old: Option<EntryRecord>, meta: Meta, stat: Stat) -> Option<EntryRecord> {
-        if let Some(o) = &old
+    fn visit_symlink(&self, local: &Path, old: Option<&EntryRecord>, meta: Meta, stat: Stat) -> Seen {
+        if let Some(o) = old
             && !o.deleted
             && o.stat == stat
             && o.meta == meta
             && o.body.kind() == Kind::Symlink
         {
-            return old;
+            return Seen::Same;
         }
         let target = match std::fs::read_link(local) {
             Ok(t) => t.into_os_string().into_vec(),
             Err(e) => {
                 self.problem(local, format!("cannot read link: {e}"), Severity::Error);
-                return old;
+                return Seen::Same;
             }
         };
-        Some(self.record(old.as_ref(), meta, Body::Symlink { target }, stat))
+        Seen::New(self.record(old, meta, Body::Symlink { target }, stat))
     }
 
-    fn visit_file(&self, local: &Path, old: Option<EntryRecord>, meta: Meta, stat: Stat) -> Option<EntryRecord> {
+    fn visit_file(&self, local: &Path, old: Option<&EntryRecord>, meta: Meta, stat: Stat) -> Seen {
         let backups = self.scan.chunks;
-        if let Some(o) = &old
+        if let Some(o) = old
             && !o.deleted
             && o.stat == stat
             && !o.racy
@@ -449,26 +470,24 @@ impl Run<'_, '_> {
             && (backups.is_none() || o.stored)
             && o.body.kind() == Kind::File
         {
-            return old;
+            return Seen::Same;
         }
         let read = match read::read_stable(local, backups) {
             Ok(r) => r,
             Err(read::ReadError::Unstable) => {
                 self.problem(local, "skipped: changed while being read; it is read again next run", Severity::Warning);
-                return old;
+                return Seen::Same;
             }
-            Err(read::ReadError::Gone) => {
-                // Deleted between the listing and the read: the parent's
-                // next visit records the deletion.
-                return old;
-            }
+            // Deleted between the listing and the read: the next run
+            // records the deletion.
+            Err(read::ReadError::Gone) => return Seen::Same,
             Err(read::ReadError::Io(e)) => {
                 self.problem(local, format!("cannot read: {e}"), Severity::Error);
-                return old;
+                return Seen::Same;
             }
             Err(read::ReadError::Store(e)) => {
                 self.fatal(e);
-                return old;
+                return Seen::Same;
             }
         };
         self.files_read.fetch_add(1, Ordering::Relaxed);
@@ -478,11 +497,11 @@ impl Run<'_, '_> {
         // bytes read; metadata may have moved since the lstat.
         let meta = Meta { mtime: Some(read.stat.mtime), ..meta };
         let body = Body::File { size: read.stat.size, content: crate::chunk::content_hash(&read.chunks) };
-        let mut rec = self.record(old.as_ref(), meta, body, read.stat);
+        let mut rec = self.record(old, meta, body, read.stat);
         rec.chunks = read.chunks;
         rec.racy = read.racy;
         rec.stored = backups.is_some();
-        Some(rec)
+        if old == Some(&rec) { Seen::Same } else { Seen::New(rec) }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -491,21 +510,18 @@ impl Run<'_, '_> {
         parent: &[u8],
         name: &[u8],
         local: &Path,
-        old: Option<EntryRecord>,
+        old: Option<&EntryRecord>,
         meta: Meta,
         stat: Stat,
         mode: &Mode,
-    ) -> Option<EntryRecord> {
+    ) -> Seen {
         let logical = join_logical(parent, name);
-        // The stored bytes are kept to tell, by comparing encodings, whether
-        // the directory changed; the decoded children are moved into the
-        // visits rather than cloned.
-        let (stored, stored_raw) = match self.scan.store.dir_record_raw(self.group(), &logical) {
-            Ok(Some((rec, raw))) => (rec, Some(raw)),
-            Ok(None) => (DirRecord::default(), None),
+        let (stored, exists) = match self.scan.store.dir_record(self.group(), &logical) {
+            Ok(Some(rec)) => (rec, true),
+            Ok(None) => (DirRecord::default(), false),
             Err(e) => {
                 self.fatal(e);
-                return old;
+                return Seen::Same;
             }
         };
         // (name, stored record, class, mode) for each child to visit.
@@ -517,7 +533,7 @@ impl Run<'_, '_> {
                     Ok(l) => l,
                     Err(e) => {
                         self.problem(local, format!("cannot list directory: {e}"), Severity::Error);
-                        return old;
+                        return Seen::Same;
                     }
                 };
                 let classify = |n: &[u8]| self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(n)));
@@ -561,39 +577,48 @@ impl Run<'_, '_> {
             Mode::Keep => unreachable!("visit handles Keep"),
         }
 
-        let mut children: Vec<(Vec<u8>, EntryRecord)> = todo
+        let visited: Vec<(Vec<u8>, Option<EntryRecord>, bool)> = todo
             .into_par_iter()
-            .filter_map(|(n, rec, class, m)| {
-                if class == Class::Excluded {
+            .map(|(n, rec, class, m)| {
+                let seen = if class == Class::Excluded {
                     // Excluded now: forgotten, never a deletion.
-                    return rec.and_then(|r| self.forget(&logical, &n, &r)).map(|r| (n, r));
+                    rec.as_ref().map_or(Seen::Untracked, |r| self.forget(&logical, &n, r))
+                } else {
+                    let path = local.join(OsStr::from_bytes(&n));
+                    self.visit(&logical, &n, &path, rec.as_ref(), class, &m)
+                };
+                match seen {
+                    Seen::Same => (n, rec, false),
+                    Seen::New(r) => (n, Some(r), true),
+                    Seen::Untracked => {
+                        let changed = rec.is_some();
+                        (n, None, changed)
+                    }
                 }
-                let path = local.join(OsStr::from_bytes(&n));
-                self.visit(&logical, &n, &path, rec, class, &m).map(|r| (n, r))
             })
             .collect();
-        children.sort_by(|a, b| a.0.cmp(&b.0));
-
-        let new = DirRecord { children };
-        let encoded = new.encode();
-        let changed = stored_raw.as_deref() != Some(encoded.as_slice());
-        if changed {
-            self.write_dir(logical, Some(encoded));
-        } else if let Some(o) = old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::Dir) {
+        let changed = !exists || visited.iter().any(|(_, _, c)| *c);
+        let mut children: Vec<(Vec<u8>, EntryRecord)> =
+            visited.into_iter().filter_map(|(n, r, _)| r.map(|r| (n, r))).collect();
+        if !changed && let Some(o) = old.filter(|o| !o.deleted && o.body.kind() == Kind::Dir) {
             // Same children as recorded: same node, same tree hash.
             if o.meta == meta {
-                return old;
+                return Seen::Same;
             }
             let mut rec = self.record(Some(o), meta, o.body.clone(), stat);
             (rec.count, rec.bytes) = (o.count, o.bytes);
-            return Some(rec);
+            return Seen::New(rec);
         }
-        let children = new.children;
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        let new = DirRecord { children };
+        if changed {
+            self.write_dir(logical, Some(new.encode()));
+        }
 
         let (mut count, mut bytes) = (1, 0);
-        let mut entries = Vec::with_capacity(children.len());
-        let mut manifest = Vec::with_capacity(children.len());
-        for (n, r) in children.iter().filter(|(_, r)| !r.deleted) {
+        let mut entries = Vec::with_capacity(new.children.len());
+        let mut manifest = Vec::with_capacity(new.children.len());
+        for (n, r) in new.children.iter().filter(|(_, r)| !r.deleted) {
             count += r.count;
             bytes += r.bytes;
             entries.push(NodeEntry { name: n.clone(), meta: r.meta.clone(), body: r.body.clone() });
@@ -603,18 +628,18 @@ impl Run<'_, '_> {
         let encoded = node.encode();
         let tree = Node::hash_encoded(&encoded);
         let body = Body::Dir { tree };
-        if old.as_ref().is_none_or(|o| o.body != body) {
+        if old.is_none_or(|o| o.body != body) {
             self.writes.lock().expect("poisoned").nodes.push((tree, encoded, manifest));
         }
         match old {
             Some(o) if !o.deleted && o.meta == meta && o.body == body && o.count == count && o.bytes == bytes => {
-                Some(o)
+                Seen::Same
             }
             old => {
-                let mut rec = self.record(old.as_ref(), meta, body, stat);
+                let mut rec = self.record(old, meta, body, stat);
                 rec.count = count;
                 rec.bytes = bytes;
-                Some(rec)
+                Seen::New(rec)
             }
         }
     }

@@ -162,14 +162,6 @@ impl Store {
         }
     }
 
-    /// Like [`Store::dir_record`], with the stored bytes.
-    pub fn dir_record_raw(&self, group: &str, dir: &[u8]) -> Result<Option<(DirRecord, fjall::Slice)>, StoreError> {
-        match self.dirs.get(dir_key(group, dir)).map_err(|e| self.err(e))? {
-            None => Ok(None),
-            Some(v) => Ok(Some((DirRecord::decode(&v).map_err(|why| self.corrupt("directory record", why))?, v))),
-        }
-    }
-
     /// The record of `name` in directory `parent` of `group`.
     pub fn entry(&self, group: &str, parent: &[u8], name: &[u8]) -> Result<Option<EntryRecord>, StoreError> {
         Ok(self.dir_record(group, parent)?.and_then(|d| d.get(name).cloned()))
