@@ -98,7 +98,7 @@ fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
     while out.len() < len {
         let pick = |k: usize| WORDS[noise[(i + k) % noise.len()] as usize % WORDS.len()];
         let value = noise[(i + 3) % noise.len()];
-        write!(out, ".{}-{} {{ {}: {}{}; }}\n", pick(0), value, pick(1), pick(2), value % 17).unwrap();
+        writeln!(out, ".{}-{} {{ {}: {}{}; }}", pick(0), value, pick(1), pick(2), value % 17).unwrap();
         i += 4;
     }
     out.truncate(len);

@@ -18,6 +18,9 @@ use crate::chunk::ChunkRef;
 use crate::hash::Hash;
 use crate::tree::{Body, RootSet};
 
+/// A root set to keep, with the chunk lists of its roots that are files.
+type KeptTree = (RootSet, Vec<Vec<ChunkRef>>);
+
 /// What one collection freed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
@@ -54,7 +57,7 @@ pub fn collect_garbage(
     let mut batch = store.batch();
 
     // Which generations stay.
-    let mut kept: HashMap<&str, Vec<(RootSet, Vec<Vec<ChunkRef>>)>> = HashMap::new();
+    let mut kept: HashMap<&str, Vec<KeptTree>> = HashMap::new();
     let mut all = store.generations()?;
     all.sort_by_key(|g| std::cmp::Reverse(g.id));
     let mut seen: HashMap<&str, u32> = HashMap::new();

@@ -81,9 +81,12 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// What a tree holds, for comparisons: relative path → (kind, mode,
-/// mtime for files, content or link target).
-pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (String, u32, Option<(i64, i64)>, Vec<u8>)> {
+/// One entry as [`snapshot`] sees it: kind, mode, mtime for files, and
+/// content or link target.
+pub type Seen = (String, u32, Option<(i64, i64)>, Vec<u8>);
+
+/// What a tree holds, for comparisons: relative path → [`Seen`].
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Seen> {
     let mut out = BTreeMap::new();
     for e in walkdir(root) {
         let md = std::fs::symlink_metadata(&e).unwrap();
