@@ -37,7 +37,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     let host = "alpha";
     let www = dir.join(host).join("www");
     let files = write_sample_tree(&www)?;
-    let state = dir.join("state").join(host);
+    let state = super::node_state_dir(&dir.join("state"), &super::config_name_of_file(&cfg_path), host);
     let engine = Engine::open(&config, host, &state)?;
 
     step("first check of alpha's tree");
@@ -64,7 +64,8 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     std::fs::remove_file(&files[1])?;
     let r = engine.check(&[])?;
     for g in &r.groups {
-        println!("  {}: {} entries changed, generation {:?}", g.group, g.stats.entries_changed, g.generation);
+        let generation = g.generation.map_or("none".to_owned(), |id| id.to_string());
+        println!("  {}: {} entries changed, generation {generation}", g.group, g.stats.entries_changed);
     }
 
     step("generations");
@@ -132,5 +133,11 @@ fn write_sample_tree(root: &Path) -> Result<Vec<PathBuf>> {
     std::fs::write(root.join("cache/ignored.dat"), b"not tracked")?;
     std::fs::write(root.join("css/draft.tmp"), b"not tracked")?;
     std::os::unix::fs::symlink("css/asset-000.bin", root.join("main.css"))?;
+    // Files written this very second are "racily clean" and would be read
+    // again by the next check; a real tree is older than that.
+    let yesterday = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    for f in &files {
+        std::fs::File::options().write(true).open(f)?.set_times(std::fs::FileTimes::new().set_modified(yesterday))?;
+    }
     Ok(files)
 }

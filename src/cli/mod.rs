@@ -148,14 +148,27 @@ fn init_logging(cli: &Cli) {
 pub fn config_location(cli: &Cli) -> Result<(PathBuf, String), config::ConfigError> {
     if let Some(file) = &cli.config {
         let abs = Engine::absolute_path(file);
-        let stem = abs.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
-        let stem: String =
-            stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-        let tag = crate::hash::Hash::of(abs.as_os_str().as_encoded_bytes()).short();
-        return Ok((abs, format!("{stem}-{tag}")));
+        let name = config_name_of_file(&abs);
+        return Ok((abs, name));
     }
     let path = config::config_path(&config::system_dir(), cli.config_name.as_deref())?;
     Ok((path, cli.config_name.clone().unwrap_or_else(|| "default".to_owned())))
+}
+
+/// The config name of `--config FILE` (an absolute path): the file stem
+/// and a hash of the path, so two files with the same name never share
+/// state.
+pub fn config_name_of_file(abs: &Path) -> String {
+    let stem = abs.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
+    let stem: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let tag = crate::hash::Hash::of(abs.as_os_str().as_encoded_bytes()).short();
+    format!("{stem}-{tag}")
+}
+
+/// A node's state directory: `STATE_DIR/CONFIG_NAME/HOST`.
+pub fn node_state_dir(state_root: &Path, config_name: &str, host: &str) -> PathBuf {
+    let host: String = host.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
+    state_root.join(config_name).join(host)
 }
 
 /// The local host name: `-N`, else the system hostname.
@@ -197,7 +210,7 @@ fn run(cli: &Cli) -> u8 {
         Err(code) => return code,
     };
     let host = host_name(cli);
-    let state = cli.state_dir.join(&config_name).join(sanitize(&host));
+    let state = node_state_dir(&cli.state_dir, &config_name, &host);
     let mut engine = match Engine::open(&config, &host, &state) {
         Ok(e) => e,
         Err(e) => return report_error(&e),
@@ -222,10 +235,6 @@ fn load_config(path: &Path) -> Result<Config, u8> {
             Err(EXIT_USAGE)
         }
     }
-}
-
-fn sanitize(host: &str) -> String {
-    host.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect()
 }
 
 fn report_error(e: &EngineError) -> u8 {

@@ -55,6 +55,16 @@ impl<'a> Writer<'a> {
         report.problems.extend(self.problems.into_inner().expect("poisoned"));
     }
 
+    /// Logs a change: an audit line when it changes a tracked tree (in
+    /// place), a debug line when it writes a copy below `--to DIR`.
+    fn applied(&self, action: &str, path: &Path) {
+        if self.matcher.is_some() {
+            crate::audit::applied(self.host, "restore", action, path);
+        } else {
+            tracing::debug!("restore: {action} {}", path.display());
+        }
+    }
+
     fn problem(&self, path: &Path, message: String) {
         let p = Problem { path: path.to_path_buf(), message, severity: Severity::Error };
         tracing::error!("{p}");
@@ -106,7 +116,7 @@ impl<'a> Writer<'a> {
         } else {
             fs::remove_file(path)?;
         }
-        crate::audit::applied(self.host, "restore", "remove", path);
+        self.applied("remove", path);
         self.removed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -158,7 +168,7 @@ impl<'a> Writer<'a> {
         apply_meta(tmp.as_file(), meta)?;
         tmp.persist(path).map_err(|e| e.error)?;
         sync_dir(dir)?;
-        crate::audit::applied(self.host, "restore", "write", path);
+        self.applied("write", path);
         self.files_written.fetch_add(1, Ordering::Relaxed);
         self.bytes_written.fetch_add(size, Ordering::Relaxed);
         Ok(())
@@ -181,7 +191,7 @@ impl<'a> Writer<'a> {
         std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)?;
         lchown(&tmp, meta)?;
         fs::rename(&tmp, path)?;
-        crate::audit::applied(self.host, "restore", "link", path);
+        self.applied("link", path);
         self.files_written.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
