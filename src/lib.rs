@@ -28,3 +28,6 @@ pub mod restore;
 pub mod scan;
 pub mod store;
 pub mod tree;
+pub mod net;
+pub mod proto;
+pub mod sync;
