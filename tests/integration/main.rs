@@ -6,3 +6,4 @@
 mod common;
 mod local;
 mod spec_example;
+mod store_fixture;
