@@ -160,7 +160,8 @@ pub fn config_location(cli: &Cli) -> Result<(PathBuf, String), config::ConfigErr
 /// state.
 pub fn config_name_of_file(abs: &Path) -> String {
     let stem = abs.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
-    let stem: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let stem: String =
+        stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     let tag = crate::hash::Hash::of(abs.as_os_str().as_encoded_bytes()).short();
     format!("{stem}-{tag}")
 }

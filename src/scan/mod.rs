@@ -375,10 +375,12 @@ impl Run<'_, '_> {
         // A directory replaced by something else: its subtree is deleted,
         // and what replaced it is compared with the tombstone.
         let replaced = match old {
-            Some(o) if !o.deleted && o.body.kind() == Kind::Dir && kind != Kind::Dir => match self.gone(parent, name, o) {
-                Seen::New(t) => Some(t),
-                _ => None,
-            },
+            Some(o) if !o.deleted && o.body.kind() == Kind::Dir && kind != Kind::Dir => {
+                match self.gone(parent, name, o) {
+                    Seen::New(t) => Some(t),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         let old = replaced.as_ref().or(old);
@@ -569,7 +571,8 @@ impl Run<'_, '_> {
                         None => wanted.push((first.clone(), m)),
                     }
                 }
-                let mut stored: std::collections::BTreeMap<Vec<u8>, EntryRecord> = stored.children.into_iter().collect();
+                let mut stored: std::collections::BTreeMap<Vec<u8>, EntryRecord> =
+                    stored.children.into_iter().collect();
                 for (n, m) in wanted {
                     let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&n)));
                     let rec = stored.remove(&n);
@@ -631,7 +634,10 @@ impl Run<'_, '_> {
         let encoded = node.encode();
         let tree = Node::hash_encoded(&encoded);
         let body = Body::Dir { tree };
-        if old.is_none_or(|o| o.body != body) {
+        // A live old record with this tree hash means the node is stored and
+        // kept alive by the current tree; a tombstone's node may have been
+        // collected since, so a re-created identical directory stores it again.
+        if old.is_none_or(|o| o.deleted || o.body != body) {
             self.writes.lock().expect("poisoned").nodes.push((tree, encoded, manifest));
         }
         match old {

@@ -302,3 +302,142 @@ fn state_subdir(n: &Node) -> String {
     let abs = n.path("snapsync.cfg");
     format!("snapsync-{}", snapsync::hash::Hash::of(abs.as_os_str().as_encoded_bytes()).short())
 }
+
+#[test]
+fn demo_runs_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = assert_cmd::Command::cargo_bin("snapsync").unwrap();
+    c.args(["demo", "--dir"]).arg(dir.path().join("demo"));
+    c.assert()
+        .success()
+        .stdout(predicate::str::contains("0 mismatches"))
+        .stdout(predicate::str::contains("files read=0"));
+}
+
+#[test]
+fn check_of_one_path_records_only_that_path() {
+    let n = Node::new("a", 0, "");
+    write(&n.tree().join("one/f"), b"1");
+    write(&n.tree().join("two/f"), b"2");
+    n.cmd().arg("check").assert().success();
+    write(&n.tree().join("one/f"), b"1 changed");
+    write(&n.tree().join("two/f"), b"2 changed");
+    // Old enough that neither is racily clean (read again on every run).
+    age_tree(&n.tree());
+    let r = n.json(&["check", n.tree().join("one").to_str().unwrap()]);
+    assert_eq!(r["groups"][0]["stats"]["files_read"], 1);
+    let ls = n.json(&["ls", n.tree().join("two").to_str().unwrap()]);
+    let two =
+        ls["entries"].as_array().unwrap().iter().find(|e| e["path"].as_str().unwrap().ends_with("/two/f")).unwrap();
+    assert_eq!(two["size"], 1, "two/f was not looked at");
+    // A full check afterwards sees the rest, and agrees with a fresh scan.
+    let full = n.json(&["check"]);
+    assert_eq!(full["groups"][0]["stats"]["files_read"], 1);
+    let fresh = Node::new("b", 0, "");
+    std::fs::remove_dir_all(fresh.tree()).unwrap();
+    copy_tree(&n.tree(), &fresh.tree());
+    fresh.cmd().arg("check").assert().success();
+    // The include roots differ in name (so do the group root hashes); the
+    // trees below them must hash alike.
+    let tree_hash = |node: &Node| node.json(&["ls"])["entries"][0]["hash"].clone();
+    assert_eq!(tree_hash(&n), tree_hash(&fresh), "the same tree gives the same hash, whatever was scanned when");
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let md = std::fs::metadata(from).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+            let src = std::fs::metadata(e.path()).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&dest)
+                .unwrap()
+                .set_times(std::fs::FileTimes::new().set_modified(src.modified().unwrap()))
+                .unwrap();
+        }
+    }
+    std::fs::set_permissions(to, md.permissions()).unwrap();
+}
+
+#[test]
+fn deletion_type_change_and_recreation_are_tracked() {
+    let n = Node::new("a", 0, "");
+    write(&n.tree().join("d/x"), b"x");
+    write(&n.tree().join("f"), b"file");
+    n.cmd().arg("check").assert().success();
+    // A directory becomes a file, a file becomes a directory.
+    std::fs::remove_dir_all(n.tree().join("d")).unwrap();
+    write(&n.tree().join("d"), b"now a file");
+    std::fs::remove_file(n.tree().join("f")).unwrap();
+    write(&n.tree().join("f/inner"), b"now a dir");
+    n.cmd().arg("check").assert().success();
+    let ls = n.json(&["ls"]);
+    let kinds: Vec<(String, String)> = ls["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let p = e["path"].as_str().unwrap().strip_prefix(n.tree().to_str().unwrap()).unwrap().to_owned();
+            (p, e["kind"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("".to_owned(), "dir".to_owned()),
+            ("/d".to_owned(), "file".to_owned()),
+            ("/f".to_owned(), "dir".to_owned()),
+            ("/f/inner".to_owned(), "file".to_owned())
+        ]
+    );
+    // Deleting everything and re-creating it gives back the first root.
+    let before = n.json(&["check"])["groups"][0]["root"].clone();
+    let saved = snapshot(&n.tree());
+    let copy = n.path("copy");
+    copy_tree(&n.tree(), &copy);
+    std::fs::remove_dir_all(n.tree()).unwrap();
+    let gone = n.json(&["check"]);
+    assert_ne!(gone["groups"][0]["root"], before);
+    copy_tree(&copy, &n.tree());
+    assert_eq!(snapshot(&n.tree()), saved);
+    assert_eq!(n.json(&["check"])["groups"][0]["root"], before);
+}
+
+#[test]
+fn ignore_mod_leaves_permissions_out_of_the_tree() {
+    let n = Node::new("a", 0, "");
+    let cfg = n.path("snapsync.cfg");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("ignore mod;\n{text}")).unwrap();
+    write(&n.tree().join("f"), b"x");
+    let first = n.json(&["check"])["groups"][0]["root"].clone();
+    std::fs::set_permissions(n.tree().join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let second = n.json(&["check"]);
+    assert_eq!(second["groups"][0]["root"], first);
+    assert_eq!(second["groups"][0]["changed"], false);
+}
+
+#[test]
+fn special_files_are_reported_and_skipped() {
+    let n = Node::new("a", 0, "");
+    write(&n.tree().join("f"), b"x");
+    let fifo = n.tree().join("pipe");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let out = n.cmd().args(["--json", "check"]).output().unwrap();
+    assert!(out.status.success(), "a special file is a warning, not a failure");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0]["path"].as_str().unwrap().ends_with("/pipe"));
+    assert_eq!(problems[0]["severity"], "warning");
+}
