@@ -123,3 +123,30 @@ fn walkdir(root: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Copies a tree: files with their mtimes, links as links, directories
+/// with their modes.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let md = std::fs::metadata(from).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+            let src = std::fs::metadata(e.path()).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&dest)
+                .unwrap()
+                .set_times(std::fs::FileTimes::new().set_modified(src.modified().unwrap()))
+                .unwrap();
+        }
+    }
+    std::fs::set_permissions(to, md.permissions()).unwrap();
+}

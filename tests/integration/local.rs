@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use predicates::prelude::*;
 
-use crate::common::{Node, bytes, snapshot, write};
+use crate::common::{Node, bytes, copy_tree, snapshot, write};
 
 #[test]
 fn config_error_names_file_line_and_column_and_exits_2() {
@@ -343,31 +343,6 @@ fn check_of_one_path_records_only_that_path() {
     assert_eq!(tree_hash(&n), tree_hash(&fresh), "the same tree gives the same hash, whatever was scanned when");
 }
 
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    let md = std::fs::metadata(from).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        let ft = e.file_type().unwrap();
-        if ft.is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dest).unwrap();
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-            let src = std::fs::metadata(e.path()).unwrap();
-            std::fs::File::options()
-                .write(true)
-                .open(&dest)
-                .unwrap()
-                .set_times(std::fs::FileTimes::new().set_modified(src.modified().unwrap()))
-                .unwrap();
-        }
-    }
-    std::fs::set_permissions(to, md.permissions()).unwrap();
-}
-
 #[test]
 fn deletion_type_change_and_recreation_are_tracked() {
     let n = Node::new("a", 0, "");
@@ -440,4 +415,43 @@ fn special_files_are_reported_and_skipped() {
     assert_eq!(problems.len(), 1);
     assert!(problems[0]["path"].as_str().unwrap().ends_with("/pipe"));
     assert_eq!(problems[0]["severity"], "warning");
+}
+
+/// SPEC §4.14: a file written while it is scanned is never recorded
+/// half-read. A writer appends to a file for as long as the check runs;
+/// whatever the check recorded (or skipped) must be a state the file
+/// really had: its recorded size and content hash must match that prefix
+/// of the final file.
+#[test]
+fn file_growing_during_check_is_recorded_consistently_or_skipped() {
+    let n = Node::new("a", 0, "");
+    let path = n.tree().join("growing.log");
+    write(&path, &bytes(1, 4 << 20));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+            let mut i = 0u64;
+            // Bounded: at most 64 MiB of appends even if the check hangs.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 16_384 {
+                f.write_all(&bytes(i + 2, 4096)).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let out = n.cmd().args(["--json", "check"]).output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ls = n.json(&["ls", path.to_str().unwrap()]);
+    let Some(entry) = ls["entries"].as_array().unwrap().first() else {
+        return; // skipped with a warning: allowed
+    };
+    let size = entry["size"].as_u64().unwrap() as usize;
+    let data = std::fs::read(&path).unwrap();
+    assert!(size <= data.len());
+    let expected = snapsync::chunk::content_hash(&snapsync::chunk::chunk_bytes(&data[..size]));
+    assert_eq!(entry["hash"].as_str().unwrap(), expected.to_hex(), "recorded hash matches the first {size} bytes");
 }

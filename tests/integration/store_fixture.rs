@@ -12,26 +12,15 @@ use std::path::Path;
 
 use snapsync::engine::Engine;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
+use crate::common::copy_tree;
 
 #[test]
 fn store_v1_fixture_opens_and_restores_both_generations() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/store-v1");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    copy_dir(&fixture.join("state"), &d.join("state"));
-    copy_dir(&fixture.join("chunks"), &d.join("backup/snapsync-node"));
+    copy_tree(&fixture.join("state"), &d.join("state"));
+    copy_tree(&fixture.join("chunks"), &d.join("backup/snapsync-node"));
     let cfg = d.join("fx.cfg");
     std::fs::write(
         &cfg,
