@@ -204,6 +204,12 @@ impl Scanner<'_> {
                 new.children.push((logical.to_vec(), rec));
             }
         }
+        // Roots the configuration no longer names: forget what was below them.
+        for (logical, rec) in &old.children {
+            if !self.group.roots.iter().any(|r| r.logical.as_bytes() == logical.as_slice()) {
+                run.forget(b"", logical, rec);
+            }
+        }
         if let Some(f) = run.fatal.lock().expect("poisoned").take() {
             return Err(f);
         }

@@ -455,3 +455,30 @@ fn file_growing_during_check_is_recorded_consistently_or_skipped() {
     let expected = snapsync::chunk::content_hash(&snapsync::chunk::chunk_bytes(&data[..size]));
     assert_eq!(entry["hash"].as_str().unwrap(), expected.to_hex(), "recorded hash matches the first {size} bytes");
 }
+
+#[test]
+fn dropping_an_include_forgets_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("one/sub/f"), b"1");
+    write(&d.join("two/sub/f"), b"2");
+    let cfg = d.join("c.cfg");
+    let config = |includes: &str| {
+        std::fs::write(&cfg, format!("group g {{\n host a b;\n key {}/key;\n {includes}\n}}\n", d.display())).unwrap();
+        snapsync::config::load(&cfg).unwrap()
+    };
+    let both = config(&format!("include {0}/one;\n include {0}/two;", d.display()));
+    snapsync::engine::Engine::open(&both, "a", &d.join("state")).unwrap().check(&[]).unwrap();
+    let one = config(&format!("include {}/one;", d.display()));
+    let engine = snapsync::engine::Engine::open(&one, "a", &d.join("state")).unwrap();
+    engine.check(&[]).unwrap();
+    let dirs: Vec<String> = engine
+        .store
+        .all_dir_records("g")
+        .map(|r| String::from_utf8(r.unwrap().0).unwrap())
+        .filter(|p| !p.is_empty())
+        .collect();
+    assert!(dirs.iter().all(|p| p.contains("/one")), "records of the dropped include remain: {dirs:?}");
+    // Leaving the included set is not a deletion: nothing on disk changes.
+    assert!(d.join("two/sub/f").exists());
+}
