@@ -117,8 +117,9 @@ impl Engine {
             report.before = self.record_current(gi, &format!("before restore of generation {id}"))?;
         }
 
+        let progress = self.bar(None, &format!("restoring generation {id}"));
         let writer =
-            write::Writer::new(&self.host, &self.store, chunks, if to.is_none() { Some(&group.matcher) } else { None });
+            write::Writer::new(&self.host, &self.store, chunks, to.is_none().then_some(&group.matcher), progress);
         for (local, want) in &targets {
             let dest = match to {
                 None => local.clone(),

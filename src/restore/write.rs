@@ -30,10 +30,18 @@ pub(super) struct Writer<'a> {
     bytes_written: AtomicU64,
     files_kept: AtomicU64,
     removed: AtomicU64,
+    /// Ticks once per entry restored.
+    progress: indicatif::ProgressBar,
 }
 
 impl<'a> Writer<'a> {
-    pub(super) fn new(host: &'a str, store: &'a Store, chunks: &'a ChunkStore, matcher: Option<&'a Matcher>) -> Self {
+    pub(super) fn new(
+        host: &'a str,
+        store: &'a Store,
+        chunks: &'a ChunkStore,
+        matcher: Option<&'a Matcher>,
+        progress: indicatif::ProgressBar,
+    ) -> Self {
         Writer {
             host,
             store,
@@ -44,10 +52,12 @@ impl<'a> Writer<'a> {
             bytes_written: AtomicU64::new(0),
             files_kept: AtomicU64::new(0),
             removed: AtomicU64::new(0),
+            progress,
         }
     }
 
     pub(super) fn finish(self, report: &mut RestoreReport) {
+        self.progress.finish_and_clear();
         report.files_written = self.files_written.into_inner();
         report.bytes_written = self.bytes_written.into_inner();
         report.files_kept = self.files_kept.into_inner();
@@ -77,6 +87,7 @@ impl<'a> Writer<'a> {
 
     /// Makes `path` hold `want` (or nothing).
     pub(super) fn restore(&self, path: &Path, want: Option<&Want>) {
+        self.progress.inc(1);
         let result = match want {
             None => self.remove(path),
             Some(w) => match &w.body {
