@@ -60,6 +60,13 @@ impl Engine {
         self.check_with_cause(paths, "local scan", None, true)
     }
 
+    /// Whether some group holds more generations than it keeps (its
+    /// `backup-generations` was lowered, or its backups turned off).
+    fn generations_over_limit(&self) -> Result<bool, EngineError> {
+        let gens = self.store.generations()?;
+        Ok(self.groups.iter().any(|g| gens.iter().filter(|x| x.group == g.name).count() > super::kept_generations(g)))
+    }
+
     /// Like [`Engine::check`], naming the cause recorded with generations.
     /// With `only_group`, other groups are left alone; without `gc`, no
     /// generation is dropped (a restore needs its source to stay).
@@ -164,7 +171,7 @@ impl Engine {
             });
             report.problems.extend(out.problems);
         }
-        if any_changed && gc {
+        if gc && (any_changed || self.generations_over_limit()?) {
             self.gc()?;
         }
         Ok(report)

@@ -150,7 +150,7 @@ impl Engine {
             .enumerate()
             .map(|(i, g)| GcGroup {
                 name: &g.name,
-                keep: if g.backup_directory.is_some() { g.backup_generations } else { 0 },
+                keep: kept_generations(g) as u32,
                 chunk_store: self.group_chunks[i],
             })
             .collect();
@@ -178,6 +178,12 @@ impl Engine {
     pub fn absolute_path(path: &Path) -> PathBuf {
         Engine::absolute(path).unwrap_or_else(|_| path.to_path_buf())
     }
+}
+
+/// How many generations a group keeps: `backup-generations` with a backup
+/// directory, none without.
+pub(crate) fn kept_generations(g: &ResolvedGroup) -> usize {
+    if g.backup_directory.is_some() { g.backup_generations as usize } else { 0 }
 }
 
 /// Removes `.` and resolves `..` lexically: the walk never follows links,

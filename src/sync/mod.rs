@@ -1,1 +1,32 @@
-//! placeholder
+//! Reconciling the trees of two hosts.
+//!
+//! Terms:
+//! - The *local* host is the one running this code, the *remote* host its
+//!   peer in one exchange; the *initiator* is the host that runs `sync`.
+//!   Every decision is made from the local host's point of view, and the
+//!   peer's decision about the same path is its mirror image.
+//! - An entry's *state* on a host is *live* (it exists there, with its
+//!   metadata and body) or *absent*: the host never saw it (no record) or
+//!   saw it deleted (a *tombstone*, which keeps the deletion's version so
+//!   the deletion can travel).
+//! - A *version* is an entry record's version vector
+//!   ([`crate::store::Version`]): for each host that changed the entry,
+//!   the counter of its latest change. Version `a` *dominates* `b` when it
+//!   has seen every change `b` has; two versions are *equal* when each
+//!   dominates the other, and *concurrent* when neither does. The *merged*
+//!   version of two is their element-wise maximum.
+//! - A *conflict* is two different states under concurrent versions:
+//!   changes made on two hosts since they last agreed. It is *settled* by
+//!   `snapsync force PATH` on one side (the path is then *forced*) or by
+//!   the group's `auto` policy; until then nothing is overwritten.
+//! - A *receive-only* host (written in parentheses in the config, csync2's
+//!   "slave") takes the group's states and never sends its own.
+//!
+//! [`decide`] is the per-entry decision and its documentation lists the
+//! rules; [`resolve`] settles conflicts by the group's `auto` policy.
+
+mod decide;
+
+pub use decide::{
+    ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve, settled_version,
+};

@@ -482,3 +482,21 @@ fn dropping_an_include_forgets_its_records() {
     // Leaving the included set is not a deletion: nothing on disk changes.
     assert!(d.join("two/sub/f").exists());
 }
+
+#[test]
+fn lowering_backup_generations_prunes_on_the_next_check() {
+    let n = Node::new("a", 4, "");
+    for i in 0..3u64 {
+        write(&n.tree().join("f"), &bytes(i, 1000));
+        n.cmd().arg("check").assert().success();
+    }
+    let cfg = n.path("snapsync.cfg");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("backup-generations 4;", "backup-generations 1;");
+    std::fs::write(&cfg, text).unwrap();
+    // Nothing changed in the tree; the run still applies the new limit.
+    let r = n.json(&["check"]);
+    assert_eq!(r["groups"][0]["changed"], false);
+    let ids: Vec<u64> =
+        n.json(&["generations"])["generations"].as_array().unwrap().iter().map(|g| g["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [3]);
+}

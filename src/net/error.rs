@@ -1,0 +1,280 @@
+//! Errors of the network layer, each naming the peer, address or file it concerns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::identity::Fingerprint;
+
+/// An error from identity handling, the pin store or the QUIC endpoint.
+///
+/// [`NetError::is_transient`] tells a caller whether trying the same peer
+/// again later can succeed without anyone changing anything.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The group key cannot be used (it is empty).
+    #[error("unusable group key: {why}")]
+    GroupKey {
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A host name that cannot be put in a node certificate.
+    #[error("invalid host name {host:?}: {why}")]
+    HostName {
+        /// The name as given.
+        host: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A filesystem error on a file of the state directory.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The node's private key file is unusable: unreadable, not a P-256 key,
+    /// or readable by others.
+    #[error("{}: {why}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Making a key or certificate, or setting up TLS, failed.
+    #[error("cannot {what}: {why}")]
+    Crypto {
+        /// What was being done.
+        what: &'static str,
+        /// The library's message.
+        why: String,
+    },
+    /// The pin file does not parse.
+    #[error("{}:{line}: {why}", path.display())]
+    PinFile {
+        /// The pin file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        why: String,
+    },
+    /// A peer presented a node key other than the one pinned for it.
+    #[error(
+        "peer {host} presented node key {presented}, but {pinned} is pinned for it in {}; refusing it. \
+         If {host} was reinstalled or its key replaced on purpose, accept the new key with \
+         `snapsync trust --peer {host}`",
+        path.display()
+    )]
+    PinMismatch {
+        /// The peer's host name (from its certificate).
+        host: String,
+        /// The fingerprint on record.
+        pinned: Fingerprint,
+        /// The fingerprint the peer presented.
+        presented: Fingerprint,
+        /// The pin file.
+        path: PathBuf,
+    },
+    /// The endpoint could not be started on this address.
+    #[error("cannot listen on {addr}: {why}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The reason.
+        why: String,
+    },
+    /// The TLS handshake was refused by one side: the certificate is not
+    /// from this group's CA, names another host, or the protocols differ.
+    #[error("{addr}: handshake refused{}: {reason}", expected_host.as_deref().map(|h| format!(" (expecting {h})")).unwrap_or_default())]
+    Handshake {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The host we expected to reach, when we were the client.
+        expected_host: Option<String>,
+        /// What went wrong, as far as TLS tells.
+        reason: String,
+    },
+    /// The peer's certificate is valid but names another host than expected.
+    #[error("{addr}: peer's certificate is for {presented:?}, expected {expected:?}")]
+    HostMismatch {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The host we meant to reach.
+        expected: String,
+        /// The host the certificate names.
+        presented: String,
+    },
+    /// The peer's certificate chain validated but cannot be read as a node
+    /// certificate.
+    #[error("{addr}: unusable peer certificate: {why}")]
+    BadCertificate {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A handshake or operation did not finish in time.
+    #[error("{addr}: {what} timed out after {}", humantime::format_duration(*after))]
+    Timeout {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// What timed out.
+        what: &'static str,
+        /// The bound that expired.
+        after: Duration,
+    },
+    /// The connection broke: the peer went away, the idle timer expired,
+    /// the path failed.
+    #[error("{addr}: connection lost: {reason}")]
+    ConnectionLost {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// What the transport said.
+        reason: String,
+    },
+    /// The connection was closed by an application, with a code.
+    #[error("{addr}: connection closed by {} with code {code}", if *by_peer { "the peer" } else { "us" })]
+    Closed {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The application close code; 0 is an orderly close.
+        code: u64,
+        /// Whether the peer closed it.
+        by_peer: bool,
+    },
+    /// The local endpoint has shut down.
+    #[error("endpoint on {addr} is closed")]
+    EndpointClosed {
+        /// The endpoint's address.
+        addr: SocketAddr,
+    },
+}
+
+impl NetError {
+    /// Whether retrying later can succeed with nothing changed: a peer that
+    /// is down, a timeout, a connection that broke or was closed in order.
+    /// Bad keys, refused certificates, pin mismatches, host mismatches and
+    /// local file problems are permanent: they need an operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NetError::Timeout { .. } | NetError::ConnectionLost { .. } => true,
+            NetError::Closed { code, .. } => *code == 0,
+            NetError::GroupKey { .. }
+            | NetError::HostName { .. }
+            | NetError::Io { .. }
+            | NetError::KeyFile { .. }
+            | NetError::Crypto { .. }
+            | NetError::PinFile { .. }
+            | NetError::PinMismatch { .. }
+            | NetError::Bind { .. }
+            | NetError::Handshake { .. }
+            | NetError::HostMismatch { .. }
+            | NetError::BadCertificate { .. }
+            | NetError::EndpointClosed { .. } => false,
+        }
+    }
+
+    /// The peer's address, for errors about a connection.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            NetError::Handshake { addr, .. }
+            | NetError::HostMismatch { addr, .. }
+            | NetError::BadCertificate { addr, .. }
+            | NetError::Timeout { addr, .. }
+            | NetError::ConnectionLost { addr, .. }
+            | NetError::Closed { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> NetError {
+        NetError::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn crypto(what: &'static str, why: impl std::fmt::Display) -> NetError {
+        NetError::Crypto { what, why: why.to_string() }
+    }
+}
+
+/// Turns the transport's reason for a closed connection into a [`NetError`].
+///
+/// A TLS alert (a QUIC CRYPTO_ERROR, codes 0x100-0x1ff, RFC 9001 §4.8) from
+/// either side means a refused handshake; the handshake or idle timer
+/// expiring is a timeout; everything else is a lost connection. `tls_reason`
+/// is the TLS library's own message when this side refused.
+pub(crate) fn from_connection_error(
+    addr: SocketAddr,
+    err: &s2n_quic::connection::Error,
+    expected_host: Option<&str>,
+    tls_reason: Option<&str>,
+) -> NetError {
+    use s2n_quic::connection::Error as E;
+    match err {
+        E::Transport { code, .. } if (0x100..0x200).contains(&code.as_u64()) => NetError::Handshake {
+            addr,
+            expected_host: expected_host.map(str::to_owned),
+            reason: match tls_reason {
+                Some(r) => format!("{r} ({err})"),
+                None => err.to_string(),
+            },
+        },
+        E::MaxHandshakeDurationExceeded { max_handshake_duration, .. } => {
+            NetError::Timeout { addr, what: "handshake", after: *max_handshake_duration }
+        }
+        E::Application { error, initiator, .. } => NetError::Closed {
+            addr,
+            code: u64::from(*error),
+            by_peer: matches!(initiator, s2n_quic::provider::event::Location::Remote),
+        },
+        E::Closed { initiator, .. } => NetError::Closed {
+            addr,
+            code: 0,
+            by_peer: matches!(initiator, s2n_quic::provider::event::Location::Remote),
+        },
+        _ => match tls_reason {
+            // The TLS library refused, but the transport reports it generically.
+            Some(r) => NetError::Handshake {
+                addr,
+                expected_host: expected_host.map(str::to_owned),
+                reason: format!("{r} ({err})"),
+            },
+            None => NetError::ConnectionLost { addr, reason: err.to_string() },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:30865".parse().unwrap()
+    }
+
+    #[test]
+    fn timeouts_and_lost_peers_are_transient() {
+        assert!(NetError::Timeout { addr: addr(), what: "handshake", after: Duration::from_secs(10) }.is_transient());
+        assert!(NetError::ConnectionLost { addr: addr(), reason: "idle".into() }.is_transient());
+        assert!(NetError::Closed { addr: addr(), code: 0, by_peer: true }.is_transient());
+    }
+
+    #[test]
+    fn refusals_and_bad_keys_are_permanent() {
+        let fp = Fingerprint::from_bytes([1; 32]);
+        let pin = NetError::PinMismatch {
+            host: "b".into(),
+            pinned: fp,
+            presented: Fingerprint::from_bytes([2; 32]),
+            path: "/s/net/pins".into(),
+        };
+        assert!(!pin.is_transient());
+        assert!(pin.to_string().contains("snapsync trust --peer b"), "{pin}");
+        assert!(!NetError::Handshake { addr: addr(), expected_host: None, reason: "x".into() }.is_transient());
+        assert!(!NetError::GroupKey { why: "empty".into() }.is_transient());
+        assert!(!NetError::Closed { addr: addr(), code: 7, by_peer: true }.is_transient());
+        assert!(!NetError::HostMismatch { addr: addr(), expected: "y".into(), presented: "x".into() }.is_transient());
+    }
+}

@@ -1,0 +1,143 @@
+//! Size and count limits of the peer protocol.
+//!
+//! Every length or count a peer sends is bounded by one of these constants,
+//! and the decoder refuses a message that exceeds one before it allocates
+//! for it (see `bounded.rs`). They are part of protocol version 1: a peer
+//! MUST NOT send more, and raising one needs a new protocol version, since
+//! an older peer refuses what exceeds its limits. docs/protocol.md has the
+//! same table.
+
+use crate::chunk;
+use crate::tree;
+
+/// Largest frame body (the postcard-encoded message after the 4-byte length).
+///
+/// 4 MiB holds the largest chunk (256 KiB stored, [`chunk::MAX_SIZE`] plus
+/// the tag byte) many times over, a page of [`MAX_ENTRIES_PER_PAGE`] typical
+/// entries (about 150 bytes each without chunk lists), or a page of
+/// [`MAX_CHUNKS_PER_PAGE`] chunk references. It is small enough that a
+/// receiver can hold one whole frame per open stream: what does not fit in
+/// one frame (a large directory, a large file's chunk list) is paged.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// Extra memory, beyond the frame itself, that decoding one frame may use
+/// for the lists in it (charged as element count times element size).
+///
+/// postcard encodes a list element in as little as 2 bytes (an empty host
+/// name and a zero counter) that take 32 bytes in memory, so without a
+/// budget a 4 MiB frame could decode to 64 MiB. Honest frames use about
+/// twice their size; 16 MiB leaves room for that and caps a hostile frame
+/// at 5 times [`MAX_FRAME`].
+pub const MAX_DECODED_LISTS: usize = 16 * 1024 * 1024;
+
+/// Most entries in one `Dir` page.
+///
+/// A directory of 100k files is 25 pages: few round trips, while one page
+/// (about 600 KiB for entries without chunk lists) stays quick to encode,
+/// send and merge. Pages are also cut by size ([`PAGE_BUDGET`]).
+pub const MAX_ENTRIES_PER_PAGE: usize = 4096;
+
+/// Bytes of encoded entries a sender puts in one `Dir` page at most.
+///
+/// [`MAX_FRAME`] less room for the rest of the message (group name, path,
+/// flags: under 5 KiB). The largest valid entry (a 1024-host version vector
+/// and [`MAX_INLINE_CHUNKS`] chunk references) encodes to about 320 KiB, so
+/// every page holds at least one entry.
+pub const PAGE_BUDGET: usize = MAX_FRAME - 64 * 1024;
+
+/// Most chunk hashes one `GetChunks` request names.
+///
+/// 256 chunks are 16 MiB of content at the 64 KiB average chunk size,
+/// enough to keep a loopback or LAN link busy per stream, while one
+/// request's worth of replies (at most 64 MiB at [`chunk::MAX_SIZE`]) is
+/// bounded for the receiver. Parallelism comes from several streams.
+pub const MAX_CHUNKS_PER_REQUEST: usize = 256;
+
+/// Most chunk references carried inline in a `WireEntry`.
+///
+/// 1024 references (36 KiB encoded) describe a file of 16 MiB at the very
+/// least (all chunks at [`chunk::MIN_SIZE`]) and of about 80 MiB typically,
+/// so almost every file of an asset tree travels with its listing, saving a
+/// round trip per pulled file. A longer list is left out and fetched with
+/// `GetChunkList`; without this bound one entry could exceed a frame.
+pub const MAX_INLINE_CHUNKS: usize = 1024;
+
+/// Most chunk references in one `ChunkList` page.
+///
+/// 65536 references encode to at most 2.2 MiB, inside [`MAX_FRAME`]; the
+/// worst-case list of [`MAX_CHUNKS_PER_ENTRY`] is 1024 pages.
+pub const MAX_CHUNKS_PER_PAGE: usize = 65536;
+
+/// Most chunks in one file's chunk list: 2^26.
+///
+/// Every chunk but a file's last is at least [`chunk::MIN_SIZE`] (16 KiB),
+/// so this admits every file up to 1 TiB (2^40 / 2^14) however its content
+/// cuts, and a typical file (80 KiB mean chunks) up to about 5 TiB. The
+/// list itself is then at most 2.25 GiB (36 bytes per chunk), which is why
+/// it travels in pages and a receiver checks it incrementally.
+pub const MAX_CHUNKS_PER_ENTRY: u64 = 1 << 26;
+
+/// Longest logical path, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest entry name, in bytes (Linux's `NAME_MAX`), as the tree stores it.
+pub const MAX_NAME_LEN: usize = tree::MAX_NAME_LEN;
+
+/// Longest symlink target, in bytes (Linux's `PATH_MAX`), as the tree
+/// stores it. The tree's own constant is not exported; a test below keeps
+/// the two equal.
+pub const MAX_LINK_LEN: usize = 4096;
+
+/// Longest host name, in bytes.
+///
+/// A DNS name is at most 253 bytes; csync2 host names are DNS names or
+/// short names, so 255 covers both.
+pub const MAX_HOST_LEN: usize = 255;
+
+/// Longest group name, in bytes.
+pub const MAX_GROUP_LEN: usize = 255;
+
+/// Most groups in `Hello` or `Welcome`.
+///
+/// Configurations in the field have a handful of groups; 256 is far above
+/// any of them.
+pub const MAX_GROUPS: usize = 256;
+
+/// Most include roots of one group in `Roots`.
+///
+/// One root per `include` path pattern of the group; 1024 is far above any
+/// hand-written configuration.
+pub const MAX_ROOTS: usize = 1024;
+
+/// Most hosts in one version vector.
+///
+/// A vector holds a counter for every host that ever changed the entry,
+/// including hosts since removed from the group. Clusters have 2 to 50
+/// hosts; 1024 leaves room for decades of turnover.
+pub const MAX_VERSION_HOSTS: usize = 1024;
+
+/// Longest human-readable text (`Error.message`, `Refused.message`), in bytes.
+pub const MAX_TEXT_LEN: usize = 4096;
+
+/// Longest stored form of one chunk: the tag byte and [`chunk::MAX_SIZE`]
+/// raw bytes (zstd is used only where it is smaller).
+pub const MAX_STORED_CHUNK: usize = 1 + chunk::MAX_SIZE as usize;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Body, Meta, Node, NodeEntry};
+
+    #[test]
+    fn link_target_limit_is_the_trees() {
+        let node = |len| Node {
+            entries: vec![NodeEntry {
+                name: b"l".to_vec(),
+                meta: Meta::default(),
+                body: Body::Symlink { target: vec![b'x'; len] },
+            }],
+        };
+        assert!(Node::decode(&node(MAX_LINK_LEN).encode()).is_ok());
+        assert!(Node::decode(&node(MAX_LINK_LEN + 1).encode()).is_err());
+    }
+}

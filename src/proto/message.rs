@@ -1,0 +1,409 @@
+//! The messages of protocol version 1.
+//!
+//! The variant order and the field order are the wire format (postcard
+//! encodes a variant by its index and a struct as its fields in order):
+//! new variants go at the end, and changing a field needs a new protocol
+//! version. docs/protocol.md gives every message with its schema.
+
+use serde::{Deserialize, Serialize};
+
+use super::bounded;
+use super::limits::MAX_INLINE_CHUNKS;
+use crate::chunk::ChunkRef;
+use crate::hash::Hash;
+use crate::store::{EntryRecord, Version};
+use crate::tree::{Body, Meta};
+
+pub use super::error::ErrorCode;
+
+/// Protocol version this build speaks and prefers.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// The protocol version to use with a peer whose `Hello` offers `theirs`:
+/// the smaller of the two sides' newest versions, or
+/// [`ProtoError::Version`](super::ProtoError::Version) when that is older
+/// than [`MIN_PROTOCOL_VERSION`] (answer with `Error { VersionMismatch }`).
+pub fn negotiate(theirs: u16) -> Result<u16, super::ProtoError> {
+    let chosen = theirs.min(PROTOCOL_VERSION);
+    if chosen < MIN_PROTOCOL_VERSION {
+        return Err(super::ProtoError::Version { ours: PROTOCOL_VERSION, theirs, min: MIN_PROTOCOL_VERSION });
+    }
+    Ok(chosen)
+}
+
+/// One message: the body of one frame.
+///
+/// Requests are sent by the side that opened the stream, replies by the
+/// other; [`Message::Error`] may answer any request. [`Message::validate`]
+/// lists the rules each one must follow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// 0. First request on a new connection: the protocol version the
+    /// connecting side prefers, its host name, and the groups it wants to
+    /// sync with the peer. Answered by `Welcome` or `Error`.
+    Hello {
+        /// Newest protocol version the sender speaks.
+        protocol: u16,
+        /// The sender's host name, as the group's `host` lines name it.
+        host: String,
+        /// Groups the sender wants to sync with this peer; no duplicates.
+        groups: Vec<String>,
+    },
+    /// 1. Answer to `Hello`: the version chosen (the smaller of the two
+    /// sides' newest), the answering host's name, and the requested groups
+    /// it accepts.
+    Welcome {
+        /// The chosen protocol version, used for the rest of the connection.
+        protocol: u16,
+        /// The answering side's host name.
+        host: String,
+        /// The subset of `Hello.groups` this side shares with the peer and
+        /// lets it sync.
+        groups: Vec<String>,
+    },
+    /// 2. Asks for a group's include roots. Answered by `Roots`.
+    GetRoots {
+        /// The group.
+        group: String,
+    },
+    /// 3. A group's include roots, each with its record.
+    Roots {
+        /// The group, as requested.
+        group: String,
+        /// The group's root hash: the [`crate::tree::RootSet`] hash of the
+        /// roots' live entries. Equal hashes mean equal trees.
+        hash: Hash,
+        /// `(logical path, record)` for every include root, strictly
+        /// increasing by logical path. The record's name is the logical
+        /// path; a tombstone records a deleted root; `None` means the
+        /// sender has never seen anything there.
+        roots: Vec<(String, Option<WireEntry>)>,
+    },
+    /// 4. Asks for one page of a directory's children. Answered by `Dir`.
+    GetDir {
+        /// The group.
+        group: String,
+        /// The directory's logical path; empty for the group's root record
+        /// (whose children are the include roots, named by logical path).
+        #[serde(with = "bounded::bytes")]
+        path: Vec<u8>,
+        /// List children whose names sort after this one (by bytes); empty
+        /// for the first page.
+        #[serde(with = "bounded::bytes")]
+        after: Vec<u8>,
+    },
+    /// 5. One page of a directory's children, tombstones included.
+    Dir {
+        /// The group, as requested.
+        group: String,
+        /// The directory, as requested.
+        #[serde(with = "bounded::bytes")]
+        path: Vec<u8>,
+        /// Whether this page ends the listing.
+        last_page: bool,
+        /// Children strictly increasing by name, all after the request's
+        /// `after`.
+        #[serde(deserialize_with = "bounded::vec::<bounded::Entries, _, _>")]
+        entries: Vec<WireEntry>,
+    },
+    /// 6. Asks for one page of a file's chunk list, for a file whose
+    /// `WireEntry` left it out. Answered by `ChunkList`.
+    GetChunkList {
+        /// The group.
+        group: String,
+        /// The file's logical path.
+        #[serde(with = "bounded::bytes")]
+        path: Vec<u8>,
+        /// The content the list is wanted for; the peer answers `NotFound`
+        /// when its file no longer has it.
+        content: Hash,
+        /// Index of the first chunk wanted.
+        start: u64,
+    },
+    /// 7. One page of a file's chunk list.
+    ChunkList {
+        /// The group, as requested.
+        group: String,
+        /// The file, as requested.
+        #[serde(with = "bounded::bytes")]
+        path: Vec<u8>,
+        /// The content, as requested.
+        content: Hash,
+        /// Index of `chunks[0]` in the whole list, as requested.
+        start: u64,
+        /// Number of chunks in the whole list.
+        total: u64,
+        /// The chunks from `start` on; the page is the last one when
+        /// `start + chunks.len() == total`.
+        #[serde(deserialize_with = "bounded::vec::<bounded::PageChunks, _, _>")]
+        chunks: Vec<ChunkRef>,
+    },
+    /// 8. Asks for chunks, each named with a file that holds it. Answered
+    /// by `Chunk` frames, then one `ChunksDone` (or by `Error`).
+    GetChunks {
+        /// The group the files belong to.
+        group: String,
+        /// The files and the chunks wanted from each.
+        #[serde(deserialize_with = "bounded::vec::<bounded::Files, _, _>")]
+        files: Vec<FileChunks>,
+    },
+    /// 9. One chunk, in its stored form ([`crate::chunk::encode`]).
+    Chunk {
+        /// The chunk's name (plain BLAKE3 hash of its bytes).
+        hash: Hash,
+        /// Tag byte and payload; the receiver decodes and verifies it
+        /// against `hash` before any use.
+        #[serde(with = "bounded::bytes")]
+        stored: Vec<u8>,
+    },
+    /// 10. Ends the answer to `GetChunks`.
+    ChunksDone {
+        /// The requested chunks that were not sent (the file changed, or
+        /// the chunk could not be read); no duplicates.
+        #[serde(deserialize_with = "bounded::vec::<bounded::Missing, _, _>")]
+        missing: Vec<Hash>,
+    },
+    /// 11. A push: "I have this version of this entry; pull it from me if
+    /// you accept it". Answered by `Accepted`, `Refused` or `Error`, once
+    /// the receiver has applied the entry or decided not to.
+    Offer {
+        /// The group.
+        group: String,
+        /// Logical path of the directory holding the entry; empty for an
+        /// include root (whose name is then its logical path).
+        #[serde(with = "bounded::bytes")]
+        path: Vec<u8>,
+        /// The offered entry with its version.
+        entry: WireEntry,
+        /// Decide but change nothing (`sync --dry-run`): the answer says
+        /// what the receiver would do.
+        dry_run: bool,
+    },
+    /// 12. The offered entry is now the receiver's (applied, or it already
+    /// had that content; version vectors merged). With `dry_run`: it
+    /// would be.
+    Accepted,
+    /// 13. The receiver keeps its own entry.
+    Refused {
+        /// Why, in a form the offerer acts on.
+        reason: Refusal,
+        /// Details for the log.
+        message: String,
+    },
+    /// 14. The request failed. Ends the exchange.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// Details for the log; never trusted, never interpreted.
+        message: String,
+    },
+    /// 15. The sender closes the connection after its open exchanges end.
+    /// Sent alone on a stream; not answered.
+    Bye,
+}
+
+/// Why an `Offer` was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The receiver's version is concurrent with the offered one and their
+    /// content differs. Both sides record the conflict.
+    Conflict,
+    /// The receiver's version dominates the offered one: the offerer is
+    /// behind and should pull instead.
+    Stale,
+    /// The receiver could not get the content (the offerer's file changed,
+    /// chunks went missing, its disk is full). Retry on the next run.
+    Unavailable,
+    /// The path is outside what the receiver includes, or excluded there.
+    Excluded,
+}
+
+impl Refusal {
+    /// A short lower-case name for messages and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Conflict => "conflict",
+            Refusal::Stale => "stale",
+            Refusal::Unavailable => "unavailable",
+            Refusal::Excluded => "excluded",
+        }
+    }
+}
+
+/// One entry as peers exchange it: what the tree holds, plus what the
+/// reconcile needs (version vector, tombstone flag, chunk list).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry {
+    /// The name in its parent directory; for an include root, its logical
+    /// path.
+    #[serde(with = "bounded::bytes")]
+    pub name: Vec<u8>,
+    /// Kept metadata; for a tombstone, the last seen.
+    pub meta: Meta,
+    /// Content; for a tombstone, the last seen.
+    pub body: Body,
+    /// Version vector of the entry's last change (its deletion, for a
+    /// tombstone).
+    #[serde(deserialize_with = "bounded::version")]
+    pub version: Version,
+    /// The entry was deleted.
+    pub deleted: bool,
+    /// A live file's chunk list when it has at most [`MAX_INLINE_CHUNKS`]
+    /// chunks; empty otherwise (then fetched with `GetChunkList` if the file
+    /// is not empty) and for every other kind and for tombstones.
+    #[serde(deserialize_with = "bounded::vec::<bounded::InlineChunks, _, _>")]
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl WireEntry {
+    /// The entry for a stored record named `name`, with its chunk list
+    /// inline when it is short enough.
+    pub fn from_record(name: &[u8], rec: &EntryRecord) -> WireEntry {
+        let inline = !rec.deleted && matches!(rec.body, Body::File { .. }) && rec.chunks.len() <= MAX_INLINE_CHUNKS;
+        WireEntry {
+            name: name.to_vec(),
+            meta: rec.meta.clone(),
+            body: rec.body.clone(),
+            version: rec.version.clone(),
+            deleted: rec.deleted,
+            chunks: if inline { rec.chunks.clone() } else { Vec::new() },
+        }
+    }
+
+    /// Whether this is a live, non-empty file sent without its chunk list,
+    /// which the receiver fetches with `GetChunkList` before pulling it.
+    pub fn chunks_left_out(&self) -> bool {
+        !self.deleted && self.chunks.is_empty() && matches!(self.body, Body::File { size, .. } if size > 0)
+    }
+}
+
+/// Chunks wanted from one file.
+///
+/// A chunk is asked for together with a file that holds it because a node
+/// without a chunk store (no `backup-directory`) keeps no index from chunk
+/// to file: it reads the chunk from that file, at the offset its chunk list
+/// gives, and checks it against its hash. The group and path also let it
+/// refuse chunks of a group the requester is not a member of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChunks {
+    /// The file's logical path.
+    #[serde(with = "bounded::bytes")]
+    pub path: Vec<u8>,
+    /// The file's content hash: the version the chunks are wanted from.
+    pub content: Hash,
+    /// The chunks wanted, at least one.
+    #[serde(deserialize_with = "bounded::vec::<bounded::Hashes, _, _>")]
+    pub hashes: Vec<Hash>,
+}
+
+impl Message {
+    /// The variant's name, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::GetRoots { .. } => "GetRoots",
+            Message::Roots { .. } => "Roots",
+            Message::GetDir { .. } => "GetDir",
+            Message::Dir { .. } => "Dir",
+            Message::GetChunkList { .. } => "GetChunkList",
+            Message::ChunkList { .. } => "ChunkList",
+            Message::GetChunks { .. } => "GetChunks",
+            Message::Chunk { .. } => "Chunk",
+            Message::ChunksDone { .. } => "ChunksDone",
+            Message::Offer { .. } => "Offer",
+            Message::Accepted => "Accepted",
+            Message::Refused { .. } => "Refused",
+            Message::Error { .. } => "Error",
+            Message::Bye => "Bye",
+        }
+    }
+
+    /// Whether the message opens an exchange (is sent first on a stream).
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Message::Hello { .. }
+                | Message::GetRoots { .. }
+                | Message::GetDir { .. }
+                | Message::GetChunkList { .. }
+                | Message::GetChunks { .. }
+                | Message::Offer { .. }
+                | Message::Bye
+        )
+    }
+
+    /// The `Error` message that answers a request which failed with `err`.
+    pub fn error(err: &super::ProtoError) -> Message {
+        let mut message = err.to_string();
+        super::validate::truncate_text(&mut message);
+        Message::Error { code: err.code(), message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Stat;
+
+    fn record(chunks: usize, deleted: bool) -> EntryRecord {
+        let list: Vec<ChunkRef> = (0..chunks).map(|i| ChunkRef { hash: Hash::of(&i.to_le_bytes()), len: 1 }).collect();
+        EntryRecord {
+            meta: Meta::default(),
+            body: Body::File { size: chunks as u64, content: crate::chunk::content_hash(&list) },
+            chunks: list,
+            stat: Stat::default(),
+            racy: false,
+            stored: false,
+            version: Version::default().bumped("a", 1),
+            deleted,
+            count: 1,
+            bytes: chunks as u64,
+        }
+    }
+
+    #[test]
+    fn records_carry_short_chunk_lists_inline() {
+        let e = WireEntry::from_record(b"f", &record(3, false));
+        assert_eq!(e.chunks.len(), 3);
+        assert!(!e.chunks_left_out());
+    }
+
+    #[test]
+    fn long_chunk_lists_are_left_out_to_be_paged() {
+        let e = WireEntry::from_record(b"f", &record(MAX_INLINE_CHUNKS + 1, false));
+        assert!(e.chunks.is_empty());
+        assert!(e.chunks_left_out());
+    }
+
+    #[test]
+    fn tombstones_carry_no_chunks() {
+        let mut rec = record(2, true);
+        rec.chunks = record(2, false).chunks;
+        let e = WireEntry::from_record(b"f", &rec);
+        assert!(e.chunks.is_empty() && !e.chunks_left_out());
+    }
+
+    #[test]
+    fn negotiation_picks_the_older_version_and_refuses_below_the_minimum() {
+        assert_eq!(negotiate(PROTOCOL_VERSION).unwrap(), PROTOCOL_VERSION);
+        assert_eq!(negotiate(u16::MAX).unwrap(), PROTOCOL_VERSION);
+        let err = negotiate(MIN_PROTOCOL_VERSION - 1).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::VersionMismatch);
+    }
+
+    #[test]
+    fn variant_indices_are_the_documented_ones() {
+        // docs/protocol.md numbers the messages; postcard writes the index
+        // as the first byte.
+        let first = |m: &Message| postcard::to_stdvec(m).unwrap()[0];
+        assert_eq!(first(&Message::Hello { protocol: 1, host: "a".into(), groups: vec![] }), 0);
+        assert_eq!(first(&Message::ChunksDone { missing: vec![] }), 10);
+        assert_eq!(first(&Message::Accepted), 12);
+        assert_eq!(first(&Message::Error { code: ErrorCode::Busy, message: String::new() }), 14);
+        assert_eq!(first(&Message::Bye), 15);
+    }
+}
