@@ -13,8 +13,13 @@
 //! - [`tree`]: entries, the canonical Merkle node encoding, tree hashing.
 //! - [`store`]: the node's state database (fjall), content store, generations, gc.
 //! - [`scan`]: the parallel walk of included trees with the stat cache.
+//! - [`engine`]: one node's local operations (check, ls, verify, gc).
 //! - [`restore`]: writing a generation back to disk, verified.
-//! - [`engine`]: one node's local operations (check, ls, restore, verify, gc).
+//! - [`net`]: QUIC endpoint, group CA, node certificates, pins.
+//! - [`proto`]: peer protocol messages, framing, limits and validation
+//!   (uses `hash`, `chunk`, `tree`, `store`).
+//! - [`sync`]: per-entry reconcile decisions, conflicts and `auto`
+//!   policies (uses `config`, `tree`, `store`).
 //! - [`cli`]: command-line parsing, output and exit codes.
 
 pub mod audit;
