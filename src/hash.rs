@@ -1,6 +1,6 @@
 //! Content addresses.
 //!
-//! A [`Hash`] is a 32-byte BLAKE3 digest. snapsync names everything it
+//! A [`Hash`](struct@Hash) is a 32-byte BLAKE3 digest. snapsync names everything it
 //! stores by one: a *chunk* (a FastCDC-cut piece of a file) by the hash of
 //! its bytes, a *content* (a whole file) by the hash of its chunk list, and
 //! a *tree node* (one directory) by the hash of its canonical encoding.
