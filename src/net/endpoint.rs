@@ -79,7 +79,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Listens on `addr` (port 0 picks a free port) as `identity`.
+    /// Listens on `addr` (port 0 picks a free port) as `identity`. Call it
+    /// from within a Tokio runtime: the endpoint runs as tasks on it.
     pub fn bind(addr: SocketAddr, identity: &NodeIdentity) -> Result<Server, NetError> {
         let tls = tls::Server::builder()
             .with_empty_trust_store()
@@ -121,6 +122,9 @@ impl Server {
     /// authenticated as [`Connection::peer_host`]; whether that host is
     /// listed in the group, and whether its pin matches, is the caller's
     /// decision.
+    ///
+    /// Cancel-safe: it can lose a `select!` (against a shutdown signal, say)
+    /// without losing a connection.
     pub async fn accept(&mut self) -> Result<Connection, NetError> {
         tokio::select! {
             biased;
@@ -137,6 +141,8 @@ impl Server {
 /// Connects to `addr` as `identity`, expecting the peer's certificate to be
 /// for `expected_peer_host`. Returns once the server has confirmed the
 /// handshake, so a connection returned here was accepted by both sides.
+/// Whether the peer's key matches its pin is the caller's check
+/// ([`super::Pins::check`] with [`Connection::peer_fingerprint`]).
 pub async fn connect(
     addr: SocketAddr,
     expected_peer_host: &str,

@@ -88,7 +88,7 @@ pub enum NetError {
     },
     /// The TLS handshake was refused by one side: the certificate is not
     /// from this group's CA, names another host, or the protocols differ.
-    #[error("{addr}: handshake refused{}: {reason}", expected_host.as_deref().map(|h| format!(" (expecting {h})")).unwrap_or_default())]
+    #[error("{addr}: handshake failed{}: {reason}", expected_host.as_deref().map(|h| format!(" (expecting {h})")).unwrap_or_default())]
     Handshake {
         /// The peer's address.
         addr: SocketAddr,
@@ -213,12 +213,13 @@ pub(crate) fn from_connection_error(
 ) -> NetError {
     use s2n_quic::connection::Error as E;
     match err {
-        E::Transport { code, .. } if (0x100..0x200).contains(&code.as_u64()) => NetError::Handshake {
+        E::Transport { code, initiator, .. } if (0x100..0x200).contains(&code.as_u64()) => NetError::Handshake {
             addr,
             expected_host: expected_host.map(str::to_owned),
-            reason: match tls_reason {
-                Some(r) => format!("{r} ({err})"),
-                None => err.to_string(),
+            reason: match (tls_reason, initiator) {
+                (Some(r), _) => r.to_owned(),
+                (None, s2n_quic::provider::event::Location::Remote) => format!("the peer refused it ({err})"),
+                (None, _) => err.to_string(),
             },
         },
         E::MaxHandshakeDurationExceeded { max_handshake_duration, .. } => {

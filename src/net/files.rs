@@ -66,6 +66,15 @@ pub(crate) fn read_private(path: &Path) -> Result<Option<Vec<u8>>, NetError> {
     Ok(Some(bytes))
 }
 
+/// Reads a file that need not be private: `None` if it does not exist.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, NetError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(NetError::io(path, e)),
+    }
+}
+
 /// An exclusive advisory lock on a file, released on drop.
 pub(crate) struct Lock {
     _file: File,

@@ -51,8 +51,9 @@ pub(crate) struct Observer {
     expected_host: Option<String>,
 }
 
-/// Reports kept waiting for `accept()` at most; more are dropped (and counted
-/// in the log) so a peer hammering with bad certificates cannot grow memory.
+/// Reports kept waiting for `accept()` at most; more are dropped (with a
+/// debug log line) so a peer hammering with bad certificates cannot grow
+/// memory.
 pub(crate) const FAILURE_BACKLOG: usize = 64;
 
 impl Observer {

@@ -205,7 +205,7 @@ impl GroupCa {
     }
 
     /// Signs a node certificate for `host` and the public key of `node_key`.
-    pub fn issue(&self, host: &str, node_key: &KeyPair) -> Result<rcgen::Certificate, NetError> {
+    pub(crate) fn issue(&self, host: &str, node_key: &KeyPair) -> Result<rcgen::Certificate, NetError> {
         check_host(host)?;
         let name =
             Ia5String::try_from(host).map_err(|_| NetError::HostName { host: host.to_owned(), why: "not ASCII" })?;
@@ -302,12 +302,17 @@ impl NodeIdentity {
         let fingerprint = Fingerprint::of_public_key(&spki);
 
         let cert_path = dir.join(format!("node-cert-{}.pem", ca.id()));
-        let cert_pem = match files::read_private(&cert_path)? {
-            Some(bytes) if stored_cert_fits(&bytes, host, &spki, &ca) => String::from_utf8(bytes).unwrap_or_default(),
-            _ => {
-                let cert = ca.issue(host, &key)?;
-                files::write_private(&cert_path, cert.pem().as_bytes(), Replace::Always)?;
-                cert.pem()
+        // The certificate is public; one that is missing, damaged, or no
+        // longer fits is simply issued again.
+        let stored = files::read_optional(&cert_path)?
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|pem| stored_cert_fits(pem.as_bytes(), host, &spki, &ca));
+        let cert_pem = match stored {
+            Some(pem) => pem,
+            None => {
+                let pem = ca.issue(host, &key)?.pem();
+                files::write_private(&cert_path, pem.as_bytes(), Replace::Always)?;
+                pem
             }
         };
         Ok(NodeIdentity { host: host.to_owned(), ca, key_pem, cert_pem, fingerprint, key_path, cert_path })
@@ -345,6 +350,16 @@ impl NodeIdentity {
 
     pub(crate) fn key_pem(&self) -> &str {
         &self.key_pem
+    }
+
+    /// An identity that trusts the CA of `trusted_key` but presents a
+    /// certificate signed by the CA of `signing_key`: a host of another
+    /// group that somehow knows this group's CA certificate.
+    #[cfg(test)]
+    pub(crate) fn forged(state_dir: &Path, host: &str, trusted_key: &[u8], signing_key: &[u8]) -> NodeIdentity {
+        let mut id = NodeIdentity::load_or_create(state_dir, host, signing_key).unwrap();
+        id.ca = GroupCa::derive(trusted_key).unwrap();
+        id
     }
 }
 
@@ -533,6 +548,18 @@ mod tests {
         assert_eq!(x.fingerprint(), y.fingerprint());
         let (_, pem) = x509_parser::pem::parse_x509_pem(y.certificate_pem().as_bytes()).unwrap();
         assert_eq!(PeerCertificate::from_der(&pem.contents).unwrap().host, "y");
+    }
+
+    #[test]
+    fn a_damaged_certificate_is_issued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = NodeIdentity::load_or_create(dir.path(), "x", KEY).unwrap();
+        std::fs::write(id.certificate_path(), "garbage").unwrap();
+        let again = NodeIdentity::load_or_create(dir.path(), "x", KEY).unwrap();
+        assert_eq!(again.certificate_pem(), std::fs::read_to_string(again.certificate_path()).unwrap());
+        assert!(again.certificate_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        let mode = std::fs::metadata(again.certificate_path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]
