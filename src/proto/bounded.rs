@@ -1,10 +1,10 @@
 //! Decoding with bounds: lists that refuse to grow past their limit, and a
 //! per-frame memory budget.
 //!
-//! A frame is at most [`MAX_FRAME`](super::MAX_FRAME) bytes, which bounds
+//! A frame is at most [`MAX_FRAME`] bytes, which bounds
 //! every string in it, but not what its lists take in memory: postcard
 //! encodes a version-vector element in 2 bytes that decode to 32. Every
-//! list field of a message is therefore decoded through [`vec`], which
+//! list field of a message is therefore decoded through [`vec()`], which
 //! refuses a declared length over the field's limit before allocating, and
 //! charges `length × element size` to a budget that [`with_budget`] sets for
 //! the frame being decoded.
@@ -149,7 +149,8 @@ impl<'de, B: Bound, T: Deserialize<'de>> Visitor<'de> for BoundedSeq<B, T> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
         let item = size_of::<T>().max(1);
-        // postcard always declares the length up front: the whole list is
+        // postcard declares the length up front (and gives no hint when
+        // fewer bytes are left than items declared): the whole list is
         // refused or paid for before anything is allocated.
         let declared = seq.size_hint().unwrap_or(0);
         if declared > B::MAX {
@@ -259,11 +260,16 @@ mod tests {
 
     #[test]
     fn a_list_over_its_bound_is_refused_from_its_declared_length() {
-        // A length prefix of 4 with no items behind it: refused before the
-        // items are looked for.
-        let (res, overrun) = with_budget(1 << 20, || postcard::from_bytes::<Holder>(&[4]));
+        // A length prefix of 4: refused before any item is decoded.
+        let (res, overrun) = with_budget(1 << 20, || postcard::from_bytes::<Holder>(&[4, 1, 2, 3, 4, 0]));
         assert!(res.is_err());
         assert_eq!(overrun, Some(Overrun::Count { field: "test.list", count: 4, max: 3 }));
+        // A length prefix larger than the bytes left: postcard gives no
+        // length hint, nothing is reserved, and decoding fails at the end
+        // of the input.
+        let (res, overrun) = with_budget(1 << 20, || postcard::from_bytes::<Holder>(&[0xff, 0xff, 0x03, 1]));
+        assert!(res.is_err());
+        assert_eq!(overrun, None);
     }
 
     #[test]

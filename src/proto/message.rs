@@ -41,7 +41,7 @@ pub fn negotiate(theirs: u16) -> Result<u16, super::ProtoError> {
 /// lists the rules each one must follow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// 0. First request on a new connection: the protocol version the
+    /// Variant 0: first request on a new connection: the protocol version the
     /// connecting side prefers, its host name, and the groups it wants to
     /// sync with the peer. Answered by `Welcome` or `Error`.
     Hello {
@@ -50,9 +50,10 @@ pub enum Message {
         /// The sender's host name, as the group's `host` lines name it.
         host: String,
         /// Groups the sender wants to sync with this peer; no duplicates.
+        #[serde(deserialize_with = "bounded::vec::<bounded::Groups, _, _>")]
         groups: Vec<String>,
     },
-    /// 1. Answer to `Hello`: the version chosen (the smaller of the two
+    /// Variant 1: answer to `Hello`: the version chosen (the smaller of the two
     /// sides' newest), the answering host's name, and the requested groups
     /// it accepts.
     Welcome {
@@ -62,14 +63,15 @@ pub enum Message {
         host: String,
         /// The subset of `Hello.groups` this side shares with the peer and
         /// lets it sync.
+        #[serde(deserialize_with = "bounded::vec::<bounded::Groups, _, _>")]
         groups: Vec<String>,
     },
-    /// 2. Asks for a group's include roots. Answered by `Roots`.
+    /// Variant 2: asks for a group's include roots. Answered by `Roots`.
     GetRoots {
         /// The group.
         group: String,
     },
-    /// 3. A group's include roots, each with its record.
+    /// Variant 3: A group's include roots, each with its record.
     Roots {
         /// The group, as requested.
         group: String,
@@ -80,9 +82,10 @@ pub enum Message {
         /// increasing by logical path. The record's name is the logical
         /// path; a tombstone records a deleted root; `None` means the
         /// sender has never seen anything there.
+        #[serde(deserialize_with = "bounded::vec::<bounded::Roots, _, _>")]
         roots: Vec<(String, Option<WireEntry>)>,
     },
-    /// 4. Asks for one page of a directory's children. Answered by `Dir`.
+    /// Variant 4: asks for one page of a directory's children. Answered by `Dir`.
     GetDir {
         /// The group.
         group: String,
@@ -95,7 +98,7 @@ pub enum Message {
         #[serde(with = "bounded::bytes")]
         after: Vec<u8>,
     },
-    /// 5. One page of a directory's children, tombstones included.
+    /// Variant 5: one page of a directory's children, tombstones included.
     Dir {
         /// The group, as requested.
         group: String,
@@ -109,7 +112,7 @@ pub enum Message {
         #[serde(deserialize_with = "bounded::vec::<bounded::Entries, _, _>")]
         entries: Vec<WireEntry>,
     },
-    /// 6. Asks for one page of a file's chunk list, for a file whose
+    /// Variant 6: asks for one page of a file's chunk list, for a file whose
     /// `WireEntry` left it out. Answered by `ChunkList`.
     GetChunkList {
         /// The group.
@@ -123,7 +126,7 @@ pub enum Message {
         /// Index of the first chunk wanted.
         start: u64,
     },
-    /// 7. One page of a file's chunk list.
+    /// Variant 7: one page of a file's chunk list.
     ChunkList {
         /// The group, as requested.
         group: String,
@@ -141,7 +144,7 @@ pub enum Message {
         #[serde(deserialize_with = "bounded::vec::<bounded::PageChunks, _, _>")]
         chunks: Vec<ChunkRef>,
     },
-    /// 8. Asks for chunks, each named with a file that holds it. Answered
+    /// Variant 8: asks for chunks, each named with a file that holds it. Answered
     /// by `Chunk` frames, then one `ChunksDone` (or by `Error`).
     GetChunks {
         /// The group the files belong to.
@@ -150,7 +153,7 @@ pub enum Message {
         #[serde(deserialize_with = "bounded::vec::<bounded::Files, _, _>")]
         files: Vec<FileChunks>,
     },
-    /// 9. One chunk, in its stored form ([`crate::chunk::encode`]).
+    /// Variant 9: one chunk, in its stored form ([`crate::chunk::encode`]).
     Chunk {
         /// The chunk's name (plain BLAKE3 hash of its bytes).
         hash: Hash,
@@ -159,14 +162,14 @@ pub enum Message {
         #[serde(with = "bounded::bytes")]
         stored: Vec<u8>,
     },
-    /// 10. Ends the answer to `GetChunks`.
+    /// Variant 10: ends the answer to `GetChunks`.
     ChunksDone {
         /// The requested chunks that were not sent (the file changed, or
         /// the chunk could not be read); no duplicates.
         #[serde(deserialize_with = "bounded::vec::<bounded::Missing, _, _>")]
         missing: Vec<Hash>,
     },
-    /// 11. A push: "I have this version of this entry; pull it from me if
+    /// Variant 11: A push: "I have this version of this entry; pull it from me if
     /// you accept it". Answered by `Accepted`, `Refused` or `Error`, once
     /// the receiver has applied the entry or decided not to.
     Offer {
@@ -182,25 +185,25 @@ pub enum Message {
         /// what the receiver would do.
         dry_run: bool,
     },
-    /// 12. The offered entry is now the receiver's (applied, or it already
+    /// Variant 12: the offered entry is now the receiver's (applied, or it already
     /// had that content; version vectors merged). With `dry_run`: it
     /// would be.
     Accepted,
-    /// 13. The receiver keeps its own entry.
+    /// Variant 13: the receiver keeps its own entry.
     Refused {
         /// Why, in a form the offerer acts on.
         reason: Refusal,
         /// Details for the log.
         message: String,
     },
-    /// 14. The request failed. Ends the exchange.
+    /// Variant 14: the request failed. Ends the exchange.
     Error {
         /// What kind of failure.
         code: ErrorCode,
         /// Details for the log; never trusted, never interpreted.
         message: String,
     },
-    /// 15. The sender closes the connection after its open exchanges end.
+    /// Variant 15: the sender closes the connection after its open exchanges end.
     /// Sent alone on a stream; not answered.
     Bye,
 }

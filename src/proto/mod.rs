@@ -6,7 +6,8 @@
 //!   carries one *exchange*: a *request* and its *reply* (several frames for
 //!   `GetChunks`), then the stream ends.
 //! - A *frame* is a big-endian `u32` length and that many bytes of *body*,
-//!   the postcard encoding of one [`Message`] ([`frame`](self::encode_frame)).
+//!   the postcard encoding of one [`Message`] ([`read_frame`],
+//!   [`write_frame`], [`encode_frame`], [`decode_frame`]).
 //! - A *logical path* names a path the same way on every host: an include
 //!   root's logical path as the config writes it (`/vol/0/app/shared`,
 //!   `%app%/shared`), then `/name` components. The empty path names the

@@ -24,17 +24,19 @@ impl PageBuilder {
         Self::default()
     }
 
-    /// Adds `entry` (the next in name order), or gives it back when the page
-    /// is full; it then starts the next page. An empty page takes any entry.
-    pub fn push(&mut self, entry: WireEntry) -> Result<(), WireEntry> {
+    /// Adds `entry` (the next in name order) and returns `None`, or gives it
+    /// back when the page is full; it then starts the next page. An empty
+    /// page takes any entry.
+    #[must_use = "an entry given back must start the next page"]
+    pub fn push(&mut self, entry: WireEntry) -> Option<WireEntry> {
         let size = postcard::experimental::serialized_size(&entry).expect("sizing cannot fail");
         let full = self.entries.len() >= MAX_ENTRIES_PER_PAGE || self.bytes + size > PAGE_BUDGET;
         if full && !self.entries.is_empty() {
-            return Err(entry);
+            return Some(entry);
         }
         self.bytes += size;
         self.entries.push(entry);
-        Ok(())
+        None
     }
 
     /// Entries on the page.
@@ -84,7 +86,7 @@ mod tests {
         let size = postcard::experimental::serialized_size(&e).unwrap();
         assert!(size < PAGE_BUDGET / 8, "{size}");
         let mut page = PageBuilder::new();
-        page.push(e).unwrap();
+        assert!(page.push(e).is_none());
         let path = [b"/".as_slice(), &vec![b'p'; MAX_NAME_LEN]].concat().repeat(MAX_PATH_LEN / (MAX_NAME_LEN + 1));
         let msg = page.finish("g".repeat(MAX_GROUP_LEN), path, true);
         let frame = encode_frame(&msg);
@@ -99,8 +101,8 @@ mod tests {
         let overflow = loop {
             let name = format!("f{n:06}");
             match page.push(largest_entry(name.as_bytes())) {
-                Ok(()) => n += 1,
-                Err(e) => break e,
+                None => n += 1,
+                Some(e) => break e,
             }
         };
         assert_eq!(overflow.name, format!("f{n:06}").as_bytes());
@@ -119,9 +121,9 @@ mod tests {
             ..file_entry(format!("d{i:05}").as_bytes(), 0, 1)
         };
         for i in 0..MAX_ENTRIES_PER_PAGE {
-            page.push(small(i)).unwrap();
+            assert!(page.push(small(i)).is_none());
         }
-        assert!(page.push(small(MAX_ENTRIES_PER_PAGE)).is_err());
+        assert!(page.push(small(MAX_ENTRIES_PER_PAGE)).is_some());
         assert_eq!(page.last_name(), Some(format!("d{:05}", MAX_ENTRIES_PER_PAGE - 1).as_bytes()));
         let frame = encode_frame(&page.finish("app".into(), b"/srv".to_vec(), false));
         // A page of small entries is far below the frame limit: about 150

@@ -193,14 +193,18 @@ pub fn validate_logical_path(path: &[u8]) -> Result<(), ProtoError> {
 /// `/a/b`. Under the root `/` the names follow a second `/` (`//etc`), as
 /// the store joins them. The caller still applies the group's include and
 /// exclude patterns, and never follows a symlink on the way to the path.
-pub fn check_logical_path(path: &[u8], roots: &[String]) -> Result<(), ProtoError> {
+pub fn check_logical_path<S: AsRef<str>>(path: &[u8], roots: &[S]) -> Result<(), ProtoError> {
     validate_logical_path(path)?;
-    let inside = roots.iter().any(|root| match path.strip_prefix(root.as_bytes()) {
+    let inside = roots.iter().any(|root| match path.strip_prefix(root.as_ref().as_bytes()) {
         Some([]) => true,
         Some([b'/', below @ ..]) => components_ok(below),
         _ => false,
     });
-    if inside { Ok(()) } else { Err(ProtoError::OutsideRoots { path: show(path), roots: roots.join(", ") }) }
+    if inside {
+        return Ok(());
+    }
+    let roots: Vec<&str> = roots.iter().map(AsRef::as_ref).collect();
+    Err(ProtoError::OutsideRoots { path: show(path), roots: roots.join(", ") })
 }
 
 /// Checks a whole chunk list of the file `name` (shown in errors) against
@@ -411,12 +415,7 @@ fn path_rule(path: &[u8]) -> Result<(), &'static str> {
         }
         _ => return Err("relative: a logical path starts with / or %prefix%"),
     };
-    for c in below.split(|&b| b == b'/') {
-        if let Err(why) = component_rule(c) {
-            return Err(why);
-        }
-    }
-    Ok(())
+    below.split(|&b| b == b'/').try_for_each(component_rule)
 }
 
 fn component_rule(c: &[u8]) -> Result<(), &'static str> {
@@ -470,4 +469,374 @@ fn check_count(field: &'static str, count: usize, max: usize) -> Result<(), Prot
 
 fn invalid(field: &'static str, value: &[u8], why: &'static str) -> ProtoError {
     ProtoError::Invalid { field, value: show(value), why }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::{decode_frame, encode_frame};
+    use super::super::testutil::file_entry;
+    use super::super::{ErrorCode, PROTOCOL_VERSION};
+    use super::*;
+    use crate::tree::Timestamp;
+
+    /// What the decoder says about `msg` sent over the wire.
+    fn decoded(msg: &Message) -> Result<Message, ProtoError> {
+        decode_frame(&encode_frame(msg)).map(|(m, _)| m)
+    }
+
+    fn refused(msg: &Message) -> ProtoError {
+        match decoded(msg) {
+            Ok(m) => panic!("decoder accepted {m:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn get_dir(path: &[u8]) -> Message {
+        Message::GetDir { group: "app".into(), path: path.to_vec(), after: Vec::new() }
+    }
+
+    fn dir_with(entry: WireEntry) -> Message {
+        Message::Dir { group: "app".into(), path: b"/srv/www".to_vec(), last_page: true, entries: vec![entry] }
+    }
+
+    fn offer(entry: WireEntry) -> Message {
+        Message::Offer { group: "app".into(), path: b"/srv/www".to_vec(), entry, dry_run: false }
+    }
+
+    #[test]
+    fn dot_dot_paths_are_refused() {
+        for p in [&b"../x"[..], b"/srv/../etc", b"/srv/..", b"%app%/..", b"//.."] {
+            let e = refused(&get_dir(p));
+            assert!(matches!(e, ProtoError::BadPath { .. }), "{p:?}: {e}");
+        }
+        let e = refused(&get_dir(b"../x"));
+        assert!(e.to_string().contains("relative"), "{e}");
+        assert!(matches!(refused(&get_dir(b"/srv/./x")), ProtoError::BadPath { why: "has a . or .. component", .. }));
+    }
+
+    #[test]
+    fn relative_paths_are_refused_where_a_logical_path_is_expected() {
+        for p in [&b"srv/www"[..], b"x", b"./x"] {
+            let msg = Message::GetChunkList { group: "app".into(), path: p.to_vec(), content: Hash::of(b""), start: 0 };
+            assert!(matches!(refused(&msg), ProtoError::BadPath { .. }), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn absolute_path_where_a_name_is_expected_is_refused() {
+        // A child's name is one component: a peer may not smuggle a path
+        // (absolute or not) into it.
+        for name in [&b"/etc/passwd"[..], b"/abs", b"a/b", b"a/../../b"] {
+            let e = refused(&dir_with(file_entry(name, 1, 10)));
+            assert!(matches!(e, ProtoError::BadName { why: "contains /", .. }), "{name:?}: {e}");
+            assert!(matches!(refused(&offer(file_entry(name, 1, 10))), ProtoError::BadName { .. }));
+        }
+        for name in [&b"."[..], b"..", b""] {
+            assert!(matches!(refused(&dir_with(file_entry(name, 1, 10))), ProtoError::BadName { .. }), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn name_of_256_bytes_is_refused_and_255_accepted() {
+        decoded(&dir_with(file_entry(&[b'n'; 255], 1, 10))).unwrap();
+        let e = refused(&dir_with(file_entry(&[b'n'; 256], 1, 10)));
+        assert!(matches!(e, ProtoError::BadName { why: "longer than 255 bytes", .. }), "{e}");
+    }
+
+    #[test]
+    fn paths_over_the_length_limit_are_refused() {
+        let long = [b"/".as_slice(), &[b'p'; 200]].concat().repeat(21);
+        assert!(long.len() > MAX_PATH_LEN);
+        assert!(matches!(refused(&get_dir(&long)), ProtoError::TooLong { max: MAX_PATH_LEN, .. }));
+        let component = [b"/".as_slice(), &[b'p'; 256]].concat();
+        assert!(matches!(refused(&get_dir(&component)), ProtoError::BadPath { .. }));
+    }
+
+    #[test]
+    fn nul_is_refused_in_paths_names_targets_and_hosts() {
+        assert!(matches!(refused(&get_dir(b"/srv/a\0b")), ProtoError::BadPath { why: "contains NUL", .. }));
+        assert!(matches!(refused(&dir_with(file_entry(b"a\0", 1, 1))), ProtoError::BadName { .. }));
+        let mut link = file_entry(b"l", 0, 1);
+        link.body = Body::Symlink { target: b"/etc/\0".to_vec() };
+        link.meta = crate::tree::Meta::default();
+        assert!(matches!(refused(&dir_with(link)), ProtoError::Invalid { field: "entry.body.target", .. }));
+        let hello = Message::Hello { protocol: 1, host: "a\0b".into(), groups: vec![] };
+        assert!(matches!(refused(&hello), ProtoError::Invalid { field: "host", .. }));
+    }
+
+    #[test]
+    fn doubled_and_trailing_slashes_are_refused() {
+        for p in [&b"/srv//www"[..], b"/srv/", b"///srv", b"//", b"%app%//x", b"%app%x", b"%%/x", b"%app"] {
+            assert!(matches!(refused(&get_dir(p)), ProtoError::BadPath { .. }), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn every_shape_of_logical_path_is_accepted() {
+        for p in [&b"/"[..], b"//etc", b"//etc/x", b"/srv", b"/srv/www/a b/\xff", b"%app%", b"%app%/shared/x"] {
+            validate_logical_path(p).unwrap();
+            decoded(&get_dir(p)).unwrap();
+        }
+        // The empty path is the root record, whose children are named by
+        // logical path.
+        let root = Message::Dir {
+            group: "app".into(),
+            path: Vec::new(),
+            last_page: true,
+            // `%` sorts before `/`.
+            entries: vec![file_entry(b"/etc/hosts", 1, 5), file_entry(b"%app%/shared", 1, 5)],
+        };
+        assert!(matches!(refused(&root), ProtoError::Invalid { .. }), "entries out of order");
+        let Message::Dir { mut entries, .. } = root else { unreachable!() };
+        entries.reverse();
+        decoded(&Message::Dir { group: "app".into(), path: Vec::new(), last_page: true, entries }).unwrap();
+        let bad_root = Message::Dir {
+            group: "app".into(),
+            path: Vec::new(),
+            last_page: true,
+            entries: vec![file_entry(b"etc", 1, 5)],
+        };
+        assert!(matches!(refused(&bad_root), ProtoError::BadPath { .. }));
+    }
+
+    #[test]
+    fn chunk_lengths_must_add_up_to_the_file_size() {
+        let mut e = file_entry(b"f", 3, 100);
+        e.body = Body::File { size: 301, content: chunk::content_hash(&e.chunks) };
+        let err = refused(&dir_with(e));
+        assert!(matches!(err, ProtoError::ChunkSum { sum: 300, size: 301, .. }), "{err}");
+    }
+
+    #[test]
+    fn chunk_list_must_hash_to_the_content_hash() {
+        let mut e = file_entry(b"f", 3, 100);
+        e.chunks.swap(0, 2);
+        assert!(matches!(refused(&offer(e)), ProtoError::ContentMismatch { .. }));
+    }
+
+    #[test]
+    fn chunks_of_zero_or_over_max_size_are_refused() {
+        for len in [0, chunk::MAX_SIZE + 1] {
+            let mut e = file_entry(b"f", 2, 10);
+            e.chunks[1].len = len;
+            e.body = Body::File { size: chunk::total_len(&e.chunks), content: chunk::content_hash(&e.chunks) };
+            assert!(matches!(refused(&dir_with(e)), ProtoError::ChunkLen { index: 1, .. }), "{len}");
+        }
+        decoded(&dir_with(file_entry(b"f", 2, chunk::MAX_SIZE))).unwrap();
+    }
+
+    #[test]
+    fn chunk_lists_only_on_live_files() {
+        let mut tomb = file_entry(b"f", 2, 10);
+        tomb.deleted = true;
+        assert!(matches!(refused(&dir_with(tomb.clone())), ProtoError::Invalid { field: "entry.chunks", .. }));
+        tomb.chunks.clear();
+        decoded(&dir_with(tomb)).unwrap();
+        let mut dir = file_entry(b"d", 1, 10);
+        dir.body = Body::Dir { tree: Hash::of(b"") };
+        dir.meta.mtime = None;
+        assert!(matches!(refused(&dir_with(dir)), ProtoError::Invalid { field: "entry.chunks", .. }));
+    }
+
+    #[test]
+    fn a_large_file_may_leave_its_chunk_list_out() {
+        let mut e = file_entry(b"big", 2, 10);
+        e.chunks.clear();
+        assert!(e.chunks_left_out());
+        decoded(&dir_with(e)).unwrap();
+    }
+
+    #[test]
+    fn an_empty_file_has_the_empty_content_hash() {
+        let mut e = file_entry(b"empty", 0, 1);
+        decoded(&dir_with(e.clone())).unwrap();
+        e.body = Body::File { size: 0, content: Hash::of(b"") };
+        assert!(matches!(refused(&dir_with(e)), ProtoError::ContentMismatch { .. }));
+    }
+
+    #[test]
+    fn unsorted_version_vectors_are_refused() {
+        let mut e = file_entry(b"f", 1, 1);
+        e.version = Version(vec![("b".into(), 1), ("a".into(), 2)]);
+        let err = refused(&dir_with(e.clone()));
+        assert!(matches!(err, ProtoError::BadVersion { why: "is not sorted by host", .. }), "{err}");
+        e.version = Version(vec![("a".into(), 1), ("a".into(), 2)]);
+        assert!(matches!(refused(&dir_with(e.clone())), ProtoError::BadVersion { why: "names a host twice", .. }));
+        e.version = Version(vec![("".into(), 1)]);
+        assert!(matches!(refused(&dir_with(e.clone())), ProtoError::BadVersion { why: "empty", .. }));
+        e.version = Version((0..=MAX_VERSION_HOSTS).map(|i| (format!("h{i:05}"), 1)).collect());
+        assert!(matches!(refused(&dir_with(e)), ProtoError::Limit { field: "entry.version", .. }));
+    }
+
+    #[test]
+    fn metadata_must_fit_the_kind() {
+        let mut e = file_entry(b"f", 1, 1);
+        e.meta.mode = Some(0o10644);
+        assert!(matches!(refused(&dir_with(e.clone())), ProtoError::Invalid { field: "entry.meta.mode", .. }));
+        e.meta.mode = Some(0o644);
+        e.meta.mtime = Some(Timestamp { secs: 0, nanos: 1_000_000_000 });
+        assert!(matches!(refused(&dir_with(e.clone())), ProtoError::Invalid { field: "entry.meta.mtime", .. }));
+        let mut link = file_entry(b"l", 0, 1);
+        link.body = Body::Symlink { target: b"x".to_vec() };
+        link.meta.mtime = None;
+        assert!(matches!(refused(&dir_with(link.clone())), ProtoError::Invalid { field: "entry.meta.mode", .. }));
+        link.meta.mode = None;
+        decoded(&dir_with(link.clone())).unwrap();
+        link.body = Body::Symlink { target: vec![b'x'; MAX_LINK_LEN + 1] };
+        assert!(matches!(refused(&dir_with(link)), ProtoError::TooLong { field: "entry.body.target", .. }));
+    }
+
+    #[test]
+    fn dir_entries_must_be_sorted_and_unique() {
+        let msg = |names: &[&[u8]]| Message::Dir {
+            group: "app".into(),
+            path: b"/srv".to_vec(),
+            last_page: false,
+            entries: names.iter().map(|n| file_entry(n, 1, 1)).collect(),
+        };
+        decoded(&msg(&[b"a", b"b"])).unwrap();
+        assert!(matches!(refused(&msg(&[b"b", b"a"])), ProtoError::Invalid { .. }));
+        assert!(matches!(refused(&msg(&[b"a", b"a"])), ProtoError::Invalid { .. }));
+    }
+
+    #[test]
+    fn roots_must_match_their_hash_and_names() {
+        let e = file_entry(b"/etc/hosts", 1, 9);
+        let live = RootSet {
+            roots: vec![("/etc/hosts".to_owned(), Some(RootEntry { meta: e.meta.clone(), body: e.body.clone() }))],
+        };
+        let roots = |hash, entry: WireEntry| Message::Roots {
+            group: "etc".into(),
+            hash,
+            roots: vec![("/etc/hosts".into(), Some(entry))],
+        };
+        decoded(&roots(live.hash(), e.clone())).unwrap();
+        assert!(matches!(refused(&roots(Hash::of(b"x"), e.clone())), ProtoError::Invalid { field: "Roots.hash", .. }));
+        // A deleted root counts as absent in the root hash.
+        let mut tomb = e.clone();
+        tomb.deleted = true;
+        tomb.chunks.clear();
+        let absent = RootSet { roots: vec![("/etc/hosts".to_owned(), None)] };
+        decoded(&roots(absent.hash(), tomb)).unwrap();
+        let renamed = WireEntry { name: b"/etc/passwd".to_vec(), ..e };
+        assert!(matches!(refused(&roots(live.hash(), renamed)), ProtoError::Invalid { field: "Roots.roots.name", .. }));
+    }
+
+    #[test]
+    fn chunk_requests_are_bounded_and_unique() {
+        let req = |hashes: Vec<Hash>| Message::GetChunks {
+            group: "app".into(),
+            files: vec![FileChunks { path: b"/srv/f".to_vec(), content: Hash::of(b"c"), hashes }],
+        };
+        let many: Vec<Hash> = (0..=MAX_CHUNKS_PER_REQUEST).map(|i| Hash::of(&i.to_le_bytes())).collect();
+        decoded(&req(many[..MAX_CHUNKS_PER_REQUEST].to_vec())).unwrap();
+        assert!(matches!(refused(&req(many.clone())), ProtoError::Limit { .. }));
+        assert!(matches!(refused(&req(vec![many[0], many[0]])), ProtoError::Invalid { why: "listed twice", .. }));
+        assert!(matches!(refused(&req(vec![])), ProtoError::Invalid { .. }));
+        let none = Message::GetChunks { group: "app".into(), files: vec![] };
+        assert!(matches!(refused(&none), ProtoError::Invalid { why: "asks for nothing", .. }));
+        // The bound is on the request's total, not per file.
+        let split = Message::GetChunks {
+            group: "app".into(),
+            files: many
+                .chunks(200)
+                .map(|h| FileChunks { path: b"/srv/f".to_vec(), content: Hash::of(b"c"), hashes: h.to_vec() })
+                .collect(),
+        };
+        assert!(matches!(refused(&split), ProtoError::Limit { field: "GetChunks.files.hashes", count: 257, .. }));
+    }
+
+    #[test]
+    fn chunk_frames_are_bounded_and_tagged() {
+        let chunk = |stored: Vec<u8>| Message::Chunk { hash: Hash::of(b""), stored };
+        assert!(matches!(refused(&chunk(vec![])), ProtoError::Invalid { .. }));
+        assert!(matches!(refused(&chunk(vec![7, 1, 2])), ProtoError::Invalid { why: "unknown stored-form tag", .. }));
+        assert!(matches!(refused(&chunk(vec![0; MAX_STORED_CHUNK + 1])), ProtoError::TooLong { .. }));
+        decoded(&chunk(vec![0; MAX_STORED_CHUNK])).unwrap();
+    }
+
+    #[test]
+    fn chunk_list_pages_stay_inside_their_total() {
+        let page = |start, total, n| Message::ChunkList {
+            group: "app".into(),
+            path: b"/srv/big".to_vec(),
+            content: Hash::of(b"c"),
+            start,
+            total,
+            chunks: file_entry(b"x", n, 5).chunks,
+        };
+        decoded(&page(0, 10, 4)).unwrap();
+        decoded(&page(6, 10, 4)).unwrap();
+        assert!(matches!(refused(&page(8, 10, 4)), ProtoError::Invalid { field: "ChunkList.start", .. }));
+        assert!(matches!(refused(&page(u64::MAX, u64::MAX, 1)), ProtoError::Limit { .. }));
+        assert!(matches!(refused(&page(2, 10, 0)), ProtoError::Invalid { field: "ChunkList.chunks", .. }));
+        assert!(matches!(refused(&page(0, MAX_CHUNKS_PER_ENTRY + 1, 1)), ProtoError::Limit { .. }));
+    }
+
+    #[test]
+    fn hello_names_and_groups_are_checked() {
+        let hello = |host: &str, groups: &[&str]| Message::Hello {
+            protocol: PROTOCOL_VERSION,
+            host: host.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        decoded(&hello("app0.example.com", &["app", "etc"])).unwrap();
+        assert!(matches!(refused(&hello("app0", &["app", "app"])), ProtoError::Invalid { why: "listed twice", .. }));
+        assert!(matches!(refused(&hello("app 0", &[])), ProtoError::Invalid { field: "host", .. }));
+        assert!(matches!(refused(&hello("", &[])), ProtoError::Invalid { field: "host", .. }));
+        assert!(matches!(refused(&hello(&"h".repeat(256), &[])), ProtoError::TooLong { field: "host", .. }));
+        let many: Vec<String> = (0..=MAX_GROUPS).map(|i| format!("g{i}")).collect();
+        let msg = Message::Welcome { protocol: 1, host: "a".into(), groups: many };
+        assert!(matches!(refused(&msg), ProtoError::Limit { field: "groups", .. }));
+    }
+
+    #[test]
+    fn long_error_text_is_refused_and_our_own_is_cut() {
+        let msg = Message::Error { code: ErrorCode::Internal, message: "é".repeat(MAX_TEXT_LEN) };
+        assert!(matches!(refused(&msg), ProtoError::TooLong { field: "Error.message", .. }));
+        let err = ProtoError::OutsideRoots { path: "x".into(), roots: "é".repeat(MAX_TEXT_LEN) };
+        decoded(&Message::error(&err)).unwrap();
+    }
+
+    #[test]
+    fn logical_paths_are_inside_a_root_by_component() {
+        let roots = vec!["/a/b".to_owned(), "%app%/shared".to_owned()];
+        for inside in [&b"/a/b"[..], b"/a/b/c", b"/a/b/c/d", b"%app%/shared", b"%app%/shared/img/x.png"] {
+            check_logical_path(inside, &roots).unwrap_or_else(|e| panic!("{inside:?}: {e}"));
+        }
+        for outside in [&b"/a/bc"[..], b"/a", b"/a/c", b"/etc/passwd", b"%app%", b"%app%/sharedx", b"%other%/shared/x"]
+        {
+            let e = check_logical_path(outside, &roots).unwrap_err();
+            assert!(matches!(e, ProtoError::OutsideRoots { .. }), "{outside:?}: {e}");
+            assert_eq!(e.code(), ErrorCode::NotAllowed);
+        }
+        for malformed in [&b"/a/b/"[..], b"/a/b//c", b"/a/b/../../etc", b"/a/b/./c", b"a/b/c", b"/a/b/c\0"] {
+            let e = check_logical_path(malformed, &roots).unwrap_err();
+            assert!(matches!(e, ProtoError::BadPath { .. }), "{malformed:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn below_the_root_slash_names_follow_a_second_slash() {
+        // The store joins the root `/` and a name as `//name`.
+        let roots = vec!["/".to_owned()];
+        check_logical_path(b"/", &roots).unwrap();
+        check_logical_path(&crate::store::join_logical(b"/", b"etc"), &roots).unwrap();
+        check_logical_path(b"//etc/x", &roots).unwrap();
+        assert!(check_logical_path(b"/etc", &roots).is_err());
+    }
+
+    #[test]
+    fn no_roots_means_nothing_is_inside() {
+        let none: [&str; 0] = [];
+        assert!(matches!(check_logical_path(b"/a", &none), Err(ProtoError::OutsideRoots { .. })));
+    }
+
+    #[test]
+    fn check_chunk_list_bounds_the_count() {
+        let e = file_entry(b"f", 2, 10);
+        let Body::File { size, content } = e.body else { unreachable!() };
+        check_chunk_list(b"f", size, &content, &e.chunks).unwrap();
+        assert!(matches!(check_chunk_list(b"f", size + 1, &content, &e.chunks), Err(ProtoError::ChunkSum { .. })));
+    }
 }
