@@ -242,7 +242,7 @@ fn report_error(e: &EngineError) -> u8 {
     tracing::error!("{e}");
     match e {
         EngineError::Config(_) | EngineError::Usage(_) | EngineError::NotFound(_) => EXIT_USAGE,
-        EngineError::Store(_) | EngineError::Io { .. } => EXIT_FAILURE,
+        EngineError::Store(_) | EngineError::Io { .. } | EngineError::Refused(_) => EXIT_FAILURE,
     }
 }
 

@@ -132,7 +132,8 @@ pub(super) fn generations(cli: &Cli, gens: &[Generation]) {
 pub(super) fn restore(cli: &Cli, r: &RestoreReport) {
     if cli.json {
         let mut v = serde_json::to_value(r).expect("report serializes");
-        v["problems"] = r.problems.iter().map(|p| json!({ "path": p.path, "message": p.message })).collect();
+        v["problems"] =
+            r.problems.iter().map(|p| json!({ "path": p.path.to_string_lossy(), "message": p.message })).collect();
         print_json(&v);
         return;
     }

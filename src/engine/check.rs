@@ -60,9 +60,14 @@ impl Engine {
         self.check_with_cause(paths, "local scan", None, true)
     }
 
-    /// Whether some group holds more generations than it keeps (its
-    /// `backup-generations` was lowered, or its backups turned off).
-    fn generations_over_limit(&self) -> Result<bool, EngineError> {
+    /// Whether the collector has work even though no tree changed: some
+    /// group holds more generations than it keeps (its `backup-generations`
+    /// was lowered, or its backups turned off), or the state holds a group
+    /// the configuration no longer lists.
+    fn needs_collection(&self) -> Result<bool, EngineError> {
+        if self.store.groups_with_state()?.iter().any(|g| self.group_index(g).is_none()) {
+            return Ok(true);
+        }
         let gens = self.store.generations()?;
         Ok(self.groups.iter().any(|g| gens.iter().filter(|x| x.group == g.name).count() > super::kept_generations(g)))
     }
@@ -112,7 +117,13 @@ impl Engine {
             };
             let bar = self.bar(None, &format!("scanning {}", group.name));
             let chunks = self.chunk_store(i);
-            let out = Scanner { group, store: &self.store, chunks, host: &self.host, progress: &bar }.run(&scope)?;
+            let store_name = self.chunk_store_name_of(i);
+            // Records marked `stored` refer to the chunk store named in the
+            // state; under another one (or none before), read everything once.
+            let linked = self.store.group_store(&group.name)?;
+            let read_all = store_name.is_some() && linked.as_deref() != store_name;
+            let scanner = Scanner { group, store: &self.store, chunks, host: &self.host, progress: &bar, read_all };
+            let out = scanner.run(if read_all { &Scope::All } else { &scope })?;
             bar.finish_and_clear();
 
             let old = self.store.root_set(&group.name)?;
@@ -130,13 +141,33 @@ impl Engine {
             if out.seq != self.store.seq()? {
                 batch.put_seq(out.seq);
             }
-            let mut generation = None;
+            if linked.as_deref() != store_name {
+                batch.put_group_store(&group.name, store_name);
+            }
             if changed {
                 batch.put_root_set(&group.name, &out.roots);
-                if let Some(cs) = chunks {
-                    // Chunks must be durable before the generation that
-                    // references them (docs/design.md, "Write ordering").
+            }
+            // A generation whenever the tree changed, and also when the
+            // newest one does not hold the current tree (backups just
+            // turned on, or moved to another directory).
+            let newest_differs = || -> Result<bool, EngineError> {
+                let gens = self.store.generations()?;
+                Ok(gens
+                    .iter()
+                    .filter(|g| g.group == group.name)
+                    .max_by_key(|g| g.id)
+                    .is_none_or(|g| g.roots != out.roots))
+            };
+            let mut generation = None;
+            if let Some(cs) = chunks {
+                // Chunks must be durable before the state that says they are
+                // stored, and before any generation that references them
+                // (docs/design.md, "Write ordering").
+                let record = changed || newest_differs()?;
+                if record || out.added_bytes > 0 {
                     cs.persist()?;
+                }
+                if record {
                     let g = Generation {
                         id: self.store.next_generation_id()?,
                         group: group.name.clone(),
@@ -171,7 +202,7 @@ impl Engine {
             });
             report.problems.extend(out.problems);
         }
-        if gc && (any_changed || self.generations_over_limit()?) {
+        if gc && (any_changed || self.needs_collection()?) {
             self.gc()?;
         }
         Ok(report)

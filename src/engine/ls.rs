@@ -16,7 +16,8 @@ use crate::tree::Body;
 pub struct LsEntry {
     /// The group tracking it.
     pub group: String,
-    /// Local path.
+    /// Local path (shown lossily where it is not UTF-8).
+    #[serde(serialize_with = "lossy")]
     pub path: PathBuf,
     /// `file`, `dir` or `symlink`.
     pub kind: &'static str,
@@ -34,6 +35,12 @@ pub struct LsEntry {
     pub hash: Option<String>,
     /// Link target.
     pub target: Option<String>,
+}
+
+/// Serialises a path as text, replacing bytes that are not UTF-8: a JSON
+/// document must not fail on an odd file name.
+pub(crate) fn lossy<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
 }
 
 /// The local path of a logical path, through the group's roots.

@@ -40,6 +40,9 @@ pub enum EngineError {
     /// The command asks for something the configuration does not allow.
     #[error("{0}")]
     Usage(String),
+    /// The work was refused to keep data safe (the message says why).
+    #[error("{0}")]
+    Refused(String),
     /// A filesystem operation outside the stores failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -64,8 +67,10 @@ pub struct Engine {
     pub groups: Vec<ResolvedGroup>,
     /// The node's state.
     pub store: Store,
-    /// Open chunk stores, by path.
+    /// Open chunk stores.
     chunk_stores: Vec<ChunkStore>,
+    /// Their names (directory names in the backup directory).
+    chunk_store_names: Vec<String>,
     /// For each group (same index as `groups`), its chunk store.
     group_chunks: Vec<Option<usize>>,
     /// Whether to draw progress bars.
@@ -80,15 +85,18 @@ impl Engine {
         let mut chunk_stores: Vec<ChunkStore> = Vec::new();
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
         let mut group_chunks = Vec::new();
+        let mut chunk_store_names = Vec::new();
         for g in &groups {
             let idx = match &g.backup_directory {
                 None => None,
                 Some(dir) => {
-                    let path = dir.join(format!("snapsync-{}", host.replace('/', "_")));
+                    let name = chunk_store_name(&store, dir, host)?;
+                    let path = dir.join(&name);
                     let i = match by_path.get(&path) {
                         Some(&i) => i,
                         None => {
                             chunk_stores.push(ChunkStore::open(&path)?);
+                            chunk_store_names.push(name);
                             by_path.insert(path, chunk_stores.len() - 1);
                             chunk_stores.len() - 1
                         }
@@ -98,12 +106,25 @@ impl Engine {
             };
             group_chunks.push(idx);
         }
-        Ok(Engine { host: host.to_owned(), groups, store, chunk_stores, group_chunks, progress: false })
+        Ok(Engine {
+            host: host.to_owned(),
+            groups,
+            store,
+            chunk_stores,
+            chunk_store_names,
+            group_chunks,
+            progress: false,
+        })
     }
 
     /// The chunk store of group `i`, if it keeps backups.
     pub fn chunk_store(&self, i: usize) -> Option<&ChunkStore> {
         self.group_chunks[i].map(|c| &self.chunk_stores[c])
+    }
+
+    /// The name of group `i`'s chunk store, if it keeps backups.
+    pub(crate) fn chunk_store_name_of(&self, i: usize) -> Option<&str> {
+        self.group_chunks[i].map(|c| self.chunk_store_names[c].as_str())
     }
 
     /// The index of the group named `name`.
@@ -178,6 +199,30 @@ impl Engine {
     pub fn absolute_path(path: &Path) -> PathBuf {
         Engine::absolute(path).unwrap_or_else(|_| path.to_path_buf())
     }
+}
+
+/// The name of this node's chunk store in backup directory `dir`, made up
+/// and recorded the first time. Each state directory (config and host
+/// name) gets its own store, so two configurations sharing a backup
+/// directory never free each other's chunks. A store named
+/// `snapsync-HOST`, from before stores had their own names, is adopted.
+fn chunk_store_name(store: &Store, dir: &Path, host: &str) -> Result<String, EngineError> {
+    if let Some(name) = store.chunk_store_name(dir)? {
+        return Ok(name);
+    }
+    let host = host.replace('/', "_");
+    let legacy = format!("snapsync-{host}");
+    let name = if dir.join(&legacy).exists() {
+        legacy
+    } else {
+        let mut tag = [0u8; 6];
+        getrandom::fill(&mut tag).map_err(|e| EngineError::Refused(format!("cannot get random bytes: {e}")))?;
+        format!("snapsync-{host}-{}", tag.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    };
+    let mut batch = store.batch();
+    batch.put_chunk_store_name(dir, &name);
+    batch.commit()?;
+    Ok(name)
 }
 
 /// How many generations a group keeps: `backup-generations` with a backup

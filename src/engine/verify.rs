@@ -162,6 +162,8 @@ enum Outcome {
 fn verify_entry(path: &std::path::Path, rec: &EntryRecord) -> Outcome {
     let md = match std::fs::symlink_metadata(path) {
         Ok(md) => md,
+        // Deleted since the last check: a change, not damage.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Outcome::Changed,
         Err(e) => return Outcome::Bad(format!("cannot stat: {e}")),
     };
     let now = crate::scan::stat_of(&md);

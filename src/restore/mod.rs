@@ -86,11 +86,21 @@ impl Engine {
             ))
         })?;
 
-        // (local path, want) for each target.
-        let mut targets: Vec<(PathBuf, Option<Want>)> = Vec::new();
+        // (root, local path, want) for each target.
+        let mut targets: Vec<(PathBuf, PathBuf, Option<Want>)> = Vec::new();
         if paths.is_empty() {
             for r in &group.roots {
-                targets.push((r.local.clone(), self.want_at(&generation, &r.logical, Path::new(""))?));
+                if !generation.roots.roots.iter().any(|(l, _)| *l == r.logical) {
+                    // Included since that generation: it has nothing to say
+                    // about this root, which is not the same as "absent".
+                    tracing::warn!(
+                        "{}: not an include of group {} when generation {id} was recorded; left alone",
+                        r.local.display(),
+                        group.name
+                    );
+                    continue;
+                }
+                targets.push((r.local.clone(), r.local.clone(), self.want_at(&generation, &r.logical, Path::new(""))?));
             }
         } else {
             for p in paths {
@@ -102,29 +112,46 @@ impl Engine {
                         group.name
                     ))
                 })?;
-                if !group.matcher.is_included(&abs) && abs != root.local {
+                if abs != root.local && !group.matcher.admits(&abs) {
                     return Err(EngineError::Usage(format!("{} is excluded from group {}", abs.display(), group.name)));
                 }
                 let rest = abs.strip_prefix(&root.local).expect("checked above");
-                targets.push((abs.clone(), self.want_at(&generation, &root.logical, rest)?));
+                targets.push((root.local.clone(), abs.clone(), self.want_at(&generation, &root.logical, rest)?));
             }
         }
 
         let mut report = RestoreReport { generation: id, ..Default::default() };
         if to.is_none() {
-            // Record what is there now, so the restore can be undone.
-            self.check_with_cause(&[], &format!("before restore of generation {id}"), Some(gi), false)?;
+            // Record what is there now, so the restore can be undone. A path
+            // that could not be read is in no generation: overwriting it
+            // could not be undone, so the restore stops here.
+            let before = self.check_with_cause(&[], &format!("before restore of generation {id}"), Some(gi), false)?;
+            let unreadable: Vec<String> = before
+                .problems
+                .iter()
+                .filter(|p| p.severity == crate::scan::Severity::Error)
+                .map(|p| p.path.display().to_string())
+                .collect();
+            if !unreadable.is_empty() {
+                return Err(EngineError::Refused(format!(
+                    "not restoring: the current state of {} could not be recorded first, so the restore could not be undone",
+                    unreadable.join(", ")
+                )));
+            }
             report.before = self.record_current(gi, &format!("before restore of generation {id}"))?;
         }
 
         let progress = self.bar(None, &format!("restoring generation {id}"));
         let writer =
             write::Writer::new(&self.host, &self.store, chunks, to.is_none().then_some(&group.matcher), progress);
-        for (local, want) in &targets {
-            let dest = match to {
-                None => local.clone(),
-                Some(dir) => dir.join(local.strip_prefix("/").unwrap_or(local)),
+        for (root, local, want) in &targets {
+            let (base, dest) = match to {
+                None => (root.clone(), local.clone()),
+                Some(dir) => (dir.to_path_buf(), dir.join(local.strip_prefix("/").unwrap_or(local))),
             };
+            // Never write or delete through a symlink: every directory
+            // between the base and the target must be a real one.
+            no_links_between(&base, &dest)?;
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
             }
@@ -133,7 +160,7 @@ impl Engine {
         writer.finish(&mut report);
 
         if to.is_none() {
-            let scope: Vec<PathBuf> = targets.iter().map(|(p, _)| p.clone()).collect();
+            let scope: Vec<PathBuf> = targets.iter().map(|(_, p, _)| p.clone()).collect();
             let after = self.check_with_cause(&scope, &format!("restore of generation {id}"), Some(gi), false)?;
             report.after = after.groups.iter().find_map(|g| g.generation);
             report.problems.extend(after.problems);
@@ -142,7 +169,8 @@ impl Engine {
         Ok(report)
     }
 
-    /// The entry generation `g` holds at `rest` below root `logical`.
+    /// The entry generation `g` holds at `rest` below root `logical`
+    /// (`None`: it held nothing there).
     fn want_at(&self, g: &Generation, logical: &str, rest: &Path) -> Result<Option<Want>, EngineError> {
         let Some(i) = g.roots.roots.iter().position(|(l, _)| l == logical) else {
             return Ok(None);
@@ -210,4 +238,32 @@ impl Engine {
         batch.commit()?;
         Ok(Some(g.id))
     }
+}
+
+/// Fails if a directory from `base` down to `path`'s parent exists but is
+/// not a real directory: a symlink there would carry writes and deletions
+/// out of the tree. (`path` itself is replaced, not gone through.)
+fn no_links_between(base: &Path, path: &Path) -> Result<(), EngineError> {
+    let Some(rest) = path.parent().and_then(|p| p.strip_prefix(base).ok()) else {
+        return Ok(());
+    };
+    let mut at = base.to_path_buf();
+    for c in std::iter::once(None).chain(rest.components().map(Some)) {
+        if let Some(c) = c {
+            at.push(c);
+        }
+        match std::fs::symlink_metadata(&at) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(EngineError::Refused(format!(
+                    "not restoring {}: {} is not a directory (a symlink or a file is in the way)",
+                    path.display(),
+                    at.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(EngineError::io(&at, e)),
+        }
+    }
+    Ok(())
 }

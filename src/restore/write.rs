@@ -32,6 +32,8 @@ pub(super) struct Writer<'a> {
     removed: AtomicU64,
     /// Ticks once per entry restored.
     progress: indicatif::ProgressBar,
+    /// `0666` less the umask: the mode of a new file when none is recorded.
+    new_file_mode: u32,
 }
 
 impl<'a> Writer<'a> {
@@ -53,6 +55,7 @@ impl<'a> Writer<'a> {
             files_kept: AtomicU64::new(0),
             removed: AtomicU64::new(0),
             progress,
+            new_file_mode: 0o666 & !current_umask(),
         }
     }
 
@@ -176,6 +179,13 @@ impl<'a> Writer<'a> {
             return Err(io::Error::other(format!("assembled {written} bytes, expected {size}")));
         }
         tmp.as_file().sync_all()?;
+        if meta.mode.is_none() {
+            // `ignore mod`: keep the replaced file's mode, or give a new file
+            // the mode it would get from creating it (not tempfile's 0600).
+            let mode =
+                fs::symlink_metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(self.new_file_mode);
+            tmp.as_file().set_permissions(Permissions::from_mode(mode))?;
+        }
         apply_meta(tmp.as_file(), meta)?;
         tmp.persist(path).map_err(|e| e.error)?;
         sync_dir(dir)?;
@@ -218,7 +228,10 @@ impl<'a> Writer<'a> {
             fs::create_dir(path)?;
         }
         // Owner-writable while filling it; the recorded mode comes last.
-        fs::set_permissions(path, Permissions::from_mode(0o700))?;
+        // Without a recorded mode (`ignore mod`) the directory keeps its own.
+        if meta.mode.is_some() {
+            fs::set_permissions(path, Permissions::from_mode(0o700))?;
+        }
         let node = self
             .store
             .node(tree)
@@ -236,7 +249,10 @@ impl<'a> Writer<'a> {
         let manifest = self.store.manifest(tree, &node).map_err(io::Error::other)?;
         node.entries.into_par_iter().zip(manifest).for_each(|(e, chunks)| {
             let child = path.join(OsStr::from_bytes(&e.name));
-            self.restore(&child, Some(&Want { meta: e.meta, body: e.body, chunks }));
+            // Excluded now: never written, whatever the generation holds.
+            if !self.excluded(&child) {
+                self.restore(&child, Some(&Want { meta: e.meta, body: e.body, chunks }));
+            }
         });
         let f = File::open(path)?;
         apply_meta(&f, meta)?;
@@ -257,6 +273,16 @@ fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
         f.set_times(FileTimes::new().set_modified(t.to_system()))?;
     }
     Ok(())
+}
+
+/// The process umask. Reading it means setting it, so it is set straight
+/// back; this runs before any parallel work of the restore starts.
+fn current_umask() -> u32 {
+    // SAFETY: umask only swaps the process's file mode creation mask.
+    let mask: libc::mode_t = unsafe { libc::umask(0o022) };
+    // SAFETY: as above, putting back the mask read.
+    unsafe { libc::umask(mask) };
+    mask
 }
 
 fn lchown(path: &Path, meta: &Meta) -> io::Result<()> {

@@ -129,6 +129,9 @@ pub struct Scanner<'a> {
     pub host: &'a str,
     /// Ticks once per entry seen.
     pub progress: &'a indicatif::ProgressBar,
+    /// Read every file once, whatever the stat cache says: the records'
+    /// `stored` flags refer to another chunk store than `chunks`.
+    pub read_all: bool,
 }
 
 /// What a visit found an entry's record to become.
@@ -478,7 +481,7 @@ impl Run<'_, '_> {
             && o.stat == stat
             && !o.racy
             && o.meta == meta
-            && (backups.is_none() || o.stored)
+            && (backups.is_none() || (o.stored && !self.scan.read_all))
             && o.body.kind() == Kind::File
         {
             return Seen::Same;
@@ -669,11 +672,19 @@ fn merge_mode(existing: &mut Mode, new: Mode) {
     }
 }
 
+/// Names starting with this are snapsync's temporary files.
+pub const TEMP_PREFIX: &[u8] = b".snapsync-";
+
 /// The names in a directory, sorted by bytes.
 fn list_dir(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(dir)? {
-        names.push(e?.file_name().into_vec());
+        let name = e?.file_name().into_vec();
+        // snapsync's own temporary files (a restore or transfer in flight,
+        // or left by a crash) are never tracked.
+        if !name.starts_with(TEMP_PREFIX) {
+            names.push(name);
+        }
     }
     names.sort_unstable();
     Ok(names)

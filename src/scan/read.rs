@@ -43,7 +43,9 @@ pub(super) enum ReadError {
 /// Reads and chunks `path`, storing chunks in `backups` if given.
 pub(super) fn read_stable(path: &Path, backups: Option<&ChunkStore>) -> Result<ReadOut, ReadError> {
     for _ in 0..ATTEMPTS {
-        let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        // O_NONBLOCK: if a fifo took the file's place since the lstat, the
+        // open must not wait for a writer (the type check below skips it).
+        let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Gone),
             // ELOOP: a symlink was put in its place since the lstat.
@@ -78,8 +80,9 @@ pub(super) fn read_stable(path: &Path, backups: Option<&ChunkStore>) -> Result<R
             tracing::debug!("{}: changed while being read, reading again", path.display());
             continue;
         }
-        let now = Timestamp::now();
-        let racy = now.secs - after.mtime.secs < RACY_WINDOW_SECS;
+        // A future mtime is not racy: a later write would set an earlier one.
+        let age = Timestamp::now().secs - after.mtime.secs;
+        let racy = (0..RACY_WINDOW_SECS).contains(&age);
         return Ok(ReadOut { chunks, stat: after, racy, added_bytes: added });
     }
     Err(ReadError::Unstable)

@@ -26,6 +26,9 @@ type KeptTree = (RootSet, Vec<Vec<ChunkRef>>);
 pub struct GcReport {
     /// Generation ids dropped because their group keeps fewer.
     pub generations_dropped: Vec<u64>,
+    /// Groups whose state was dropped because the configuration no longer
+    /// lists them for this host.
+    pub groups_forgotten: Vec<String>,
     /// Directory nodes (with their manifests) freed.
     pub nodes_freed: u64,
     /// Chunks freed from chunk stores.
@@ -73,6 +76,16 @@ pub fn collect_garbage(
         }
     }
     report.generations_dropped.sort_unstable();
+
+    // A group no longer configured is forgotten whole. Keeping its
+    // records while its nodes are swept would leave them pointing at
+    // nothing should the group come back; forgotten, it is scanned afresh.
+    for name in store.groups_with_state()? {
+        if !groups.iter().any(|g| g.name == name) {
+            batch.forget_group(&name)?;
+            report.groups_forgotten.push(name);
+        }
+    }
 
     // Mark.
     let mut live_nodes = HashSet::new();

@@ -49,6 +49,8 @@ const KEY_FORMAT: &[u8] = b"format";
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_NEXT_GENERATION: &[u8] = b"next-generation";
 const ROOT_PREFIX: &[u8] = b"root\0";
+const CHUNK_STORE_PREFIX: &[u8] = b"chunk-store\0";
+const GROUP_STORE_PREFIX: &[u8] = b"group-store\0";
 
 /// One node's open state database. Holding it holds the state lock.
 pub struct Store {
@@ -193,6 +195,35 @@ impl Store {
         })
     }
 
+    /// The name of this node's chunk store in backup directory `dir`, once
+    /// one was made there.
+    pub fn chunk_store_name(&self, dir: &Path) -> Result<Option<String>, StoreError> {
+        self.meta_string(&[CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat())
+    }
+
+    /// The chunk store (by name) that `group`'s records marked `stored`
+    /// refer to.
+    pub fn group_store(&self, group: &str) -> Result<Option<String>, StoreError> {
+        self.meta_string(&[GROUP_STORE_PREFIX, group.as_bytes()].concat())
+    }
+
+    fn meta_string(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+        match self.meta.get(key).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => String::from_utf8(v.to_vec()).map(Some).map_err(|_| self.corrupt("meta name", "not UTF-8")),
+        }
+    }
+
+    /// The groups this state holds a tree for.
+    pub fn groups_with_state(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.meta.prefix(ROOT_PREFIX) {
+            let k = guard.key().map_err(|e| self.err(e))?;
+            out.push(String::from_utf8_lossy(&k[ROOT_PREFIX.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
     /// The current root set of `group`, if it was ever scanned.
     pub fn root_set(&self, group: &str) -> Result<Option<RootSet>, StoreError> {
         let key = [ROOT_PREFIX, group.as_bytes()].concat();
@@ -323,6 +354,36 @@ impl Batch<'_> {
         let store = self.store;
         let key = [ROOT_PREFIX, group.as_bytes()].concat();
         self.insert(&store.meta, key, postcard::to_stdvec(roots).expect("encoding to a Vec cannot fail"));
+    }
+
+    /// Records the name of this node's chunk store in backup directory `dir`.
+    pub fn put_chunk_store_name(&mut self, dir: &Path, name: &str) {
+        let store = self.store;
+        self.insert(&store.meta, [CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat(), name);
+    }
+
+    /// Records which chunk store `group`'s `stored` flags refer to (`None`:
+    /// none, the group keeps no backups).
+    pub fn put_group_store(&mut self, group: &str, name: Option<&str>) {
+        let store = self.store;
+        let key = [GROUP_STORE_PREFIX, group.as_bytes()].concat();
+        match name {
+            Some(n) => self.insert(&store.meta, key, n),
+            None => self.remove(&store.meta, key),
+        }
+    }
+
+    /// Forgets everything about a group's tree: its root set, directory
+    /// records and chunk store link. Generations are left to the collector.
+    pub fn forget_group(&mut self, group: &str) -> Result<(), StoreError> {
+        let store = self.store;
+        self.remove(&store.meta, [ROOT_PREFIX, group.as_bytes()].concat());
+        self.remove(&store.meta, [GROUP_STORE_PREFIX, group.as_bytes()].concat());
+        for guard in store.dirs.prefix(dir_key(group, b"")) {
+            let k = guard.key().map_err(|e| store.err(e))?;
+            self.remove(&store.dirs, k);
+        }
+        Ok(())
     }
 
     /// Stores the last version counter handed out.

@@ -54,7 +54,14 @@ fn spec_example_config_checks_and_lists_both_includes() {
 
     let _ = std::fs::remove_dir_all(&shared);
     let _ = std::fs::remove_dir_all(&spool);
-    let _ = std::fs::remove_dir_all(Path::new("/vol/csync2/backup/snapsync-app0.example.com"));
+    // This node's chunk store: `snapsync-app0.example.com-<tag>`.
+    if let Ok(dir) = std::fs::read_dir("/vol/csync2/backup") {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with("snapsync-app0.example.com") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     if made_vol {
         let _ = std::fs::remove_dir_all("/vol");
     }
