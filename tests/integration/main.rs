@@ -5,5 +5,6 @@
 
 mod common;
 mod local;
+mod regressions;
 mod spec_example;
 mod store_fixture;
