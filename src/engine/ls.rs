@@ -43,17 +43,9 @@ pub(crate) fn lossy<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&p.to_string_lossy())
 }
 
-/// The local path of a logical path, through the group's roots.
+/// The local path of a logical path (raw bytes), through the group's roots.
 pub(crate) fn local_path(group: &ResolvedGroup, logical: &[u8]) -> Option<PathBuf> {
-    group.roots.iter().find_map(|r| {
-        let root = r.logical.as_bytes();
-        let rest = logical.strip_prefix(root)?;
-        if rest.is_empty() {
-            Some(r.local.clone())
-        } else {
-            rest.strip_prefix(b"/").map(|rest| r.local.join(OsStr::from_bytes(rest)))
-        }
-    })
+    group.to_local(Path::new(OsStr::from_bytes(logical)))
 }
 
 impl Engine {

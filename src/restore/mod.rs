@@ -105,7 +105,7 @@ impl Engine {
         } else {
             for p in paths {
                 let abs = Engine::absolute(p)?;
-                let root = group.roots.iter().find(|r| abs.starts_with(&r.local)).ok_or_else(|| {
+                let root = group.root_of_local(&abs).ok_or_else(|| {
                     EngineError::NotFound(format!(
                         "{} is not inside an included tree of group {}",
                         abs.display(),
