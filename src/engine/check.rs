@@ -123,20 +123,23 @@ impl Engine {
             let linked = self.store.group_store(&group.name)?;
             let read_all = store_name.is_some() && linked.as_deref() != store_name;
             let scanner = Scanner { group, store: &self.store, chunks, host: &self.host, progress: &bar, read_all };
-            let out = scanner.run(if read_all { &Scope::All } else { &scope })?;
+            let mut out = scanner.run(if read_all { &Scope::All } else { &scope })?;
             bar.finish_and_clear();
 
             let old = self.store.root_set(&group.name)?;
             let changed = old.as_ref() != Some(&out.roots);
             let mut batch = self.store.batch();
-            for (dir, rec) in &out.writes.dirs {
+            // Consumed as they go into the batch, so a first scan of a large
+            // tree does not hold every record twice.
+            let writes = std::mem::take(&mut out.writes);
+            for (dir, rec) in writes.dirs {
                 match rec {
-                    Some(rec) => batch.put_dir_record_encoded(&group.name, dir, rec),
-                    None => batch.remove_dir_record(&group.name, dir),
+                    Some(rec) => batch.put_dir_record_encoded(&group.name, &dir, &rec),
+                    None => batch.remove_dir_record(&group.name, &dir),
                 }
             }
-            for (hash, encoded, manifest) in &out.writes.nodes {
-                batch.put_node(hash, encoded, manifest);
+            for (hash, encoded, manifest) in writes.nodes {
+                batch.put_node_encoded(&hash, &encoded, &manifest);
             }
             if out.seq != self.store.seq()? {
                 batch.put_seq(out.seq);

@@ -34,7 +34,9 @@ use rayon::prelude::*;
 use crate::chunk::ChunkRef;
 use crate::config::{Class, ResolvedGroup};
 use crate::hash::Hash;
-use crate::store::{ChunkStore, DirRecord, EntryRecord, Stat, Store, StoreError, Version, join_logical};
+use crate::store::{
+    ChunkStore, DirRecord, EntryRecord, Stat, Store, StoreError, Version, encode_manifest, join_logical,
+};
 use crate::tree::{Body, Kind, Meta, Node, NodeEntry, RootEntry, RootSet, Timestamp};
 
 /// Which part of a group to scan.
@@ -52,8 +54,8 @@ pub struct Writes {
     /// Encoded directory records to store (`Some`) or drop (`None`), by
     /// logical path.
     pub dirs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// New directory nodes: tree hash, encoding and manifest.
-    pub nodes: Vec<(Hash, Vec<u8>, Vec<Vec<ChunkRef>>)>,
+    /// New directory nodes: tree hash, encoding and encoded manifest.
+    pub nodes: Vec<(Hash, Vec<u8>, Vec<u8>)>,
 }
 
 /// How bad a problem is.
@@ -647,7 +649,7 @@ impl Run<'_, '_> {
         // kept alive by the current tree; a tombstone's node may have been
         // collected since, so a re-created identical directory stores it again.
         if old.is_none_or(|o| o.deleted || o.body != body) {
-            self.writes.lock().expect("poisoned").nodes.push((tree, encoded, manifest));
+            self.writes.lock().expect("poisoned").nodes.push((tree, encoded, encode_manifest(&manifest)));
         }
         match old {
             Some(o) if !o.deleted && o.meta == meta && o.body == body && o.count == count && o.bytes == bytes => {

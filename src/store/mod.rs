@@ -340,13 +340,14 @@ impl Batch<'_> {
 
     /// Stores an encoded node and its manifest under the node's hash.
     pub fn put_node(&mut self, hash: &Hash, encoded: &[u8], manifest: &[Vec<ChunkRef>]) {
+        self.put_node_encoded(hash, encoded, &encode_manifest(manifest));
+    }
+
+    /// Stores an encoded node and its encoded manifest ([`encode_manifest`]).
+    pub fn put_node_encoded(&mut self, hash: &Hash, encoded: &[u8], manifest: &[u8]) {
         let store = self.store;
         self.insert(&store.nodes, hash.as_bytes(), encoded);
-        self.insert(
-            &store.manifests,
-            hash.as_bytes(),
-            postcard::to_stdvec(manifest).expect("encoding to a Vec cannot fail"),
-        );
+        self.insert(&store.manifests, hash.as_bytes(), manifest);
     }
 
     /// Sets a group's current root set.
@@ -441,6 +442,11 @@ impl Drop for Store {
             }
         }
     }
+}
+
+/// The stored form of a manifest: the chunk lists of a node's entries.
+pub fn encode_manifest(manifest: &[Vec<ChunkRef>]) -> Vec<u8> {
+    postcard::to_stdvec(manifest).expect("encoding to a Vec cannot fail")
 }
 
 /// Takes the state lock, writing our pid into the lock file. The lock is an
