@@ -39,6 +39,13 @@ impl Node {
         self.dir.path().join(rel)
     }
 
+    /// Rewrites the node's config file through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let cfg = self.path("snapsync.cfg");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, edit(text)).unwrap();
+    }
+
     /// The node's tree.
     pub fn tree(&self) -> PathBuf {
         self.path("tree")

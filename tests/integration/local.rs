@@ -49,9 +49,7 @@ fn check_then_ls_lists_every_file() {
 fn excluded_paths_are_not_tracked() {
     let n = Node::new("a", 0, "exclude *.tmp;\n  exclude %s/tree/cache;");
     // The config helper cannot know the dir; rewrite the placeholder.
-    let cfg = n.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("%s", n.dir.path().to_str().unwrap());
-    std::fs::write(&cfg, text).unwrap();
+    n.edit_config(|t| t.replace("%s", n.dir.path().to_str().unwrap()));
     write(&n.tree().join("keep.txt"), b"k");
     write(&n.tree().join("skip.tmp"), b"s");
     write(&n.tree().join("cache/deep/file"), b"c");
@@ -99,9 +97,7 @@ fn age_tree(root: &std::path::Path) {
 #[test]
 fn no_change_check_does_not_open_unreadable_file() {
     let n = Node::new("a", 0, "");
-    let cfg = n.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, format!("ignore uid gid;\n{text}")).unwrap();
+    n.edit_config(|t| format!("ignore uid gid;\n{t}"));
     write(&n.tree().join("secret"), b"hidden");
     write(&n.tree().join("plain"), b"visible");
     age_tree(&n.tree());
@@ -390,9 +386,7 @@ fn deletion_type_change_and_recreation_are_tracked() {
 #[test]
 fn ignore_mod_leaves_permissions_out_of_the_tree() {
     let n = Node::new("a", 0, "");
-    let cfg = n.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, format!("ignore mod;\n{text}")).unwrap();
+    n.edit_config(|t| format!("ignore mod;\n{t}"));
     write(&n.tree().join("f"), b"x");
     let first = n.json(&["check"])["groups"][0]["root"].clone();
     std::fs::set_permissions(n.tree().join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -490,9 +484,7 @@ fn lowering_backup_generations_prunes_on_the_next_check() {
         write(&n.tree().join("f"), &bytes(i, 1000));
         n.cmd().arg("check").assert().success();
     }
-    let cfg = n.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("backup-generations 4;", "backup-generations 1;");
-    std::fs::write(&cfg, text).unwrap();
+    n.edit_config(|t| t.replace("backup-generations 4;", "backup-generations 1;"));
     // Nothing changed in the tree; the run still applies the new limit.
     let r = n.json(&["check"]);
     assert_eq!(r["groups"][0]["changed"], false);

@@ -43,9 +43,7 @@ fn restore_in_place_never_writes_a_path_excluded_since() {
     write(&n.tree().join("x.log"), b"v1");
     write(&n.tree().join("keep"), b"k1");
     n.cmd().arg("check").assert().success();
-    let cfg = n.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("other;", "other;\n  exclude *.log;");
-    std::fs::write(&cfg, text).unwrap();
+    n.edit_config(|t| t.replace("other;", "other;\n  exclude *.log;"));
     write(&n.tree().join("x.log"), b"v2");
     write(&n.tree().join("keep"), b"k2");
     n.cmd().args(["restore", "--generation", "1"]).assert().success();
@@ -58,10 +56,8 @@ fn whole_restore_leaves_an_include_the_generation_did_not_know() {
     let n = Node::new("a", 3, "");
     write(&n.tree().join("f"), b"1");
     n.cmd().arg("check").assert().success();
-    let cfg = n.path("snapsync.cfg");
     let extra = format!("include {};", n.path("tree2").display());
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("other;", &format!("other;\n  {extra}"));
-    std::fs::write(&cfg, text).unwrap();
+    n.edit_config(|t| t.replace("other;", &format!("other;\n  {extra}")));
     write(&n.path("tree2/data"), b"precious");
     n.cmd().arg("check").assert().success();
     n.cmd().args(["restore", "--generation", "1"]).assert().success();
@@ -73,11 +69,7 @@ fn two_configs_sharing_a_backup_directory_keep_their_own_chunks() {
     let a = Node::new("a", 2, "");
     let b = Node::new("a", 2, "");
     // Point b's backups at a's backup directory.
-    let cfg = b.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&b.path("backup").display().to_string(), &a.path("backup").display().to_string());
-    std::fs::write(&cfg, text).unwrap();
+    b.edit_config(|t| t.replace(&b.path("backup").display().to_string(), &a.path("backup").display().to_string()));
     write(&a.tree().join("fa"), &bytes(1, 50_000));
     write(&b.tree().join("fb"), &bytes(2, 50_000));
     a.cmd().arg("check").assert().success();
@@ -94,11 +86,7 @@ fn moving_the_backup_directory_stores_every_file_again() {
     write(&n.tree().join("old"), &bytes(3, 30_000));
     old_mtime(&n.tree().join("old"));
     n.cmd().arg("check").assert().success();
-    let cfg = n.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&n.path("backup").display().to_string(), &n.path("backup2").display().to_string());
-    std::fs::write(&cfg, text).unwrap();
+    n.edit_config(|t| t.replace(&n.path("backup").display().to_string(), &n.path("backup2").display().to_string()));
     let r = n.json(&["check"]);
     assert_eq!(r["groups"][0]["stats"]["files_read"], 1, "the unchanged file is stored in the new directory");
     n.cmd().arg("verify").assert().success();
@@ -113,12 +101,12 @@ fn turning_backups_on_records_a_generation_of_the_unchanged_tree() {
     write(&n.tree().join("f"), b"data");
     old_mtime(&n.tree().join("f"));
     n.cmd().arg("check").assert().success();
-    let cfg = n.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "other;",
-        &format!("other;\n  backup-directory {};\n  backup-generations 2;", n.path("backup").display()),
-    );
-    std::fs::write(&cfg, text).unwrap();
+    n.edit_config(|t| {
+        t.replace(
+            "other;",
+            &format!("other;\n  backup-directory {};\n  backup-generations 2;", n.path("backup").display()),
+        )
+    });
     n.cmd().arg("check").assert().success();
     assert_eq!(n.json(&["generations"])["generations"].as_array().unwrap().len(), 1);
 }
@@ -169,9 +157,7 @@ fn ls_json_survives_a_file_name_that_is_not_utf8() {
 #[test]
 fn restore_with_ignore_mod_keeps_modes() {
     let n = Node::new("a", 3, "");
-    let cfg = n.path("snapsync.cfg");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, format!("ignore mod;\n{text}")).unwrap();
+    n.edit_config(|t| format!("ignore mod;\n{t}"));
     write(&n.tree().join("d/f"), b"one");
     std::fs::set_permissions(n.tree().join("d"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(n.tree().join("d/f"), std::fs::Permissions::from_mode(0o644)).unwrap();
