@@ -112,9 +112,4 @@ impl ChunkStore {
         }
         batch.commit().map_err(|e| self.err(e))
     }
-
-    /// Bytes the store takes on disk.
-    pub fn disk_space(&self) -> Result<u64, StoreError> {
-        self.db.disk_space().map_err(|e| self.err(e))
-    }
 }

@@ -246,11 +246,6 @@ impl Store {
         }
     }
 
-    /// Whether a node is stored.
-    pub fn has_node(&self, hash: &Hash) -> Result<bool, StoreError> {
-        self.nodes.contains_key(hash.as_bytes()).map_err(|e| self.err(e))
-    }
-
     /// The chunk lists of a node's entries (empty for non-files), checked
     /// against the node's content hashes.
     pub fn manifest(&self, tree: &Hash, node: &Node) -> Result<Vec<Vec<ChunkRef>>, StoreError> {
@@ -338,11 +333,6 @@ impl Batch<'_> {
         self.remove(&store.dirs, dir_key(group, dir));
     }
 
-    /// Stores an encoded node and its manifest under the node's hash.
-    pub fn put_node(&mut self, hash: &Hash, encoded: &[u8], manifest: &[Vec<ChunkRef>]) {
-        self.put_node_encoded(hash, encoded, &encode_manifest(manifest));
-    }
-
     /// Stores an encoded node and its encoded manifest ([`encode_manifest`]).
     pub fn put_node_encoded(&mut self, hash: &Hash, encoded: &[u8], manifest: &[u8]) {
         let store = self.store;
@@ -414,11 +404,6 @@ impl Batch<'_> {
         let store = self.store;
         self.remove(&store.nodes, key);
         self.remove(&store.manifests, key);
-    }
-
-    /// Whether nothing was written to the batch.
-    pub fn is_empty(&self) -> bool {
-        self.empty
     }
 
     /// Commits every write of the batch atomically and syncs the journal.
