@@ -30,6 +30,7 @@ pub mod engine;
 pub mod hash;
 pub mod key;
 pub mod net;
+pub mod peer;
 pub mod proto;
 pub mod restore;
 pub mod scan;

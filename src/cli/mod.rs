@@ -12,6 +12,7 @@
 //! Exit status (SPEC §3): 0 success, 1 runtime failure, 2 usage or
 //! configuration error, 3 finished with conflicts or differences left.
 
+mod daemon;
 mod demo;
 mod output;
 
@@ -20,8 +21,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::sync::Arc;
+
 use crate::config::{self, Config};
 use crate::engine::{Engine, EngineError};
+use crate::peer::{Node, SyncError, SyncOptions};
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -99,6 +103,57 @@ pub enum Command {
         /// Write the restored tree below DIR instead, touching nothing else.
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+    },
+    /// Check, then reconcile with every reachable peer.
+    Sync {
+        /// Check only these paths first (everything when none).
+        paths: Vec<PathBuf>,
+        /// Print what would change, change nothing on any host.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only these peers.
+        #[arg(long, value_delimiter = ',', value_name = "P")]
+        peer: Vec<String>,
+        /// Only these groups.
+        #[arg(long, value_delimiter = ',', value_name = "G")]
+        group: Vec<String>,
+    },
+    /// Record PATHs as changed (a check of just those paths).
+    Mark {
+        /// The changed paths.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Reconcile what changed under PATHs (all groups when none).
+    Update {
+        /// Check only these paths first.
+        paths: Vec<PathBuf>,
+    },
+    /// Make the local version of PATHs win their next conflict.
+    Force {
+        /// The paths.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Compare with peers: in sync, differing paths, conflicts.
+    Status {
+        /// Only these peers.
+        #[arg(long, value_delimiter = ',', value_name = "P")]
+        peer: Vec<String>,
+    },
+    /// List unresolved conflicts with both sides' versions.
+    Conflicts,
+    /// Run the daemon: serve peers, and local commands on a socket.
+    Serve {
+        /// Also sync changes as they happen (not available yet).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Accept a peer's new node key (after a reinstall): forget its pin.
+    Trust {
+        /// The peer host.
+        #[arg(long, value_name = "HOST")]
+        peer: String,
     },
     /// Drop generations beyond backup-generations and free unused space.
     Gc,
@@ -190,7 +245,9 @@ fn run(cli: &Cli) -> u8 {
     if let Command::Keygen { file } = &cli.command {
         return match crate::key::write_new(file) {
             Ok(()) => {
-                output::keygen(cli, file);
+                let mut out = String::new();
+                output::keygen(&mut out, cli, file);
+                print!("{out}");
                 EXIT_OK
             }
             Err(e) => {
@@ -212,15 +269,32 @@ fn run(cli: &Cli) -> u8 {
     };
     let host = host_name(cli);
     let state = node_state_dir(&cli.state_dir, &config_name, &host);
+    // A daemon holding this node's state runs the command for us.
+    if !matches!(cli.command, Command::Serve { .. })
+        && let Some(code) = daemon::forward(&state, cli)
+    {
+        return code;
+    }
     let mut engine = match Engine::open(&config, &host, &state) {
         Ok(e) => e,
-        Err(e) => return report_error(&e),
+        Err(e) => return report_error(&e.into()),
     };
     engine.progress = !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    match run_command(cli, &engine) {
+    let node = Arc::new(Node::new(engine, &state));
+    if let Command::Serve { watch } = &cli.command {
+        if *watch {
+            tracing::error!("serve --watch (online sync) is not available yet; run `snapsync sync` from cron");
+            return EXIT_USAGE;
+        }
+        return daemon::serve(node);
+    }
+    let mut out = String::new();
+    let code = match run_command(cli, &node, &mut out) {
         Ok(code) => code,
         Err(e) => report_error(&e),
-    }
+    };
+    print!("{out}");
+    code
 }
 
 fn load_config(path: &Path) -> Result<Config, u8> {
@@ -238,43 +312,118 @@ fn load_config(path: &Path) -> Result<Config, u8> {
     }
 }
 
-fn report_error(e: &EngineError) -> u8 {
+fn report_error(e: &SyncError) -> u8 {
     tracing::error!("{e}");
+    exit_code_of(e)
+}
+
+fn exit_code_of(e: &SyncError) -> u8 {
     match e {
-        EngineError::Config(_) | EngineError::Usage(_) | EngineError::NotFound(_) => EXIT_USAGE,
-        EngineError::Store(_) | EngineError::Io { .. } | EngineError::Refused(_) => EXIT_FAILURE,
+        SyncError::Engine(EngineError::Config(_) | EngineError::Usage(_) | EngineError::NotFound(_)) => EXIT_USAGE,
+        _ => EXIT_FAILURE,
     }
 }
 
-fn run_command(cli: &Cli, engine: &Engine) -> Result<u8, EngineError> {
+/// Runs `f` to completion on the current Tokio runtime, or on a new one.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(f),
+        Err(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a Tokio runtime starts")
+            .block_on(f),
+    }
+}
+
+/// Runs one command on an opened node, its output appended to `out`.
+fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, SyncError> {
+    let engine = &node.engine;
     Ok(match &cli.command {
-        Command::Check { paths } => {
+        Command::Check { paths } | Command::Mark { paths } => {
             let report = engine.check(paths)?;
-            output::check(cli, &report);
+            output::check(out, cli, &report);
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }
+        Command::Sync { paths, dry_run, peer, group } => {
+            let opts = SyncOptions {
+                dry_run: *dry_run,
+                peers: peer.clone(),
+                groups: group.clone(),
+                paths: paths.clone(),
+                no_check: false,
+            };
+            sync_command(cli, node, opts, out)?
+        }
+        Command::Update { paths } => {
+            let opts = SyncOptions { paths: paths.clone(), ..SyncOptions::default() };
+            sync_command(cli, node, opts, out)?
+        }
+        Command::Status { peer } => {
+            let opts = SyncOptions { dry_run: true, peers: peer.clone(), ..SyncOptions::default() };
+            let report = block_on(crate::peer::sync(Arc::clone(node), opts))?;
+            let conflicts = engine.store.conflicts()?;
+            output::status(out, cli, &report, &conflicts, &node.stats);
+            if report.failed() {
+                EXIT_FAILURE
+            } else if report.differences() || !conflicts.is_empty() {
+                EXIT_DIFFERENCES
+            } else {
+                EXIT_OK
+            }
+        }
+        Command::Conflicts => {
+            let conflicts = engine.store.conflicts()?;
+            output::conflicts(out, cli, &conflicts);
+            if conflicts.is_empty() { EXIT_OK } else { EXIT_DIFFERENCES }
+        }
+        Command::Force { paths } => {
+            let forced = engine.force(paths)?;
+            output::forced(out, cli, &forced);
+            EXIT_OK
+        }
+        Command::Trust { peer } => {
+            let old = node.pins()?.forget(peer)?;
+            output::trusted(out, cli, peer, old.is_some());
+            EXIT_OK
+        }
         Command::Ls { path } => {
-            output::ls(cli, &engine.ls(path.as_deref())?);
+            output::ls(out, cli, &engine.ls(path.as_deref())?);
             EXIT_OK
         }
         Command::Generations { group } => {
-            output::generations(cli, &engine.generations(group)?);
+            output::generations(out, cli, &engine.generations(group)?);
             EXIT_OK
         }
         Command::Restore { generation, paths, to } => {
             let report = engine.restore(*generation, paths, to.as_deref())?;
-            output::restore(cli, &report);
+            output::restore(out, cli, &report);
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }
         Command::Gc => {
-            output::gc(cli, &engine.gc()?);
+            output::gc(out, cli, &engine.gc()?);
             EXIT_OK
         }
         Command::Verify => {
             let report = engine.verify()?;
-            output::verify(cli, &report);
+            output::verify(out, cli, &report);
             if report.mismatches.is_empty() { EXIT_OK } else { EXIT_FAILURE }
         }
-        Command::Keygen { .. } | Command::Demo { .. } => unreachable!("handled before the config is read"),
+        Command::Keygen { .. } | Command::Demo { .. } | Command::Serve { .. } => {
+            unreachable!("handled before the state is opened")
+        }
+    })
+}
+
+fn sync_command(cli: &Cli, node: &Arc<Node>, opts: SyncOptions, out: &mut String) -> Result<u8, SyncError> {
+    let dry_run = opts.dry_run;
+    let report = block_on(crate::peer::sync(Arc::clone(node), opts))?;
+    output::sync(out, cli, &report, dry_run);
+    Ok(if report.failed() {
+        EXIT_FAILURE
+    } else if report.conflicts() > 0 || (dry_run && report.differences()) {
+        EXIT_DIFFERENCES
+    } else {
+        EXIT_OK
     })
 }

@@ -7,12 +7,25 @@ use serde_json::json;
 
 use super::Cli;
 use crate::engine::{CheckReport, LsEntry, VerifyReport};
+use crate::peer::SyncReport;
 use crate::restore::RestoreReport;
+use crate::store::Conflict;
 use crate::store::{GcReport, Generation};
 use crate::tree::Timestamp;
 
-fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("JSON values always serialize"));
+/// Appends a line to the command's output.
+macro_rules! say {
+    ($o:expr) => {{
+        $o.push('\n');
+    }};
+    ($o:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o, $($arg)*);
+    }};
+}
+
+pub(super) fn print_json(o: &mut String, v: &serde_json::Value) {
+    say!(o, "{}", serde_json::to_string_pretty(v).expect("JSON values always serialize"));
 }
 
 /// RFC 3339 UTC time with seconds.
@@ -24,17 +37,17 @@ fn bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 
-pub(super) fn keygen(cli: &Cli, file: &Path) {
+pub(super) fn keygen(o: &mut String, cli: &Cli, file: &Path) {
     if cli.json {
-        print_json(&json!({ "key_file": file }));
+        print_json(o, &json!({ "key_file": file }));
     } else if !cli.quiet {
-        println!("wrote new group key to {}", file.display());
+        say!(o, "wrote new group key to {}", file.display());
     }
 }
 
-pub(super) fn check(cli: &Cli, r: &CheckReport) {
+pub(super) fn check(o: &mut String, cli: &Cli, r: &CheckReport) {
     if cli.json {
-        print_json(&serde_json::to_value(r).expect("report serializes"));
+        print_json(o, &serde_json::to_value(r).expect("report serializes"));
         return;
     }
     if cli.quiet {
@@ -44,7 +57,8 @@ pub(super) fn check(cli: &Cli, r: &CheckReport) {
         let what =
             if g.changed { format!("{} entries changed", g.stats.entries_changed) } else { "unchanged".to_owned() };
         let generation = g.generation.map(|id| format!(", generation {id} recorded")).unwrap_or_default();
-        println!(
+        say!(
+            o,
             "{}: {what}{generation} ({} entries seen, {} files read, {})",
             g.group,
             g.stats.entries_seen,
@@ -54,13 +68,13 @@ pub(super) fn check(cli: &Cli, r: &CheckReport) {
     }
     let errors = r.problems.iter().filter(|p| p.severity == crate::scan::Severity::Error).count();
     if errors > 0 {
-        println!("{errors} paths could not be scanned (see above)");
+        say!(o, "{errors} paths could not be scanned (see above)");
     }
 }
 
-pub(super) fn ls(cli: &Cli, entries: &[LsEntry]) {
+pub(super) fn ls(o: &mut String, cli: &Cli, entries: &[LsEntry]) {
     if cli.json {
-        print_json(&json!({ "entries": entries }));
+        print_json(o, &json!({ "entries": entries }));
         return;
     }
     for e in entries {
@@ -75,7 +89,8 @@ pub(super) fn ls(cli: &Cli, entries: &[LsEntry]) {
             (None, Some(t)) => format!("-> {t}"),
             (None, None) => "-".to_owned(),
         };
-        println!(
+        say!(
+            o,
             "{:<7} {:>4} {:>11} {:>12} {:<30} {:<19} {}",
             e.kind,
             e.mode.as_deref().unwrap_or("-"),
@@ -88,7 +103,7 @@ pub(super) fn ls(cli: &Cli, entries: &[LsEntry]) {
     }
 }
 
-pub(super) fn generations(cli: &Cli, gens: &[Generation]) {
+pub(super) fn generations(o: &mut String, cli: &Cli, gens: &[Generation]) {
     if cli.json {
         let list: Vec<_> = gens
             .iter()
@@ -105,18 +120,19 @@ pub(super) fn generations(cli: &Cli, gens: &[Generation]) {
                 })
             })
             .collect();
-        print_json(&json!({ "generations": list }));
+        print_json(o, &json!({ "generations": list }));
         return;
     }
     if gens.is_empty() {
         if !cli.quiet {
-            println!("no generations (groups without backup-directory keep none)");
+            say!(o, "no generations (groups without backup-directory keep none)");
         }
         return;
     }
-    println!("{:>5}  {:<20}  {:<12} {:>8} {:>11} {:>11}  CAUSE", "ID", "TIME", "GROUP", "ENTRIES", "SIZE", "ADDED");
+    say!(o, "{:>5}  {:<20}  {:<12} {:>8} {:>11} {:>11}  CAUSE", "ID", "TIME", "GROUP", "ENTRIES", "SIZE", "ADDED");
     for g in gens {
-        println!(
+        say!(
+            o,
             "{:>5}  {:<20}  {:<12} {:>8} {:>11} {:>11}  {}",
             g.id,
             time(g.time),
@@ -129,18 +145,19 @@ pub(super) fn generations(cli: &Cli, gens: &[Generation]) {
     }
 }
 
-pub(super) fn restore(cli: &Cli, r: &RestoreReport) {
+pub(super) fn restore(o: &mut String, cli: &Cli, r: &RestoreReport) {
     if cli.json {
         let mut v = serde_json::to_value(r).expect("report serializes");
         v["problems"] =
             r.problems.iter().map(|p| json!({ "path": p.path.to_string_lossy(), "message": p.message })).collect();
-        print_json(&v);
+        print_json(o, &v);
         return;
     }
     if cli.quiet {
         return;
     }
-    println!(
+    say!(
+        o,
         "restored generation {}: {} files written ({}), {} already right, {} entries removed",
         r.generation,
         r.files_written,
@@ -149,18 +166,19 @@ pub(super) fn restore(cli: &Cli, r: &RestoreReport) {
         r.entries_removed
     );
     if let Some(b) = r.before {
-        println!("the state before the restore is generation {b}");
+        say!(o, "the state before the restore is generation {b}");
     }
     if !r.problems.is_empty() {
-        println!("{} paths could not be restored (see above)", r.problems.len());
+        say!(o, "{} paths could not be restored (see above)", r.problems.len());
     }
 }
 
-pub(super) fn gc(cli: &Cli, r: &GcReport) {
+pub(super) fn gc(o: &mut String, cli: &Cli, r: &GcReport) {
     if cli.json {
-        print_json(&serde_json::to_value(r).expect("report serializes"));
+        print_json(o, &serde_json::to_value(r).expect("report serializes"));
     } else if !cli.quiet {
-        println!(
+        say!(
+            o,
             "dropped {} generations, freed {} chunks ({}) and {} tree nodes",
             r.generations_dropped.len(),
             r.chunks_freed,
@@ -170,16 +188,17 @@ pub(super) fn gc(cli: &Cli, r: &GcReport) {
     }
 }
 
-pub(super) fn verify(cli: &Cli, r: &VerifyReport) {
+pub(super) fn verify(o: &mut String, cli: &Cli, r: &VerifyReport) {
     if cli.json {
-        print_json(&serde_json::to_value(r).expect("report serializes"));
+        print_json(o, &serde_json::to_value(r).expect("report serializes"));
         return;
     }
     for m in &r.mismatches {
-        println!("MISMATCH {}: {}", m.path, m.problem);
+        say!(o, "MISMATCH {}: {}", m.path, m.problem);
     }
     if !cli.quiet {
-        println!(
+        say!(
+            o,
             "verified {} files and {} chunks: {} mismatches{}",
             r.files_checked,
             r.chunks_checked,
@@ -190,5 +209,148 @@ pub(super) fn verify(cli: &Cli, r: &VerifyReport) {
                 String::new()
             }
         );
+    }
+}
+
+pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
+    if cli.json {
+        print_json(o, &serde_json::to_value(r).expect("report serializes"));
+        return;
+    }
+    if cli.quiet {
+        return;
+    }
+    let done = if dry_run { "to apply" } else { "applied" };
+    for p in &r.peers {
+        if let Some(e) = &p.error {
+            say!(o, "{} with {}: failed: {e}", p.group, p.peer);
+            continue;
+        }
+        if p.in_sync && p.pushed.is_empty() {
+            say!(o, "{} with {}: in sync", p.group, p.peer);
+            continue;
+        }
+        let here = p.pulled.as_ref().map(|x| x.changes.as_slice()).unwrap_or_default();
+        say!(
+            o,
+            "{} with {}: {} changes {done} here, {} there",
+            p.group,
+            p.peer,
+            here.len(),
+            p.pushed.len() as u64 + p.pushed_more
+        );
+        for c in here {
+            say!(o, "  here   {:<8} {}", c.action, c.path);
+        }
+        for c in &p.pushed {
+            say!(o, "  {:<6} {:<8} {}", p.peer, c.action, c.path);
+        }
+        if p.pushed_more > 0 {
+            say!(o, "  {:<6} ... and {} more", p.peer, p.pushed_more);
+        }
+        if let Some(pulled) = &p.pulled {
+            for problem in &pulled.problems {
+                say!(o, "  not applied: {problem}");
+            }
+        }
+    }
+    let conflicts = r.conflicts();
+    if conflicts > 0 {
+        say!(
+            o,
+            "{conflicts} conflicts: nothing was overwritten; see `snapsync conflicts`, settle with `snapsync force PATH`"
+        );
+    }
+}
+
+pub(super) fn status(o: &mut String, cli: &Cli, r: &SyncReport, conflicts: &[Conflict], stats: &crate::peer::Stats) {
+    if cli.json {
+        let mut v = serde_json::to_value(r).expect("report serializes");
+        v["conflicts"] = conflicts_json(conflicts);
+        v["served"] = stats.to_json();
+        print_json(o, &v);
+        return;
+    }
+    sync(o, cli, r, true);
+    if !conflicts.is_empty() && !cli.quiet {
+        say!(o, "{} unresolved conflicts (`snapsync conflicts`)", conflicts.len());
+    }
+}
+
+fn version(v: &crate::store::Version) -> String {
+    v.0.iter().map(|(h, c)| format!("{h}:{c}")).collect::<Vec<_>>().join(",")
+}
+
+fn side(r: Option<&crate::store::EntryRecord>) -> String {
+    match r {
+        None => "absent".to_owned(),
+        Some(r) if r.deleted => format!("deleted [{}]", version(&r.version)),
+        Some(r) => {
+            let what = match &r.body {
+                crate::tree::Body::File { size, content } => format!("file {} {}", bytes(*size), content.short()),
+                crate::tree::Body::Dir { .. } => "directory".to_owned(),
+                crate::tree::Body::Symlink { target } => format!("symlink -> {}", String::from_utf8_lossy(target)),
+            };
+            let mtime = r.meta.mtime.map(|t| format!(" modified {}", time(t))).unwrap_or_default();
+            format!("{what}{mtime} [{}]", version(&r.version))
+        }
+    }
+}
+
+fn conflicts_json(conflicts: &[Conflict]) -> serde_json::Value {
+    json!(
+        conflicts
+            .iter()
+            .map(|c| json!({
+                "group": c.group,
+                "path": String::from_utf8_lossy(&c.path),
+                "peer": c.peer,
+                "kind": c.kind,
+                "local": side(c.local.as_ref()),
+                "remote": side(c.remote.as_ref()),
+                "found": time(c.time),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+pub(super) fn conflicts(o: &mut String, cli: &Cli, conflicts: &[Conflict]) {
+    if cli.json {
+        print_json(o, &json!({ "conflicts": conflicts_json(conflicts) }));
+        return;
+    }
+    if conflicts.is_empty() {
+        if !cli.quiet {
+            say!(o, "no conflicts");
+        }
+        return;
+    }
+    for c in conflicts {
+        say!(o, "{} {} ({}, with {})", c.group, String::from_utf8_lossy(&c.path), c.kind, c.peer);
+        say!(o, "  here:  {}", side(c.local.as_ref()));
+        say!(o, "  {}: {}", c.peer, side(c.remote.as_ref()));
+    }
+}
+
+pub(super) fn forced(o: &mut String, cli: &Cli, forced: &[(String, String)]) {
+    if cli.json {
+        let list: Vec<_> = forced.iter().map(|(g, p)| json!({ "group": g, "path": p })).collect();
+        print_json(o, &json!({ "forced": list }));
+    } else if !cli.quiet {
+        for (g, p) in forced {
+            say!(o, "{g} {p}: the local version wins its next conflict");
+        }
+    }
+}
+
+pub(super) fn trusted(o: &mut String, cli: &Cli, peer: &str, had_pin: bool) {
+    if cli.json {
+        print_json(o, &json!({ "peer": peer, "forgotten": had_pin }));
+    } else if !cli.quiet {
+        if had_pin {
+            say!(o, "forgot the pinned key of {peer}; the key it presents next is pinned");
+        } else {
+            say!(o, "no key was pinned for {peer}");
+        }
     }
 }

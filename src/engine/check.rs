@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{Engine, EngineError};
-use crate::scan::{Problem, ScanStats, Scanner, Scope, Severity};
+use crate::scan::{Adopted, Problem, ScanStats, Scanner, Scope, Severity};
 use crate::store::Generation;
 use crate::tree::Timestamp;
 
@@ -57,7 +57,7 @@ fn problems_as_json<S: serde::Serializer>(p: &[Problem], s: S) -> Result<S::Ok, 
 impl Engine {
     /// Scans every group (or only `paths`) and records local changes.
     pub fn check(&self, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
-        self.check_with_cause(paths, "local scan", None, true)
+        self.check_with_cause(paths, "local scan", None, true, None)
     }
 
     /// Whether the collector has work even though no tree changed: some
@@ -74,13 +74,16 @@ impl Engine {
 
     /// Like [`Engine::check`], naming the cause recorded with generations.
     /// With `only_group`, other groups are left alone; without `gc`, no
-    /// generation is dropped (a restore needs its source to stay).
+    /// generation is dropped (a restore needs its source to stay); with
+    /// `adopt`, states a sync just applied are recorded under the peer's
+    /// versions.
     pub(crate) fn check_with_cause(
         &self,
         paths: &[PathBuf],
         cause: &str,
         only_group: Option<usize>,
         gc: bool,
+        adopt: Option<&Adopted>,
     ) -> Result<CheckReport, EngineError> {
         let abs: Vec<PathBuf> = paths.iter().map(|p| Engine::absolute(p)).collect::<Result<_, _>>()?;
         for p in &abs {
@@ -122,7 +125,8 @@ impl Engine {
             // state; under another one (or none before), read everything once.
             let linked = self.store.group_store(&group.name)?;
             let read_all = store_name.is_some() && linked.as_deref() != store_name;
-            let scanner = Scanner { group, store: &self.store, chunks, host: &self.host, progress: &bar, read_all };
+            let scanner =
+                Scanner { group, store: &self.store, chunks, host: &self.host, progress: &bar, read_all, adopt };
             let mut out = scanner.run(if read_all { &Scope::All } else { &scope })?;
             bar.finish_and_clear();
 

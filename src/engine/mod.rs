@@ -11,10 +11,12 @@
 //! Every operation collects per-path problems and finishes the rest of its
 //! work before reporting them (STYLE: one bad file does not stop a run).
 
+mod actions;
 mod check;
 mod ls;
 mod verify;
 
+pub use actions::run_actions;
 pub use check::{CheckReport, GroupCheck};
 pub use ls::LsEntry;
 pub use verify::{Mismatch, VerifyReport};
@@ -245,4 +247,29 @@ fn normalize(abs: &Path) -> PathBuf {
         }
     }
     out
+}
+
+impl Engine {
+    /// Marks `paths` to win their next conflict (`force`); returns the
+    /// group and logical path of each.
+    pub fn force(&self, paths: &[PathBuf]) -> Result<Vec<(String, String)>, EngineError> {
+        let mut marked = Vec::new();
+        let mut batch = self.store.batch();
+        for p in paths {
+            let abs = Engine::absolute(p)?;
+            let mut found = false;
+            for g in &self.groups {
+                if let Some(logical) = g.to_logical(&abs) {
+                    batch.set_forced(&g.name, logical.as_os_str().as_encoded_bytes(), true);
+                    marked.push((g.name.clone(), logical.to_string_lossy().into_owned()));
+                    found = true;
+                }
+            }
+            if !found {
+                return Err(EngineError::NotFound(format!("{} is not inside any included tree", abs.display())));
+            }
+        }
+        batch.commit()?;
+        Ok(marked)
+    }
 }

@@ -55,6 +55,7 @@ bounds! {
     Files = "GetChunks.files", MAX_CHUNKS_PER_REQUEST;
     Hashes = "GetChunks.files.hashes", MAX_CHUNKS_PER_REQUEST;
     Missing = "ChunksDone.missing", MAX_CHUNKS_PER_REQUEST;
+    Changes = "Pulled.changes", MAX_REPORTED_CHANGES;
     VersionHosts = "entry.version", MAX_VERSION_HOSTS;
 }
 

@@ -20,8 +20,8 @@ pub enum ErrorCode {
     /// there. Transient: the peer's tree changed since the requester looked;
     /// the next reconcile asks for what is there then.
     NotFound,
-    /// The requester may not do this: a group it is not a member of, a push
-    /// from a receive-only host. Permanent until the configuration changes.
+    /// The requester may not do this: a group it is not a member of, a path
+    /// outside the group's roots. Permanent until the configuration changes.
     NotAllowed,
     /// No common protocol version. Permanent until one side is upgraded.
     VersionMismatch,

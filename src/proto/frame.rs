@@ -118,7 +118,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::testutil::*;
-    use super::super::{ErrorCode, Message};
+    use super::super::{Change, ChangeAction, ErrorCode, Message, Refusal};
     use super::*;
 
     proptest! {
@@ -162,11 +162,37 @@ mod tests {
 
     #[test]
     fn frames_follow_each_other_in_a_buffer() {
-        let mut buf = encode_frame(&Message::Accepted);
+        let pull = Message::Pull { group: "app".into(), dry_run: false };
+        let mut buf = encode_frame(&pull);
         buf.extend(encode_frame(&Message::Bye));
         let (first, used) = decode_frame(&buf).unwrap();
-        assert_eq!(first, Message::Accepted);
+        assert_eq!(first, pull);
         assert_eq!(decode_frame(&buf[used..]).unwrap(), (Message::Bye, buf.len() - used));
+    }
+
+    #[test]
+    fn pull_and_pulled_round_trip_through_a_frame() {
+        let changes = [
+            (ChangeAction::Create, &b"/srv/www/new"[..]),
+            (ChangeAction::Update, b"%app%/shared/x.png"),
+            (ChangeAction::Delete, b"//etc/old"),
+            (ChangeAction::Conflict, b"/srv/www/both"),
+            (ChangeAction::Merge, b"/"),
+        ];
+        let msgs = [
+            Message::Pull { group: "app".into(), dry_run: false },
+            Message::Pull { group: "etc".into(), dry_run: true },
+            Message::Pulled {
+                changes: changes.iter().map(|&(action, path)| Change { action, path: path.to_vec() }).collect(),
+                more: 17,
+            },
+            Message::Pulled { changes: vec![], more: 0 },
+            Message::Refused { reason: Refusal::ReceiveOnly, message: "app2 is receive-only in app".into() },
+        ];
+        for msg in msgs {
+            let frame = encode_frame(&msg);
+            assert_eq!(decode_frame(&frame).unwrap(), (msg, frame.len()));
+        }
     }
 
     #[test]
@@ -184,7 +210,7 @@ mod tests {
 
     #[test]
     fn trailing_garbage_inside_a_frame_is_refused() {
-        let mut body = postcard::to_stdvec(&Message::Accepted).unwrap();
+        let mut body = postcard::to_stdvec(&Message::Bye).unwrap();
         body.push(0);
         assert!(matches!(decode_frame(&framed(&body)), Err(ProtoError::TrailingBytes { extra: 1 })));
     }

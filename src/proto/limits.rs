@@ -116,6 +116,17 @@ pub const MAX_ROOTS: usize = 1024;
 /// hosts; 1024 leaves room for decades of turnover.
 pub const MAX_VERSION_HOSTS: usize = 1024;
 
+/// Most changes listed in one `Pulled` answer.
+///
+/// A pull may change a whole tree; its answer is a report for the
+/// initiator's log and `--dry-run` output, not the record of the changes
+/// (each host keeps its own), so it lists the first 4096 and counts the
+/// rest in `Pulled.more`. 4096 changes with typical paths (about 60 bytes)
+/// encode to about 256 KiB; a list of long paths is cut earlier, at
+/// [`PAGE_BUDGET`] bytes, so the frame fits [`MAX_FRAME`] (see
+/// `Message::pulled`).
+pub const MAX_REPORTED_CHANGES: usize = 4096;
+
 /// Longest human-readable text (`Error.message`, `Refused.message`), in bytes.
 pub const MAX_TEXT_LEN: usize = 4096;
 

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::bounded;
-use super::limits::MAX_INLINE_CHUNKS;
+use super::limits::{MAX_INLINE_CHUNKS, MAX_REPORTED_CHANGES, PAGE_BUDGET};
 use crate::chunk::ChunkRef;
 use crate::hash::Hash;
 use crate::store::{EntryRecord, Version};
@@ -169,29 +169,32 @@ pub enum Message {
         #[serde(deserialize_with = "bounded::vec::<bounded::Missing, _, _>")]
         missing: Vec<Hash>,
     },
-    /// Variant 11: A push: "I have this version of this entry; pull it from me if
-    /// you accept it". Answered by `Accepted`, `Refused` or `Error`, once
-    /// the receiver has applied the entry or decided not to.
-    Offer {
-        /// The group.
+    /// Variant 11: a push, as a request to pull: "pull `group` from me now".
+    /// The receiver reconciles the group against the sender over this
+    /// connection, opening its own request streams to the sender
+    /// (`GetRoots`, `GetDir`, `GetChunkList`, `GetChunks`), applies what it
+    /// decides to take, and answers `Pulled` when done, or `Refused` or
+    /// `Error`.
+    Pull {
+        /// The group, one the connection was welcomed for.
         group: String,
-        /// Logical path of the directory holding the entry; empty for an
-        /// include root (whose name is then its logical path).
-        #[serde(with = "bounded::bytes")]
-        path: Vec<u8>,
-        /// The offered entry with its version.
-        entry: WireEntry,
-        /// Decide but change nothing (`sync --dry-run`): the answer says
-        /// what the receiver would do.
+        /// Decide but change nothing (`sync --dry-run`): `Pulled` lists
+        /// what the receiver would change.
         dry_run: bool,
     },
-    /// Variant 12: the offered entry is now the receiver's (applied, or it already
-    /// had that content; version vectors merged). With `dry_run`: it
-    /// would be.
-    Accepted,
-    /// Variant 13: the receiver keeps its own entry.
+    /// Variant 12: answer to `Pull`: the receiver's pull is done.
+    Pulled {
+        /// The changes the receiver applied (with `dry_run`: would apply),
+        /// at most [`MAX_REPORTED_CHANGES`]; [`Message::pulled`] builds a
+        /// list that also fits a frame.
+        #[serde(deserialize_with = "bounded::vec::<bounded::Changes, _, _>")]
+        changes: Vec<Change>,
+        /// How many changes were left out of `changes`.
+        more: u64,
+    },
+    /// Variant 13: answer to `Pull`: the receiver does not pull.
     Refused {
-        /// Why, in a form the offerer acts on.
+        /// Why, in a form the sender acts on.
         reason: Refusal,
         /// Details for the log.
         message: String,
@@ -208,30 +211,64 @@ pub enum Message {
     Bye,
 }
 
-/// Why an `Offer` was refused.
+/// Why a `Pull` was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Refusal {
-    /// The receiver's version is concurrent with the offered one and their
-    /// content differs. Both sides record the conflict.
-    Conflict,
-    /// The receiver's version dominates the offered one: the offerer is
-    /// behind and should pull instead.
-    Stale,
-    /// The receiver could not get the content (the offerer's file changed,
-    /// chunks went missing, its disk is full). Retry on the next run.
-    Unavailable,
-    /// The path is outside what the receiver includes, or excluded there.
-    Excluded,
+    /// The sender is a receive-only host of the group: it may never push.
+    ReceiveOnly,
+    /// The group is not one this connection was welcomed for.
+    NotShared,
+    /// The receiver cannot pull now (it is shutting down, or already
+    /// pulling the group). Retry on the next run.
+    Busy,
 }
 
 impl Refusal {
     /// A short lower-case name for messages and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::Conflict => "conflict",
-            Refusal::Stale => "stale",
-            Refusal::Unavailable => "unavailable",
-            Refusal::Excluded => "excluded",
+            Refusal::ReceiveOnly => "receive-only",
+            Refusal::NotShared => "not-shared",
+            Refusal::Busy => "busy",
+        }
+    }
+}
+
+/// One change a `Pull` made on its receiver (with `dry_run`: would make).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// What was done.
+    pub action: ChangeAction,
+    /// The entry's logical path.
+    #[serde(with = "bounded::bytes")]
+    pub path: Vec<u8>,
+}
+
+/// What a [`Change`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChangeAction {
+    /// Created an entry the receiver did not have live.
+    Create,
+    /// Replaced a live entry's content, kind or metadata.
+    Update,
+    /// Deleted a live entry.
+    Delete,
+    /// Found the two states concurrent and different, and recorded a
+    /// conflict.
+    Conflict,
+    /// Merged only version information: nothing on disk changed.
+    Merge,
+}
+
+impl ChangeAction {
+    /// A short lower-case name for messages and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeAction::Create => "create",
+            ChangeAction::Update => "update",
+            ChangeAction::Delete => "delete",
+            ChangeAction::Conflict => "conflict",
+            ChangeAction::Merge => "merge",
         }
     }
 }
@@ -317,8 +354,8 @@ impl Message {
             Message::GetChunks { .. } => "GetChunks",
             Message::Chunk { .. } => "Chunk",
             Message::ChunksDone { .. } => "ChunksDone",
-            Message::Offer { .. } => "Offer",
-            Message::Accepted => "Accepted",
+            Message::Pull { .. } => "Pull",
+            Message::Pulled { .. } => "Pulled",
             Message::Refused { .. } => "Refused",
             Message::Error { .. } => "Error",
             Message::Bye => "Bye",
@@ -334,7 +371,7 @@ impl Message {
                 | Message::GetDir { .. }
                 | Message::GetChunkList { .. }
                 | Message::GetChunks { .. }
-                | Message::Offer { .. }
+                | Message::Pull { .. }
                 | Message::Bye
         )
     }
@@ -344,6 +381,29 @@ impl Message {
         let mut message = err.to_string();
         super::validate::truncate_text(&mut message);
         Message::Error { code: err.code(), message }
+    }
+
+    /// The `Pulled` answer reporting `changes`, in the order given: the
+    /// first ones while there are at most [`MAX_REPORTED_CHANGES`] and
+    /// their encoding stays within [`PAGE_BUDGET`] bytes (so the frame fits
+    /// [`super::MAX_FRAME`] however long the paths), the rest counted in
+    /// `more`.
+    pub fn pulled(changes: impl IntoIterator<Item = Change>) -> Message {
+        let mut listed = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = 0u64;
+        for change in changes {
+            if more == 0 && listed.len() < MAX_REPORTED_CHANGES {
+                let size = postcard::experimental::serialized_size(&change).expect("sizing cannot fail");
+                if bytes + size <= PAGE_BUDGET {
+                    bytes += size;
+                    listed.push(change);
+                    continue;
+                }
+            }
+            more += 1;
+        }
+        Message::Pulled { changes: listed, more }
     }
 }
 
@@ -399,13 +459,59 @@ mod tests {
     }
 
     #[test]
+    fn pulled_lists_what_fits_and_counts_the_rest() {
+        let change = |path: Vec<u8>| Change { action: ChangeAction::Update, path };
+        let short = |n: usize| (0..n).map(|i| change(format!("/srv/f{i}").into_bytes()));
+        assert_eq!(Message::pulled(short(3)), Message::Pulled { changes: short(3).collect(), more: 0 });
+        let Message::Pulled { changes, more } = Message::pulled(short(MAX_REPORTED_CHANGES + 10)) else {
+            unreachable!()
+        };
+        assert_eq!((changes.len(), more), (MAX_REPORTED_CHANGES, 10));
+        assert_eq!(changes.last(), short(MAX_REPORTED_CHANGES).next_back().as_ref());
+
+        // The longest valid paths: the list is cut by size, and the frame
+        // still fits and decodes.
+        let component = [b"/".as_slice(), &[b'p'; super::super::MAX_NAME_LEN]].concat();
+        let longest = |i: usize| {
+            let mut p = format!("/{i:05}").into_bytes();
+            while p.len() + component.len() <= super::super::MAX_PATH_LEN {
+                p.extend_from_slice(&component);
+            }
+            change(p)
+        };
+        let msg = Message::pulled((0..MAX_REPORTED_CHANGES).map(longest));
+        let Message::Pulled { changes, more } = &msg else { unreachable!() };
+        assert!(changes.len() > 1 && more > &0, "{} listed, {more} more", changes.len());
+        assert_eq!(changes.len() as u64 + more, MAX_REPORTED_CHANGES as u64);
+        let frame = super::super::encode_frame(&msg);
+        assert!(frame.len() - super::super::FRAME_HEADER_LEN <= super::super::MAX_FRAME);
+        assert_eq!(super::super::decode_frame(&frame).unwrap().0, msg);
+    }
+
+    #[test]
+    fn refusals_and_actions_have_short_names() {
+        let names: Vec<_> = [Refusal::ReceiveOnly, Refusal::NotShared, Refusal::Busy].map(Refusal::as_str).into();
+        assert_eq!(names, ["receive-only", "not-shared", "busy"]);
+        let actions = [
+            ChangeAction::Create,
+            ChangeAction::Update,
+            ChangeAction::Delete,
+            ChangeAction::Conflict,
+            ChangeAction::Merge,
+        ];
+        assert_eq!(actions.map(ChangeAction::as_str), ["create", "update", "delete", "conflict", "merge"]);
+    }
+
+    #[test]
     fn variant_indices_are_the_documented_ones() {
         // docs/protocol.md numbers the messages; postcard writes the index
         // as the first byte.
         let first = |m: &Message| postcard::to_stdvec(m).unwrap()[0];
         assert_eq!(first(&Message::Hello { protocol: 1, host: "a".into(), groups: vec![] }), 0);
         assert_eq!(first(&Message::ChunksDone { missing: vec![] }), 10);
-        assert_eq!(first(&Message::Accepted), 12);
+        assert_eq!(first(&Message::Pull { group: "a".into(), dry_run: false }), 11);
+        assert_eq!(first(&Message::Pulled { changes: vec![], more: 0 }), 12);
+        assert_eq!(first(&Message::Refused { reason: Refusal::Busy, message: String::new() }), 13);
         assert_eq!(first(&Message::Error { code: ErrorCode::Busy, message: String::new() }), 14);
         assert_eq!(first(&Message::Bye), 15);
     }

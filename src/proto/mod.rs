@@ -42,7 +42,9 @@ mod validate;
 pub use error::{ErrorCode, ProtoError, SHOWN};
 pub use frame::{FRAME_HEADER_LEN, decode_frame, encode_frame, read_frame, write_frame};
 pub use limits::*;
-pub use message::{FileChunks, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Refusal, WireEntry, negotiate};
+pub use message::{
+    Change, ChangeAction, FileChunks, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Refusal, WireEntry, negotiate,
+};
 pub use page::PageBuilder;
 pub use reply::{PendingChunks, check_reply};
 pub use validate::{check_chunk_list, check_logical_path, validate_logical_path};

@@ -77,7 +77,7 @@ pub fn check_reply(request: &Message, reply: &Message) -> Result<(), ProtoError>
                 None => Ok(()),
             }
         }
-        (Message::Offer { .. }, Message::Accepted | Message::Refused { .. }) => Ok(()),
+        (Message::Pull { .. }, Message::Pulled { .. } | Message::Refused { .. }) => Ok(()),
         _ => Err(ProtoError::Unexpected { request: request.kind(), expected: expected(request), found: reply.kind() }),
     }
 }
@@ -90,7 +90,7 @@ fn expected(request: &Message) -> &'static str {
         Message::GetDir { .. } => "Dir",
         Message::GetChunkList { .. } => "ChunkList",
         Message::GetChunks { .. } => "Chunk or ChunksDone",
-        Message::Offer { .. } => "Accepted or Refused",
+        Message::Pull { .. } => "Pulled or Refused",
         _ => "no reply",
     }
 }
@@ -166,8 +166,8 @@ impl PendingChunks {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ErrorCode;
     use super::super::testutil::{file_entry, sample_hello};
+    use super::super::{ErrorCode, Refusal};
     use super::*;
 
     fn get_chunks(hashes: &[Hash]) -> Message {
@@ -212,7 +212,25 @@ mod tests {
         let req = Message::GetRoots { group: "app".into() };
         let err = Message::Error { code: ErrorCode::NotAllowed, message: "not a member".into() };
         assert!(matches!(check_reply(&req, &err), Err(ProtoError::Remote { code: ErrorCode::NotAllowed, .. })));
-        assert!(matches!(check_reply(&req, &Message::Accepted), Err(ProtoError::Unexpected { found: "Accepted", .. })));
+        let pulled = Message::Pulled { changes: vec![], more: 0 };
+        assert!(matches!(check_reply(&req, &pulled), Err(ProtoError::Unexpected { found: "Pulled", .. })));
+    }
+
+    #[test]
+    fn a_pull_is_answered_by_pulled_refused_or_error() {
+        let pull = Message::Pull { group: "app".into(), dry_run: false };
+        check_reply(&pull, &Message::Pulled { changes: vec![], more: 0 }).unwrap();
+        check_reply(&pull, &Message::Refused { reason: Refusal::Busy, message: "shutting down".into() }).unwrap();
+        let err = Message::Error { code: ErrorCode::Internal, message: "disk full".into() };
+        assert!(matches!(check_reply(&pull, &err), Err(ProtoError::Remote { code: ErrorCode::Internal, .. })));
+        let roots = Message::Roots { group: "app".into(), hash: Hash::of(b""), roots: vec![] };
+        let e = check_reply(&pull, &roots).unwrap_err();
+        assert!(
+            matches!(e, ProtoError::Unexpected { request: "Pull", expected: "Pulled or Refused", found: "Roots" }),
+            "{e}"
+        );
+        let other = Message::Pulled { changes: vec![], more: 0 };
+        assert!(check_reply(&Message::GetRoots { group: "app".into() }, &other).is_err());
     }
 
     #[test]

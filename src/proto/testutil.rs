@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 
-use super::message::{ErrorCode, FileChunks, Message, Refusal, WireEntry};
+use super::message::{Change, ChangeAction, ErrorCode, FileChunks, Message, Refusal, WireEntry};
 use crate::chunk::{self, ChunkRef};
 use crate::hash::Hash;
 use crate::store::{Version, join_logical};
@@ -138,6 +138,17 @@ fn arb_chunk_list() -> impl Strategy<Value = Message> {
     )
 }
 
+fn arb_change() -> impl Strategy<Value = Change> {
+    let action = prop_oneof![
+        Just(ChangeAction::Create),
+        Just(ChangeAction::Update),
+        Just(ChangeAction::Delete),
+        Just(ChangeAction::Conflict),
+        Just(ChangeAction::Merge),
+    ];
+    (action, arb_path()).prop_map(|(action, path)| Change { action, path })
+}
+
 fn arb_text() -> impl Strategy<Value = String> {
     ".{0,40}"
 }
@@ -154,8 +165,7 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         Just(ErrorCode::Internal),
         Just(ErrorCode::Busy),
     ];
-    let reason =
-        prop_oneof![Just(Refusal::Conflict), Just(Refusal::Stale), Just(Refusal::Unavailable), Just(Refusal::Excluded)];
+    let reason = prop_oneof![Just(Refusal::ReceiveOnly), Just(Refusal::NotShared), Just(Refusal::Busy)];
     let stored = (0u8..=1, proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(tag, payload)| {
         let mut s = vec![tag];
         s.extend(payload);
@@ -191,15 +201,10 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         proptest::collection::btree_set(arb_hash(), 0..10)
             .prop_map(|m| Message::ChunksDone { missing: m.into_iter().collect() })
             .boxed(),
-        (arb_word(), arb_listing().prop_filter("one entry", |(_, e)| !e.is_empty()), any::<bool>())
-            .prop_map(|(group, (path, mut entries), dry_run)| Message::Offer {
-                group,
-                path,
-                entry: entries.swap_remove(0),
-                dry_run
-            })
+        (arb_word(), any::<bool>()).prop_map(|(group, dry_run)| Message::Pull { group, dry_run }).boxed(),
+        (proptest::collection::vec(arb_change(), 0..8), any::<u64>())
+            .prop_map(|(changes, more)| Message::Pulled { changes, more })
             .boxed(),
-        Just(Message::Accepted).boxed(),
         (reason, arb_text()).prop_map(|(reason, message)| Message::Refused { reason, message }).boxed(),
         (code, arb_text()).prop_map(|(code, message)| Message::Error { code, message }).boxed(),
         Just(Message::Bye).boxed(),

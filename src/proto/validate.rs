@@ -158,14 +158,14 @@ impl Message {
                 check_count("ChunksDone.missing", missing.len(), MAX_CHUNKS_PER_REQUEST)?;
                 check_unique_hashes("ChunksDone.missing", missing.iter())
             }
-            Message::Offer { group, path, entry, dry_run: _ } => {
-                check_word("group", group, MAX_GROUP_LEN)?;
-                let naming = check_dir_path("Offer.path", path)?;
-                check_entry(entry, naming)
+            Message::Pull { group, dry_run: _ } => check_word("group", group, MAX_GROUP_LEN),
+            Message::Pulled { changes, more: _ } => {
+                check_count("Pulled.changes", changes.len(), MAX_REPORTED_CHANGES)?;
+                changes.iter().try_for_each(|c| check_path("Pulled.changes.path", &c.path))
             }
             Message::Refused { reason: _, message } => check_text("Refused.message", message),
             Message::Error { code: _, message } => check_text("Error.message", message),
-            Message::Accepted | Message::Bye => Ok(()),
+            Message::Bye => Ok(()),
         }
     }
 }
@@ -475,7 +475,7 @@ fn invalid(field: &'static str, value: &[u8], why: &'static str) -> ProtoError {
 mod tests {
     use super::super::frame::{decode_frame, encode_frame};
     use super::super::testutil::file_entry;
-    use super::super::{ErrorCode, PROTOCOL_VERSION};
+    use super::super::{Change, ChangeAction, ErrorCode, PROTOCOL_VERSION, Refusal};
     use super::*;
     use crate::tree::Timestamp;
 
@@ -499,8 +499,9 @@ mod tests {
         Message::Dir { group: "app".into(), path: b"/srv/www".to_vec(), last_page: true, entries: vec![entry] }
     }
 
-    fn offer(entry: WireEntry) -> Message {
-        Message::Offer { group: "app".into(), path: b"/srv/www".to_vec(), entry, dry_run: false }
+    fn pulled(paths: &[&[u8]]) -> Message {
+        let changes = paths.iter().map(|p| Change { action: ChangeAction::Update, path: p.to_vec() }).collect();
+        Message::Pulled { changes, more: 0 }
     }
 
     #[test]
@@ -529,7 +530,6 @@ mod tests {
         for name in [&b"/etc/passwd"[..], b"/abs", b"a/b", b"a/../../b"] {
             let e = refused(&dir_with(file_entry(name, 1, 10)));
             assert!(matches!(e, ProtoError::BadName { why: "contains /", .. }), "{name:?}: {e}");
-            assert!(matches!(refused(&offer(file_entry(name, 1, 10))), ProtoError::BadName { .. }));
         }
         for name in [&b"."[..], b"..", b""] {
             assert!(matches!(refused(&dir_with(file_entry(name, 1, 10))), ProtoError::BadName { .. }), "{name:?}");
@@ -611,7 +611,7 @@ mod tests {
     fn chunk_list_must_hash_to_the_content_hash() {
         let mut e = file_entry(b"f", 3, 100);
         e.chunks.swap(0, 2);
-        assert!(matches!(refused(&offer(e)), ProtoError::ContentMismatch { .. }));
+        assert!(matches!(refused(&dir_with(e)), ProtoError::ContentMismatch { .. }));
     }
 
     #[test]
@@ -830,6 +830,51 @@ mod tests {
     fn no_roots_means_nothing_is_inside() {
         let none: [&str; 0] = [];
         assert!(matches!(check_logical_path(b"/a", &none), Err(ProtoError::OutsideRoots { .. })));
+    }
+
+    #[test]
+    fn pulled_paths_must_be_logical_paths() {
+        decoded(&pulled(&[b"/srv/www/a", b"%app%/shared", b"/", b"//etc/hosts"])).unwrap();
+        for p in [&b"../x"[..], b"x/y", b"/srv/../etc", b"", b"//", b"/srv/", b"/srv//x", b"/srv/a\0"] {
+            let msg = pulled(&[b"/srv/ok", p]);
+            let e = msg.validate().unwrap_err();
+            assert!(matches!(e, ProtoError::BadPath { field: "Pulled.changes.path", .. }), "{p:?}: {e}");
+            assert!(matches!(refused(&msg), ProtoError::BadPath { .. }), "{p:?}");
+        }
+        let e = pulled(&[b"../x"]).validate().unwrap_err();
+        assert!(e.to_string().contains("relative"), "{e}");
+        let e = pulled(&[b""]).validate().unwrap_err();
+        assert!(matches!(e, ProtoError::BadPath { why: "empty", .. }), "{e}");
+    }
+
+    #[test]
+    fn pulled_lists_at_most_the_reported_changes() {
+        let change = |i: usize| Change { action: ChangeAction::Create, path: format!("/srv/f{i}").into_bytes() };
+        let full = Message::Pulled { changes: (0..MAX_REPORTED_CHANGES).map(change).collect(), more: u64::MAX };
+        decoded(&full).unwrap();
+        let over = Message::Pulled { changes: (0..=MAX_REPORTED_CHANGES).map(change).collect(), more: 0 };
+        let limit = ProtoError::Limit {
+            field: "Pulled.changes",
+            count: MAX_REPORTED_CHANGES as u64 + 1,
+            max: MAX_REPORTED_CHANGES as u64,
+        };
+        // Refused by the decoder from the declared length, and by
+        // validation on its own.
+        assert_eq!(refused(&over).to_string(), limit.to_string());
+        assert_eq!(over.validate().unwrap_err().to_string(), limit.to_string());
+    }
+
+    #[test]
+    fn pull_names_a_valid_group_and_refusals_bound_their_text() {
+        decoded(&Message::Pull { group: "app".into(), dry_run: true }).unwrap();
+        for group in ["", "a b", "a\n"] {
+            let msg = Message::Pull { group: group.into(), dry_run: false };
+            assert!(matches!(refused(&msg), ProtoError::Invalid { field: "group", .. }), "{group:?}");
+        }
+        let long = Message::Pull { group: "g".repeat(MAX_GROUP_LEN + 1), dry_run: false };
+        assert!(matches!(refused(&long), ProtoError::TooLong { field: "group", .. }));
+        let msg = Message::Refused { reason: Refusal::ReceiveOnly, message: "x".repeat(MAX_TEXT_LEN + 1) };
+        assert!(matches!(refused(&msg), ProtoError::TooLong { field: "Refused.message", .. }));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! Directory mtimes are not restored: they are not part of the tree (see
 //! [`crate::tree`]).
 
-mod write;
+pub(crate) mod write;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -125,7 +125,8 @@ impl Engine {
             // Record what is there now, so the restore can be undone. A path
             // that could not be read is in no generation: overwriting it
             // could not be undone, so the restore stops here.
-            let before = self.check_with_cause(&[], &format!("before restore of generation {id}"), Some(gi), false)?;
+            let before =
+                self.check_with_cause(&[], &format!("before restore of generation {id}"), Some(gi), false, None)?;
             let unreadable: Vec<String> = before
                 .problems
                 .iter()
@@ -161,7 +162,7 @@ impl Engine {
 
         if to.is_none() {
             let scope: Vec<PathBuf> = targets.iter().map(|(_, p, _)| p.clone()).collect();
-            let after = self.check_with_cause(&scope, &format!("restore of generation {id}"), Some(gi), false)?;
+            let after = self.check_with_cause(&scope, &format!("restore of generation {id}"), Some(gi), false, None)?;
             report.after = after.groups.iter().find_map(|g| g.generation);
             report.problems.extend(after.problems);
             self.gc()?;
@@ -243,7 +244,7 @@ impl Engine {
 /// Fails if a directory from `base` down to `path`'s parent exists but is
 /// not a real directory: a symlink there would carry writes and deletions
 /// out of the tree. (`path` itself is replaced, not gone through.)
-fn no_links_between(base: &Path, path: &Path) -> Result<(), EngineError> {
+pub(crate) fn no_links_between(base: &Path, path: &Path) -> Result<(), EngineError> {
     let Some(rest) = path.parent().and_then(|p| p.strip_prefix(base).ok()) else {
         return Ok(());
     };

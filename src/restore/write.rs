@@ -262,7 +262,7 @@ impl<'a> Writer<'a> {
 
 /// Sets owner, mode and mtime on an open file or directory, in that order
 /// (chown clears set-id bits, so mode follows it).
-fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
+pub(crate) fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
     if meta.uid.is_some() || meta.gid.is_some() {
         std::os::unix::fs::fchown(f, meta.uid, meta.gid)?;
     }
@@ -277,7 +277,7 @@ fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
 
 /// The process umask. Reading it means setting it, so it is set straight
 /// back; this runs before any parallel work of the restore starts.
-fn current_umask() -> u32 {
+pub(crate) fn current_umask() -> u32 {
     // SAFETY: umask only swaps the process's file mode creation mask.
     let mask: libc::mode_t = unsafe { libc::umask(0o022) };
     // SAFETY: as above, putting back the mask read.
@@ -285,7 +285,7 @@ fn current_umask() -> u32 {
     mask
 }
 
-fn lchown(path: &Path, meta: &Meta) -> io::Result<()> {
+pub(crate) fn lchown(path: &Path, meta: &Meta) -> io::Result<()> {
     if meta.uid.is_some() || meta.gid.is_some() {
         std::os::unix::fs::lchown(path, meta.uid, meta.gid)?;
     }
@@ -293,6 +293,6 @@ fn lchown(path: &Path, meta: &Meta) -> io::Result<()> {
 }
 
 /// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -134,7 +134,20 @@ pub struct Scanner<'a> {
     /// Read every file once, whatever the stat cache says: the records'
     /// `stored` flags refer to another chunk store than `chunks`.
     pub read_all: bool,
+    /// States just applied from a peer, by logical path (see [`Adopted`]).
+    pub adopt: Option<&'a Adopted>,
 }
+
+/// States a sync has just written to disk, by logical path, each with the
+/// version it must be recorded under (the peer's, never a fresh local
+/// one: that is what lets a change travel on without looking new).
+///
+/// A scan that finds an adopted path in exactly the adopted state records
+/// it under the adopted version; a live file whose `lstat` still matches
+/// the adopted record's stat is taken without being read again. Anything
+/// else found there (the file was changed again meanwhile) is recorded as
+/// a local change, as any scan would.
+pub type Adopted = std::collections::HashMap<Vec<u8>, EntryRecord>;
 
 /// What a visit found an entry's record to become.
 // Returned by value once per visit and matched at once: boxing the record
@@ -343,7 +356,8 @@ impl Run<'_, '_> {
         Seen::Untracked
     }
 
-    /// Visits one entry and says what its record becomes.
+    /// Visits one entry and says what its record becomes, recording an
+    /// adopted state under its adopted version.
     fn visit(
         &self,
         parent: &[u8],
@@ -352,6 +366,45 @@ impl Run<'_, '_> {
         old: Option<&EntryRecord>,
         class: Class,
         mode: &Mode,
+    ) -> Seen {
+        let adopted = match self.scan.adopt {
+            Some(a) if !matches!(mode, Mode::Keep) => a.get(&join_logical(parent, name)),
+            _ => None,
+        };
+        let Some(adopted) = adopted else {
+            return self.visit_entry(parent, name, local, old, class, mode, None);
+        };
+        let seen = self.visit_entry(parent, name, local, old, class, mode, Some(adopted));
+        let found = match &seen {
+            Seen::Same => old.cloned(),
+            Seen::New(r) => Some(r.clone()),
+            Seen::Untracked => None,
+        };
+        match found {
+            Some(mut r) if same_state(&r, adopted) => {
+                if old.is_some_and(|o| o.deleted && r.deleted && o.version == adopted.version) {
+                    return seen;
+                }
+                r.version = adopted.version.clone();
+                Seen::New(r)
+            }
+            // No record (excluded meanwhile), or another state: what the
+            // scan found stands.
+            _ => seen,
+        }
+    }
+
+    /// Visits one entry and says what its record becomes.
+    #[allow(clippy::too_many_arguments)]
+    fn visit_entry(
+        &self,
+        parent: &[u8],
+        name: &[u8],
+        local: &Path,
+        old: Option<&EntryRecord>,
+        class: Class,
+        mode: &Mode,
+        adopted: Option<&EntryRecord>,
     ) -> Seen {
         if let Mode::Keep = mode {
             return Seen::Same;
@@ -399,7 +452,16 @@ impl Run<'_, '_> {
         let stat = stat_of(&md);
         let seen = match kind {
             Kind::Dir => self.visit_dir(parent, name, local, old, meta, stat, mode),
-            Kind::File => self.visit_file(local, old, meta, stat),
+            // A file just written by a sync is known by its stat: the
+            // adopted record stands in for the old one, so it is not read
+            // again while untouched.
+            Kind::File => match adopted.filter(|a| !a.deleted && a.body.kind() == Kind::File) {
+                Some(a) => match self.visit_file(local, Some(a), meta, stat) {
+                    Seen::Same => Seen::New(a.clone()),
+                    seen => seen,
+                },
+                None => self.visit_file(local, old, meta, stat),
+            },
             Kind::Symlink => self.visit_symlink(local, old, meta, stat),
         };
         match (seen, replaced) {
@@ -663,6 +725,20 @@ impl Run<'_, '_> {
             }
         }
     }
+}
+
+/// Whether a scanned record holds the adopted state: both deleted, or
+/// both live with the same kind, metadata and (except for directories,
+/// whose children are recorded one by one) body.
+fn same_state(found: &EntryRecord, adopted: &EntryRecord) -> bool {
+    if found.deleted || adopted.deleted {
+        return found.deleted == adopted.deleted;
+    }
+    found.meta == adopted.meta
+        && match (&found.body, &adopted.body) {
+            (Body::Dir { .. }, Body::Dir { .. }) => true,
+            (a, b) => a == b,
+        }
 }
 
 fn merge_mode(existing: &mut Mode, new: Mode) {

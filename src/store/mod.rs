@@ -21,12 +21,14 @@
 //! (docs/design.md, "Write ordering").
 
 mod chunks;
+mod conflict;
 mod error;
 mod gc;
 mod generation;
 mod record;
 
 pub use chunks::ChunkStore;
+pub use conflict::Conflict;
 pub use error::StoreError;
 pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
@@ -287,6 +289,31 @@ impl Store {
         }
     }
 
+    /// Unresolved conflicts of every group, by group and path.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.meta.prefix(conflict::CONFLICT_PREFIX) {
+            let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
+            out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("conflict", e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Unresolved conflicts on one path of `group`, one per peer.
+    pub fn conflicts_of(&self, group: &str, path: &[u8]) -> Result<Vec<Conflict>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.meta.prefix(conflict::path_key(conflict::CONFLICT_PREFIX, group, path)) {
+            let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
+            out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("conflict", e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Whether `path` of `group` is forced to win its next conflict.
+    pub fn is_forced(&self, group: &str, path: &[u8]) -> Result<bool, StoreError> {
+        self.meta.contains_key(conflict::path_key(conflict::FORCE_PREFIX, group, path)).map_err(|e| self.err(e))
+    }
+
     /// Starts a batch of writes that commits atomically.
     pub fn batch(&self) -> Batch<'_> {
         Batch { store: self, inner: self.db.batch().durability(Some(PersistMode::SyncAll)), empty: true, bytes: 0 }
@@ -375,6 +402,41 @@ impl Batch<'_> {
             self.remove(&store.dirs, k);
         }
         Ok(())
+    }
+
+    /// Records (or refreshes) a conflict.
+    pub fn put_conflict(&mut self, c: &Conflict) {
+        let store = self.store;
+        let key = conflict::conflict_key(&c.group, &c.path, &c.peer);
+        self.insert(&store.meta, key, postcard::to_stdvec(c).expect("encoding to a Vec cannot fail"));
+    }
+
+    /// Drops the conflict on `path` with `peer`, if one is recorded.
+    pub fn remove_conflict(&mut self, group: &str, path: &[u8], peer: &str) {
+        let store = self.store;
+        self.remove(&store.meta, conflict::conflict_key(group, path, peer));
+    }
+
+    /// Drops every conflict of `group` with `peer`: their trees are equal.
+    pub fn clear_conflicts(&mut self, group: &str, peer: &str) -> Result<(), StoreError> {
+        let store = self.store;
+        for c in store.conflicts()? {
+            if c.group == group && c.peer == peer {
+                self.remove_conflict(group, &c.path, peer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `path` to win its next conflict (`force`), or drops the mark.
+    pub fn set_forced(&mut self, group: &str, path: &[u8], forced: bool) {
+        let store = self.store;
+        let key = conflict::path_key(conflict::FORCE_PREFIX, group, path);
+        if forced {
+            self.insert(&store.meta, key, []);
+        } else {
+            self.remove(&store.meta, key);
+        }
     }
 
     /// Stores the last version counter handed out.

@@ -1,0 +1,280 @@
+//! Answering a peer's requests from the node's state and live files.
+//!
+//! Every request arrives on its own stream and gets its answer there. The
+//! answers come from the recorded state: a file's chunks are read from the
+//! chunk store when it has them, else from the live file at the offsets its
+//! record gives, and each is checked against its hash before it is sent. A
+//! file changed since it was recorded yields `missing` chunks, never wrong
+//! ones.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Node, Stats, SyncError};
+use crate::chunk::ChunkRef;
+use crate::config::ResolvedGroup;
+use crate::hash::Hash;
+use crate::net::{Stream, StreamOpener};
+use crate::proto::{self, ErrorCode, FileChunks, Message, PageBuilder, ProtoError, Refusal, WireEntry};
+use crate::store::EntryRecord;
+use crate::tree::{Body, RootSet};
+
+/// What one side of a session knows about the other.
+pub(super) struct Peer {
+    /// The peer's host name, from its verified certificate.
+    pub host: String,
+    /// Groups this session may sync.
+    pub groups: Vec<String>,
+    /// Opens streams to the peer (to pull from it when it asks).
+    pub opener: StreamOpener,
+}
+
+/// Serves one request stream of `peer`.
+pub(super) async fn serve_stream(node: Arc<Node>, peer: Arc<Peer>, mut stream: Stream) {
+    let request = match proto::read_frame(&mut stream).await.and_then(|m| m.validate().map(|()| m)) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("peer {}: bad request: {e}", peer.host);
+            let _ = proto::write_frame(&mut stream, &Message::error(&e)).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    if let Err(e) = answer(&node, &peer, request, &mut stream).await {
+        tracing::warn!("peer {}: {e}", peer.host);
+        let reply = match e {
+            SyncError::Proto { source, .. } => Message::error(&source),
+            other => Message::Error { code: ErrorCode::Internal, message: truncated(other.to_string()) },
+        };
+        let _ = proto::write_frame(&mut stream, &reply).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+fn truncated(mut s: String) -> String {
+    if s.len() > proto::limits::MAX_TEXT_LEN {
+        let mut end = proto::limits::MAX_TEXT_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn refused(peer: &Peer, code: ErrorCode, message: String) -> SyncError {
+    SyncError::Proto { peer: peer.host.clone(), source: ProtoError::Remote { code, message } }
+}
+
+/// The group `name`, if this session may sync it.
+fn group<'a>(node: &'a Node, peer: &Peer, name: &str) -> Result<(usize, &'a ResolvedGroup), SyncError> {
+    if !peer.groups.iter().any(|g| g == name) {
+        return Err(refused(peer, ErrorCode::NotAllowed, format!("group {name:?} is not shared on this connection")));
+    }
+    let gi = node.engine.group_index(name).expect("welcomed groups are configured");
+    Ok((gi, &node.engine.groups[gi]))
+}
+
+/// The recorded root hash of a group (an empty tree's when never scanned).
+pub(super) fn root_hash(node: &Node, group: &ResolvedGroup) -> Result<Hash, SyncError> {
+    let set = node.engine.store.root_set(&group.name)?;
+    Ok(set.unwrap_or_else(|| RootSet { roots: group.roots.iter().map(|r| (r.logical.clone(), None)).collect() }).hash())
+}
+
+async fn send(stream: &mut Stream, msg: &Message) -> Result<(), SyncError> {
+    proto::write_frame(stream, msg).await.map_err(|e| SyncError::Refused(format!("writing a reply: {e}")))
+}
+
+async fn answer(node: &Arc<Node>, peer: &Arc<Peer>, request: Message, stream: &mut Stream) -> Result<(), SyncError> {
+    match request {
+        Message::GetRoots { group: name } => {
+            let (_, g) = group(node, peer, &name)?;
+            let hash = root_hash(node, g)?;
+            let rec = node.engine.store.dir_record(&g.name, b"")?.unwrap_or_default();
+            let roots = g
+                .roots
+                .iter()
+                .map(|r| {
+                    let e = rec.get(r.logical.as_bytes()).map(|e| WireEntry::from_record(r.logical.as_bytes(), e));
+                    (r.logical.clone(), e)
+                })
+                .collect();
+            Stats::add(&node.stats.roots_served, 1);
+            send(stream, &Message::Roots { group: name, hash, roots }).await
+        }
+        Message::GetDir { group: name, path, after } => {
+            let (_, g) = group(node, peer, &name)?;
+            check_path(peer, g, &path)?;
+            let rec = node.engine.store.dir_record(&g.name, &path)?.unwrap_or_default();
+            let mut page = PageBuilder::new();
+            let mut last_page = true;
+            for (n, r) in rec.children.iter().filter(|(n, _)| after.is_empty() || n.as_slice() > after.as_slice()) {
+                if page.push(WireEntry::from_record(n, r)).is_some() {
+                    last_page = false;
+                    break;
+                }
+            }
+            Stats::add(&node.stats.dirs_served, 1);
+            send(stream, &page.finish(name, path, last_page)).await
+        }
+        Message::GetChunkList { group: name, path, content, start } => {
+            let (_, g) = group(node, peer, &name)?;
+            check_path(peer, g, &path)?;
+            let rec = live_file(node, g, &path, &content)?
+                .ok_or_else(|| refused(peer, ErrorCode::NotFound, "the file no longer has that content".into()))?;
+            let total = rec.chunks.len() as u64;
+            let from = start.min(total) as usize;
+            let to = (from + proto::limits::MAX_CHUNKS_PER_PAGE).min(rec.chunks.len());
+            let chunks = rec.chunks[from..to].to_vec();
+            send(stream, &Message::ChunkList { group: name, path, content, start, total, chunks }).await
+        }
+        Message::GetChunks { group: name, files } => {
+            let (gi, g) = group(node, peer, &name)?;
+            for f in &files {
+                check_path(peer, g, &f.path)?;
+            }
+            let node2 = Arc::clone(node);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(8);
+            // Reading and compressing happen on a blocking thread; frames
+            // are written as they come.
+            let reader = tokio::task::spawn_blocking(move || read_chunks(&node2, gi, &files, &tx));
+            while let Some(m) = rx.recv().await {
+                send(stream, &m).await?;
+                Stats::add(&node.stats.chunks_served, 1);
+            }
+            let missing = reader.await.expect("chunk reader panicked")?;
+            send(stream, &Message::ChunksDone { missing }).await
+        }
+        Message::Pull { group: name, dry_run } => {
+            if !peer.groups.contains(&name) {
+                let message = format!("group {name:?} is not shared on this connection");
+                return send(stream, &Message::Refused { reason: Refusal::NotShared, message }).await;
+            }
+            let (gi, g) = group(node, peer, &name)?;
+            if g.host(&peer.host).is_some_and(|h| h.receive_only) {
+                let message = format!("{} is receive-only in group {}: it may not push", peer.host, g.name);
+                tracing::warn!("refused a push: {message}");
+                return send(stream, &Message::Refused { reason: Refusal::ReceiveOnly, message }).await;
+            }
+            // What this node has changed since its last check takes part.
+            node.write_locked(move |n| n.engine.check_with_cause(&[], "local scan", Some(gi), true, None)).await?;
+            let report = super::reconcile::reconcile(node, peer, gi, dry_run, false).await?;
+            send(stream, &report.pulled()).await
+        }
+        Message::Bye => Ok(()),
+        other => Err(refused(peer, ErrorCode::BadRequest, format!("{} is not a request", other.kind()))),
+    }
+}
+
+/// Checks a requested logical path: well formed and inside the group.
+fn check_path(peer: &Peer, g: &ResolvedGroup, path: &[u8]) -> Result<(), SyncError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    let roots: Vec<&str> = g.roots.iter().map(|r| r.logical.as_str()).collect();
+    proto::check_logical_path(path, &roots).map_err(|source| SyncError::Proto { peer: peer.host.clone(), source })
+}
+
+/// The record of the live file at logical `path` with `content`, if the
+/// state has one.
+fn live_file(node: &Node, g: &ResolvedGroup, path: &[u8], content: &Hash) -> Result<Option<EntryRecord>, SyncError> {
+    let (parent, name) = split_logical(g, path);
+    let rec = node.engine.store.entry(&g.name, parent, name)?;
+    Ok(rec.filter(|r| !r.deleted && matches!(&r.body, Body::File { content: c, .. } if c == content)))
+}
+
+/// Splits a logical path into its parent directory and name; an include
+/// root's parent is the empty path.
+pub(super) fn split_logical<'p>(g: &ResolvedGroup, path: &'p [u8]) -> (&'p [u8], &'p [u8]) {
+    if g.roots.iter().any(|r| r.logical.as_bytes() == path) {
+        return (b"", path);
+    }
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => (&path[..1], &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (b"", path),
+    }
+}
+
+/// Reads the wanted chunks of `files`, sending each as a `Chunk` frame;
+/// returns those it could not send.
+fn read_chunks(
+    node: &Node,
+    gi: usize,
+    files: &[FileChunks],
+    tx: &tokio::sync::mpsc::Sender<Message>,
+) -> Result<Vec<Hash>, SyncError> {
+    let g = &node.engine.groups[gi];
+    let store = node.engine.chunk_store(gi);
+    let mut sent: HashSet<Hash> = HashSet::new();
+    let mut missing = Vec::new();
+    for f in files {
+        let rec = live_file(node, g, &f.path, &f.content)?;
+        let local =
+            g.to_local(std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&f.path)));
+        let mut file: Option<File> = None;
+        for h in &f.hashes {
+            if sent.contains(h) {
+                continue;
+            }
+            let data = match (&rec, &local) {
+                (Some(rec), Some(local)) => read_one(store, rec, h, local, &mut file),
+                _ => None,
+            };
+            match data {
+                Some(d) => {
+                    sent.insert(*h);
+                    let stored = crate::chunk::encode(&d);
+                    if tx.blocking_send(Message::Chunk { hash: *h, stored }).is_err() {
+                        return Ok(missing);
+                    }
+                }
+                None => missing.push(*h),
+            }
+        }
+    }
+    missing.retain(|h| !sent.contains(h));
+    missing.sort_unstable_by_key(|h| *h.as_bytes());
+    missing.dedup();
+    Ok(missing)
+}
+
+/// One chunk's bytes, checked: from the chunk store, else from the file.
+fn read_one(
+    store: Option<&crate::store::ChunkStore>,
+    rec: &EntryRecord,
+    hash: &Hash,
+    local: &std::path::Path,
+    file: &mut Option<File>,
+) -> Option<Vec<u8>> {
+    if let Some(cs) = store
+        && rec.stored
+        && let Ok(d) = cs.get(hash)
+    {
+        return Some(d);
+    }
+    let (offset, c) = offset_of(&rec.chunks, hash)?;
+    if file.is_none() {
+        *file = crate::peer::apply::open_nofollow(local).ok();
+    }
+    let f = file.as_ref()?;
+    let mut buf = vec![0u8; c.len as usize];
+    f.read_exact_at(&mut buf, offset).ok()?;
+    (Hash::of(&buf) == *hash).then_some(buf)
+}
+
+/// Where the chunk `hash` starts in a file with this chunk list.
+pub(super) fn offset_of<'c>(chunks: &'c [ChunkRef], hash: &Hash) -> Option<(u64, &'c ChunkRef)> {
+    let mut offset = 0u64;
+    for c in chunks {
+        if c.hash == *hash {
+            return Some((offset, c));
+        }
+        offset += u64::from(c.len);
+    }
+    None
+}

@@ -1,0 +1,367 @@
+//! Sessions: connecting to peers, accepting them, and `sync`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use super::reconcile::{ChangeReport, GroupReport, reconcile};
+use super::server::{Peer, root_hash, serve_stream};
+use super::{Node, SyncError};
+use crate::config::HostEntry;
+use crate::engine::CheckReport;
+use crate::net::{self, Connection, Stream, StreamAcceptor, StreamOpener};
+use crate::proto::{self, ErrorCode, Message, ProtoError};
+
+/// What `sync` is asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct SyncOptions {
+    /// Decide and report, change nothing on any host.
+    pub dry_run: bool,
+    /// Only these peers (all when empty).
+    pub peers: Vec<String>,
+    /// Only these groups (all when empty).
+    pub groups: Vec<String>,
+    /// Check only these paths first (all when empty).
+    pub paths: Vec<PathBuf>,
+    /// Skip the local check (`status`: compare what is recorded).
+    pub no_check: bool,
+}
+
+/// The outcome of syncing one group with one peer.
+#[derive(Debug, Serialize)]
+pub struct PeerReport {
+    /// The group.
+    pub group: String,
+    /// The peer.
+    pub peer: String,
+    /// Why the exchange failed, if it did.
+    pub error: Option<String>,
+    /// Whether the trees were equal when compared (nothing to do).
+    pub in_sync: bool,
+    /// What this node took from the peer (or would take, dry run).
+    pub pulled: Option<GroupReport>,
+    /// What the peer took from this node (or would take).
+    pub pushed: Vec<ChangeReport>,
+    /// Changes the peer made but left out of its report.
+    pub pushed_more: u64,
+}
+
+/// The outcome of a `sync` run.
+#[derive(Debug, Serialize)]
+pub struct SyncReport {
+    /// The check that ran first.
+    pub check: Option<CheckReport>,
+    /// One report per group and peer.
+    pub peers: Vec<PeerReport>,
+}
+
+impl SyncReport {
+    /// Conflicts found (on this node's side) in this run.
+    pub fn conflicts(&self) -> usize {
+        self.peers
+            .iter()
+            .map(|p| {
+                let here = p.pulled.as_ref().map_or(0, |r| r.conflicts.len());
+                let there = p.pushed.iter().filter(|c| c.action == "conflict").count();
+                here.max(there)
+            })
+            .sum()
+    }
+
+    /// Whether an exchange or the check failed.
+    pub fn failed(&self) -> bool {
+        self.check.as_ref().is_some_and(|c| c.has_errors())
+            || self.peers.iter().any(|p| p.error.is_some() || p.pulled.as_ref().is_some_and(|r| !r.problems.is_empty()))
+    }
+
+    /// Whether differences remain that a dry run found, or `status` sees.
+    pub fn differences(&self) -> bool {
+        self.peers.iter().any(|p| !p.in_sync && p.error.is_none())
+    }
+}
+
+/// Checks, then reconciles every chosen group with every chosen peer, the
+/// peers of a group in parallel.
+pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, SyncError> {
+    for name in &opts.groups {
+        if node.engine.group_index(name).is_none() {
+            return Err(SyncError::Engine(crate::engine::EngineError::NotFound(format!(
+                "no group {name:?} lists host {}",
+                node.engine.host
+            ))));
+        }
+    }
+    let check = if opts.no_check {
+        None
+    } else {
+        let paths = opts.paths.clone();
+        Some(node.write_locked(move |n| n.engine.check(&paths)).await?)
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (gi, g) in node.engine.groups.iter().enumerate() {
+        if !opts.groups.is_empty() && !opts.groups.contains(&g.name) {
+            continue;
+        }
+        for peer in g.peers() {
+            if !opts.peers.is_empty() && !opts.peers.iter().any(|p| peer.is_host(p)) {
+                continue;
+            }
+            let (node, peer, dry_run) = (Arc::clone(&node), peer.clone(), opts.dry_run);
+            tasks.spawn(async move { sync_peer(node, gi, peer, dry_run).await });
+        }
+    }
+    let mut peers = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        peers.push(r.expect("peer task panicked"));
+    }
+    peers.sort_by(|a, b| (&a.group, &a.peer).cmp(&(&b.group, &b.peer)));
+    Ok(SyncReport { check, peers })
+}
+
+async fn sync_peer(node: Arc<Node>, gi: usize, entry: HostEntry, dry_run: bool) -> PeerReport {
+    let group = node.engine.groups[gi].name.clone();
+    let mut report = PeerReport {
+        group,
+        peer: entry.name.clone(),
+        error: None,
+        in_sync: false,
+        pulled: None,
+        pushed: Vec::new(),
+        pushed_more: 0,
+    };
+    if let Err(e) = exchange(&node, gi, &entry, dry_run, &mut report).await {
+        tracing::error!("group {}, peer {}: {e}", report.group, report.peer);
+        report.error = Some(e.to_string());
+    }
+    report
+}
+
+async fn exchange(
+    node: &Arc<Node>,
+    gi: usize,
+    entry: &HostEntry,
+    dry_run: bool,
+    report: &mut PeerReport,
+) -> Result<(), SyncError> {
+    let g = &node.engine.groups[gi];
+    let identity = node.identity(gi)?;
+    let addr = resolve(entry).await?;
+    let conn = net::connect(addr, &entry.name, &identity).await?;
+    node.pins()?.check(conn.peer_host(), conn.peer_fingerprint())?;
+    let host = conn.peer_host().to_owned();
+    let (mut opener, acceptor) = conn.split();
+    let hello = Message::Hello {
+        protocol: proto::PROTOCOL_VERSION,
+        host: node.engine.host.clone(),
+        groups: vec![g.name.clone()],
+    };
+    let (_, welcome) = request(&host, &mut opener, &hello).await?;
+    let Message::Welcome { groups, .. } = welcome else { unreachable!("check_reply allows only Welcome") };
+    if !groups.contains(&g.name) {
+        return Err(SyncError::Refused(format!(
+            "peer {host} does not share group {} with {}",
+            g.name, node.engine.host
+        )));
+    }
+    let peer = Arc::new(Peer { host: host.clone(), groups, opener: opener.clone() });
+    let server = tokio::spawn(serve_streams(Arc::clone(node), Arc::clone(&peer), acceptor));
+
+    let result = async {
+        // One round trip when nothing differs.
+        if !root_differs(node, &peer, gi).await? {
+            report.in_sync = true;
+            // Whatever conflict was recorded with the peer is settled.
+            let mut batch = node.engine.store.batch();
+            batch.clear_conflicts(&g.name, &host)?;
+            batch.commit()?;
+            return Ok(());
+        }
+        // First the peer takes what this node has newer: it checks its own
+        // tree before, so what it changed since its last run takes part,
+        // and the conflicts it finds are there for this node to find too.
+        // A receive-only host never pushes.
+        if !g.local.receive_only {
+            push(&host, &mut opener, &g.name, dry_run, report).await?;
+        }
+        // Then this node takes what the peer has newer; never anything
+        // from a receive-only peer.
+        if !entry.receive_only {
+            let pulled = reconcile(node, &peer, gi, dry_run, true).await?;
+            report.in_sync = pulled.in_sync && report.pushed.is_empty();
+            let settled = pulled.settled;
+            report.pulled = Some(pulled);
+            // Conflicts this node just won: the peer takes the winner now.
+            if settled > 0 && !dry_run && !g.local.receive_only {
+                push(&host, &mut opener, &g.name, dry_run, report).await?;
+            }
+        }
+        Ok::<(), SyncError>(())
+    }
+    .await;
+    if result.is_ok() {
+        let _ = send_only(&mut opener, &Message::Bye).await;
+    }
+    opener.close(0);
+    server.abort();
+    result
+}
+
+/// Asks the peer to pull `group` from this node; adds what it changed to
+/// `report`.
+async fn push(
+    host: &str,
+    opener: &mut StreamOpener,
+    group: &str,
+    dry_run: bool,
+    report: &mut PeerReport,
+) -> Result<(), SyncError> {
+    let msg = Message::Pull { group: group.to_owned(), dry_run };
+    let (_, reply) = request(host, opener, &msg).await?;
+    match reply {
+        Message::Pulled { changes, more } => {
+            report.pushed.extend(changes.iter().map(ChangeReport::from_wire));
+            report.pushed_more += more;
+            Ok(())
+        }
+        Message::Refused { reason, message } => {
+            Err(SyncError::Refused(format!("peer {host} refused ({}): {message}", reason.as_str())))
+        }
+        _ => unreachable!("check_reply allows only Pulled or Refused"),
+    }
+}
+
+/// Whether the peer's root hash differs from this node's.
+async fn root_differs(node: &Arc<Node>, peer: &Peer, gi: usize) -> Result<bool, SyncError> {
+    let g = &node.engine.groups[gi];
+    let mut opener = peer.opener.clone();
+    let (_, reply) = request(&peer.host, &mut opener, &Message::GetRoots { group: g.name.clone() }).await?;
+    let Message::Roots { hash, .. } = reply else { unreachable!("check_reply allows only Roots") };
+    Ok(hash != root_hash(node, g)?)
+}
+
+/// The socket address of a host entry.
+pub async fn resolve(entry: &HostEntry) -> Result<SocketAddr, SyncError> {
+    let port = entry.port_or(net::DEFAULT_PORT);
+    let host = entry.connect_host();
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| SyncError::Refused(format!("cannot resolve {host} (peer {}): {e}", entry.name)))?;
+    addrs.next().ok_or_else(|| SyncError::Refused(format!("{host} (peer {}) has no address", entry.name)))
+}
+
+/// Sends `msg` on a new stream and reads the first reply, checked.
+pub(super) async fn request(
+    peer: &str,
+    opener: &mut StreamOpener,
+    msg: &Message,
+) -> Result<(Stream, Message), SyncError> {
+    let proto_err = |source: ProtoError| SyncError::Proto { peer: peer.to_owned(), source };
+    let mut stream = opener.open_stream().await?;
+    proto::write_frame(&mut stream, msg).await.map_err(proto_err)?;
+    let reply = proto::read_frame(&mut stream).await.map_err(proto_err)?;
+    reply.validate().map_err(proto_err)?;
+    proto::check_reply(msg, &reply).map_err(proto_err)?;
+    Ok((stream, reply))
+}
+
+/// Sends `msg` alone on a new stream, expecting no reply.
+async fn send_only(opener: &mut StreamOpener, msg: &Message) -> Result<(), SyncError> {
+    let mut stream = opener.open_stream().await?;
+    proto::write_frame(&mut stream, msg).await.map_err(|e| SyncError::Refused(e.to_string()))?;
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+/// Serves every stream the peer opens until the connection ends.
+async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcceptor) {
+    loop {
+        match acceptor.accept_stream().await {
+            Ok(Some(stream)) => {
+                tokio::spawn(serve_stream(Arc::clone(&node), Arc::clone(&peer), stream));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("peer {}: connection ended: {e}", peer.host);
+                break;
+            }
+        }
+    }
+}
+
+/// Serves a connection a peer opened to this node's endpoint, which
+/// authenticated with the identity of group `via`: the peer's `Hello`
+/// first, then its requests.
+pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
+    let host = conn.peer_host().to_owned();
+    if let Err(e) = node.pins().and_then(|p| Ok(p.check(&host, conn.peer_fingerprint())?)) {
+        tracing::warn!("refused a connection from {}: {e}", conn.remote_addr());
+        conn.close(net::CLOSE_REFUSED);
+        return;
+    }
+    let (opener, mut acceptor) = conn.split();
+    let first = match tokio::time::timeout(net::IDLE_TIMEOUT, acceptor.accept_stream()).await {
+        Ok(Ok(Some(s))) => s,
+        _ => return,
+    };
+    let Some(groups) = welcome(&node, &host, via, first).await else {
+        opener.close(net::CLOSE_REFUSED);
+        return;
+    };
+    let peer = Arc::new(Peer { host, groups, opener });
+    serve_streams(node, peer, acceptor).await;
+}
+
+/// Answers the peer's `Hello` on its first stream; the groups it may sync.
+async fn welcome(node: &Node, host: &str, via: usize, mut stream: Stream) -> Option<Vec<String>> {
+    let hello = proto::read_frame(&mut stream).await.and_then(|m| m.validate().map(|()| m));
+    let reply = match hello {
+        Ok(Message::Hello { protocol, host: claimed, groups }) => match proto::negotiate(protocol) {
+            Err(e) => Err(Message::error(&e)),
+            Ok(_) if !claimed.eq_ignore_ascii_case(host) => Err(Message::Error {
+                code: ErrorCode::NotAllowed,
+                message: format!("Hello names host {claimed:?}, the certificate {host:?}"),
+            }),
+            Ok(chosen) => {
+                let shared = node.shared_groups(host, via, &groups);
+                if shared.is_empty() {
+                    Err(Message::Error {
+                        code: ErrorCode::NotAllowed,
+                        message: format!(
+                            "{host} is not listed in any group it asked for ({}) on {}",
+                            groups.join(", "),
+                            node.engine.host
+                        ),
+                    })
+                } else {
+                    Ok((
+                        Message::Welcome { protocol: chosen, host: node.engine.host.clone(), groups: shared.clone() },
+                        shared,
+                    ))
+                }
+            }
+        },
+        Ok(other) => Err(Message::Error {
+            code: ErrorCode::BadRequest,
+            message: format!("expected Hello, got {}", other.kind()),
+        }),
+        Err(e) => Err(Message::error(&e)),
+    };
+    match reply {
+        Ok((msg, groups)) => {
+            proto::write_frame(&mut stream, &msg).await.ok()?;
+            let _ = stream.shutdown().await;
+            Some(groups)
+        }
+        Err(msg) => {
+            if let Message::Error { message, .. } = &msg {
+                tracing::warn!("refused peer {host}: {message}");
+            }
+            let _ = proto::write_frame(&mut stream, &msg).await;
+            let _ = stream.shutdown().await;
+            None
+        }
+    }
+}
