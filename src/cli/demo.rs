@@ -1,22 +1,114 @@
-//! `snapsync demo`: a guided run on an embedded default configuration.
+//! `snapsync demo`: a three-node cluster on this machine, at work.
 //!
 //! It lays out a demo directory with the configuration in
 //! `fixtures/demo/snapsync.cfg` (three nodes, `alpha`, `beta` and `gamma`,
-//! on loopback addresses, their trees kept apart through a `%demo%`
-//! prefix), a generated sample tree on `alpha`, and then shows the local
-//! engine at work: a first check, an edit and a deletion recorded as a new
-//! generation, a restore of the first generation into a separate directory,
-//! and a verify.
+//! on loopback addresses 127.0.0.1-3, their trees kept apart through a
+//! `%demo%` prefix), a generated sample tree on `alpha`, starts one
+//! `snapsync serve` daemon per node, and runs the commands a user would:
+//! a first sync, a change travelling, a no-change sync, a conflict and its
+//! resolution, generations and a restore. Every command is printed as it
+//! would be typed, with its output. The daemons are stopped at the end;
+//! the directory stays for a look around.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config;
 use crate::engine::Engine;
 
 const CONFIG: &str = include_str!("../../fixtures/demo/snapsync.cfg");
+
+const NODES: [(&str, &str); 3] = [("alpha", "127.0.0.1"), ("beta", "127.0.0.2"), ("gamma", "127.0.0.3")];
+
+/// How long a daemon may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The demo's daemons; stopped (SIGTERM, then waited for) when dropped.
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SAFETY: sending a signal to a child process this demo started.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Demo {
+    exe: PathBuf,
+    cfg: PathBuf,
+    state: PathBuf,
+}
+
+impl Demo {
+    fn tree(&self, node: &str) -> PathBuf {
+        self.cfg.with_file_name(node).join("www")
+    }
+
+    fn command(&self, node: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg("--config").arg(&self.cfg).args(["-N", node, "-D"]).arg(&self.state).args(args);
+        c.env("RUST_LOG", "error");
+        c
+    }
+
+    /// Runs `snapsync ARGS` as `node`, printing the command line and its
+    /// output; returns the exit status.
+    fn run(&self, node: &str, args: &[&str]) -> Result<i32> {
+        println!("$ snapsync -N {node} {}", args.join(" "));
+        let out = self.command(node, args).output().context("running snapsync")?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("  {line}");
+        }
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            println!("  {line}");
+        }
+        let code = out.status.code().unwrap_or(1);
+        if code != 0 {
+            println!("  (exit status {code})");
+        }
+        Ok(code)
+    }
+
+    fn start(&self) -> Result<Daemons> {
+        let mut daemons = Daemons(Vec::new());
+        let (tx, rx) = mpsc::channel();
+        for (node, _) in NODES {
+            let mut child = self
+                .command(node, &["serve"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting a daemon")?;
+            let stdout = child.stdout.take().expect("piped");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
+            });
+            daemons.0.push(child);
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        for _ in NODES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("snapsync serve:") => println!("  {}", line.trim_end()),
+                Ok(_) => bail!("a daemon exited before it was ready (is another snapsync using the port?)"),
+                Err(_) => bail!("the daemons did not start within {START_TIMEOUT:?}"),
+            }
+        }
+        Ok(daemons)
+    }
+}
 
 /// Runs the demo in `dir` (a fresh directory under the system temp
 /// directory when `None`).
@@ -29,84 +121,111 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
         bail!("{} is not empty; name a new directory with --dir", dir.display());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cfg_path = dir.join("snapsync.cfg");
-    std::fs::write(&cfg_path, CONFIG.replace("@DEMO@", &dir.to_string_lossy()))?;
+    let port = free_port()?;
+    let cfg = dir.join("snapsync.cfg");
+    std::fs::write(&cfg, CONFIG.replace("@DEMO@", &dir.to_string_lossy()).replace("@PORT@", &port.to_string()))?;
     crate::key::write_new(&dir.join("demo.key"))?;
-    let config = config::load(&cfg_path)?;
+    let demo = Demo { exe: std::env::current_exe()?, cfg, state: dir.join("state") };
+    for (node, _) in NODES {
+        std::fs::create_dir_all(demo.tree(node))?;
+    }
+    let files = write_sample_tree(&demo.tree("alpha"))?;
 
-    let host = "alpha";
-    let www = dir.join(host).join("www");
-    let files = write_sample_tree(&www)?;
-    let state = super::node_state_dir(&dir.join("state"), &super::config_name_of_file(&cfg_path), host);
-    let engine = Engine::open(&config, host, &state)?;
+    step("start one daemon per node (each owns its state; commands go through it)");
+    let daemons = demo.start()?;
 
-    step("first check of alpha's tree");
-    let r = engine.check(&[])?;
-    for g in &r.groups {
-        println!(
-            "  {}: {} entries, {} files read, root {}",
-            g.group,
-            g.stats.entries_seen,
-            g.stats.files_read,
-            &g.root[..16]
-        );
+    step("first sync from alpha: beta and gamma get the whole tree");
+    demo.run("alpha", &["sync", "-q"])?;
+    for (node, _) in NODES {
+        println!("  {node}: {} files", count_files(&demo.tree(node)));
+    }
+    println!("  (alpha's two excluded files, cache/ and *.tmp, stay on alpha)");
+
+    step("a change on beta travels to alpha and gamma");
+    let edited = demo.tree("beta").join(files[0].strip_prefix(demo.tree("alpha"))?);
+    std::fs::OpenOptions::new().append(true).open(&edited)?.write_all(b"one more line from beta\n")?;
+    std::fs::remove_file(demo.tree("beta").join(files[1].strip_prefix(demo.tree("alpha"))?))?;
+    demo.run("beta", &["sync"])?;
+
+    step("nothing changed: one root comparison per peer");
+    let t = Instant::now();
+    demo.run("gamma", &["sync"])?;
+    println!("  took {:.0?}", t.elapsed());
+
+    step("alpha and gamma edit the same file differently: a conflict, nothing overwritten");
+    let rel = files[2].strip_prefix(demo.tree("alpha"))?;
+    std::fs::write(demo.tree("alpha").join(rel), b"alpha's version\n")?;
+    std::fs::write(demo.tree("gamma").join(rel), b"gamma's version\n")?;
+    demo.run("alpha", &["sync"])?;
+    demo.run("gamma", &["conflicts"])?;
+
+    step("gamma's version wins: force it, sync again");
+    let gamma_copy = demo.tree("gamma").join(rel);
+    demo.run("gamma", &["force", &gamma_copy.to_string_lossy()])?;
+    demo.run("gamma", &["sync"])?;
+    for (node, _) in NODES {
+        let text = std::fs::read_to_string(demo.tree(node).join(rel))?;
+        println!("  {node}: {}", text.trim_end());
     }
 
-    step("no-change check: nothing is opened");
-    let r = engine.check(&[])?;
-    for g in &r.groups {
-        println!("  {}: changed={}, files read={}", g.group, g.changed, g.stats.files_read);
-    }
-
-    step("edit one file, delete another, check again");
-    let edited = &files[0];
-    std::fs::OpenOptions::new().append(true).open(edited)?.write_all(b"one more line\n")?;
-    std::fs::remove_file(&files[1])?;
-    let r = engine.check(&[])?;
-    for g in &r.groups {
-        let generation = g.generation.map_or("none".to_owned(), |id| id.to_string());
-        println!("  {}: {} entries changed, generation {generation}", g.group, g.stats.entries_changed);
-    }
-
-    step("generations");
-    let gens = engine.generations(&[])?;
-    for g in &gens {
-        println!(
-            "  {:>3}  {}  {:<12} {:>6} entries {:>10} bytes (+{} stored)",
-            g.id,
-            super::output::time(g.time),
-            g.cause,
-            g.entries,
-            g.bytes,
-            g.added_bytes
-        );
-    }
-
-    let first = gens.first().context("no generation was recorded")?.id;
+    step("beta's generations: every applied change is restorable");
+    demo.run("beta", &["generations"])?;
+    let listed = demo.command("beta", &["--json", "generations"]).output()?;
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).context("reading generations")?;
+    let oldest = listed["generations"][0]["id"].as_u64().context("beta has no generation")?.to_string();
     let restored = dir.join("restored");
-    step(&format!("restore generation {first} into {}", restored.display()));
-    let r = engine.restore(first, &[], Some(&restored))?;
-    println!("  {} files written, {} bytes", r.files_written, r.bytes_written);
-    let back = restored.join(files[1].strip_prefix("/").unwrap_or(&files[1]));
-    println!("  the deleted file is back: {}", back.display());
+    demo.run("beta", &["restore", "--generation", &oldest, "--to", &restored.to_string_lossy(), "-q"])?;
+    println!("  generation {oldest} of beta restored into {}", restored.display());
 
-    step("verify files and stored chunks");
-    let v = engine.verify()?;
-    println!("  {} files, {} chunks, {} mismatches", v.files_checked, v.chunks_checked, v.mismatches.len());
+    step("stop the daemons");
+    drop(daemons);
 
     println!();
     println!("Everything is in {}:", dir.display());
-    println!("  config     {}", cfg_path.display());
-    println!("  tree       {}", www.display());
-    println!("  state      {}", state.display());
-    println!("  backups    {}", dir.join(host).join("backup").display());
+    println!("  config     {}", demo.cfg.display());
+    for (node, addr) in NODES {
+        println!("  {node:<6}     tree {}  (daemon on {addr}:{port})", demo.tree(node).display());
+    }
+    println!("  state      {}", demo.state.display());
     println!("  restored   {}", restored.display());
-    println!("Try: snapsync --config {} -N alpha -D {} ls", cfg_path.display(), dir.join("state").display());
+    println!(
+        "Try: snapsync --config {} -N beta -D {} ls",
+        demo.cfg.display(),
+        demo.state.display()
+    );
     Ok(())
 }
 
 fn step(what: &str) {
     println!("\n== {what}");
+}
+
+/// A UDP port free on all three demo addresses.
+fn free_port() -> Result<u16> {
+    for _ in 0..20 {
+        let probe = std::net::UdpSocket::bind((NODES[0].1, 0))?;
+        let port = probe.local_addr()?.port();
+        let free = NODES.iter().skip(1).all(|(_, a)| std::net::UdpSocket::bind((*a, port)).is_ok());
+        if free {
+            return Ok(port);
+        }
+    }
+    bail!("found no UDP port free on 127.0.0.1-3")
+}
+
+fn count_files(root: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => n += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    n
 }
 
 /// A small asset-like tree: nested directories, text and binary files of

@@ -191,10 +191,14 @@ async fn exchange(
         if !entry.receive_only {
             let pulled = reconcile(node, &peer, gi, dry_run, true).await?;
             report.in_sync = pulled.in_sync && report.pushed.is_empty();
-            let settled = pulled.settled;
+            // The peer answers again when this node just won conflicts
+            // (by force or policy), or when the peer found conflicts this
+            // node no longer sees: it was shown this node's state before
+            // a settlement made in this run.
+            let stale = report.pushed.iter().any(|c| c.action == "conflict" && !pulled.conflicts.contains(&c.path));
+            let again = (pulled.settled > 0 || stale) && !dry_run && !g.local.receive_only;
             report.pulled = Some(pulled);
-            // Conflicts this node just won: the peer takes the winner now.
-            if settled > 0 && !dry_run && !g.local.receive_only {
+            if again {
                 push(&host, &mut opener, &g.name, dry_run, report).await?;
             }
         }
@@ -222,8 +226,11 @@ async fn push(
     let (_, reply) = request(host, opener, &msg).await?;
     match reply {
         Message::Pulled { changes, more } => {
-            report.pushed.extend(changes.iter().map(ChangeReport::from_wire));
-            report.pushed_more += more;
+            // A later answer about a path replaces an earlier one.
+            let fresh: Vec<ChangeReport> = changes.iter().map(ChangeReport::from_wire).collect();
+            report.pushed.retain(|c| !fresh.iter().any(|f| f.path == c.path));
+            report.pushed.extend(fresh);
+            report.pushed_more = more;
             Ok(())
         }
         Message::Refused { reason, message } => {

@@ -304,10 +304,12 @@ fn demo_runs_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = assert_cmd::Command::cargo_bin("snapsync").unwrap();
     c.args(["demo", "--dir"]).arg(dir.path().join("demo"));
+    // Three daemons, a first sync, a change, a conflict settled by force.
     c.assert()
         .success()
-        .stdout(predicate::str::contains("0 mismatches"))
-        .stdout(predicate::str::contains("files read=0"));
+        .stdout(predicate::str::contains("alpha: gamma's version"))
+        .stdout(predicate::str::contains("beta: gamma's version"))
+        .stdout(predicate::str::contains("assets with beta: in sync"));
 }
 
 #[test]
