@@ -188,11 +188,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     }
     println!("  state      {}", demo.state.display());
     println!("  restored   {}", restored.display());
-    println!(
-        "Try: snapsync --config {} -N beta -D {} ls",
-        demo.cfg.display(),
-        demo.state.display()
-    );
+    println!("Try: snapsync --config {} -N beta -D {} ls", demo.cfg.display(), demo.state.display());
     Ok(())
 }
 

@@ -55,7 +55,7 @@ pub(super) async fn serve_stream(node: Arc<Node>, peer: Arc<Peer>, mut stream: S
     let _ = stream.shutdown().await;
 }
 
-fn truncated(mut s: String) -> String {
+pub(super) fn truncated(mut s: String) -> String {
     if s.len() > proto::limits::MAX_TEXT_LEN {
         let mut end = proto::limits::MAX_TEXT_LEN;
         while !s.is_char_boundary(end) {

@@ -303,17 +303,13 @@ async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcc
 /// first, then its requests.
 pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
     let host = conn.peer_host().to_owned();
-    if let Err(e) = node.pins().and_then(|p| Ok(p.check(&host, conn.peer_fingerprint())?)) {
-        tracing::warn!("refused a connection from {}: {e}", conn.remote_addr());
-        conn.close(net::CLOSE_REFUSED);
-        return;
-    }
+    let fingerprint = conn.peer_fingerprint();
     let (opener, mut acceptor) = conn.split();
     let first = match tokio::time::timeout(net::IDLE_TIMEOUT, acceptor.accept_stream()).await {
         Ok(Ok(Some(s))) => s,
         _ => return,
     };
-    let Some(groups) = welcome(&node, &host, via, first).await else {
+    let Some(groups) = welcome(&node, &host, fingerprint, via, first).await else {
         opener.close(net::CLOSE_REFUSED);
         return;
     };
@@ -322,7 +318,14 @@ pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
 }
 
 /// Answers the peer's `Hello` on its first stream; the groups it may sync.
-async fn welcome(node: &Node, host: &str, via: usize, mut stream: Stream) -> Option<Vec<String>> {
+/// A host listed in none of them is refused before its key is pinned.
+async fn welcome(
+    node: &Node,
+    host: &str,
+    fingerprint: net::Fingerprint,
+    via: usize,
+    mut stream: Stream,
+) -> Option<Vec<String>> {
     let hello = proto::read_frame(&mut stream).await.and_then(|m| m.validate().map(|()| m));
     let reply = match hello {
         Ok(Message::Hello { protocol, host: claimed, groups }) => match proto::negotiate(protocol) {
@@ -333,6 +336,7 @@ async fn welcome(node: &Node, host: &str, via: usize, mut stream: Stream) -> Opt
             }),
             Ok(chosen) => {
                 let shared = node.shared_groups(host, via, &groups);
+                let pinned = || node.pins().and_then(|p| Ok(p.check(host, fingerprint)?));
                 if shared.is_empty() {
                     Err(Message::Error {
                         code: ErrorCode::NotAllowed,
@@ -341,6 +345,11 @@ async fn welcome(node: &Node, host: &str, via: usize, mut stream: Stream) -> Opt
                             groups.join(", "),
                             node.engine.host
                         ),
+                    })
+                } else if let Err(e) = pinned() {
+                    Err(Message::Error {
+                        code: ErrorCode::NotAllowed,
+                        message: super::server::truncated(e.to_string()),
                     })
                 } else {
                     Ok((
