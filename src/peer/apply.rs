@@ -275,27 +275,58 @@ impl<'a> Apply<'a> {
         // Then the peer, for what is left.
         let unavailable = self.fetch(&jobs, wanted, report).await?;
         tokio::task::block_in_place(|| {
+            // Complete part files get their metadata; one filesystem sync
+            // then makes all their data durable before any is renamed into
+            // place, and another makes the renames durable before the
+            // state records them (rather than two fsyncs per file).
+            let mut ready = Vec::new();
             for job in jobs {
                 if job.missing == usize::MAX {
                     continue;
                 }
                 if job.chunks.iter().any(|c| unavailable.contains_key(&c.hash)) {
-                    self.problem(
-                        &job.take.local,
-                        format!(
-                            "{} no longer has this version (it changed meanwhile): left for the next run",
-                            self.peer.host
-                        ),
+                    let why = format!(
+                        "{} no longer has this version (it changed meanwhile): left for the next run",
+                        self.peer.host
                     );
+                    self.problem(&job.take.local, why);
                     continue;
                 }
-                match finish(&job, cs.is_some()) {
-                    Ok(record) => {
-                        self.audit(job.take.action, &job.take.local);
-                        self.adopt(job.take.logical, job.take.local, record);
-                    }
+                match prepare(&job) {
+                    Ok(()) => ready.push(job),
                     Err(e) => self.problem(&job.take.local, e),
                 }
+            }
+            if ready.is_empty() {
+                return;
+            }
+            let root = &self.g.roots[0].local;
+            if let Err(e) = sync_filesystem(&ready[0].part) {
+                self.problem(root, format!("syncing received files: {e}"));
+                return;
+            }
+            let mut placed = Vec::new();
+            for job in ready {
+                // Checked again right before the rename: the old version
+                // may have been changed while the new one was fetched.
+                if let Err(why) = self.unchanged(&job.take) {
+                    self.problem(&job.take.local, why);
+                    continue;
+                }
+                match place(&job, cs.is_some()) {
+                    Ok(record) => placed.push((job, record)),
+                    Err(e) => self.problem(&job.take.local, e),
+                }
+            }
+            if let Some((job, _)) = placed.first()
+                && let Err(e) = sync_filesystem(&job.take.local)
+            {
+                self.problem(root, format!("syncing received files: {e}"));
+                return;
+            }
+            for (job, record) in placed {
+                self.audit(job.take.action, &job.take.local);
+                self.adopt(job.take.logical, job.take.local, record);
             }
         });
         Ok(())
@@ -569,12 +600,10 @@ fn chunk_index(node: &Node, g: &ResolvedGroup) -> HashMap<Hash, (PathBuf, u64, u
     index
 }
 
-/// Syncs a complete part file, gives it its metadata and renames it into
-/// place; returns the record to adopt, with the placed file's stat.
-fn finish(job: &FileJob, stored: bool) -> io::Result<EntryRecord> {
+/// Gives a complete part file its metadata.
+fn prepare(job: &FileJob) -> io::Result<()> {
     let t = &job.take;
     let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&job.part)?;
-    f.sync_all()?;
     if t.new.meta.mode.is_none() {
         // `ignore mod`: keep the replaced file's mode, or the mode a new
         // file would get.
@@ -582,14 +611,30 @@ fn finish(job: &FileJob, stored: bool) -> io::Result<EntryRecord> {
             fs::symlink_metadata(&t.local).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o666 & !current_umask());
         f.set_permissions(Permissions::from_mode(mode))?;
     }
-    apply_meta(&f, &t.new.meta)?;
+    apply_meta(&f, &t.new.meta)
+}
+
+/// Renames a prepared part file into place; returns the record to adopt,
+/// with the placed file's stat.
+fn place(job: &FileJob, stored: bool) -> io::Result<EntryRecord> {
+    let t = &job.take;
     fs::rename(&job.part, &t.local)?;
-    let dir = t.local.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    sync_dir(dir)?;
     let md = fs::symlink_metadata(&t.local)?;
     let stat = crate::scan::stat_of(&md);
     let racy = t.new.meta.mtime.is_some_and(|m| (Timestamp::now().secs - m.secs).abs() <= 2);
     Ok(EntryRecord { stat, racy, stored, chunks: job.chunks.clone(), ..t.new.clone() })
+}
+
+/// Flushes the filesystem holding `path` to disk (`syncfs`).
+fn sync_filesystem(path: &Path) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(path);
+    let f = File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Makes `path` a directory with `meta` (mode and owner; directories keep
