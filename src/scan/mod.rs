@@ -496,7 +496,7 @@ impl Run<'_, '_> {
         let version = match old {
             Some(o) if same => o.version.clone(),
             Some(o) => o.version.bumped(self.scan.host, self.next_seq()),
-            None => Version::default().bumped(self.scan.host, self.next_seq()),
+            None => Version::created(&meta, &body),
         };
         if !same {
             self.entries_changed.fetch_add(1, Ordering::Relaxed);

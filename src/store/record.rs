@@ -43,7 +43,31 @@ pub struct Stat {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version(pub Vec<(String, u64)>);
 
+/// The `derive_key` context of creation versions ([`Version::created`]).
+pub const CREATION_CONTEXT: &str = "snapsync 2026-11 creation version v1";
+
 impl Version {
+    /// The version of an entry seen for the first time in state `meta`
+    /// and `body`: one component named `~` and 16 hex digits of a hash of
+    /// that state (a directory's children left out), counter 1.
+    ///
+    /// Two hosts that create the same entry independently (the same
+    /// release unpacked on both, say) thereby give it the same version,
+    /// and a later change on either dominates it instead of being
+    /// concurrent with the other's creation. Different creations get
+    /// different components, so they are concurrent: a conflict, as they
+    /// should be. `~` cannot start a host name, so the component never
+    /// collides with a host's counter.
+    pub fn created(meta: &Meta, body: &Body) -> Version {
+        let body = match body {
+            Body::Dir { .. } => Body::Dir { tree: crate::hash::Hash::of(b"") },
+            other => other.clone(),
+        };
+        let encoded = postcard::to_stdvec(&(meta, &body)).expect("encoding to a Vec cannot fail");
+        let hash = crate::hash::Hash(blake3::derive_key(CREATION_CONTEXT, &encoded));
+        Version(vec![(format!("~{}", &hash.to_hex()[..16]), 1)])
+    }
+
     /// This version with `host`'s counter set to `seq` (a new local change).
     pub fn bumped(&self, host: &str, seq: u64) -> Version {
         let mut v = self.0.clone();
