@@ -79,6 +79,22 @@ pub(super) fn forward(state: &Path, cli: &Cli) -> Option<u8> {
     }
 }
 
+/// How long a command waits for a starting daemon's socket.
+const STARTING_WAIT: Duration = Duration::from_secs(10);
+
+/// Like [`forward`], waiting up to [`STARTING_WAIT`] for the socket of a
+/// daemon that holds the state but is still starting.
+pub(super) fn forward_when_ready(state: &Path, cli: &Cli) -> Option<u8> {
+    let deadline = std::time::Instant::now() + STARTING_WAIT;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(code) = forward(state, cli) {
+            return Some(code);
+        }
+    }
+    None
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub(super) fn serve(node: Arc<Node>) -> u8 {
     block_on(async move {

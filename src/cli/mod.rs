@@ -277,6 +277,14 @@ fn run(cli: &Cli) -> u8 {
     }
     let mut engine = match Engine::open(&config, &host, &state) {
         Ok(e) => e,
+        // A daemon that is starting holds the lock before its socket is
+        // up: give it a moment, then go through it.
+        Err(EngineError::Store(crate::store::StoreError::Locked { .. }))
+            if !matches!(cli.command, Command::Serve { .. })
+                && let Some(code) = daemon::forward_when_ready(&state, cli) =>
+        {
+            return code;
+        }
         Err(e) => return report_error(&e.into()),
     };
     engine.progress = !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());

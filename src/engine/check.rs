@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Engine, EngineError};
 use crate::scan::{Adopted, Problem, ScanStats, Scanner, Scope, Severity};
-use crate::store::Generation;
+use crate::store::{DirRecord, Generation, StoreError, xor_dir_digest};
 use crate::tree::Timestamp;
 
 /// What a check did to one group.
@@ -136,11 +136,39 @@ impl Engine {
             // Consumed as they go into the batch, so a first scan of a large
             // tree does not hold every record twice.
             let writes = std::mem::take(&mut out.writes);
+            // The version digest: each rewritten record's shares swapped
+            // out (as last written, in this run or before) and in again.
+            let old_digest = self.store.version_digest(&group.name)?;
+            let mut digest = old_digest.0;
+            let mut written: std::collections::HashMap<Vec<u8>, Option<DirRecord>> = Default::default();
             for (dir, rec) in writes.dirs {
+                let new = match &rec {
+                    Some(enc) => Some(DirRecord::decode(enc).map_err(|why| StoreError::Corrupt {
+                        path: self.store.dir().to_path_buf(),
+                        what: "new directory record".into(),
+                        why,
+                    })?),
+                    None => None,
+                };
+                let before = match written.remove(&dir) {
+                    Some(r) => r,
+                    None => self.store.dir_record(&group.name, &dir)?,
+                };
+                if let Some(b) = &before {
+                    xor_dir_digest(&mut digest, &dir, b);
+                }
+                if let Some(n) = &new {
+                    xor_dir_digest(&mut digest, &dir, n);
+                }
                 match rec {
                     Some(rec) => batch.put_dir_record_encoded(&group.name, &dir, &rec),
                     None => batch.remove_dir_record(&group.name, &dir),
                 }
+                written.insert(dir, new);
+            }
+            drop(written);
+            if digest != old_digest.0 || self.store.root_set(&group.name)?.is_none() {
+                batch.put_version_digest(&group.name, &crate::hash::Hash(digest));
             }
             for (hash, encoded, manifest) in writes.nodes {
                 batch.put_node_encoded(&hash, &encoded, &manifest);

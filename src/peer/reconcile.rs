@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::apply::{Apply, Take};
-use super::server::{Peer, root_hash};
+use super::server::{Peer, roots_summary};
 use super::session::request;
 use super::{Node, SyncError};
 use crate::config::{Class, ResolvedGroup};
@@ -104,9 +104,10 @@ pub(super) async fn reconcile(
     let g = &node.engine.groups[gi];
     let mut opener = peer.opener.clone();
     let (_, roots) = request(&peer.host, &mut opener, &Message::GetRoots { group: g.name.clone() }).await?;
-    let Message::Roots { hash, roots, .. } = roots else { unreachable!("check_reply allows only Roots") };
+    let Message::Roots { hash, versions, roots, .. } = roots else { unreachable!("check_reply allows only Roots") };
     let mut report = GroupReport::default();
-    if hash == root_hash(node, g)? {
+    let (tree, digest) = roots_summary(node, g)?;
+    if (hash, versions) == (tree, digest) {
         report.in_sync = true;
         let mut batch = node.engine.store.batch();
         batch.clear_conflicts(&g.name, &peer.host)?;
@@ -116,7 +117,11 @@ pub(super) async fn reconcile(
     // From here on this node's records must not change under the walk.
     let _writer = node.writer.lock().await;
     let top: Vec<WireEntry> = roots.into_iter().filter_map(|(_, e)| e).collect();
-    let mut walk = Walk { node, peer, g, initiated, plans: Vec::new(), report };
+    // Equal trees with different versions: the differences hide behind
+    // equal tree hashes, so every directory is listed (once; merging makes
+    // the digests equal).
+    let everywhere = hash == tree;
+    let mut walk = Walk { node, peer, g, initiated, everywhere, plans: Vec::new(), report };
     walk.run(top).await?;
     let Walk { plans, mut report, .. } = walk;
     if dry_run {
@@ -132,6 +137,8 @@ struct Walk<'a> {
     peer: &'a Arc<Peer>,
     g: &'a ResolvedGroup,
     initiated: bool,
+    /// Descend into every directory live on both sides, equal trees too.
+    everywhere: bool,
     plans: Vec<Plan>,
     report: GroupReport,
 }
@@ -141,10 +148,15 @@ struct Walk<'a> {
 /// takes from the peer (its children come with it); a directory the peer
 /// deleted and this node deletes too (its children are decided one by one,
 /// so a child changed here since is a conflict, not a silent loss).
-fn descend(local: Option<&EntryRecord>, remote: Option<&EntryRecord>, taken: Option<&EntryRecord>) -> bool {
+fn descend(
+    local: Option<&EntryRecord>,
+    remote: Option<&EntryRecord>,
+    taken: Option<&EntryRecord>,
+    everywhere: bool,
+) -> bool {
     let live_dir = |r: Option<&EntryRecord>| r.is_some_and(|r| !r.deleted && r.body.kind() == Kind::Dir);
     if live_dir(local) && live_dir(remote) {
-        return local.map(|l| &l.body) != remote.map(|r| &r.body);
+        return everywhere || local.map(|l| &l.body) != remote.map(|r| &r.body);
     }
     match taken {
         Some(t) if !t.deleted => live_dir(Some(t)),
@@ -240,20 +252,20 @@ impl Walk<'_> {
                 if let Some(l) = l
                     && lv != rv
                 {
-                    let record = EntryRecord { version: merged_version(&lv, &rv), ..l.clone() };
+                    let version = if g.local.receive_only { rv.clone() } else { merged_version(&lv, &rv) };
+                    let record = EntryRecord { version, ..l.clone() };
                     self.reversion(logical, local, record, ChangeAction::Merge);
+                } else if l.is_none()
+                    && let Some(r) = r.filter(|r| r.deleted)
+                {
+                    // The peer's tombstone for a path never seen here: kept,
+                    // so the deletion travels on from here too.
+                    self.take(logical, local, None, r.clone(), ChangeAction::Merge);
                 }
             }
             Decision::TakeRemote => {
                 let r = r.cloned().unwrap_or_else(|| absent_like(l.expect("one side has a record")));
                 let action = action_for(l, &r);
-                // A receive-only host takes the group's state, but its own
-                // counter must stay ahead of what it had.
-                let r = if g.local.receive_only {
-                    EntryRecord { version: merged_version(&lv, &r.version), ..r }
-                } else {
-                    r
-                };
                 self.take(logical, local, l, r, action);
             }
             Decision::KeepLocal => {
@@ -293,7 +305,7 @@ impl Walk<'_> {
             Some(Plan::Take(t)) => Some(&t.new),
             _ => None,
         };
-        let go_down = descend(l, r, taken);
+        let go_down = descend(l, r, taken, self.everywhere);
         if conflict_cleared && !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
             let mut batch = self.node.engine.store.batch();
             batch.remove_conflict(&g.name, logical, &self.peer.host);

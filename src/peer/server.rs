@@ -85,6 +85,11 @@ pub(super) fn root_hash(node: &Node, group: &ResolvedGroup) -> Result<Hash, Sync
     Ok(set.unwrap_or_else(|| RootSet { roots: group.roots.iter().map(|r| (r.logical.clone(), None)).collect() }).hash())
 }
 
+/// What `Roots` says of a group: its root hash and its version digest.
+pub(super) fn roots_summary(node: &Node, group: &ResolvedGroup) -> Result<(Hash, Hash), SyncError> {
+    Ok((root_hash(node, group)?, node.engine.store.version_digest(&group.name)?))
+}
+
 async fn send(stream: &mut Stream, msg: &Message) -> Result<(), SyncError> {
     proto::write_frame(stream, msg).await.map_err(|e| SyncError::Refused(format!("writing a reply: {e}")))
 }
@@ -104,7 +109,8 @@ async fn answer(node: &Arc<Node>, peer: &Arc<Peer>, request: Message, stream: &m
                 })
                 .collect();
             Stats::add(&node.stats.roots_served, 1);
-            send(stream, &Message::Roots { group: name, hash, roots }).await
+            let versions = node.engine.store.version_digest(&g.name)?;
+            send(stream, &Message::Roots { group: name, hash, versions, roots }).await
         }
         Message::GetDir { group: name, path, after } => {
             let (_, g) = group(node, peer, &name)?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
 use super::reconcile::{ChangeReport, GroupReport, reconcile};
-use super::server::{Peer, root_hash, serve_stream};
+use super::server::{Peer, roots_summary, serve_stream};
 use super::{Node, SyncError};
 use crate::config::HostEntry;
 use crate::engine::CheckReport;
@@ -240,13 +240,13 @@ async fn push(
     }
 }
 
-/// Whether the peer's root hash differs from this node's.
+/// Whether the peer's tree or versions differ from this node's.
 async fn root_differs(node: &Arc<Node>, peer: &Peer, gi: usize) -> Result<bool, SyncError> {
     let g = &node.engine.groups[gi];
     let mut opener = peer.opener.clone();
     let (_, reply) = request(&peer.host, &mut opener, &Message::GetRoots { group: g.name.clone() }).await?;
-    let Message::Roots { hash, .. } = reply else { unreachable!("check_reply allows only Roots") };
-    Ok(hash != root_hash(node, g)?)
+    let Message::Roots { hash, versions, .. } = reply else { unreachable!("check_reply allows only Roots") };
+    Ok((hash, versions) != roots_summary(node, g)?)
 }
 
 /// The socket address of a host entry.

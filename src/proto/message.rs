@@ -78,6 +78,11 @@ pub enum Message {
         /// The group's root hash: the [`crate::tree::RootSet`] hash of the
         /// roots' live entries. Equal hashes mean equal trees.
         hash: Hash,
+        /// The group's version digest: the XOR over every tracked entry,
+        /// tombstones included, of a hash of its logical path, version
+        /// vector and tombstone flag ([`crate::store::version_digest`]).
+        /// Equal trees with different digests hold versions still to merge.
+        versions: Hash,
         /// `(logical path, record)` for every include root, strictly
         /// increasing by logical path. The record's name is the logical
         /// path; a tombstone records a deleted root; `None` means the

@@ -223,7 +223,7 @@ mod tests {
         check_reply(&pull, &Message::Refused { reason: Refusal::Busy, message: "shutting down".into() }).unwrap();
         let err = Message::Error { code: ErrorCode::Internal, message: "disk full".into() };
         assert!(matches!(check_reply(&pull, &err), Err(ProtoError::Remote { code: ErrorCode::Internal, .. })));
-        let roots = Message::Roots { group: "app".into(), hash: Hash::of(b""), roots: vec![] };
+        let roots = Message::Roots { group: "app".into(), hash: Hash::of(b""), versions: Hash::of(b""), roots: vec![] };
         let e = check_reply(&pull, &roots).unwrap_err();
         assert!(
             matches!(e, ProtoError::Unexpected { request: "Pull", expected: "Pulled or Refused", found: "Roots" }),

@@ -112,7 +112,7 @@ fn arb_roots() -> impl Strategy<Value = Message> {
                 })
                 .collect(),
         };
-        Message::Roots { group, hash: set.hash(), roots }
+        Message::Roots { group, hash: set.hash(), versions: Hash::of(b"versions"), roots }
     })
 }
 

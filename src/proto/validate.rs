@@ -48,7 +48,7 @@ impl Message {
                 Ok(())
             }
             Message::GetRoots { group } => check_word("group", group, MAX_GROUP_LEN),
-            Message::Roots { group, hash, roots } => {
+            Message::Roots { group, hash, versions: _, roots } => {
                 check_word("group", group, MAX_GROUP_LEN)?;
                 check_count("Roots.roots", roots.len(), MAX_ROOTS)?;
                 let mut prev: Option<&str> = None;
@@ -708,6 +708,7 @@ mod tests {
         let roots = |hash, entry: WireEntry| Message::Roots {
             group: "etc".into(),
             hash,
+            versions: Hash::of(b"v"),
             roots: vec![("/etc/hosts".into(), Some(entry))],
         };
         decoded(&roots(live.hash(), e.clone())).unwrap();

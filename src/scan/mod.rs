@@ -174,6 +174,9 @@ enum Mode {
 
 struct Run<'a, 's> {
     scan: &'s Scanner<'a>,
+    /// Adopted tombstones by parent directory: paths that may exist
+    /// neither on disk nor in the records, so no listing names them.
+    adopted_tombstones: std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>,
     writes: Mutex<Writes>,
     problems: Mutex<Vec<Problem>>,
     seq: AtomicU64,
@@ -190,8 +193,16 @@ struct Run<'a, 's> {
 impl Scanner<'_> {
     /// Scans `scope` of the group and returns what to write.
     pub fn run(&self, scope: &Scope) -> Result<ScanOutput, StoreError> {
+        let mut adopted_tombstones: std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>> = Default::default();
+        for (path, rec) in self.adopt.into_iter().flatten().filter(|(_, r)| r.deleted) {
+            if let Some(i) = path.iter().rposition(|&b| b == b'/') {
+                adopted_tombstones.entry(path[..i].to_vec()).or_default().push(path[i + 1..].to_vec());
+            }
+            let _ = rec;
+        }
         let run = Run {
             scan: self,
+            adopted_tombstones,
             writes: Mutex::default(),
             problems: Mutex::default(),
             seq: AtomicU64::new(self.store.seq()?),
@@ -381,6 +392,9 @@ impl Run<'_, '_> {
             Seen::Untracked => None,
         };
         match found {
+            // A peer's tombstone for a path never seen here: kept, so the
+            // deletion's version travels on and the digests agree.
+            None if adopted.deleted && old.is_none() && matches!(seen, Seen::Untracked) => Seen::New(adopted.clone()),
             Some(mut r) if same_state(&r, adopted) => {
                 if old.is_some_and(|o| o.deleted && r.deleted && o.version == adopted.version) {
                     return seen;
@@ -654,6 +668,13 @@ impl Run<'_, '_> {
                 todo.extend(stored.into_iter().map(|(n, r)| (n, Some(r), Class::Included, Mode::Keep)));
             }
             Mode::Keep => unreachable!("visit handles Keep"),
+        }
+        if let Some(names) = self.adopted_tombstones.get(&logical) {
+            for n in names {
+                if !todo.iter().any(|(t, ..)| t == n) {
+                    todo.push((n.clone(), None, Class::Included, Mode::Full));
+                }
+            }
         }
 
         let visited: Vec<(Vec<u8>, Option<EntryRecord>, bool)> = todo

@@ -32,7 +32,9 @@ pub use conflict::Conflict;
 pub use error::StoreError;
 pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
-pub use record::{DirRecord, EntryRecord, Stat, Version, dir_key, join_logical, split_dir_key};
+pub use record::{
+    DirRecord, EntryRecord, Stat, Version, dir_key, join_logical, split_dir_key, version_digest, xor_dir_digest,
+};
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -53,6 +55,7 @@ const KEY_NEXT_GENERATION: &[u8] = b"next-generation";
 const ROOT_PREFIX: &[u8] = b"root\0";
 const CHUNK_STORE_PREFIX: &[u8] = b"chunk-store\0";
 const GROUP_STORE_PREFIX: &[u8] = b"group-store\0";
+const VERSION_DIGEST_PREFIX: &[u8] = b"vdigest\0";
 
 /// One node's open state database. Holding it holds the state lock.
 pub struct Store {
@@ -289,6 +292,22 @@ impl Store {
         }
     }
 
+    /// The version digest of `group` ([`version_digest`]) as last
+    /// committed; computed from the records when the state has none yet
+    /// (a state written before digests were kept).
+    pub fn version_digest(&self, group: &str) -> Result<Hash, StoreError> {
+        let key = [VERSION_DIGEST_PREFIX, group.as_bytes()].concat();
+        if let Some(v) = self.meta.get(key).map_err(|e| self.err(e))? {
+            return Hash::from_slice(&v).ok_or_else(|| self.corrupt("version digest", "not 32 bytes"));
+        }
+        let mut acc = [0u8; 32];
+        for item in self.all_dir_records(group) {
+            let (dir, rec) = item?;
+            xor_dir_digest(&mut acc, &dir, &rec);
+        }
+        Ok(Hash(acc))
+    }
+
     /// Unresolved conflicts of every group, by group and path.
     pub fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
         let mut out = Vec::new();
@@ -391,10 +410,17 @@ impl Batch<'_> {
         }
     }
 
+    /// Sets a group's version digest.
+    pub fn put_version_digest(&mut self, group: &str, digest: &Hash) {
+        let store = self.store;
+        self.insert(&store.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat(), digest.as_bytes());
+    }
+
     /// Forgets everything about a group's tree: its root set, directory
     /// records and chunk store link. Generations are left to the collector.
     pub fn forget_group(&mut self, group: &str) -> Result<(), StoreError> {
         let store = self.store;
+        self.remove(&store.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
         self.remove(&store.meta, [ROOT_PREFIX, group.as_bytes()].concat());
         self.remove(&store.meta, [GROUP_STORE_PREFIX, group.as_bytes()].concat());
         for guard in store.dirs.prefix(dir_key(group, b"")) {
