@@ -149,7 +149,10 @@ async fn exchange(
     let g = &node.engine.groups[gi];
     let identity = node.identity(gi)?;
     let addr = resolve(entry).await?;
-    let conn = net::connect(addr, &entry.name, &identity).await?;
+    let mut conn = net::connect(addr, &entry.name, &identity).await?;
+    // A peer applying a large pull may go quiet for longer than the idle
+    // timeout; the connection lives as long as both ends do.
+    conn.keep_alive(true)?;
     node.pins()?.check(conn.peer_host(), conn.peer_fingerprint())?;
     let host = conn.peer_host().to_owned();
     let (mut opener, acceptor) = conn.split();
@@ -301,7 +304,10 @@ async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcc
 /// Serves a connection a peer opened to this node's endpoint, which
 /// authenticated with the identity of group `via`: the peer's `Hello`
 /// first, then its requests.
-pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
+pub async fn accept_session(node: Arc<Node>, mut conn: Connection, via: usize) {
+    if let Err(e) = conn.keep_alive(true) {
+        tracing::debug!("keep-alive: {e}");
+    }
     let host = conn.peer_host().to_owned();
     let fingerprint = conn.peer_fingerprint();
     let (opener, mut acceptor) = conn.split();
