@@ -94,6 +94,14 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
             ))));
         }
     }
+    for name in &opts.peers {
+        if !node.engine.groups.iter().any(|g| g.peers().any(|p| p.is_host(name))) {
+            return Err(SyncError::Engine(crate::engine::EngineError::NotFound(format!(
+                "{name} is not a peer of {} in any group",
+                node.engine.host
+            ))));
+        }
+    }
     let check = if opts.no_check {
         None
     } else {
