@@ -3,8 +3,18 @@
 //! One test binary (STYLE: one binary with a shared helper); `common` holds
 //! the helper that lays out a node (config, key, tree, state directory).
 
+mod cluster;
 mod common;
 mod local;
 mod regressions;
 mod spec_example;
 mod store_fixture;
+mod sync_concurrent;
+mod sync_conflicts;
+mod sync_dry_run;
+mod sync_exclude;
+mod sync_no_descent;
+mod sync_propagate;
+mod sync_receive_only;
+mod sync_security;
+mod sync_transfer;
