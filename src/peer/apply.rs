@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,6 +78,8 @@ pub(super) struct Apply<'a> {
     /// Local paths changed, for the group's actions.
     changed: Vec<PathBuf>,
     problems: Vec<String>,
+    /// Logical paths that could not be applied.
+    failed: std::collections::HashSet<Vec<u8>>,
 }
 
 impl<'a> Apply<'a> {
@@ -91,10 +93,14 @@ impl<'a> Apply<'a> {
             scope: Vec::new(),
             changed: Vec::new(),
             problems: Vec::new(),
+            failed: Default::default(),
         }
     }
 
     fn problem(&mut self, path: &Path, why: impl std::fmt::Display) {
+        if let Some(logical) = self.g.to_logical(path) {
+            self.failed.insert(logical.into_os_string().into_vec());
+        }
         let p = format!("{}: {why}", path.display());
         tracing::warn!("from {}: {p}", self.peer.host);
         self.problems.push(p);
@@ -114,8 +120,10 @@ impl<'a> Apply<'a> {
     pub(super) async fn run(mut self, plans: Vec<Plan>, report: &mut GroupReport) -> Result<Option<u64>, SyncError> {
         let mut files = Vec::new();
         let mut deletions = Vec::new();
+        let mut patches = Vec::new();
         for plan in plans {
             match plan {
+                Plan::Patch { dir, name, record } => patches.push((dir, name, record)),
                 Plan::Reversion { logical, local, record } => self.adopt(logical, local, record),
                 Plan::Take(t) if t.new.deleted => deletions.push(t),
                 Plan::Take(t) => match t.new.body.kind() {
@@ -133,17 +141,22 @@ impl<'a> Apply<'a> {
             }
         });
         report.problems.append(&mut self.problems);
-        if self.scope.is_empty() {
-            return Ok(None);
+        report.forget_changes(&self.failed);
+        let mut generation = None;
+        if !self.scope.is_empty() {
+            let scope = minimal(std::mem::take(&mut self.scope));
+            let cause = format!("from {}", self.peer.host);
+            let checked = tokio::task::block_in_place(|| {
+                self.node.engine.check_with_cause(&scope, &cause, Some(self.gi), true, Some(&self.adopt))
+            })?;
+            report.problems.extend(checked.problems.iter().map(|p| p.to_string()));
+            crate::engine::run_actions(self.g, &self.changed, false);
+            generation = checked.groups.first().and_then(|g| g.generation);
         }
-        let scope = minimal(std::mem::take(&mut self.scope));
-        let cause = format!("from {}", self.peer.host);
-        let checked = tokio::task::block_in_place(|| {
-            self.node.engine.check_with_cause(&scope, &cause, Some(self.gi), true, Some(&self.adopt))
-        })?;
-        report.problems.extend(checked.problems.iter().map(|p| p.to_string()));
-        crate::engine::run_actions(self.g, &self.changed, false);
-        Ok(checked.groups.first().and_then(|g| g.generation))
+        if !patches.is_empty() {
+            tokio::task::block_in_place(|| self.node.engine.patch_tombstones(self.gi, patches))?;
+        }
+        Ok(generation)
     }
 
     /// Checks that `t.local` is still what its record says, and that no
@@ -205,13 +218,7 @@ impl<'a> Apply<'a> {
         let result = match fs::symlink_metadata(&t.local) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
-            Ok(md) if md.is_dir() => fs::remove_dir(&t.local).map(|()| true).map_err(|e| {
-                if e.raw_os_error() == Some(libc::ENOTEMPTY) {
-                    io::Error::other("not removed: it holds entries this group does not track (excluded or new)")
-                } else {
-                    e
-                }
-            }),
+            Ok(md) if md.is_dir() => fs::remove_dir(&t.local).map(|()| true),
             Ok(_) => fs::remove_file(&t.local).map(|()| true),
         };
         match result {
@@ -221,8 +228,32 @@ impl<'a> Apply<'a> {
                 }
                 self.adopt(t.logical, t.local, t.new);
             }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                // Entries this group never touches keep the directory. It
+                // stays, recorded under a version that dominates the
+                // deletion, so every host ends up with it (empty
+                // elsewhere) instead of asking for the deletion forever.
+                self.problem(&t.local, "not removed: it holds entries this group does not track (excluded or new)");
+                if let Some(old) = t.old.filter(|o| !o.deleted)
+                    && let Ok(seq) = self.fresh_seq()
+                {
+                    let version =
+                        crate::sync::settled_version(&old.version, &t.new.version, &self.node.engine.host, seq);
+                    self.adopt(t.logical, t.local, EntryRecord { version, ..old });
+                }
+            }
             Err(e) => self.problem(&t.local, e),
         }
+    }
+
+    /// A new version counter of this node, committed.
+    fn fresh_seq(&self) -> Result<u64, SyncError> {
+        let store = &self.node.engine.store;
+        let seq = store.seq()? + 1;
+        let mut batch = store.batch();
+        batch.put_seq(seq);
+        batch.commit()?;
+        Ok(seq)
     }
 
     /// Assembles and places files.

@@ -75,6 +75,35 @@ impl GroupReport {
         Message::pulled(self.wire.iter().cloned())
     }
 
+    /// Adds what a later reconcile with the same peer did.
+    pub(super) fn absorb(&mut self, later: GroupReport) {
+        for c in later.changes {
+            self.changes.retain(|x| x.path != c.path);
+            self.changes.push(c);
+        }
+        self.conflicts = later.conflicts;
+        self.problems.extend(later.problems);
+        self.dirs_listed += later.dirs_listed;
+        self.chunks_fetched += later.chunks_fetched;
+        self.bytes_fetched += later.bytes_fetched;
+        self.chunks_local += later.chunks_local;
+        self.settled += later.settled;
+        self.generation = later.generation.or(self.generation);
+        self.in_sync = later.in_sync;
+        self.wire.extend(later.wire);
+    }
+
+    /// Drops the changes reported for `failed` paths: they were not made.
+    pub(super) fn forget_changes(&mut self, failed: &std::collections::HashSet<Vec<u8>>) {
+        if failed.is_empty() {
+            return;
+        }
+        self.wire.retain(|c| !failed.contains(&c.path));
+        let shown: std::collections::HashSet<String> =
+            failed.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        self.changes.retain(|c| !shown.contains(&c.path) || c.action == "conflict");
+    }
+
     fn change(&mut self, action: ChangeAction, path: &[u8]) {
         self.changes.push(ChangeReport::new(action, path));
         self.wire.push(Change { action, path: path.to_vec() });
@@ -90,6 +119,9 @@ pub(super) enum Plan {
     Take(Take),
     /// Keep the local state; record it under `version` (merged or settled).
     Reversion { logical: Vec<u8>, local: PathBuf, record: EntryRecord },
+    /// Store this tombstone as child `name` of directory `dir`: a deletion
+    /// both sides agree on, under the merged version.
+    Patch { dir: Vec<u8>, name: Vec<u8>, record: EntryRecord },
 }
 
 /// Reconciles group `gi` with `peer`: this node takes what the peer has
@@ -147,7 +179,9 @@ struct Walk<'a> {
 /// directories on both sides with different trees; a directory this node
 /// takes from the peer (its children come with it); a directory the peer
 /// deleted and this node deletes too (its children are decided one by one,
-/// so a child changed here since is a conflict, not a silent loss).
+/// so a child changed here since is a conflict, not a silent loss); with
+/// `everywhere`, also live directories with equal trees and directories
+/// deleted on both sides (versions to merge hide below them).
 fn descend(
     local: Option<&EntryRecord>,
     remote: Option<&EntryRecord>,
@@ -155,8 +189,13 @@ fn descend(
     everywhere: bool,
 ) -> bool {
     let live_dir = |r: Option<&EntryRecord>| r.is_some_and(|r| !r.deleted && r.body.kind() == Kind::Dir);
+    let dead_dir = |r: Option<&EntryRecord>| r.is_some_and(|r| r.deleted && r.body.kind() == Kind::Dir);
     if live_dir(local) && live_dir(remote) {
         return everywhere || local.map(|l| &l.body) != remote.map(|r| &r.body);
+    }
+    // Versions to merge may sit below a directory deleted on both sides.
+    if everywhere && dead_dir(remote) && (local.is_none() || dead_dir(local)) {
+        return true;
     }
     match taken {
         Some(t) if !t.deleted => live_dir(Some(t)),
@@ -197,7 +236,7 @@ impl Walk<'_> {
                     }
                 };
                 let logical = join_logical(&dir, &name);
-                if self.visit(&logical, l.as_ref(), r.as_ref())? {
+                if self.visit(&dir, &name, &logical, l.as_ref(), r.as_ref())? {
                     let listing = self.list(&logical).await?;
                     queue.push_back((logical, listing));
                 }
@@ -225,7 +264,14 @@ impl Walk<'_> {
     }
 
     /// Decides one path; returns whether to descend into it.
-    fn visit(&mut self, logical: &[u8], l: Option<&EntryRecord>, r: Option<&EntryRecord>) -> Result<bool, SyncError> {
+    fn visit(
+        &mut self,
+        dir: &[u8],
+        name: &[u8],
+        logical: &[u8],
+        l: Option<&EntryRecord>,
+        r: Option<&EntryRecord>,
+    ) -> Result<bool, SyncError> {
         let g = self.g;
         let Some(local) = g.to_local(Path::new(OsStr::from_bytes(logical))) else {
             return Ok(false);
@@ -249,18 +295,22 @@ impl Walk<'_> {
         let mut conflict_cleared = true;
         match decision {
             Decision::InSync => {
-                if let Some(l) = l
-                    && lv != rv
-                {
-                    let version = if g.local.receive_only { rv.clone() } else { merged_version(&lv, &rv) };
-                    let record = EntryRecord { version, ..l.clone() };
-                    self.reversion(logical, local, record, ChangeAction::Merge);
-                } else if l.is_none()
-                    && let Some(r) = r.filter(|r| r.deleted)
-                {
-                    // The peer's tombstone for a path never seen here: kept,
-                    // so the deletion travels on from here too.
-                    self.take(logical, local, None, r.clone(), ChangeAction::Merge);
+                let merged = if g.local.receive_only { rv.clone() } else { merged_version(&lv, &rv) };
+                match (l, r) {
+                    // Both deleted (or never seen here): the tombstone is
+                    // stored under the merged version, with no scan.
+                    (l, Some(r))
+                        if r.deleted && l.is_none_or(|l| l.deleted) && l.is_none_or(|l| l.version != merged) =>
+                    {
+                        let base = l.unwrap_or(r);
+                        let record = EntryRecord { version: merged, ..base.clone() };
+                        self.plans.push(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record });
+                    }
+                    (Some(l), _) if lv != merged => {
+                        let record = EntryRecord { version: merged, ..l.clone() };
+                        self.reversion(logical, local, record, ChangeAction::Merge);
+                    }
+                    _ => {}
                 }
             }
             Decision::TakeRemote => {

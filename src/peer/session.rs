@@ -108,16 +108,41 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
         let paths = opts.paths.clone();
         Some(node.write_locked(move |n| n.engine.check(&paths)).await?)
     };
+    let mut peers = round(&node, &opts, None).await;
+    // What this run took from one peer reaches the others in the same run:
+    // a second round, one root comparison per peer where nothing is left.
+    let took: Vec<String> = peers
+        .iter()
+        .filter(|p| p.pulled.as_ref().is_some_and(|r| r.changes.iter().any(|c| c.action != "conflict")))
+        .map(|p| p.group.clone())
+        .collect();
+    if !opts.dry_run && !took.is_empty() {
+        let again = round(&node, &opts, Some(&took)).await;
+        for second in again {
+            if let Some(first) = peers.iter_mut().find(|p| p.group == second.group && p.peer == second.peer) {
+                first.absorb(second);
+            }
+        }
+    }
+    Ok(SyncReport { check, peers })
+}
+
+/// One exchange with every chosen peer of every chosen group (of `only`
+/// groups, when given), the peers in parallel.
+async fn round(node: &Arc<Node>, opts: &SyncOptions, only: Option<&[String]>) -> Vec<PeerReport> {
     let mut tasks = tokio::task::JoinSet::new();
     for (gi, g) in node.engine.groups.iter().enumerate() {
         if !opts.groups.is_empty() && !opts.groups.contains(&g.name) {
+            continue;
+        }
+        if only.is_some_and(|o| !o.contains(&g.name)) {
             continue;
         }
         for peer in g.peers() {
             if !opts.peers.is_empty() && !opts.peers.iter().any(|p| peer.is_host(p)) {
                 continue;
             }
-            let (node, peer, dry_run) = (Arc::clone(&node), peer.clone(), opts.dry_run);
+            let (node, peer, dry_run) = (Arc::clone(node), peer.clone(), opts.dry_run);
             tasks.spawn(async move { sync_peer(node, gi, peer, dry_run).await });
         }
     }
@@ -126,7 +151,35 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
         peers.push(r.expect("peer task panicked"));
     }
     peers.sort_by(|a, b| (&a.group, &a.peer).cmp(&(&b.group, &b.peer)));
-    Ok(SyncReport { check, peers })
+    peers
+}
+
+impl PeerReport {
+    /// Adds what a second exchange with the same peer did.
+    fn absorb(&mut self, later: PeerReport) {
+        if later.error.is_some() {
+            self.error = self.error.take().or(later.error);
+        }
+        for c in later.pushed {
+            self.pushed.retain(|p| p.path != c.path);
+            self.pushed.push(c);
+        }
+        self.pushed_more += later.pushed_more;
+        match (&mut self.pulled, later.pulled) {
+            (Some(first), Some(second)) => first.absorb(second),
+            (first @ None, second) => *first = second,
+            (_, None) => {}
+        }
+        self.in_sync = later.in_sync;
+        if self.in_sync {
+            // Whatever conflict the first exchange saw is settled.
+            self.pushed.retain(|c| c.action != "conflict");
+            if let Some(p) = &mut self.pulled {
+                p.conflicts.clear();
+                p.changes.retain(|c| c.action != "conflict");
+            }
+        }
+    }
 }
 
 async fn sync_peer(node: Arc<Node>, gi: usize, entry: HostEntry, dry_run: bool) -> PeerReport {

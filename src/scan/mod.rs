@@ -174,9 +174,6 @@ enum Mode {
 
 struct Run<'a, 's> {
     scan: &'s Scanner<'a>,
-    /// Adopted tombstones by parent directory: paths that may exist
-    /// neither on disk nor in the records, so no listing names them.
-    adopted_tombstones: std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>,
     writes: Mutex<Writes>,
     problems: Mutex<Vec<Problem>>,
     seq: AtomicU64,
@@ -193,16 +190,8 @@ struct Run<'a, 's> {
 impl Scanner<'_> {
     /// Scans `scope` of the group and returns what to write.
     pub fn run(&self, scope: &Scope) -> Result<ScanOutput, StoreError> {
-        let mut adopted_tombstones: std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>> = Default::default();
-        for (path, rec) in self.adopt.into_iter().flatten().filter(|(_, r)| r.deleted) {
-            if let Some(i) = path.iter().rposition(|&b| b == b'/') {
-                adopted_tombstones.entry(path[..i].to_vec()).or_default().push(path[i + 1..].to_vec());
-            }
-            let _ = rec;
-        }
         let run = Run {
             scan: self,
-            adopted_tombstones,
             writes: Mutex::default(),
             problems: Mutex::default(),
             seq: AtomicU64::new(self.store.seq()?),
@@ -328,8 +317,16 @@ impl Run<'_, '_> {
             match self.scan.store.dir_records_below(self.group(), &join_logical(parent, name)) {
                 Ok(below) => {
                     for (dir, mut rec) in below {
-                        for (_, child) in rec.children.iter_mut().filter(|(_, c)| !c.deleted) {
-                            *child = self.tombstone(child);
+                        for (n, child) in rec.children.iter_mut().filter(|(_, c)| !c.deleted) {
+                            let mut t = self.tombstone(child);
+                            // A deletion taken from a peer keeps the peer's
+                            // versions below the directory too.
+                            if let Some(a) = self.scan.adopt.and_then(|a| a.get(&join_logical(&dir, n)))
+                                && a.deleted
+                            {
+                                t.version = a.version.clone();
+                            }
+                            *child = t;
                         }
                         self.write_dir(dir, Some(rec.encode()));
                     }
@@ -392,9 +389,6 @@ impl Run<'_, '_> {
             Seen::Untracked => None,
         };
         match found {
-            // A peer's tombstone for a path never seen here: kept, so the
-            // deletion's version travels on and the digests agree.
-            None if adopted.deleted && old.is_none() && matches!(seen, Seen::Untracked) => Seen::New(adopted.clone()),
             Some(mut r) if same_state(&r, adopted) => {
                 if old.is_some_and(|o| o.deleted && r.deleted && o.version == adopted.version) {
                     return seen;
@@ -669,14 +663,6 @@ impl Run<'_, '_> {
             }
             Mode::Keep => unreachable!("visit handles Keep"),
         }
-        if let Some(names) = self.adopted_tombstones.get(&logical) {
-            for n in names {
-                if !todo.iter().any(|(t, ..)| t == n) {
-                    todo.push((n.clone(), None, Class::Included, Mode::Full));
-                }
-            }
-        }
-
         let visited: Vec<(Vec<u8>, Option<EntryRecord>, bool)> = todo
             .into_par_iter()
             .map(|(n, rec, class, m)| {

@@ -34,6 +34,7 @@ pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
 pub use record::{
     DirRecord, EntryRecord, Stat, Version, dir_key, join_logical, split_dir_key, version_digest, xor_dir_digest,
+    xor_entry_digest,
 };
 
 use std::fs::{File, OpenOptions};

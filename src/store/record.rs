@@ -186,6 +186,42 @@ pub fn join_logical(parent: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// The `derive_key` context of version digests ([`version_digest`]).
+pub const VERSION_DIGEST_CONTEXT: &str = "snapsync 2026-11 version digest v1";
+
+/// One entry's share of its group's version digest: a hash of its logical
+/// path, version vector and tombstone flag.
+fn entry_digest(logical: &[u8], rec: &EntryRecord) -> [u8; 32] {
+    let encoded = postcard::to_stdvec(&(logical, &rec.version, rec.deleted)).expect("encoding to a Vec cannot fail");
+    blake3::derive_key(VERSION_DIGEST_CONTEXT, &encoded)
+}
+
+/// XORs into `acc` the share of the entry at `logical` with record `rec`.
+pub fn xor_entry_digest(acc: &mut [u8; 32], logical: &[u8], rec: &EntryRecord) {
+    let d = entry_digest(logical, rec);
+    acc.iter_mut().zip(d).for_each(|(a, b)| *a ^= b);
+}
+
+/// XORs into `acc` the shares of every child of directory record `rec`
+/// (of directory `dir`). XOR makes the group's digest independent of
+/// order and lets a changed record be swapped out and in again.
+pub fn xor_dir_digest(acc: &mut [u8; 32], dir: &[u8], rec: &DirRecord) {
+    for (name, r) in &rec.children {
+        xor_entry_digest(acc, &join_logical(dir, name), r);
+    }
+}
+
+/// The version digest of a group's records: equal on two hosts exactly
+/// when they track the same paths under the same versions (up to hash
+/// collisions). Kept up to date by every commit of a scan.
+pub fn version_digest<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a DirRecord)>) -> crate::hash::Hash {
+    let mut acc = [0u8; 32];
+    for (dir, rec) in records {
+        xor_dir_digest(&mut acc, dir, rec);
+    }
+    crate::hash::Hash(acc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,35 +251,4 @@ mod tests {
         assert!(!a2.dominates(&ab) && !ab.dominates(&a2));
         assert_eq!(ab.bumped("a", 3).0, vec![("a".to_owned(), 3), ("b".to_owned(), 4)]);
     }
-}
-
-/// The `derive_key` context of version digests ([`version_digest`]).
-pub const VERSION_DIGEST_CONTEXT: &str = "snapsync 2026-11 version digest v1";
-
-/// One entry's share of its group's version digest: a hash of its logical
-/// path, version vector and tombstone flag.
-fn entry_digest(logical: &[u8], rec: &EntryRecord) -> [u8; 32] {
-    let encoded = postcard::to_stdvec(&(logical, &rec.version, rec.deleted)).expect("encoding to a Vec cannot fail");
-    blake3::derive_key(VERSION_DIGEST_CONTEXT, &encoded)
-}
-
-/// XORs into `acc` the shares of every child of directory record `rec`
-/// (of directory `dir`). XOR makes the group's digest independent of
-/// order and lets a changed record be swapped out and in again.
-pub fn xor_dir_digest(acc: &mut [u8; 32], dir: &[u8], rec: &DirRecord) {
-    for (name, r) in &rec.children {
-        let d = entry_digest(&join_logical(dir, name), r);
-        acc.iter_mut().zip(d).for_each(|(a, b)| *a ^= b);
-    }
-}
-
-/// The version digest of a group's records: equal on two hosts exactly
-/// when they track the same paths under the same versions (up to hash
-/// collisions). Kept up to date by every commit of a scan.
-pub fn version_digest<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a DirRecord)>) -> crate::hash::Hash {
-    let mut acc = [0u8; 32];
-    for (dir, rec) in records {
-        xor_dir_digest(&mut acc, dir, rec);
-    }
-    crate::hash::Hash(acc)
 }

@@ -224,10 +224,11 @@ pub fn decide_receive_only(local: Side<'_>, remote: Side<'_>, local_host: &str) 
     if same_state(local.record, remote.record) {
         return Decision::InSync;
     }
-    let received = Version(
-        version_of(local.record).0.iter().filter(|(h, _)| !h.eq_ignore_ascii_case(local_host)).cloned().collect(),
-    );
     let rv = version_of(remote.record);
+    // The host's own changes: its counter, and the creation versions of
+    // entries it created (those the peer's version does not carry).
+    let own = |h: &str| h.eq_ignore_ascii_case(local_host) || (h.starts_with('~') && !rv.0.iter().any(|(r, _)| r == h));
+    let received = Version(version_of(local.record).0.iter().filter(|(h, _)| !own(h)).cloned().collect());
     if received.dominates(rv) && !rv.dominates(&received) { Decision::KeepLocal } else { Decision::TakeRemote }
 }
 

@@ -176,8 +176,6 @@ fn sync_host_back_after_downtime_gets_everything() {
 /// A directory deleted on one host: once both hosts hold the deletion, the
 /// next syncs find them in sync (one round trip, nothing listed).
 #[test]
-#[ignore = "bug: since d5d35d7 (version digests) a deleted directory leaves the digests unequal for good: \
-            every later sync walks, lists a directory, changes nothing and reports in_sync false"]
 fn sync_deleted_directory_settles() {
     let mut c = Cluster::new(2);
     c.start_all();

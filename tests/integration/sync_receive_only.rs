@@ -127,8 +127,6 @@ fn sync_receive_only_host_cannot_push_by_changing_its_config() {
 /// Files C creates are not the group's: C's next sync removes them (the
 /// group's version of those paths is "absent"), and A and B never get them.
 #[test]
-#[ignore = "bug: since 686869f a creation's version is `~HASH:1`, which decide_receive_only does not treat as \
-            the receive-only host's own change, so C keeps its creations forever"]
 fn sync_receive_only_creations_are_removed() {
     let c = setup();
     write(&c.path("c", "created-on-c"), b"new on c");
