@@ -47,10 +47,14 @@ struct Response {
 
 /// Runs the command in the daemon holding `state`, if one runs; its exit
 /// status, or `None` to run it here.
-pub(super) fn forward(state: &Path, cli: &Cli) -> Option<u8> {
+pub(super) fn forward(state: &Path) -> Option<u8> {
     let sock = state.join(SOCKET);
     let mut stream = std::os::unix::net::UnixStream::connect(&sock).ok()?;
-    let args = std::env::args().skip(1).collect();
+    let args: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();
+    let Ok(args) = args else {
+        tracing::error!("the daemon ({}) runs this command, but its arguments are not valid UTF-8", sock.display());
+        return Some(EXIT_USAGE);
+    };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let mut line = serde_json::to_string(&Request { args, cwd }).expect("requests serialize");
     line.push('\n');
@@ -69,7 +73,6 @@ pub(super) fn forward(state: &Path, cli: &Cli) -> Option<u8> {
             if let Some(e) = r.error {
                 tracing::error!("{e}");
             }
-            let _ = cli;
             Some(r.code)
         }
         Err(e) => {
@@ -84,11 +87,11 @@ const STARTING_WAIT: Duration = Duration::from_secs(10);
 
 /// Like [`forward`], waiting up to [`STARTING_WAIT`] for the socket of a
 /// daemon that holds the state but is still starting.
-pub(super) fn forward_when_ready(state: &Path, cli: &Cli) -> Option<u8> {
+pub(super) fn forward_when_ready(state: &Path) -> Option<u8> {
     let deadline = std::time::Instant::now() + STARTING_WAIT;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        if let Some(code) = forward(state, cli) {
+        if let Some(code) = forward(state) {
             return Some(code);
         }
     }

@@ -271,7 +271,7 @@ fn run(cli: &Cli) -> u8 {
     let state = node_state_dir(&cli.state_dir, &config_name, &host);
     // A daemon holding this node's state runs the command for us.
     if !matches!(cli.command, Command::Serve { .. })
-        && let Some(code) = daemon::forward(&state, cli)
+        && let Some(code) = daemon::forward(&state)
     {
         return code;
     }
@@ -281,7 +281,7 @@ fn run(cli: &Cli) -> u8 {
         // up: give it a moment, then go through it.
         Err(EngineError::Store(crate::store::StoreError::Locked { .. }))
             if !matches!(cli.command, Command::Serve { .. })
-                && let Some(code) = daemon::forward_when_ready(&state, cli) =>
+                && let Some(code) = daemon::forward_when_ready(&state) =>
         {
             return code;
         }
