@@ -218,8 +218,19 @@ fn read_chunks(
     let store = node.engine.chunk_store(gi);
     let mut sent: HashSet<Hash> = HashSet::new();
     let mut missing = Vec::new();
+    // Files of one request mostly share a few directories: each directory
+    // record is read and decoded once, not once per file.
+    let mut dirs: std::collections::HashMap<Vec<u8>, crate::store::DirRecord> = Default::default();
     for f in files {
-        let rec = live_file(node, g, &f.path, &f.content)?;
+        let (parent, name) = split_logical(g, &f.path);
+        if !dirs.contains_key(parent) {
+            let rec = node.engine.store.dir_record(&g.name, parent)?.unwrap_or_default();
+            dirs.insert(parent.to_vec(), rec);
+        }
+        let rec = dirs[parent]
+            .get(name)
+            .filter(|r| !r.deleted && matches!(&r.body, Body::File { content: c, .. } if *c == f.content))
+            .cloned();
         let local =
             g.to_local(std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&f.path)));
         let mut file: Option<File> = None;
