@@ -701,7 +701,7 @@ fn make_symlink(path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
 }
 
 /// The paths of `paths` not below another one of them.
-fn minimal(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+pub(super) fn minimal(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
     paths.sort();
     paths.dedup();
     let mut out: Vec<PathBuf> = Vec::new();

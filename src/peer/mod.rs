@@ -109,6 +109,8 @@ pub struct Node {
     writer: tokio::sync::Mutex<()>,
     /// What this node served and received.
     pub stats: Stats,
+    /// Chunks encoded for peers lately.
+    encoded: server::EncodedCache,
 }
 
 impl Node {
@@ -120,6 +122,7 @@ impl Node {
             identities: std::sync::Mutex::default(),
             writer: tokio::sync::Mutex::new(()),
             stats: Stats::default(),
+            encoded: server::EncodedCache::default(),
         }
     }
 

@@ -124,6 +124,16 @@ pub(super) enum Plan {
     Patch { dir: Vec<u8>, name: Vec<u8>, record: EntryRecord },
 }
 
+impl Plan {
+    /// The local path a plan changes on disk, if it changes one.
+    fn local_path(&self) -> Option<&PathBuf> {
+        match self {
+            Plan::Take(t) => Some(&t.local),
+            Plan::Reversion { .. } | Plan::Patch { .. } => None,
+        }
+    }
+}
+
 /// Reconciles group `gi` with `peer`: this node takes what the peer has
 /// newer. `initiated`: this node runs the sync (for `auto first`).
 pub(super) async fn reconcile(
@@ -153,11 +163,35 @@ pub(super) async fn reconcile(
     // equal tree hashes, so every directory is listed (once; merging makes
     // the digests equal).
     let everywhere = hash == tree;
-    let mut walk = Walk { node, peer, g, initiated, everywhere, plans: Vec::new(), report };
-    walk.run(top).await?;
-    let Walk { plans, mut report, .. } = walk;
+    let mut walk = Walk { node, peer, g, initiated, everywhere, plans: Vec::new(), unforce: Vec::new(), report };
+    walk.run(top.clone()).await?;
+    // The initiator checked its whole tree before; a peer asked to pull
+    // checks the paths it is about to change, so that a local change it
+    // has not recorded yet takes part (as a conflict, say) instead of
+    // blocking the apply. If that check found anything, decide again.
+    if !initiated {
+        let paths = super::apply::minimal(walk.plans.iter().filter_map(Plan::local_path).cloned().collect());
+        if !paths.is_empty() {
+            let checked = tokio::task::block_in_place(|| {
+                node.engine.check_with_cause(&paths, "local scan", Some(gi), false, None)
+            })?;
+            if checked.groups.iter().any(|c| c.changed) {
+                let report = GroupReport::default();
+                walk = Walk { node, peer, g, initiated, everywhere, plans: Vec::new(), unforce: Vec::new(), report };
+                walk.run(top).await?;
+            }
+        }
+    }
+    let Walk { plans, unforce, mut report, .. } = walk;
     if dry_run {
         return Ok(report);
+    }
+    if !unforce.is_empty() {
+        let mut batch = node.engine.store.batch();
+        for path in &unforce {
+            batch.set_forced(&g.name, path, false);
+        }
+        batch.commit()?;
     }
     let applied = Apply::new(node, peer, gi).run(plans, &mut report).await?;
     report.generation = applied;
@@ -171,6 +205,8 @@ struct Walk<'a> {
     initiated: bool,
     /// Descend into every directory live on both sides, equal trees too.
     everywhere: bool,
+    /// Forced paths whose win is planned: the mark goes once applied.
+    unforce: Vec<Vec<u8>>,
     plans: Vec<Plan>,
     report: GroupReport,
 }
@@ -327,9 +363,7 @@ impl Walk<'_> {
                     // both, so the peer takes it when it pulls.
                     let record = EntryRecord { version: self.settled(&lv, &rv)?, ..l.clone() };
                     self.reversion(logical, local, record, ChangeAction::Merge);
-                    let mut batch = self.node.engine.store.batch();
-                    batch.set_forced(&g.name, logical, false);
-                    batch.commit()?;
+                    self.unforce.push(logical.to_vec());
                 }
             }
             Decision::Conflict(kind) => {

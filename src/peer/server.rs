@@ -166,8 +166,6 @@ async fn answer(node: &Arc<Node>, peer: &Arc<Peer>, request: Message, stream: &m
                 tracing::warn!("refused a push: {message}");
                 return send(stream, &Message::Refused { reason: Refusal::ReceiveOnly, message }).await;
             }
-            // What this node has changed since its last check takes part.
-            node.write_locked(move |n| n.engine.check_with_cause(&[], "local scan", Some(gi), true, None)).await?;
             let report = super::reconcile::reconcile(node, peer, gi, dry_run, false).await?;
             send(stream, &report.pulled()).await
         }
@@ -238,15 +236,22 @@ fn read_chunks(
             if sent.contains(h) {
                 continue;
             }
-            let data = match (&rec, &local) {
-                (Some(rec), Some(local)) => read_one(store, rec, h, local, &mut file),
-                _ => None,
+            // Encoded once for every peer that asks while it is cached.
+            let data = match node.encoded.get(h) {
+                Some(stored) => Some(stored),
+                None => match (&rec, &local) {
+                    (Some(rec), Some(local)) => read_one(store, rec, h, local, &mut file).map(|d| {
+                        let stored = Arc::new(crate::chunk::encode(&d));
+                        node.encoded.put(*h, Arc::clone(&stored));
+                        stored
+                    }),
+                    _ => None,
+                },
             };
             match data {
-                Some(d) => {
+                Some(stored) => {
                     sent.insert(*h);
-                    let stored = crate::chunk::encode(&d);
-                    if tx.blocking_send(Message::Chunk { hash: *h, stored }).is_err() {
+                    if tx.blocking_send(Message::Chunk { hash: *h, stored: stored.to_vec() }).is_err() {
                         return Ok(missing);
                     }
                 }
@@ -294,4 +299,65 @@ pub(super) fn offset_of<'c>(chunks: &'c [ChunkRef], hash: &Hash) -> Option<(u64,
         offset += u64::from(c.len);
     }
     None
+}
+
+/// How many bytes of encoded chunks [`EncodedCache`] keeps.
+const ENCODED_CACHE_BYTES: usize = 64 << 20;
+
+/// Chunks recently read and compressed for a peer, shared by every
+/// session of the node: peers pulling the same content at about the same
+/// time (the usual case: one host's change goes to all the others) get it
+/// read, checked and compressed once. Oldest out first.
+#[derive(Default)]
+pub(super) struct EncodedCache {
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: std::collections::HashMap<Hash, Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<Hash>,
+    bytes: usize,
+}
+
+impl EncodedCache {
+    pub(super) fn get(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
+        self.inner.lock().expect("poisoned").map.get(hash).cloned()
+    }
+
+    fn put(&self, hash: Hash, stored: Arc<Vec<u8>>) {
+        let mut c = self.inner.lock().expect("poisoned");
+        c.bytes += stored.len();
+        if let Some(replaced) = c.map.insert(hash, stored) {
+            c.bytes -= replaced.len();
+            return;
+        }
+        c.order.push_back(hash);
+        while c.bytes > ENCODED_CACHE_BYTES {
+            let Some(old) = c.order.pop_front() else { break };
+            if let Some(v) = c.map.remove(&old) {
+                c.bytes -= v.len();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_cache_keeps_the_newest_within_its_budget() {
+        let cache = EncodedCache::default();
+        let chunk = Arc::new(vec![0u8; ENCODED_CACHE_BYTES / 4]);
+        let hashes: Vec<Hash> = (0u8..6).map(|i| Hash::of(&[i])).collect();
+        for h in &hashes {
+            cache.put(*h, Arc::clone(&chunk));
+            // Putting the same chunk again changes nothing.
+            cache.put(*h, Arc::clone(&chunk));
+        }
+        assert!(cache.get(&hashes[0]).is_none() && cache.get(&hashes[1]).is_none());
+        assert!(hashes[2..].iter().all(|h| cache.get(h).is_some()));
+        assert_eq!(cache.inner.lock().unwrap().bytes, 4 * chunk.len());
+    }
 }
