@@ -96,7 +96,7 @@ impl Server {
         let inner = s2n_quic::Server::builder()
             .with_tls(tls)
             .map_err(|e| fail(e.to_string()))?
-            .with_io(addr)
+            .with_io(io(addr).map_err(|e| fail(e.to_string()))?)
             .map_err(|e| fail(e.to_string()))?
             .with_limits(limits()?)
             .map_err(|e| fail(e.to_string()))?
@@ -138,6 +138,16 @@ impl Server {
     }
 }
 
+/// The largest IP packet a connection probes for. Paths that carry only
+/// 1500 bytes (most) stay there; loopback and jumbo-frame LANs, where
+/// clusters often live, get six times fewer packets for the same data.
+const MAX_MTU: u16 = 9001;
+
+/// The UDP socket of an endpoint bound to `addr`.
+fn io(addr: SocketAddr) -> std::io::Result<s2n_quic::provider::io::tokio::Provider> {
+    s2n_quic::provider::io::tokio::Builder::default().with_receive_address(addr)?.with_max_mtu(MAX_MTU)?.build()
+}
+
 /// Connects to `addr` as `identity`, expecting the peer's certificate to be
 /// for `expected_peer_host`. Returns once the server has confirmed the
 /// handshake, so a connection returned here was accepted by both sides.
@@ -167,7 +177,7 @@ pub async fn connect(
     let client = s2n_quic::Client::builder()
         .with_tls(tls)
         .map_err(|e| fail(e.to_string()))?
-        .with_io(local)
+        .with_io(io(local).map_err(|e| fail(e.to_string()))?)
         .map_err(|e| fail(e.to_string()))?
         .with_limits(limits()?)
         .map_err(|e| fail(e.to_string()))?
