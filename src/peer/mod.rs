@@ -7,9 +7,9 @@
 //!   node's *writer lock*, so a daemon serving several peers and local
 //!   commands at once still has exactly one writer.
 //! - A *session* is one authenticated connection between two nodes. Both
-//!   ends serve the other's requests ([`server`]) for as long as it lasts;
+//!   ends serve the other's requests (`server.rs`) for as long as it lasts;
 //!   the end that opened it (the *initiator*) drives the reconcile.
-//! - A *reconcile* of one group against one peer ([`reconcile`]): compare
+//! - A *reconcile* of one group against one peer (`reconcile.rs`): compare
 //!   roots, descend where the trees differ, decide each differing path,
 //!   then pull what this node takes. To give the peer what this node has
 //!   newer, the initiator asks it to reconcile against the initiator in
