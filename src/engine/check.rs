@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Engine, EngineError};
 use crate::scan::{Adopted, Problem, ScanStats, Scanner, Scope, Severity};
-use crate::store::{DirRecord, EntryRecord, Generation, StoreError, xor_dir_digest, xor_entry_digest};
+use crate::store::{DirRecord, EntryRecord, Generation, xor_dir_digest, xor_entry_digest};
 use crate::tree::Timestamp;
 
 /// What a check did to one group.
@@ -136,35 +136,28 @@ impl Engine {
             // Consumed as they go into the batch, so a first scan of a large
             // tree does not hold every record twice.
             let writes = std::mem::take(&mut out.writes);
-            // The version digest: each rewritten record's shares swapped
+            // The version digest: each rewritten record's share swapped
             // out (as last written, in this run or before) and in again.
             let old_digest = self.store.version_digest(&group.name)?;
             let mut digest = old_digest.0;
-            let mut written: std::collections::HashMap<Vec<u8>, Option<DirRecord>> = Default::default();
-            for (dir, rec) in writes.dirs {
-                let new = match &rec {
-                    Some(enc) => Some(DirRecord::decode(enc).map_err(|why| StoreError::Corrupt {
-                        path: self.store.dir().to_path_buf(),
-                        what: "new directory record".into(),
-                        why,
-                    })?),
-                    None => None,
+            let mut written: std::collections::HashMap<Vec<u8>, [u8; 32]> = Default::default();
+            for w in writes.dirs {
+                let before = match written.get(&w.dir) {
+                    Some(share) => *share,
+                    None => {
+                        let mut share = [0u8; 32];
+                        if let Some(old) = self.store.dir_record(&group.name, &w.dir)? {
+                            xor_dir_digest(&mut share, &w.dir, &old);
+                        }
+                        share
+                    }
                 };
-                let before = match written.remove(&dir) {
-                    Some(r) => r,
-                    None => self.store.dir_record(&group.name, &dir)?,
-                };
-                if let Some(b) = &before {
-                    xor_dir_digest(&mut digest, &dir, b);
+                digest.iter_mut().zip(before.iter().zip(&w.share)).for_each(|(d, (b, n))| *d ^= b ^ n);
+                match &w.record {
+                    Some(rec) => batch.put_dir_record_encoded(&group.name, &w.dir, rec),
+                    None => batch.remove_dir_record(&group.name, &w.dir),
                 }
-                if let Some(n) = &new {
-                    xor_dir_digest(&mut digest, &dir, n);
-                }
-                match rec {
-                    Some(rec) => batch.put_dir_record_encoded(&group.name, &dir, &rec),
-                    None => batch.remove_dir_record(&group.name, &dir),
-                }
-                written.insert(dir, new);
+                written.insert(w.dir, w.share);
             }
             drop(written);
             if digest != old_digest.0 || self.store.root_set(&group.name)?.is_none() {

@@ -35,7 +35,7 @@ use crate::chunk::ChunkRef;
 use crate::config::{Class, ResolvedGroup};
 use crate::hash::Hash;
 use crate::store::{
-    ChunkStore, DirRecord, EntryRecord, Stat, Store, StoreError, Version, encode_manifest, join_logical,
+    ChunkStore, DirRecord, EntryRecord, Stat, Store, StoreError, Version, encode_manifest, join_logical, xor_dir_digest,
 };
 use crate::tree::{Body, Kind, Meta, Node, NodeEntry, RootEntry, RootSet, Timestamp};
 
@@ -51,11 +51,23 @@ pub enum Scope {
 /// Everything a scan wants written.
 #[derive(Debug, Default)]
 pub struct Writes {
-    /// Encoded directory records to store (`Some`) or drop (`None`), by
-    /// logical path.
-    pub dirs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Directory records to store or drop.
+    pub dirs: Vec<DirWrite>,
     /// New directory nodes: tree hash, encoding and encoded manifest.
     pub nodes: Vec<(Hash, Vec<u8>, Vec<u8>)>,
+}
+
+/// One directory record to store or drop.
+#[derive(Debug)]
+pub struct DirWrite {
+    /// The directory's logical path.
+    pub dir: Vec<u8>,
+    /// The encoded record, or `None` to drop it.
+    pub record: Option<Vec<u8>>,
+    /// The new record's share of the group's version digest
+    /// ([`crate::store::xor_dir_digest`]; zero when dropped), so the commit
+    /// keeps the digest without decoding the record again.
+    pub share: [u8; 32],
 }
 
 /// How bad a problem is.
@@ -233,7 +245,7 @@ impl Scanner<'_> {
         }
         new.children.sort_by(|a, b| a.0.cmp(&b.0));
         if new != old {
-            run.writes.lock().expect("poisoned").dirs.push((Vec::new(), Some(new.encode())));
+            run.write_dir(Vec::new(), Some(&new));
         }
         let (mut entries, mut bytes) = (0, 0);
         let mut roots = Vec::new();
@@ -304,8 +316,13 @@ impl Run<'_, '_> {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn write_dir(&self, dir: Vec<u8>, rec: Option<Vec<u8>>) {
-        self.writes.lock().expect("poisoned").dirs.push((dir, rec));
+    fn write_dir(&self, dir: Vec<u8>, rec: Option<&DirRecord>) {
+        let mut share = [0u8; 32];
+        if let Some(r) = rec {
+            xor_dir_digest(&mut share, &dir, r);
+        }
+        let w = DirWrite { record: rec.map(DirRecord::encode), dir, share };
+        self.writes.lock().expect("poisoned").dirs.push(w);
     }
 
     /// The tombstone of `old`, and tombstones for everything below it.
@@ -328,7 +345,7 @@ impl Run<'_, '_> {
                             }
                             *child = t;
                         }
-                        self.write_dir(dir, Some(rec.encode()));
+                        self.write_dir(dir, Some(&rec));
                     }
                 }
                 Err(e) => self.fatal(e),
@@ -698,7 +715,7 @@ impl Run<'_, '_> {
         children.sort_by(|a, b| a.0.cmp(&b.0));
         let new = DirRecord { children };
         if changed {
-            self.write_dir(logical, Some(new.encode()));
+            self.write_dir(logical, Some(&new));
         }
 
         let (mut count, mut bytes) = (1, 0);
