@@ -240,10 +240,10 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
             p.pushed.len() as u64 + p.pushed_more
         );
         for c in here {
-            say!(o, "  here   {:<8} {}", c.action, c.path);
+            say!(o, "  here   {:<8} {}", c.action.as_str(), c.path);
         }
         for c in &p.pushed {
-            say!(o, "  {:<6} {:<8} {}", p.peer, c.action, c.path);
+            say!(o, "  {:<6} {:<8} {}", p.peer, c.action.as_str(), c.path);
         }
         if p.pushed_more > 0 {
             say!(o, "  {:<6} ... and {} more", p.peer, p.pushed_more);

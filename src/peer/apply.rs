@@ -32,7 +32,7 @@ use crate::chunk::ChunkRef;
 use crate::config::ResolvedGroup;
 use crate::hash::Hash;
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
-use crate::restore::write::{apply_meta, current_umask, lchown, sync_dir};
+use crate::restore::write::{apply_meta, current_umask, place_symlink, sync_dir};
 use crate::scan::Adopted;
 use crate::store::{EntryRecord, join_logical};
 use crate::tree::{Body, Kind, Meta, Timestamp};
@@ -235,7 +235,7 @@ impl<'a> Apply<'a> {
                 // elsewhere) instead of asking for the deletion forever.
                 self.problem(&t.local, "not removed: it holds entries this group does not track (excluded or new)");
                 if let Some(old) = t.old.filter(|o| !o.deleted)
-                    && let Ok(seq) = self.fresh_seq()
+                    && let Ok(seq) = self.node.engine.store.allocate_seq()
                 {
                     let version =
                         crate::sync::settled_version(&old.version, &t.new.version, &self.node.engine.host, seq);
@@ -244,16 +244,6 @@ impl<'a> Apply<'a> {
             }
             Err(e) => self.problem(&t.local, e),
         }
-    }
-
-    /// A new version counter of this node, committed.
-    fn fresh_seq(&self) -> Result<u64, SyncError> {
-        let store = &self.node.engine.store;
-        let seq = store.seq()? + 1;
-        let mut batch = store.batch();
-        batch.put_seq(seq);
-        batch.commit()?;
-        Ok(seq)
     }
 
     /// Assembles and places files.
@@ -317,7 +307,8 @@ impl<'a> Apply<'a> {
                 }
                 if job.chunks.iter().any(|c| unavailable.contains_key(&c.hash)) {
                     let why = format!(
-                        "{} no longer has this version (it changed meanwhile): left for the next run",
+                        "not every chunk arrived from {} (its file changed meanwhile) or could be written \
+                         here: left for the next run",
                         self.peer.host
                     );
                     self.problem(&job.take.local, why);
@@ -494,6 +485,8 @@ async fn fetch_one(
     let mut opener = peer.opener.clone();
     let proto_err = |source| SyncError::Proto { peer: peer.host.clone(), source };
     let (mut stream, mut reply) = request(&peer.host, &mut opener, &msg).await?;
+    // The part files this exchange writes to, each opened once.
+    let mut open: HashMap<PathBuf, File> = HashMap::new();
     loop {
         if pending.accept(&reply).map_err(proto_err)? {
             if let Message::ChunksDone { missing } = reply {
@@ -515,9 +508,19 @@ async fn fetch_one(
                     cs.put(hash, &data)?;
                 }
                 for (part, off) in targets.get(hash).map(Vec::as_slice).unwrap_or_default() {
-                    let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(part);
+                    let f = match open.entry(part.clone()) {
+                        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+                        std::collections::hash_map::Entry::Vacant(e) => OpenOptions::new()
+                            .write(true)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(part)
+                            .map(|f| e.insert(f)),
+                    };
                     if let Err(e) = f.and_then(|f| f.write_all_at(&data, *off)) {
+                        // Disk full, say: the file is not complete, so it
+                        // is left for the next run like a chunk never sent.
                         tracing::warn!("{}: {e}", part.display());
+                        out.missing.push(*hash);
                     }
                 }
                 Ok(())
@@ -542,7 +545,6 @@ fn fill_locally(
     g: &ResolvedGroup,
 ) -> io::Result<Filled> {
     let size: u64 = job.chunks.iter().map(|c| u64::from(c.len)).sum();
-    let existed = fs::symlink_metadata(&job.part).is_ok();
     let part = OpenOptions::new()
         .read(true)
         .write(true)
@@ -551,7 +553,10 @@ fn fill_locally(
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&job.part)?;
-    if part.metadata()?.len() != size {
+    // A part file of the full size is an earlier attempt's; a new one is
+    // empty.
+    let existed = part.metadata()?.len() == size;
+    if !existed {
         part.set_len(size)?;
     }
     let old = job.take.old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::File);
@@ -607,7 +612,7 @@ fn fill_locally(
 }
 
 /// Bytes of chunk `c` at `off` in `f`, if they hash right.
-fn read_checked(f: &File, off: u64, c: &ChunkRef) -> Option<Vec<u8>> {
+pub(super) fn read_checked(f: &File, off: u64, c: &ChunkRef) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; c.len as usize];
     f.read_exact_at(&mut buf, off).ok()?;
     (Hash::of(&buf) == c.hash).then_some(buf)
@@ -687,17 +692,11 @@ fn make_dir(path: &Path, meta: &Meta) -> io::Result<()> {
 /// Makes `path` a symlink to `target`, atomically replacing what is there
 /// (an empty directory included).
 fn make_symlink(path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    let tmp =
-        dir.join(format!(".snapsync-link-{}-{}", std::process::id(), Hash::of(path.as_os_str().as_bytes()).short()));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)?;
-    lchown(&tmp, meta)?;
     if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
         fs::remove_dir(path)?;
     }
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
+    place_symlink(path, meta, target)?;
+    sync_dir(path.parent().ok_or_else(|| io::Error::other("no parent directory"))?)
 }
 
 /// The paths of `paths` not below another one of them.

@@ -23,21 +23,26 @@ use crate::tree::{Body, Kind, Timestamp};
 /// One change a reconcile made (or would make, dry run) on this node.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChangeReport {
-    /// `create`, `update`, `delete`, `conflict` or `merge`.
-    pub action: String,
+    /// What happened: `create`, `update`, `delete`, `conflict` or `merge`.
+    #[serde(serialize_with = "action_name")]
+    pub action: ChangeAction,
     /// The logical path.
     pub path: String,
 }
 
 impl ChangeReport {
     fn new(action: ChangeAction, path: &[u8]) -> Self {
-        ChangeReport { action: action.as_str().to_owned(), path: String::from_utf8_lossy(path).into_owned() }
+        ChangeReport { action, path: String::from_utf8_lossy(path).into_owned() }
     }
 
     /// A change a peer reported.
     pub(super) fn from_wire(c: &Change) -> Self {
         ChangeReport::new(c.action, &c.path)
     }
+}
+
+fn action_name<S: serde::Serializer>(a: &ChangeAction, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(a.as_str())
 }
 
 /// What reconciling one group with one peer did on this node.
@@ -101,7 +106,7 @@ impl GroupReport {
         self.wire.retain(|c| !failed.contains(&c.path));
         let shown: std::collections::HashSet<String> =
             failed.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
-        self.changes.retain(|c| !shown.contains(&c.path) || c.action == "conflict");
+        self.changes.retain(|c| !shown.contains(&c.path) || c.action == ChangeAction::Conflict);
     }
 
     fn change(&mut self, action: ChangeAction, path: &[u8]) {
@@ -454,11 +459,7 @@ impl Walk<'_> {
     /// A version that dominates both sides, with a fresh local counter.
     fn settled(&mut self, lv: &Version, rv: &Version) -> Result<Version, SyncError> {
         self.report.settled += 1;
-        let store = &self.node.engine.store;
-        let seq = store.seq()? + 1;
-        let mut batch = store.batch();
-        batch.put_seq(seq);
-        batch.commit()?;
+        let seq = self.node.engine.store.allocate_seq()?;
         Ok(crate::sync::settled_version(lv, rv, &self.node.engine.host, seq))
     }
 

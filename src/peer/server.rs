@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -188,7 +187,12 @@ fn check_path(peer: &Peer, g: &ResolvedGroup, path: &[u8]) -> Result<(), SyncErr
 fn live_file(node: &Node, g: &ResolvedGroup, path: &[u8], content: &Hash) -> Result<Option<EntryRecord>, SyncError> {
     let (parent, name) = split_logical(g, path);
     let rec = node.engine.store.entry(&g.name, parent, name)?;
-    Ok(rec.filter(|r| !r.deleted && matches!(&r.body, Body::File { content: c, .. } if c == content)))
+    Ok(rec.filter(|r| holds(r, content)))
+}
+
+/// Whether `rec` is a live file with `content`.
+fn holds(rec: &EntryRecord, content: &Hash) -> bool {
+    !rec.deleted && matches!(&rec.body, Body::File { content: c, .. } if c == content)
 }
 
 /// Splits a logical path into its parent directory and name; an include
@@ -225,10 +229,7 @@ fn read_chunks(
             let rec = node.engine.store.dir_record(&g.name, parent)?.unwrap_or_default();
             dirs.insert(parent.to_vec(), rec);
         }
-        let rec = dirs[parent]
-            .get(name)
-            .filter(|r| !r.deleted && matches!(&r.body, Body::File { content: c, .. } if *c == f.content))
-            .cloned();
+        let rec = dirs[parent].get(name).filter(|r| holds(r, &f.content)).cloned();
         let local =
             g.to_local(std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&f.path)));
         let mut file: Option<File> = None;
@@ -283,10 +284,7 @@ fn read_one(
     if file.is_none() {
         *file = crate::peer::apply::open_nofollow(local).ok();
     }
-    let f = file.as_ref()?;
-    let mut buf = vec![0u8; c.len as usize];
-    f.read_exact_at(&mut buf, offset).ok()?;
-    (Hash::of(&buf) == *hash).then_some(buf)
+    crate::peer::apply::read_checked(file.as_ref()?, offset, c)
 }
 
 /// Where the chunk `hash` starts in a file with this chunk list.

@@ -13,7 +13,7 @@ use super::{Node, SyncError};
 use crate::config::HostEntry;
 use crate::engine::CheckReport;
 use crate::net::{self, Connection, Stream, StreamAcceptor, StreamOpener};
-use crate::proto::{self, ErrorCode, Message, ProtoError};
+use crate::proto::{self, ChangeAction, ErrorCode, Message, ProtoError};
 
 /// What `sync` is asked to do.
 #[derive(Clone, Debug, Default)]
@@ -65,7 +65,7 @@ impl SyncReport {
             .iter()
             .map(|p| {
                 let here = p.pulled.as_ref().map_or(0, |r| r.conflicts.len());
-                let there = p.pushed.iter().filter(|c| c.action == "conflict").count();
+                let there = p.pushed.iter().filter(|c| c.action == ChangeAction::Conflict).count();
                 here.max(there)
             })
             .sum()
@@ -113,7 +113,7 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
     // a second round, one root comparison per peer where nothing is left.
     let took: Vec<String> = peers
         .iter()
-        .filter(|p| p.pulled.as_ref().is_some_and(|r| r.changes.iter().any(|c| c.action != "conflict")))
+        .filter(|p| p.pulled.as_ref().is_some_and(|r| r.changes.iter().any(|c| c.action != ChangeAction::Conflict)))
         .map(|p| p.group.clone())
         .collect();
     if !opts.dry_run && !took.is_empty() {
@@ -173,10 +173,10 @@ impl PeerReport {
         self.in_sync = later.in_sync;
         if self.in_sync {
             // Whatever conflict the first exchange saw is settled.
-            self.pushed.retain(|c| c.action != "conflict");
+            self.pushed.retain(|c| c.action != ChangeAction::Conflict);
             if let Some(p) = &mut self.pulled {
                 p.conflicts.clear();
-                p.changes.retain(|c| c.action != "conflict");
+                p.changes.retain(|c| c.action != ChangeAction::Conflict);
             }
         }
     }
@@ -259,7 +259,8 @@ async fn exchange(
             // (by force or policy), or when the peer found conflicts this
             // node no longer sees: it was shown this node's state before
             // a settlement made in this run.
-            let stale = report.pushed.iter().any(|c| c.action == "conflict" && !pulled.conflicts.contains(&c.path));
+            let stale =
+                report.pushed.iter().any(|c| c.action == ChangeAction::Conflict && !pulled.conflicts.contains(&c.path));
             let again = (pulled.settled > 0 || stale) && !dry_run && !g.local.receive_only;
             report.pulled = Some(pulled);
             if again {

@@ -201,17 +201,7 @@ impl<'a> Writer<'a> {
             lchown(path, meta)?;
             return Ok(());
         }
-        let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-        // A fresh name next to the target, then an atomic rename over it.
-        let tmp = dir.join(format!(
-            ".snapsync-link-{}-{}",
-            std::process::id(),
-            Hash::of(path.as_os_str().as_bytes()).short()
-        ));
-        let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)?;
-        lchown(&tmp, meta)?;
-        fs::rename(&tmp, path)?;
+        place_symlink(path, meta, target)?;
         self.applied("link", path);
         self.files_written.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -258,6 +248,19 @@ impl<'a> Writer<'a> {
         apply_meta(&f, meta)?;
         Ok(())
     }
+}
+
+/// Makes `path` a symlink to `target` owned as `meta` says: made under a
+/// fresh name beside it, then renamed over whatever is there (a file, a
+/// link; an empty directory must be removed first).
+pub(crate) fn place_symlink(path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    let tmp =
+        dir.join(format!(".snapsync-link-{}-{}", std::process::id(), Hash::of(path.as_os_str().as_bytes()).short()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)?;
+    lchown(&tmp, meta)?;
+    fs::rename(&tmp, path)
 }
 
 /// Sets owner, mode and mtime on an open file or directory, in that order

@@ -406,7 +406,7 @@ impl Run<'_, '_> {
             Seen::Untracked => None,
         };
         match found {
-            Some(mut r) if same_state(&r, adopted) => {
+            Some(mut r) if EntryRecord::same_state(Some(&r), Some(adopted)) => {
                 if old.is_some_and(|o| o.deleted && r.deleted && o.version == adopted.version) {
                     return seen;
                 }
@@ -749,20 +749,6 @@ impl Run<'_, '_> {
             }
         }
     }
-}
-
-/// Whether a scanned record holds the adopted state: both deleted, or
-/// both live with the same kind, metadata and (except for directories,
-/// whose children are recorded one by one) body.
-fn same_state(found: &EntryRecord, adopted: &EntryRecord) -> bool {
-    if found.deleted || adopted.deleted {
-        return found.deleted == adopted.deleted;
-    }
-    found.meta == adopted.meta
-        && match (&found.body, &adopted.body) {
-            (Body::Dir { .. }, Body::Dir { .. }) => true,
-            (a, b) => a == b,
-        }
 }
 
 fn merge_mode(existing: &mut Mode, new: Mode) {

@@ -156,6 +156,16 @@ impl Store {
         self.get_u64(KEY_SEQ)
     }
 
+    /// Hands out the next version counter and commits it at once, for a
+    /// version made outside a scan (a conflict settled during a reconcile).
+    pub fn allocate_seq(&self) -> Result<u64, StoreError> {
+        let seq = self.seq()? + 1;
+        let mut batch = self.batch();
+        batch.put_seq(seq);
+        batch.commit()?;
+        Ok(seq)
+    }
+
     /// The id the next generation will get (ids start at 1).
     pub fn next_generation_id(&self) -> Result<u64, StoreError> {
         Ok(self.get_u64(KEY_NEXT_GENERATION)?.max(1))

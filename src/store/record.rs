@@ -141,6 +141,24 @@ pub struct EntryRecord {
 }
 
 impl EntryRecord {
+    /// Whether two records hold the same state: both absent (no record or
+    /// a tombstone), or live entries of one kind with equal metadata and
+    /// body (a directory's body, the hash of its children, excepted: its
+    /// children are compared one by one). Versions are not compared.
+    pub fn same_state(a: Option<&EntryRecord>, b: Option<&EntryRecord>) -> bool {
+        match (a.filter(|r| !r.deleted), b.filter(|r| !r.deleted)) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.meta == b.meta
+                    && match (&a.body, &b.body) {
+                        (Body::Dir { .. }, Body::Dir { .. }) => true,
+                        (x, y) => x == y,
+                    }
+            }
+            _ => false,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn tombstone_for_test() -> EntryRecord {
         EntryRecord {

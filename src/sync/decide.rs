@@ -181,7 +181,7 @@ static NO_VERSION: Version = Version(Vec::new());
 /// both conflicting versions: a third host still holding either of them
 /// then takes the winner instead of finding the conflict again.
 pub fn decide(local: Side<'_>, remote: Side<'_>) -> Decision {
-    if same_state(local.record, remote.record) {
+    if EntryRecord::same_state(local.record, remote.record) {
         return Decision::InSync;
     }
     let (lv, rv) = (version_of(local.record), version_of(remote.record));
@@ -221,7 +221,7 @@ pub fn decide(local: Side<'_>, remote: Side<'_>) -> Decision {
 /// host. Its `KeepLocal` is csync2's rule that a host always wins a
 /// conflict against a receive-only peer, before any `auto` policy.
 pub fn decide_receive_only(local: Side<'_>, remote: Side<'_>, local_host: &str) -> Decision {
-    if same_state(local.record, remote.record) {
+    if EntryRecord::same_state(local.record, remote.record) {
         return Decision::InSync;
     }
     let rv = version_of(remote.record);
@@ -331,23 +331,6 @@ fn live(record: Option<&EntryRecord>) -> Option<&EntryRecord> {
 /// A record's version; the empty version without a record.
 fn version_of(record: Option<&EntryRecord>) -> &Version {
     record.map_or(&NO_VERSION, |r| &r.version)
-}
-
-/// Whether two sides hold the same state: both absent, or live entries of
-/// one kind with equal metadata and body (a directory's body, the hash of
-/// its children, excepted).
-fn same_state(a: Option<&EntryRecord>, b: Option<&EntryRecord>) -> bool {
-    match (live(a), live(b)) {
-        (None, None) => true,
-        (Some(a), Some(b)) => {
-            a.meta == b.meta
-                && match (&a.body, &b.body) {
-                    (Body::Dir { .. }, Body::Dir { .. }) => true,
-                    (x, y) => x == y,
-                }
-        }
-        _ => false,
-    }
 }
 
 /// What kind of conflict two different states make.

@@ -716,7 +716,7 @@ proptest! {
                     (None, Some(live)) => Some(deleted(live, Version::default())),
                     (None, None) => None,
                 };
-                if next.is_none() || same_state(next.as_ref(), old.as_ref()) {
+                if next.is_none() || EntryRecord::same_state(next.as_ref(), old.as_ref()) {
                     continue;
                 }
                 seq[x] += 1;
@@ -729,7 +729,7 @@ proptest! {
             let (lr, rr) = (hosts[x].record.clone(), hosts[y].record.clone());
             let (lh, rh) = (hosts[x].history.clone(), hosts[y].history.clone());
             let d = both(lr.as_ref(), rr.as_ref());
-            let expected = if same_state(lr.as_ref(), rr.as_ref()) {
+            let expected = if EntryRecord::same_state(lr.as_ref(), rr.as_ref()) {
                 InSync
             } else if lh.is_subset(&rh) {
                 TakeRemote
@@ -770,7 +770,7 @@ proptest! {
     ) {
         let d = decide_receive_only(Side::new(l.as_ref()).with_force(lf), Side::new(r.as_ref()).with_force(rf), "r");
         prop_assert!(!d.is_conflict());
-        prop_assert_eq!(d == InSync, same_state(l.as_ref(), r.as_ref()));
+        prop_assert_eq!(d == InSync, EntryRecord::same_state(l.as_ref(), r.as_ref()));
         let received = Version(version_of(l.as_ref()).0.iter().filter(|(h, _)| h != "r").cloned().collect());
         if version_of(r.as_ref()).dominates(&received) {
             prop_assert_ne!(d, KeepLocal);
