@@ -66,9 +66,19 @@ pub(super) fn check(o: &mut String, cli: &Cli, r: &CheckReport) {
             bytes(g.stats.bytes_read)
         );
     }
-    let errors = r.problems.iter().filter(|p| p.severity == crate::scan::Severity::Error).count();
+    scan_problems(o, &r.problems);
+}
+
+/// The paths a scan could not take, each with the reason: the run may have
+/// happened in the daemon, whose log the caller does not see.
+fn scan_problems(o: &mut String, problems: &[crate::scan::Problem]) {
+    let errors = problems.iter().filter(|p| p.severity == crate::scan::Severity::Error).count();
+    for p in problems {
+        let what = if p.severity == crate::scan::Severity::Error { "error" } else { "skipped" };
+        say!(o, "{what}: {p}");
+    }
     if errors > 0 {
-        say!(o, "{errors} paths could not be scanned (see above)");
+        say!(o, "{errors} paths could not be scanned");
     }
 }
 
@@ -219,6 +229,9 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
     }
     if cli.quiet {
         return;
+    }
+    if let Some(check) = &r.check {
+        scan_problems(o, &check.problems);
     }
     let done = if dry_run { "to apply" } else { "applied" };
     for p in &r.peers {

@@ -225,6 +225,16 @@ impl Scanner<'_> {
             };
             let logical = root.logical.as_bytes();
             let prev = old.get(logical);
+            // SPEC §4.18: an include root that is a symlink here (say, the
+            // tree was moved and a link left behind) is reported and keeps
+            // its record as it was; it is never recorded, and so never
+            // sent, as a symlink.
+            if !matches!(mode, Mode::Keep) && root_is_symlink(&run, &root.local) {
+                if let Some(prev) = prev {
+                    new.children.push((logical.to_vec(), prev.clone()));
+                }
+                continue;
+            }
             let rec = match run.visit(b"", logical, &root.local, prev, Class::Included, &mode) {
                 Seen::Same => prev.cloned(),
                 Seen::New(r) => Some(r),
@@ -277,6 +287,24 @@ impl Scanner<'_> {
             added_bytes: run.added_bytes.into_inner(),
         })
     }
+}
+
+/// Whether the include root at `local` is a symlink; reports it if so.
+fn root_is_symlink(run: &Run<'_, '_>, local: &Path) -> bool {
+    let Ok(md) = std::fs::symlink_metadata(local) else { return false };
+    if !md.file_type().is_symlink() {
+        return false;
+    }
+    let target = std::fs::read_link(local).map(|t| t.display().to_string()).unwrap_or_default();
+    run.problem(
+        local,
+        format!(
+            "include root is a symlink (to {target}): it is not synced; make the configured path the tree itself, \
+             or include the link's target"
+        ),
+        Severity::Error,
+    );
+    true
 }
 
 /// How a root is scanned when only `paths` are asked for.

@@ -13,6 +13,7 @@ mod sync_concurrent;
 mod sync_conflicts;
 mod sync_dry_run;
 mod sync_exclude;
+mod sync_include_root;
 mod sync_no_descent;
 mod sync_propagate;
 mod sync_receive_only;
