@@ -181,7 +181,11 @@ pub fn main() -> ExitCode {
     ExitCode::from(run(&cli))
 }
 
+/// Logs go to stderr, each message escaped as [`output::escape`] does:
+/// errors and audit lines name paths a peer chose, and those must not
+/// reach the terminal raw.
 fn init_logging(cli: &Cli) {
+    use tracing_subscriber::field::MakeExt as _;
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "warn,audit=info",
@@ -190,8 +194,19 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        // A message's Debug form is its text; other fields are `name=value`.
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            write!(w, "{}", output::escape(&text))
+        } else {
+            write!(w, "{}={}", field.name(), output::escape(&text))
+        }
+    })
+    .delimited(" ");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(fields)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
