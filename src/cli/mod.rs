@@ -167,6 +167,30 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Check { .. } => "check",
+            Command::Ls { .. } => "ls",
+            Command::Keygen { .. } => "keygen",
+            Command::Generations { .. } => "generations",
+            Command::Restore { .. } => "restore",
+            Command::Sync { .. } => "sync",
+            Command::Mark { .. } => "mark",
+            Command::Update { .. } => "update",
+            Command::Force { .. } => "force",
+            Command::Status { .. } => "status",
+            Command::Conflicts => "conflicts",
+            Command::Serve { .. } => "serve",
+            Command::Trust { .. } => "trust",
+            Command::Gc => "gc",
+            Command::Verify => "verify",
+            Command::Demo { .. } => "demo",
+        }
+    }
+}
+
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -433,7 +457,11 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             if report.mismatches.is_empty() { EXIT_OK } else { EXIT_FAILURE }
         }
         Command::Keygen { .. } | Command::Demo { .. } | Command::Serve { .. } => {
-            unreachable!("handled before the state is opened")
+            return Err(EngineError::Usage(format!(
+                "`snapsync {}` does not run on an opened node; run it on its own",
+                cli.command.name()
+            ))
+            .into());
         }
     })
 }
