@@ -249,9 +249,10 @@ impl Access {
 /// then renamed into place. The rename replaces whatever was there (a
 /// stale socket of a dead daemon, or a planted symlink) without following
 /// it. The daemon holds the state's lock, so nothing else binds here.
-/// Returns the listener and the socket's inode (to remove only our own
-/// socket at exit).
-fn bind_socket(state: &Path) -> Result<(tokio::net::UnixListener, u64), SocketError> {
+/// A root daemon gives the socket to the state directory's `owner`, who may
+/// use it too. Returns the listener and the socket's inode (to remove only
+/// our own socket at exit).
+fn bind_socket(state: &Path, owner: u32) -> Result<(tokio::net::UnixListener, u64), SocketError> {
     let sock = state.join(SOCKET);
     // Leftovers of a daemon that died between bind and rename.
     if let Ok(entries) = std::fs::read_dir(state) {
@@ -282,6 +283,10 @@ fn bind_socket(state: &Path) -> Result<(tokio::net::UnixListener, u64), SocketEr
         let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(|e| SocketError::new(&tmp, "bind", e))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| SocketError::new(&tmp, "set mode 0600", e))?;
+        if euid == 0 && owner != 0 {
+            std::os::unix::fs::lchown(&tmp, Some(owner), None)
+                .map_err(|e| SocketError::new(&tmp, "give the socket to the state directory's owner", e))?;
+        }
         let ino = std::fs::symlink_metadata(&tmp).map_err(|e| SocketError::new(&tmp, "look at", e))?.ino();
         std::fs::rename(&tmp, &sock).map_err(|e| SocketError::new(&sock, "move the new socket into place", e))?;
         listener.set_nonblocking(true).map_err(|e| SocketError::new(&sock, "set non-blocking", e))?;
@@ -310,13 +315,14 @@ async fn serve_async(node: Arc<Node>) -> Result<(), ServeError> {
         );
     }
     let identity = node.identity(gi)?;
-    let addr = crate::peer::resolve(&g.local).await.map_err(SyncError::from)?;
+    let addr = crate::peer::resolve(&g.local).await?;
     let mut server = net::Server::bind(addr, &identity).map_err(SyncError::from)?;
     let state = node.state_dir().to_path_buf();
     let sock = state.join(SOCKET);
-    let owner = std::fs::metadata(&state).map_err(|e| SocketError::new(&state, "look at the state directory", e))?.uid();
+    let owner =
+        std::fs::metadata(&state).map_err(|e| SocketError::new(&state, "look at the state directory", e))?.uid();
     let access = Arc::new(Access { state: state.clone(), owner });
-    let (listener, sock_ino) = bind_socket(&state)?;
+    let (listener, sock_ino) = bind_socket(&state, owner)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| SyncError::Refused(format!("cannot handle SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -460,8 +466,7 @@ mod tests {
     use super::*;
 
     fn request(args: &[&str], cwd: &str) -> Vec<u8> {
-        serde_json::to_vec(&Request { args: args.iter().map(|a| (*a).to_owned()).collect(), cwd: cwd.into() })
-            .unwrap()
+        serde_json::to_vec(&Request { args: args.iter().map(|a| (*a).to_owned()).collect(), cwd: cwd.into() }).unwrap()
     }
 
     #[tokio::test]
@@ -476,7 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn read_request_refuses_a_line_over_the_limit() {
-        let long = vec![b'x'; 11];
+        let long = [b'x'; 11];
         let e = read_request(&long[..], 10, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(e, RequestError::TooLong), "{e}");
         // An endless line is cut off after the limit, not read to its end.

@@ -138,6 +138,33 @@ fn daemon_socket_refuses_users_other_than_root_and_the_owner() {
 }
 
 #[test]
+fn daemon_socket_admits_the_state_directory_owner() {
+    if as_nobody(Path::new(BIN)).is_none() {
+        return;
+    }
+    let mut c = Cluster::new(1);
+    let node_dir = c.node_state_dir("a");
+    std::fs::create_dir_all(&node_dir).unwrap();
+    std::os::unix::fs::lchown(&node_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    for d in [c.root(), &c.root().join("a"), &c.state("a"), node_dir.parent().unwrap()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Root's daemon on state the other user owns: the socket is theirs.
+    c.start("a");
+    let md = std::fs::symlink_metadata(node_dir.join("daemon.sock")).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (NOBODY, 0o600));
+
+    write(&c.path("a", "owned"), b"recorded for the owner");
+    let out = run_as_nobody(&c, &c.state("a"), &["check"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_as_nobody(&c, &c.state("a"), &["--json", "ls"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paths: Vec<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(paths.iter().any(|p| p.ends_with("/owned")), "{paths:?}");
+}
+
+#[test]
 fn daemon_socket_is_private_and_replaces_what_was_left_there() {
     let mut c = Cluster::new(1);
     let node_dir = c.node_state_dir("a");
