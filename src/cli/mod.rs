@@ -167,6 +167,30 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Check { .. } => "check",
+            Command::Ls { .. } => "ls",
+            Command::Keygen { .. } => "keygen",
+            Command::Generations { .. } => "generations",
+            Command::Restore { .. } => "restore",
+            Command::Sync { .. } => "sync",
+            Command::Mark { .. } => "mark",
+            Command::Update { .. } => "update",
+            Command::Force { .. } => "force",
+            Command::Status { .. } => "status",
+            Command::Conflicts => "conflicts",
+            Command::Serve { .. } => "serve",
+            Command::Trust { .. } => "trust",
+            Command::Gc => "gc",
+            Command::Verify => "verify",
+            Command::Demo { .. } => "demo",
+        }
+    }
+}
+
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -181,7 +205,11 @@ pub fn main() -> ExitCode {
     ExitCode::from(run(&cli))
 }
 
+/// Logs go to stderr, each message escaped as [`output::escape`] does:
+/// errors and audit lines name paths a peer chose, and those must not
+/// reach the terminal raw.
 fn init_logging(cli: &Cli) {
+    use tracing_subscriber::field::MakeExt as _;
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "warn,audit=info",
@@ -190,8 +218,19 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        // A message's Debug form is its text; other fields are `name=value`.
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            write!(w, "{}", output::escape(&text))
+        } else {
+            write!(w, "{}={}", field.name(), output::escape(&text))
+        }
+    })
+    .delimited(" ");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(fields)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
@@ -418,7 +457,11 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             if report.mismatches.is_empty() { EXIT_OK } else { EXIT_FAILURE }
         }
         Command::Keygen { .. } | Command::Demo { .. } | Command::Serve { .. } => {
-            unreachable!("handled before the state is opened")
+            return Err(EngineError::Usage(format!(
+                "`snapsync {}` does not run on an opened node; run it on its own",
+                cli.command.name()
+            ))
+            .into());
         }
     })
 }

@@ -1,6 +1,13 @@
 //! What each command prints: a table or a line for people, one JSON
 //! document with `--json`. Logs and progress never go to stdout.
+//!
+//! Names in text output are *escaped* ([`escape`]): file names, link
+//! targets and error messages come from any peer of the group, and a name
+//! holding `ESC [` or a newline must not recolour, move or fake lines on the
+//! operator's terminal. JSON output stays exact (serde_json escapes on its
+//! own).
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde_json::json;
@@ -24,6 +31,71 @@ macro_rules! say {
     }};
 }
 
+/// Text safe to print on a terminal, as bytes it stands for can be told
+/// back from it: printable characters stay, a backslash becomes `\\`,
+/// newline, tab and carriage return become `\n`, `\t` and `\r`, and every
+/// other control character (C0, DEL, C1) and every byte that is not part of
+/// valid UTF-8 becomes `\xNN`, one per byte (so a C1 character shows as the
+/// two bytes of its UTF-8 form). Pasted inside bash's `$'...'` the result
+/// gives the original bytes back.
+pub fn escape_bytes(b: &[u8]) -> Cow<'_, str> {
+    if let Ok(s) = std::str::from_utf8(b) {
+        return escape(s);
+    }
+    let mut out = String::with_capacity(b.len() + 16);
+    for chunk in b.utf8_chunks() {
+        escape_into(&mut out, chunk.valid());
+        for byte in chunk.invalid() {
+            push_hex(&mut out, *byte);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`escape_bytes`] of a string: unchanged (borrowed) when nothing needs
+/// escaping, which is the common case.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    escape_into(&mut out, s);
+    Cow::Owned(out)
+}
+
+/// [`escape_bytes`] of a path.
+pub fn escape_path(p: &Path) -> Cow<'_, str> {
+    escape_bytes(p.as_os_str().as_encoded_bytes())
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\' || c.is_control()
+}
+
+fn escape_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            // `is_control` is Unicode's Cc: C0, DEL and C1, exactly.
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    push_hex(out, b);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+fn push_hex(out: &mut String, b: u8) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "\\x{b:02x}");
+}
+
 pub(super) fn print_json(o: &mut String, v: &serde_json::Value) {
     say!(o, "{}", serde_json::to_string_pretty(v).expect("JSON values always serialize"));
 }
@@ -41,7 +113,7 @@ pub(super) fn keygen(o: &mut String, cli: &Cli, file: &Path) {
     if cli.json {
         print_json(o, &json!({ "key_file": file }));
     } else if !cli.quiet {
-        say!(o, "wrote new group key to {}", file.display());
+        say!(o, "wrote new group key to {}", escape_path(file));
     }
 }
 
@@ -96,7 +168,7 @@ pub(super) fn ls(o: &mut String, cli: &Cli, entries: &[LsEntry]) {
         };
         let what = match (&e.hash, &e.target) {
             (Some(h), _) => h[..16].to_owned(),
-            (None, Some(t)) => format!("-> {t}"),
+            (None, Some(t)) => format!("-> {}", escape(t)),
             (None, None) => "-".to_owned(),
         };
         say!(
@@ -108,7 +180,7 @@ pub(super) fn ls(o: &mut String, cli: &Cli, entries: &[LsEntry]) {
             e.size.map_or("-".into(), |s| s.to_string()),
             e.mtime.as_deref().unwrap_or("-"),
             what,
-            e.path.display()
+            escape_path(&e.path)
         );
     }
 }
@@ -150,7 +222,7 @@ pub(super) fn generations(o: &mut String, cli: &Cli, gens: &[Generation]) {
             g.entries,
             bytes(g.bytes),
             bytes(g.added_bytes),
-            g.cause
+            escape(&g.cause)
         );
     }
 }
@@ -204,7 +276,7 @@ pub(super) fn verify(o: &mut String, cli: &Cli, r: &VerifyReport) {
         return;
     }
     for m in &r.mismatches {
-        say!(o, "MISMATCH {}: {}", m.path, m.problem);
+        say!(o, "MISMATCH {}: {}", escape(&m.path), escape(&m.problem));
     }
     if !cli.quiet {
         say!(
@@ -236,7 +308,7 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
     let done = if dry_run { "to apply" } else { "applied" };
     for p in &r.peers {
         if let Some(e) = &p.error {
-            say!(o, "{} with {}: failed: {e}", p.group, p.peer);
+            say!(o, "{} with {}: failed: {}", p.group, p.peer, escape(e));
             continue;
         }
         if p.in_sync && p.pushed.is_empty() {
@@ -253,17 +325,17 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
             p.pushed.len() as u64 + p.pushed_more
         );
         for c in here {
-            say!(o, "  here   {:<8} {}", c.action.as_str(), c.path);
+            say!(o, "  here   {:<8} {}", c.action.as_str(), escape(&c.path));
         }
         for c in &p.pushed {
-            say!(o, "  {:<6} {:<8} {}", p.peer, c.action.as_str(), c.path);
+            say!(o, "  {:<6} {:<8} {}", p.peer, c.action.as_str(), escape(&c.path));
         }
         if p.pushed_more > 0 {
             say!(o, "  {:<6} ... and {} more", p.peer, p.pushed_more);
         }
         if let Some(pulled) = &p.pulled {
             for problem in &pulled.problems {
-                say!(o, "  not applied: {problem}");
+                say!(o, "  not applied: {}", escape(problem));
             }
         }
     }
@@ -294,7 +366,9 @@ fn version(v: &crate::store::Version) -> String {
     v.0.iter().map(|(h, c)| format!("{h}:{c}")).collect::<Vec<_>>().join(",")
 }
 
-fn side(r: Option<&crate::store::EntryRecord>) -> String {
+/// One side of a conflict; `text` escapes the peer-chosen link target for
+/// a terminal, JSON keeps it as it is.
+fn side(r: Option<&crate::store::EntryRecord>, text: bool) -> String {
     match r {
         None => "absent".to_owned(),
         Some(r) if r.deleted => format!("deleted [{}]", version(&r.version)),
@@ -302,6 +376,7 @@ fn side(r: Option<&crate::store::EntryRecord>) -> String {
             let what = match &r.body {
                 crate::tree::Body::File { size, content } => format!("file {} {}", bytes(*size), content.short()),
                 crate::tree::Body::Dir { .. } => "directory".to_owned(),
+                crate::tree::Body::Symlink { target } if text => format!("symlink -> {}", escape_bytes(target)),
                 crate::tree::Body::Symlink { target } => format!("symlink -> {}", String::from_utf8_lossy(target)),
             };
             let mtime = r.meta.mtime.map(|t| format!(" modified {}", time(t))).unwrap_or_default();
@@ -319,8 +394,8 @@ fn conflicts_json(conflicts: &[Conflict]) -> serde_json::Value {
                 "path": String::from_utf8_lossy(&c.path),
                 "peer": c.peer,
                 "kind": c.kind,
-                "local": side(c.local.as_ref()),
-                "remote": side(c.remote.as_ref()),
+                "local": side(c.local.as_ref(), false),
+                "remote": side(c.remote.as_ref(), false),
                 "found": time(c.time),
             }))
             .collect::<Vec<_>>()
@@ -339,9 +414,9 @@ pub(super) fn conflicts(o: &mut String, cli: &Cli, conflicts: &[Conflict]) {
         return;
     }
     for c in conflicts {
-        say!(o, "{} {} ({}, with {})", c.group, String::from_utf8_lossy(&c.path), c.kind, c.peer);
-        say!(o, "  here:  {}", side(c.local.as_ref()));
-        say!(o, "  {}: {}", c.peer, side(c.remote.as_ref()));
+        say!(o, "{} {} ({}, with {})", c.group, escape_bytes(&c.path), c.kind, c.peer);
+        say!(o, "  here:  {}", side(c.local.as_ref(), true));
+        say!(o, "  {}: {}", c.peer, side(c.remote.as_ref(), true));
     }
 }
 
@@ -351,7 +426,7 @@ pub(super) fn forced(o: &mut String, cli: &Cli, forced: &[(String, String)]) {
         print_json(o, &json!({ "forced": list }));
     } else if !cli.quiet {
         for (g, p) in forced {
-            say!(o, "{g} {p}: the local version wins its next conflict");
+            say!(o, "{g} {}: the local version wins its next conflict", escape(p));
         }
     }
 }
@@ -361,9 +436,45 @@ pub(super) fn trusted(o: &mut String, cli: &Cli, peer: &str, had_pin: bool) {
         print_json(o, &json!({ "peer": peer, "forgotten": had_pin }));
     } else if !cli.quiet {
         if had_pin {
-            say!(o, "forgot the pinned key of {peer}; the key it presents next is pinned");
+            say!(o, "forgot the pinned key of {}; the key it presents next is pinned", escape(peer));
         } else {
-            say!(o, "no key was pinned for {peer}");
+            say!(o, "no key was pinned for {}", escape(peer));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_leaves_printable_text_alone() {
+        assert!(matches!(escape("plain/dir/é ü 日本.txt"), Cow::Borrowed(_)));
+        assert!(matches!(escape_bytes("a b/c".as_bytes()), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn escape_shows_control_characters_as_c_escapes() {
+        assert_eq!(escape("red\x1b[31mX\nfake line"), "red\\x1b[31mX\\nfake line");
+        assert_eq!(escape("a\tb\rc\0d\x7fe"), "a\\tb\\rc\\x00d\\x7fe");
+        // C1: the CSI character U+009B is the two bytes of its UTF-8 form.
+        assert_eq!(escape("x\u{9b}31m"), "x\\xc2\\x9b31m");
+        // A backslash is doubled, so `\n` in a name stays told apart from a newline.
+        assert_eq!(escape("back\\nslash"), "back\\\\nslash");
+    }
+
+    #[test]
+    fn escape_bytes_shows_invalid_utf8_as_hex() {
+        assert_eq!(escape_bytes(b"ok\xff\xfe-\xc3\xa9-\xc3"), "ok\\xff\\xfe-é-\\xc3");
+        assert_eq!(escape_path(Path::new("/t/\x1b]0;title\x07")), "/t/\\x1b]0;title\\x07");
+    }
+
+    #[test]
+    fn escape_output_has_no_control_characters() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let shown = escape_bytes(&all);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        let utf8: String = (0u32..0x250).filter_map(char::from_u32).collect();
+        assert!(!escape(&utf8).chars().any(char::is_control));
     }
 }

@@ -157,3 +157,24 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     }
     std::fs::set_permissions(to, md.permissions()).unwrap();
 }
+
+/// The unprivileged uid and gid tests run commands as (nobody).
+pub const NOBODY: u32 = 65534;
+
+/// `program` run as [`NOBODY`] through setpriv, as the tests in `local.rs`
+/// do; `None`, with the reason printed, where that cannot be done (the
+/// tests do not run as root, or setpriv is missing).
+pub fn as_nobody(program: &Path) -> Option<std::process::Command> {
+    if !crate::local::is_root() {
+        eprintln!("skipped: running a command as another user needs root");
+        return None;
+    }
+    if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return None;
+    }
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={NOBODY}")).arg(format!("--regid={NOBODY}")).args(["--clear-groups", "--"]);
+    cmd.arg(program);
+    Some(cmd)
+}
