@@ -147,7 +147,7 @@ fn scan_problems(o: &mut String, problems: &[crate::scan::Problem]) {
     let errors = problems.iter().filter(|p| p.severity == crate::scan::Severity::Error).count();
     for p in problems {
         let what = if p.severity == crate::scan::Severity::Error { "error" } else { "skipped" };
-        say!(o, "{what}: {p}");
+        say!(o, "{what}: {}: {}", escape_path(&p.path), escape(&p.message));
     }
     if errors > 0 {
         say!(o, "{errors} paths could not be scanned");
