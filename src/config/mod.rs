@@ -105,7 +105,10 @@ pub struct Config {
 /// includes.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let src = lexer::read_config_file(path).map_err(|e| match e {
-        lexer::ReadFailure::Io(source) => ConfigError::Read { path: path.to_path_buf(), source },
+        lexer::ReadFailure::File(crate::trusted::TrustError::Io { source, .. }) => {
+            ConfigError::Read { path: path.to_path_buf(), source }
+        }
+        lexer::ReadFailure::File(source) => ConfigError::Unsafe { source },
         lexer::ReadFailure::NotUtf8(location) => ConfigError::NotUtf8 { location },
     })?;
     parse_str(&src, path)
@@ -127,6 +130,18 @@ pub fn parse_str(src: &str, file: &Path) -> Result<Config, ConfigError> {
         files: includes.files,
         system_dir: system_dir(),
     })
+}
+
+/// A host name as snapsync keeps and compares it: ASCII lower case.
+///
+/// Host names compare case-insensitively everywhere (SPEC §3), as DNS names
+/// do. Rather than comparing loosely in many places, every name is made
+/// canonical where it enters the program (config host lists, `-N` and the
+/// system hostname, a peer certificate's name, the pin file, a command's
+/// `--peer`) and compared exactly from then on: a certificate for `APP1`
+/// then meets the pin of `app1`, not an empty slot.
+pub fn canonical_host(name: &str) -> String {
+    name.to_ascii_lowercase()
 }
 
 /// The system directory: `$SNAPSYNC_SYSTEM_DIR`, else `/etc`.

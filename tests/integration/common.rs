@@ -157,3 +157,15 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     }
     std::fs::set_permissions(to, md.permissions()).unwrap();
 }
+
+/// The unprivileged user tests run commands as (`nobody`).
+pub const NOBODY: u32 = 65534;
+
+/// `program` to be run as [`NOBODY`] with no supplementary groups, through
+/// `setpriv` (the caller must be root: see `local::is_root`).
+pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={NOBODY}")).arg(format!("--regid={NOBODY}")).args(["--clear-groups", "--"]);
+    cmd.arg(program);
+    cmd
+}
