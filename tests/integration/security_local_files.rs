@@ -66,7 +66,7 @@ fn readable_by_nobody(paths: &[PathBuf]) -> Option<Vec<String>> {
     if !is_root() {
         return None;
     }
-    let script = r#"for f; do if [ -d "$f" ]; then ls "$f" >/dev/null 2>&1 && echo "$f"; else head -c1 "$f" >/dev/null 2>&1 && echo "$f"; fi; done"#;
+    let script = r#"for f; do if [ -d "$f" ]; then ls "$f" >/dev/null 2>&1 && echo "$f"; else head -c1 "$f" >/dev/null 2>&1 && echo "$f"; fi; done; exit 0"#;
     let out = as_nobody("sh").args(["-c", script, "sh"]).args(paths).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Some(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
