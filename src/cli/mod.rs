@@ -231,7 +231,8 @@ pub fn node_state_dir(state_root: &Path, config_name: &str, host: &str) -> PathB
     let canonical = dir.join(&host);
     if !canonical.exists()
         && let Ok(entries) = std::fs::read_dir(&dir)
-        && let Some(old) = entries.flatten().find(|e| e.file_name().to_str().is_some_and(|n| n.eq_ignore_ascii_case(&host)))
+        && let Some(old) =
+            entries.flatten().find(|e| e.file_name().to_str().is_some_and(|n| n.eq_ignore_ascii_case(&host)))
     {
         return old.path();
     }

@@ -258,8 +258,12 @@ mod tests {
     fn an_old_pin_file_with_upper_case_names_is_read_canonically() {
         let dir = tempfile::tempdir().unwrap();
         let pins = Pins::open(dir.path()).unwrap();
-        files::write_private(pins.path(), format!("APP1 {}\nb {}\nB {}\n", fp(1), fp(2), fp(2)).as_bytes(), Replace::Always)
-            .unwrap();
+        files::write_private(
+            pins.path(),
+            format!("APP1 {}\nb {}\nB {}\n", fp(1), fp(2), fp(2)).as_bytes(),
+            Replace::Always,
+        )
+        .unwrap();
         assert_eq!(pins.get("app1").unwrap(), Some(fp(1)));
         assert!(matches!(pins.check("app1", fp(9)), Err(NetError::PinMismatch { .. })));
         assert_eq!(pins.list().unwrap().len(), 2);

@@ -121,7 +121,11 @@ fn stores_and_state_are_readable_by_their_owner_only() {
     for root in [&state, &chunks] {
         assert_eq!(loose(root), Vec::<String>::new(), "under umask 000, {}", root.display());
     }
-    assert_eq!(std::fs::metadata(n.path("backup")).unwrap().mode() & 0o777, 0o755, "the backup directory keeps its mode");
+    assert_eq!(
+        std::fs::metadata(n.path("backup")).unwrap().mode() & 0o777,
+        0o755,
+        "the backup directory keeps its mode"
+    );
     let all: Vec<PathBuf> = entries(&state).into_iter().chain(entries(&chunks)).collect();
     match readable_by_nobody(&all) {
         Some(readable) => assert_eq!(readable, Vec::<String>::new()),
