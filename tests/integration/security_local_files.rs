@@ -345,3 +345,29 @@ fn an_upper_case_name_does_not_get_around_the_pin() {
     assert_eq!(c.snapshot("b"), before, "b applied what the intruder sent");
     assert_eq!(std::fs::read_to_string(&b_pins).unwrap(), pinned, "b's pins changed");
 }
+
+/// The umask this test process (and the daemons it starts) runs with.
+fn process_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).expect("a Umask line");
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
+/// Item 3's private umask is for the stores only: under `ignore mod`, a
+/// directory and a file a sync creates get the modes the umask the daemon
+/// was started with gives, not owner-only ones.
+#[test]
+fn under_ignore_mod_synced_entries_get_the_started_with_umask_not_the_private_one() {
+    let mut c = Cluster::new(2);
+    let text = std::fs::read_to_string(c.config_path()).unwrap();
+    std::fs::write(c.config_path(), format!("ignore mod;\n{text}")).unwrap();
+    c.start_all();
+    write(&c.path("a", "dir/sub/f"), b"content");
+    c.sync_ok("a");
+    let mask = process_umask();
+    assert_ne!(mask & 0o077, 0o077, "the test needs a umask that lets others read (found {mask:o})");
+    let mode = |p: &str| std::fs::metadata(c.path("b", p)).unwrap().mode() & 0o777;
+    assert_eq!(mode("dir"), 0o777 & !mask);
+    assert_eq!(mode("dir/sub"), 0o777 & !mask);
+    assert_eq!(mode("dir/sub/f"), 0o666 & !mask);
+}
