@@ -371,3 +371,20 @@ fn under_ignore_mod_synced_entries_get_the_started_with_umask_not_the_private_on
     assert_eq!(mode("dir/sub"), 0o777 & !mask);
     assert_eq!(mode("dir/sub/f"), 0o666 & !mask);
 }
+
+/// Item 7: a state directory named before host names were canonical (`A`
+/// for `-N A`) keeps being used: the node's records and key are not lost
+/// to a new, empty `a`.
+#[test]
+fn a_state_directory_named_in_upper_case_keeps_being_used() {
+    let n = Node::new("a", 0, "");
+    write(&n.tree().join("f"), b"tracked");
+    n.cmd().arg("check").assert().success();
+    let state = state_dir(&n);
+    let legacy = state.with_file_name("A");
+    std::fs::rename(&state, &legacy).unwrap();
+    let v = n.json(&["ls"]);
+    assert!(v.to_string().contains("tree/f\""), "the records were found: {v}");
+    assert!(!state.exists(), "a new state directory was made");
+    assert!(legacy.join("db").is_dir());
+}
