@@ -12,6 +12,10 @@
 //! roots* (`resolve.rs`). A *logical path* is a path as every host names it
 //! (prefix unexpanded); a *local path* is where it lives on this host.
 //!
+//! Every config file is read as a trusted file ([`crate::trusted`]): a
+//! regular file of at most 4 MiB that only its owner (this user or root)
+//! may change, since it names the commands actions run as root.
+//!
 //! Directives snapsync accepts but has no use for (`nossl`, `database`,
 //! `tempdir`, `lock-timeout`, `no-cygwin-lowercase`) produce a [`Warning`]
 //! for the caller to log, never an error. snapsync's extensions, where

@@ -546,11 +546,11 @@ pub fn encode_manifest(manifest: &[Vec<ChunkRef>]) -> Vec<u8> {
     postcard::to_stdvec(manifest).expect("encoding to a Vec cannot fail")
 }
 
-/// Takes the state lock, writing our pid into the lock file. The lock is an
-/// advisory `flock`, so it dies with the process: a crash leaves no stale lock.
 /// The state lock file's name in the state directory.
 const LOCK_FILE: &str = "lock";
 
+/// Takes the state lock, writing our pid into the lock file. The lock is an
+/// advisory `flock`, so it dies with the process: a crash leaves no stale lock.
 fn take_lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
     let mut f = OpenOptions::new()
