@@ -32,6 +32,10 @@ pub enum KeyError {
     /// The system random source failed.
     #[error("cannot get random bytes: {0}")]
     Random(String),
+    /// The file is not a regular file, too large, or others may read or
+    /// change it.
+    #[error(transparent)]
+    Unsafe(#[from] crate::trusted::TrustError),
     /// The file does not hold a usable key.
     #[error("{}: not a group key: {why}", path.display())]
     Invalid {
@@ -63,9 +67,15 @@ pub fn write_new(path: &Path) -> Result<(), KeyError> {
 }
 
 /// Reads a key file: its first line, trimmed, must be non-empty and
-/// printable. Keys written by other tools (any length) are accepted.
+/// printable. Keys written by other tools (any length up to
+/// [`crate::trusted::MAX_GROUP_KEY_BYTES`]) are accepted. The file must be
+/// a regular file that only its owner (this user or root) may read
+/// ([`crate::trusted`]).
 pub fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
-    let text = std::fs::read(path).map_err(|e| KeyError::Io { path: path.to_path_buf(), source: e })?;
+    let text = crate::trusted::read(path, crate::trusted::Kind::GroupKey).map_err(|e| match e {
+        crate::trusted::TrustError::Io { path, source } => KeyError::Io { path, source },
+        e => KeyError::Unsafe(e),
+    })?;
     let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.trim_ascii();
     if line.is_empty() {
@@ -106,6 +116,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
         std::fs::write(&path, "\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(read(&path), Err(KeyError::Invalid { .. })));
+    }
+
+    #[test]
+    fn a_group_key_others_can_read_is_refused_with_the_chmod_that_fixes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_new(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(matches!(err, KeyError::Unsafe(_)), "{err}");
+        assert!(err.to_string().contains(&format!("chmod 600 {}", path.display())), "{err}");
     }
 }

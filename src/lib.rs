@@ -7,6 +7,8 @@
 //!
 //! - [`audit`]: the audit log line for every change applied to disk.
 //! - [`hash`]: the BLAKE3 digest type that names chunks, contents and nodes.
+//! - [`trusted`]: reading config and key files safely (regular, bounded,
+//!   owner-only writable or private).
 //! - [`key`]: group key files (csync2 format).
 //! - [`config`]: the csync2-compatible configuration language and path patterns.
 //! - [`chunk`]: FastCDC content-defined chunking and chunk hashing.
@@ -37,3 +39,4 @@ pub mod scan;
 pub mod store;
 pub mod sync;
 pub mod tree;
+pub mod trusted;

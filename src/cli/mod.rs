@@ -260,15 +260,29 @@ pub fn config_name_of_file(abs: &Path) -> String {
     format!("{stem}-{tag}")
 }
 
-/// A node's state directory: `STATE_DIR/CONFIG_NAME/HOST`.
+/// A node's state directory: `STATE_DIR/CONFIG_NAME/HOST`, HOST in
+/// canonical form. One made before host names were canonical, spelled in
+/// another case, is kept while the canonical one does not exist.
 pub fn node_state_dir(state_root: &Path, config_name: &str, host: &str) -> PathBuf {
-    let host: String = host.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
-    state_root.join(config_name).join(host)
+    let host: String =
+        config::canonical_host(host).chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
+    let dir = state_root.join(config_name);
+    let canonical = dir.join(&host);
+    if !canonical.exists()
+        && let Ok(entries) = std::fs::read_dir(&dir)
+        && let Some(old) =
+            entries.flatten().find(|e| e.file_name().to_str().is_some_and(|n| n.eq_ignore_ascii_case(&host)))
+    {
+        return old.path();
+    }
+    canonical
 }
 
-/// The local host name: `-N`, else the system hostname.
+/// The local host name, in canonical form: `-N`, else the system hostname.
 pub fn host_name(cli: &Cli) -> String {
-    cli.name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    config::canonical_host(
+        &cli.name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
+    )
 }
 
 fn run(cli: &Cli) -> u8 {
@@ -366,7 +380,10 @@ fn report_error(e: &SyncError) -> u8 {
 
 fn exit_code_of(e: &SyncError) -> u8 {
     match e {
-        SyncError::Engine(EngineError::Config(_) | EngineError::Usage(_) | EngineError::NotFound(_)) => EXIT_USAGE,
+        SyncError::Engine(
+            EngineError::Config(_) | EngineError::Key { .. } | EngineError::Usage(_) | EngineError::NotFound(_),
+        )
+        | SyncError::Net(crate::net::NetError::UnsafeFile(_)) => EXIT_USAGE,
         _ => EXIT_FAILURE,
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use super::Location;
 use super::lexer::MAX_INCLUDE_DEPTH;
+use crate::trusted::TrustError;
 
 /// Why a configuration could not be loaded or resolved.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,24 @@ pub enum ConfigError {
         /// The I/O error.
         #[source]
         source: io::Error,
+    },
+    /// The main config file is not a regular file, too large, or may be
+    /// changed by other users.
+    #[error("{source}")]
+    Unsafe {
+        /// What is wrong, naming the file.
+        #[source]
+        source: TrustError,
+    },
+    /// A file named by `config FILE;` is not a regular file, too large, or
+    /// may be changed by other users.
+    #[error("{location}: included {source}")]
+    UnsafeInclude {
+        /// Where the file is named.
+        location: Location,
+        /// What is wrong, naming the file.
+        #[source]
+        source: TrustError,
     },
     /// A config file is not UTF-8 text.
     #[error("{location}: config file is not valid UTF-8 text")]
@@ -176,8 +195,12 @@ impl ConfigError {
     /// The place in a config file the error concerns, if any.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            ConfigError::Read { .. } | ConfigError::NotAMember { .. } | ConfigError::InvalidConfigName { .. } => None,
+            ConfigError::Read { .. }
+            | ConfigError::Unsafe { .. }
+            | ConfigError::NotAMember { .. }
+            | ConfigError::InvalidConfigName { .. } => None,
             ConfigError::ReadInclude { location, .. }
+            | ConfigError::UnsafeInclude { location, .. }
             | ConfigError::NotUtf8 { location }
             | ConfigError::Syntax { location, .. }
             | ConfigError::InvalidValue { location, .. }

@@ -28,6 +28,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::{ConfigError, Location};
+use crate::trusted::{Kind, TrustError};
 
 /// How many `config` includes may be nested, counted from the main file.
 /// csync2 allows the same depth (`MAX_INCLUDE_DEPTH` in its scanner).
@@ -394,9 +395,10 @@ fn include_file(
         return Err(ConfigError::IncludeTooDeep { location, path: path.to_path_buf() });
     }
     let src = read_config_file(path).map_err(|e| match e {
-        ReadFailure::Io(source) => {
+        ReadFailure::File(TrustError::Io { source, .. }) => {
             ConfigError::ReadInclude { location: location.clone(), path: path.to_path_buf(), source }
         }
+        ReadFailure::File(source) => ConfigError::UnsafeInclude { location: location.clone(), source },
         ReadFailure::NotUtf8(location) => ConfigError::NotUtf8 { location },
     })?;
     includes.files.push(path.to_path_buf());
@@ -408,14 +410,17 @@ fn include_file(
 
 /// Why a config file could not be read as text.
 pub(crate) enum ReadFailure {
-    Io(std::io::Error),
+    /// Unreadable, or refused by [`crate::trusted`]'s checks.
+    File(TrustError),
     /// The location of the first byte that is not UTF-8.
     NotUtf8(Location),
 }
 
-/// Reads a config file as UTF-8 text.
+/// Reads a config file as UTF-8 text: a regular file of at most
+/// [`crate::trusted::MAX_CONFIG_BYTES`] that only its owner (this user or
+/// root) may change, since it names the commands actions run.
 pub(crate) fn read_config_file(path: &Path) -> Result<String, ReadFailure> {
-    let bytes = std::fs::read(path).map_err(ReadFailure::Io)?;
+    let bytes = crate::trusted::read(path, Kind::Config).map_err(ReadFailure::File)?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         // The prefix is valid UTF-8 by construction.

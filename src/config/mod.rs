@@ -12,6 +12,10 @@
 //! roots* (`resolve.rs`). A *logical path* is a path as every host names it
 //! (prefix unexpanded); a *local path* is where it lives on this host.
 //!
+//! Every config file is read as a trusted file ([`crate::trusted`]): a
+//! regular file of at most 4 MiB that only its owner (this user or root)
+//! may change, since it names the commands actions run as root.
+//!
 //! Directives snapsync accepts but has no use for (`nossl`, `database`,
 //! `tempdir`, `lock-timeout`, `no-cygwin-lowercase`) produce a [`Warning`]
 //! for the caller to log, never an error. snapsync's extensions, where
@@ -105,7 +109,10 @@ pub struct Config {
 /// includes.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let src = lexer::read_config_file(path).map_err(|e| match e {
-        lexer::ReadFailure::Io(source) => ConfigError::Read { path: path.to_path_buf(), source },
+        lexer::ReadFailure::File(crate::trusted::TrustError::Io { source, .. }) => {
+            ConfigError::Read { path: path.to_path_buf(), source }
+        }
+        lexer::ReadFailure::File(source) => ConfigError::Unsafe { source },
         lexer::ReadFailure::NotUtf8(location) => ConfigError::NotUtf8 { location },
     })?;
     parse_str(&src, path)
@@ -127,6 +134,18 @@ pub fn parse_str(src: &str, file: &Path) -> Result<Config, ConfigError> {
         files: includes.files,
         system_dir: system_dir(),
     })
+}
+
+/// A host name as snapsync keeps and compares it: ASCII lower case.
+///
+/// Host names compare case-insensitively everywhere (SPEC §3), as DNS names
+/// do. Rather than comparing loosely in many places, every name is made
+/// canonical where it enters the program (config host lists, `-N` and the
+/// system hostname, a peer certificate's name, the pin file, a command's
+/// `--peer`) and compared exactly from then on: a certificate for `APP1`
+/// then meets the pin of `app1`, not an empty slot.
+pub fn canonical_host(name: &str) -> String {
+    name.to_ascii_lowercase()
 }
 
 /// The system directory: `$SNAPSYNC_SYSTEM_DIR`, else `/etc`.

@@ -70,7 +70,7 @@ pub struct HostEntry {
 impl HostEntry {
     /// A plain entry: `name` with no address, port, or parentheses.
     pub fn new(name: &str) -> Self {
-        HostEntry { name: name.to_ascii_lowercase(), addr: None, port: None, receive_only: false }
+        HostEntry { name: super::canonical_host(name), addr: None, port: None, receive_only: false }
     }
 
     /// The host name or address to connect to.

@@ -140,7 +140,7 @@ impl Config {
     /// host, and when a group of the host uses a prefix that has no line
     /// for it.
     pub fn resolve(&self, host: &str) -> Result<Vec<ResolvedGroup>, ConfigError> {
-        let host = host.to_ascii_lowercase();
+        let host = super::canonical_host(host);
         let prefixes = HostPrefixes::new(&self.prefixes, &host);
         let mut out = Vec::new();
         for g in &self.groups {
@@ -157,7 +157,7 @@ impl Config {
     /// The path of prefix `name` on `host`, if the prefix is declared and
     /// one of its lines matches the host.
     pub fn prefix_path(&self, name: &str, host: &str) -> Result<Option<String>, ConfigError> {
-        let host = host.to_ascii_lowercase();
+        let host = super::canonical_host(host);
         Ok(HostPrefixes::new(&self.prefixes, &host).path(name)?.map(str::to_string))
     }
 

@@ -24,7 +24,8 @@ pub use verify::{Mismatch, VerifyReport};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConfigError, ResolvedGroup};
+use crate::config::{Config, ConfigError, ResolvedGroup, canonical_host};
+use crate::key::KeyError;
 use crate::store::{ChunkStore, GcGroup, GcReport, Generation, Store, StoreError, collect_garbage};
 
 /// An error that stops an operation as a whole.
@@ -36,6 +37,16 @@ pub enum EngineError {
     /// The state or a chunk store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A group key file is unsafe (others may read it, not a regular file,
+    /// too large) or unusable: a configuration error.
+    #[error("group {group}: {source}")]
+    Key {
+        /// The group whose key it is.
+        group: String,
+        /// What is wrong, naming the file.
+        #[source]
+        source: KeyError,
+    },
     /// The command names something that does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -81,8 +92,14 @@ pub struct Engine {
 
 impl Engine {
     /// Opens the node `host` of `config` with its state in `state_dir`.
+    /// The host name is kept in canonical form (lower case). Group key files
+    /// that can be opened are checked now, so that one others may read
+    /// stops every command as a configuration error; a missing or
+    /// unreadable one is reported when a peer needs it.
     pub fn open(config: &Config, host: &str, state_dir: &Path) -> Result<Engine, EngineError> {
+        let host = &canonical_host(host);
         let groups = config.resolve(host)?;
+        check_group_keys(&groups)?;
         let store = Store::open(state_dir)?;
         let mut chunk_stores: Vec<ChunkStore> = Vec::new();
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
@@ -225,6 +242,21 @@ fn chunk_store_name(store: &Store, dir: &Path, host: &str) -> Result<String, Eng
     batch.put_chunk_store_name(dir, &name);
     batch.commit()?;
     Ok(name)
+}
+
+/// Reads every group's key file that can be opened, with the checks of
+/// [`crate::key::read`].
+fn check_group_keys(groups: &[ResolvedGroup]) -> Result<(), EngineError> {
+    for g in groups {
+        let Some(path) = &g.key else { continue };
+        match crate::key::read(path) {
+            Ok(_) => {}
+            // Missing or unreadable: reported when a peer needs it.
+            Err(KeyError::Io { .. }) => {}
+            Err(source) => return Err(EngineError::Key { group: g.name.clone(), source }),
+        }
+    }
+    Ok(())
 }
 
 /// How many generations a group keeps: `backup-generations` with a backup

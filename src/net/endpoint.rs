@@ -54,13 +54,14 @@ impl VerifyHostNameCallback for AnyGroupMember {
     }
 }
 
-/// The client side accepts only the host it meant to reach, compared
-/// exactly (host names are csync2's, not DNS's).
+/// The client side accepts only the host it meant to reach (held in
+/// canonical form), compared without regard to case: a peer whose
+/// certificate spells its name in upper case is still that host.
 struct ExpectHost(String);
 
 impl VerifyHostNameCallback for ExpectHost {
     fn verify_host_name(&self, host_name: &str) -> bool {
-        host_name == self.0
+        crate::config::canonical_host(host_name) == self.0
     }
 }
 
@@ -159,6 +160,7 @@ pub async fn connect(
     identity: &NodeIdentity,
 ) -> Result<Connection, NetError> {
     check_host(expected_peer_host)?;
+    let expected_peer_host: &str = &crate::config::canonical_host(expected_peer_host);
     let tls = tls::Client::builder()
         .with_empty_trust_store()
         .and_then(|b| b.with_certificate(identity.group_ca().certificate_pem()))

@@ -43,6 +43,10 @@ pub enum NetError {
         /// What is wrong with it.
         why: String,
     },
+    /// The node key or pin file is not a regular file, too large, owned by
+    /// another user, or others may read or change it.
+    #[error(transparent)]
+    UnsafeFile(#[from] crate::trusted::TrustError),
     /// Making a key or certificate, or setting up TLS, failed.
     #[error("cannot {what}: {why}")]
     Crypto {
@@ -166,6 +170,7 @@ impl NetError {
             | NetError::HostName { .. }
             | NetError::Io { .. }
             | NetError::KeyFile { .. }
+            | NetError::UnsafeFile(_)
             | NetError::Crypto { .. }
             | NetError::PinFile { .. }
             | NetError::PinMismatch { .. }

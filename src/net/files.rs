@@ -3,11 +3,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::NetError;
+use crate::trusted::{self, Kind, TrustError};
 
 /// The subdirectory of a node's state directory that holds its key,
 /// certificates and pins.
@@ -46,24 +47,15 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8], replace: Replace) -> Resu
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| NetError::io(dir, e))
 }
 
-/// Reads a private file: `None` if it does not exist; an error if it can be
-/// read by anyone but its owner (as ssh refuses such keys).
-pub(crate) fn read_private(path: &Path) -> Result<Option<Vec<u8>>, NetError> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(NetError::io(path, e)),
-    };
-    let mode = f.metadata().map_err(|e| NetError::io(path, e))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(NetError::KeyFile {
-            path: path.to_path_buf(),
-            why: format!("mode {:o} lets others read it; run `chmod 600` on it", mode & 0o777),
-        });
-    }
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| NetError::io(path, e))?;
-    Ok(Some(bytes))
+/// Reads a private file of `kind` (the node key, the pins): `None` if it
+/// does not exist; an error if it is not a regular file, is too large, is
+/// another user's, or can be read or changed by anyone but its owner (as
+/// ssh refuses such keys), with the `chmod` that fixes it.
+pub(crate) fn read_private(path: &Path, kind: Kind) -> Result<Option<Vec<u8>>, NetError> {
+    trusted::read_optional(path, kind).map_err(|e| match e {
+        TrustError::Io { path, source } => NetError::Io { path, source },
+        e => NetError::UnsafeFile(e),
+    })
 }
 
 /// Reads a file that need not be private: `None` if it does not exist.
@@ -107,6 +99,8 @@ impl Lock {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -121,10 +115,10 @@ mod tests {
         assert!(
             matches!(again, Err(NetError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists)
         );
-        assert_eq!(read_private(&p).unwrap().unwrap(), b"one");
+        assert_eq!(read_private(&p, Kind::NodeKey).unwrap().unwrap(), b"one");
         write_private(&p, b"three", Replace::Always).unwrap();
-        assert_eq!(read_private(&p).unwrap().unwrap(), b"three");
-        assert!(read_private(&net.join("missing")).unwrap().is_none());
+        assert_eq!(read_private(&p, Kind::NodeKey).unwrap().unwrap(), b"three");
+        assert!(read_private(&net.join("missing"), Kind::NodeKey).unwrap().is_none());
     }
 
     #[test]
@@ -133,7 +127,7 @@ mod tests {
         let p = dir.path().join("k");
         std::fs::write(&p, b"secret").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_private(&p).unwrap_err();
+        let err = read_private(&p, Kind::NodeKey).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

@@ -18,6 +18,8 @@ use rcgen::{
 
 use super::NetError;
 use super::files::{self, Replace};
+use crate::config::canonical_host;
+use crate::trusted::Kind;
 
 /// BLAKE3 `derive_key` context for the group CA's private key. Changing it
 /// changes every group's CA, so every node certificate: never edit it; make
@@ -106,8 +108,9 @@ impl FromStr for Fingerprint {
 }
 
 /// Checks that `host` can be a node certificate's name: 1 to 253 ASCII
-/// letters, digits, `-`, `.` or `_`. Names are compared exactly, as
-/// csync2 compares host names.
+/// letters, digits, `-`, `.` or `_`. Names are compared in their canonical
+/// form ([`canonical_host`]): certificates this node issues carry it, and
+/// a peer certificate's name is made canonical as it is read.
 pub fn check_host(host: &str) -> Result<(), NetError> {
     let bad = |why| Err(NetError::HostName { host: host.to_owned(), why });
     if host.is_empty() {
@@ -204,7 +207,8 @@ impl GroupCa {
         short_id(&self.fingerprint)
     }
 
-    /// Signs a node certificate for `host` and the public key of `node_key`.
+    /// Signs a node certificate for `host`, as given, and the public key of
+    /// `node_key`. Callers pass the canonical name.
     pub(crate) fn issue(&self, host: &str, node_key: &KeyPair) -> Result<rcgen::Certificate, NetError> {
         check_host(host)?;
         let name =
@@ -290,9 +294,12 @@ pub struct NodeIdentity {
 
 impl NodeIdentity {
     /// Loads this node's identity for the group whose key is `group_key`,
-    /// creating the node key and certificate on first use.
+    /// creating the node key and certificate on first use. The certificate
+    /// names `host` in canonical form; one stored with another spelling is
+    /// issued again.
     pub fn load_or_create(state_dir: &Path, host: &str, group_key: &[u8]) -> Result<NodeIdentity, NetError> {
         check_host(host)?;
+        let host = &canonical_host(host);
         let ca = GroupCa::derive(group_key)?;
         let dir = files::net_dir(state_dir)?;
         let key_path = dir.join(NODE_KEY_FILE);
@@ -352,6 +359,17 @@ impl NodeIdentity {
         &self.key_pem
     }
 
+    /// An identity whose certificate names `raw_host` exactly as given, as
+    /// a peer that does not make its name canonical would present it.
+    #[cfg(test)]
+    pub(crate) fn with_raw_name(state_dir: &Path, raw_host: &str, group_key: &[u8]) -> NodeIdentity {
+        let mut id = NodeIdentity::load_or_create(state_dir, raw_host, group_key).unwrap();
+        let key = KeyPair::from_pem(&id.key_pem).unwrap();
+        id.cert_pem = id.ca.issue(raw_host, &key).unwrap().pem();
+        id.host = raw_host.to_owned();
+        id
+    }
+
     /// An identity that trusts the CA of `trusted_key` but presents a
     /// certificate signed by the CA of `signing_key`: a host of another
     /// group that somehow knows this group's CA certificate.
@@ -378,14 +396,14 @@ impl fmt::Debug for NodeIdentity {
 /// Reads the node key, or makes one if there is none. When two processes
 /// race to make it, the second one's link fails and it reads the first's.
 fn load_or_create_key(path: &Path) -> Result<KeyPair, NetError> {
-    if let Some(bytes) = files::read_private(path)? {
+    if let Some(bytes) = files::read_private(path, Kind::NodeKey)? {
         return parse_key(path, &bytes);
     }
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| NetError::crypto("make a node key", e))?;
     match files::write_private(path, key.serialize_pem().as_bytes(), Replace::Never) {
         Ok(()) => Ok(key),
         Err(NetError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            let bytes = files::read_private(path)?.unwrap_or_default();
+            let bytes = files::read_private(path, Kind::NodeKey)?.unwrap_or_default();
             parse_key(path, &bytes)
         }
         Err(e) => Err(e),
@@ -403,7 +421,7 @@ fn parse_key(path: &Path, bytes: &[u8]) -> Result<KeyPair, NetError> {
 }
 
 /// Whether a stored certificate is still this node's for this group: for
-/// `host` only, for this key, signed by this CA.
+/// `host` only (spelled exactly so), for this key, signed by this CA.
 fn stored_cert_fits(pem_bytes: &[u8], host: &str, spki: &[u8], ca: &GroupCa) -> bool {
     let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem_bytes) else { return false };
     let Ok(cert) = pem.parse_x509() else { return false };
@@ -424,18 +442,21 @@ pub struct PeerCertificate {
 
 impl PeerCertificate {
     /// Reads a peer's node certificate (DER) whose chain TLS has already
-    /// verified against the group CA.
+    /// verified against the group CA. The host name is made canonical here,
+    /// where it enters the program: a certificate for `APP1` is the
+    /// certificate of `app1`, pinned and checked as `app1`.
     pub fn from_der(der: &[u8]) -> Result<PeerCertificate, String> {
         let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
         if !rest.is_empty() {
             return Err("trailing bytes after the certificate".into());
         }
-        let host = cert_host(&cert)?;
+        let host = canonical_host(&cert_host(&cert)?);
         Ok(PeerCertificate { host, fingerprint: Fingerprint::of_public_key(cert.public_key().raw) })
     }
 }
 
-/// The one DNS name of a node certificate, checked like a host name.
+/// The one DNS name of a node certificate, checked like a host name, as
+/// written in the certificate.
 fn cert_host(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<String, String> {
     use x509_parser::extensions::GeneralName;
     let san = cert.subject_alternative_name().map_err(|e| e.to_string())?.ok_or("no subject alternative name")?;
@@ -569,6 +590,41 @@ mod tests {
         std::fs::write(id.key_path(), "garbage").unwrap();
         let err = NodeIdentity::load_or_create(dir.path(), "x", KEY).unwrap_err();
         assert!(matches!(&err, NetError::KeyFile { path, .. } if path == id.key_path()), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_for_upper_case_app1_meets_the_pin_of_app1() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = super::super::Pins::open(dir.path()).unwrap();
+        let app1 = NodeIdentity::load_or_create(tempfile::tempdir().unwrap().path(), "app1", KEY).unwrap();
+        assert_eq!(pins.check("app1", app1.fingerprint()).unwrap(), super::super::PinCheck::FirstSeen);
+
+        // Another holder of the group key presents a certificate for `APP1`.
+        let intruder = NodeIdentity::with_raw_name(tempfile::tempdir().unwrap().path(), "APP1", KEY);
+        let (_, pem) = x509_parser::pem::parse_x509_pem(intruder.certificate_pem().as_bytes()).unwrap();
+        assert_eq!(cert_host(&pem.parse_x509().unwrap()).unwrap(), "APP1");
+        let peer = PeerCertificate::from_der(&pem.contents).unwrap();
+        assert_eq!(peer.host, "app1");
+        let err = pins.check(&peer.host, peer.fingerprint).unwrap_err();
+        assert!(matches!(&err, NetError::PinMismatch { host, .. } if host == "app1"), "{err}");
+        assert_eq!(pins.list().unwrap().len(), 1, "no second pin was made");
+    }
+
+    #[test]
+    fn this_node_issues_and_keeps_certificates_for_its_canonical_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = NodeIdentity::load_or_create(dir.path(), "App1.Example.COM", KEY).unwrap();
+        assert_eq!(id.host(), "app1.example.com");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(id.certificate_pem().as_bytes()).unwrap();
+        assert_eq!(cert_host(&pem.parse_x509().unwrap()).unwrap(), "app1.example.com");
+
+        // A certificate stored with an upper-case name is issued again.
+        let raw = NodeIdentity::with_raw_name(dir.path(), "APP1.example.com", KEY);
+        std::fs::write(raw.certificate_path(), raw.certificate_pem()).unwrap();
+        let again = NodeIdentity::load_or_create(dir.path(), "APP1.example.com", KEY).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(again.certificate_pem().as_bytes()).unwrap();
+        assert_eq!(cert_host(&pem.parse_x509().unwrap()).unwrap(), "app1.example.com");
+        assert_eq!(again.fingerprint(), id.fingerprint());
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //! The file is the only truth: every call reads it, and every change is a
 //! locked read-modify-write replaced atomically, so a daemon and a command
 //! (or two commands) never lose each other's pins.
+//!
+//! Hosts are pinned under their canonical name
+//! ([`crate::config::canonical_host`]): every host given to this module is
+//! made canonical, and so is every line of the file as it is read (files
+//! written before names were canonical may hold `App1`). Two lines that
+//! name one host in different cases with different keys are an error, never
+//! a choice. The file is private to the state directory's owner
+//! ([`crate::trusted::Kind::Pins`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +26,8 @@ use std::path::{Path, PathBuf};
 use super::NetError;
 use super::files::{self, Lock, Replace};
 use super::identity::{Fingerprint, check_host};
+use crate::config::canonical_host;
+use crate::trusted::Kind;
 
 /// Name of the pin file in `state_dir/net`.
 pub const PINS_FILE: &str = "pins";
@@ -58,6 +68,7 @@ impl Pins {
     /// none, refuses it with [`NetError::PinMismatch`] if it differs.
     pub fn check(&self, host: &str, presented: Fingerprint) -> Result<PinCheck, NetError> {
         check_host(host)?;
+        let host = &canonical_host(host);
         if let Some(pinned) = self.load()?.get(host) {
             return self.compare(host, *pinned, presented);
         }
@@ -67,14 +78,14 @@ impl Pins {
             // Pinned by another process since the first read.
             return self.compare(host, *pinned, presented);
         }
-        pins.insert(host.to_owned(), presented);
+        pins.insert(host.clone(), presented);
         self.store(&pins)?;
         Ok(PinCheck::FirstSeen)
     }
 
     /// The pin for `host`, if any.
     pub fn get(&self, host: &str) -> Result<Option<Fingerprint>, NetError> {
-        Ok(self.load()?.get(host).copied())
+        Ok(self.load()?.get(&canonical_host(host)).copied())
     }
 
     /// Every pin, by host.
@@ -88,7 +99,7 @@ impl Pins {
         check_host(host)?;
         let _lock = Lock::exclusive(&self.lock_path)?;
         let mut pins = self.load()?;
-        let old = pins.insert(host.to_owned(), fingerprint);
+        let old = pins.insert(canonical_host(host), fingerprint);
         if old != Some(fingerprint) {
             self.store(&pins)?;
         }
@@ -100,7 +111,7 @@ impl Pins {
     pub fn forget(&self, host: &str) -> Result<Option<Fingerprint>, NetError> {
         let _lock = Lock::exclusive(&self.lock_path)?;
         let mut pins = self.load()?;
-        let old = pins.remove(host);
+        let old = pins.remove(&canonical_host(host));
         if old.is_some() {
             self.store(&pins)?;
         }
@@ -116,11 +127,9 @@ impl Pins {
     }
 
     fn load(&self) -> Result<BTreeMap<String, Fingerprint>, NetError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(NetError::io(&self.path, e)),
-        };
+        let Some(bytes) = files::read_private(&self.path, Kind::Pins)? else { return Ok(BTreeMap::new()) };
+        // Bytes that are not UTF-8 fail the host name check of their line.
+        let text = String::from_utf8_lossy(&bytes);
         let mut pins = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
             let bad = |why: String| NetError::PinFile { path: self.path.clone(), line: i + 1, why };
@@ -134,8 +143,18 @@ impl Pins {
             };
             check_host(host).map_err(|e| bad(e.to_string()))?;
             let fp: Fingerprint = fp.parse().map_err(|e: String| bad(format!("fingerprint: {e}")))?;
-            if pins.insert(host.to_owned(), fp).is_some() {
-                return Err(bad(format!("{host} is pinned twice")));
+            let canonical = canonical_host(host);
+            match pins.insert(canonical.clone(), fp) {
+                None => {}
+                // The same host twice (in another case, say) with one key: one pin.
+                Some(earlier) if earlier == fp => {}
+                Some(earlier) => {
+                    return Err(bad(format!(
+                        "{canonical} is pinned twice with different keys, {earlier} and {fp} (host names are \
+                         compared without regard to case); delete the line of the key {canonical} does not \
+                         have, or both lines to pin the key it presents next"
+                    )));
+                }
             }
         }
         Ok(pins)
@@ -216,6 +235,69 @@ mod tests {
         let err = pins.check("b", fp(1)).unwrap_err();
         assert!(matches!(err, NetError::PinFile { line: 3, .. }), "{err}");
         assert!(matches!(Pins::open(dir.path()), Err(NetError::PinFile { .. })));
+    }
+
+    #[test]
+    fn host_case_does_not_open_a_new_pin_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins::open(dir.path()).unwrap();
+        pins.check("app1", fp(1)).unwrap();
+        for name in ["APP1", "App1", "aPp1"] {
+            let err = pins.check(name, fp(2)).unwrap_err();
+            assert!(matches!(&err, NetError::PinMismatch { host, .. } if host == "app1"), "{name}: {err}");
+            assert_eq!(pins.check(name, fp(1)).unwrap(), PinCheck::Matched);
+            assert_eq!(pins.get(name).unwrap(), Some(fp(1)));
+        }
+        assert_eq!(pins.list().unwrap().keys().collect::<Vec<_>>(), ["app1"]);
+        assert_eq!(pins.forget("APP1").unwrap(), Some(fp(1)));
+        assert_eq!(pins.check("APP1", fp(3)).unwrap(), PinCheck::FirstSeen);
+        assert_eq!(pins.list().unwrap().keys().collect::<Vec<_>>(), ["app1"]);
+    }
+
+    #[test]
+    fn an_old_pin_file_with_upper_case_names_is_read_canonically() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins::open(dir.path()).unwrap();
+        files::write_private(
+            pins.path(),
+            format!("APP1 {}\nb {}\nB {}\n", fp(1), fp(2), fp(2)).as_bytes(),
+            Replace::Always,
+        )
+        .unwrap();
+        assert_eq!(pins.get("app1").unwrap(), Some(fp(1)));
+        assert!(matches!(pins.check("app1", fp(9)), Err(NetError::PinMismatch { .. })));
+        assert_eq!(pins.list().unwrap().len(), 2);
+        // The next change writes canonical names.
+        pins.check("c", fp(3)).unwrap();
+        let text = std::fs::read_to_string(pins.path()).unwrap();
+        assert!(text.contains(&format!("app1 {}", fp(1))) && !text.contains("APP1"), "{text}");
+    }
+
+    #[test]
+    fn one_host_pinned_in_two_cases_with_two_keys_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins::open(dir.path()).unwrap();
+        files::write_private(pins.path(), format!("app1 {}\nAPP1 {}\n", fp(1), fp(2)).as_bytes(), Replace::Always)
+            .unwrap();
+        let err = pins.check("app1", fp(1)).unwrap_err();
+        assert!(matches!(err, NetError::PinFile { line: 2, .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("app1 is pinned twice with different keys"), "{msg}");
+        assert!(matches!(Pins::open(dir.path()), Err(NetError::PinFile { .. })));
+    }
+
+    #[test]
+    fn a_pin_file_others_can_read_or_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins::open(dir.path()).unwrap();
+        pins.check("b", fp(1)).unwrap();
+        for mode in [0o644, 0o620] {
+            std::fs::set_permissions(pins.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = pins.check("b", fp(1)).unwrap_err();
+            assert!(matches!(err, NetError::UnsafeFile(_)), "{err}");
+            assert!(err.to_string().contains(&format!("chmod 600 {}", pins.path().display())), "{err}");
+        }
     }
 
     #[test]

@@ -676,17 +676,24 @@ fn sync_filesystem(path: &Path) -> io::Result<()> {
 /// Makes `path` a directory with `meta` (mode and owner; directories keep
 /// no mtime in the tree).
 fn make_dir(path: &Path, meta: &Meta) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => {}
+    let created = match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => false,
         Ok(_) => {
             fs::remove_file(path)?;
             fs::create_dir(path)?;
+            true
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir(path)?;
+            true
+        }
         Err(e) => return Err(e),
-    }
+    };
     let f = File::open(path)?;
-    apply_meta(&f, &Meta { mtime: None, ..meta.clone() })
+    // A new directory without a synced mode (`ignore mod`) gets the mode the
+    // started-with umask gives, not the private umask the process runs under.
+    let mode = meta.mode.or_else(|| created.then(|| 0o777 & !current_umask()));
+    apply_meta(&f, &Meta { mtime: None, mode, ..meta.clone() })
 }
 
 /// Makes `path` a symlink to `target`, atomically replacing what is there

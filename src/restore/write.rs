@@ -216,6 +216,9 @@ impl<'a> Writer<'a> {
         }
         if !path.is_dir() {
             fs::create_dir(path)?;
+            if meta.mode.is_none() {
+                fs::set_permissions(path, Permissions::from_mode(0o777 & !current_umask()))?;
+            }
         }
         // Owner-writable while filling it; the recorded mode comes last.
         // Without a recorded mode (`ignore mod`) the directory keeps its own.
@@ -278,14 +281,11 @@ pub(crate) fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
     Ok(())
 }
 
-/// The process umask. Reading it means setting it, so it is set straight
-/// back; this runs before any parallel work of the restore starts.
+/// The umask new synced files are made with when their mode is not synced
+/// (`ignore mod`): the one the process was started with, not the private
+/// one the stores need ([`crate::store::original_umask`]).
 pub(crate) fn current_umask() -> u32 {
-    // SAFETY: umask only swaps the process's file mode creation mask.
-    let mask: libc::mode_t = unsafe { libc::umask(0o022) };
-    // SAFETY: as above, putting back the mask read.
-    unsafe { libc::umask(mask) };
-    mask
+    crate::store::original_umask()
 }
 
 pub(crate) fn lchown(path: &Path, meta: &Meta) -> io::Result<()> {

@@ -9,6 +9,8 @@
 //! one machine) sharing a backup directory do not share a database. Chunks
 //! are written before the state that references them is committed, and
 //! freed only after that state is gone (docs/design.md, "Write ordering").
+//! The store holds the bytes of private files: it is readable by its owner
+//! only (`private.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -25,9 +27,13 @@ pub struct ChunkStore {
 }
 
 impl ChunkStore {
-    /// Opens (creating if needed) the chunk store at `path`.
+    /// Opens (creating if needed) the chunk store at `path`, and makes it
+    /// and everything in it owner-only (0700 directories, 0600 files) if it
+    /// is not. The backup directory above it, which other configs may
+    /// share, keeps its mode.
     pub fn open(path: &Path) -> Result<ChunkStore, StoreError> {
-        std::fs::create_dir_all(path).map_err(|e| StoreError::io(path, e))?;
+        super::private::private_dir(path)?;
+        super::private::tighten_tree(path)?;
         let db = Database::builder(path).open().map_err(|e| StoreError::db(path, e))?;
         // Chunks are large, already compressed values: keep them out of the
         // LSM levels so compaction does not rewrite them.

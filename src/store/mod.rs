@@ -14,6 +14,10 @@
 //!   content-addressed and shared by the live tree and every generation.
 //! - A *generation* ([`Generation`]) is a recorded root set of one group.
 //!
+//! The state directory, its lock and its database are readable by their
+//! owner only; opening the store tightens any looser mode it finds
+//! (`private.rs`).
+//!
 //! Keyspaces: `meta` (counters, format, per-group root sets), `dirs`,
 //! `nodes`, `manifests`, `generations`. Chunk bytes live apart, in a
 //! [`ChunkStore`] under the group's backup directory. All writes of one run
@@ -25,6 +29,7 @@ mod conflict;
 mod error;
 mod gc;
 mod generation;
+mod private;
 mod record;
 
 pub use chunks::ChunkStore;
@@ -32,6 +37,7 @@ pub use conflict::Conflict;
 pub use error::StoreError;
 pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
+pub use private::{PRIVATE_UMASK, original_umask, restrict_umask};
 pub use record::{
     DirRecord, EntryRecord, Stat, Version, dir_key, join_logical, split_dir_key, version_digest, xor_dir_digest,
     xor_entry_digest,
@@ -39,6 +45,7 @@ pub use record::{
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -80,12 +87,18 @@ const FLUSH_ON_CLOSE_BYTES: u64 = 1 << 20;
 
 impl Store {
     /// Opens (creating if needed) the state in `dir`, taking its lock.
+    /// The directory, the lock file and everything in the database are
+    /// made owner-only (0700 directories, 0600 files) if they are not.
     ///
     /// Fails with [`StoreError::Locked`] when another process holds it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        private::private_dir(dir)?;
         let lock = take_lock(dir)?;
+        private::tighten(&dir.join(LOCK_FILE))?;
         let db_path = dir.join("db");
+        // The holder of the lock tightens: a running daemon's files are its own.
+        private::private_dir(&db_path)?;
+        private::tighten_tree(&db_path)?;
         // No journal compression: fjall re-encodes every journal entry when
         // it replays the journal on open, and compressing them again costs
         // more there than the disk space saves.
@@ -533,15 +546,19 @@ pub fn encode_manifest(manifest: &[Vec<ChunkRef>]) -> Vec<u8> {
     postcard::to_stdvec(manifest).expect("encoding to a Vec cannot fail")
 }
 
+/// The state lock file's name in the state directory.
+const LOCK_FILE: &str = "lock";
+
 /// Takes the state lock, writing our pid into the lock file. The lock is an
 /// advisory `flock`, so it dies with the process: a crash leaves no stale lock.
 fn take_lock(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join("lock");
+    let path = dir.join(LOCK_FILE);
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::io(&path, e))?;
     match f.try_lock() {

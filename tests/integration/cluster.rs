@@ -90,6 +90,9 @@ pub struct NodeInfo {
     pub config: PathBuf,
     /// Whether the shared config lists it.
     pub listed: bool,
+    /// The name its commands give with `-N` (the host name unless changed
+    /// with [`Cluster::name_as`]).
+    pub cli_name: String,
 }
 
 impl NodeInfo {
@@ -243,7 +246,8 @@ impl Cluster {
         std::fs::create_dir_all(self.root().join(name).join("tree")).unwrap();
         std::fs::create_dir_all(self.root().join(name).join("state")).unwrap();
         let config = self.root().join("cluster.cfg");
-        self.nodes.push(NodeInfo { name: name.to_owned(), ip, port, receive_only, config, listed });
+        let cli_name = name.to_owned();
+        self.nodes.push(NodeInfo { name: name.to_owned(), ip, port, receive_only, config, listed, cli_name });
     }
 
     /// The temporary directory.
@@ -346,6 +350,12 @@ impl Cluster {
         self.use_own_config(name, &text);
     }
 
+    /// Makes node `name`'s commands give `-N given` (another spelling of
+    /// its name, say) instead of `-N name`.
+    pub fn name_as(&mut self, name: &str, given: &str) {
+        self.node_mut(name).cli_name = given.to_owned();
+    }
+
     /// Writes a new group key with `snapsync keygen` (which needs no config).
     pub fn keygen(&self, path: &Path) {
         Command::new(BIN).env_remove("RUST_LOG").arg("keygen").arg(path).timeout(COMMAND_TIMEOUT).assert().success();
@@ -355,7 +365,7 @@ impl Cluster {
     pub fn cmd(&self, name: &str) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--config").arg(&self.node(name).config);
-        c.arg("-N").arg(name);
+        c.arg("-N").arg(&self.node(name).cli_name);
         c.arg("-D").arg(self.state(name));
         c.env_remove("RUST_LOG");
         c.timeout(COMMAND_TIMEOUT);
@@ -366,7 +376,7 @@ impl Cluster {
     pub fn std_cmd(&self, name: &str) -> std::process::Command {
         let mut c = std::process::Command::new(BIN);
         c.arg("--config").arg(&self.node(name).config);
-        c.arg("-N").arg(name);
+        c.arg("-N").arg(&self.node(name).cli_name);
         c.arg("-D").arg(self.state(name));
         c.env_remove("RUST_LOG");
         c

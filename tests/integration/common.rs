@@ -161,10 +161,10 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 /// The unprivileged uid and gid tests run commands as (nobody).
 pub const NOBODY: u32 = 65534;
 
-/// `program` run as [`NOBODY`] through setpriv, as the tests in `local.rs`
-/// do; `None`, with the reason printed, where that cannot be done (the
+/// `program` run as [`NOBODY`] with no supplementary groups, through
+/// setpriv; `None`, with the reason printed, where that cannot be done (the
 /// tests do not run as root, or setpriv is missing).
-pub fn as_nobody(program: &Path) -> Option<std::process::Command> {
+pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Option<std::process::Command> {
     if !crate::local::is_root() {
         eprintln!("skipped: running a command as another user needs root");
         return None;

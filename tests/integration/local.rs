@@ -103,8 +103,13 @@ fn no_change_check_does_not_open_unreadable_file() {
     age_tree(&n.tree());
     let root = is_root();
     if root {
-        // Everything the unprivileged run touches must be its own.
+        // Everything the unprivileged run touches must be its own, but
+        // for the config and key, which must be root's or the runner's:
+        // root's command refuses them as another user's.
         chown_r(n.dir.path(), 65534, 65534);
+        for f in [n.path("snapsync.cfg"), n.path("key")] {
+            std::os::unix::fs::chown(f, Some(0), Some(0)).unwrap();
+        }
     }
     std::fs::set_permissions(n.tree().join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
     if !root {
