@@ -75,7 +75,8 @@ pub const RETRY_ABOVE_PER_SOURCE: usize = 4;
 pub const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
 
 /// The shortest time between two reports of failed handshakes, after the
-/// first of a calm period (see [`ReportThrottle`]).
+/// first of a calm period: while failures keep coming, one report per
+/// interval sums them up.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How an attempt is answered.
@@ -259,7 +260,11 @@ impl Format for GatedTokens {
         self.inner.generate_retry_token(context, original_destination_connection_id, output_buffer)
     }
 
-    fn validate_token(&mut self, context: &mut Context<'_>, token: &[u8]) -> Option<s2n_quic_core::connection::InitialId> {
+    fn validate_token(
+        &mut self,
+        context: &mut Context<'_>,
+        token: &[u8],
+    ) -> Option<s2n_quic_core::connection::InitialId> {
         // Checked before the token, so a refused attempt does not use it
         // up: the client's retransmission may find room.
         if !self.admission.validated_attempt(SocketAddr::from(&context.remote_address)) {

@@ -63,7 +63,5 @@ pub use error::NetError;
 pub use files::NET_DIR;
 pub use handshake::CHANNEL_BINDING_LABEL;
 pub use identity::{Fingerprint, GroupCa, NodeIdentity, PeerCertificate};
-pub use limiter::{
-    MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, REPORT_INTERVAL, RETRY_ABOVE, RETRY_ABOVE_PER_SOURCE,
-};
+pub use limiter::{MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, REPORT_INTERVAL, RETRY_ABOVE, RETRY_ABOVE_PER_SOURCE};
 pub use pins::{PinCheck, Pins};
