@@ -157,6 +157,16 @@ async fn a_certificate_for_x_cannot_claim_y() {
     assert_eq!(host, "c");
 }
 
+/// Accepts one connection and keeps it until the client closes it: closing
+/// it at once could beat the server's HANDSHAKE_DONE to the client, whose
+/// `connect` would then fail. The client's host name.
+async fn held_until_closed(server: &mut Server) -> Result<String, NetError> {
+    let mut conn = bounded("accept", server.accept()).await?;
+    let host = conn.peer_host().to_owned();
+    let _ = bounded("the client's close", conn.accept_stream()).await;
+    Ok(host)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_key_under_a_pinned_host_name_is_refused_by_the_pin_store() {
     let (sa, sb, sb2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -166,8 +176,7 @@ async fn a_new_key_under_a_pinned_host_name_is_refused_by_the_pin_store() {
     let b = identity(sb.path(), "b", GROUP_KEY);
     let mut server = Server::bind(loopback(), &b).unwrap();
     let addr = server.local_addr();
-    let served =
-        tokio::spawn(async move { bounded("accept", server.accept()).await.map(|c| c.peer_host().to_owned()) });
+    let served = tokio::spawn(async move { held_until_closed(&mut server).await });
     let conn = bounded("connect", connect(addr, "b", &a)).await.unwrap();
     assert_eq!(pins.check(conn.peer_host(), conn.peer_fingerprint()).unwrap(), PinCheck::FirstSeen);
     assert_eq!(pins.check(conn.peer_host(), conn.peer_fingerprint()).unwrap(), PinCheck::Matched);
@@ -179,8 +188,7 @@ async fn a_new_key_under_a_pinned_host_name_is_refused_by_the_pin_store() {
     let b2 = identity(sb2.path(), "b", GROUP_KEY);
     let mut server = Server::bind(loopback(), &b2).unwrap();
     let addr = server.local_addr();
-    let served =
-        tokio::spawn(async move { bounded("accept", server.accept()).await.map(|c| c.peer_host().to_owned()) });
+    let served = tokio::spawn(async move { held_until_closed(&mut server).await });
     let conn = bounded("connect", connect(addr, "b", &a)).await.unwrap();
     let err = pins.check(conn.peer_host(), conn.peer_fingerprint()).unwrap_err();
     assert!(matches!(err, NetError::PinMismatch { ref host, .. } if host == "b"), "{err}");
