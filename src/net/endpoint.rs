@@ -12,11 +12,13 @@ use s2n_quic::provider::limits::Limits;
 use s2n_quic::provider::tls::default as tls;
 use tls::callbacks::VerifyHostNameCallback;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::NetError;
 use super::error::from_connection_error;
 use super::handshake::{ConnRecord, Observer, Progress};
 use super::identity::{Fingerprint, NodeIdentity, PeerCertificate, check_host};
+use super::limiter::{Admission, AttemptLimiter, ReportThrottle, TokenProvider};
 
 /// The ALPN protocol identifier (RFC 7301). A peer that does not offer it
 /// is refused in the handshake; a new wire protocol gets a new identifier.
@@ -65,18 +67,53 @@ impl VerifyHostNameCallback for ExpectHost {
     }
 }
 
+/// Most bidirectional streams a peer may have open on one connection at
+/// a time (and most this side opens).
+///
+/// The peer protocol needs few: a session's busiest moment is one `Pull`
+/// waiting for its answer (opened by one side) while the other side
+/// fetches chunks on `PARALLEL_REQUESTS` (4) streams and pages a listing
+/// or a chunk list on one more; 8 leaves room for streams still closing.
+/// Each stream a peer opens is served with up to one frame
+/// (`proto::MAX_FRAME`, 4 MiB) and its decoding budget
+/// (`proto::MAX_DECODED_LISTS`, 16 MiB) in memory, so this bounds what one
+/// connection can make the node hold for requests at 8 × 20 MiB. A peer
+/// that opens more waits for earlier ones to close (QUIC stream limits,
+/// RFC 9000 §4.6).
+pub const MAX_STREAMS: u64 = 8;
+
+/// Flow-control windows: how much a peer may send before this side has
+/// read it, per connection and per stream. QUIC buffers at most this much
+/// received data per connection. 4 MiB keeps a 1 Gbit/s link busy at up to
+/// 30 ms round trip (and a 10 Gbit/s LAN at 3 ms); it is s2n-quic's own
+/// default (3.75 MB) rounded, set here so the bound is ours.
+pub const DATA_WINDOW: u64 = 4 * 1024 * 1024;
+
 fn limits() -> Result<Limits, NetError> {
     Limits::new()
         .with_max_handshake_duration(HANDSHAKE_TIMEOUT)
         .and_then(|l| l.with_max_idle_timeout(IDLE_TIMEOUT))
+        .and_then(|l| l.with_max_open_remote_bidirectional_streams(MAX_STREAMS))
+        .and_then(|l| l.with_max_open_local_bidirectional_streams(MAX_STREAMS))
+        // The protocol uses no unidirectional streams: a peer may open none.
+        .and_then(|l| l.with_max_open_remote_unidirectional_streams(0))
+        .and_then(|l| l.with_data_window(DATA_WINDOW))
+        .and_then(|l| l.with_bidirectional_local_data_window(DATA_WINDOW))
+        .and_then(|l| l.with_bidirectional_remote_data_window(DATA_WINDOW))
         .map_err(|e| NetError::crypto("set QUIC limits", e))
 }
 
 /// A listening endpoint.
+///
+/// What strangers can make it hold is bounded: a few
+/// hundred handshakes in flight at most, address validation (Retry) under
+/// load, and failed handshakes reported at most once per
+/// [`super::REPORT_INTERVAL`] after the first.
 pub struct Server {
     inner: s2n_quic::Server,
     local_addr: SocketAddr,
     failures: mpsc::Receiver<NetError>,
+    reports: ReportThrottle,
 }
 
 impl Server {
@@ -92,10 +129,15 @@ impl Server {
             .and_then(|b| b.with_application_protocols([ALPN]))
             .and_then(|b| b.build())
             .map_err(|e| NetError::crypto("set up TLS", e))?;
-        let (observer, failures) = Observer::new(None);
+        let admission = Admission::default();
+        let (observer, failures) = Observer::new(None, Some(admission.clone()));
         let fail = |why: String| NetError::Bind { addr, why };
         let inner = s2n_quic::Server::builder()
             .with_tls(tls)
+            .map_err(|e| fail(e.to_string()))?
+            .with_endpoint_limits(AttemptLimiter::new(admission.clone()))
+            .map_err(|e| fail(e.to_string()))?
+            .with_address_token(TokenProvider(admission))
             .map_err(|e| fail(e.to_string()))?
             .with_io(io(addr).map_err(|e| fail(e.to_string()))?)
             .map_err(|e| fail(e.to_string()))?
@@ -106,7 +148,7 @@ impl Server {
             .start()
             .map_err(|e| fail(e.to_string()))?;
         let local_addr = inner.local_addr().map_err(|e| fail(e.to_string()))?;
-        Ok(Server { inner, local_addr, failures })
+        Ok(Server { inner, local_addr, failures, reports: ReportThrottle::default() })
     }
 
     /// The address the endpoint listens on.
@@ -119,6 +161,10 @@ impl Server {
     /// peer's address. Keep calling after errors; only
     /// [`NetError::EndpointClosed`] ends the stream.
     ///
+    /// Failed handshakes are reported one by one only while they are rare:
+    /// after one, those of the next [`super::REPORT_INTERVAL`] come as one
+    /// [`NetError::HandshakesFailed`] with their count, when it has passed.
+    ///
     /// The returned connection's peer is a holder of the group key that
     /// authenticated as [`Connection::peer_host`]; whether that host is
     /// listed in the group, and whether its pin matches, is the caller's
@@ -127,13 +173,25 @@ impl Server {
     /// Cancel-safe: it can lose a `select!` (against a shutdown signal, say)
     /// without losing a connection.
     pub async fn accept(&mut self) -> Result<Connection, NetError> {
-        tokio::select! {
-            biased;
-            Some(failure) = self.failures.recv() => Err(failure),
-            conn = self.inner.accept() => {
-                let conn = conn.ok_or(NetError::EndpointClosed { addr: self.local_addr })?;
-                let addr = conn.remote_addr().map_err(|e| from_connection_error(self.local_addr, &e, None, None))?;
-                admit(conn, addr, None)
+        loop {
+            let due = self.reports.due();
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    if let Some(summary) = self.reports.flush(Instant::now()) {
+                        return Err(summary);
+                    }
+                }
+                Some(failure) = self.failures.recv() => {
+                    if let Some(report) = self.reports.admit(failure, Instant::now()) {
+                        return Err(report);
+                    }
+                }
+                conn = self.inner.accept() => {
+                    let conn = conn.ok_or(NetError::EndpointClosed { addr: self.local_addr })?;
+                    let addr = conn.remote_addr().map_err(|e| from_connection_error(self.local_addr, &e, None, None))?;
+                    return admit(conn, addr, None);
+                }
             }
         }
     }
@@ -169,7 +227,7 @@ pub async fn connect(
         .and_then(|b| b.with_application_protocols([ALPN]))
         .and_then(|b| b.build())
         .map_err(|e| NetError::crypto("set up TLS", e))?;
-    let (observer, mut failures) = Observer::new(Some(expected_peer_host.to_owned()));
+    let (observer, mut failures) = Observer::new(Some(expected_peer_host.to_owned()), None);
     // One client endpoint per connection: each gets the TLS configuration
     // that expects its own peer, and a cluster has tens of peers, not
     // thousands.

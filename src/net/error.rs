@@ -149,6 +149,21 @@ pub enum NetError {
         /// Whether the peer closed it.
         by_peer: bool,
     },
+    /// Handshakes kept failing faster than they are worth reporting one by
+    /// one (a flood of connection attempts that never complete, as a rule):
+    /// how many failed since the last report, and the latest of them.
+    #[error(
+        "{count} more handshakes failed in the last {} (reported together; the latest: {latest})",
+        humantime::format_duration(*interval)
+    )]
+    HandshakesFailed {
+        /// How many failed, the latest included.
+        count: u64,
+        /// The time they are summed over at most.
+        interval: Duration,
+        /// The latest failure.
+        latest: Box<NetError>,
+    },
     /// The local endpoint has shut down.
     #[error("endpoint on {addr} is closed")]
     EndpointClosed {
@@ -165,6 +180,7 @@ impl NetError {
     pub fn is_transient(&self) -> bool {
         match self {
             NetError::Timeout { .. } | NetError::ConnectionLost { .. } => true,
+            NetError::HandshakesFailed { latest, .. } => latest.is_transient(),
             NetError::Closed { code, .. } => *code == 0,
             NetError::GroupKey { .. }
             | NetError::HostName { .. }

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::NetError;
 use super::error::from_connection_error;
+use super::limiter::{Admission, InFlight};
 
 /// TLS exporter label (RFC 8446 §7.5) for [`super::Connection::channel_binding`].
 pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-snapsync-channel-binding-v1";
@@ -40,6 +41,9 @@ pub(crate) struct ConnRecord {
     /// TLS's own message when this side refused the handshake.
     tls_error: Option<String>,
     pub(crate) progress: watch::Sender<Progress>,
+    /// Counts this connection's handshake as in flight (server side) until
+    /// it is confirmed or the connection is gone.
+    in_flight: Option<InFlight>,
 }
 
 /// The subscriber installed on every endpoint.
@@ -49,6 +53,8 @@ pub(crate) struct Observer {
     failures: mpsc::Sender<NetError>,
     /// The host a client endpoint expects, for its error messages.
     expected_host: Option<String>,
+    /// A server's count of handshakes in flight.
+    admission: Option<Admission>,
 }
 
 /// Reports kept waiting for `accept()` at most; more are dropped (with a
@@ -57,9 +63,12 @@ pub(crate) struct Observer {
 pub(crate) const FAILURE_BACKLOG: usize = 64;
 
 impl Observer {
-    pub(crate) fn new(expected_host: Option<String>) -> (Observer, mpsc::Receiver<NetError>) {
+    pub(crate) fn new(
+        expected_host: Option<String>,
+        admission: Option<Admission>,
+    ) -> (Observer, mpsc::Receiver<NetError>) {
         let (tx, rx) = mpsc::channel(FAILURE_BACKLOG);
-        (Observer { failures: tx, expected_host }, rx)
+        (Observer { failures: tx, expected_host, admission }, rx)
     }
 }
 
@@ -73,6 +82,7 @@ impl Subscriber for Observer {
             binding: None,
             tls_error: None,
             progress: watch::Sender::new(Progress::Handshaking),
+            in_flight: None,
         }
     }
 
@@ -82,7 +92,9 @@ impl Subscriber for Observer {
         _meta: &ConnectionMeta,
         event: &events::ConnectionStarted,
     ) {
-        context.remote = Some(SocketAddr::from(&event.path.remote_addr));
+        let remote = SocketAddr::from(&event.path.remote_addr);
+        context.remote = Some(remote);
+        context.in_flight = self.admission.as_ref().map(|a| a.started(remote));
     }
 
     fn on_tls_exporter_ready(
@@ -119,6 +131,7 @@ impl Subscriber for Observer {
     ) {
         if matches!(event.status, events::HandshakeStatus::Confirmed { .. }) {
             context.progress.send_replace(Progress::Confirmed);
+            context.in_flight = None;
         }
     }
 
@@ -128,6 +141,7 @@ impl Subscriber for Observer {
         _meta: &ConnectionMeta,
         event: &events::ConnectionClosed,
     ) {
+        context.in_flight = None;
         if *context.progress.borrow() != Progress::Handshaking {
             return;
         }

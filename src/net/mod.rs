@@ -34,25 +34,34 @@
 //! caller on the authenticated [`Connection`], with [`Pins`].
 //!
 //! Handshakes are bounded by [`HANDSHAKE_TIMEOUT`], idle connections by
-//! [`IDLE_TIMEOUT`]. Errors are [`NetError`]s, each transient (retry later)
-//! or permanent (needs an operator): [`NetError::is_transient`].
+//! [`IDLE_TIMEOUT`]. What anyone who can send a datagram can make a server
+//! hold is bounded too: at most [`MAX_HANDSHAKES`] handshakes in flight
+//! ([`MAX_HANDSHAKES_PER_SOURCE`] from one address), address validation
+//! (Retry) above [`RETRY_ABOVE`] ([`RETRY_ABOVE_PER_SOURCE`]), and failed
+//! handshakes reported once per [`REPORT_INTERVAL`] while they keep coming.
+//! A connection carries at most [`MAX_STREAMS`] streams each way at a time
+//! and [`DATA_WINDOW`] of unread data. Errors are [`NetError`]s, each
+//! transient (retry later) or permanent (needs an operator):
+//! [`NetError::is_transient`].
 
 mod endpoint;
 mod error;
 mod files;
 mod handshake;
 pub mod identity;
+mod limiter;
 pub mod pins;
 
 #[cfg(test)]
 mod tests;
 
 pub use endpoint::{
-    ALPN, CLOSE_REFUSED, Connection, DEFAULT_PORT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Server, Stream, StreamAcceptor,
-    StreamOpener, connect,
+    ALPN, CLOSE_REFUSED, Connection, DATA_WINDOW, DEFAULT_PORT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_STREAMS, Server,
+    Stream, StreamAcceptor, StreamOpener, connect,
 };
 pub use error::NetError;
 pub use files::NET_DIR;
 pub use handshake::CHANNEL_BINDING_LABEL;
 pub use identity::{Fingerprint, GroupCa, NodeIdentity, PeerCertificate};
+pub use limiter::{MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, REPORT_INTERVAL, RETRY_ABOVE, RETRY_ABOVE_PER_SOURCE};
 pub use pins::{PinCheck, Pins};

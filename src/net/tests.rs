@@ -157,6 +157,16 @@ async fn a_certificate_for_x_cannot_claim_y() {
     assert_eq!(host, "c");
 }
 
+/// Accepts one connection and keeps it until the client closes it: closing
+/// it at once could beat the server's HANDSHAKE_DONE to the client, whose
+/// `connect` would then fail. The client's host name.
+async fn held_until_closed(server: &mut Server) -> Result<String, NetError> {
+    let mut conn = bounded("accept", server.accept()).await?;
+    let host = conn.peer_host().to_owned();
+    let _ = bounded("the client's close", conn.accept_stream()).await;
+    Ok(host)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_key_under_a_pinned_host_name_is_refused_by_the_pin_store() {
     let (sa, sb, sb2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -166,8 +176,7 @@ async fn a_new_key_under_a_pinned_host_name_is_refused_by_the_pin_store() {
     let b = identity(sb.path(), "b", GROUP_KEY);
     let mut server = Server::bind(loopback(), &b).unwrap();
     let addr = server.local_addr();
-    let served =
-        tokio::spawn(async move { bounded("accept", server.accept()).await.map(|c| c.peer_host().to_owned()) });
+    let served = tokio::spawn(async move { held_until_closed(&mut server).await });
     let conn = bounded("connect", connect(addr, "b", &a)).await.unwrap();
     assert_eq!(pins.check(conn.peer_host(), conn.peer_fingerprint()).unwrap(), PinCheck::FirstSeen);
     assert_eq!(pins.check(conn.peer_host(), conn.peer_fingerprint()).unwrap(), PinCheck::Matched);
@@ -179,8 +188,7 @@ async fn a_new_key_under_a_pinned_host_name_is_refused_by_the_pin_store() {
     let b2 = identity(sb2.path(), "b", GROUP_KEY);
     let mut server = Server::bind(loopback(), &b2).unwrap();
     let addr = server.local_addr();
-    let served =
-        tokio::spawn(async move { bounded("accept", server.accept()).await.map(|c| c.peer_host().to_owned()) });
+    let served = tokio::spawn(async move { held_until_closed(&mut server).await });
     let conn = bounded("connect", connect(addr, "b", &a)).await.unwrap();
     let err = pins.check(conn.peer_host(), conn.peer_fingerprint()).unwrap_err();
     assert!(matches!(err, NetError::PinMismatch { ref host, .. } if host == "b"), "{err}");
@@ -227,4 +235,67 @@ async fn a_split_connection_opens_and_accepts_streams_at_once() {
     bounded("server done", ended_rx).await.unwrap();
     opener.close(0);
     assert_eq!(bounded("server", served).await.unwrap(), b"from client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_carries_at_most_max_streams_at_once() {
+    let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = identity(sa.path(), "a", GROUP_KEY);
+    let b = identity(sb.path(), "b", GROUP_KEY);
+    let mut server = Server::bind(loopback(), &b).unwrap();
+    let addr = server.local_addr();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+    // The server holds every stream the client opens, until told to finish
+    // the first one; then it waits for the client's next stream.
+    let served = tokio::spawn(async move {
+        let mut conn = bounded("accept", server.accept()).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..MAX_STREAMS {
+            let mut s = bounded("a stream", conn.accept_stream()).await.unwrap().expect("a stream");
+            let mut request = Vec::new();
+            bounded("request", s.read_to_end(&mut request)).await.unwrap();
+            held.push((request, s));
+        }
+        bounded("release", release_rx).await.unwrap();
+        let first = held.iter().position(|(r, _)| r == &[0]).expect("stream 0");
+        let (_, mut done) = held.swap_remove(first);
+        bounded("answer acknowledged", done.shutdown()).await.unwrap();
+        drop(done);
+        let mut next = bounded("the stream after", conn.accept_stream()).await.unwrap().expect("a stream");
+        let mut request = Vec::new();
+        bounded("its request", next.read_to_end(&mut request)).await.unwrap();
+        (request, held.len(), conn)
+    });
+    let mut conn = bounded("connect", connect(addr, "b", &a)).await.unwrap();
+    let mut open = Vec::new();
+    for i in 0..MAX_STREAMS {
+        // Opening within the limit needs no round trip: it is ready at once.
+        let mut s = tokio::time::timeout(Duration::ZERO, conn.open_stream())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} not opened at once"))
+            .unwrap();
+        s.write_all(&[i as u8]).await.unwrap();
+        bounded("request acknowledged", s.shutdown()).await.unwrap();
+        open.push(s);
+    }
+    {
+        let over = conn.open_stream();
+        tokio::pin!(over);
+        assert!(
+            tokio::time::timeout(Duration::ZERO, &mut over).await.is_err(),
+            "a stream beyond {MAX_STREAMS} was opened while the others were open"
+        );
+    }
+    // Both ends finish stream 0; that makes room for one more.
+    release_tx.send(()).unwrap();
+    let mut first = open.remove(0);
+    let mut answer = Vec::new();
+    bounded("the end of stream 0", first.read_to_end(&mut answer)).await.unwrap();
+    drop(first);
+    let mut next = bounded("a stream once one closed", conn.open_stream()).await.unwrap();
+    next.write_all(b"next").await.unwrap();
+    next.shutdown().await.unwrap();
+    let (request, still_held, _conn) = bounded("server", served).await.unwrap();
+    assert_eq!(request, b"next");
+    assert_eq!(still_held as u64, MAX_STREAMS - 1);
 }

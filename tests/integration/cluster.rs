@@ -510,6 +510,11 @@ impl Cluster {
         }
     }
 
+    /// The process id of node `name`'s daemon.
+    pub fn daemon_pid(&self, name: &str) -> u32 {
+        self.daemons.get(name).unwrap_or_else(|| panic!("{name} does not run")).child.id()
+    }
+
     /// Whether node `name`'s daemon runs (as far as this cluster knows).
     pub fn running(&self, name: &str) -> bool {
         self.daemons.contains_key(name)

@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod local;
 mod regressions;
+mod security_flood;
 mod security_local_files;
 mod security_socket;
 mod spec_example;
