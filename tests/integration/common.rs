@@ -157,3 +157,21 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     }
     std::fs::set_permissions(to, md.permissions()).unwrap();
 }
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// The unprivileged uid (and gid) tests act as through `setpriv`.
+pub const NOBODY: u32 = 65534;
+
+/// Runs `argv` as [`NOBODY`] through `setpriv` (root only); it must succeed.
+pub fn as_nobody(argv: &[&str]) {
+    let out = std::process::Command::new("setpriv")
+        .args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into(), "--".into()])
+        .args(argv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{argv:?} as uid {NOBODY}: {}", String::from_utf8_lossy(&out.stderr));
+}

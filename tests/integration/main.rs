@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod local;
 mod regressions;
+mod security_part_files;
 mod spec_example;
 mod store_fixture;
 mod sync_concurrent;
