@@ -184,7 +184,7 @@ impl<'a> Apply<'a> {
             for t in files.by_ref() {
                 // Not worth fetching for: it would be refused below.
                 if let Err(why) = tokio::task::block_in_place(|| self.unchanged(&t)) {
-                    self.problem(&t.local, why);
+                    self.refuse(&t.local, &t.logical, &t.new.version, why);
                     continue;
                 }
                 match self.chunk_list(&t).await {
@@ -249,14 +249,17 @@ impl<'a> Apply<'a> {
                 for (logical, local, record) in rest.reversions {
                     match self.still_planned(&logical, &record) {
                         Ok(()) => self.adopt(logical, local, record),
-                        Err(why) => self.problem(&local, why),
+                        Err(why) => self.refuse(&local, &logical, &record.version, why),
                     }
                 }
                 for (dir, name, record) in rest.patches {
                     let logical = join_logical(&dir, &name);
                     match self.still_planned(&logical, &record) {
                         Ok(()) => patches.push((dir, name, record)),
-                        Err(why) => self.problem(Path::new(std::ffi::OsStr::from_bytes(&logical)), why),
+                        Err(why) => {
+                            let shown = PathBuf::from(std::ffi::OsStr::from_bytes(&logical));
+                            self.refuse(&shown, &logical, &record.version, why);
+                        }
                     }
                 }
             }
@@ -282,6 +285,18 @@ impl<'a> Apply<'a> {
             tokio::task::block_in_place(|| crate::engine::run_actions(self.g, &changed, false));
         }
         Ok(generation)
+    }
+
+    /// A plan that no longer fits: a problem, unless the record now holds
+    /// a version that has seen the one planned (another reconcile of this
+    /// node took it, or something newer, meanwhile): then there is nothing
+    /// left to do and nothing to report.
+    fn refuse(&mut self, local: &Path, logical: &[u8], planned: &crate::store::Version, why: String) {
+        if self.current(logical).ok().flatten().is_some_and(|now| now.version.dominates(planned)) {
+            self.failed.insert(logical.to_vec());
+            return;
+        }
+        self.problem(local, why);
     }
 
     /// The record the store holds now for `logical`.
@@ -351,7 +366,7 @@ impl<'a> Apply<'a> {
     /// Creates or updates a directory or symlink.
     fn apply_other(&mut self, t: Take) {
         if let Err(why) = self.unchanged(&t) {
-            return self.problem(&t.local, why);
+            return self.refuse(&t.local, &t.logical, &t.new.version, why);
         }
         let result = match &t.new.body {
             Body::Dir { .. } => make_dir(&t.local, &t.new.meta),
@@ -369,7 +384,7 @@ impl<'a> Apply<'a> {
 
     fn delete(&mut self, t: Take) {
         if let Err(why) = self.unchanged(&t) {
-            return self.problem(&t.local, why);
+            return self.refuse(&t.local, &t.logical, &t.new.version, why);
         }
         let result = match fs::symlink_metadata(&t.local) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -499,7 +514,7 @@ impl<'a> Apply<'a> {
             let t = &job.take;
             if let Err(why) = self.unchanged(t) {
                 unplaced.insert(job.content);
-                self.problem(&t.local, why);
+                self.refuse(&t.local, &t.logical, &t.new.version, why);
                 continue;
             }
             let (Some(parent), Some(name)) = (t.local.parent(), t.local.file_name()) else {
