@@ -93,16 +93,51 @@ fn ident_of(st: &libc::stat) -> Ident {
 impl Dir {
     /// Opens directory `path`; a symlink in its last component is refused.
     pub fn open(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, libc::O_NOFOLLOW)
+    }
+
+    /// Opens directory `path` following symlinks: only for a path the
+    /// configuration names (an include root).
+    pub fn open_trusted(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, 0)
+    }
+
+    fn open_with(path: &Path, extra: libc::c_int) -> io::Result<Dir> {
         let c = cstr(path.as_os_str())?;
         // SAFETY: `c` is a valid NUL-terminated string; the descriptor
         // returned is owned by the result.
-        let fd =
-            unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | extra) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just opened and is owned by nothing else.
         Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: path.to_path_buf() })
+    }
+
+    /// Opens directory `root/rel` one component at a time, none of them
+    /// followed if it is a symlink: a directory swapped for a link after
+    /// it was checked cannot lead outside `root`.
+    pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<Dir> {
+        let mut dir = Dir::open_trusted(root)?;
+        for c in rel.components() {
+            let std::path::Component::Normal(name) = c else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: not a plain relative path", rel.display()),
+                ));
+            };
+            let cname = cstr(name)?;
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: `cname` is NUL-terminated; the descriptor returned is
+            // owned by the new `Dir`.
+            let fd = unsafe { libc::openat(dir.fd.as_raw_fd(), cname.as_ptr(), flags) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            dir = Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: dir.path.join(name) };
+        }
+        Ok(dir)
     }
 
     /// The path the directory was opened at.
@@ -622,5 +657,19 @@ mod tests {
         assert!(!s.has(&content, &h));
         let mode = fs::metadata(d.path().join("incoming")).unwrap().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn open_beneath_follows_no_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("root/a/b")).unwrap();
+        fs::create_dir(d.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), d.path().join("root/a/link")).unwrap();
+        let root = d.path().join("root");
+        assert_eq!(Dir::open_beneath(&root, Path::new("a/b")).unwrap().path(), root.join("a/b"));
+        let e = Dir::open_beneath(&root, Path::new("a/link")).unwrap_err();
+        // ENOTDIR with O_DIRECTORY, ELOOP without.
+        assert!(matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)), "{e}");
+        assert!(Dir::open_beneath(&root, Path::new("a/../..")).is_err());
     }
 }

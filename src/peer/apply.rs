@@ -49,7 +49,7 @@ use crate::disk::{Dir, Journal, STAGING_MAX_AGE, Staging, apply_meta};
 use crate::engine::EngineError;
 use crate::hash::Hash;
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
-use crate::restore::write::{current_umask, place_symlink};
+use crate::restore::write::current_umask;
 use crate::scan::Adopted;
 use crate::store::{EntryRecord, join_logical};
 use crate::tree::{Body, Kind, Meta, Timestamp};
@@ -370,7 +370,7 @@ impl<'a> Apply<'a> {
         }
         let result = match &t.new.body {
             Body::Dir { .. } => make_dir(&t.local, &t.new.meta),
-            Body::Symlink { target } => make_symlink(&t.local, &t.new.meta, target),
+            Body::Symlink { target } => make_symlink(self.g, &t.local, &t.new.meta, target),
             Body::File { .. } => unreachable!("files are assembled"),
         };
         match result {
@@ -522,7 +522,7 @@ impl<'a> Apply<'a> {
                 continue;
             };
             if !dirs.contains_key(parent) {
-                match Dir::open(parent) {
+                match open_parent(self.g, &t.local) {
                     Ok(d) => {
                         dirs.insert(parent.to_path_buf(), d);
                     }
@@ -715,7 +715,7 @@ impl<'j> Sources<'j> {
             }
             self.staging.discard(&self.job.content, &c.hash);
         }
-        self.from_tree(c).is_some()
+        self.in_tree(c).is_some()
     }
 
     /// The bytes of chunk `c`, checked.
@@ -729,7 +729,7 @@ impl<'j> Sources<'j> {
         if let Some(d) = self.staging.get(&self.job.content, &c.hash) {
             return Some(d);
         }
-        let d = self.from_tree(c)?;
+        let d = self.in_tree(c)?;
         if let Some(cs) = self.cs {
             let _ = cs.put(&c.hash, &d);
         }
@@ -737,7 +737,7 @@ impl<'j> Sources<'j> {
     }
 
     /// Chunk `c` from the file's old version or another tracked file.
-    fn from_tree(&mut self, c: &ChunkRef) -> Option<Vec<u8>> {
+    fn in_tree(&mut self, c: &ChunkRef) -> Option<Vec<u8>> {
         let take = &self.job.take;
         if let Some(o) = take.old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::File)
             && let Some((off, _)) = offset_of(&o.chunks, &c.hash)
@@ -866,11 +866,26 @@ fn make_dir(path: &Path, meta: &Meta) -> io::Result<()> {
 
 /// Makes `path` a symlink to `target`, atomically replacing what is there
 /// (an empty directory included).
-fn make_symlink(path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
+fn make_symlink(g: &ResolvedGroup, path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
     if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
         fs::remove_dir(path)?;
     }
-    place_symlink(path, meta, target)
+    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let dir = open_parent(g, path)?;
+    dir.place_symlink(name, target, meta).map_err(io::Error::other)?;
+    dir.sync()
+}
+
+/// The directory holding `path`, opened from its include root without
+/// following a symlink on the way.
+fn open_parent(g: &ResolvedGroup, path: &Path) -> io::Result<Dir> {
+    let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    let root = g.root_of_local(path).ok_or_else(|| io::Error::other("outside the include roots"))?;
+    match parent.strip_prefix(&root.local) {
+        Ok(rel) => Dir::open_beneath(&root.local, rel),
+        // The include root itself: its directory is the configuration's.
+        Err(_) => Dir::open_trusted(parent),
+    }
 }
 
 /// The paths of `paths` not below another one of them.
