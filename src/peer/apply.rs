@@ -183,7 +183,7 @@ impl<'a> Apply<'a> {
             let mut entries = 0;
             for t in files.by_ref() {
                 // Not worth fetching for: it would be refused below.
-                if let Err(why) = tokio::task::block_in_place(|| self.unchanged(&t)) {
+                if let Err(why) = tokio::task::block_in_place(|| self.record_unchanged(&t)) {
                     self.refuse(&t.local, &t.logical, &t.new.version, why);
                     continue;
                 }
@@ -325,6 +325,20 @@ impl<'a> Apply<'a> {
         if fits { Ok(()) } else { Err(CHANGED_WHILE_SYNCING.into()) }
     }
 
+    /// Checks that the record of `t.local` is still the one the decision
+    /// was made on; returns it. Final even without the writer lock (a
+    /// record only moves on), unlike a look at the disk, which another
+    /// apply may be changing until it commits.
+    fn record_unchanged(&self, t: &Take) -> Result<Option<EntryRecord>, String> {
+        let now = self.current(&t.logical)?;
+        let same_record = match (&now, &t.old) {
+            (None, None) => true,
+            (Some(n), Some(o)) => n.version == o.version && n.deleted == o.deleted && (n.deleted || same_state(n, o)),
+            _ => false,
+        };
+        if same_record { Ok(now) } else { Err(CHANGED_WHILE_SYNCING.into()) }
+    }
+
     /// Checks that `t.local` is still what the decision was made on: its
     /// record unchanged since planned, its `lstat` what that record says
     /// (as the scanner compares it, ctime included), and no symlink on the
@@ -332,15 +346,7 @@ impl<'a> Apply<'a> {
     fn unchanged(&self, t: &Take) -> Result<(), String> {
         let root = self.g.root_of_local(&t.local).ok_or("outside the include roots")?;
         crate::restore::no_links_between(&root.local, &t.local).map_err(|e| e.to_string())?;
-        let now = self.current(&t.logical)?;
-        let same_record = match (&now, &t.old) {
-            (None, None) => true,
-            (Some(n), Some(o)) => n.version == o.version && n.deleted == o.deleted && (n.deleted || same_state(n, o)),
-            _ => false,
-        };
-        if !same_record {
-            return Err(CHANGED_WHILE_SYNCING.into());
-        }
+        let now = self.record_unchanged(t)?;
         let md = match fs::symlink_metadata(&t.local) {
             Ok(md) => Some(md),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
