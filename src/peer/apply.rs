@@ -1,26 +1,41 @@
-//! Applying what a reconcile decided to take: directories and links first
-//! (parents before children), then files, then deletions (children before
-//! parents); then one scan of the touched paths records it all under the
-//! peer's versions, as one commit with a generation (cause `from PEER`).
+//! Applying what a reconcile decided to take, in two phases per batch of
+//! files, so that no network round trip happens while this node's writer
+//! lock is held (SPEC §6) and nothing is written into a file found in the
+//! tree (see [`crate::disk`]).
 //!
-//! A file is assembled in `.snapsync-NAME-CONTENT.part` in its target
-//! directory from chunks found locally (the part file of an interrupted
-//! earlier attempt, the chunk store, the file's old version, any other
-//! tracked file holding the chunk), each checked against its hash, and
-//! from chunks fetched from the peer; then synced, given its metadata and
-//! renamed into place. A part file left by a crash is picked up by the
-//! next attempt, so chunks received once are not asked for again.
+//! 1. Without the writer lock: each file's chunk list (inline, or fetched
+//!    page by page, refused when its count cannot fit the declared size);
+//!    which chunks are here (the chunk store, the staging area, the file's
+//!    old version, any other tracked file, each local copy read and
+//!    checked against its hash); the rest fetched from the peer, verified
+//!    and kept in the chunk store, or, without one, in the staging area in
+//!    the state directory (`STATE/incoming/chunks`), where only the daemon
+//!    can write. An interrupted transfer takes its chunks from there, so
+//!    chunks received once are not asked for again.
+//! 2. With the writer lock, local work only: every planned path is checked
+//!    again (its record in the store still the one the decision was made
+//!    on, its `lstat` still what that record says, ctime included); then
+//!    directories and links (parents before children), files (each built
+//!    in a fresh temporary from local chunks, given its metadata through
+//!    its descriptor, renamed into place and checked to be the file
+//!    built), deletions (children before parents), and one scan of the
+//!    touched paths that records it all under the peer's versions, as one
+//!    commit with a generation (cause `from PEER`).
 //!
-//! Nothing is replaced or deleted unless the path still is what the local
-//! record says: a local change not recorded yet is never overwritten; the
-//! path is reported and left for the next run, whose check records the
-//! local change (and then sees the conflict, if there is one).
+//! Files are taken in batches of at most [`BATCH_CHUNKS`] chunk references,
+//! so the chunk lists held at once stay bounded however many files a peer
+//! sends; directories and links go with the first batch, deletions and
+//! version-only changes with the last. Nothing is replaced or deleted
+//! unless the path still is what the local record says: a local change not
+//! recorded yet is never overwritten; the path is reported and left for the
+//! next run, whose check records the local change (and then sees the
+//! conflict, if there is one).
 
-use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,9 +45,11 @@ use super::session::request;
 use super::{Node, Stats, SyncError};
 use crate::chunk::ChunkRef;
 use crate::config::ResolvedGroup;
+use crate::disk::{Dir, Journal, STAGING_MAX_AGE, Staging, apply_meta};
+use crate::engine::EngineError;
 use crate::hash::Hash;
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
-use crate::restore::write::{apply_meta, current_umask, place_symlink, sync_dir};
+use crate::restore::write::current_umask;
 use crate::scan::Adopted;
 use crate::store::{EntryRecord, join_logical};
 use crate::tree::{Body, Kind, Meta, Timestamp};
@@ -54,18 +71,32 @@ pub(super) struct Take {
 /// How many `GetChunks` requests run at once.
 const PARALLEL_REQUESTS: usize = 4;
 
-/// Opens a file for reading without following a symlink in its place.
-pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+/// Most chunk references held for one batch of files: 2^20 (about 40 MiB,
+/// files of 64 GiB at the average chunk size). A single file with a longer
+/// list is a batch of its own.
+pub(super) const BATCH_CHUNKS: usize = 1 << 20;
+
+/// The most chunks a file of `size` bytes can have: every chunk but the
+/// last is at least [`crate::chunk::MIN_SIZE`].
+pub(crate) fn max_chunks(size: u64) -> u64 {
+    size.div_ceil(u64::from(crate::chunk::MIN_SIZE))
 }
 
-/// One file being assembled.
+pub(crate) use crate::disk::open_nofollow;
+
+/// One file being received.
 struct FileJob {
     take: Take,
-    part: PathBuf,
+    content: Hash,
     chunks: Vec<ChunkRef>,
-    /// Chunks not found locally.
-    missing: usize,
+}
+
+/// What only the last batch applies.
+#[derive(Default)]
+struct Rest {
+    deletions: Vec<Take>,
+    reversions: Vec<(Vec<u8>, PathBuf, EntryRecord)>,
+    patches: Vec<(Vec<u8>, Vec<u8>, EntryRecord)>,
 }
 
 pub(super) struct Apply<'a> {
@@ -79,7 +110,7 @@ pub(super) struct Apply<'a> {
     changed: Vec<PathBuf>,
     problems: Vec<String>,
     /// Logical paths that could not be applied.
-    failed: std::collections::HashSet<Vec<u8>>,
+    failed: HashSet<Vec<u8>>,
 }
 
 impl<'a> Apply<'a> {
@@ -116,60 +147,212 @@ impl<'a> Apply<'a> {
         self.scope.push(local);
     }
 
-    /// Applies `plans`; returns the generation recorded, if any.
+    /// The staging area and the journal of temporaries, in the state
+    /// directory.
+    fn incoming(&self) -> Result<(Arc<Staging>, Journal), SyncError> {
+        let dir = self.node.state_dir().join("incoming");
+        let io = |e| SyncError::Engine(EngineError::io(&dir, e));
+        let staging = Staging::open(&dir.join("chunks")).map_err(io)?;
+        Ok((Arc::new(staging), Journal::open(&dir.join("temps")).map_err(io)?))
+    }
+
+    /// Applies `plans`; returns the generation recorded, if any. Called
+    /// without the writer lock, which it takes for each local phase.
     pub(super) async fn run(mut self, plans: Vec<Plan>, report: &mut GroupReport) -> Result<Option<u64>, SyncError> {
+        let (staging, journal) = self.incoming()?;
+        let mut others = Vec::new();
         let mut files = Vec::new();
-        let mut deletions = Vec::new();
-        let mut patches = Vec::new();
+        let mut rest = Rest::default();
         for plan in plans {
             match plan {
-                Plan::Patch { dir, name, record } => patches.push((dir, name, record)),
-                Plan::Reversion { logical, local, record } => self.adopt(logical, local, record),
-                Plan::Take(t) if t.new.deleted => deletions.push(t),
+                Plan::Patch { dir, name, record } => rest.patches.push((dir, name, record)),
+                Plan::Reversion { logical, local, record } => rest.reversions.push((logical, local, record)),
+                Plan::Take(t) if t.new.deleted => rest.deletions.push(t),
                 Plan::Take(t) => match t.new.body.kind() {
                     Kind::File => files.push(t),
-                    Kind::Dir | Kind::Symlink => tokio::task::block_in_place(|| self.apply_other(t)),
+                    Kind::Dir | Kind::Symlink => others.push(t),
                 },
             }
         }
-        if !files.is_empty() {
-            self.files(files, report).await?;
-        }
-        tokio::task::block_in_place(|| {
-            for t in deletions.into_iter().rev() {
-                self.delete(t);
-            }
-        });
-        report.problems.append(&mut self.problems);
-        report.forget_changes(&self.failed);
+        let mut files = files.into_iter();
+        let mut others = Some(others);
+        let mut rest = Some(rest);
         let mut generation = None;
-        if !self.scope.is_empty() {
-            let scope = minimal(std::mem::take(&mut self.scope));
-            let cause = format!("from {}", self.peer.host);
-            let checked = tokio::task::block_in_place(|| {
-                self.node.engine.check_with_cause(&scope, &cause, Some(self.gi), true, Some(&self.adopt))
-            })?;
-            report.problems.extend(checked.problems.iter().map(|p| p.to_string()));
-            crate::engine::run_actions(self.g, &self.changed, false);
-            generation = checked.groups.first().and_then(|g| g.generation);
+        loop {
+            let mut batch = Vec::new();
+            let mut entries = 0;
+            for t in files.by_ref() {
+                // Not worth fetching for: it would be refused below.
+                if let Err(why) = tokio::task::block_in_place(|| self.record_unchanged(&t)) {
+                    self.refuse(&t.local, &t.logical, &t.new.version, why);
+                    continue;
+                }
+                match self.chunk_list(&t).await {
+                    Ok(chunks) => {
+                        entries += chunks.len();
+                        let Body::File { content, .. } = t.new.body else { unreachable!("only files here") };
+                        batch.push(FileJob { take: t, content, chunks });
+                        if entries >= BATCH_CHUNKS {
+                            break;
+                        }
+                    }
+                    Err(e) => self.problem(&t.local, e),
+                }
+            }
+            let last = files.len() == 0;
+            if !batch.is_empty() {
+                self.fetch_missing(&batch, &staging, report).await?;
+            }
+            let this = self
+                .local_phase(others.take(), batch, if last { rest.take() } else { None }, &staging, &journal, report)
+                .await?;
+            generation = this.or(generation);
+            if last {
+                return Ok(generation);
+            }
         }
-        if !patches.is_empty() {
-            tokio::task::block_in_place(|| self.node.engine.patch_tombstones(self.gi, patches))?;
+    }
+
+    /// The local phase of one batch, under the writer lock; then the
+    /// group's actions for what changed, without it.
+    async fn local_phase(
+        &mut self,
+        others: Option<Vec<Take>>,
+        batch: Vec<FileJob>,
+        rest: Option<Rest>,
+        staging: &Staging,
+        journal: &Journal,
+        report: &mut GroupReport,
+    ) -> Result<Option<u64>, SyncError> {
+        let node: &Arc<Node> = self.node;
+        let writer = node.writer.lock().await;
+        let first = others.is_some();
+        let generation = tokio::task::block_in_place(|| -> Result<Option<u64>, SyncError> {
+            // No temporary of this node is in use while the lock is free.
+            if let Err(e) = journal.sweep() {
+                tracing::warn!("sweeping temporary files left by an interrupted run: {e}");
+            }
+            if first && let Err(e) = staging.sweep(STAGING_MAX_AGE) {
+                tracing::warn!("sweeping stale received chunks: {e}");
+            }
+            for t in others.into_iter().flatten() {
+                self.apply_other(t);
+            }
+            if !batch.is_empty() {
+                self.place_files(batch, staging, journal);
+            }
+            let mut patches = Vec::new();
+            if let Some(rest) = rest {
+                for t in rest.deletions.into_iter().rev() {
+                    self.delete(t);
+                }
+                for (logical, local, record) in rest.reversions {
+                    match self.still_planned(&logical, &record) {
+                        Ok(()) => self.adopt(logical, local, record),
+                        Err(why) => self.refuse(&local, &logical, &record.version, why),
+                    }
+                }
+                for (dir, name, record) in rest.patches {
+                    let logical = join_logical(&dir, &name);
+                    match self.still_planned(&logical, &record) {
+                        Ok(()) => patches.push((dir, name, record)),
+                        Err(why) => {
+                            let shown = PathBuf::from(std::ffi::OsStr::from_bytes(&logical));
+                            self.refuse(&shown, &logical, &record.version, why);
+                        }
+                    }
+                }
+            }
+            report.problems.append(&mut self.problems);
+            report.forget_changes(&self.failed);
+            let mut generation = None;
+            if !self.scope.is_empty() {
+                let scope = minimal(std::mem::take(&mut self.scope));
+                let cause = format!("from {}", self.peer.host);
+                let adopt = std::mem::take(&mut self.adopt);
+                let checked = self.node.engine.check_with_cause(&scope, &cause, Some(self.gi), true, Some(&adopt))?;
+                report.problems.extend(checked.problems.iter().map(|p| p.to_string()));
+                generation = checked.groups.first().and_then(|g| g.generation);
+            }
+            if !patches.is_empty() {
+                self.node.engine.patch_tombstones(self.gi, patches)?;
+            }
+            Ok(generation)
+        })?;
+        drop(writer);
+        let changed = std::mem::take(&mut self.changed);
+        if !changed.is_empty() {
+            tokio::task::block_in_place(|| crate::engine::run_actions(self.g, &changed, false));
         }
         Ok(generation)
     }
 
-    /// Checks that `t.local` is still what its record says, and that no
-    /// symlink leads to it.
+    /// A plan that no longer fits: a problem, unless the record now holds
+    /// a version that has seen the one planned (another reconcile of this
+    /// node took it, or something newer, meanwhile): then there is nothing
+    /// left to do and nothing to report.
+    fn refuse(&mut self, local: &Path, logical: &[u8], planned: &crate::store::Version, why: String) {
+        if self.current(logical).ok().flatten().is_some_and(|now| now.version.dominates(planned)) {
+            self.failed.insert(logical.to_vec());
+            return;
+        }
+        self.problem(local, why);
+    }
+
+    /// The record the store holds now for `logical`.
+    fn current(&self, logical: &[u8]) -> Result<Option<EntryRecord>, String> {
+        let (dir, name) = match logical.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&logical[..i], &logical[i + 1..]),
+            None => (&[][..], logical),
+        };
+        let rec = self.node.engine.store.dir_record(&self.g.name, dir).map_err(|e| e.to_string())?;
+        Ok(rec.and_then(|r| r.get(name).cloned()))
+    }
+
+    /// Checks that a store-only plan (a new version for the local state)
+    /// still fits the record: the same state, under a version the plan's
+    /// dominates.
+    fn still_planned(&self, logical: &[u8], record: &EntryRecord) -> Result<(), String> {
+        let now = self.current(logical)?;
+        let fits = match &now {
+            None => record.deleted,
+            Some(n) => {
+                n.deleted == record.deleted
+                    && (n.deleted || same_state(n, record))
+                    && record.version.dominates(&n.version)
+            }
+        };
+        if fits { Ok(()) } else { Err(CHANGED_WHILE_SYNCING.into()) }
+    }
+
+    /// Checks that the record of `t.local` is still the one the decision
+    /// was made on; returns it. Final even without the writer lock (a
+    /// record only moves on), unlike a look at the disk, which another
+    /// apply may be changing until it commits.
+    fn record_unchanged(&self, t: &Take) -> Result<Option<EntryRecord>, String> {
+        let now = self.current(&t.logical)?;
+        let same_record = match (&now, &t.old) {
+            (None, None) => true,
+            (Some(n), Some(o)) => n.version == o.version && n.deleted == o.deleted && (n.deleted || same_state(n, o)),
+            _ => false,
+        };
+        if same_record { Ok(now) } else { Err(CHANGED_WHILE_SYNCING.into()) }
+    }
+
+    /// Checks that `t.local` is still what the decision was made on: its
+    /// record unchanged since planned, its `lstat` what that record says
+    /// (as the scanner compares it, ctime included), and no symlink on the
+    /// way to it.
     fn unchanged(&self, t: &Take) -> Result<(), String> {
         let root = self.g.root_of_local(&t.local).ok_or("outside the include roots")?;
         crate::restore::no_links_between(&root.local, &t.local).map_err(|e| e.to_string())?;
+        let now = self.record_unchanged(t)?;
         let md = match fs::symlink_metadata(&t.local) {
             Ok(md) => Some(md),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.to_string()),
         };
-        let old = t.old.as_ref().filter(|o| !o.deleted);
+        let old = now.as_ref().filter(|o| !o.deleted);
         match (old, md) {
             (None, None) => Ok(()),
             (None, Some(md)) if md.is_dir() && t.new.body.kind() == Kind::Dir => Ok(()),
@@ -179,13 +362,7 @@ impl<'a> Apply<'a> {
             (Some(o), Some(md)) => {
                 let same = match o.body.kind() {
                     Kind::Dir => md.is_dir(),
-                    _ => {
-                        md.len() == o.stat.size
-                            && md.ino() == o.stat.ino
-                            && md.mtime() == o.stat.mtime.secs
-                            && md.mtime_nsec() as u32 == o.stat.mtime.nanos
-                            && md.mode() & libc::S_IFMT == o.stat.mode & libc::S_IFMT
-                    }
+                    _ => crate::scan::stat_of(&md) == o.stat,
                 };
                 if same { Ok(()) } else { Err("changed here since the last check: left for the next run".into()) }
             }
@@ -195,11 +372,11 @@ impl<'a> Apply<'a> {
     /// Creates or updates a directory or symlink.
     fn apply_other(&mut self, t: Take) {
         if let Err(why) = self.unchanged(&t) {
-            return self.problem(&t.local, why);
+            return self.refuse(&t.local, &t.logical, &t.new.version, why);
         }
         let result = match &t.new.body {
             Body::Dir { .. } => make_dir(&t.local, &t.new.meta),
-            Body::Symlink { target } => make_symlink(&t.local, &t.new.meta, target),
+            Body::Symlink { target } => make_symlink(self.g, &t.local, &t.new.meta, target),
             Body::File { .. } => unreachable!("files are assembled"),
         };
         match result {
@@ -213,7 +390,7 @@ impl<'a> Apply<'a> {
 
     fn delete(&mut self, t: Take) {
         if let Err(why) = self.unchanged(&t) {
-            return self.problem(&t.local, why);
+            return self.refuse(&t.local, &t.logical, &t.new.version, why);
         }
         let result = match fs::symlink_metadata(&t.local) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -246,170 +423,45 @@ impl<'a> Apply<'a> {
         }
     }
 
-    /// Assembles and places files.
-    async fn files(&mut self, takes: Vec<Take>, report: &mut GroupReport) -> Result<(), SyncError> {
-        let mut jobs = Vec::with_capacity(takes.len());
-        for t in takes {
-            if let Err(why) = self.unchanged(&t) {
-                self.problem(&t.local, why);
-                continue;
-            }
-            let chunks = match self.chunk_list(&t).await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.problem(&t.local, e);
-                    continue;
-                }
-            };
-            let name = t.local.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
-            let content = match &t.new.body {
-                Body::File { content, .. } => *content,
-                _ => unreachable!("only files here"),
-            };
-            let part =
-                t.local.with_file_name(format!(".snapsync-{}-{}.part", Hash::of(&name).short(), content.short()));
-            jobs.push(FileJob { take: t, part, chunks, missing: 0 });
-        }
-        // Local sources first.
+    /// Which chunks of `batch` are here (read and checked), and fetches
+    /// the rest from the peer into the chunk store or the staging area.
+    async fn fetch_missing(
+        &mut self,
+        batch: &[FileJob],
+        staging: &Arc<Staging>,
+        report: &mut GroupReport,
+    ) -> Result<(), SyncError> {
         let cs = self.node.engine.chunk_store(self.gi);
-        let mut wanted: HashMap<Hash, Vec<(usize, u64)>> = HashMap::new();
+        let mut wanted: HashMap<Hash, Vec<Hash>> = HashMap::new();
         let mut index: Option<HashMap<Hash, (PathBuf, u64, u32)>> = None;
         tokio::task::block_in_place(|| {
-            for (ji, job) in jobs.iter_mut().enumerate() {
-                match fill_locally(job, cs, &mut index, self.node, self.g) {
-                    Ok(Filled { found, missing }) => {
-                        report.chunks_local += found;
-                        job.missing = missing.len();
-                        for (h, off) in missing {
-                            wanted.entry(h).or_default().push((ji, off));
+            for job in batch {
+                let mut sources = Sources::new(job, cs, staging, self.node, self.g, &mut index);
+                for c in &job.chunks {
+                    if sources.has(c) {
+                        report.chunks_local += 1;
+                    } else {
+                        let contents = wanted.entry(c.hash).or_default();
+                        if !contents.contains(&job.content) {
+                            contents.push(job.content);
                         }
                     }
-                    Err(e) => {
-                        let p = format!("{}: {e}", job.take.local.display());
-                        tracing::warn!("{p}");
-                        job.missing = usize::MAX;
-                        self.problems.push(p);
-                    }
                 }
             }
         });
-        // Then the peer, for what is left.
-        let unavailable = self.fetch(&jobs, wanted, report).await?;
-        tokio::task::block_in_place(|| {
-            // Complete part files get their metadata; one filesystem sync
-            // then makes all their data durable before any is renamed into
-            // place, and another makes the renames durable before the
-            // state records them (rather than two fsyncs per file).
-            let mut ready = Vec::new();
-            for job in jobs {
-                if job.missing == usize::MAX {
-                    continue;
-                }
-                if job.chunks.iter().any(|c| unavailable.contains_key(&c.hash)) {
-                    let why = format!(
-                        "not every chunk arrived from {} (its file changed meanwhile) or could be written \
-                         here: left for the next run",
-                        self.peer.host
-                    );
-                    self.problem(&job.take.local, why);
-                    continue;
-                }
-                match prepare(&job) {
-                    Ok(()) => ready.push(job),
-                    Err(e) => self.problem(&job.take.local, e),
-                }
-            }
-            if ready.is_empty() {
-                return;
-            }
-            let root = &self.g.roots[0].local;
-            if let Err(e) = sync_filesystem(&ready[0].part) {
-                self.problem(root, format!("syncing received files: {e}"));
-                return;
-            }
-            let mut placed = Vec::new();
-            for job in ready {
-                // Checked again right before the rename: the old version
-                // may have been changed while the new one was fetched.
-                if let Err(why) = self.unchanged(&job.take) {
-                    self.problem(&job.take.local, why);
-                    continue;
-                }
-                match place(&job, cs.is_some()) {
-                    Ok(record) => placed.push((job, record)),
-                    Err(e) => self.problem(&job.take.local, e),
-                }
-            }
-            if let Some((job, _)) = placed.first()
-                && let Err(e) = sync_filesystem(&job.take.local)
-            {
-                self.problem(root, format!("syncing received files: {e}"));
-                return;
-            }
-            for (job, record) in placed {
-                self.audit(job.take.action, &job.take.local);
-                self.adopt(job.take.logical, job.take.local, record);
-            }
-        });
-        Ok(())
-    }
-
-    /// The peer's chunk list of a file, inline or fetched page by page.
-    async fn chunk_list(&self, t: &Take) -> Result<Vec<ChunkRef>, String> {
-        let (size, content) = match &t.new.body {
-            Body::File { size, content } => (*size, *content),
-            _ => unreachable!("only files here"),
-        };
-        if size == 0 || !t.new.chunks.is_empty() {
-            return Ok(t.new.chunks.clone());
-        }
-        let mut opener = self.peer.opener.clone();
-        let mut list: Vec<ChunkRef> = Vec::new();
-        loop {
-            let msg = Message::GetChunkList {
-                group: self.g.name.clone(),
-                path: t.logical.clone(),
-                content,
-                start: list.len() as u64,
-            };
-            let (_, reply) = request(&self.peer.host, &mut opener, &msg).await.map_err(|e| e.to_string())?;
-            let Message::ChunkList { total, chunks, .. } = reply else {
-                unreachable!("check_reply allows only ChunkList")
-            };
-            if chunks.is_empty() || list.len() as u64 + chunks.len() as u64 > total {
-                return Err(format!("{} sent a chunk list that does not add up", self.peer.host));
-            }
-            list.extend(chunks);
-            if list.len() as u64 == total {
-                break;
-            }
-        }
-        proto::check_chunk_list(&t.logical, size, &content, &list).map_err(|e| e.to_string())?;
-        Ok(list)
-    }
-
-    /// Fetches the chunks in `wanted` from the peer and writes them into
-    /// their part files; returns those the peer could not send.
-    async fn fetch(
-        &self,
-        jobs: &[FileJob],
-        wanted: HashMap<Hash, Vec<(usize, u64)>>,
-        report: &mut GroupReport,
-    ) -> Result<HashMap<Hash, ()>, SyncError> {
         if wanted.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(());
         }
         // Requests of at most MAX_CHUNKS_PER_REQUEST chunks, each named
         // with a file that holds it.
         let mut requests: Vec<Vec<FileChunks>> = Vec::new();
         let mut current: Vec<FileChunks> = Vec::new();
         let mut count = 0;
-        let mut assigned: HashMap<Hash, ()> = HashMap::new();
-        for (ji, job) in jobs.iter().enumerate() {
-            let Body::File { content, .. } = &job.take.new.body else { continue };
+        let mut assigned: HashSet<Hash> = HashSet::new();
+        for job in batch {
             let mut hashes = Vec::new();
             for c in &job.chunks {
-                if wanted.get(&c.hash).is_some_and(|w| w[0].0 == ji) && assigned.insert(c.hash, ()).is_none() {
+                if wanted.get(&c.hash).is_some_and(|w| w[0] == job.content) && assigned.insert(c.hash) {
                     hashes.push(c.hash);
                 }
             }
@@ -419,45 +471,291 @@ impl<'a> Apply<'a> {
                     count = 0;
                 }
                 count += part.len();
-                current.push(FileChunks { path: job.take.logical.clone(), content: *content, hashes: part.to_vec() });
+                current.push(FileChunks {
+                    path: job.take.logical.clone(),
+                    content: job.content,
+                    hashes: part.to_vec(),
+                });
             }
         }
         if !current.is_empty() {
             requests.push(current);
         }
-        let targets: Arc<HashMap<Hash, Vec<(PathBuf, u64)>>> = Arc::new(
-            wanted
-                .into_iter()
-                .map(|(h, v)| (h, v.into_iter().map(|(ji, off)| (jobs[ji].part.clone(), off)).collect()))
-                .collect(),
-        );
+        let targets = Arc::new(wanted);
         let mut lanes: Vec<Vec<Vec<FileChunks>>> = (0..PARALLEL_REQUESTS).map(|_| Vec::new()).collect();
         for (i, r) in requests.into_iter().enumerate() {
             lanes[i % PARALLEL_REQUESTS].push(r);
         }
         let mut tasks = tokio::task::JoinSet::new();
         for lane in lanes.into_iter().filter(|l| !l.is_empty()) {
-            let (node, peer, targets, gi) =
-                (Arc::clone(self.node), Arc::clone(self.peer), Arc::clone(&targets), self.gi);
+            let (node, peer, targets, staging, gi) =
+                (Arc::clone(self.node), Arc::clone(self.peer), Arc::clone(&targets), Arc::clone(staging), self.gi);
             let group = self.g.name.clone();
             tasks.spawn(async move {
                 let mut out = LaneResult::default();
                 for files in lane {
-                    fetch_one(&node, &peer, gi, &group, files, &targets, &mut out).await?;
+                    fetch_one(&node, &peer, gi, &group, files, &targets, &staging, &mut out).await?;
                 }
                 Ok::<LaneResult, SyncError>(out)
             });
         }
-        let mut unavailable = HashMap::new();
         while let Some(r) = tasks.join_next().await {
             let r = r.expect("fetch task panicked")?;
             report.chunks_fetched += r.chunks;
             report.bytes_fetched += r.bytes;
-            for h in r.missing {
-                unavailable.insert(h, ());
+        }
+        Ok(())
+    }
+
+    /// Builds each file of `batch` from local chunks in a fresh temporary
+    /// and puts it in place; under the writer lock, no network.
+    fn place_files(&mut self, batch: Vec<FileJob>, staging: &Staging, journal: &Journal) {
+        let cs = self.node.engine.chunk_store(self.gi);
+        let mut index: Option<HashMap<Hash, (PathBuf, u64, u32)>> = None;
+        let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();
+        let umask = current_umask();
+        let mut placed = Vec::new();
+        let mut unplaced: HashSet<Hash> = HashSet::new();
+        for job in batch {
+            let t = &job.take;
+            if let Err(why) = self.unchanged(t) {
+                unplaced.insert(job.content);
+                self.refuse(&t.local, &t.logical, &t.new.version, why);
+                continue;
+            }
+            let (Some(parent), Some(name)) = (t.local.parent(), t.local.file_name()) else {
+                self.problem(&t.local, "no parent directory");
+                continue;
+            };
+            if !dirs.contains_key(parent) {
+                match open_parent(self.g, &t.local) {
+                    Ok(d) => {
+                        dirs.insert(parent.to_path_buf(), d);
+                    }
+                    Err(e) => {
+                        unplaced.insert(job.content);
+                        self.problem(&t.local, format!("opening its directory: {e}"));
+                        continue;
+                    }
+                }
+            }
+            let dir = &dirs[parent];
+            // `ignore mod`: keep the replaced file's mode, or the mode a
+            // new file would get.
+            let mode =
+                fs::symlink_metadata(&t.local).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o666 & !umask);
+            let built = (|| -> Result<fs::Metadata, String> {
+                let temp = dir.create_temp(Some(journal)).map_err(|e| format!("creating a temporary file: {e}"))?;
+                let mut sources = Sources::new(&job, cs, staging, self.node, self.g, &mut index);
+                let mut w = io::BufWriter::with_capacity(1 << 20, temp.file());
+                for c in &job.chunks {
+                    let data = sources.get(c).ok_or_else(|| {
+                        format!(
+                            "chunk {} is no longer here (a local copy changed meanwhile): left for the next run",
+                            c.hash.short()
+                        )
+                    })?;
+                    w.write_all(&data).map_err(|e| e.to_string())?;
+                }
+                w.flush().map_err(|e| e.to_string())?;
+                drop(w);
+                temp.set_meta(&t.new.meta, mode).map_err(|e| e.to_string())?;
+                // Checked again right before the rename: the old version
+                // may have been changed while the new one was built.
+                self.unchanged(t)?;
+                temp.place(name).map_err(|e| e.to_string())
+            })();
+            match built {
+                Ok(md) => placed.push((job, md)),
+                Err(e) => {
+                    unplaced.insert(job.content);
+                    self.problem(&job.take.local, e);
+                }
             }
         }
-        Ok(unavailable)
+        // Chunks kept for a content go once no file of it waits for them.
+        for (job, _) in &placed {
+            if !unplaced.contains(&job.content) {
+                staging.remove(&job.content);
+            }
+        }
+        // One directory sync per directory makes the renames durable
+        // before the state records them.
+        for (path, dir) in &dirs {
+            if let Err(e) = dir.sync() {
+                self.problem(path, format!("syncing the directory: {e}"));
+                return;
+            }
+        }
+        for (job, md) in placed {
+            let t = job.take;
+            let stat = crate::scan::stat_of(&md);
+            let racy = t.new.meta.mtime.is_some_and(|m| (Timestamp::now().secs - m.secs).abs() <= 2);
+            let record = EntryRecord { stat, racy, stored: cs.is_some(), chunks: job.chunks, ..t.new.clone() };
+            self.audit(t.action, &t.local);
+            self.adopt(t.logical, t.local, record);
+        }
+    }
+
+    /// The peer's chunk list of a file, inline or fetched page by page.
+    async fn chunk_list(&self, t: &Take) -> Result<Vec<ChunkRef>, String> {
+        let (size, content) = match &t.new.body {
+            Body::File { size, content } => (*size, *content),
+            _ => unreachable!("only files here"),
+        };
+        if size == 0 || !t.new.chunks.is_empty() {
+            let mut acc = ChunkListPages::new(size);
+            acc.check_total(t.new.chunks.len() as u64).map_err(|e| format!("{}: {e}", self.peer.host))?;
+            return Ok(t.new.chunks.clone());
+        }
+        let mut opener = self.peer.opener.clone();
+        let mut acc = ChunkListPages::new(size);
+        loop {
+            let msg = Message::GetChunkList {
+                group: self.g.name.clone(),
+                path: t.logical.clone(),
+                content,
+                start: acc.list.len() as u64,
+            };
+            let (_, reply) = request(&self.peer.host, &mut opener, &msg).await.map_err(|e| e.to_string())?;
+            let Message::ChunkList { total, chunks, .. } = reply else {
+                unreachable!("check_reply allows only ChunkList")
+            };
+            if acc.add(total, chunks).map_err(|e| format!("{}: {e}", self.peer.host))? {
+                break;
+            }
+        }
+        let list = acc.list;
+        proto::check_chunk_list(&t.logical, size, &content, &list).map_err(|e| e.to_string())?;
+        Ok(list)
+    }
+}
+
+/// A chunk list arriving in pages, held only as far as the file's declared
+/// size allows.
+struct ChunkListPages {
+    size: u64,
+    declared: Option<u64>,
+    list: Vec<ChunkRef>,
+}
+
+impl ChunkListPages {
+    fn new(size: u64) -> Self {
+        ChunkListPages { size, declared: None, list: Vec::new() }
+    }
+
+    /// Refuses a chunk count a file of the declared size cannot have.
+    fn check_total(&mut self, total: u64) -> Result<(), String> {
+        let max = max_chunks(self.size);
+        if total > max {
+            return Err(format!(
+                "declares {total} chunks for a file of {} bytes, which can have at most {max}: refused",
+                self.size
+            ));
+        }
+        if *self.declared.get_or_insert(total) != total {
+            return Err("sent a chunk list whose total changed between pages".into());
+        }
+        Ok(())
+    }
+
+    /// Adds one page; true once the list is complete.
+    fn add(&mut self, total: u64, chunks: Vec<ChunkRef>) -> Result<bool, String> {
+        // Checked before anything of that count is held.
+        self.check_total(total)?;
+        if chunks.is_empty() || self.list.len() as u64 + chunks.len() as u64 > total {
+            return Err("sent a chunk list that does not add up".into());
+        }
+        self.list.extend(chunks);
+        Ok(self.list.len() as u64 == total)
+    }
+}
+
+const CHANGED_WHILE_SYNCING: &str = "changed while syncing: retried next run";
+
+/// Whether two live records hold the same state: body (a directory's tree
+/// left out: its children are checked on their own) and metadata.
+fn same_state(a: &EntryRecord, b: &EntryRecord) -> bool {
+    let body = match (&a.body, &b.body) {
+        (Body::Dir { .. }, Body::Dir { .. }) => true,
+        (x, y) => x == y,
+    };
+    body && a.meta == b.meta
+}
+
+/// Where the chunks of one file can be found on this node, each copy
+/// checked against its hash before it is used.
+struct Sources<'j> {
+    job: &'j FileJob,
+    cs: Option<&'j crate::store::ChunkStore>,
+    staging: &'j Staging,
+    node: &'j Node,
+    g: &'j ResolvedGroup,
+    index: &'j mut Option<HashMap<Hash, (PathBuf, u64, u32)>>,
+    old: Option<Option<File>>,
+}
+
+impl<'j> Sources<'j> {
+    fn new(
+        job: &'j FileJob,
+        cs: Option<&'j crate::store::ChunkStore>,
+        staging: &'j Staging,
+        node: &'j Node,
+        g: &'j ResolvedGroup,
+        index: &'j mut Option<HashMap<Hash, (PathBuf, u64, u32)>>,
+    ) -> Self {
+        Sources { job, cs, staging, node, g, index, old: None }
+    }
+
+    /// Whether chunk `c` is here. A copy in the chunk store is trusted (it
+    /// checks what it holds when read); a staged one is read and checked
+    /// (a crash may have torn it), and so is one in a tracked file, since
+    /// anyone may have changed it.
+    fn has(&mut self, c: &ChunkRef) -> bool {
+        if self.cs.is_some_and(|cs| cs.has(&c.hash).unwrap_or(false)) {
+            return true;
+        }
+        if self.staging.has(&self.job.content, &c.hash) {
+            if self.staging.get(&self.job.content, &c.hash).is_some() {
+                return true;
+            }
+            self.staging.discard(&self.job.content, &c.hash);
+        }
+        self.in_tree(c).is_some()
+    }
+
+    /// The bytes of chunk `c`, checked.
+    fn get(&mut self, c: &ChunkRef) -> Option<Vec<u8>> {
+        if let Some(cs) = self.cs
+            && cs.has(&c.hash).unwrap_or(false)
+            && let Ok(d) = cs.get(&c.hash)
+        {
+            return Some(d);
+        }
+        if let Some(d) = self.staging.get(&self.job.content, &c.hash) {
+            return Some(d);
+        }
+        let d = self.in_tree(c)?;
+        if let Some(cs) = self.cs {
+            let _ = cs.put(&c.hash, &d);
+        }
+        Some(d)
+    }
+
+    /// Chunk `c` from the file's old version or another tracked file.
+    fn in_tree(&mut self, c: &ChunkRef) -> Option<Vec<u8>> {
+        let take = &self.job.take;
+        if let Some(o) = take.old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::File)
+            && let Some((off, _)) = offset_of(&o.chunks, &c.hash)
+        {
+            let f = self.old.get_or_insert_with(|| open_nofollow(&take.local).ok());
+            if let Some(d) = f.as_ref().and_then(|f| read_checked(f, off, c)) {
+                return Some(d);
+            }
+        }
+        let idx = self.index.get_or_insert_with(|| chunk_index(self.node, self.g));
+        let (path, off, _) = idx.get(&c.hash)?;
+        open_nofollow(path).ok().and_then(|f| read_checked(&f, *off, c))
     }
 }
 
@@ -465,18 +763,21 @@ impl<'a> Apply<'a> {
 struct LaneResult {
     chunks: u64,
     bytes: u64,
-    missing: Vec<Hash>,
 }
 
-/// One `GetChunks` exchange: every chunk received is verified and written
-/// to each part file (and offset) that needs it.
+/// One `GetChunks` exchange: every chunk received is verified and kept in
+/// the chunk store, or else in the staging area for each file that needs
+/// it. A chunk the peer no longer has is simply not kept: its file is left
+/// for the next run.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_one(
     node: &Arc<Node>,
     peer: &Arc<Peer>,
     gi: usize,
     group: &str,
     files: Vec<FileChunks>,
-    targets: &HashMap<Hash, Vec<(PathBuf, u64)>>,
+    targets: &HashMap<Hash, Vec<Hash>>,
+    staging: &Staging,
     out: &mut LaneResult,
 ) -> Result<(), SyncError> {
     let msg = Message::GetChunks { group: group.to_owned(), files };
@@ -485,13 +786,8 @@ async fn fetch_one(
     let mut opener = peer.opener.clone();
     let proto_err = |source| SyncError::Proto { peer: peer.host.clone(), source };
     let (mut stream, mut reply) = request(&peer.host, &mut opener, &msg).await?;
-    // The part files this exchange writes to, each opened once.
-    let mut open: HashMap<PathBuf, File> = HashMap::new();
     loop {
         if pending.accept(&reply).map_err(proto_err)? {
-            if let Message::ChunksDone { missing } = reply {
-                out.missing.extend(missing);
-            }
             return Ok(());
         }
         if let Message::Chunk { hash, stored } = &reply {
@@ -506,21 +802,13 @@ async fn fetch_one(
             tokio::task::block_in_place(|| -> Result<(), SyncError> {
                 if let Some(cs) = node.engine.chunk_store(gi) {
                     cs.put(hash, &data)?;
+                    return Ok(());
                 }
-                for (part, off) in targets.get(hash).map(Vec::as_slice).unwrap_or_default() {
-                    let f = match open.entry(part.clone()) {
-                        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-                        std::collections::hash_map::Entry::Vacant(e) => OpenOptions::new()
-                            .write(true)
-                            .custom_flags(libc::O_NOFOLLOW)
-                            .open(part)
-                            .map(|f| e.insert(f)),
-                    };
-                    if let Err(e) = f.and_then(|f| f.write_all_at(&data, *off)) {
+                for content in targets.get(hash).map(Vec::as_slice).unwrap_or_default() {
+                    if let Err(e) = staging.put(content, hash, &data) {
                         // Disk full, say: the file is not complete, so it
                         // is left for the next run like a chunk never sent.
-                        tracing::warn!("{}: {e}", part.display());
-                        out.missing.push(*hash);
+                        tracing::warn!("keeping chunk {} received from {}: {e}", hash.short(), peer.host);
                     }
                 }
                 Ok(())
@@ -529,86 +817,6 @@ async fn fetch_one(
         reply = proto::read_frame(&mut stream).await.map_err(proto_err)?;
         reply.validate().map_err(proto_err)?;
     }
-}
-
-struct Filled {
-    found: u64,
-    missing: Vec<(Hash, u64)>,
-}
-
-/// Fills a part file with every chunk found locally; returns the rest.
-fn fill_locally(
-    job: &FileJob,
-    cs: Option<&crate::store::ChunkStore>,
-    index: &mut Option<HashMap<Hash, (PathBuf, u64, u32)>>,
-    node: &Node,
-    g: &ResolvedGroup,
-) -> io::Result<Filled> {
-    let size: u64 = job.chunks.iter().map(|c| u64::from(c.len)).sum();
-    let part = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&job.part)?;
-    // A part file of the full size is an earlier attempt's; a new one is
-    // empty.
-    let existed = part.metadata()?.len() == size;
-    if !existed {
-        part.set_len(size)?;
-    }
-    let old = job.take.old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::File);
-    let mut old_file: Option<File> = None;
-    let mut filled = Filled { found: 0, missing: Vec::new() };
-    let mut buf = Vec::new();
-    let mut offset = 0u64;
-    for c in &job.chunks {
-        let at = offset;
-        offset += u64::from(c.len);
-        buf.resize(c.len as usize, 0);
-        // An earlier attempt's bytes.
-        if existed && part.read_exact_at(&mut buf, at).is_ok() && Hash::of(&buf) == c.hash {
-            if let Some(cs) = cs {
-                cs.put(&c.hash, &buf).map_err(io::Error::other)?;
-            }
-            filled.found += 1;
-            continue;
-        }
-        let mut data = None;
-        if let Some(cs) = cs
-            && cs.has(&c.hash).unwrap_or(false)
-        {
-            data = cs.get(&c.hash).ok();
-        }
-        if data.is_none()
-            && let Some(o) = old
-            && let Some((off, _)) = offset_of(&o.chunks, &c.hash)
-        {
-            if old_file.is_none() {
-                old_file = open_nofollow(&job.take.local).ok();
-            }
-            data = old_file.as_ref().and_then(|f| read_checked(f, off, c));
-        }
-        if data.is_none() {
-            let idx = index.get_or_insert_with(|| chunk_index(node, g));
-            if let Some((path, off, _)) = idx.get(&c.hash) {
-                data = open_nofollow(path).ok().and_then(|f| read_checked(&f, *off, c));
-            }
-        }
-        match data {
-            Some(d) => {
-                part.write_all_at(&d, at)?;
-                if let Some(cs) = cs {
-                    cs.put(&c.hash, &d).map_err(io::Error::other)?;
-                }
-                filled.found += 1;
-            }
-            None => filled.missing.push((c.hash, at)),
-        }
-    }
-    Ok(filled)
 }
 
 /// Bytes of chunk `c` at `off` in `f`, if they hash right.
@@ -636,60 +844,24 @@ fn chunk_index(node: &Node, g: &ResolvedGroup) -> HashMap<Hash, (PathBuf, u64, u
     index
 }
 
-/// Gives a complete part file its metadata.
-fn prepare(job: &FileJob) -> io::Result<()> {
-    let t = &job.take;
-    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&job.part)?;
-    if t.new.meta.mode.is_none() {
-        // `ignore mod`: keep the replaced file's mode, or the mode a new
-        // file would get.
-        let mode =
-            fs::symlink_metadata(&t.local).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o666 & !current_umask());
-        f.set_permissions(Permissions::from_mode(mode))?;
-    }
-    apply_meta(&f, &t.new.meta)
-}
-
-/// Renames a prepared part file into place; returns the record to adopt,
-/// with the placed file's stat.
-fn place(job: &FileJob, stored: bool) -> io::Result<EntryRecord> {
-    let t = &job.take;
-    fs::rename(&job.part, &t.local)?;
-    let md = fs::symlink_metadata(&t.local)?;
-    let stat = crate::scan::stat_of(&md);
-    let racy = t.new.meta.mtime.is_some_and(|m| (Timestamp::now().secs - m.secs).abs() <= 2);
-    Ok(EntryRecord { stat, racy, stored, chunks: job.chunks.clone(), ..t.new.clone() })
-}
-
-/// Flushes the filesystem holding `path` to disk (`syncfs`).
-fn sync_filesystem(path: &Path) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(path);
-    let f = File::open(dir)?;
-    // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Makes `path` a directory with `meta` (mode and owner; directories keep
-/// no mtime in the tree).
+/// no mtime in the tree). The metadata is set through a descriptor opened
+/// without following a symlink put in its place.
 fn make_dir(path: &Path, meta: &Meta) -> io::Result<()> {
     let created = match fs::symlink_metadata(path) {
         Ok(md) if md.is_dir() => false,
         Ok(_) => {
             fs::remove_file(path)?;
-            fs::create_dir(path)?;
+            fs::DirBuilder::new().mode(0o700).create(path)?;
             true
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir(path)?;
+            fs::DirBuilder::new().mode(0o700).create(path)?;
             true
         }
         Err(e) => return Err(e),
     };
-    let f = File::open(path)?;
+    let f = Dir::open(path)?.as_file()?;
     // A new directory without a synced mode (`ignore mod`) gets the mode the
     // started-with umask gives, not the private umask the process runs under.
     let mode = meta.mode.or_else(|| created.then(|| 0o777 & !current_umask()));
@@ -698,12 +870,26 @@ fn make_dir(path: &Path, meta: &Meta) -> io::Result<()> {
 
 /// Makes `path` a symlink to `target`, atomically replacing what is there
 /// (an empty directory included).
-fn make_symlink(path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
+fn make_symlink(g: &ResolvedGroup, path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
     if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
         fs::remove_dir(path)?;
     }
-    place_symlink(path, meta, target)?;
-    sync_dir(path.parent().ok_or_else(|| io::Error::other("no parent directory"))?)
+    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let dir = open_parent(g, path)?;
+    dir.place_symlink(name, target, meta).map_err(io::Error::other)?;
+    dir.sync()
+}
+
+/// The directory holding `path`, opened from its include root without
+/// following a symlink on the way.
+fn open_parent(g: &ResolvedGroup, path: &Path) -> io::Result<Dir> {
+    let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    let root = g.root_of_local(path).ok_or_else(|| io::Error::other("outside the include roots"))?;
+    match parent.strip_prefix(&root.local) {
+        Ok(rel) => Dir::open_beneath(&root.local, rel),
+        // The include root itself: its directory is the configuration's.
+        Err(_) => Dir::open_trusted(parent),
+    }
 }
 
 /// The paths of `paths` not below another one of them.
@@ -717,4 +903,53 @@ pub(super) fn minimal(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(n: usize, len: u32) -> Vec<ChunkRef> {
+        (0..n).map(|i| ChunkRef { hash: Hash::of(&i.to_le_bytes()), len }).collect()
+    }
+
+    #[test]
+    fn max_chunks_follows_the_minimum_chunk_size() {
+        let min = u64::from(crate::chunk::MIN_SIZE);
+        assert_eq!(max_chunks(0), 0);
+        assert_eq!(max_chunks(1), 1);
+        assert_eq!(max_chunks(min), 1);
+        assert_eq!(max_chunks(min + 1), 2);
+        assert_eq!(max_chunks(10 * min), 10);
+        // Every list the chunker makes fits.
+        let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let list = crate::chunk::chunk_bytes(&data);
+        assert!(list.len() as u64 <= max_chunks(data.len() as u64));
+    }
+
+    /// A peer declaring 2^26 chunks for a 1 MiB file is refused on the
+    /// first page, before anything of that count is held.
+    #[test]
+    fn absurd_chunk_count_is_refused_without_allocating_it() {
+        let mut pages = ChunkListPages::new(1 << 20);
+        let e = pages.add(proto::limits::MAX_CHUNKS_PER_ENTRY, refs(16, 65536)).unwrap_err();
+        assert!(e.contains("at most 64"), "{e}");
+        assert_eq!(pages.list.capacity(), 0);
+        // The same count inline.
+        let mut inline = ChunkListPages::new(1 << 20);
+        assert!(inline.check_total(65).is_err());
+        assert!(inline.check_total(64).is_ok());
+    }
+
+    #[test]
+    fn chunk_list_pages_must_add_up() {
+        let mut pages = ChunkListPages::new(4 << 20);
+        assert!(!pages.add(64, refs(32, 65536)).unwrap());
+        assert!(pages.add(63, refs(32, 65536)).is_err(), "the total may not change");
+        let mut pages = ChunkListPages::new(4 << 20);
+        assert!(!pages.add(64, refs(32, 65536)).unwrap());
+        assert!(pages.add(64, refs(33, 65536)).is_err(), "more than declared");
+        assert!(pages.add(64, Vec::new()).is_err(), "an empty page");
+        assert!(pages.add(64, refs(32, 65536)).unwrap());
+    }
 }

@@ -161,8 +161,6 @@ pub(super) async fn reconcile(
         batch.commit()?;
         return Ok(report);
     }
-    // From here on this node's records must not change under the walk.
-    let _writer = node.writer.lock().await;
     let top: Vec<WireEntry> = roots.into_iter().filter_map(|(_, e)| e).collect();
     // Equal trees with different versions: the differences hide behind
     // equal tree hashes, so every directory is listed (once; merging makes
@@ -177,9 +175,9 @@ pub(super) async fn reconcile(
     if !initiated {
         let paths = super::apply::minimal(walk.plans.iter().filter_map(Plan::local_path).cloned().collect());
         if !paths.is_empty() {
-            let checked = tokio::task::block_in_place(|| {
-                node.engine.check_with_cause(&paths, "local scan", Some(gi), false, None)
-            })?;
+            let checked = node
+                .write_locked(move |n| n.engine.check_with_cause(&paths, "local scan", Some(gi), false, None))
+                .await?;
             if checked.groups.iter().any(|c| c.changed) {
                 let report = GroupReport::default();
                 walk = Walk { node, peer, g, initiated, everywhere, plans: Vec::new(), unforce: Vec::new(), report };

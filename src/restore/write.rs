@@ -1,10 +1,10 @@
 //! Making one path on disk match its want.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, FileTimes, Permissions};
+use std::fs::{self, Permissions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,8 @@ use rayon::prelude::*;
 use super::{RestoreReport, Want};
 use crate::chunk::ChunkRef;
 use crate::config::{Class, Matcher};
+use crate::disk::Dir;
+pub(crate) use crate::disk::apply_meta;
 use crate::hash::Hash;
 use crate::scan::{Problem, Severity};
 use crate::store::{ChunkStore, Store};
@@ -155,7 +157,8 @@ impl<'a> Writer<'a> {
         if let Ok(md) = fs::symlink_metadata(path)
             && md.is_file()
             && md.len() == size
-            && let Ok(mut f) = File::open(path)
+            && let Ok(mut f) = crate::disk::open_nofollow(path)
+            && f.metadata().is_ok_and(|m| (m.dev(), m.ino()) == (md.dev(), md.ino()))
             && let Ok(chunks) = crate::chunk::chunk_file(&mut f, size, |_, _| Ok(()))
             && crate::chunk::content_hash(&chunks) == *content
         {
@@ -166,29 +169,32 @@ impl<'a> Writer<'a> {
         if crate::chunk::content_hash(chunks) != *content {
             return Err(io::Error::other(format!("the stored chunk list does not match content {content}")));
         }
-        let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-        let mut tmp = tempfile::Builder::new().prefix(".snapsync-").tempfile_in(dir)?;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::other("no parent directory"));
+        };
+        // A fresh temporary: never a name found in the tree (see
+        // crate::disk).
+        let dir = Dir::open(parent)?;
+        let tmp = dir.create_temp(None)?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.file());
         let mut written = 0u64;
         for c in chunks {
             // `get` checks every chunk against its hash before it is used.
             let data = self.chunks.get(&c.hash).map_err(io::Error::other)?;
-            tmp.write_all(&data)?;
+            w.write_all(&data)?;
             written += data.len() as u64;
         }
+        w.flush()?;
+        drop(w);
         if written != size {
             return Err(io::Error::other(format!("assembled {written} bytes, expected {size}")));
         }
-        tmp.as_file().sync_all()?;
-        if meta.mode.is_none() {
-            // `ignore mod`: keep the replaced file's mode, or give a new file
-            // the mode it would get from creating it (not tempfile's 0600).
-            let mode =
-                fs::symlink_metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(self.new_file_mode);
-            tmp.as_file().set_permissions(Permissions::from_mode(mode))?;
-        }
-        apply_meta(tmp.as_file(), meta)?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        sync_dir(dir)?;
+        // `ignore mod`: keep the replaced file's mode, or give a new file
+        // the mode it would get from creating it (not the temporary's 0600).
+        let mode = fs::symlink_metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(self.new_file_mode);
+        tmp.set_meta(meta, mode)?;
+        tmp.place(name).map_err(io::Error::other)?;
+        dir.sync()?;
         self.applied("write", path);
         self.files_written.fetch_add(1, Ordering::Relaxed);
         self.bytes_written.fetch_add(size, Ordering::Relaxed);
@@ -197,10 +203,15 @@ impl<'a> Writer<'a> {
 
     fn symlink(&self, path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
         self.clear_dir(path)?;
-        if fs::read_link(path).is_ok_and(|t| t.as_os_str().as_bytes() == target) {
-            lchown(path, meta)?;
+        let owned =
+            |md: &fs::Metadata| meta.uid.is_none_or(|u| u == md.uid()) && meta.gid.is_none_or(|g| g == md.gid());
+        if fs::read_link(path).is_ok_and(|t| t.as_os_str().as_bytes() == target)
+            && fs::symlink_metadata(path).is_ok_and(|md| owned(&md))
+        {
             return Ok(());
         }
+        // A link with the wrong owner is replaced rather than chowned by
+        // name: the name could lead to someone else's file by then.
         place_symlink(path, meta, target)?;
         self.applied("link", path);
         self.files_written.fetch_add(1, Ordering::Relaxed);
@@ -220,10 +231,13 @@ impl<'a> Writer<'a> {
                 fs::set_permissions(path, Permissions::from_mode(0o777 & !current_umask()))?;
             }
         }
+        // Opened without following a symlink put in its place: its
+        // metadata is set through this descriptor only.
+        let f = Dir::open(path)?.as_file()?;
         // Owner-writable while filling it; the recorded mode comes last.
         // Without a recorded mode (`ignore mod`) the directory keeps its own.
         if meta.mode.is_some() {
-            fs::set_permissions(path, Permissions::from_mode(0o700))?;
+            f.set_permissions(Permissions::from_mode(0o700))?;
         }
         let node = self
             .store
@@ -247,38 +261,21 @@ impl<'a> Writer<'a> {
                 self.restore(&child, Some(&Want { meta: e.meta, body: e.body, chunks }));
             }
         });
-        let f = File::open(path)?;
         apply_meta(&f, meta)?;
         Ok(())
     }
 }
 
-/// Makes `path` a symlink to `target` owned as `meta` says: made under a
-/// fresh name beside it, then renamed over whatever is there (a file, a
-/// link; an empty directory must be removed first).
+/// Makes `path` a symlink to `target` owned as `meta` says, atomically
+/// replacing a file or link there (an empty directory must be removed
+/// first); see [`Dir::place_symlink`].
 pub(crate) fn place_symlink(path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    let tmp =
-        dir.join(format!(".snapsync-link-{}-{}", std::process::id(), Hash::of(path.as_os_str().as_bytes()).short()));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)?;
-    lchown(&tmp, meta)?;
-    fs::rename(&tmp, path)
-}
-
-/// Sets owner, mode and mtime on an open file or directory, in that order
-/// (chown clears set-id bits, so mode follows it).
-pub(crate) fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
-    if meta.uid.is_some() || meta.gid.is_some() {
-        std::os::unix::fs::fchown(f, meta.uid, meta.gid)?;
-    }
-    if let Some(mode) = meta.mode {
-        f.set_permissions(Permissions::from_mode(mode))?;
-    }
-    if let Some(t) = meta.mtime {
-        f.set_times(FileTimes::new().set_modified(t.to_system()))?;
-    }
-    Ok(())
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::other("no parent directory"));
+    };
+    let dir = Dir::open(parent)?;
+    dir.place_symlink(name, target, meta).map_err(io::Error::other)?;
+    dir.sync()
 }
 
 /// The umask new synced files are made with when their mode is not synced
@@ -286,16 +283,4 @@ pub(crate) fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
 /// one the stores need ([`crate::store::original_umask`]).
 pub(crate) fn current_umask() -> u32 {
     crate::store::original_umask()
-}
-
-pub(crate) fn lchown(path: &Path, meta: &Meta) -> io::Result<()> {
-    if meta.uid.is_some() || meta.gid.is_some() {
-        std::os::unix::fs::lchown(path, meta.uid, meta.gid)?;
-    }
-    Ok(())
-}
-
-/// Makes a rename in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }

@@ -158,6 +158,11 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::set_permissions(to, md.permissions()).unwrap();
 }
 
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
 /// The unprivileged uid and gid tests run commands as (nobody).
 pub const NOBODY: u32 = 65534;
 
@@ -165,7 +170,7 @@ pub const NOBODY: u32 = 65534;
 /// setpriv; `None`, with the reason printed, where that cannot be done (the
 /// tests do not run as root, or setpriv is missing).
 pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Option<std::process::Command> {
-    if !crate::local::is_root() {
+    if !is_root() {
         eprintln!("skipped: running a command as another user needs root");
         return None;
     }

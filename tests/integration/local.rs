@@ -150,9 +150,7 @@ fn no_change_check_does_not_open_unreadable_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret"));
 }
 
-pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
-}
+pub use crate::common::is_root;
 
 fn chown_r(p: &std::path::Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();

@@ -9,6 +9,7 @@ mod local;
 mod regressions;
 mod security_flood;
 mod security_local_files;
+mod security_part_files;
 mod security_socket;
 mod spec_example;
 mod store_fixture;

@@ -73,10 +73,17 @@ fn sync_one_byte_edit_fetches_about_one_chunk() {
 
 /// What B's tree holds during a transfer: bytes allocated to part files,
 /// and the finished (non-temporary) files.
-fn progress(dir: &Path) -> (u64, Vec<String>) {
+fn progress(dir: &Path, staging: &Path) -> (u64, Vec<String>) {
     let mut allocated = 0;
     let mut finished = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return (0, finished) };
+    // Chunks received so far wait in the staging area of the state
+    // directory, one directory per file.
+    for d in std::fs::read_dir(staging).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            allocated += e.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        }
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else { return (allocated, finished) };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Ok(md) = e.metadata() else { continue };
@@ -110,8 +117,9 @@ fn sync_killed_transfer_is_safe_and_resumes() {
     // The one place a poll is fine: watching B's tree fill up, bounded.
     let started = Instant::now();
     let data_b = c.path("b", "data");
+    let staging_b = c.node_state_dir("b").join("incoming/chunks");
     let (allocated, finished) = loop {
-        let (allocated, finished) = progress(&data_b);
+        let (allocated, finished) = progress(&data_b, &staging_b);
         if allocated >= 8 * MIB as u64 || !finished.is_empty() {
             break (allocated, finished);
         }
@@ -119,15 +127,12 @@ fn sync_killed_transfer_is_safe_and_resumes() {
         std::thread::sleep(Duration::from_millis(2));
     };
     c.kill("b");
-    eprintln!(
-        "killed b after {:?}: {allocated} bytes in part files, {} files finished",
-        started.elapsed(),
-        finished.len()
-    );
+    eprintln!("killed b after {:?}: {allocated} bytes received, {} files finished", started.elapsed(), finished.len());
 
-    // Safety: every final path on B holds exactly A's content.
+    // Safety: every final path on B holds exactly A's content (the
+    // directory itself comes with the first files placed).
     let mut finished_now = Vec::new();
-    for e in std::fs::read_dir(&data_b).unwrap().flatten() {
+    for e in std::fs::read_dir(&data_b).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(".snapsync-") {
             continue;

@@ -1,0 +1,675 @@
+//! The one door through which snapsync puts files into the trees it
+//! writes (sync and restore), safe against the other users of those trees.
+//!
+//! The daemon runs as root over directories that others may write into (an
+//! upload directory). Anything it finds there under a name it might use is
+//! theirs, so (SPEC §6) it never writes into, changes the mode or owner of,
+//! or renames into place a file it did not create itself in this run:
+//!
+//! - A file is built in a fresh temporary, `.snapsync-<32 random hex>.tmp`,
+//!   created with `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC` and mode 0600
+//!   relative to a descriptor of the target's directory: a name planted in
+//!   advance (a hard link to a file elsewhere, a file someone holds open)
+//!   makes the create fail instead of being reused, and nobody else can
+//!   open the file once it exists.
+//! - Its owner, mode and times are set through its descriptor, never by
+//!   name; then it is renamed over the target (`renameat`, same directory
+//!   descriptor).
+//! - After the rename the inode now at the target name is compared with
+//!   the descriptor's (device and inode number). Someone who can write the
+//!   directory can still swap the temporary for a file of their own between
+//!   the last check and the rename (no system call renames "this open
+//!   file"); that file then sits at the target name, which its owner could
+//!   have put there anyway, but it is not taken for the file built:
+//!   [`PlaceError::Swapped`] makes the caller report the path, and the next
+//!   scan records what is there as a local change.
+//! - Temporaries are recorded in a [`Journal`] (in the state directory,
+//!   which only the daemon can write) before they are created, so the
+//!   leftovers of a crash are recognised as the daemon's own and removed;
+//!   nothing else named `.snapsync-*` is ever opened, reused or removed.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{self, File, FileTimes, Permissions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::hash::Hash;
+use crate::tree::Meta;
+
+/// Names starting with this are snapsync's temporary files (the scanner
+/// never tracks them).
+pub const TEMP_PREFIX: &str = ".snapsync-";
+
+/// Why a built file was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// A system call failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The target path.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The file at the target name after the rename is not the one built.
+    #[error(
+        "{path}: the temporary file was replaced by someone else before it was put in place; what is there now is \
+         not taken for the peer's version (the next run records it as a local change)"
+    )]
+    Swapped {
+        /// The target path.
+        path: PathBuf,
+    },
+}
+
+/// An open directory: files are created, renamed and checked relative to
+/// it, so a directory swapped for a symlink after it was opened changes
+/// nothing.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a file name"))
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// A device and inode number: what a file is, whatever its name.
+pub type Ident = (u64, u64);
+
+fn ident_of(st: &libc::stat) -> Ident {
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+impl Dir {
+    /// Opens directory `path`; a symlink in its last component is refused.
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, libc::O_NOFOLLOW)
+    }
+
+    /// Opens directory `path` following symlinks: only for a path the
+    /// configuration names (an include root).
+    pub fn open_trusted(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, 0)
+    }
+
+    fn open_with(path: &Path, extra: libc::c_int) -> io::Result<Dir> {
+        let c = cstr(path.as_os_str())?;
+        // SAFETY: `c` is a valid NUL-terminated string; the descriptor
+        // returned is owned by the result.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | extra) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: path.to_path_buf() })
+    }
+
+    /// Opens directory `root/rel` one component at a time, none of them
+    /// followed if it is a symlink: a directory swapped for a link after
+    /// it was checked cannot lead outside `root`.
+    pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<Dir> {
+        let mut dir = Dir::open_trusted(root)?;
+        for c in rel.components() {
+            let std::path::Component::Normal(name) = c else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: not a plain relative path", rel.display()),
+                ));
+            };
+            let cname = cstr(name)?;
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: `cname` is NUL-terminated; the descriptor returned is
+            // owned by the new `Dir`.
+            let fd = unsafe { libc::openat(dir.fd.as_raw_fd(), cname.as_ptr(), flags) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            dir = Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: dir.path.join(name) };
+        }
+        Ok(dir)
+    }
+
+    /// The path the directory was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes renames in the directory durable.
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: fsync only reads the descriptor `self` owns.
+        check(unsafe { libc::fsync(self.fd.as_raw_fd()) })
+    }
+
+    /// `lstat` of `name` in the directory.
+    fn stat_at(&self, name: &OsStr) -> io::Result<libc::stat> {
+        let c = cstr(name)?;
+        // SAFETY: an all-zero `stat` is a valid value of a plain C struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is NUL-terminated, `st` is writable, the descriptor
+        // is open.
+        check(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+        Ok(st)
+    }
+
+    /// The directory itself as a `File`, for its metadata.
+    pub fn as_file(&self) -> io::Result<File> {
+        Ok(File::from(self.fd.try_clone()?))
+    }
+
+    /// Makes `name` a symlink to `target` owned as `meta` says: made under
+    /// a fresh name, its owner set through a descriptor of the link
+    /// itself, renamed over whatever is at `name` (an empty directory must
+    /// be removed first) and checked to be the link made.
+    pub fn place_symlink(&self, name: &OsStr, target: &[u8], meta: &Meta) -> Result<(), PlaceError> {
+        let path = self.path.join(name);
+        let io_err = |source| PlaceError::Io { path: path.clone(), source };
+        let target = CString::new(target).map_err(|_| io_err(io::Error::other("NUL in a symlink target")))?;
+        let fd = self.fd.as_raw_fd();
+        let mut tries = 0;
+        let tmp = loop {
+            let tmp =
+                cstr(OsStr::new(&format!("{TEMP_PREFIX}{}.tmp", random_hex().map_err(io_err)?))).map_err(io_err)?;
+            // SAFETY: both strings are NUL-terminated; the descriptor is open.
+            match check(unsafe { libc::symlinkat(target.as_ptr(), fd, tmp.as_ptr()) }) {
+                Ok(()) => break tmp,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                Err(e) => return Err(io_err(e)),
+            }
+        };
+        let tmp_name = OsStr::from_bytes(tmp.as_bytes()).to_owned();
+        let result = (|| {
+            // SAFETY: as above; the descriptor returned is owned by `link`.
+            let raw = unsafe { libc::openat(fd, tmp.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+            if raw < 0 {
+                return Err(io_err(io::Error::last_os_error()));
+            }
+            // SAFETY: `raw` was just opened and is owned by nothing else.
+            let link = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: an all-zero `stat` is valid; `link` is open.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `st` is writable, the descriptor is open, the path is "".
+            check(unsafe { libc::fstatat(link.as_raw_fd(), c"".as_ptr(), &mut st, libc::AT_EMPTY_PATH) })
+                .map_err(io_err)?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                return Err(PlaceError::Swapped { path: path.clone() });
+            }
+            if meta.uid.is_some() || meta.gid.is_some() {
+                let (uid, gid) = (meta.uid.unwrap_or(u32::MAX), meta.gid.unwrap_or(u32::MAX));
+                // SAFETY: as above; -1 (u32::MAX) leaves an id unchanged.
+                check(unsafe {
+                    libc::fchownat(
+                        link.as_raw_fd(),
+                        c"".as_ptr(),
+                        uid,
+                        gid,
+                        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                })
+                .map_err(io_err)?;
+            }
+            let to = cstr(name).map_err(io_err)?;
+            // SAFETY: both names are NUL-terminated; the descriptor is open.
+            check(unsafe { libc::renameat(fd, tmp.as_ptr(), fd, to.as_ptr()) }).map_err(io_err)?;
+            let after = self.stat_at(name).map_err(io_err)?;
+            if ident_of(&after) != ident_of(&st) {
+                return Err(PlaceError::Swapped { path: path.clone() });
+            }
+            Ok(())
+        })();
+        if result.is_err()
+            && let Ok(st) = self.stat_at(&tmp_name)
+            && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+        {
+            let _ = self.unlink_at(&tmp_name);
+        }
+        result
+    }
+
+    fn unlink_at(&self, name: &OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: as in `stat_at`.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) })
+    }
+
+    /// Creates a fresh temporary file in the directory (recorded in
+    /// `journal` first, if given).
+    pub fn create_temp<'d>(&'d self, journal: Option<&'d Journal>) -> io::Result<TempFile<'d>> {
+        for _ in 0..8 {
+            let name = OsString::from(format!("{TEMP_PREFIX}{}.tmp", random_hex()?));
+            let path = self.path.join(&name);
+            if let Some(j) = journal {
+                j.record(&path)?;
+            }
+            let c = cstr(&name)?;
+            let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: `c` is NUL-terminated; the descriptor returned is
+            // owned by the `File` made from it.
+            let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags, 0o600 as libc::c_uint) };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                if let Some(j) = journal {
+                    j.forget(&path);
+                }
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    continue;
+                }
+                return Err(e);
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            let file = unsafe { File::from_raw_fd(fd) };
+            let md = file.metadata()?;
+            let temp = TempFile { dir: self, name, file, ident: (md.dev(), md.ino()), journal, done: false };
+            // The create mode is 0600 whatever the umask; this only guards
+            // against a filesystem that ignores it.
+            if md.mode() & 0o077 != 0 {
+                temp.file.set_permissions(Permissions::from_mode(0o600))?;
+            }
+            return Ok(temp);
+        }
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary file name after 8 tries"))
+    }
+}
+
+/// 32 hex digits from the system's random source.
+fn random_hex() -> io::Result<String> {
+    let mut buf = [0u8; 16];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: writes at most `buf.len() - got` bytes into `buf[got..]`.
+        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A temporary file this process created, in a [`Dir`]; removed when
+/// dropped unless placed.
+pub struct TempFile<'d> {
+    dir: &'d Dir,
+    name: OsString,
+    file: File,
+    ident: Ident,
+    journal: Option<&'d Journal>,
+    done: bool,
+}
+
+impl TempFile<'_> {
+    /// The open file, for writing its content.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The temporary's current name (for tests and messages).
+    pub fn path(&self) -> PathBuf {
+        self.dir.path.join(&self.name)
+    }
+
+    /// Gives the file `meta` through its descriptor; without a recorded
+    /// mode it gets `mode`.
+    pub fn set_meta(&self, meta: &Meta, mode: u32) -> io::Result<()> {
+        if meta.mode.is_none() {
+            self.file.set_permissions(Permissions::from_mode(mode))?;
+        }
+        apply_meta(&self.file, meta)
+    }
+
+    /// Syncs the data, renames the file over `name` in its directory and
+    /// checks that the file now there is this one; returns its metadata
+    /// (taken through the descriptor, after the rename).
+    pub fn place(mut self, name: &OsStr) -> Result<fs::Metadata, PlaceError> {
+        let target = self.dir.path.join(name);
+        let io_err = |source| PlaceError::Io { path: target.clone(), source };
+        self.file.sync_all().map_err(io_err)?;
+        // Narrows the window; the check after the rename is the one that
+        // counts.
+        let before = self.dir.stat_at(&self.name).map_err(io_err)?;
+        if ident_of(&before) != self.ident {
+            self.done = true;
+            self.forget();
+            return Err(PlaceError::Swapped { path: target });
+        }
+        let (from, to) = (cstr(&self.name).map_err(io_err)?, cstr(name).map_err(io_err)?);
+        let fd = self.dir.fd.as_raw_fd();
+        // SAFETY: both names are NUL-terminated; the descriptor is open.
+        check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }).map_err(io_err)?;
+        self.done = true;
+        self.forget();
+        let after = self.dir.stat_at(name).map_err(io_err)?;
+        if ident_of(&after) != self.ident {
+            return Err(PlaceError::Swapped { path: target });
+        }
+        self.file.metadata().map_err(io_err)
+    }
+
+    fn forget(&self) {
+        if let Some(j) = self.journal {
+            j.forget(&self.dir.path.join(&self.name));
+        }
+    }
+
+    /// Removes the temporary if its name still leads to it.
+    fn discard(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if self.dir.stat_at(&self.name).is_ok_and(|st| ident_of(&st) == self.ident) {
+            let _ = self.dir.unlink_at(&self.name);
+        }
+        self.forget();
+    }
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// Opens a file for reading without following a symlink in its place
+/// (nor blocking on a fifo put there).
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
+}
+
+/// Sets owner, mode and mtime on an open file or directory, in that order
+/// (chown clears set-id bits, so mode follows it).
+pub fn apply_meta(f: &File, meta: &Meta) -> io::Result<()> {
+    if meta.uid.is_some() || meta.gid.is_some() {
+        std::os::unix::fs::fchown(f, meta.uid, meta.gid)?;
+    }
+    if let Some(mode) = meta.mode {
+        f.set_permissions(Permissions::from_mode(mode))?;
+    }
+    if let Some(t) = meta.mtime {
+        f.set_times(FileTimes::new().set_modified(t.to_system()))?;
+    }
+    Ok(())
+}
+
+/// Creates directory `path` (and its parents) with mode 0700, and makes an
+/// existing one 0700.
+pub fn private_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    fs::set_permissions(path, Permissions::from_mode(0o700))
+}
+
+/// The temporaries this daemon created, by path, in its state directory:
+/// one small file per temporary, named by the hash of its path and holding
+/// the path. Written before the temporary is created, removed once it is
+/// placed or removed; what is left after a crash is swept by the next run.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// The journal in `dir` (created 0700 if missing).
+    pub fn open(dir: &Path) -> io::Result<Journal> {
+        private_dir(dir)?;
+        Ok(Journal { dir: dir.to_path_buf() })
+    }
+
+    fn entry(&self, path: &Path) -> PathBuf {
+        self.dir.join(Hash::of(path.as_os_str().as_bytes()).to_hex())
+    }
+
+    fn record(&self, path: &Path) -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(self.entry(path))?;
+        // Not synced (one fsync per file placed is enough): a record lost
+        // in a crash leaves a temporary file behind, never tracked, and
+        // never removes anything.
+        io::Write::write_all(&mut f, path.as_os_str().as_bytes())
+    }
+
+    fn forget(&self, path: &Path) {
+        let _ = fs::remove_file(self.entry(path));
+    }
+
+    /// Removes every recorded temporary left by an earlier run (a regular
+    /// file this process's user owns, under a temporary's name); returns
+    /// the paths removed. Only safe while no temporary of this journal is
+    /// in use.
+    pub fn sweep(&self) -> io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            let path = PathBuf::from(OsString::from_vec(fs::read(e.path())?));
+            let ours = path
+                .file_name()
+                .is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) && n.as_bytes().ends_with(b".tmp"))
+                && self.entry(&path) == e.path();
+            if ours
+                && let Some(parent) = path.parent()
+                && let Ok(dir) = Dir::open(parent)
+                && let Some(name) = path.file_name()
+                && let Ok(st) = dir.stat_at(name)
+                && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && st.st_uid == me
+                && dir.unlink_at(name).is_ok()
+            {
+                tracing::info!("{}: removed, a temporary file left by an interrupted run", path.display());
+                removed.push(path);
+            }
+            fs::remove_file(e.path())?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Chunks received for files not placed yet, by content, in the state
+/// directory: `DIR/<content>/<chunk>`, each verified before it is written
+/// and written under a fresh name then renamed, so a chunk file is whole or
+/// absent. An interrupted transfer takes its chunks from here instead of
+/// asking again; a content's chunks go once its file is placed, and what
+/// no run came back for within [`STAGING_MAX_AGE`] is removed.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+}
+
+/// How long chunks of a transfer nobody resumed are kept: 7 days.
+pub const STAGING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+impl Staging {
+    /// The staging area in `dir` (created 0700 if missing).
+    pub fn open(dir: &Path) -> io::Result<Staging> {
+        private_dir(dir)?;
+        Ok(Staging { dir: dir.to_path_buf() })
+    }
+
+    fn chunk_path(&self, content: &Hash, hash: &Hash) -> PathBuf {
+        self.dir.join(content.to_hex()).join(hash.to_hex())
+    }
+
+    /// Keeps `data`, chunk `hash` of a file with content `content`; `data`
+    /// must hash to `hash`.
+    pub fn put(&self, content: &Hash, hash: &Hash, data: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(Hash::of(data), *hash);
+        let dir = self.dir.join(content.to_hex());
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let tmp = dir.join(format!("{}.{}.new", hash.to_hex(), random_hex()?));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        // Not synced: a chunk file damaged by a crash fails its check in
+        // `get` and is fetched again.
+        let written = io::Write::write_all(&mut f, data);
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, self.chunk_path(content, hash))) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether chunk `hash` of `content` is kept.
+    pub fn has(&self, content: &Hash, hash: &Hash) -> bool {
+        fs::symlink_metadata(self.chunk_path(content, hash)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Chunk `hash` of `content`, if kept and intact.
+    pub fn get(&self, content: &Hash, hash: &Hash) -> Option<Vec<u8>> {
+        let data = fs::read(self.chunk_path(content, hash)).ok()?;
+        (Hash::of(&data) == *hash).then_some(data)
+    }
+
+    /// Drops a damaged chunk file.
+    pub fn discard(&self, content: &Hash, hash: &Hash) {
+        let _ = fs::remove_file(self.chunk_path(content, hash));
+    }
+
+    /// Drops the chunks of `content` (its file is placed).
+    pub fn remove(&self, content: &Hash) {
+        let _ = fs::remove_dir_all(self.dir.join(content.to_hex()));
+    }
+
+    /// Drops what was last added to more than `max_age` ago.
+    pub fn sweep(&self, max_age: std::time::Duration) -> io::Result<()> {
+        let now = std::time::SystemTime::now();
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            let md = e.metadata()?;
+            if md.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age >= max_age) {
+                tracing::info!("{}: removed, chunks of a transfer not resumed for {max_age:?}", e.path().display());
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_is_fresh_private_and_placed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        let t = dir.create_temp(None).unwrap();
+        let name = t.path().file_name().unwrap().to_owned();
+        assert!(name.to_str().unwrap().starts_with(TEMP_PREFIX));
+        assert_eq!(name.len(), TEMP_PREFIX.len() + 32 + 4, "{name:?}");
+        assert_eq!(t.file().metadata().unwrap().mode() & 0o777, 0o600);
+        io::Write::write_all(&mut t.file(), b"new").unwrap();
+        t.place(OsStr::new("target")).unwrap();
+        assert_eq!(fs::read(d.path().join("target")).unwrap(), b"new");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "the temporary is gone");
+    }
+
+    #[test]
+    fn temp_dropped_unplaced_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        drop(dir.create_temp(None).unwrap());
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    /// A temporary replaced between fill and rename (the name now leads to
+    /// someone else's file) is never taken for the file built.
+    #[test]
+    fn swapped_temp_is_not_adopted() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        let t = dir.create_temp(None).unwrap();
+        io::Write::write_all(&mut t.file(), b"synced").unwrap();
+        let planted = d.path().join("planted");
+        fs::write(&planted, b"theirs").unwrap();
+        fs::rename(&planted, t.path()).unwrap();
+        let e = t.place(OsStr::new("target")).unwrap_err();
+        assert!(matches!(e, PlaceError::Swapped { .. }), "{e}");
+        // Their file was neither written nor renamed into place.
+        assert!(!d.path().join("target").exists());
+        let left: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(fs::read(&left[0]).unwrap(), b"theirs");
+    }
+
+    #[test]
+    fn journal_sweeps_only_recorded_temporaries() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        let journal = Journal::open(&d.path().join("temps")).unwrap();
+        let dir = Dir::open(&tree).unwrap();
+        let t = dir.create_temp(Some(&journal)).unwrap();
+        let left = t.path();
+        std::mem::forget(t); // a crash: neither placed nor removed
+        let planted = tree.join(".snapsync-0123456789abcdef0123456789abcdef.tmp");
+        fs::write(&planted, b"not ours").unwrap();
+        assert_eq!(journal.sweep().unwrap(), vec![left.clone()]);
+        assert!(!left.exists());
+        assert_eq!(fs::read(&planted).unwrap(), b"not ours");
+        assert_eq!(fs::read_dir(d.path().join("temps")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn staging_keeps_verified_chunks_until_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Staging::open(&d.path().join("incoming")).unwrap();
+        let (content, data) = (Hash::of(b"file"), b"chunk".to_vec());
+        let h = Hash::of(&data);
+        assert!(!s.has(&content, &h));
+        s.put(&content, &h, &data).unwrap();
+        assert!(s.has(&content, &h));
+        assert_eq!(s.get(&content, &h).unwrap(), data);
+        // A damaged chunk file is not used.
+        fs::write(s.chunk_path(&content, &h), b"chunk!").unwrap();
+        assert!(s.get(&content, &h).is_none());
+        s.sweep(std::time::Duration::from_secs(3600)).unwrap();
+        assert!(s.has(&content, &h), "fresh staging is kept");
+        s.sweep(std::time::Duration::ZERO).unwrap();
+        assert!(!s.has(&content, &h), "stale staging is removed");
+        s.put(&content, &h, &data).unwrap();
+        s.remove(&content);
+        assert!(!s.has(&content, &h));
+        let mode = fs::metadata(d.path().join("incoming")).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn open_beneath_follows_no_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("root/a/b")).unwrap();
+        fs::create_dir(d.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), d.path().join("root/a/link")).unwrap();
+        let root = d.path().join("root");
+        assert_eq!(Dir::open_beneath(&root, Path::new("a/b")).unwrap().path(), root.join("a/b"));
+        let e = Dir::open_beneath(&root, Path::new("a/link")).unwrap_err();
+        // ENOTDIR with O_DIRECTORY, ELOOP without.
+        assert!(matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)), "{e}");
+        assert!(Dir::open_beneath(&root, Path::new("a/../..")).is_err());
+    }
+}
