@@ -505,6 +505,11 @@ impl Cluster {
         self.daemons.contains_key(name)
     }
 
+    /// The process id of node `name`'s daemon (to read its memory use).
+    pub fn daemon_pid(&self, name: &str) -> u32 {
+        self.daemons.get(name).unwrap_or_else(|| panic!("{name} does not run")).child.id()
+    }
+
     /// Stops node `name`'s daemon with SIGTERM; it must exit 0 in time.
     pub fn stop(&mut self, name: &str) {
         let d = self.daemons.remove(name).unwrap_or_else(|| panic!("{name} does not run"));

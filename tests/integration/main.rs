@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod local;
 mod regressions;
+mod security_peer_limits;
 mod spec_example;
 mod store_fixture;
 mod sync_concurrent;
