@@ -176,7 +176,10 @@ impl Plan {
     fn footprint(&self) -> usize {
         let heap = match self {
             Plan::Take(t) => {
-                t.logical.len() + t.local.as_os_str().len() + t.old.as_ref().map_or(0, record_heap) + record_heap(&t.new)
+                t.logical.len()
+                    + t.local.as_os_str().len()
+                    + t.old.as_ref().map_or(0, record_heap)
+                    + record_heap(&t.new)
             }
             Plan::Reversion { logical, local, record } => logical.len() + local.as_os_str().len() + record_heap(record),
             Plan::Patch { dir, name, record } => dir.len() + name.len() + record_heap(record),
@@ -219,7 +222,14 @@ struct Edits {
 impl Edits {
     /// Makes the edits (under the writer lock); gives the settling plans
     /// their versions. A dry run records conflicts only.
-    fn commit(self, engine: &Engine, group: &str, peer: &str, plans: &mut [Plan], dry_run: bool) -> Result<(), SyncError> {
+    fn commit(
+        self,
+        engine: &Engine,
+        group: &str,
+        peer: &str,
+        plans: &mut [Plan],
+        dry_run: bool,
+    ) -> Result<(), SyncError> {
         let mut batch = engine.store.batch();
         if !dry_run && !self.settle.is_empty() {
             // Counters handed out here, under the lock, are never handed
@@ -432,13 +442,7 @@ fn descend(
 }
 
 impl<'a> Walk<'a> {
-    fn new(
-        node: &'a Arc<Node>,
-        peer: &'a Arc<Peer>,
-        g: &'a ResolvedGroup,
-        initiated: bool,
-        everywhere: bool,
-    ) -> Self {
+    fn new(node: &'a Arc<Node>, peer: &'a Arc<Peer>, g: &'a ResolvedGroup, initiated: bool, everywhere: bool) -> Self {
         Walk {
             node,
             peer,
@@ -774,5 +778,62 @@ fn record_of(e: WireEntry) -> EntryRecord {
         deleted: e.deleted,
         count: 1,
         bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::Hash;
+    use crate::tree::Meta;
+
+    fn file_record(chunks: usize, hosts: usize) -> EntryRecord {
+        let list: Vec<ChunkRef> =
+            (0..chunks).map(|i| ChunkRef { hash: Hash::of(&i.to_le_bytes()), len: 64 * 1024 }).collect();
+        EntryRecord {
+            meta: Meta::default(),
+            body: Body::File { size: crate::chunk::total_len(&list), content: crate::chunk::content_hash(&list) },
+            chunks: list,
+            stat: Stat::default(),
+            racy: false,
+            stored: false,
+            version: Version((0..hosts).map(|h| (format!("app{h}.example.com"), 7)).collect()),
+            deleted: false,
+            count: 1,
+            bytes: 0,
+        }
+    }
+
+    fn take(chunks: usize) -> Plan {
+        let logical = b"/vol/0/app/shared/images/2026/11/product-0123456789-large.png".to_vec();
+        let local = PathBuf::from(String::from_utf8(logical.clone()).unwrap());
+        Plan::Take(Take { logical, local, old: None, new: file_record(chunks, 2), action: ChangeAction::Create })
+    }
+
+    #[test]
+    fn a_first_sync_of_about_a_million_typical_files_fits_the_plan_budget() {
+        // An asset of a few hundred KiB: a handful of chunks, two hosts in
+        // its version, reported as one change.
+        let per_file = take(4).footprint() + change_footprint(&[b'x'; 62]);
+        assert!(per_file <= 1200, "a typical file's plan takes {per_file} bytes");
+        assert!(MAX_PLAN_BYTES / per_file >= 900_000, "{} files fit", MAX_PLAN_BYTES / per_file);
+    }
+
+    #[test]
+    fn inline_chunk_lists_count_against_the_budget() {
+        // A peer can send 1024 chunk references inline with every entry:
+        // each such plan costs what its list holds, so the budget bounds
+        // how many of them one reconcile keeps.
+        let fat = take(crate::proto::MAX_INLINE_CHUNKS).footprint();
+        assert!(fat >= crate::proto::MAX_INLINE_CHUNKS * size_of::<ChunkRef>());
+        assert!(MAX_PLAN_BYTES / fat < 40_000, "{} fat plans fit", MAX_PLAN_BYTES / fat);
+        let with_old = match take(4) {
+            Plan::Take(mut t) => {
+                t.old = Some(file_record(1000, 2));
+                Plan::Take(t).footprint()
+            }
+            _ => unreachable!(),
+        };
+        assert!(with_old >= take(4).footprint() + 1000 * size_of::<ChunkRef>());
     }
 }

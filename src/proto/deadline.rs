@@ -259,12 +259,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
 
 impl<S> Deadlines<S> {
     /// Bounds a flush or shutdown by the timeout alone.
-    fn poll_end(
-        &mut self,
-        cx: &mut Context<'_>,
-        done: Poll<io::Result<()>>,
-        what: &str,
-    ) -> Poll<io::Result<()>> {
+    fn poll_end(&mut self, cx: &mut Context<'_>, done: Poll<io::Result<()>>, what: &str) -> Poll<io::Result<()>> {
         if done.is_ready() {
             self.end = None;
             return done;
@@ -273,8 +268,11 @@ impl<S> Deadlines<S> {
         let sleep = self.end.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         if sleep.as_mut().poll(cx).is_ready() {
             self.end = None;
-            let why =
-                format!("the peer did not acknowledge {what} the {} within {:.0}s", self.writing, timeout.as_secs_f64());
+            let why = format!(
+                "the peer did not acknowledge {what} the {} within {:.0}s",
+                self.writing,
+                timeout.as_secs_f64()
+            );
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
         }
         Poll::Pending

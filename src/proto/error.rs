@@ -274,11 +274,7 @@ impl From<std::io::Error> for ProtoError {
     /// An I/O error; a timed-out wait ([`std::io::ErrorKind::TimedOut`],
     /// as [`super::Deadlines`] reports it) becomes [`ProtoError::TimedOut`].
     fn from(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::TimedOut {
-            ProtoError::TimedOut(e.to_string())
-        } else {
-            ProtoError::Io(e)
-        }
+        if e.kind() == std::io::ErrorKind::TimedOut { ProtoError::TimedOut(e.to_string()) } else { ProtoError::Io(e) }
     }
 }
 

@@ -78,8 +78,14 @@ fn roots(owner: Owner) -> Message {
     let meta = owner.dir_meta();
     let body = Body::Dir { tree: Hash::of(b"a tree no node has") };
     let set = RootSet { roots: vec![(ROOT.to_owned(), Some(RootEntry { meta: meta.clone(), body: body.clone() }))] };
-    let entry =
-        WireEntry { name: ROOT.as_bytes().to_vec(), meta, body, version: version(), deleted: false, chunks: Vec::new() };
+    let entry = WireEntry {
+        name: ROOT.as_bytes().to_vec(),
+        meta,
+        body,
+        version: version(),
+        deleted: false,
+        chunks: Vec::new(),
+    };
     Message::Roots {
         group: GROUP.to_owned(),
         hash: set.hash(),
@@ -314,7 +320,8 @@ fn crafted_initiator_process() {
     let Ok(spec) = std::env::var(CHILD_ENV) else { return };
     let parts: Vec<&str> = spec.split('|').collect();
     let (addr, key, state): (SocketAddr, &str, &str) = (parts[0].parse().unwrap(), parts[1], parts[2]);
-    let owner = Owner { uid: parts[3].parse().unwrap(), gid: parts[4].parse().unwrap(), dir_mode: parts[5].parse().unwrap() };
+    let owner =
+        Owner { uid: parts[3].parse().unwrap(), gid: parts[4].parse().unwrap(), dir_mode: parts[5].parse().unwrap() };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async move {
         let key = snapsync::key::read(Path::new(key)).unwrap();
@@ -405,7 +412,10 @@ fn a_killed_initiator_releases_its_peer_at_once() {
                 let _ = child.kill();
                 let _ = child.wait();
                 let err = std::fs::read_to_string(c.root().join("crafted.err")).unwrap_or_default();
-                panic!("a never asked the crafted initiator for chunks ({e:?}); its stderr:\n{err}\na's log:\n{}", c.log("a"));
+                panic!(
+                    "a never asked the crafted initiator for chunks ({e:?}); its stderr:\n{err}\na's log:\n{}",
+                    c.log("a")
+                );
             }
         }
     }
