@@ -273,9 +273,45 @@ pub(super) async fn clear_conflicts(node: &Arc<Node>, gi: usize, peer: &str) -> 
     .await
 }
 
+/// How many times one reconcile walks and applies at most (see
+/// [`reconcile`]).
+const MAX_PASSES: usize = 3;
+
 /// Reconciles group `gi` with `peer`: this node takes what the peer has
 /// newer. `initiated`: this node runs the sync (for `auto first`).
+///
+/// The walk holds no lock, so reconciles of one group with several peers
+/// (or with one peer over two sessions: two syncs started at once) run
+/// side by side, and one may change paths the other planned to change. The
+/// apply leaves such a path alone and reports it; a new pass then decides
+/// it against the state as the other reconcile left it (usually: nothing
+/// is left to do). Problems that remain after [`MAX_PASSES`] are reported.
 pub(super) async fn reconcile(
+    node: &Arc<Node>,
+    peer: &Arc<Peer>,
+    gi: usize,
+    dry_run: bool,
+    initiated: bool,
+) -> Result<GroupReport, SyncError> {
+    let mut report = pass(node, peer, gi, dry_run, initiated).await?;
+    let mut passes = 1;
+    while !dry_run && !report.problems.is_empty() && passes < MAX_PASSES {
+        tracing::debug!(
+            "group {}, peer {}: {} paths left by pass {passes}; deciding them again",
+            node.engine.groups[gi].name,
+            peer.host,
+            report.problems.len()
+        );
+        let again = pass(node, peer, gi, dry_run, initiated).await?;
+        report.problems.clear();
+        report.absorb(again);
+        passes += 1;
+    }
+    Ok(report)
+}
+
+/// One walk of the differing paths and one apply of what it decided.
+async fn pass(
     node: &Arc<Node>,
     peer: &Arc<Peer>,
     gi: usize,
