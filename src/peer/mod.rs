@@ -133,8 +133,11 @@ pub struct Node {
     /// One per peer and group: a peer's pulls of one group run one at a
     /// time, so a peer that asks for many at once gets one reconcile's
     /// worth of this node's memory, not many.
-    pulls: std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    pulls: std::sync::Mutex<HashMap<(String, String), PullLock>>,
 }
+
+/// Serializes one peer's pulls of one group.
+type PullLock = Arc<tokio::sync::Mutex<()>>;
 
 impl Node {
     /// Wraps an opened engine whose state is in `state_dir`.
@@ -151,7 +154,7 @@ impl Node {
     }
 
     /// The lock that serializes `peer`'s pulls of `group`.
-    pub(crate) fn pull_lock(&self, peer: &str, group: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn pull_lock(&self, peer: &str, group: &str) -> PullLock {
         let mut pulls = self.pulls.lock().expect("poisoned");
         Arc::clone(pulls.entry((peer.to_owned(), group.to_owned())).or_default())
     }
