@@ -298,6 +298,7 @@ fn an_endless_listing_fails_the_sync_and_memory_stays_bounded() {
     // hundred MiB. One page at a time stays within the daemon's usual
     // footprint.
     let peak = peak_rss(c.daemon_pid("a"));
+    eprintln!("a's daemon: peak RSS {} MiB after the listing, {} MiB before", peak >> 20, before >> 20);
     assert!(peak < before.max(64 << 20) + (128 << 20), "peak RSS {} MiB (before: {} MiB)", peak >> 20, before >> 20);
 
     crafted.mode.store(REPEAT, Ordering::SeqCst);
