@@ -15,6 +15,16 @@
 //!   newer, the initiator asks it to reconcile against the initiator in
 //!   turn (`Pull`), over the same connection.
 //!
+//! A peer never holds the node up (SPEC §6): every wait on it is bounded
+//! ([`crate::proto::Deadlines`], [`crate::proto::REPLY_TIMEOUT`]); the
+//! writer lock is never held across a wait on the network (a reconcile
+//! decides from the state as it reads it, and takes the lock only for its
+//! local steps); a long `Pull` is kept alive by `Progress` frames, not by
+//! QUIC keep-alives; and when a session ends, the requests being served
+//! for it are cancelled, and a pull running for it stops at its next wait
+//! on the network. What a reconcile keeps of a peer's answers is bounded
+//! too ([`crate::proto::MAX_DIR_ENTRIES`], [`crate::proto::MAX_PLAN_BYTES`]).
+//!
 //! docs/protocol.md describes the messages and the rules; this module is
 //! their implementation.
 
@@ -55,6 +65,15 @@ pub enum SyncError {
     /// The peer or the configuration does not allow it.
     #[error("{0}")]
     Refused(String),
+    /// The peer's answers would take the reconcile over one of its bounds
+    /// (`proto::limits`); nothing of it was applied.
+    #[error("peer {peer}: {what}")]
+    Limit {
+        /// The peer.
+        peer: String,
+        /// What went over which limit.
+        what: String,
+    },
 }
 
 impl From<crate::store::StoreError> for SyncError {
@@ -111,7 +130,14 @@ pub struct Node {
     pub stats: Stats,
     /// Chunks encoded for peers lately.
     encoded: server::EncodedCache,
+    /// One per peer and group: a peer's pulls of one group run one at a
+    /// time, so a peer that asks for many at once gets one reconcile's
+    /// worth of this node's memory, not many.
+    pulls: std::sync::Mutex<HashMap<(String, String), PullLock>>,
 }
+
+/// Serializes one peer's pulls of one group.
+type PullLock = Arc<tokio::sync::Mutex<()>>;
 
 impl Node {
     /// Wraps an opened engine whose state is in `state_dir`.
@@ -123,7 +149,14 @@ impl Node {
             writer: tokio::sync::Mutex::new(()),
             stats: Stats::default(),
             encoded: server::EncodedCache::default(),
+            pulls: std::sync::Mutex::default(),
         }
+    }
+
+    /// The lock that serializes `peer`'s pulls of `group`.
+    pub(crate) fn pull_lock(&self, peer: &str, group: &str) -> PullLock {
+        let mut pulls = self.pulls.lock().expect("poisoned");
+        Arc::clone(pulls.entry((peer.to_owned(), group.to_owned())).or_default())
     }
 
     /// The node's state directory.

@@ -1,9 +1,29 @@
 //! Reconciling one group with one peer, from this node's side: compare
 //! roots, descend where the trees differ, decide each differing path, and
 //! take what the peer has newer (docs/protocol.md, "Reconcile").
+//!
+//! Terms:
+//! - The *walk* visits the differing paths breadth first. It reads the
+//!   node's state as it is and holds no lock, so a peer that answers slowly
+//!   never keeps the node's writers out; what changes under it is caught
+//!   before anything is applied (the pulled side's check, and the apply's
+//!   own check of every path).
+//! - A *listing* is the peer's `Dir` pages of one directory. The walk merges
+//!   it page by page with the local record and keeps one page at a time; a
+//!   listing over [`MAX_DIR_ENTRIES`] ends the reconcile.
+//! - A *plan* is what the walk decided for one path (take the peer's
+//!   state, re-version the local one, store a tombstone). Plans, the
+//!   conflicts to record and the directories still to list are what the
+//!   reconcile keeps until it applies; their estimated size is bounded by
+//!   [`MAX_PLAN_BYTES`].
+//! - *Edits* are the walk's own writes to the state (conflicts found or
+//!   gone, versions for settled conflicts, `force` marks used up). They are
+//!   made after the walk, under the writer lock, with no wait on the
+//!   network while it is held.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
+use std::mem::size_of;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,10 +34,15 @@ use super::apply::{Apply, Take};
 use super::server::{Peer, roots_summary};
 use super::session::request;
 use super::{Node, SyncError};
+use crate::chunk::ChunkRef;
 use crate::config::{Class, ResolvedGroup};
-use crate::proto::{Change, ChangeAction, Message, WireEntry};
+use crate::engine::Engine;
+use crate::net::StreamOpener;
+use crate::proto::{Change, ChangeAction, MAX_DIR_ENTRIES, MAX_PLAN_BYTES, Message, WireEntry};
 use crate::store::{Conflict, EntryRecord, Stat, Version, join_logical};
-use crate::sync::{ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve};
+use crate::sync::{
+    ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve, settled_version,
+};
 use crate::tree::{Body, Kind, Timestamp};
 
 /// One change a reconcile made (or would make, dry run) on this node.
@@ -137,11 +162,156 @@ impl Plan {
             Plan::Reversion { .. } | Plan::Patch { .. } => None,
         }
     }
+
+    /// Gives the state the plan stores the version `v`.
+    fn set_version(&mut self, v: Version) {
+        match self {
+            Plan::Take(t) => t.new.version = v,
+            Plan::Reversion { record, .. } | Plan::Patch { record, .. } => record.version = v,
+        }
+    }
+
+    /// About how many bytes of memory the plan holds: the plan itself (its
+    /// records are inline) and what its paths and records hold on the heap.
+    fn footprint(&self) -> usize {
+        let heap = match self {
+            Plan::Take(t) => {
+                t.logical.len()
+                    + t.local.as_os_str().len()
+                    + t.old.as_ref().map_or(0, record_heap)
+                    + record_heap(&t.new)
+            }
+            Plan::Reversion { logical, local, record } => logical.len() + local.as_os_str().len() + record_heap(record),
+            Plan::Patch { dir, name, record } => dir.len() + name.len() + record_heap(record),
+        };
+        size_of::<Plan>() + heap
+    }
 }
+
+/// About how many bytes a record holds on the heap: its chunk list,
+/// version vector and link target.
+fn record_heap(r: &EntryRecord) -> usize {
+    let version: usize = r.version.0.iter().map(|(host, _)| size_of::<(String, u64)>() + host.len()).sum();
+    let target = match &r.body {
+        Body::Symlink { target } => target.len(),
+        _ => 0,
+    };
+    r.chunks.len() * size_of::<ChunkRef>() + version + target
+}
+
+/// What a reported change of a path holds (a `ChangeReport` and a `Change`).
+fn change_footprint(path: &[u8]) -> usize {
+    size_of::<ChangeReport>() + size_of::<Change>() + 2 * path.len()
+}
+
+/// The walk's writes to the state, made after it under the writer lock.
+#[derive(Default)]
+struct Edits {
+    /// Conflicts to record.
+    conflicts: Vec<Conflict>,
+    /// Paths whose conflict with the peer is gone.
+    cleared: Vec<Vec<u8>>,
+    /// Plans that settle a conflict: the plan's index and the two sides'
+    /// versions, to store it under a version that dominates both with a
+    /// fresh local counter.
+    settle: Vec<(usize, Version, Version)>,
+    /// Forced paths whose win is planned: the mark goes once applied.
+    unforce: Vec<Vec<u8>>,
+}
+
+impl Edits {
+    /// Makes the edits (under the writer lock); gives the settling plans
+    /// their versions. A dry run records conflicts only.
+    fn commit(
+        self,
+        engine: &Engine,
+        group: &str,
+        peer: &str,
+        plans: &mut [Plan],
+        dry_run: bool,
+    ) -> Result<(), SyncError> {
+        let mut batch = engine.store.batch();
+        if !dry_run && !self.settle.is_empty() {
+            // Counters handed out here, under the lock, are never handed
+            // out again (a check takes the next ones).
+            let base = engine.store.seq()?;
+            for (i, (at, lv, rv)) in self.settle.iter().enumerate() {
+                plans[*at].set_version(settled_version(lv, rv, &engine.host, base + 1 + i as u64));
+            }
+            batch.put_seq(base + self.settle.len() as u64);
+        }
+        for c in &self.conflicts {
+            batch.put_conflict(c);
+        }
+        for path in &self.cleared {
+            batch.remove_conflict(group, path, peer);
+        }
+        if !dry_run {
+            for path in &self.unforce {
+                batch.set_forced(group, path, false);
+            }
+        }
+        batch.commit()?;
+        Ok(())
+    }
+}
+
+/// Drops every conflict of group `gi` recorded with `peer` (their trees
+/// are equal), under the writer lock; takes no lock when there is none.
+pub(super) async fn clear_conflicts(node: &Arc<Node>, gi: usize, peer: &str) -> Result<(), SyncError> {
+    let group = node.engine.groups[gi].name.clone();
+    if !node.engine.store.conflicts()?.iter().any(|c| c.group == group && c.peer == peer) {
+        return Ok(());
+    }
+    let peer = peer.to_owned();
+    node.write_locked(move |n| {
+        let mut batch = n.engine.store.batch();
+        batch.clear_conflicts(&group, &peer)?;
+        batch.commit()?;
+        Ok(())
+    })
+    .await
+}
+
+/// How many times one reconcile walks and applies at most (see
+/// [`reconcile`]).
+const MAX_PASSES: usize = 3;
 
 /// Reconciles group `gi` with `peer`: this node takes what the peer has
 /// newer. `initiated`: this node runs the sync (for `auto first`).
+///
+/// The walk holds no lock, so reconciles of one group with several peers
+/// (or with one peer over two sessions: two syncs started at once) run
+/// side by side, and one may change paths the other planned to change. The
+/// apply leaves such a path alone and reports it; a new pass then decides
+/// it against the state as the other reconcile left it (usually: nothing
+/// is left to do). Problems that remain after [`MAX_PASSES`] are reported.
 pub(super) async fn reconcile(
+    node: &Arc<Node>,
+    peer: &Arc<Peer>,
+    gi: usize,
+    dry_run: bool,
+    initiated: bool,
+) -> Result<GroupReport, SyncError> {
+    let mut report = pass(node, peer, gi, dry_run, initiated).await?;
+    let mut passes = 1;
+    while !dry_run && !report.problems.is_empty() && passes < MAX_PASSES {
+        tracing::debug!(
+            "group {}, peer {}: {} paths left by pass {passes}; deciding them again",
+            node.engine.groups[gi].name,
+            peer.host,
+            report.problems.len()
+        );
+        let again = pass(node, peer, gi, dry_run, initiated).await?;
+        report.problems.clear();
+        report.absorb(again);
+        passes += 1;
+    }
+    Ok(report)
+}
+
+/// One walk of the differing paths and one apply of what it decided.
+async fn pass(
     node: &Arc<Node>,
     peer: &Arc<Peer>,
     gi: usize,
@@ -156,9 +326,7 @@ pub(super) async fn reconcile(
     let (tree, digest) = roots_summary(node, g)?;
     if (hash, versions) == (tree, digest) {
         report.in_sync = true;
-        let mut batch = node.engine.store.batch();
-        batch.clear_conflicts(&g.name, &peer.host)?;
-        batch.commit()?;
+        clear_conflicts(node, gi, &peer.host).await?;
         return Ok(report);
     }
     let top: Vec<WireEntry> = roots.into_iter().filter_map(|(_, e)| e).collect();
@@ -166,8 +334,11 @@ pub(super) async fn reconcile(
     // equal tree hashes, so every directory is listed (once; merging makes
     // the digests equal).
     let everywhere = hash == tree;
-    let mut walk = Walk { node, peer, g, initiated, everywhere, plans: Vec::new(), unforce: Vec::new(), report };
+    let mut walk = Walk::new(node, peer, g, initiated, everywhere);
     walk.run(top.clone()).await?;
+    // The local steps, under the writer lock and with no wait on the
+    // network while it is held.
+    let mut writer = node.writer.lock().await;
     // The initiator checked its whole tree before; a peer asked to pull
     // checks the paths it is about to change, so that a local change it
     // has not recorded yet takes part (as a conflict, say) instead of
@@ -175,26 +346,24 @@ pub(super) async fn reconcile(
     if !initiated {
         let paths = super::apply::minimal(walk.plans.iter().filter_map(Plan::local_path).cloned().collect());
         if !paths.is_empty() {
-            let checked = node
-                .write_locked(move |n| n.engine.check_with_cause(&paths, "local scan", Some(gi), false, None))
-                .await?;
+            // The writer is held: the check runs here, not through
+            // `write_locked` (the lock is not reentrant).
+            let checked = tokio::task::block_in_place(|| {
+                node.engine.check_with_cause(&paths, "local scan", Some(gi), false, None)
+            })?;
             if checked.groups.iter().any(|c| c.changed) {
-                let report = GroupReport::default();
-                walk = Walk { node, peer, g, initiated, everywhere, plans: Vec::new(), unforce: Vec::new(), report };
+                drop(writer);
+                walk = Walk::new(node, peer, g, initiated, everywhere);
                 walk.run(top).await?;
+                writer = node.writer.lock().await;
             }
         }
     }
-    let Walk { plans, unforce, mut report, .. } = walk;
+    let Walk { mut plans, edits, mut report, .. } = walk;
+    tokio::task::block_in_place(|| edits.commit(&node.engine, &g.name, &peer.host, &mut plans, dry_run))?;
+    drop(writer);
     if dry_run {
         return Ok(report);
-    }
-    if !unforce.is_empty() {
-        let mut batch = node.engine.store.batch();
-        for path in &unforce {
-            batch.set_forced(&g.name, path, false);
-        }
-        batch.commit()?;
     }
     let applied = Apply::new(node, peer, gi).run(plans, &mut report).await?;
     report.generation = applied;
@@ -208,10 +377,77 @@ struct Walk<'a> {
     initiated: bool,
     /// Descend into every directory live on both sides, equal trees too.
     everywhere: bool,
-    /// Forced paths whose win is planned: the mark goes once applied.
-    unforce: Vec<Vec<u8>>,
     plans: Vec<Plan>,
+    edits: Edits,
     report: GroupReport,
+    /// Estimated bytes held in plans, edits and the queue of directories.
+    held: usize,
+}
+
+/// The peer's listing of one directory, fetched a page at a time as the
+/// walk merges it.
+struct Listing {
+    /// The directory's logical path.
+    dir: Vec<u8>,
+    /// The page being merged.
+    page: VecDeque<WireEntry>,
+    /// No page follows.
+    done: bool,
+    /// The name the next page starts after.
+    after: Vec<u8>,
+    /// Entries received, all pages.
+    entries: u64,
+    /// Pages received.
+    pages: u64,
+}
+
+impl Listing {
+    /// A listing already in hand (the include roots, from `Roots`).
+    fn given(entries: Vec<WireEntry>) -> Self {
+        Listing { dir: Vec::new(), page: entries.into(), done: true, after: Vec::new(), entries: 0, pages: 0 }
+    }
+
+    /// The listing of `dir`, asked for as it is merged.
+    fn of(dir: Vec<u8>) -> Self {
+        Listing { dir, page: VecDeque::new(), done: false, after: Vec::new(), entries: 0, pages: 0 }
+    }
+
+    /// Makes sure the next entry is in the page, unless the listing is over.
+    ///
+    /// Pages cannot repeat: `check_reply` refuses a page that does not
+    /// start after the cursor, and validation one whose names do not
+    /// increase. A peer that never sets `last_page` is stopped by
+    /// [`MAX_DIR_ENTRIES`].
+    async fn fill(&mut self, peer: &Peer, group: &str, opener: &mut StreamOpener) -> Result<(), SyncError> {
+        while self.page.is_empty() && !self.done {
+            let msg = Message::GetDir { group: group.to_owned(), path: self.dir.clone(), after: self.after.clone() };
+            let (_, reply) = request(&peer.host, opener, &msg).await?;
+            let Message::Dir { last_page, entries, .. } = reply else { unreachable!("check_reply allows only Dir") };
+            self.pages += 1;
+            self.entries += entries.len() as u64;
+            if self.entries > MAX_DIR_ENTRIES {
+                return Err(SyncError::Limit {
+                    peer: peer.host.clone(),
+                    what: format!(
+                        "directory {:?} of group {group} lists more than {MAX_DIR_ENTRIES} entries (the limit of one \
+                         listing); the reconcile with this peer stops here and nothing of it is applied",
+                        String::from_utf8_lossy(&self.dir)
+                    ),
+                });
+            }
+            if let Some(last) = entries.last() {
+                self.after = last.name.clone();
+            }
+            self.done = last_page || entries.is_empty();
+            self.page.extend(entries);
+        }
+        Ok(())
+    }
+}
+
+/// What a directory waiting in the walk's queue holds.
+fn queued_footprint(dir: &[u8]) -> usize {
+    size_of::<Vec<u8>>() + dir.len()
 }
 
 /// Whether to descend into a differing pair once it is decided: live
@@ -243,63 +479,91 @@ fn descend(
     }
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    fn new(node: &'a Arc<Node>, peer: &'a Arc<Peer>, g: &'a ResolvedGroup, initiated: bool, everywhere: bool) -> Self {
+        Walk {
+            node,
+            peer,
+            g,
+            initiated,
+            everywhere,
+            plans: Vec::new(),
+            edits: Edits::default(),
+            report: GroupReport::default(),
+            held: 0,
+        }
+    }
+
     async fn run(&mut self, top: Vec<WireEntry>) -> Result<(), SyncError> {
         let roots: Vec<&str> = self.g.roots.iter().map(|r| r.logical.as_str()).collect();
         // Include roots the peer names must be ours too.
         let top: Vec<WireEntry> = top.into_iter().filter(|e| roots.iter().any(|r| r.as_bytes() == e.name)).collect();
-        let mut queue: VecDeque<(Vec<u8>, Vec<WireEntry>)> = VecDeque::new();
-        queue.push_back((Vec::new(), top));
-        while let Some((dir, remote)) = queue.pop_front() {
-            let local = self.node.engine.store.dir_record(&self.g.name, &dir)?.unwrap_or_default();
-            let mut remote = remote.into_iter().peekable();
-            let mut local = local.children.into_iter().peekable();
-            loop {
-                let (name, l, r) = match (local.peek(), remote.peek()) {
-                    (None, None) => break,
-                    (Some((ln, _)), Some(re)) if *ln == re.name => {
-                        let (n, l) = local.next().expect("peeked");
-                        (n, Some(l), Some(record_of(remote.next().expect("peeked"))))
-                    }
-                    (Some((ln, _)), Some(re)) if *ln < re.name => {
-                        let (n, l) = local.next().expect("peeked");
-                        (n, Some(l), None)
-                    }
-                    (Some(_), None) => {
-                        let (n, l) = local.next().expect("peeked");
-                        (n, Some(l), None)
-                    }
-                    _ => {
-                        let r = remote.next().expect("peeked");
-                        (r.name.clone(), None, Some(record_of(r)))
-                    }
-                };
-                let logical = join_logical(&dir, &name);
-                if self.visit(&dir, &name, &logical, l.as_ref(), r.as_ref())? {
-                    let listing = self.list(&logical).await?;
-                    queue.push_back((logical, listing));
-                }
-            }
+        let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
+        self.merge(Vec::new(), Listing::given(top), &mut queue).await?;
+        while let Some(dir) = queue.pop_front() {
+            self.held -= queued_footprint(&dir);
+            self.merge(dir.clone(), Listing::of(dir), &mut queue).await?;
         }
         Ok(())
     }
 
-    /// The peer's listing of directory `path`, all pages.
-    async fn list(&mut self, path: &[u8]) -> Result<Vec<WireEntry>, SyncError> {
+    /// Merges the peer's listing of `dir` with the local record, deciding
+    /// each child; queues the directories to descend into.
+    async fn merge(
+        &mut self,
+        dir: Vec<u8>,
+        mut remote: Listing,
+        queue: &mut VecDeque<Vec<u8>>,
+    ) -> Result<(), SyncError> {
+        let local = self.node.engine.store.dir_record(&self.g.name, &dir)?.unwrap_or_default();
+        let mut local = local.children.into_iter().peekable();
         let mut opener = self.peer.opener.clone();
-        let mut out: Vec<WireEntry> = Vec::new();
         loop {
-            let after = out.last().map(|e| e.name.clone()).unwrap_or_default();
-            let msg = Message::GetDir { group: self.g.name.clone(), path: path.to_vec(), after };
-            let (_, reply) = request(&self.peer.host, &mut opener, &msg).await?;
-            self.report.dirs_listed += 1;
-            let Message::Dir { last_page, entries, .. } = reply else { unreachable!("check_reply allows only Dir") };
-            let empty = entries.is_empty();
-            out.extend(entries);
-            if last_page || empty {
-                return Ok(out);
+            remote.fill(self.peer, &self.g.name, &mut opener).await?;
+            let (name, l, r) = match (local.peek(), remote.page.front()) {
+                (None, None) => break,
+                (Some((ln, _)), Some(re)) if *ln == re.name => {
+                    let (n, l) = local.next().expect("peeked");
+                    (n, Some(l), Some(record_of(remote.page.pop_front().expect("peeked"))))
+                }
+                (Some((ln, _)), Some(re)) if *ln < re.name => {
+                    let (n, l) = local.next().expect("peeked");
+                    (n, Some(l), None)
+                }
+                (Some(_), None) => {
+                    let (n, l) = local.next().expect("peeked");
+                    (n, Some(l), None)
+                }
+                _ => {
+                    let r = remote.page.pop_front().expect("peeked");
+                    (r.name.clone(), None, Some(record_of(r)))
+                }
+            };
+            let logical = join_logical(&dir, &name);
+            if self.visit(&dir, &name, &logical, l.as_ref(), r.as_ref())? {
+                self.charge(queued_footprint(&logical))?;
+                queue.push_back(logical);
             }
         }
+        self.report.dirs_listed += remote.pages;
+        Ok(())
+    }
+
+    /// Counts `bytes` more held until the apply; fails over [`MAX_PLAN_BYTES`].
+    fn charge(&mut self, bytes: usize) -> Result<(), SyncError> {
+        self.held += bytes;
+        if self.held > MAX_PLAN_BYTES {
+            return Err(SyncError::Limit {
+                peer: self.peer.host.clone(),
+                what: format!(
+                    "reconciling group {} would keep more than {} MiB of changes to make (the limit of one \
+                     reconcile); it stops here and nothing of it is applied",
+                    self.g.name,
+                    MAX_PLAN_BYTES >> 20
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Decides one path; returns whether to descend into it.
@@ -343,11 +607,11 @@ impl Walk<'_> {
                     {
                         let base = l.unwrap_or(r);
                         let record = EntryRecord { version: merged, ..base.clone() };
-                        self.plans.push(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record });
+                        self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record })?;
                     }
                     (Some(l), _) if lv != merged => {
                         let record = EntryRecord { version: merged, ..l.clone() };
-                        self.reversion(logical, local, record, ChangeAction::Merge);
+                        self.reversion(logical, local, record, ChangeAction::Merge)?;
                     }
                     _ => {}
                 }
@@ -355,7 +619,7 @@ impl Walk<'_> {
             Decision::TakeRemote => {
                 let r = r.cloned().unwrap_or_else(|| absent_like(l.expect("one side has a record")));
                 let action = action_for(l, &r);
-                self.take(logical, local, l, r, action);
+                self.take(logical, local, l, r, action)?;
             }
             Decision::KeepLocal => {
                 if let Some(l) = l
@@ -364,9 +628,10 @@ impl Walk<'_> {
                 {
                     // Won by `force`: stored under a version that dominates
                     // both, so the peer takes it when it pulls.
-                    let record = EntryRecord { version: self.settled(&lv, &rv)?, ..l.clone() };
-                    self.reversion(logical, local, record, ChangeAction::Merge);
-                    self.unforce.push(logical.to_vec());
+                    let record = EntryRecord { version: self.settled(&lv, &rv), ..l.clone() };
+                    self.reversion(logical, local, record, ChangeAction::Merge)?;
+                    self.charge(size_of::<Vec<u8>>() + logical.len())?;
+                    self.edits.unforce.push(logical.to_vec());
                 }
             }
             Decision::Conflict(kind) => {
@@ -377,10 +642,11 @@ impl Walk<'_> {
                     // times: not a conflict. Both keep the later mtime.
                     let version = merged_version(&lv, &rv);
                     if r.meta.mtime > l.meta.mtime {
-                        self.take(logical, local, Some(l), EntryRecord { version, ..r.clone() }, ChangeAction::Update);
+                        let record = EntryRecord { version, ..r.clone() };
+                        self.take(logical, local, Some(l), record, ChangeAction::Update)?;
                     } else {
                         let record = EntryRecord { version, ..l.clone() };
-                        self.reversion(logical, local, record, ChangeAction::Merge);
+                        self.reversion(logical, local, record, ChangeAction::Merge)?;
                     }
                 } else {
                     conflict_cleared = false;
@@ -394,9 +660,8 @@ impl Walk<'_> {
         };
         let go_down = descend(l, r, taken, self.everywhere);
         if conflict_cleared && !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
-            let mut batch = self.node.engine.store.batch();
-            batch.remove_conflict(&g.name, logical, &self.peer.host);
-            batch.commit()?;
+            self.charge(size_of::<Vec<u8>>() + logical.len())?;
+            self.edits.cleared.push(logical.to_vec());
         }
         Ok(go_down)
     }
@@ -416,15 +681,15 @@ impl Walk<'_> {
         let rv = r.map(|x| x.version.clone()).unwrap_or_default();
         match resolve(kind, l, r, g.auto, remote_is_left, self.initiated) {
             Some(Resolution::TakeRemote) => {
-                let version = self.settled(&lv, &rv)?;
+                let version = self.settled(&lv, &rv);
                 let r = r.cloned().unwrap_or_else(|| absent_like(l.expect("one side has a record")));
                 let action = action_for(l, &r);
-                self.take(logical, local, l, EntryRecord { version, ..r }, action);
+                self.take(logical, local, l, EntryRecord { version, ..r }, action)?;
             }
             Some(Resolution::KeepLocal) => {
                 if let Some(l) = l {
-                    let record = EntryRecord { version: self.settled(&lv, &rv)?, ..l.clone() };
-                    self.reversion(logical, local, record, ChangeAction::Merge);
+                    let record = EntryRecord { version: self.settled(&lv, &rv), ..l.clone() };
+                    self.reversion(logical, local, record, ChangeAction::Merge)?;
                 }
             }
             None => {
@@ -446,33 +711,66 @@ impl Walk<'_> {
                     remote: r.cloned(),
                     time: Timestamp::now(),
                 };
-                let mut batch = self.node.engine.store.batch();
-                batch.put_conflict(&c);
-                batch.commit()?;
+                let held = size_of::<Conflict>()
+                    + c.group.len()
+                    + c.path.len()
+                    + c.peer.len()
+                    + c.kind.len()
+                    + c.local.as_ref().map_or(0, record_heap)
+                    + c.remote.as_ref().map_or(0, record_heap)
+                    + size_of::<String>()
+                    + logical.len()
+                    + change_footprint(logical);
+                self.charge(held)?;
+                self.edits.conflicts.push(c);
             }
         }
         Ok(())
     }
 
-    /// A version that dominates both sides, with a fresh local counter.
-    fn settled(&mut self, lv: &Version, rv: &Version) -> Result<Version, SyncError> {
+    /// A version that dominates both sides, for the plan about to be
+    /// pushed; its fresh local counter is handed out with the edits, under
+    /// the writer lock (until then, the counter is 0).
+    fn settled(&mut self, lv: &Version, rv: &Version) -> Version {
         self.report.settled += 1;
-        let seq = self.node.engine.store.allocate_seq()?;
-        Ok(crate::sync::settled_version(lv, rv, &self.node.engine.host, seq))
+        self.edits.settle.push((self.plans.len(), lv.clone(), rv.clone()));
+        settled_version(lv, rv, &self.node.engine.host, 0)
     }
 
-    fn take(&mut self, logical: &[u8], local: PathBuf, l: Option<&EntryRecord>, r: EntryRecord, action: ChangeAction) {
-        if action != ChangeAction::Merge {
-            self.report.change(action, logical);
-        }
-        self.plans.push(Plan::Take(Take { logical: logical.to_vec(), local, old: l.cloned(), new: r, action }));
+    /// Keeps a plan, within the budget.
+    fn plan(&mut self, plan: Plan) -> Result<(), SyncError> {
+        self.charge(plan.footprint())?;
+        self.plans.push(plan);
+        Ok(())
     }
 
-    fn reversion(&mut self, logical: &[u8], local: PathBuf, record: EntryRecord, action: ChangeAction) {
+    fn take(
+        &mut self,
+        logical: &[u8],
+        local: PathBuf,
+        l: Option<&EntryRecord>,
+        r: EntryRecord,
+        action: ChangeAction,
+    ) -> Result<(), SyncError> {
         if action != ChangeAction::Merge {
+            self.charge(change_footprint(logical))?;
             self.report.change(action, logical);
         }
-        self.plans.push(Plan::Reversion { logical: logical.to_vec(), local, record });
+        self.plan(Plan::Take(Take { logical: logical.to_vec(), local, old: l.cloned(), new: r, action }))
+    }
+
+    fn reversion(
+        &mut self,
+        logical: &[u8],
+        local: PathBuf,
+        record: EntryRecord,
+        action: ChangeAction,
+    ) -> Result<(), SyncError> {
+        if action != ChangeAction::Merge {
+            self.charge(change_footprint(logical))?;
+            self.report.change(action, logical);
+        }
+        self.plan(Plan::Reversion { logical: logical.to_vec(), local, record })
     }
 }
 
@@ -518,5 +816,62 @@ fn record_of(e: WireEntry) -> EntryRecord {
         deleted: e.deleted,
         count: 1,
         bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::Hash;
+    use crate::tree::Meta;
+
+    fn file_record(chunks: usize, hosts: usize) -> EntryRecord {
+        let list: Vec<ChunkRef> =
+            (0..chunks).map(|i| ChunkRef { hash: Hash::of(&i.to_le_bytes()), len: 64 * 1024 }).collect();
+        EntryRecord {
+            meta: Meta::default(),
+            body: Body::File { size: crate::chunk::total_len(&list), content: crate::chunk::content_hash(&list) },
+            chunks: list,
+            stat: Stat::default(),
+            racy: false,
+            stored: false,
+            version: Version((0..hosts).map(|h| (format!("app{h}.example.com"), 7)).collect()),
+            deleted: false,
+            count: 1,
+            bytes: 0,
+        }
+    }
+
+    fn take(chunks: usize) -> Plan {
+        let logical = b"/vol/0/app/shared/images/2026/11/product-0123456789-large.png".to_vec();
+        let local = PathBuf::from(String::from_utf8(logical.clone()).unwrap());
+        Plan::Take(Take { logical, local, old: None, new: file_record(chunks, 2), action: ChangeAction::Create })
+    }
+
+    #[test]
+    fn a_first_sync_of_about_a_million_typical_files_fits_the_plan_budget() {
+        // An asset of a few hundred KiB: a handful of chunks, two hosts in
+        // its version, reported as one change.
+        let per_file = take(4).footprint() + change_footprint(&[b'x'; 62]);
+        assert!(per_file <= 1200, "a typical file's plan takes {per_file} bytes");
+        assert!(MAX_PLAN_BYTES / per_file >= 900_000, "{} files fit", MAX_PLAN_BYTES / per_file);
+    }
+
+    #[test]
+    fn inline_chunk_lists_count_against_the_budget() {
+        // A peer can send 1024 chunk references inline with every entry:
+        // each such plan costs what its list holds, so the budget bounds
+        // how many of them one reconcile keeps.
+        let fat = take(crate::proto::MAX_INLINE_CHUNKS).footprint();
+        assert!(fat >= crate::proto::MAX_INLINE_CHUNKS * size_of::<ChunkRef>());
+        assert!(MAX_PLAN_BYTES / fat < 40_000, "{} fat plans fit", MAX_PLAN_BYTES / fat);
+        let with_old = match take(4) {
+            Plan::Take(mut t) => {
+                t.old = Some(file_record(1000, 2));
+                Plan::Take(t).footprint()
+            }
+            _ => unreachable!(),
+        };
+        assert!(with_old >= take(4).footprint() + 1000 * size_of::<ChunkRef>());
     }
 }

@@ -6,6 +6,14 @@
 //! record gives, and each is checked against its hash before it is sent. A
 //! file changed since it was recorded yields `missing` chunks, never wrong
 //! ones.
+//!
+//! Serving holds no lock: answers read the state as it is. Every wait on
+//! the peer (its request, its taking our answer) is bounded
+//! ([`Deadlines`]). A `Pull` runs its reconcile in a task of its own and
+//! sends `Progress` on the `Pull` stream every
+//! [`proto::PROGRESS_INTERVAL`] until it answers, so the initiator can tell
+//! a long pull from a stalled one; a peer's pulls of one group run one at
+//! a time.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -13,12 +21,13 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
+use super::session::PeerStream;
 use super::{Node, Stats, SyncError};
 use crate::chunk::ChunkRef;
 use crate::config::ResolvedGroup;
 use crate::hash::Hash;
 use crate::net::{Stream, StreamOpener};
-use crate::proto::{self, ErrorCode, FileChunks, Message, PageBuilder, ProtoError, Refusal, WireEntry};
+use crate::proto::{self, Deadlines, ErrorCode, FileChunks, Message, PageBuilder, ProtoError, Refusal, WireEntry};
 use crate::store::EntryRecord;
 use crate::tree::{Body, RootSet};
 
@@ -33,7 +42,8 @@ pub(super) struct Peer {
 }
 
 /// Serves one request stream of `peer`.
-pub(super) async fn serve_stream(node: Arc<Node>, peer: Arc<Peer>, mut stream: Stream) {
+pub(super) async fn serve_stream(node: Arc<Node>, peer: Arc<Peer>, stream: Stream) {
+    let mut stream = Deadlines::new(stream, "request", "answer");
     let request = match proto::read_frame(&mut stream).await.and_then(|m| m.validate().map(|()| m)) {
         Ok(m) => m,
         Err(e) => {
@@ -43,6 +53,8 @@ pub(super) async fn serve_stream(node: Arc<Node>, peer: Arc<Peer>, mut stream: S
             return;
         }
     };
+    let kind = request.kind();
+    stream.set_labels(format!("{kind} request"), format!("answer to {kind}"));
     if let Err(e) = answer(&node, &peer, request, &mut stream).await {
         tracing::warn!("peer {}: {e}", peer.host);
         let reply = match e {
@@ -89,11 +101,16 @@ pub(super) fn roots_summary(node: &Node, group: &ResolvedGroup) -> Result<(Hash,
     Ok((root_hash(node, group)?, node.engine.store.version_digest(&group.name)?))
 }
 
-async fn send(stream: &mut Stream, msg: &Message) -> Result<(), SyncError> {
+async fn send(stream: &mut PeerStream, msg: &Message) -> Result<(), SyncError> {
     proto::write_frame(stream, msg).await.map_err(|e| SyncError::Refused(format!("writing a reply: {e}")))
 }
 
-async fn answer(node: &Arc<Node>, peer: &Arc<Peer>, request: Message, stream: &mut Stream) -> Result<(), SyncError> {
+async fn answer(
+    node: &Arc<Node>,
+    peer: &Arc<Peer>,
+    request: Message,
+    stream: &mut PeerStream,
+) -> Result<(), SyncError> {
     match request {
         Message::GetRoots { group: name } => {
             let (_, g) = group(node, peer, &name)?;
@@ -165,11 +182,48 @@ async fn answer(node: &Arc<Node>, peer: &Arc<Peer>, request: Message, stream: &m
                 tracing::warn!("refused a push: {message}");
                 return send(stream, &Message::Refused { reason: Refusal::ReceiveOnly, message }).await;
             }
-            let report = super::reconcile::reconcile(node, peer, gi, dry_run, false).await?;
+            let report = pull(node, peer, gi, dry_run, stream).await?;
             send(stream, &report.pulled()).await
         }
-        Message::Bye => Ok(()),
+        // Notices, not answered.
+        Message::Bye | Message::Progress => Ok(()),
         other => Err(refused(peer, ErrorCode::BadRequest, format!("{} is not a request", other.kind()))),
+    }
+}
+
+/// Reconciles group `gi` against `peer` as its `Pull` asks, sending
+/// `Progress` on the `Pull` stream every [`proto::PROGRESS_INTERVAL`]
+/// meanwhile. The reconcile runs in a task of its own, so the heartbeat
+/// keeps going while it works on a blocking thread or waits for the writer
+/// lock. If the initiator is gone (it no longer takes `Progress`), this
+/// returns, and the reconcile stops at its next wait on the network, which
+/// fails at once on a closed connection or within
+/// [`proto::REPLY_TIMEOUT`] on a silent one; it is never cut off while
+/// applying.
+async fn pull(
+    node: &Arc<Node>,
+    peer: &Arc<Peer>,
+    gi: usize,
+    dry_run: bool,
+    stream: &mut PeerStream,
+) -> Result<super::reconcile::GroupReport, SyncError> {
+    let (node, peer) = (Arc::clone(node), Arc::clone(peer));
+    let mut work = tokio::spawn(async move {
+        // One pull of a group per peer at a time; the later one waits.
+        let lock = node.pull_lock(&peer.host, &node.engine.groups[gi].name);
+        let _one = lock.lock().await;
+        super::reconcile::reconcile(&node, &peer, gi, dry_run, false).await
+    });
+    let start = tokio::time::Instant::now() + proto::PROGRESS_INTERVAL;
+    let mut beat = tokio::time::interval_at(start, proto::PROGRESS_INTERVAL);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                return done.map_err(|e| SyncError::Refused(format!("the pull failed: {e}")))?;
+            }
+            _ = beat.tick() => send(stream, &Message::Progress).await?,
+        }
     }
 }
 

@@ -1,4 +1,13 @@
 //! Sessions: connecting to peers, accepting them, and `sync`.
+//!
+//! Every wait on the peer is bounded: streams are opened within
+//! [`proto::REPLY_TIMEOUT`] and used through [`Deadlines`] (a [`PeerStream`]);
+//! a `Pull` is awaited frame by frame, its receiver's `Progress` frames
+//! restarting the bound. An initiator busy with the session sends
+//! `Progress` notices so the peer does not close it as idle; the side that
+//! accepted a session closes it after [`proto::SESSION_IDLE_TIMEOUT`]
+//! without a request. When a session ends, the requests still being
+//! served for it are cancelled.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,13 +16,22 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use super::reconcile::{ChangeReport, GroupReport, reconcile};
+use super::reconcile::{ChangeReport, GroupReport, clear_conflicts, reconcile};
 use super::server::{Peer, roots_summary, serve_stream};
 use super::{Node, SyncError};
 use crate::config::HostEntry;
 use crate::engine::CheckReport;
 use crate::net::{self, Connection, Stream, StreamAcceptor, StreamOpener};
-use crate::proto::{self, ChangeAction, ErrorCode, Message, ProtoError};
+use crate::proto::{self, ChangeAction, Deadlines, ErrorCode, Message, ProtoError};
+
+/// A stream of one exchange with a peer, every wait on it bounded.
+pub(super) type PeerStream = Deadlines<Stream>;
+
+/// Most requests of one peer served at once; further streams wait to be
+/// accepted. A session needs a handful (a pull fetches chunks over four
+/// streams at once); the bound keeps a peer that opens many streams from
+/// holding a frame buffer and a task for each.
+const MAX_SERVED_AT_ONCE: usize = 16;
 
 /// What `sync` is asked to do.
 #[derive(Clone, Debug, Default)]
@@ -210,10 +228,10 @@ async fn exchange(
     let g = &node.engine.groups[gi];
     let identity = node.identity(gi)?;
     let addr = resolve(entry).await?;
-    let mut conn = net::connect(addr, &entry.name, &identity).await?;
-    // A peer applying a large pull may go quiet for longer than the idle
-    // timeout; the connection lives as long as both ends do.
-    conn.keep_alive(true)?;
+    // No QUIC keep-alive: a connection whose peer has gone quiet closes
+    // after the idle timeout, and the session's own `Progress` frames keep
+    // a busy one open.
+    let conn = net::connect(addr, &entry.name, &identity).await?;
     node.pins()?.check(conn.peer_host(), conn.peer_fingerprint())?;
     let host = conn.peer_host().to_owned();
     let (mut opener, acceptor) = conn.split();
@@ -231,16 +249,15 @@ async fn exchange(
         )));
     }
     let peer = Arc::new(Peer { host: host.clone(), groups, opener: opener.clone() });
-    let server = tokio::spawn(serve_streams(Arc::clone(node), Arc::clone(&peer), acceptor));
+    let server = tokio::spawn(serve_streams(Arc::clone(node), Arc::clone(&peer), acceptor, false));
+    let heartbeat = tokio::spawn(heartbeat(host.clone(), opener.clone()));
 
     let result = async {
         // One round trip when nothing differs.
         if !root_differs(node, &peer, gi).await? {
             report.in_sync = true;
             // Whatever conflict was recorded with the peer is settled.
-            let mut batch = node.engine.store.batch();
-            batch.clear_conflicts(&g.name, &host)?;
-            batch.commit()?;
+            clear_conflicts(node, gi, &host).await?;
             return Ok(());
         }
         // First the peer takes what this node has newer: it checks its own
@@ -270,16 +287,37 @@ async fn exchange(
         Ok::<(), SyncError>(())
     }
     .await;
+    heartbeat.abort();
     if result.is_ok() {
-        let _ = send_only(&mut opener, &Message::Bye).await;
+        let _ = send_only(&host, &mut opener, &Message::Bye).await;
     }
     opener.close(0);
     server.abort();
     result
 }
 
+/// Sends `Progress` alone on a new stream every
+/// [`proto::PROGRESS_INTERVAL`], for as long as the initiator's side of the
+/// session runs (it is aborted then): the peer, which closes a session idle
+/// for [`proto::SESSION_IDLE_TIMEOUT`], keeps it open while this node
+/// applies what it took. Stops when the peer does not take one.
+async fn heartbeat(host: String, mut opener: StreamOpener) {
+    loop {
+        tokio::time::sleep(proto::PROGRESS_INTERVAL).await;
+        if send_only(&host, &mut opener, &Message::Progress).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Asks the peer to pull `group` from this node; adds what it changed to
 /// `report`.
+///
+/// The pull lasts as long as its transfer: the peer sends `Progress` at
+/// least every [`proto::PROGRESS_INTERVAL`] until it answers, and each
+/// frame restarts the [`proto::REPLY_TIMEOUT`] of the wait. A peer that
+/// stops working for the pull (killed, wedged, cut off) is given up on
+/// within that bound.
 async fn push(
     host: &str,
     opener: &mut StreamOpener,
@@ -288,7 +326,12 @@ async fn push(
     report: &mut PeerReport,
 ) -> Result<(), SyncError> {
     let msg = Message::Pull { group: group.to_owned(), dry_run };
-    let (_, reply) = request(host, opener, &msg).await?;
+    let proto_err = |source: ProtoError| SyncError::Proto { peer: host.to_owned(), source };
+    let (mut stream, mut reply) = request(host, opener, &msg).await?;
+    while reply == Message::Progress {
+        reply = proto::read_frame(&mut stream).await.map_err(proto_err)?;
+        proto::check_reply(&msg, &reply).map_err(proto_err)?;
+    }
     match reply {
         Message::Pulled { changes, more } => {
             // A later answer about a path replaces an earlier one.
@@ -318,20 +361,47 @@ async fn root_differs(node: &Arc<Node>, peer: &Peer, gi: usize) -> Result<bool, 
 pub async fn resolve(entry: &HostEntry) -> Result<SocketAddr, SyncError> {
     let port = entry.port_or(net::DEFAULT_PORT);
     let host = entry.connect_host();
-    let mut addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| SyncError::Refused(format!("cannot resolve {host} (peer {}): {e}", entry.name)))?;
+    let lookup = tokio::time::timeout(proto::REPLY_TIMEOUT, tokio::net::lookup_host((host, port)));
+    let mut addrs = match lookup.await {
+        Ok(found) => {
+            found.map_err(|e| SyncError::Refused(format!("cannot resolve {host} (peer {}): {e}", entry.name)))?
+        }
+        Err(_) => {
+            return Err(SyncError::Refused(format!(
+                "cannot resolve {host} (peer {}): no answer within {}s",
+                entry.name,
+                proto::REPLY_TIMEOUT.as_secs()
+            )));
+        }
+    };
     addrs.next().ok_or_else(|| SyncError::Refused(format!("{host} (peer {}) has no address", entry.name)))
 }
 
-/// Sends `msg` on a new stream and reads the first reply, checked.
+/// Opens a stream for a `kind` exchange, within [`proto::REPLY_TIMEOUT`]
+/// (the peer grants streams as it finishes others).
+async fn open(peer: &str, opener: &mut StreamOpener, kind: &str) -> Result<PeerStream, SyncError> {
+    match tokio::time::timeout(proto::REPLY_TIMEOUT, opener.open_stream()).await {
+        Ok(Ok(stream)) => Ok(Deadlines::new(stream, format!("answer to {kind}"), format!("{kind} request"))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(SyncError::Proto {
+            peer: peer.to_owned(),
+            source: ProtoError::TimedOut(format!(
+                "the peer granted no stream for a {kind} request within {}s",
+                proto::REPLY_TIMEOUT.as_secs()
+            )),
+        }),
+    }
+}
+
+/// Sends `msg` on a new stream and reads the first reply, checked. Every
+/// wait is bounded, on the returned stream too (see [`Deadlines`]).
 pub(super) async fn request(
     peer: &str,
     opener: &mut StreamOpener,
     msg: &Message,
-) -> Result<(Stream, Message), SyncError> {
+) -> Result<(PeerStream, Message), SyncError> {
     let proto_err = |source: ProtoError| SyncError::Proto { peer: peer.to_owned(), source };
-    let mut stream = opener.open_stream().await?;
+    let mut stream = open(peer, opener, msg.kind()).await?;
     proto::write_frame(&mut stream, msg).await.map_err(proto_err)?;
     let reply = proto::read_frame(&mut stream).await.map_err(proto_err)?;
     reply.validate().map_err(proto_err)?;
@@ -340,49 +410,76 @@ pub(super) async fn request(
 }
 
 /// Sends `msg` alone on a new stream, expecting no reply.
-async fn send_only(opener: &mut StreamOpener, msg: &Message) -> Result<(), SyncError> {
-    let mut stream = opener.open_stream().await?;
-    proto::write_frame(&mut stream, msg).await.map_err(|e| SyncError::Refused(e.to_string()))?;
+async fn send_only(peer: &str, opener: &mut StreamOpener, msg: &Message) -> Result<(), SyncError> {
+    let mut stream = open(peer, opener, msg.kind()).await?;
+    proto::write_frame(&mut stream, msg).await.map_err(|source| SyncError::Proto { peer: peer.to_owned(), source })?;
     let _ = stream.shutdown().await;
     Ok(())
 }
 
-/// Serves every stream the peer opens until the connection ends.
-async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcceptor) {
+/// Serves every stream the peer opens until the connection ends, at most
+/// [`MAX_SERVED_AT_ONCE`] at a time. With `idle_close` (the side that
+/// accepted the session), closes the session once the peer has opened no
+/// stream for [`proto::SESSION_IDLE_TIMEOUT`] and nothing is being served.
+///
+/// When it returns, the requests still being served are cancelled: a
+/// session that ended holds nothing of the node's. (A pull being served
+/// runs in its own task and stops at its next wait on the network, which
+/// fails at once on a closed connection; it is never cut off in the middle
+/// of applying.)
+async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcceptor, idle_close: bool) {
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        match acceptor.accept_stream().await {
-            Ok(Some(stream)) => {
-                tokio::spawn(serve_stream(Arc::clone(&node), Arc::clone(&peer), stream));
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!("peer {}: connection ended: {e}", peer.host);
+        let idle = tokio::time::sleep(proto::SESSION_IDLE_TIMEOUT);
+        tokio::select! {
+            accepted = acceptor.accept_stream(), if tasks.len() < MAX_SERVED_AT_ONCE => match accepted {
+                Ok(Some(stream)) => {
+                    tasks.spawn(serve_stream(Arc::clone(&node), Arc::clone(&peer), stream));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("peer {}: connection ended: {e}", peer.host);
+                    break;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = idle, if idle_close && tasks.is_empty() => {
+                tracing::debug!(
+                    "peer {}: no request for {}s: session closed",
+                    peer.host,
+                    proto::SESSION_IDLE_TIMEOUT.as_secs()
+                );
+                peer.opener.close(0);
                 break;
             }
         }
     }
+    if !tasks.is_empty() {
+        tracing::debug!("peer {}: session ended: {} requests cancelled", peer.host, tasks.len());
+    }
+    tasks.shutdown().await;
 }
 
 /// Serves a connection a peer opened to this node's endpoint, which
 /// authenticated with the identity of group `via`: the peer's `Hello`
 /// first, then its requests.
-pub async fn accept_session(node: Arc<Node>, mut conn: Connection, via: usize) {
-    if let Err(e) = conn.keep_alive(true) {
-        tracing::debug!("keep-alive: {e}");
-    }
+pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
     let host = conn.peer_host().to_owned();
     let fingerprint = conn.peer_fingerprint();
     let (opener, mut acceptor) = conn.split();
-    let first = match tokio::time::timeout(net::IDLE_TIMEOUT, acceptor.accept_stream()).await {
+    let first = match tokio::time::timeout(proto::SESSION_IDLE_TIMEOUT, acceptor.accept_stream()).await {
         Ok(Ok(Some(s))) => s,
-        _ => return,
+        _ => {
+            opener.close(0);
+            return;
+        }
     };
     let Some(groups) = welcome(&node, &host, fingerprint, via, first).await else {
         opener.close(net::CLOSE_REFUSED);
         return;
     };
     let peer = Arc::new(Peer { host, groups, opener });
-    serve_streams(node, peer, acceptor).await;
+    serve_streams(node, peer, acceptor, true).await;
 }
 
 /// Answers the peer's `Hello` on its first stream; the groups it may sync.
@@ -392,8 +489,9 @@ async fn welcome(
     host: &str,
     fingerprint: net::Fingerprint,
     via: usize,
-    mut stream: Stream,
+    stream: Stream,
 ) -> Option<Vec<String>> {
+    let mut stream = Deadlines::new(stream, "Hello request", "answer to Hello");
     let hello = proto::read_frame(&mut stream).await.and_then(|m| m.validate().map(|()| m));
     let reply = match hello {
         Ok(Message::Hello { protocol, host: claimed, groups }) => match proto::negotiate(protocol) {

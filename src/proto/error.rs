@@ -69,7 +69,12 @@ impl fmt::Display for ErrorCode {
 pub enum ProtoError {
     /// Reading or writing the stream failed.
     #[error("stream I/O failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// A wait on the peer outlasted its bound ([`super::REPLY_TIMEOUT`],
+    /// [`super::MIN_TRANSFER_RATE`]): the peer stalled, or the network
+    /// between the two is down. The text says what was awaited.
+    #[error("{0}")]
+    TimedOut(String),
     /// The stream ended cleanly where a frame should have started.
     #[error("stream ended before a frame")]
     Closed,
@@ -265,11 +270,21 @@ pub(crate) fn show(bytes: &[u8]) -> String {
     out
 }
 
+impl From<std::io::Error> for ProtoError {
+    /// An I/O error; a timed-out wait ([`std::io::ErrorKind::TimedOut`],
+    /// as [`super::Deadlines`] reports it) becomes [`ProtoError::TimedOut`].
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::TimedOut { ProtoError::TimedOut(e.to_string()) } else { ProtoError::Io(e) }
+    }
+}
+
 impl ProtoError {
     /// The `Error` code to answer with when a request fails this way.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ProtoError::Io(_) | ProtoError::Closed | ProtoError::Truncated { .. } => ErrorCode::Internal,
+            ProtoError::Io(_) | ProtoError::TimedOut(_) | ProtoError::Closed | ProtoError::Truncated { .. } => {
+                ErrorCode::Internal
+            }
             ProtoError::FrameTooLarge { .. }
             | ProtoError::Limit { .. }
             | ProtoError::DecodeBudget { .. }
@@ -296,7 +311,7 @@ impl ProtoError {
     /// message, which fails the same way every time.
     pub fn is_transient(&self) -> bool {
         match self {
-            ProtoError::Io(_) | ProtoError::Closed | ProtoError::Truncated { .. } => true,
+            ProtoError::Io(_) | ProtoError::TimedOut(_) | ProtoError::Closed | ProtoError::Truncated { .. } => true,
             ProtoError::Remote { code, .. } => code.is_transient(),
             _ => false,
         }

@@ -2,10 +2,18 @@
 //!
 //! Every length or count a peer sends is bounded by one of these constants,
 //! and the decoder refuses a message that exceeds one before it allocates
-//! for it (see `bounded.rs`). They are part of protocol version 1: a peer
-//! MUST NOT send more, and raising one needs a new protocol version, since
-//! an older peer refuses what exceeds its limits. docs/protocol.md has the
-//! same table.
+//! for it (see `bounded.rs`). They are part of the protocol version
+//! ([`super::PROTOCOL_VERSION`]): a peer MUST NOT send more, and raising
+//! one needs a new protocol version, since an older peer refuses what
+//! exceeds its limits. docs/protocol.md has the same table.
+//!
+//! The time limits at the end bound every wait on a peer (SPEC §6: a peer
+//! that stalls costs a bounded time and never blocks the node's other
+//! work). The budgets after them bound what a receiver keeps of one
+//! reconcile; they are local choices, not wire rules, and live here so the
+//! whole table of limits is in one place.
+
+use std::time::Duration;
 
 use crate::chunk;
 use crate::tree;
@@ -133,6 +141,70 @@ pub const MAX_TEXT_LEN: usize = 4096;
 /// Longest stored form of one chunk: the tag byte and [`chunk::MAX_SIZE`]
 /// raw bytes (zstd is used only where it is smaller).
 pub const MAX_STORED_CHUNK: usize = 1 + chunk::MAX_SIZE as usize;
+
+/// Longest a node waits for a frame from a peer to begin: the reply to a
+/// request, the next frame of a reply that spans several (`GetChunks`,
+/// `Pull`), or the request on a stream the peer opened. The same bound
+/// applies to the peer taking a frame this node sends (flow control), to
+/// opening a stream, and to a stream's orderly end.
+///
+/// Every honest answer starts within milliseconds to a few seconds (a
+/// directory record read from the state, a chunk read from a file); 30 s
+/// leaves a loaded machine ample room while a stalled peer costs little.
+/// A request that took longer fails with the peer's name, and what it
+/// concerned is left for the next run.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Slowest transfer rate, in bytes per second, at which a frame is still
+/// being received (or sent): once its length is known, a frame of `len`
+/// bytes must complete within [`REPLY_TIMEOUT`] plus `len /
+/// MIN_TRANSFER_RATE` seconds of its wait starting. A frame that keeps
+/// arriving is progress; one that trickles in slower than this is a stall.
+///
+/// 32 KiB/s (256 kbit/s) is far below any link a cluster syncs over, and
+/// gives the largest frame ([`MAX_FRAME`]) 128 s on top of
+/// [`REPLY_TIMEOUT`].
+pub const MIN_TRANSFER_RATE: u64 = 32 * 1024;
+
+/// How often the receiver of a `Pull` sends `Progress` on the `Pull`
+/// stream while it works (walking, fetching, applying), and how often an
+/// initiator busy with its own side of a session (applying what it took)
+/// sends `Progress` alone on a new stream.
+///
+/// A third of [`REPLY_TIMEOUT`]: two lost or late frames in a row still
+/// do not time the wait out. The `Pull` itself is bounded only by this
+/// heartbeat: a pull lasts as long as its transfer, and a peer that stops
+/// working for the session (killed, wedged, or on the other side of a
+/// broken network) is noticed within [`REPLY_TIMEOUT`].
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A session in which the peer has opened no stream for this long, while
+/// none of its requests is being served, is closed by the side that
+/// accepted it. An initiator busy for the session sends `Progress` every
+/// [`PROGRESS_INTERVAL`] instead of relying on QUIC keep-alives, which
+/// would keep a connection to a wedged peer open forever.
+pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most entries one directory listing may have, all `Dir` pages together.
+///
+/// A directory can legitimately hold a million entries; twice that is the
+/// bound. A receiver merges the listing page by page against its own
+/// record and keeps no more than one page of it at a time, so this bounds
+/// the time a peer that never sets `last_page` can take, not memory.
+/// A listing over it fails the reconcile with that peer, naming the
+/// directory.
+pub const MAX_DIR_ENTRIES: u64 = 1 << 21;
+
+/// Most memory, in bytes, a receiver spends on what one reconcile decided
+/// before it applies it (the plans of the paths to change, the conflicts to
+/// record, the directories still to list), as estimated by the reconcile
+/// (heap and inline size of each record it keeps).
+///
+/// A changed file costs about 1 KiB of plan, so 1 GiB holds a first sync
+/// of about a million files. A peer that offers a larger tree (an endless
+/// one, say) makes the reconcile fail with a message, before it applies
+/// anything, instead of exhausting the node's memory.
+pub const MAX_PLAN_BYTES: usize = 1 << 30;
 
 #[cfg(test)]
 mod tests {

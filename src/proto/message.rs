@@ -1,4 +1,10 @@
-//! The messages of protocol version 1.
+//! The messages of protocol version 2.
+//!
+//! Version 2 adds [`Message::Progress`], the heartbeat that bounds every
+//! wait on a peer: a receiver of `Pull` sends it while it works, so the
+//! sender can tell a long pull from a stalled one. Version 1 is no longer
+//! spoken: a version-1 node cannot bound its waits on a peer, and a mixed
+//! cluster would fall back to that.
 //!
 //! The variant order and the field order are the wire format (postcard
 //! encodes a variant by its index and a struct as its fields in order):
@@ -17,10 +23,10 @@ use crate::tree::{Body, Meta};
 pub use super::error::ErrorCode;
 
 /// Protocol version this build speaks and prefers.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// The protocol version to use with a peer whose `Hello` offers `theirs`:
 /// the smaller of the two sides' newest versions, or
@@ -214,6 +220,14 @@ pub enum Message {
     /// Variant 15: the sender closes the connection after its open exchanges end.
     /// Sent alone on a stream; not answered.
     Bye,
+    /// Variant 16 (protocol version 2): the sender is still working for
+    /// the session. The receiver of a `Pull` sends it on the `Pull` stream
+    /// at most [`super::PROGRESS_INTERVAL`] apart until its answer; each
+    /// one restarts the sender's [`super::REPLY_TIMEOUT`]. A side that is
+    /// busy for the session without an exchange open (an initiator applying
+    /// what it took) sends it alone on a new stream, not answered, so the
+    /// session is not closed as idle.
+    Progress,
 }
 
 /// Why a `Pull` was refused.
@@ -364,6 +378,7 @@ impl Message {
             Message::Refused { .. } => "Refused",
             Message::Error { .. } => "Error",
             Message::Bye => "Bye",
+            Message::Progress => "Progress",
         }
     }
 
@@ -378,6 +393,7 @@ impl Message {
                 | Message::GetChunks { .. }
                 | Message::Pull { .. }
                 | Message::Bye
+                | Message::Progress
         )
     }
 
@@ -519,5 +535,6 @@ mod tests {
         assert_eq!(first(&Message::Refused { reason: Refusal::Busy, message: String::new() }), 13);
         assert_eq!(first(&Message::Error { code: ErrorCode::Busy, message: String::new() }), 14);
         assert_eq!(first(&Message::Bye), 15);
+        assert_eq!(first(&Message::Progress), 16);
     }
 }

@@ -21,6 +21,10 @@
 //!   size ([`PageBuilder`]); the next is asked for with a name *cursor*.
 //! - A chunk travels in its *stored form* ([`crate::chunk::encode`]) and is
 //!   used only after its bytes are checked against its hash.
+//! - A *wait* is the time a node spends expecting a frame from a peer (or
+//!   the peer taking one). Every wait is bounded ([`Deadlines`],
+//!   [`REPLY_TIMEOUT`]); a long `Pull` stays alive through the `Progress`
+//!   frames its receiver sends ([`PROGRESS_INTERVAL`]).
 //!
 //! Nothing a peer sends is trusted: the decoder refuses frames over
 //! [`MAX_FRAME`] from their header, bounds every list while decoding, and
@@ -29,6 +33,7 @@
 //! [`check_logical_path`] and [`check_reply`].
 
 mod bounded;
+mod deadline;
 mod error;
 mod frame;
 pub mod limits;
@@ -39,6 +44,7 @@ mod reply;
 mod testutil;
 mod validate;
 
+pub use deadline::Deadlines;
 pub use error::{ErrorCode, ProtoError, SHOWN};
 pub use frame::{FRAME_HEADER_LEN, decode_frame, encode_frame, read_frame, write_frame};
 pub use limits::*;

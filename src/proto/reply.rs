@@ -77,7 +77,8 @@ pub fn check_reply(request: &Message, reply: &Message) -> Result<(), ProtoError>
                 None => Ok(()),
             }
         }
-        (Message::Pull { .. }, Message::Pulled { .. } | Message::Refused { .. }) => Ok(()),
+        // Progress frames come before the answer, any number of them.
+        (Message::Pull { .. }, Message::Progress | Message::Pulled { .. } | Message::Refused { .. }) => Ok(()),
         _ => Err(ProtoError::Unexpected { request: request.kind(), expected: expected(request), found: reply.kind() }),
     }
 }
@@ -90,7 +91,7 @@ fn expected(request: &Message) -> &'static str {
         Message::GetDir { .. } => "Dir",
         Message::GetChunkList { .. } => "ChunkList",
         Message::GetChunks { .. } => "Chunk or ChunksDone",
-        Message::Pull { .. } => "Pulled or Refused",
+        Message::Pull { .. } => "Progress, Pulled or Refused",
         _ => "no reply",
     }
 }
@@ -185,10 +186,12 @@ mod tests {
             host: "app1".into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
         };
-        check_reply(&hello, &welcome(1, &["app"])).unwrap();
-        assert!(matches!(check_reply(&hello, &welcome(2, &["app"])), Err(ProtoError::Version { theirs: 2, .. })));
+        check_reply(&hello, &welcome(2, &["app"])).unwrap();
+        assert!(matches!(check_reply(&hello, &welcome(3, &["app"])), Err(ProtoError::Version { theirs: 3, .. })));
+        // Version 1 has no Progress: its waits cannot be bounded.
+        assert!(matches!(check_reply(&hello, &welcome(1, &["app"])), Err(ProtoError::Version { theirs: 1, .. })));
         assert!(matches!(check_reply(&hello, &welcome(0, &[])), Err(ProtoError::Version { theirs: 0, .. })));
-        assert!(matches!(check_reply(&hello, &welcome(1, &["other"])), Err(ProtoError::Mismatch { .. })));
+        assert!(matches!(check_reply(&hello, &welcome(2, &["other"])), Err(ProtoError::Mismatch { .. })));
     }
 
     #[test]
@@ -219,6 +222,7 @@ mod tests {
     #[test]
     fn a_pull_is_answered_by_pulled_refused_or_error() {
         let pull = Message::Pull { group: "app".into(), dry_run: false };
+        check_reply(&pull, &Message::Progress).unwrap();
         check_reply(&pull, &Message::Pulled { changes: vec![], more: 0 }).unwrap();
         check_reply(&pull, &Message::Refused { reason: Refusal::Busy, message: "shutting down".into() }).unwrap();
         let err = Message::Error { code: ErrorCode::Internal, message: "disk full".into() };
@@ -226,11 +230,16 @@ mod tests {
         let roots = Message::Roots { group: "app".into(), hash: Hash::of(b""), versions: Hash::of(b""), roots: vec![] };
         let e = check_reply(&pull, &roots).unwrap_err();
         assert!(
-            matches!(e, ProtoError::Unexpected { request: "Pull", expected: "Pulled or Refused", found: "Roots" }),
+            matches!(
+                e,
+                ProtoError::Unexpected { request: "Pull", expected: "Progress, Pulled or Refused", found: "Roots" }
+            ),
             "{e}"
         );
         let other = Message::Pulled { changes: vec![], more: 0 };
         assert!(check_reply(&Message::GetRoots { group: "app".into() }, &other).is_err());
+        // Progress answers only a Pull.
+        assert!(check_reply(&Message::GetRoots { group: "app".into() }, &Message::Progress).is_err());
     }
 
     #[test]

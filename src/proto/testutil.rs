@@ -208,11 +208,12 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         (reason, arb_text()).prop_map(|(reason, message)| Message::Refused { reason, message }).boxed(),
         (code, arb_text()).prop_map(|(code, message)| Message::Error { code, message }).boxed(),
         Just(Message::Bye).boxed(),
+        Just(Message::Progress).boxed(),
     ]
 }
 
 pub fn sample_hello() -> Message {
-    Message::Hello { protocol: 1, host: "app0.example.com".into(), groups: vec!["app".into(), "etc".into()] }
+    Message::Hello { protocol: 2, host: "app0.example.com".into(), groups: vec!["app".into(), "etc".into()] }
 }
 
 /// A `Chunk` of `len` raw bytes.

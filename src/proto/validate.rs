@@ -165,7 +165,7 @@ impl Message {
             }
             Message::Refused { reason: _, message } => check_text("Refused.message", message),
             Message::Error { code: _, message } => check_text("Error.message", message),
-            Message::Bye => Ok(()),
+            Message::Bye | Message::Progress => Ok(()),
         }
     }
 }

@@ -10,6 +10,7 @@ mod regressions;
 mod security_flood;
 mod security_local_files;
 mod security_part_files;
+mod security_peer_limits;
 mod security_socket;
 mod spec_example;
 mod store_fixture;
