@@ -401,11 +401,13 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// Runs one command on an opened node, its output appended to `out`.
+/// Every command that writes the state holds the node's writer lock while
+/// it does (a daemon runs peers' pulls at the same time).
 fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, SyncError> {
     let engine = &node.engine;
     Ok(match &cli.command {
         Command::Check { paths } | Command::Mark { paths } => {
-            let report = engine.check(paths)?;
+            let report = node.write_blocking(|n| n.engine.check(paths))?;
             output::check(out, cli, &report);
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }
@@ -442,7 +444,7 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             if conflicts.is_empty() { EXIT_OK } else { EXIT_DIFFERENCES }
         }
         Command::Force { paths } => {
-            let forced = engine.force(paths)?;
+            let forced = node.write_blocking(|n| n.engine.force(paths))?;
             output::forced(out, cli, &forced);
             EXIT_OK
         }
@@ -460,12 +462,12 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             EXIT_OK
         }
         Command::Restore { generation, paths, to } => {
-            let report = engine.restore(*generation, paths, to.as_deref())?;
+            let report = node.write_blocking(|n| n.engine.restore(*generation, paths, to.as_deref()))?;
             output::restore(out, cli, &report);
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }
         Command::Gc => {
-            output::gc(out, cli, &engine.gc()?);
+            output::gc(out, cli, &node.write_blocking(|n| n.engine.gc())?);
             EXIT_OK
         }
         Command::Verify => {

@@ -179,6 +179,13 @@ impl Node {
         tokio::task::spawn_blocking(move || f(&node)).await.expect("blocking task panicked")
     }
 
+    /// Holds the writer lock while `f` runs on this thread, which must not
+    /// be a runtime worker (a local command's blocking thread).
+    pub fn write_blocking<T>(&self, f: impl FnOnce(&Node) -> T) -> T {
+        let _guard = self.writer.blocking_lock();
+        f(self)
+    }
+
     /// Waits (at most `limit`) until nothing writes the state, and keeps
     /// new writers out until the process ends. False if it timed out.
     pub async fn quiesce(&self, limit: std::time::Duration) -> bool {
