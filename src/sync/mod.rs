@@ -28,5 +28,6 @@
 mod decide;
 
 pub use decide::{
-    ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve, settled_version,
+    ConflictKind, Decision, Resolution, Side, agreed_version, decide, decide_receive_only, merged_version, resolve,
+    settled_version,
 };
