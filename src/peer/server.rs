@@ -15,8 +15,8 @@
 //! a long pull from a stalled one; a peer's pulls of one group run one at
 //! a time.
 
-use std::collections::HashSet;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::sync::Arc;

@@ -112,3 +112,54 @@ pub(super) fn conflict_key(group: &str, path: &[u8], peer: &str) -> Vec<u8> {
     k.extend_from_slice(peer.as_bytes());
     k
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(version: Version) -> EntryRecord {
+        EntryRecord { version, ..EntryRecord::tombstone_for_test() }
+    }
+
+    fn force(version: Version) -> Force {
+        Force {
+            group: "g".into(),
+            path: b"/r/f".to_vec(),
+            versions: vec![version],
+            reached: Vec::new(),
+            time: Timestamp::now(),
+        }
+    }
+
+    #[test]
+    fn a_force_holds_only_for_the_versions_of_its_state() {
+        let forced = Version::default().bumped("a", 3);
+        let mut f = force(forced.clone());
+        assert!(f.applies(Some(&at(forced.clone())), "b"));
+        // The local entry changed again, or is gone from the state: void.
+        assert!(!f.current(Some(&at(forced.bumped("a", 4)))));
+        assert!(!f.current(None));
+        // Stored under the settled version after winning: still the same force.
+        let settled = forced.bumped("b", 2).bumped("a", 5);
+        f.also_under(settled.clone());
+        assert!(f.applies(Some(&at(settled.clone())), "b"));
+        assert!(f.applies(Some(&at(forced)), "b"));
+        assert!(!f.current(Some(&at(settled.bumped("a", 6)))));
+    }
+
+    #[test]
+    fn a_force_is_used_up_peer_by_peer() {
+        let v = Version::default().bumped("a", 1);
+        let mut f = force(v.clone());
+        let peers = ["b", "c"];
+        assert!(!f.used_up(peers.iter().copied()));
+        f.reach("B");
+        assert!(!f.applies(Some(&at(v.clone())), "b"), "host names compare case-insensitively");
+        assert!(f.applies(Some(&at(v)), "c"));
+        assert!(!f.used_up(peers.iter().copied()));
+        f.reach("c");
+        f.reach("c");
+        assert_eq!(f.reached.len(), 2);
+        assert!(f.used_up(peers.iter().copied()));
+    }
+}

@@ -619,6 +619,32 @@ mod tests {
     }
 
     #[test]
+    fn forces_round_trip_and_an_unbound_mark_counts_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let f = Force {
+            group: "g".into(),
+            path: b"/r/f".to_vec(),
+            versions: vec![Version::default().bumped("a", 2)],
+            reached: vec!["b".into()],
+            time: crate::tree::Timestamp::now(),
+        };
+        let mut b = store.batch();
+        b.put_force(&f);
+        // A mark as written before forces were bound to a version.
+        let old = conflict::path_key(conflict::FORCE_PREFIX, "g", b"/r/old");
+        b.insert(&store.meta, old, []);
+        b.commit().unwrap();
+        assert_eq!(store.force("g", b"/r/f").unwrap(), Some(f.clone()));
+        assert_eq!(store.force("g", b"/r/old").unwrap(), None);
+        assert_eq!(store.forces().unwrap(), vec![f]);
+        let mut b = store.batch();
+        b.remove_force("g", b"/r/f");
+        b.commit().unwrap();
+        assert_eq!(store.forces().unwrap(), vec![]);
+    }
+
+    #[test]
     fn batch_writes_are_visible_after_commit_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let rec = EntryRecord::tombstone_for_test();

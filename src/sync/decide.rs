@@ -23,8 +23,11 @@ pub struct Side<'a> {
     /// The host's record of the path: `None` when it never saw it, a
     /// tombstone (`deleted`) when it saw it deleted.
     pub record: Option<&'a EntryRecord>,
-    /// `snapsync force PATH` marked the path on this host: its state wins
-    /// the path's next conflict.
+    /// A force (`snapsync force PATH`) holds for this host's state against
+    /// this peer: the state is the one it was forced on, and the peer has
+    /// not been seen holding it yet ([`crate::store::Force::applies`]).
+    /// It wins a conflict only; a peer's version that dominates it is a
+    /// later change, made after the forced state reached that peer.
     pub forced: bool,
 }
 

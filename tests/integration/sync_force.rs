@@ -204,3 +204,25 @@ fn receive_only_host_keeps_the_agreed_version_during_a_conflict() {
     c.assert_all_same();
     assert_eq!(read(&c, "c", "f"), b"edit on a");
 }
+
+/// Issue 8 item 5: with the conflict not yet known when a sync reaches C,
+/// C may take the side it meets first, but it never flips to the other:
+/// alternating syncs from A and B change nothing on C and record no
+/// generation there.
+#[test]
+fn receive_only_host_does_not_flip_between_the_sides_of_a_conflict() {
+    let c = synced(Setup::nodes(3).receive_only("c").backups(10));
+    write_at(&c.path("a", "f"), b"edit on a", 1_650_000_000);
+    write_at(&c.path("b", "f"), b"edit on b", 1_650_000_001);
+    let (code, v) = c.sync("a", &[]);
+    assert_eq!(code, 3, "{v:#}");
+    let kept = read(&c, "c", "f");
+    assert!(kept == b"original" || kept == b"edit on a", "{kept:?}");
+    let before = generations(&c, "c");
+    for n in ["b", "a", "b", "a"] {
+        let (code, v) = c.sync(n, &[]);
+        assert_eq!(code, 3, "sync on {n}: {v:#}");
+        assert_eq!(read(&c, "c", "f"), kept, "c flipped on a sync from {n}: {v:#}");
+    }
+    assert_eq!(generations(&c, "c"), before, "c recorded generations while the conflict lasted");
+}
