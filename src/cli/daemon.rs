@@ -450,7 +450,7 @@ fn absolutize(cmd: &mut Command, cwd: &Path) {
         Command::Check { paths }
         | Command::Mark { paths }
         | Command::Update { paths }
-        | Command::Force { paths }
+        | Command::Force { paths, .. }
         | Command::Sync { paths, .. } => paths.iter_mut().for_each(fix),
         Command::Restore { paths, to, .. } => {
             paths.iter_mut().for_each(fix);

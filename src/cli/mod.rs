@@ -129,11 +129,20 @@ pub enum Command {
         /// Check only these paths first.
         paths: Vec<PathBuf>,
     },
-    /// Make the local version of PATHs win their next conflict.
+    /// Make the local version of PATHs, as it is now, win their conflicts.
     Force {
         /// The paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "list")]
         paths: Vec<PathBuf>,
+        /// Also every entry tracked below each PATH.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// List the forces pending.
+        #[arg(long, conflicts_with_all = ["paths", "recursive", "cancel"])]
+        list: bool,
+        /// Drop the forces on PATHs.
+        #[arg(long)]
+        cancel: bool,
     },
     /// Compare with peers: in sync, differing paths, conflicts.
     Status {
@@ -429,7 +438,8 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             let opts = SyncOptions { dry_run: true, peers: peer.clone(), ..SyncOptions::default() };
             let report = block_on(crate::peer::sync(Arc::clone(node), opts))?;
             let conflicts = engine.store.conflicts()?;
-            output::status(out, cli, &report, &conflicts, &node.stats);
+            let forces = engine.pending_forces()?;
+            output::status(out, cli, &report, &conflicts, &forces, &node.stats);
             if report.failed() {
                 EXIT_FAILURE
             } else if report.differences() || !conflicts.is_empty() {
@@ -443,9 +453,16 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             output::conflicts(out, cli, &conflicts);
             if conflicts.is_empty() { EXIT_OK } else { EXIT_DIFFERENCES }
         }
-        Command::Force { paths } => {
-            let forced = node.write_blocking(|n| n.engine.force(paths))?;
-            output::forced(out, cli, &forced);
+        Command::Force { paths, recursive, list, cancel } => {
+            if *list {
+                output::forces(out, cli, &engine.pending_forces()?);
+            } else if *cancel {
+                let dropped = node.write_blocking(|n| n.engine.cancel_forces(paths, *recursive))?;
+                output::forced(out, cli, &dropped, true);
+            } else {
+                let made = node.write_blocking(|n| n.engine.force(paths, *recursive))?;
+                output::forced(out, cli, &made, false);
+            }
             EXIT_OK
         }
         Command::Trust { peer } => {

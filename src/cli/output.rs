@@ -16,7 +16,7 @@ use super::Cli;
 use crate::engine::{CheckReport, LsEntry, VerifyReport};
 use crate::peer::SyncReport;
 use crate::restore::RestoreReport;
-use crate::store::Conflict;
+use crate::store::{Conflict, Force};
 use crate::store::{GcReport, Generation};
 use crate::tree::Timestamp;
 
@@ -348,10 +348,18 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
     }
 }
 
-pub(super) fn status(o: &mut String, cli: &Cli, r: &SyncReport, conflicts: &[Conflict], stats: &crate::peer::Stats) {
+pub(super) fn status(
+    o: &mut String,
+    cli: &Cli,
+    r: &SyncReport,
+    conflicts: &[Conflict],
+    forces: &[Force],
+    stats: &crate::peer::Stats,
+) {
     if cli.json {
         let mut v = serde_json::to_value(r).expect("report serializes");
         v["conflicts"] = conflicts_json(conflicts);
+        v["forces"] = forces_json(forces);
         v["served"] = stats.to_json();
         print_json(o, &v);
         return;
@@ -359,6 +367,10 @@ pub(super) fn status(o: &mut String, cli: &Cli, r: &SyncReport, conflicts: &[Con
     sync(o, cli, r, true);
     if !conflicts.is_empty() && !cli.quiet {
         say!(o, "{} unresolved conflicts (`snapsync conflicts`)", conflicts.len());
+    }
+    if !forces.is_empty() && !cli.quiet {
+        say!(o, "{} forces pending (`snapsync force --list`):", forces.len());
+        force_lines(o, forces);
     }
 }
 
@@ -420,13 +432,63 @@ pub(super) fn conflicts(o: &mut String, cli: &Cli, conflicts: &[Conflict]) {
     }
 }
 
-pub(super) fn forced(o: &mut String, cli: &Cli, forced: &[(String, String)]) {
+fn forces_json(forces: &[Force]) -> serde_json::Value {
+    json!(
+        forces
+            .iter()
+            .map(|f| json!({
+                "group": f.group,
+                "path": String::from_utf8_lossy(&f.path),
+                "versions": f.versions.iter().map(version).collect::<Vec<_>>(),
+                "reached": f.reached,
+                "forced": time(f.time),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// One line per force: group, path, and the peers it has reached.
+fn force_lines(o: &mut String, forces: &[Force]) {
+    for f in forces {
+        let reached = if f.reached.is_empty() {
+            String::new()
+        } else {
+            format!(" (reached {})", f.reached.iter().map(|p| escape(p).into_owned()).collect::<Vec<_>>().join(", "))
+        };
+        say!(o, "  {} {}, forced {}{reached}", f.group, escape_bytes(&f.path), time(f.time));
+    }
+}
+
+/// `force` (`cancelled`: `force --cancel`): the forces made or dropped.
+pub(super) fn forced(o: &mut String, cli: &Cli, forces: &[Force], cancelled: bool) {
     if cli.json {
-        let list: Vec<_> = forced.iter().map(|(g, p)| json!({ "group": g, "path": p })).collect();
-        print_json(o, &json!({ "forced": list }));
+        let key = if cancelled { "cancelled" } else { "forced" };
+        print_json(o, &json!({ key: forces_json(forces) }));
     } else if !cli.quiet {
-        for (g, p) in forced {
-            say!(o, "{g} {}: the local version wins its next conflict", escape(p));
+        for f in forces {
+            if cancelled {
+                say!(o, "{} {}: force cancelled", f.group, escape_bytes(&f.path));
+            } else {
+                say!(
+                    o,
+                    "{} {}: this version wins its conflict, or its next reconcile, with each peer",
+                    f.group,
+                    escape_bytes(&f.path)
+                );
+            }
+        }
+    }
+}
+
+/// `force --list`: the forces pending.
+pub(super) fn forces(o: &mut String, cli: &Cli, forces: &[Force]) {
+    if cli.json {
+        print_json(o, &json!({ "forces": forces_json(forces) }));
+    } else if !cli.quiet {
+        if forces.is_empty() {
+            say!(o, "no forces pending");
+        } else {
+            force_lines(o, forces);
         }
     }
 }

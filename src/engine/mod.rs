@@ -26,7 +26,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, ResolvedGroup, canonical_host};
 use crate::key::KeyError;
-use crate::store::{ChunkStore, GcGroup, GcReport, Generation, Store, StoreError, collect_garbage};
+use crate::store::{
+    ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, Store, StoreError, collect_garbage, join_logical,
+};
+use crate::tree::{Kind, Timestamp};
 
 /// An error that stops an operation as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -282,26 +285,140 @@ fn normalize(abs: &Path) -> PathBuf {
 }
 
 impl Engine {
-    /// Marks `paths` to win their next conflict (`force`); returns the
-    /// group and logical path of each.
-    pub fn force(&self, paths: &[PathBuf]) -> Result<Vec<(String, String)>, EngineError> {
-        let mut marked = Vec::new();
+    /// `snapsync force`: binds a force to the local version of each of
+    /// `paths` (and, with `recursive`, of every entry tracked below it) as
+    /// it is now: the paths are checked first, so an edit not recorded yet
+    /// is what wins. Returns the forces made.
+    ///
+    /// A path that is neither present nor tracked is a usage error
+    /// ([`EngineError::NotFound`]); so is a path only in groups where this
+    /// host is receive-only, where its version never wins anything.
+    pub fn force(&self, paths: &[PathBuf], recursive: bool) -> Result<Vec<Force>, EngineError> {
+        if paths.is_empty() {
+            return Err(EngineError::Usage("force needs at least one PATH".into()));
+        }
+        self.check(paths)?;
+        let time = Timestamp::now();
+        let mut made = Vec::new();
+        for p in paths {
+            let abs = Engine::absolute(p)?;
+            let mut found = false;
+            let mut receive_only = false;
+            for g in &self.groups {
+                let Some(logical) = g.to_logical(&abs) else { continue };
+                let logical = logical.as_os_str().as_encoded_bytes().to_vec();
+                let Some(rec) = self.local_record(g, &logical)? else { continue };
+                if g.local.receive_only {
+                    receive_only = true;
+                    continue;
+                }
+                found = true;
+                let mut entries = vec![(logical.clone(), rec.clone())];
+                if recursive && !rec.deleted && rec.body.kind() == Kind::Dir {
+                    for (dir, d) in self.store.dir_records_below(&g.name, &logical)? {
+                        entries.extend(d.children.iter().map(|(name, r)| (join_logical(&dir, name), r.clone())));
+                    }
+                }
+                for (path, r) in entries {
+                    made.push(Force {
+                        group: g.name.clone(),
+                        path,
+                        versions: vec![r.version],
+                        reached: Vec::new(),
+                        time,
+                    });
+                }
+            }
+            if !found {
+                return Err(if receive_only {
+                    EngineError::Usage(format!(
+                        "{}: this host is receive-only in every group that holds it, so its version never wins; \
+                         force it on a host that sends",
+                        abs.display()
+                    ))
+                } else {
+                    EngineError::NotFound(format!(
+                        "{} is neither present nor tracked in any group (run `snapsync check` if it was just created)",
+                        abs.display()
+                    ))
+                });
+            }
+        }
         let mut batch = self.store.batch();
+        for f in &made {
+            batch.put_force(f);
+        }
+        batch.commit()?;
+        Ok(made)
+    }
+
+    /// The forces still pending: made and not used up, and the local entry
+    /// unchanged since (read-only: void ones are left for the next
+    /// reconcile or `force --cancel` to drop).
+    pub fn pending_forces(&self) -> Result<Vec<Force>, EngineError> {
+        let mut out = Vec::new();
+        for f in self.store.forces()? {
+            let Some(g) = self.group_index(&f.group).map(|i| &self.groups[i]) else { continue };
+            if f.current(self.local_record(g, &f.path)?.as_ref()) {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `snapsync force --cancel`: drops the forces on `paths` (and, with
+    /// `recursive`, below them), pending or void. A path with none is a
+    /// usage error ([`EngineError::NotFound`]). Returns the forces dropped.
+    pub fn cancel_forces(&self, paths: &[PathBuf], recursive: bool) -> Result<Vec<Force>, EngineError> {
+        if paths.is_empty() {
+            return Err(EngineError::Usage("force --cancel needs at least one PATH".into()));
+        }
+        let all = self.store.forces()?;
+        let mut dropped: Vec<Force> = Vec::new();
         for p in paths {
             let abs = Engine::absolute(p)?;
             let mut found = false;
             for g in &self.groups {
-                if let Some(logical) = g.to_logical(&abs) {
-                    batch.set_forced(&g.name, logical.as_os_str().as_encoded_bytes(), true);
-                    marked.push((g.name.clone(), logical.to_string_lossy().into_owned()));
+                let Some(logical) = g.to_logical(&abs) else { continue };
+                let logical = logical.as_os_str().as_encoded_bytes();
+                let below = |path: &[u8]| {
+                    path == logical
+                        || (recursive
+                            && path.len() > logical.len()
+                            && path.starts_with(logical)
+                            && (logical.ends_with(b"/") || path[logical.len()] == b'/'))
+                };
+                for f in all.iter().filter(|f| f.group == g.name && below(&f.path)) {
                     found = true;
+                    if !dropped.contains(f) {
+                        dropped.push(f.clone());
+                    }
                 }
             }
             if !found {
-                return Err(EngineError::NotFound(format!("{} is not inside any included tree", abs.display())));
+                return Err(EngineError::NotFound(format!("no force is recorded on {}", abs.display())));
             }
         }
+        let mut batch = self.store.batch();
+        for f in &dropped {
+            batch.remove_force(&f.group, &f.path);
+        }
         batch.commit()?;
-        Ok(marked)
+        Ok(dropped)
+    }
+
+    /// The local record of logical `path` in group `g` (a tombstone for a
+    /// deleted entry), if it is tracked.
+    pub fn local_record(&self, g: &ResolvedGroup, path: &[u8]) -> Result<Option<EntryRecord>, EngineError> {
+        let (parent, name) = if g.roots.iter().any(|r| r.logical.as_bytes() == path) {
+            (&b""[..], path)
+        } else {
+            match path.iter().rposition(|&b| b == b'/') {
+                Some(0) => (&path[..1], &path[1..]),
+                Some(i) => (&path[..i], &path[i + 1..]),
+                None => (&b""[..], path),
+            }
+        };
+        Ok(self.store.entry(&g.name, parent, name)?)
     }
 }

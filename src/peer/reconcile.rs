@@ -215,8 +215,58 @@ struct Edits {
     /// versions, to store it under a version that dominates both with a
     /// fresh local counter.
     settle: Vec<(usize, Version, Version)>,
-    /// Forced paths whose win is planned: the mark goes once applied.
-    unforce: Vec<Vec<u8>>,
+    /// What the walk learnt about forced paths (see [`ForceSeen`]).
+    forces: Vec<(Vec<u8>, ForceSeen)>,
+}
+
+/// What a reconcile learnt about one forced path with its peer.
+enum ForceSeen {
+    /// The local entry changed since force was run: the force is void.
+    Void,
+    /// The force won: plan `at` stores the forced state under a settled
+    /// version, which the force then holds for too.
+    Won { at: usize },
+    /// The peer holds the forced state (under `merged`, when the versions
+    /// differed and both sides now adopt the merge).
+    Reached { merged: Option<Version> },
+}
+
+/// Updates the force on `path` of group `g` with what a reconcile with
+/// `peer` learnt; drops it once void or used up. Under the writer lock.
+fn note_force(
+    engine: &Engine,
+    batch: &mut crate::store::Batch<'_>,
+    g: &ResolvedGroup,
+    path: &[u8],
+    peer: &str,
+    seen: &ForceSeen,
+    plans: &[Plan],
+) -> Result<(), SyncError> {
+    let Some(mut f) = engine.store.force(&g.name, path)? else { return Ok(()) };
+    let local = engine.local_record(g, path)?;
+    match seen {
+        ForceSeen::Void => {}
+        ForceSeen::Won { at } => {
+            if let Some(Plan::Reversion { record, .. }) = plans.get(*at) {
+                f.also_under(record.version.clone());
+            }
+        }
+        ForceSeen::Reached { merged } => {
+            f.reach(peer);
+            if let Some(v) = merged {
+                f.also_under(v.clone());
+            }
+        }
+    }
+    // Only hosts that send can conflict with this one: a receive-only peer
+    // takes this host's state whatever it is.
+    let used_up = f.used_up(g.peers().filter(|h| !h.receive_only).map(|h| h.name.as_str()));
+    if matches!(seen, ForceSeen::Void) || !f.current(local.as_ref()) || used_up {
+        batch.remove_force(&g.name, path);
+    } else {
+        batch.put_force(&f);
+    }
+    Ok(())
 }
 
 impl Edits {
@@ -246,9 +296,9 @@ impl Edits {
         for path in &self.cleared {
             batch.remove_conflict(group, path, peer);
         }
-        if !dry_run {
-            for path in &self.unforce {
-                batch.set_forced(group, path, false);
+        if !dry_run && let Some(g) = engine.group_index(group).map(|i| &engine.groups[i]) {
+            for (path, seen) in &self.forces {
+                note_force(engine, &mut batch, g, path, peer, seen, plans)?;
             }
         }
         batch.commit()?;
@@ -256,17 +306,32 @@ impl Edits {
     }
 }
 
-/// Drops every conflict of group `gi` recorded with `peer` (their trees
-/// are equal), under the writer lock; takes no lock when there is none.
+/// The trees of group `gi` are equal with `peer`: drops every conflict
+/// recorded with it, and counts every force of the group as having reached
+/// it (the peer holds this node's states, versions included), under the
+/// writer lock; takes no lock when there is nothing to do.
 pub(super) async fn clear_conflicts(node: &Arc<Node>, gi: usize, peer: &str) -> Result<(), SyncError> {
     let group = node.engine.groups[gi].name.clone();
-    if !node.engine.store.conflicts()?.iter().any(|c| c.group == group && c.peer == peer) {
+    let conflicts = node.engine.store.conflicts()?.iter().any(|c| c.group == group && c.peer == peer);
+    let forces: Vec<Vec<u8>> = node
+        .engine
+        .store
+        .forces()?
+        .into_iter()
+        .filter(|f| f.group == group && !f.has_reached(peer))
+        .map(|f| f.path)
+        .collect();
+    if !conflicts && forces.is_empty() {
         return Ok(());
     }
     let peer = peer.to_owned();
     node.write_locked(move |n| {
+        let g = &n.engine.groups[gi];
         let mut batch = n.engine.store.batch();
         batch.clear_conflicts(&group, &peer)?;
+        for path in &forces {
+            note_force(&n.engine, &mut batch, g, path, &peer, &ForceSeen::Reached { merged: None }, &[])?;
+        }
         batch.commit()?;
         Ok(())
     })
@@ -586,7 +651,8 @@ impl<'a> Walk<'a> {
             Class::Ancestor if r.is_some_and(|r| !r.deleted && r.body.kind() != Kind::Dir) => return Ok(false),
             _ => {}
         }
-        let forced = self.node.engine.store.is_forced(&g.name, logical)?;
+        let mark = if g.local.receive_only { None } else { self.node.engine.store.force(&g.name, logical)? };
+        let forced = mark.as_ref().is_some_and(|m| m.applies(l, &self.peer.host));
         let decision = if g.local.receive_only {
             decide_receive_only(Side::new(l), Side::new(r), &self.node.engine.host)
         } else {
@@ -630,8 +696,6 @@ impl<'a> Walk<'a> {
                     // both, so the peer takes it when it pulls.
                     let record = EntryRecord { version: self.settled(&lv, &rv), ..l.clone() };
                     self.reversion(logical, local, record, ChangeAction::Merge)?;
-                    self.charge(size_of::<Vec<u8>>() + logical.len())?;
-                    self.edits.unforce.push(logical.to_vec());
                 }
             }
             Decision::Conflict(kind) => {
@@ -652,6 +716,26 @@ impl<'a> Walk<'a> {
                     conflict_cleared = false;
                     self.conflict(kind, logical, local, l, r)?;
                 }
+            }
+        }
+        if let Some(m) = &mark {
+            let seen = if !m.current(l) {
+                Some(ForceSeen::Void)
+            } else if m.has_reached(&self.peer.host) {
+                None
+            } else {
+                match decision {
+                    Decision::InSync => {
+                        let merged = merged_version(&lv, &rv);
+                        Some(ForceSeen::Reached { merged: (merged != lv).then_some(merged) })
+                    }
+                    Decision::KeepLocal if forced && !lv.dominates(&rv) => Some(ForceSeen::Won { at: planned }),
+                    _ => None,
+                }
+            };
+            if let Some(seen) = seen {
+                self.charge(size_of::<(Vec<u8>, ForceSeen)>() + logical.len())?;
+                self.edits.forces.push((logical.to_vec(), seen));
             }
         }
         let taken = match self.plans.get(planned) {

@@ -15,7 +15,9 @@
 //! a long pull from a stalled one; a peer's pulls of one group run one at
 //! a time.
 
+use std::collections::HashMap;
 use std::collections::HashSet;
+use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::sync::Arc;
 
@@ -28,7 +30,8 @@ use crate::config::ResolvedGroup;
 use crate::hash::Hash;
 use crate::net::{Stream, StreamOpener};
 use crate::proto::{self, Deadlines, ErrorCode, FileChunks, Message, PageBuilder, ProtoError, Refusal, WireEntry};
-use crate::store::EntryRecord;
+use crate::store::{EntryRecord, Version};
+use crate::sync::agreed_version;
 use crate::tree::{Body, RootSet};
 
 /// What one side of a session knows about the other.
@@ -116,11 +119,13 @@ async fn answer(
             let (_, g) = group(node, peer, &name)?;
             let hash = root_hash(node, g)?;
             let rec = node.engine.store.dir_record(&g.name, b"")?.unwrap_or_default();
+            let held = HeldBack::new(node, g, peer)?;
             let roots = g
                 .roots
                 .iter()
                 .map(|r| {
-                    let e = rec.get(r.logical.as_bytes()).map(|e| WireEntry::from_record(r.logical.as_bytes(), e));
+                    let name = r.logical.as_bytes();
+                    let e = rec.get(name).map(|e| held.offer(name, name, e));
                     (r.logical.clone(), e)
                 })
                 .collect();
@@ -132,10 +137,11 @@ async fn answer(
             let (_, g) = group(node, peer, &name)?;
             check_path(peer, g, &path)?;
             let rec = node.engine.store.dir_record(&g.name, &path)?.unwrap_or_default();
+            let held = HeldBack::new(node, g, peer)?;
             let mut page = PageBuilder::new();
             let mut last_page = true;
             for (n, r) in rec.children.iter().filter(|(n, _)| after.is_empty() || n.as_slice() > after.as_slice()) {
-                if page.push(WireEntry::from_record(n, r)).is_some() {
+                if page.push(held.offer(n, &crate::store::join_logical(&path, n), r)).is_some() {
                     last_page = false;
                     break;
                 }
@@ -189,6 +195,53 @@ async fn answer(
         Message::Bye | Message::Progress => Ok(()),
         other => Err(refused(peer, ErrorCode::BadRequest, format!("{} is not a request", other.kind()))),
     }
+}
+
+/// The paths of a group this node has unresolved conflicts on, when the
+/// peer asking is receive-only in it: they are offered under the version
+/// the sides last agreed on ([`agreed_version`]), so the receive-only
+/// peer keeps that version rather than taking whichever side it meets
+/// first (SPEC §4.17). A path this node forced is offered as it is: its
+/// version is the one that wins. Empty for a sending peer, which decides
+/// conflicts itself.
+struct HeldBack(HashMap<Vec<u8>, Version>);
+
+impl HeldBack {
+    fn new(node: &Node, g: &ResolvedGroup, peer: &Peer) -> Result<HeldBack, SyncError> {
+        let mut held = HashMap::new();
+        if g.host(&peer.host).is_some_and(|h| h.receive_only) {
+            for c in node.engine.store.conflicts()? {
+                if c.group == g.name && !forced(node, g, &c.path)? {
+                    let other = c.remote.as_ref().map(|r| r.version.clone()).unwrap_or_default();
+                    match held.entry(c.path) {
+                        Entry::Vacant(e) => {
+                            e.insert(other);
+                        }
+                        Entry::Occupied(mut e) => {
+                            let v = agreed_version(e.get(), &other);
+                            e.insert(v);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(HeldBack(held))
+    }
+
+    /// The entry offered for `rec`, named `name`, at logical `path`.
+    fn offer(&self, name: &[u8], path: &[u8], rec: &EntryRecord) -> WireEntry {
+        let mut e = WireEntry::from_record(name, rec);
+        if let Some(other) = self.0.get(path) {
+            e.version = agreed_version(&rec.version, other);
+        }
+        e
+    }
+}
+
+/// Whether a force on `path` of `g` is pending here.
+fn forced(node: &Node, g: &ResolvedGroup, path: &[u8]) -> Result<bool, SyncError> {
+    let Some(f) = node.engine.store.force(&g.name, path)? else { return Ok(false) };
+    Ok(f.current(node.engine.local_record(g, path)?.as_ref()))
 }
 
 /// Reconciles group `gi` against `peer` as its `Pull` asks, sending

@@ -33,7 +33,7 @@ mod private;
 mod record;
 
 pub use chunks::ChunkStore;
-pub use conflict::Conflict;
+pub use conflict::{Conflict, Force};
 pub use error::StoreError;
 pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
@@ -352,9 +352,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether `path` of `group` is forced to win its next conflict.
-    pub fn is_forced(&self, group: &str, path: &[u8]) -> Result<bool, StoreError> {
-        self.meta.contains_key(conflict::path_key(conflict::FORCE_PREFIX, group, path)).map_err(|e| self.err(e))
+    /// The force recorded on `path` of `group`, pending or void. A mark
+    /// that does not decode (one written before forces were bound to a
+    /// version) counts as none: it is void.
+    pub fn force(&self, group: &str, path: &[u8]) -> Result<Option<Force>, StoreError> {
+        let v = self.meta.get(conflict::path_key(conflict::FORCE_PREFIX, group, path)).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| postcard::from_bytes(&v).ok()))
+    }
+
+    /// Every force recorded, by group and path, pending or void (see
+    /// [`Force::current`]); void marks that do not decode are left out.
+    pub fn forces(&self) -> Result<Vec<Force>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.meta.prefix(conflict::FORCE_PREFIX) {
+            let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
+            out.extend(postcard::from_bytes::<Force>(&v).ok());
+        }
+        Ok(out)
     }
 
     /// Starts a batch of writes that commits atomically.
@@ -478,15 +492,17 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Marks `path` to win its next conflict (`force`), or drops the mark.
-    pub fn set_forced(&mut self, group: &str, path: &[u8], forced: bool) {
+    /// Records a force (`snapsync force`), replacing the path's earlier one.
+    pub fn put_force(&mut self, f: &Force) {
         let store = self.store;
-        let key = conflict::path_key(conflict::FORCE_PREFIX, group, path);
-        if forced {
-            self.insert(&store.meta, key, []);
-        } else {
-            self.remove(&store.meta, key);
-        }
+        let key = conflict::path_key(conflict::FORCE_PREFIX, &f.group, &f.path);
+        self.insert(&store.meta, key, postcard::to_stdvec(f).expect("encoding to a Vec cannot fail"));
+    }
+
+    /// Drops the force on `path` of `group`, if any.
+    pub fn remove_force(&mut self, group: &str, path: &[u8]) {
+        let store = self.store;
+        self.remove(&store.meta, conflict::path_key(conflict::FORCE_PREFIX, group, path));
     }
 
     /// Stores the last version counter handed out.
@@ -600,6 +616,32 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("second open succeeded"),
         }
+    }
+
+    #[test]
+    fn forces_round_trip_and_an_unbound_mark_counts_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let f = Force {
+            group: "g".into(),
+            path: b"/r/f".to_vec(),
+            versions: vec![Version::default().bumped("a", 2)],
+            reached: vec!["b".into()],
+            time: crate::tree::Timestamp::now(),
+        };
+        let mut b = store.batch();
+        b.put_force(&f);
+        // A mark as written before forces were bound to a version.
+        let old = conflict::path_key(conflict::FORCE_PREFIX, "g", b"/r/old");
+        b.insert(&store.meta, old, []);
+        b.commit().unwrap();
+        assert_eq!(store.force("g", b"/r/f").unwrap(), Some(f.clone()));
+        assert_eq!(store.force("g", b"/r/old").unwrap(), None);
+        assert_eq!(store.forces().unwrap(), vec![f]);
+        let mut b = store.batch();
+        b.remove_force("g", b"/r/f");
+        b.commit().unwrap();
+        assert_eq!(store.forces().unwrap(), vec![]);
     }
 
     #[test]

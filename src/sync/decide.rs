@@ -23,8 +23,11 @@ pub struct Side<'a> {
     /// The host's record of the path: `None` when it never saw it, a
     /// tombstone (`deleted`) when it saw it deleted.
     pub record: Option<&'a EntryRecord>,
-    /// `snapsync force PATH` marked the path on this host: its state wins
-    /// the path's next conflict.
+    /// A force (`snapsync force PATH`) holds for this host's state against
+    /// this peer: the state is the one it was forced on, and the peer has
+    /// not been seen holding it yet ([`crate::store::Force::applies`]).
+    /// It wins a conflict only; a peer's version that dominates it is a
+    /// later change, made after the forced state reached that peer.
     pub forced: bool,
 }
 
@@ -202,15 +205,29 @@ pub fn decide(local: Side<'_>, remote: Side<'_>) -> Decision {
 /// version vectors.
 ///
 /// A receive-only host never sends, so its own changes (the components of
-/// its version under its own name) carry no weight: whenever the states
-/// differ it takes the peer's state, its own edits and creations included
-/// (SPEC §4.8: overwritten by the group's version, kept in its
-/// generations). The one exception is a state the host received earlier
-/// from another host and that is newer than the peer's (ignoring the host's
-/// own components, its version strictly dominates the peer's): the peer
-/// has not caught up yet, and taking its state would step back and forth
-/// between hosts. That answer is `KeepLocal`, which on a receive-only host
-/// means that nothing moves: it is never sent. `force` has no effect here.
+/// its version under its own name) carry no weight. What it *received* is
+/// the rest of its version. It takes the peer's state only when the peer's
+/// version descends from what it received:
+///
+/// - The peer's version strictly dominates: a later state of the group,
+///   taken whatever the host changed itself (SPEC §4.8: its edits and
+///   creations are overwritten by the group's version, kept in its
+///   generations).
+/// - Equal: taken when the host changed the entry itself (its edit is
+///   undone); otherwise two different states under one version, which only
+///   a host that reused its counters or a peer holding back a conflicted
+///   state (below) shows, and nothing moves on a guess.
+/// - What it received strictly dominates the peer's: the peer has not
+///   caught up yet, and taking its state would step back and forth.
+/// - Concurrent: the peer's state is one side of a conflict the host has
+///   already taken the other side of, or was shown the group's agreed
+///   version of (a sending host offers a receive-only peer a path in
+///   conflict under [`agreed_version`]). Taking it would flip the host
+///   between the two sides with every sync (SPEC §4.17); it waits for
+///   the settlement, whose version dominates both sides.
+///
+/// Every answer but `TakeRemote` means nothing moves (`KeepLocal` is never
+/// sent from a receive-only host). `force` has no effect here.
 ///
 /// `TakeRemote` with no remote record means the group does not have the
 /// entry: the local one is removed.
@@ -228,8 +245,35 @@ pub fn decide_receive_only(local: Side<'_>, remote: Side<'_>, local_host: &str) 
     // The host's own changes: its counter, and the creation versions of
     // entries it created (those the peer's version does not carry).
     let own = |h: &str| h.eq_ignore_ascii_case(local_host) || (h.starts_with('~') && !rv.0.iter().any(|(r, _)| r == h));
-    let received = Version(version_of(local.record).0.iter().filter(|(h, _)| !own(h)).cloned().collect());
-    if received.dominates(rv) && !rv.dominates(&received) { Decision::KeepLocal } else { Decision::TakeRemote }
+    let lv = version_of(local.record);
+    let changed_here = lv.0.iter().any(|(h, _)| own(h));
+    let received = Version(lv.0.iter().filter(|(h, _)| !own(h)).cloned().collect());
+    match (rv.dominates(&received), received.dominates(rv)) {
+        (true, false) => Decision::TakeRemote,
+        (true, true) if changed_here => Decision::TakeRemote,
+        _ => Decision::KeepLocal,
+    }
+}
+
+/// The element-wise minimum of two version vectors (a host missing from
+/// one counts 0): the greatest version both descend from, an upper bound
+/// of the version the two hosts last agreed on.
+///
+/// A sending host offers a receive-only peer a path it has an unresolved
+/// conflict on under the agreed version of its own and the conflicting
+/// peers' versions (with its own state): the receive-only host, which
+/// holds that agreed version or one side of the conflict, keeps what it
+/// has ([`decide_receive_only`]) instead of taking one side and then the
+/// other.
+pub fn agreed_version(a: &Version, b: &Version) -> Version {
+    Version(
+        a.0.iter()
+            .filter_map(|(h, ca)| {
+                let cb = b.0.iter().find(|(x, _)| x == h)?.1;
+                Some((h.clone(), (*ca).min(cb))).filter(|(_, c)| *c > 0)
+            })
+            .collect(),
+    )
 }
 
 /// The element-wise maximum of two version vectors: the least version that

@@ -17,8 +17,10 @@
 //!   version of two is their element-wise maximum.
 //! - A *conflict* is two different states under concurrent versions:
 //!   changes made on two hosts since they last agreed. It is *settled* by
-//!   `snapsync force PATH` on one side (the path is then *forced*) or by
-//!   the group's `auto` policy; until then nothing is overwritten.
+//!   `snapsync force PATH` on one side (the path is then *forced*: its
+//!   state as it was when force ran wins, with each peer until that peer
+//!   holds it; see [`crate::store::Force`]) or by the group's `auto`
+//!   policy; until then nothing is overwritten.
 //! - A *receive-only* host (written in parentheses in the config, csync2's
 //!   "slave") takes the group's states and never sends its own.
 //!
@@ -28,5 +30,6 @@
 mod decide;
 
 pub use decide::{
-    ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve, settled_version,
+    ConflictKind, Decision, Resolution, Side, agreed_version, decide, decide_receive_only, merged_version, resolve,
+    settled_version,
 };

@@ -18,6 +18,7 @@ mod sync_concurrent;
 mod sync_conflicts;
 mod sync_dry_run;
 mod sync_exclude;
+mod sync_force;
 mod sync_include_root;
 mod sync_no_descent;
 mod sync_propagate;

@@ -449,6 +449,50 @@ fn scenario_08_the_peer_of_a_receive_only_host_never_takes_its_changes() {
 }
 
 #[test]
+fn scenario_17_a_receive_only_host_does_not_flip_between_the_sides_of_a_conflict() {
+    // A and B agreed on `base`, then each changed it: a conflict.
+    let base = file("base", 10, v(&[("a", 1)]));
+    let side_a = file("from a", 20, v(&[("a", 2)]));
+    let side_b = file("from b", 30, v(&[("a", 1), ("b", 1)]));
+    let r = |local: &EntryRecord, remote: &EntryRecord| {
+        decide_receive_only(Side::new(Some(local)), Side::new(Some(remote)), "r")
+    };
+    // A host that knows of the conflict offers its side under the agreed
+    // version: R keeps `base`, from either side.
+    let agreed = agreed_version(&side_a.version, &side_b.version);
+    assert_eq!(agreed, base.version);
+    assert_eq!(r(&base, &at(&side_a, agreed.clone())), KeepLocal);
+    assert_eq!(r(&base, &at(&side_b, agreed.clone())), KeepLocal);
+    // One side reached R before the conflict was known: R keeps it, and
+    // never takes the other side.
+    assert_eq!(r(&base, &side_a), TakeRemote);
+    assert_eq!(r(&side_a, &side_b), KeepLocal);
+    assert_eq!(r(&side_b, &side_a), KeepLocal);
+    assert_eq!(r(&side_a, &at(&side_b, agreed)), KeepLocal);
+    // Settled (by force on A or a policy): the winner's version dominates
+    // both sides, and R takes it whatever it holds.
+    let settled = at(&side_a, settled_version(&side_a.version, &side_b.version, "a", 3));
+    assert_eq!(r(&base, &settled), TakeRemote);
+    assert_eq!(r(&side_b, &settled), TakeRemote);
+    assert_eq!(r(&side_a, &settled), InSync);
+    // R's own edit on top of `base` is still undone by the agreed state.
+    let edited = file("mine", 40, base.version.bumped("r", 9));
+    assert_eq!(r(&edited, &at(&side_a, base.version.clone())), TakeRemote);
+}
+
+#[test]
+fn agreed_version_is_the_greatest_version_both_descend_from() {
+    let a = v(&[("a", 3), ("b", 1), ("c", 2)]);
+    let b = v(&[("a", 1), ("b", 4), ("d", 1)]);
+    let m = agreed_version(&a, &b);
+    assert_eq!(m, v(&[("a", 1), ("b", 1)]));
+    assert!(a.dominates(&m) && b.dominates(&m));
+    assert_eq!(agreed_version(&a, &a), a);
+    assert_eq!(agreed_version(&a, &Version::default()), Version::default());
+    assert_eq!(agreed_version(&a, &b), agreed_version(&b, &a));
+}
+
+#[test]
 fn scenario_09_a_rename_is_a_deletion_and_a_creation_of_the_same_content() {
     let old_name = file("content", 10, v(&[("a", 1)]));
     let renamed_from = deleted(&old_name, v(&[("a", 2)]));
@@ -761,9 +805,11 @@ proptest! {
         }
     }
 
-    /// A receive-only host never conflicts, and its own changes never
-    /// hold against the peer's state: it keeps a different state only when
-    /// what it received from others is strictly newer than the peer's.
+    /// A receive-only host never conflicts, its own changes never hold
+    /// against the peer's state, and it never takes a state that does not
+    /// descend from what it received: it takes the peer's state exactly
+    /// when the peer's version strictly dominates what it received, or
+    /// equals it over an edit of its own.
     #[test]
     fn a_receive_only_host_never_conflicts_and_never_keeps_its_own_changes(
         l in side(), r in side(), lf: bool, rf: bool,
@@ -771,9 +817,16 @@ proptest! {
         let d = decide_receive_only(Side::new(l.as_ref()).with_force(lf), Side::new(r.as_ref()).with_force(rf), "r");
         prop_assert!(!d.is_conflict());
         prop_assert_eq!(d == InSync, EntryRecord::same_state(l.as_ref(), r.as_ref()));
-        let received = Version(version_of(l.as_ref()).0.iter().filter(|(h, _)| h != "r").cloned().collect());
-        if version_of(r.as_ref()).dominates(&received) {
-            prop_assert_ne!(d, KeepLocal);
+        let lv = version_of(l.as_ref());
+        let received = Version(lv.0.iter().filter(|(h, _)| h != "r").cloned().collect());
+        let rv = version_of(r.as_ref());
+        let own = lv.0.iter().any(|(h, _)| h == "r");
+        if d != InSync {
+            let takes = rv.dominates(&received) && (!received.dominates(rv) || own);
+            prop_assert_eq!(d == TakeRemote, takes, "local {:?}, remote {:?}", l, r);
+        }
+        if d == TakeRemote {
+            prop_assert!(rv.dominates(&received));
         }
     }
 }
