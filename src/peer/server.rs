@@ -39,6 +39,10 @@ pub(super) struct Peer {
     pub groups: Vec<String>,
     /// Opens streams to the peer (to pull from it when it asks).
     pub opener: StreamOpener,
+    /// The changes of the run this session belongs to, for the group's
+    /// actions: the initiator's whole `sync`, or this one session on the
+    /// side that accepted it.
+    pub actions: Arc<crate::engine::ActionQueue>,
 }
 
 /// Serves one request stream of `peer`.
