@@ -408,7 +408,7 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
     Ok(match &cli.command {
         Command::Check { paths } | Command::Mark { paths } => {
             let report = node.write_blocking(|n| n.engine.check(paths))?;
-            // `do-local` actions run for what the check found, as csync2's do.
+            // `do-local` actions run for what the check found, as in csync2.
             let actions = crate::engine::ActionQueue::default();
             actions.add_check(&engine.groups, &report);
             actions.run(&engine.groups);
