@@ -417,6 +417,10 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
     Ok(match &cli.command {
         Command::Check { paths } | Command::Mark { paths } => {
             let report = node.write_blocking(|n| n.engine.check(paths))?;
+            // `do-local` actions run for what the check found, as in csync2.
+            let actions = crate::engine::ActionQueue::default();
+            actions.add_check(&engine.groups, &report);
+            actions.run(&engine.groups);
             output::check(out, cli, &report);
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }

@@ -22,6 +22,11 @@ pub struct GroupCheck {
     pub root: String,
     /// Counters of the scan.
     pub stats: ScanStats,
+    /// Local paths whose state this check changed, for `do-local` actions
+    /// (worked out only for a group that has one, and not when recording
+    /// what a sync applied).
+    #[serde(skip)]
+    pub local_changes: Vec<PathBuf>,
 }
 
 /// What a check did.
@@ -141,7 +146,12 @@ impl Engine {
             let old_digest = self.store.version_digest(&group.name)?;
             let mut digest = old_digest.0;
             let mut written: std::collections::HashMap<Vec<u8>, [u8; 32]> = Default::default();
+            let wants_changes = adopt.is_none() && super::actions::wants_local_changes(group);
+            let mut latest: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
             for w in writes.dirs {
+                if wants_changes {
+                    latest.insert(w.dir.clone(), w.record.clone());
+                }
                 let before = match written.get(&w.dir) {
                     Some(share) => *share,
                     None => {
@@ -160,6 +170,8 @@ impl Engine {
                 written.insert(w.dir, w.share);
             }
             drop(written);
+            let local_changes = super::actions::changed_paths(group, &self.store, &latest)?;
+            drop(latest);
             if digest != old_digest.0 || self.store.root_set(&group.name)?.is_none() {
                 batch.put_version_digest(&group.name, &crate::hash::Hash(digest));
             }
@@ -227,6 +239,7 @@ impl Engine {
                 generation,
                 root: out.roots.hash().to_hex(),
                 stats: out.stats,
+                local_changes,
             });
             report.problems.extend(out.problems);
         }

@@ -16,7 +16,7 @@ mod check;
 mod ls;
 mod verify;
 
-pub use actions::run_actions;
+pub use actions::{ActionQueue, run_actions};
 pub use check::{CheckReport, GroupCheck};
 pub use ls::LsEntry;
 pub use verify::{Mismatch, VerifyReport};

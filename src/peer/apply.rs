@@ -106,7 +106,8 @@ pub(super) struct Apply<'a> {
     g: &'a ResolvedGroup,
     adopt: Adopted,
     scope: Vec<PathBuf>,
-    /// Local paths changed, for the group's actions.
+    /// Local paths changed, for the group's actions (handed to the run's
+    /// queue after each local phase).
     changed: Vec<PathBuf>,
     problems: Vec<String>,
     /// Logical paths that could not be applied.
@@ -213,8 +214,8 @@ impl<'a> Apply<'a> {
         }
     }
 
-    /// The local phase of one batch, under the writer lock; then the
-    /// group's actions for what changed, without it.
+    /// The local phase of one batch, under the writer lock; then what
+    /// changed goes to the run's action queue.
     async fn local_phase(
         &mut self,
         others: Option<Vec<Take>>,
@@ -280,9 +281,11 @@ impl<'a> Apply<'a> {
             Ok(generation)
         })?;
         drop(writer);
+        // The actions run once the run ends (all its peers and pulls);
+        // a pull that outlived its session runs them for its own paths.
         let changed = std::mem::take(&mut self.changed);
-        if !changed.is_empty() {
-            tokio::task::block_in_place(|| crate::engine::run_actions(self.g, &changed, false));
+        if !changed.is_empty() && !self.peer.actions.add(self.gi, false, changed.iter().cloned()) {
+            tokio::task::block_in_place(|| crate::engine::run_actions(self.g, &[], &changed));
         }
         Ok(generation)
     }

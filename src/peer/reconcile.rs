@@ -416,6 +416,9 @@ async fn pass(
             let checked = tokio::task::block_in_place(|| {
                 node.engine.check_with_cause(&paths, "local scan", Some(gi), false, None)
             })?;
+            if !dry_run {
+                peer.actions.add_check(&node.engine.groups, &checked);
+            }
             if checked.groups.iter().any(|c| c.changed) {
                 drop(writer);
                 walk = Walk::new(node, peer, g, initiated, everywhere);

@@ -32,7 +32,7 @@ use crate::net::{Stream, StreamOpener};
 use crate::proto::{self, Deadlines, ErrorCode, FileChunks, Message, PageBuilder, ProtoError, Refusal, WireEntry};
 use crate::store::{EntryRecord, Version};
 use crate::sync::agreed_version;
-use crate::tree::{Body, RootSet};
+use crate::tree::{Body, RootEntry, RootSet};
 
 /// What one side of a session knows about the other.
 pub(super) struct Peer {
@@ -42,6 +42,10 @@ pub(super) struct Peer {
     pub groups: Vec<String>,
     /// Opens streams to the peer (to pull from it when it asks).
     pub opener: StreamOpener,
+    /// The changes of the run this session belongs to, for the group's
+    /// actions: the initiator's whole `sync`, or this one session on the
+    /// side that accepted it.
+    pub actions: Arc<crate::engine::ActionQueue>,
 }
 
 /// Serves one request stream of `peer`.
@@ -93,15 +97,52 @@ fn group<'a>(node: &'a Node, peer: &Peer, name: &str) -> Result<(usize, &'a Reso
     Ok((gi, &node.engine.groups[gi]))
 }
 
-/// The recorded root hash of a group (an empty tree's when never scanned).
-pub(super) fn root_hash(node: &Node, group: &ResolvedGroup) -> Result<Hash, SyncError> {
-    let set = node.engine.store.root_set(&group.name)?;
-    Ok(set.unwrap_or_else(|| RootSet { roots: group.roots.iter().map(|r| (r.logical.clone(), None)).collect() }).hash())
+/// What `Roots` says of a group: each include root's entry, the root
+/// hash of those entries and the version digest, all read from one commit
+/// of the state ([`crate::store::Store::view`]). Separate reads could pair
+/// the roots of one commit with the digest of the next, and a peer refuses
+/// a `Roots` whose hash is not that of the roots listed; the hash is
+/// computed from the entries listed, so it is theirs by construction (it
+/// equals the recorded root set's: a check records both from the same
+/// entries). Never scanned: every root absent.
+/// With `held`, entries are offered as [`HeldBack`] says (to a receive-only
+/// peer).
+pub(super) fn roots_of(node: &Node, group: &ResolvedGroup, held: Option<&HeldBack>) -> Result<RootsAnswer, SyncError> {
+    let view = node.engine.store.view();
+    let rec = view.dir_record(&group.name, b"")?.unwrap_or_default();
+    let versions = view.version_digest(&group.name)?;
+    drop(view);
+    let mut set = RootSet { roots: Vec::with_capacity(group.roots.len()) };
+    let mut roots = Vec::with_capacity(group.roots.len());
+    for r in &group.roots {
+        let e = rec.get(r.logical.as_bytes());
+        let live = e.filter(|e| !e.deleted).map(|e| RootEntry { meta: e.meta.clone(), body: e.body.clone() });
+        set.roots.push((r.logical.clone(), live));
+        let name = r.logical.as_bytes();
+        let offered = e.map(|e| match held {
+            Some(h) => h.offer(name, name, e),
+            None => WireEntry::from_record(name, e),
+        });
+        roots.push((r.logical.clone(), offered));
+    }
+    Ok(RootsAnswer { hash: set.hash(), versions, roots })
 }
 
-/// What `Roots` says of a group: its root hash and its version digest.
+/// A group's `Roots`, as [`roots_of`] reads it.
+pub(super) struct RootsAnswer {
+    /// The root hash.
+    pub hash: Hash,
+    /// The version digest.
+    pub versions: Hash,
+    /// Each include root with its entry, if it has one.
+    pub roots: Vec<(String, Option<WireEntry>)>,
+}
+
+/// What `Roots` says of a group, to compare: its root hash and its
+/// version digest, from one commit.
 pub(super) fn roots_summary(node: &Node, group: &ResolvedGroup) -> Result<(Hash, Hash), SyncError> {
-    Ok((root_hash(node, group)?, node.engine.store.version_digest(&group.name)?))
+    let a = roots_of(node, group, None)?;
+    Ok((a.hash, a.versions))
 }
 
 async fn send(stream: &mut PeerStream, msg: &Message) -> Result<(), SyncError> {
@@ -117,20 +158,9 @@ async fn answer(
     match request {
         Message::GetRoots { group: name } => {
             let (_, g) = group(node, peer, &name)?;
-            let hash = root_hash(node, g)?;
-            let rec = node.engine.store.dir_record(&g.name, b"")?.unwrap_or_default();
             let held = HeldBack::new(node, g, peer)?;
-            let roots = g
-                .roots
-                .iter()
-                .map(|r| {
-                    let name = r.logical.as_bytes();
-                    let e = rec.get(name).map(|e| held.offer(name, name, e));
-                    (r.logical.clone(), e)
-                })
-                .collect();
+            let RootsAnswer { hash, versions, roots } = roots_of(node, g, Some(&held))?;
             Stats::add(&node.stats.roots_served, 1);
-            let versions = node.engine.store.version_digest(&g.name)?;
             send(stream, &Message::Roots { group: name, hash, versions, roots }).await
         }
         Message::GetDir { group: name, path, after } => {
@@ -204,7 +234,7 @@ async fn answer(
 /// first (SPEC §4.17). A path this node forced is offered as it is: its
 /// version is the one that wins. Empty for a sending peer, which decides
 /// conflicts itself.
-struct HeldBack(HashMap<Vec<u8>, Version>);
+pub(super) struct HeldBack(HashMap<Vec<u8>, Version>);
 
 impl HeldBack {
     fn new(node: &Node, g: &ResolvedGroup, peer: &Peer) -> Result<HeldBack, SyncError> {

@@ -20,7 +20,7 @@ use super::reconcile::{ChangeReport, GroupReport, clear_conflicts, reconcile};
 use super::server::{Peer, roots_summary, serve_stream};
 use super::{Node, SyncError};
 use crate::config::HostEntry;
-use crate::engine::CheckReport;
+use crate::engine::{ActionQueue, CheckReport};
 use crate::net::{self, Connection, Stream, StreamAcceptor, StreamOpener};
 use crate::proto::{self, ChangeAction, Deadlines, ErrorCode, Message, ProtoError};
 
@@ -120,13 +120,21 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
             ))));
         }
     }
+    // What this run changes, here and from every peer, for the actions
+    // (SPEC §4.12: once per run).
+    let actions = Arc::new(ActionQueue::default());
     let check = if opts.no_check {
         None
     } else {
         let paths = opts.paths.clone();
         Some(node.write_locked(move |n| n.engine.check(&paths)).await?)
     };
-    let mut peers = round(&node, &opts, None).await;
+    if let Some(c) = &check
+        && !opts.dry_run
+    {
+        actions.add_check(&node.engine.groups, c);
+    }
+    let mut peers = round(&node, &opts, None, &actions).await;
     // What this run took from one peer reaches the others in the same run:
     // a second round, one root comparison per peer where nothing is left.
     let took: Vec<String> = peers
@@ -135,19 +143,28 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
         .map(|p| p.group.clone())
         .collect();
     if !opts.dry_run && !took.is_empty() {
-        let again = round(&node, &opts, Some(&took)).await;
+        let again = round(&node, &opts, Some(&took), &actions).await;
         for second in again {
             if let Some(first) = peers.iter_mut().find(|p| p.group == second.group && p.peer == second.peer) {
                 first.absorb(second);
             }
         }
     }
+    if !opts.dry_run {
+        let n = Arc::clone(&node);
+        tokio::task::spawn_blocking(move || actions.run(&n.engine.groups)).await.expect("actions panicked");
+    }
     Ok(SyncReport { check, peers })
 }
 
 /// One exchange with every chosen peer of every chosen group (of `only`
 /// groups, when given), the peers in parallel.
-async fn round(node: &Arc<Node>, opts: &SyncOptions, only: Option<&[String]>) -> Vec<PeerReport> {
+async fn round(
+    node: &Arc<Node>,
+    opts: &SyncOptions,
+    only: Option<&[String]>,
+    actions: &Arc<ActionQueue>,
+) -> Vec<PeerReport> {
     let mut tasks = tokio::task::JoinSet::new();
     for (gi, g) in node.engine.groups.iter().enumerate() {
         if !opts.groups.is_empty() && !opts.groups.contains(&g.name) {
@@ -160,8 +177,8 @@ async fn round(node: &Arc<Node>, opts: &SyncOptions, only: Option<&[String]>) ->
             if !opts.peers.is_empty() && !opts.peers.iter().any(|p| peer.is_host(p)) {
                 continue;
             }
-            let (node, peer, dry_run) = (Arc::clone(node), peer.clone(), opts.dry_run);
-            tasks.spawn(async move { sync_peer(node, gi, peer, dry_run).await });
+            let (node, peer, dry_run, actions) = (Arc::clone(node), peer.clone(), opts.dry_run, Arc::clone(actions));
+            tasks.spawn(async move { sync_peer(node, gi, peer, dry_run, actions).await });
         }
     }
     let mut peers = Vec::new();
@@ -200,7 +217,13 @@ impl PeerReport {
     }
 }
 
-async fn sync_peer(node: Arc<Node>, gi: usize, entry: HostEntry, dry_run: bool) -> PeerReport {
+async fn sync_peer(
+    node: Arc<Node>,
+    gi: usize,
+    entry: HostEntry,
+    dry_run: bool,
+    actions: Arc<ActionQueue>,
+) -> PeerReport {
     let group = node.engine.groups[gi].name.clone();
     let mut report = PeerReport {
         group,
@@ -211,7 +234,7 @@ async fn sync_peer(node: Arc<Node>, gi: usize, entry: HostEntry, dry_run: bool) 
         pushed: Vec::new(),
         pushed_more: 0,
     };
-    if let Err(e) = exchange(&node, gi, &entry, dry_run, &mut report).await {
+    if let Err(e) = exchange(&node, gi, &entry, dry_run, actions, &mut report).await {
         tracing::error!("group {}, peer {}: {e}", report.group, report.peer);
         report.error = Some(e.to_string());
     }
@@ -223,6 +246,7 @@ async fn exchange(
     gi: usize,
     entry: &HostEntry,
     dry_run: bool,
+    actions: Arc<ActionQueue>,
     report: &mut PeerReport,
 ) -> Result<(), SyncError> {
     let g = &node.engine.groups[gi];
@@ -248,7 +272,7 @@ async fn exchange(
             g.name, node.engine.host
         )));
     }
-    let peer = Arc::new(Peer { host: host.clone(), groups, opener: opener.clone() });
+    let peer = Arc::new(Peer { host: host.clone(), groups, opener: opener.clone(), actions });
     let server = tokio::spawn(serve_streams(Arc::clone(node), Arc::clone(&peer), acceptor, false));
     let heartbeat = tokio::spawn(heartbeat(host.clone(), opener.clone()));
 
@@ -478,8 +502,12 @@ pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
         opener.close(net::CLOSE_REFUSED);
         return;
     };
-    let peer = Arc::new(Peer { host, groups, opener });
-    serve_streams(node, peer, acceptor, true).await;
+    // Everything the peer's pulls of this session change runs the
+    // group's actions once, when the session ends.
+    let actions = Arc::new(ActionQueue::default());
+    let peer = Arc::new(Peer { host, groups, opener, actions: Arc::clone(&actions) });
+    serve_streams(Arc::clone(&node), peer, acceptor, true).await;
+    tokio::task::spawn_blocking(move || actions.run(&node.engine.groups)).await.expect("actions panicked");
 }
 
 /// Answers the peer's `Hello` on its first stream; the groups it may sync.

@@ -601,6 +601,53 @@ impl Store {
     pub(crate) fn nodes_keyspace(&self) -> &Keyspace {
         &self.nodes
     }
+
+    /// A consistent view of the state as last committed: every read
+    /// through it sees the same commit, whatever commits land meanwhile.
+    /// Answers built from several reads (a `Roots` message: the include
+    /// roots' records and the version digest) take it, so they never mix
+    /// two commits. Drop it soon: fjall keeps what it sees until then.
+    pub fn view(&self) -> StateView<'_> {
+        StateView { store: self, snapshot: self.db.snapshot() }
+    }
+}
+
+/// A read-only view of one commit of the state ([`Store::view`]).
+pub struct StateView<'a> {
+    store: &'a Store,
+    snapshot: fjall::Snapshot,
+}
+
+impl StateView<'_> {
+    /// The record of directory `dir` of `group` in this view
+    /// ([`Store::dir_record`]).
+    pub fn dir_record(&self, group: &str, dir: &[u8]) -> Result<Option<DirRecord>, StoreError> {
+        use fjall::Readable;
+        let s = self.store;
+        match self.snapshot.get(&s.dirs, dir_key(group, dir)).map_err(|e| s.err(e))? {
+            None => Ok(None),
+            Some(v) => DirRecord::decode(&v).map(Some).map_err(|why| s.corrupt("directory record", why)),
+        }
+    }
+
+    /// The version digest of `group` in this view
+    /// ([`Store::version_digest`]).
+    pub fn version_digest(&self, group: &str) -> Result<Hash, StoreError> {
+        use fjall::Readable;
+        let s = self.store;
+        let key = [VERSION_DIGEST_PREFIX, group.as_bytes()].concat();
+        if let Some(v) = self.snapshot.get(&s.meta, key).map_err(|e| s.err(e))? {
+            return Hash::from_slice(&v).ok_or_else(|| s.corrupt("version digest", "not 32 bytes"));
+        }
+        let mut acc = [0u8; 32];
+        for guard in self.snapshot.prefix(&s.dirs, dir_key(group, b"")) {
+            let (k, v) = guard.into_inner().map_err(|e| s.err(e))?;
+            let (_, dir) = split_dir_key(&k).ok_or_else(|| s.corrupt("directory key", "malformed"))?;
+            let rec = DirRecord::decode(&v).map_err(|why| s.corrupt("directory record", why))?;
+            xor_dir_digest(&mut acc, dir, &rec);
+        }
+        Ok(Hash(acc))
+    }
 }
 
 #[cfg(test)]
@@ -664,5 +711,85 @@ mod tests {
         assert_eq!(store.entry("g", b"/r", b"a").unwrap(), Some(rec));
         let below: Vec<Vec<u8>> = store.dir_records_below("g", b"/r").unwrap().into_iter().map(|(p, _)| p).collect();
         assert_eq!(below, [b"/r".to_vec(), b"/r/x".to_vec()], "a sibling sharing the prefix is not below");
+    }
+
+    /// The include roots' record with one entry whose version counter is
+    /// `n`, and the version digest that goes with it.
+    fn roots_commit(n: u64) -> (DirRecord, Hash) {
+        let mut rec = EntryRecord::tombstone_for_test();
+        rec.version = Version(vec![("h".to_owned(), n)]);
+        let d = DirRecord { children: vec![(b"/r".to_vec(), rec)] };
+        let mut acc = [0u8; 32];
+        xor_dir_digest(&mut acc, b"", &d);
+        (d, Hash(acc))
+    }
+
+    fn commit_roots(store: &Store, n: u64) {
+        let (d, digest) = roots_commit(n);
+        let mut b = store.batch();
+        b.put_dir_record("g", b"", &d);
+        b.put_version_digest("g", &digest);
+        b.commit().unwrap();
+    }
+
+    #[test]
+    fn view_reads_one_commit_whatever_commits_land_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        commit_roots(&store, 1);
+        let view = store.view();
+        commit_roots(&store, 2);
+        let (old, old_digest) = roots_commit(1);
+        assert_eq!(view.dir_record("g", b"").unwrap(), Some(old));
+        assert_eq!(view.version_digest("g").unwrap(), old_digest);
+        // The store itself reads the newer commit.
+        assert_eq!(store.dir_record("g", b"").unwrap(), Some(roots_commit(2).0));
+        assert_eq!(store.version_digest("g").unwrap(), roots_commit(2).1);
+        drop(view);
+        assert_eq!(store.view().version_digest("g").unwrap(), roots_commit(2).1);
+    }
+
+    #[test]
+    fn view_computes_a_missing_digest_from_its_own_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = store.batch();
+        b.put_dir_record("g", b"", &roots_commit(1).0);
+        b.commit().unwrap();
+        let view = store.view();
+        let mut b = store.batch();
+        b.put_dir_record("g", b"/r", &roots_commit(5).0);
+        b.commit().unwrap();
+        assert_eq!(view.version_digest("g").unwrap(), roots_commit(1).1);
+        assert_ne!(store.version_digest("g").unwrap(), roots_commit(1).1);
+    }
+
+    /// The race behind "Roots.hash is not the hash of the roots listed":
+    /// a reader of the roots and the digest while commits land never sees
+    /// the two from different commits.
+    #[test]
+    fn view_never_mixes_two_commits_under_concurrent_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        commit_roots(&store, 0);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for n in 1..=200 {
+                    commit_roots(&store, n);
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                let view = store.view();
+                let rec = view.dir_record("g", b"").unwrap().unwrap();
+                let digest = view.version_digest("g").unwrap();
+                let mut acc = [0u8; 32];
+                xor_dir_digest(&mut acc, b"", &rec);
+                assert_eq!(Hash(acc), digest, "read {reads}: the roots and the digest come from two commits");
+                reads += 1;
+            }
+        });
     }
 }

@@ -14,6 +14,7 @@ mod security_peer_limits;
 mod security_socket;
 mod spec_example;
 mod store_fixture;
+mod sync_actions;
 mod sync_concurrent;
 mod sync_conflicts;
 mod sync_dry_run;
