@@ -16,6 +16,9 @@ pub struct GroupCheck {
     pub group: String,
     /// Whether the group's tree changed.
     pub changed: bool,
+    /// A read-only check ([`Engine::check_read_only`]): the tree on disk
+    /// differs from the recorded one, and nothing was recorded.
+    pub pending: bool,
     /// The generation recorded, if any.
     pub generation: Option<u64>,
     /// The group's root hash after the check.
@@ -85,39 +88,14 @@ impl Engine {
         gc: bool,
         adopt: Option<&Adopted>,
     ) -> Result<CheckReport, EngineError> {
-        let abs: Vec<PathBuf> = paths.iter().map(|p| Engine::absolute(p)).collect::<Result<_, _>>()?;
-        for p in &abs {
-            let inside =
-                self.groups.iter().flat_map(|g| &g.roots).any(|r| p.starts_with(&r.local) || r.local.starts_with(p));
-            if !inside {
-                return Err(EngineError::NotFound(format!("{} is not inside any included tree", p.display())));
-            }
-        }
+        let abs = self.absolute_inside(paths)?;
         let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
         let mut any_changed = false;
         for (i, group) in self.groups.iter().enumerate() {
             if only_group.is_some_and(|g| g != i) {
                 continue;
             }
-            let scope = if abs.is_empty() {
-                Scope::All
-            } else {
-                // A path above a root means the whole root.
-                let mut mine = Vec::new();
-                for p in &abs {
-                    for r in &group.roots {
-                        if r.local.starts_with(p) {
-                            mine.push(r.local.clone());
-                        } else if p.starts_with(&r.local) {
-                            mine.push(p.clone());
-                        }
-                    }
-                }
-                if mine.is_empty() {
-                    continue;
-                }
-                Scope::Paths(mine)
-            };
+            let Some(scope) = scope_of(group, &abs) else { continue };
             let bar = self.bar(None, &format!("scanning {}", group.name));
             let chunks = self.chunk_store(i);
             let store_name = self.chunk_store_name_of(i);
@@ -224,6 +202,7 @@ impl Engine {
             report.groups.push(GroupCheck {
                 group: group.name.clone(),
                 changed,
+                pending: false,
                 generation,
                 root: out.roots.hash().to_hex(),
                 stats: out.stats,
@@ -238,6 +217,57 @@ impl Engine {
 }
 
 impl Engine {
+    /// `paths` made absolute; each must be inside (or above) an include root.
+    fn absolute_inside(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, EngineError> {
+        let abs: Vec<PathBuf> = paths.iter().map(|p| Engine::absolute(p)).collect::<Result<_, _>>()?;
+        for p in &abs {
+            let inside =
+                self.groups.iter().flat_map(|g| &g.roots).any(|r| p.starts_with(&r.local) || r.local.starts_with(p));
+            if !inside {
+                return Err(EngineError::NotFound(format!("{} is not inside any included tree", p.display())));
+            }
+        }
+        Ok(abs)
+    }
+
+    /// Scans every group (or only `paths`) like [`Engine::check`], but
+    /// records nothing (`status`, `sync --dry-run`; SPEC §3): no record,
+    /// version counter, generation or chunk is written and nothing is
+    /// collected. Each group's `pending` says whether its tree on disk
+    /// differs from the recorded one; what differs is not itemized, and a
+    /// reconcile that follows compares the recorded state.
+    pub fn check_read_only(&self, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
+        let abs = self.absolute_inside(paths)?;
+        let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
+        for group in &self.groups {
+            let Some(scope) = scope_of(group, &abs) else { continue };
+            let bar = self.bar(None, &format!("scanning {}", group.name));
+            // No chunk store: the scan reads and hashes, and stores nothing.
+            let scanner = Scanner {
+                group,
+                store: &self.store,
+                chunks: None,
+                host: &self.host,
+                progress: &bar,
+                read_all: false,
+                adopt: None,
+            };
+            let out = scanner.run(&scope)?;
+            bar.finish_and_clear();
+            let pending = self.store.root_set(&group.name)?.as_ref() != Some(&out.roots);
+            report.groups.push(GroupCheck {
+                group: group.name.clone(),
+                changed: false,
+                pending,
+                generation: None,
+                root: out.roots.hash().to_hex(),
+                stats: out.stats,
+            });
+            report.problems.extend(out.problems);
+        }
+        Ok(report)
+    }
+
     /// Stores tombstones `(dir, name, record)` of group `gi` as given, in
     /// one commit: merged versions of deletions both sides agree on, and a
     /// peer's tombstones for paths never seen here. Nothing on disk
@@ -281,6 +311,26 @@ impl Engine {
         batch.commit()?;
         Ok(())
     }
+}
+
+/// What of `group` a check of the absolute paths `abs` scans (all of it
+/// when none are given); `None` when none is in the group. A path above
+/// a root means the whole root.
+fn scope_of(group: &crate::config::ResolvedGroup, abs: &[PathBuf]) -> Option<Scope> {
+    if abs.is_empty() {
+        return Some(Scope::All);
+    }
+    let mut mine = Vec::new();
+    for p in abs {
+        for r in &group.roots {
+            if r.local.starts_with(p) {
+                mine.push(r.local.clone());
+            } else if p.starts_with(&r.local) {
+                mine.push(p.clone());
+            }
+        }
+    }
+    (!mine.is_empty()).then_some(Scope::Paths(mine))
 }
 
 #[cfg(test)]
