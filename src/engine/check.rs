@@ -381,6 +381,62 @@ mod tests {
         assert_eq!(engine.store.version_digest("g").unwrap(), recomputed(&engine));
     }
 
+    /// A read-only check sees local changes and records nothing: no
+    /// record, counter, root, generation or chunk.
+    #[test]
+    fn read_only_check_reports_changes_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let backups = dir.path().join("backups");
+        let src = format!(
+            "group g {{ host h; key {}/key; include {}; backup-directory {}; backup-generations 5; }}",
+            dir.path().display(),
+            tree.display(),
+            backups.display()
+        );
+        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
+        let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::write(tree.join("d/a"), b"one").unwrap();
+        engine.check(&[]).unwrap();
+        let state = |e: &Engine| {
+            let records: Vec<(Vec<u8>, DirRecord)> = e.store.all_dir_records("g").collect::<Result<_, _>>().unwrap();
+            let gens: Vec<u64> = e.store.generations().unwrap().iter().map(|g| g.id).collect();
+            (
+                records,
+                gens,
+                e.store.seq().unwrap(),
+                e.store.root_set("g").unwrap(),
+                e.store.version_digest("g").unwrap(),
+            )
+        };
+        let stored = |dir: &Path| walkdir_count(dir);
+        let before = (state(&engine), stored(&backups));
+        let quiet = engine.check_read_only(&[]).unwrap();
+        assert!(quiet.groups.iter().all(|g| !g.pending && !g.changed && g.generation.is_none()));
+        std::fs::write(tree.join("d/a"), b"one, changed with new bytes").unwrap();
+        std::fs::write(tree.join("d/b"), b"two").unwrap();
+        let seen = engine.check_read_only(&[]).unwrap();
+        assert!(seen.groups.iter().all(|g| g.pending && !g.changed && g.generation.is_none()), "{seen:?}");
+        let paths = engine.check_read_only(&[tree.join("d/b")]).unwrap();
+        assert!(paths.groups[0].pending);
+        assert_eq!((state(&engine), stored(&backups)), before, "a read-only check wrote state or chunks");
+        // A check records what the read-only one saw.
+        let recorded = engine.check(&[]).unwrap();
+        assert!(recorded.groups[0].changed && recorded.groups[0].generation.is_some());
+    }
+
+    /// How many files are under `dir`.
+    fn walkdir_count(dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries
+            .map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() { walkdir_count(&e.path()) } else { 1 }
+            })
+            .sum()
+    }
+
     /// The same entry created on two hosts gets the same version; another
     /// state gets another.
     #[test]
