@@ -294,6 +294,9 @@ pub(super) fn verify(o: &mut String, cli: &Cli, r: &VerifyReport) {
     }
 }
 
+/// How many entries of a long list are printed without `-v`.
+const LIST_CUT: usize = 50;
+
 pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
     if cli.json {
         print_json(o, &serde_json::to_value(r).expect("report serializes"));
@@ -311,6 +314,14 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
                 g.group,
                 g.stats.entries_changed
             );
+            let shown = if cli.verbose > 0 { g.pending_paths.len() } else { g.pending_paths.len().min(LIST_CUT) };
+            for path in &g.pending_paths[..shown] {
+                say!(o, "  local  changed  {}", escape(path));
+            }
+            let more = g.stats.entries_changed.saturating_sub(shown as u64);
+            if more > 0 {
+                say!(o, "  local  ... and {more} more");
+            }
         }
     }
     let done = if dry_run { "to apply" } else { "applied" };

@@ -19,6 +19,10 @@ pub struct GroupCheck {
     /// A read-only check ([`Engine::check_read_only`]): the tree on disk
     /// differs from the recorded one, and nothing was recorded.
     pub pending: bool,
+    /// A read-only check: the logical paths that changed on disk since
+    /// they were recorded (created, changed or deleted), the first
+    /// [`MAX_PENDING_LISTED`]; `stats.entries_changed` counts them all.
+    pub pending_paths: Vec<String>,
     /// The generation recorded, if any.
     pub generation: Option<u64>,
     /// The group's root hash after the check.
@@ -26,6 +30,9 @@ pub struct GroupCheck {
     /// Counters of the scan.
     pub stats: ScanStats,
 }
+
+/// Most changed paths a read-only check lists per group.
+pub const MAX_PENDING_LISTED: usize = 1000;
 
 /// What a check did.
 #[derive(Debug, Serialize)]
@@ -203,6 +210,7 @@ impl Engine {
                 group: group.name.clone(),
                 changed,
                 pending: false,
+                pending_paths: Vec::new(),
                 generation,
                 root: out.roots.hash().to_hex(),
                 stats: out.stats,
@@ -255,10 +263,24 @@ impl Engine {
             let out = scanner.run(&scope)?;
             bar.finish_and_clear();
             let pending = self.store.root_set(&group.name)?.as_ref() != Some(&out.roots);
+            let mut pending_paths = Vec::new();
+            for w in &out.writes.dirs {
+                let Some(encoded) = &w.record else { continue };
+                let new = DirRecord::decode(encoded).expect("a record the scan just encoded decodes");
+                let old = self.store.dir_record(&group.name, &w.dir)?.unwrap_or_default();
+                for (name, rec) in &new.children {
+                    if pending_paths.len() < MAX_PENDING_LISTED && differs_on_disk(old.get(name), rec) {
+                        let logical = crate::store::join_logical(&w.dir, name);
+                        pending_paths.push(String::from_utf8_lossy(&logical).into_owned());
+                    }
+                }
+            }
+            pending_paths.sort();
             report.groups.push(GroupCheck {
                 group: group.name.clone(),
                 changed: false,
                 pending,
+                pending_paths,
                 generation: None,
                 root: out.roots.hash().to_hex(),
                 stats: out.stats,
@@ -311,6 +333,19 @@ impl Engine {
         batch.commit()?;
         Ok(())
     }
+}
+
+/// Whether the scanned record `new` describes another state on disk than
+/// the recorded `old`: created, deleted, or changed in content, type or
+/// metadata. A directory whose only change is below it is not counted
+/// (its entries are).
+fn differs_on_disk(old: Option<&EntryRecord>, new: &EntryRecord) -> bool {
+    let Some(old) = old else { return !new.deleted };
+    if old.deleted || new.deleted {
+        return old.deleted != new.deleted;
+    }
+    let both_dirs = old.body.kind() == crate::tree::Kind::Dir && new.body.kind() == crate::tree::Kind::Dir;
+    old.meta != new.meta || (!both_dirs && old.body != new.body)
 }
 
 /// What of `group` a check of the absolute paths `abs` scans (all of it
@@ -418,6 +453,10 @@ mod tests {
         std::fs::write(tree.join("d/b"), b"two").unwrap();
         let seen = engine.check_read_only(&[]).unwrap();
         assert!(seen.groups.iter().all(|g| g.pending && !g.changed && g.generation.is_none()), "{seen:?}");
+        assert_eq!(
+            seen.groups[0].pending_paths,
+            [format!("{}/d/a", tree.display()), format!("{}/d/b", tree.display())]
+        );
         let paths = engine.check_read_only(&[tree.join("d/b")]).unwrap();
         assert!(paths.groups[0].pending);
         assert_eq!((state(&engine), stored(&backups)), before, "a read-only check wrote state or chunks");

@@ -169,13 +169,17 @@ fn status_and_dry_run_record_nothing_on_either_side() {
     let pending: Vec<&Value> =
         v["check"]["groups"].as_array().unwrap().iter().filter(|g| g["pending"] == true).collect();
     assert_eq!(pending.len(), 1, "{v:#}");
+    assert_eq!(pending[0]["pending_paths"], serde_json::json!(["%tree%/only-a"]), "{v:#}");
     assert!(v["check"]["groups"].as_array().unwrap().iter().all(|g| g["generation"].is_null()), "{v:#}");
     // The same from b, and status in text.
     let (code, v) = c.sync("b", &["--dry-run"]);
     assert_eq!(code, 3, "{v:#}");
     let out = c.run("b", &["status"]);
     assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("local changes not recorded yet"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 local changes not recorded yet"), "{}", out.stdout);
+    for path in ["%tree%/both", "%tree%/only-b"] {
+        assert!(out.stdout.contains(&format!("local  changed  {path}\n")), "{}", out.stdout);
+    }
 
     let after = [state_of(&c, "a"), state_of(&c, "b")];
     for (i, n) in ["a", "b"].iter().enumerate() {
