@@ -189,8 +189,10 @@ pub enum Message {
     Pull {
         /// The group, one the connection was welcomed for.
         group: String,
-        /// Decide but change nothing (`sync --dry-run`): `Pulled` lists
-        /// what the receiver would change.
+        /// Decide but change nothing (`sync --dry-run`, `status`): the
+        /// receiver decides from its recorded state, records nothing (no
+        /// check, conflict, version or generation) and `Pulled` lists what
+        /// it would change.
         dry_run: bool,
     },
     /// Variant 12: answer to `Pull`: the receiver's pull is done.
