@@ -294,6 +294,9 @@ pub(super) fn verify(o: &mut String, cli: &Cli, r: &VerifyReport) {
     }
 }
 
+/// How many entries of a long list are printed without `-v`.
+const LIST_CUT: usize = 50;
+
 pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
     if cli.json {
         print_json(o, &serde_json::to_value(r).expect("report serializes"));
@@ -304,6 +307,22 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
     }
     if let Some(check) = &r.check {
         scan_problems(o, &check.problems);
+        for g in check.groups.iter().filter(|g| g.pending) {
+            say!(
+                o,
+                "{}: {} local changes not recorded yet; the next check or sync records them",
+                g.group,
+                g.stats.entries_changed
+            );
+            let shown = if cli.verbose > 0 { g.pending_paths.len() } else { g.pending_paths.len().min(LIST_CUT) };
+            for path in &g.pending_paths[..shown] {
+                say!(o, "  local  changed  {}", escape(path));
+            }
+            let more = g.stats.entries_changed.saturating_sub(shown as u64);
+            if more > 0 {
+                say!(o, "  local  ... and {more} more");
+            }
+        }
     }
     let done = if dry_run { "to apply" } else { "applied" };
     for p in &r.peers {
@@ -311,7 +330,7 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
             say!(o, "{} with {}: failed: {}", p.group, p.peer, escape(e));
             continue;
         }
-        if p.in_sync && p.pushed.is_empty() {
+        if p.in_sync && p.pushed.is_empty() && p.pushed_problems_total == 0 {
             say!(o, "{} with {}: in sync", p.group, p.peer);
             continue;
         }
@@ -335,8 +354,15 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
         }
         if let Some(pulled) = &p.pulled {
             for problem in &pulled.problems {
-                say!(o, "  not applied: {}", escape(problem));
+                say!(o, "  not applied here: {}", escape(problem));
             }
+        }
+        for problem in &p.pushed_problems {
+            say!(o, "  not applied on {}: {}", p.peer, escape(problem));
+        }
+        let unlisted = p.pushed_problems_total.saturating_sub(p.pushed_problems.len() as u64);
+        if unlisted > 0 {
+            say!(o, "  not applied on {}: ... and {unlisted} more (see its log)", p.peer);
         }
     }
     let conflicts = r.conflicts();

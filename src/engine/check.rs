@@ -16,6 +16,13 @@ pub struct GroupCheck {
     pub group: String,
     /// Whether the group's tree changed.
     pub changed: bool,
+    /// A read-only check ([`Engine::check_read_only`]): the tree on disk
+    /// differs from the recorded one, and nothing was recorded.
+    pub pending: bool,
+    /// A read-only check: the logical paths that changed on disk since
+    /// they were recorded (created, changed or deleted), the first
+    /// [`MAX_PENDING_LISTED`]; `stats.entries_changed` counts them all.
+    pub pending_paths: Vec<String>,
     /// The generation recorded, if any.
     pub generation: Option<u64>,
     /// The group's root hash after the check.
@@ -28,6 +35,9 @@ pub struct GroupCheck {
     #[serde(skip)]
     pub local_changes: Vec<PathBuf>,
 }
+
+/// Most changed paths a read-only check lists per group.
+pub const MAX_PENDING_LISTED: usize = 1000;
 
 /// What a check did.
 #[derive(Debug, Serialize)]
@@ -90,39 +100,14 @@ impl Engine {
         gc: bool,
         adopt: Option<&Adopted>,
     ) -> Result<CheckReport, EngineError> {
-        let abs: Vec<PathBuf> = paths.iter().map(|p| Engine::absolute(p)).collect::<Result<_, _>>()?;
-        for p in &abs {
-            let inside =
-                self.groups.iter().flat_map(|g| &g.roots).any(|r| p.starts_with(&r.local) || r.local.starts_with(p));
-            if !inside {
-                return Err(EngineError::NotFound(format!("{} is not inside any included tree", p.display())));
-            }
-        }
+        let abs = self.absolute_inside(paths)?;
         let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
         let mut any_changed = false;
         for (i, group) in self.groups.iter().enumerate() {
             if only_group.is_some_and(|g| g != i) {
                 continue;
             }
-            let scope = if abs.is_empty() {
-                Scope::All
-            } else {
-                // A path above a root means the whole root.
-                let mut mine = Vec::new();
-                for p in &abs {
-                    for r in &group.roots {
-                        if r.local.starts_with(p) {
-                            mine.push(r.local.clone());
-                        } else if p.starts_with(&r.local) {
-                            mine.push(p.clone());
-                        }
-                    }
-                }
-                if mine.is_empty() {
-                    continue;
-                }
-                Scope::Paths(mine)
-            };
+            let Some(scope) = scope_of(group, &abs) else { continue };
             let bar = self.bar(None, &format!("scanning {}", group.name));
             let chunks = self.chunk_store(i);
             let store_name = self.chunk_store_name_of(i);
@@ -236,6 +221,8 @@ impl Engine {
             report.groups.push(GroupCheck {
                 group: group.name.clone(),
                 changed,
+                pending: false,
+                pending_paths: Vec::new(),
                 generation,
                 root: out.roots.hash().to_hex(),
                 stats: out.stats,
@@ -251,6 +238,73 @@ impl Engine {
 }
 
 impl Engine {
+    /// `paths` made absolute; each must be inside (or above) an include root.
+    fn absolute_inside(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, EngineError> {
+        let abs: Vec<PathBuf> = paths.iter().map(|p| Engine::absolute(p)).collect::<Result<_, _>>()?;
+        for p in &abs {
+            let inside =
+                self.groups.iter().flat_map(|g| &g.roots).any(|r| p.starts_with(&r.local) || r.local.starts_with(p));
+            if !inside {
+                return Err(EngineError::NotFound(format!("{} is not inside any included tree", p.display())));
+            }
+        }
+        Ok(abs)
+    }
+
+    /// Scans every group (or only `paths`) like [`Engine::check`], but
+    /// records nothing (`status`, `sync --dry-run`; SPEC §3): no record,
+    /// version counter, generation or chunk is written and nothing is
+    /// collected. Each group's `pending` says whether its tree on disk
+    /// differs from the recorded one; what differs is not itemized, and a
+    /// reconcile that follows compares the recorded state.
+    pub fn check_read_only(&self, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
+        let abs = self.absolute_inside(paths)?;
+        let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
+        for group in &self.groups {
+            let Some(scope) = scope_of(group, &abs) else { continue };
+            let bar = self.bar(None, &format!("scanning {}", group.name));
+            // No chunk store: the scan reads and hashes, and stores nothing.
+            let scanner = Scanner {
+                group,
+                store: &self.store,
+                chunks: None,
+                host: &self.host,
+                progress: &bar,
+                read_all: false,
+                adopt: None,
+            };
+            let out = scanner.run(&scope)?;
+            bar.finish_and_clear();
+            let pending = self.store.root_set(&group.name)?.as_ref() != Some(&out.roots);
+            let mut pending_paths = Vec::new();
+            for w in &out.writes.dirs {
+                let Some(encoded) = &w.record else { continue };
+                let new = DirRecord::decode(encoded).expect("a record the scan just encoded decodes");
+                let old = self.store.dir_record(&group.name, &w.dir)?.unwrap_or_default();
+                for (name, rec) in &new.children {
+                    if pending_paths.len() < MAX_PENDING_LISTED && differs_on_disk(old.get(name), rec) {
+                        let logical = crate::store::join_logical(&w.dir, name);
+                        pending_paths.push(String::from_utf8_lossy(&logical).into_owned());
+                    }
+                }
+            }
+            pending_paths.sort();
+            report.groups.push(GroupCheck {
+                group: group.name.clone(),
+                changed: false,
+                pending,
+                pending_paths,
+                generation: None,
+                root: out.roots.hash().to_hex(),
+                stats: out.stats,
+                // A read-only check runs no actions: nothing was recorded.
+                local_changes: Vec::new(),
+            });
+            report.problems.extend(out.problems);
+        }
+        Ok(report)
+    }
+
     /// Stores tombstones `(dir, name, record)` of group `gi` as given, in
     /// one commit: merged versions of deletions both sides agree on, and a
     /// peer's tombstones for paths never seen here. Nothing on disk
@@ -294,6 +348,39 @@ impl Engine {
         batch.commit()?;
         Ok(())
     }
+}
+
+/// Whether the scanned record `new` describes another state on disk than
+/// the recorded `old`: created, deleted, or changed in content, type or
+/// metadata. A directory whose only change is below it is not counted
+/// (its entries are).
+fn differs_on_disk(old: Option<&EntryRecord>, new: &EntryRecord) -> bool {
+    let Some(old) = old else { return !new.deleted };
+    if old.deleted || new.deleted {
+        return old.deleted != new.deleted;
+    }
+    let both_dirs = old.body.kind() == crate::tree::Kind::Dir && new.body.kind() == crate::tree::Kind::Dir;
+    old.meta != new.meta || (!both_dirs && old.body != new.body)
+}
+
+/// What of `group` a check of the absolute paths `abs` scans (all of it
+/// when none are given); `None` when none is in the group. A path above
+/// a root means the whole root.
+fn scope_of(group: &crate::config::ResolvedGroup, abs: &[PathBuf]) -> Option<Scope> {
+    if abs.is_empty() {
+        return Some(Scope::All);
+    }
+    let mut mine = Vec::new();
+    for p in abs {
+        for r in &group.roots {
+            if r.local.starts_with(p) {
+                mine.push(r.local.clone());
+            } else if p.starts_with(&r.local) {
+                mine.push(p.clone());
+            }
+        }
+    }
+    (!mine.is_empty()).then_some(Scope::Paths(mine))
 }
 
 #[cfg(test)]
@@ -342,6 +429,66 @@ mod tests {
         let tomb = EntryRecord { deleted: true, ..EntryRecord::tombstone_for_test() };
         engine.patch_tombstones(0, vec![(b"x".to_vec(), b"never-seen".to_vec(), tomb)]).unwrap();
         assert_eq!(engine.store.version_digest("g").unwrap(), recomputed(&engine));
+    }
+
+    /// A read-only check sees local changes and records nothing: no
+    /// record, counter, root, generation or chunk.
+    #[test]
+    fn read_only_check_reports_changes_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let backups = dir.path().join("backups");
+        let src = format!(
+            "group g {{ host h; key {}/key; include {}; backup-directory {}; backup-generations 5; }}",
+            dir.path().display(),
+            tree.display(),
+            backups.display()
+        );
+        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
+        let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::write(tree.join("d/a"), b"one").unwrap();
+        engine.check(&[]).unwrap();
+        let state = |e: &Engine| {
+            let records: Vec<(Vec<u8>, DirRecord)> = e.store.all_dir_records("g").collect::<Result<_, _>>().unwrap();
+            let gens: Vec<u64> = e.store.generations().unwrap().iter().map(|g| g.id).collect();
+            (
+                records,
+                gens,
+                e.store.seq().unwrap(),
+                e.store.root_set("g").unwrap(),
+                e.store.version_digest("g").unwrap(),
+            )
+        };
+        let stored = |dir: &Path| walkdir_count(dir);
+        let before = (state(&engine), stored(&backups));
+        let quiet = engine.check_read_only(&[]).unwrap();
+        assert!(quiet.groups.iter().all(|g| !g.pending && !g.changed && g.generation.is_none()));
+        std::fs::write(tree.join("d/a"), b"one, changed with new bytes").unwrap();
+        std::fs::write(tree.join("d/b"), b"two").unwrap();
+        let seen = engine.check_read_only(&[]).unwrap();
+        assert!(seen.groups.iter().all(|g| g.pending && !g.changed && g.generation.is_none()), "{seen:?}");
+        assert_eq!(
+            seen.groups[0].pending_paths,
+            [format!("{}/d/a", tree.display()), format!("{}/d/b", tree.display())]
+        );
+        let paths = engine.check_read_only(&[tree.join("d/b")]).unwrap();
+        assert!(paths.groups[0].pending);
+        assert_eq!((state(&engine), stored(&backups)), before, "a read-only check wrote state or chunks");
+        // A check records what the read-only one saw.
+        let recorded = engine.check(&[]).unwrap();
+        assert!(recorded.groups[0].changed && recorded.groups[0].generation.is_some());
+    }
+
+    /// How many files are under `dir`.
+    fn walkdir_count(dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries
+            .map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() { walkdir_count(&e.path()) } else { 1 }
+            })
+            .sum()
     }
 
     /// The same entry created on two hosts gets the same version; another

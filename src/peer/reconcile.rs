@@ -102,7 +102,7 @@ pub struct GroupReport {
 impl GroupReport {
     /// The `Pulled` message reporting these changes.
     pub(super) fn pulled(&self) -> Message {
-        Message::pulled(self.wire.iter().cloned())
+        Message::pulled(self.wire.iter().cloned(), &self.problems)
     }
 
     /// Adds what a later reconcile with the same peer did.
@@ -271,17 +271,10 @@ fn note_force(
 
 impl Edits {
     /// Makes the edits (under the writer lock); gives the settling plans
-    /// their versions. A dry run records conflicts only.
-    fn commit(
-        self,
-        engine: &Engine,
-        group: &str,
-        peer: &str,
-        plans: &mut [Plan],
-        dry_run: bool,
-    ) -> Result<(), SyncError> {
+    /// their versions. A dry run makes none.
+    fn commit(self, engine: &Engine, group: &str, peer: &str, plans: &mut [Plan]) -> Result<(), SyncError> {
         let mut batch = engine.store.batch();
-        if !dry_run && !self.settle.is_empty() {
+        if !self.settle.is_empty() {
             // Counters handed out here, under the lock, are never handed
             // out again (a check takes the next ones).
             let base = engine.store.seq()?;
@@ -296,7 +289,7 @@ impl Edits {
         for path in &self.cleared {
             batch.remove_conflict(group, path, peer);
         }
-        if !dry_run && let Some(g) = engine.group_index(group).map(|i| &engine.groups[i]) {
+        if let Some(g) = engine.group_index(group).map(|i| &engine.groups[i]) {
             for (path, seen) in &self.forces {
                 note_force(engine, &mut batch, g, path, peer, seen, plans)?;
             }
@@ -391,7 +384,9 @@ async fn pass(
     let (tree, digest) = roots_summary(node, g)?;
     if (hash, versions) == (tree, digest) {
         report.in_sync = true;
-        clear_conflicts(node, gi, &peer.host).await?;
+        if !dry_run {
+            clear_conflicts(node, gi, &peer.host).await?;
+        }
         return Ok(report);
     }
     let top: Vec<WireEntry> = roots.into_iter().filter_map(|(_, e)| e).collect();
@@ -401,6 +396,11 @@ async fn pass(
     let everywhere = hash == tree;
     let mut walk = Walk::new(node, peer, g, initiated, everywhere);
     walk.run(top.clone()).await?;
+    if dry_run {
+        // Read-only (SPEC §3): the walk decided from the recorded state;
+        // nothing is checked, recorded or applied, conflicts included.
+        return Ok(walk.report);
+    }
     // The local steps, under the writer lock and with no wait on the
     // network while it is held.
     let mut writer = node.writer.lock().await;
@@ -428,11 +428,8 @@ async fn pass(
         }
     }
     let Walk { mut plans, edits, mut report, .. } = walk;
-    tokio::task::block_in_place(|| edits.commit(&node.engine, &g.name, &peer.host, &mut plans, dry_run))?;
+    tokio::task::block_in_place(|| edits.commit(&node.engine, &g.name, &peer.host, &mut plans))?;
     drop(writer);
-    if dry_run {
-        return Ok(report);
-    }
     let applied = Apply::new(node, peer, gi).run(plans, &mut report).await?;
     report.generation = applied;
     Ok(report)

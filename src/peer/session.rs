@@ -65,6 +65,11 @@ pub struct PeerReport {
     pub pushed: Vec<ChangeReport>,
     /// Changes the peer made but left out of its report.
     pub pushed_more: u64,
+    /// What the peer could not apply of what it took from this node (the
+    /// first ones, as the peer reported them: its path and why).
+    pub pushed_problems: Vec<String>,
+    /// How many problems the peer had in all, listed or not.
+    pub pushed_problems_total: u64,
 }
 
 /// The outcome of a `sync` run.
@@ -89,15 +94,23 @@ impl SyncReport {
             .sum()
     }
 
-    /// Whether an exchange or the check failed.
+    /// Whether an exchange or the check failed, or something sent or
+    /// received was not applied, here or on a peer (SPEC §3).
     pub fn failed(&self) -> bool {
         self.check.as_ref().is_some_and(|c| c.has_errors())
-            || self.peers.iter().any(|p| p.error.is_some() || p.pulled.as_ref().is_some_and(|r| !r.problems.is_empty()))
+            || self.peers.iter().any(|p| {
+                p.error.is_some()
+                    || p.pushed_problems_total > 0
+                    || p.pulled.as_ref().is_some_and(|r| !r.problems.is_empty())
+            })
     }
 
-    /// Whether differences remain that a dry run found, or `status` sees.
+    /// Whether differences remain that a dry run found, or `status` sees:
+    /// with a peer, or local changes the check found but (read-only) did
+    /// not record.
     pub fn differences(&self) -> bool {
         self.peers.iter().any(|p| !p.in_sync && p.error.is_none())
+            || self.check.as_ref().is_some_and(|c| c.groups.iter().any(|g| g.pending))
     }
 }
 
@@ -125,6 +138,12 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
     let actions = Arc::new(ActionQueue::default());
     let check = if opts.no_check {
         None
+    } else if opts.dry_run {
+        // Read-only (SPEC §3): scans and reports, records nothing, so it
+        // needs no writer lock.
+        let (paths, n) = (opts.paths.clone(), Arc::clone(&node));
+        let checked = tokio::task::spawn_blocking(move || n.engine.check_read_only(&paths));
+        Some(checked.await.expect("check panicked")?)
     } else {
         let paths = opts.paths.clone();
         Some(node.write_locked(move |n| n.engine.check(&paths)).await?)
@@ -200,6 +219,13 @@ impl PeerReport {
             self.pushed.push(c);
         }
         self.pushed_more += later.pushed_more;
+        // What the peer could not apply in either exchange stays reported.
+        for p in later.pushed_problems {
+            if !self.pushed_problems.contains(&p) {
+                self.pushed_problems.push(p);
+            }
+        }
+        self.pushed_problems_total += later.pushed_problems_total;
         match (&mut self.pulled, later.pulled) {
             (Some(first), Some(second)) => first.absorb(second),
             (first @ None, second) => *first = second,
@@ -233,6 +259,8 @@ async fn sync_peer(
         pulled: None,
         pushed: Vec::new(),
         pushed_more: 0,
+        pushed_problems: Vec::new(),
+        pushed_problems_total: 0,
     };
     if let Err(e) = exchange(&node, gi, &entry, dry_run, actions, &mut report).await {
         tracing::error!("group {}, peer {}: {e}", report.group, report.peer);
@@ -280,8 +308,11 @@ async fn exchange(
         // One round trip when nothing differs.
         if !root_differs(node, &peer, gi).await? {
             report.in_sync = true;
-            // Whatever conflict was recorded with the peer is settled.
-            clear_conflicts(node, gi, &host).await?;
+            // Whatever conflict was recorded with the peer is settled (a
+            // dry run leaves the record as it is).
+            if !dry_run {
+                clear_conflicts(node, gi, &host).await?;
+            }
             return Ok(());
         }
         // First the peer takes what this node has newer: it checks its own
@@ -354,15 +385,22 @@ async fn push(
     let (mut stream, mut reply) = request(host, opener, &msg).await?;
     while reply == Message::Progress {
         reply = proto::read_frame(&mut stream).await.map_err(proto_err)?;
+        reply.validate().map_err(proto_err)?;
         proto::check_reply(&msg, &reply).map_err(proto_err)?;
     }
     match reply {
-        Message::Pulled { changes, more } => {
+        Message::Pulled { changes, more, problems, problems_total } => {
             // A later answer about a path replaces an earlier one.
             let fresh: Vec<ChangeReport> = changes.iter().map(ChangeReport::from_wire).collect();
             report.pushed.retain(|c| !fresh.iter().any(|f| f.path == c.path));
             report.pushed.extend(fresh);
             report.pushed_more = more;
+            // The last answer tells what is still not applied there.
+            for p in &problems {
+                tracing::error!("not applied on {host}: {p}");
+            }
+            report.pushed_problems = problems;
+            report.pushed_problems_total = problems_total;
             Ok(())
         }
         Message::Refused { reason, message } => {

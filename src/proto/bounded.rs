@@ -56,6 +56,7 @@ bounds! {
     Hashes = "GetChunks.files.hashes", MAX_CHUNKS_PER_REQUEST;
     Missing = "ChunksDone.missing", MAX_CHUNKS_PER_REQUEST;
     Changes = "Pulled.changes", MAX_REPORTED_CHANGES;
+    Problems = "Pulled.problems", MAX_REPORTED_PROBLEMS;
     VersionHosts = "entry.version", MAX_VERSION_HOSTS;
 }
 

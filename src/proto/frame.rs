@@ -185,8 +185,10 @@ mod tests {
             Message::Pulled {
                 changes: changes.iter().map(|&(action, path)| Change { action, path: path.to_vec() }).collect(),
                 more: 17,
+                problems: vec!["/srv/www/full: No space left on device (os error 28)".into()],
+                problems_total: 3,
             },
-            Message::Pulled { changes: vec![], more: 0 },
+            Message::Pulled { changes: vec![], more: 0, problems: vec![], problems_total: 0 },
             Message::Refused { reason: Refusal::ReceiveOnly, message: "app2 is receive-only in app".into() },
         ];
         for msg in msgs {

@@ -135,6 +135,17 @@ pub const MAX_VERSION_HOSTS: usize = 1024;
 /// `Message::pulled`).
 pub const MAX_REPORTED_CHANGES: usize = 4096;
 
+/// Most problems listed in one `Pulled` answer: paths the receiver could
+/// not apply, each with the reason (SPEC §3: the initiator says which peer,
+/// path and why). More are counted in `Pulled.problems_total`. 32 problems
+/// of at most [`MAX_PROBLEM_LEN`] bytes take at most 32 KiB, within the
+/// room [`PAGE_BUDGET`] leaves in the frame besides the listed changes.
+pub const MAX_REPORTED_PROBLEMS: usize = 32;
+
+/// Longest text of one problem in `Pulled.problems`, in bytes: the path as
+/// the receiver shows it and why it was not applied. Longer ones are cut.
+pub const MAX_PROBLEM_LEN: usize = 1024;
+
 /// Longest human-readable text (`Error.message`, `Refused.message`), in bytes.
 pub const MAX_TEXT_LEN: usize = 4096;
 

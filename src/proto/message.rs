@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::bounded;
-use super::limits::{MAX_INLINE_CHUNKS, MAX_REPORTED_CHANGES, PAGE_BUDGET};
+use super::limits::{MAX_INLINE_CHUNKS, MAX_PROBLEM_LEN, MAX_REPORTED_CHANGES, MAX_REPORTED_PROBLEMS, PAGE_BUDGET};
 use crate::chunk::ChunkRef;
 use crate::hash::Hash;
 use crate::store::{EntryRecord, Version};
@@ -189,8 +189,10 @@ pub enum Message {
     Pull {
         /// The group, one the connection was welcomed for.
         group: String,
-        /// Decide but change nothing (`sync --dry-run`): `Pulled` lists
-        /// what the receiver would change.
+        /// Decide but change nothing (`sync --dry-run`, `status`): the
+        /// receiver decides from its recorded state, records nothing (no
+        /// check, conflict, version or generation) and `Pulled` lists what
+        /// it would change.
         dry_run: bool,
     },
     /// Variant 12: answer to `Pull`: the receiver's pull is done.
@@ -202,6 +204,15 @@ pub enum Message {
         changes: Vec<Change>,
         /// How many changes were left out of `changes`.
         more: u64,
+        /// What the receiver could not apply (it retries them at its next
+        /// reconcile): each the path as the receiver shows it and why, at
+        /// most [`MAX_REPORTED_PROBLEMS`] of at most [`MAX_PROBLEM_LEN`]
+        /// bytes each. The sender's `sync` fails while any is reported.
+        #[serde(deserialize_with = "bounded::vec::<bounded::Problems, _, _>")]
+        problems: Vec<String>,
+        /// How many problems there were in all, listed or not (at least
+        /// `problems.len()`).
+        problems_total: u64,
     },
     /// Variant 13: answer to `Pull`: the receiver does not pull.
     Refused {
@@ -408,8 +419,12 @@ impl Message {
     /// first ones while there are at most [`MAX_REPORTED_CHANGES`] and
     /// their encoding stays within [`PAGE_BUDGET`] bytes (so the frame fits
     /// [`super::MAX_FRAME`] however long the paths), the rest counted in
-    /// `more`.
-    pub fn pulled(changes: impl IntoIterator<Item = Change>) -> Message {
+    /// `more`; and the first [`MAX_REPORTED_PROBLEMS`] `problems`, each cut
+    /// to [`MAX_PROBLEM_LEN`] bytes, with their total.
+    pub fn pulled<'p>(
+        changes: impl IntoIterator<Item = Change>,
+        problems: impl IntoIterator<Item = &'p String>,
+    ) -> Message {
         let mut listed = Vec::new();
         let mut bytes = 0usize;
         let mut more = 0u64;
@@ -424,7 +439,15 @@ impl Message {
             }
             more += 1;
         }
-        Message::Pulled { changes: listed, more }
+        let mut shown = Vec::new();
+        let mut problems_total = 0u64;
+        for p in problems {
+            problems_total += 1;
+            if shown.len() < MAX_REPORTED_PROBLEMS {
+                shown.push(super::validate::cut_text(p, MAX_PROBLEM_LEN));
+            }
+        }
+        Message::Pulled { changes: listed, more, problems: shown, problems_total }
     }
 }
 
@@ -483,8 +506,11 @@ mod tests {
     fn pulled_lists_what_fits_and_counts_the_rest() {
         let change = |path: Vec<u8>| Change { action: ChangeAction::Update, path };
         let short = |n: usize| (0..n).map(|i| change(format!("/srv/f{i}").into_bytes()));
-        assert_eq!(Message::pulled(short(3)), Message::Pulled { changes: short(3).collect(), more: 0 });
-        let Message::Pulled { changes, more } = Message::pulled(short(MAX_REPORTED_CHANGES + 10)) else {
+        assert_eq!(
+            Message::pulled(short(3), &[]),
+            Message::Pulled { changes: short(3).collect(), more: 0, problems: vec![], problems_total: 0 }
+        );
+        let Message::Pulled { changes, more, .. } = Message::pulled(short(MAX_REPORTED_CHANGES + 10), &[]) else {
             unreachable!()
         };
         assert_eq!((changes.len(), more), (MAX_REPORTED_CHANGES, 10));
@@ -500,8 +526,14 @@ mod tests {
             }
             change(p)
         };
-        let msg = Message::pulled((0..MAX_REPORTED_CHANGES).map(longest));
-        let Message::Pulled { changes, more } = &msg else { unreachable!() };
+        // With as many problems as are listed, each as long as allowed.
+        let problems: Vec<String> =
+            (0..MAX_REPORTED_PROBLEMS + 5).map(|i| format!("{i}{}", "é".repeat(MAX_PROBLEM_LEN))).collect();
+        let msg = Message::pulled((0..MAX_REPORTED_CHANGES).map(longest), &problems);
+        let Message::Pulled { changes, more, problems: listed, problems_total } = &msg else { unreachable!() };
+        assert_eq!((listed.len(), *problems_total), (MAX_REPORTED_PROBLEMS, problems.len() as u64));
+        assert!(listed.iter().all(|p| p.len() <= MAX_PROBLEM_LEN && p.len() > MAX_PROBLEM_LEN - 4));
+        msg.validate().unwrap();
         assert!(changes.len() > 1 && more > &0, "{} listed, {more} more", changes.len());
         assert_eq!(changes.len() as u64 + more, MAX_REPORTED_CHANGES as u64);
         let frame = super::super::encode_frame(&msg);
@@ -531,7 +563,7 @@ mod tests {
         assert_eq!(first(&Message::Hello { protocol: 1, host: "a".into(), groups: vec![] }), 0);
         assert_eq!(first(&Message::ChunksDone { missing: vec![] }), 10);
         assert_eq!(first(&Message::Pull { group: "a".into(), dry_run: false }), 11);
-        assert_eq!(first(&Message::Pulled { changes: vec![], more: 0 }), 12);
+        assert_eq!(first(&Message::Pulled { changes: vec![], more: 0, problems: vec![], problems_total: 0 }), 12);
         assert_eq!(first(&Message::Refused { reason: Refusal::Busy, message: String::new() }), 13);
         assert_eq!(first(&Message::Error { code: ErrorCode::Busy, message: String::new() }), 14);
         assert_eq!(first(&Message::Bye), 15);

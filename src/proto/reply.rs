@@ -215,7 +215,7 @@ mod tests {
         let req = Message::GetRoots { group: "app".into() };
         let err = Message::Error { code: ErrorCode::NotAllowed, message: "not a member".into() };
         assert!(matches!(check_reply(&req, &err), Err(ProtoError::Remote { code: ErrorCode::NotAllowed, .. })));
-        let pulled = Message::Pulled { changes: vec![], more: 0 };
+        let pulled = Message::Pulled { changes: vec![], more: 0, problems: vec![], problems_total: 0 };
         assert!(matches!(check_reply(&req, &pulled), Err(ProtoError::Unexpected { found: "Pulled", .. })));
     }
 
@@ -223,7 +223,7 @@ mod tests {
     fn a_pull_is_answered_by_pulled_refused_or_error() {
         let pull = Message::Pull { group: "app".into(), dry_run: false };
         check_reply(&pull, &Message::Progress).unwrap();
-        check_reply(&pull, &Message::Pulled { changes: vec![], more: 0 }).unwrap();
+        check_reply(&pull, &Message::Pulled { changes: vec![], more: 0, problems: vec![], problems_total: 0 }).unwrap();
         check_reply(&pull, &Message::Refused { reason: Refusal::Busy, message: "shutting down".into() }).unwrap();
         let err = Message::Error { code: ErrorCode::Internal, message: "disk full".into() };
         assert!(matches!(check_reply(&pull, &err), Err(ProtoError::Remote { code: ErrorCode::Internal, .. })));
@@ -236,7 +236,7 @@ mod tests {
             ),
             "{e}"
         );
-        let other = Message::Pulled { changes: vec![], more: 0 };
+        let other = Message::Pulled { changes: vec![], more: 0, problems: vec![], problems_total: 0 };
         assert!(check_reply(&Message::GetRoots { group: "app".into() }, &other).is_err());
         // Progress answers only a Pull.
         assert!(check_reply(&Message::GetRoots { group: "app".into() }, &Message::Progress).is_err());

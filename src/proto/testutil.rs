@@ -202,8 +202,16 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|m| Message::ChunksDone { missing: m.into_iter().collect() })
             .boxed(),
         (arb_word(), any::<bool>()).prop_map(|(group, dry_run)| Message::Pull { group, dry_run }).boxed(),
-        (proptest::collection::vec(arb_change(), 0..8), any::<u64>())
-            .prop_map(|(changes, more)| Message::Pulled { changes, more })
+        (
+            proptest::collection::vec(arb_change(), 0..8),
+            any::<u64>(),
+            proptest::collection::vec(arb_text(), 0..4),
+            any::<u64>()
+        )
+            .prop_map(|(changes, more, problems, extra)| {
+                let problems_total = (problems.len() as u64).saturating_add(extra % 1000);
+                Message::Pulled { changes, more, problems, problems_total }
+            })
             .boxed(),
         (reason, arb_text()).prop_map(|(reason, message)| Message::Refused { reason, message }).boxed(),
         (code, arb_text()).prop_map(|(code, message)| Message::Error { code, message }).boxed(),

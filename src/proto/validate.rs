@@ -159,9 +159,25 @@ impl Message {
                 check_unique_hashes("ChunksDone.missing", missing.iter())
             }
             Message::Pull { group, dry_run: _ } => check_word("group", group, MAX_GROUP_LEN),
-            Message::Pulled { changes, more: _ } => {
+            Message::Pulled { changes, more: _, problems, problems_total } => {
                 check_count("Pulled.changes", changes.len(), MAX_REPORTED_CHANGES)?;
-                changes.iter().try_for_each(|c| check_path("Pulled.changes.path", &c.path))
+                changes.iter().try_for_each(|c| check_path("Pulled.changes.path", &c.path))?;
+                check_count("Pulled.problems", problems.len(), MAX_REPORTED_PROBLEMS)?;
+                if *problems_total < problems.len() as u64 {
+                    let total = problems_total.to_string();
+                    return Err(invalid("Pulled.problems_total", total.as_bytes(), "fewer than the problems listed"));
+                }
+                problems.iter().try_for_each(|p| {
+                    if p.len() > MAX_PROBLEM_LEN {
+                        return Err(ProtoError::TooLong {
+                            field: "Pulled.problems",
+                            value: show(p.as_bytes()),
+                            len: p.len(),
+                            max: MAX_PROBLEM_LEN,
+                        });
+                    }
+                    Ok(())
+                })
             }
             Message::Refused { reason: _, message } => check_text("Refused.message", message),
             Message::Error { code: _, message } => check_text("Error.message", message),
@@ -230,6 +246,15 @@ pub fn check_chunk_list(name: &[u8], size: u64, content: &Hash, chunks: &[ChunkR
 }
 
 /// Cuts `text` to at most [`MAX_TEXT_LEN`] bytes, at a character boundary.
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub(super) fn cut_text(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 pub(super) fn truncate_text(text: &mut String) {
     if text.len() > MAX_TEXT_LEN {
         let mut end = MAX_TEXT_LEN;
@@ -501,7 +526,7 @@ mod tests {
 
     fn pulled(paths: &[&[u8]]) -> Message {
         let changes = paths.iter().map(|p| Change { action: ChangeAction::Update, path: p.to_vec() }).collect();
-        Message::Pulled { changes, more: 0 }
+        Message::Pulled { changes, more: 0, problems: vec![], problems_total: 0 }
     }
 
     #[test]
@@ -851,9 +876,19 @@ mod tests {
     #[test]
     fn pulled_lists_at_most_the_reported_changes() {
         let change = |i: usize| Change { action: ChangeAction::Create, path: format!("/srv/f{i}").into_bytes() };
-        let full = Message::Pulled { changes: (0..MAX_REPORTED_CHANGES).map(change).collect(), more: u64::MAX };
+        let full = Message::Pulled {
+            changes: (0..MAX_REPORTED_CHANGES).map(change).collect(),
+            more: u64::MAX,
+            problems: vec![],
+            problems_total: 0,
+        };
         decoded(&full).unwrap();
-        let over = Message::Pulled { changes: (0..=MAX_REPORTED_CHANGES).map(change).collect(), more: 0 };
+        let over = Message::Pulled {
+            changes: (0..=MAX_REPORTED_CHANGES).map(change).collect(),
+            more: 0,
+            problems: vec![],
+            problems_total: 0,
+        };
         let limit = ProtoError::Limit {
             field: "Pulled.changes",
             count: MAX_REPORTED_CHANGES as u64 + 1,
@@ -863,6 +898,27 @@ mod tests {
         // validation on its own.
         assert_eq!(refused(&over).to_string(), limit.to_string());
         assert_eq!(over.validate().unwrap_err().to_string(), limit.to_string());
+    }
+
+    #[test]
+    fn pulled_problems_are_bounded_in_count_and_length_and_total() {
+        let pulled = |problems: Vec<String>, problems_total: u64| Message::Pulled {
+            changes: vec![],
+            more: 0,
+            problems,
+            problems_total,
+        };
+        let full = pulled((0..MAX_REPORTED_PROBLEMS).map(|_| "x".repeat(MAX_PROBLEM_LEN)).collect(), u64::MAX);
+        decoded(&full).unwrap();
+        let over = pulled((0..=MAX_REPORTED_PROBLEMS).map(|i| i.to_string()).collect(), 1000);
+        assert!(matches!(refused(&over), ProtoError::Limit { field: "Pulled.problems", .. }), "{}", refused(&over));
+        let long = pulled(vec!["x".repeat(MAX_PROBLEM_LEN + 1)], 1);
+        assert!(matches!(long.validate().unwrap_err(), ProtoError::TooLong { field: "Pulled.problems", .. }));
+        let short_total = pulled(vec!["a".into(), "b".into()], 1);
+        assert!(matches!(
+            short_total.validate().unwrap_err(),
+            ProtoError::Invalid { field: "Pulled.problems_total", .. }
+        ));
     }
 
     #[test]

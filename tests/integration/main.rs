@@ -24,5 +24,6 @@ mod sync_include_root;
 mod sync_no_descent;
 mod sync_propagate;
 mod sync_receive_only;
+mod sync_report;
 mod sync_security;
 mod sync_transfer;

@@ -204,7 +204,9 @@ async fn answer(mut stream: Stream, owner: Owner, mode: Arc<AtomicU8>, events: m
             Message::Welcome { protocol: proto::PROTOCOL_VERSION, host: "b".into(), groups }
         }
         Message::GetRoots { .. } => roots(owner),
-        Message::Pull { .. } => Message::Pulled { changes: Vec::new(), more: 0 },
+        Message::Pull { .. } => {
+            Message::Pulled { changes: Vec::new(), more: 0, problems: Vec::new(), problems_total: 0 }
+        }
         Message::GetDir { group, path, after } => {
             let _ = events.send("GetDir".into());
             match mode.load(Ordering::SeqCst) {

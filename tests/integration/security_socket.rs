@@ -337,9 +337,11 @@ fn text_output_escapes_control_characters_in_names() {
     assert_no_raw_controls("status", &out.stdout);
     assert_no_raw_controls("status (stderr)", &out.stderr);
     assert!(out.stdout.contains("one more\\x07"), "{}", out.stdout);
+    // status records nothing (SPEC §3): the new file is listed as a
+    // local change not recorded yet.
     let (_, v) = c.json("a", &["status"]);
-    let pushed = v["peers"][0]["pushed"].as_array().unwrap();
-    assert!(pushed.iter().any(|p| p["path"].as_str().unwrap().ends_with("one more\x07")), "{v:#}");
+    let pending = v["check"]["groups"][0]["pending_paths"].as_array().unwrap();
+    assert!(pending.iter().any(|p| p.as_str().unwrap().ends_with("one more\x07")), "{v:#}");
 
     // `other` went across in the conflicting sync; both nodes print it escaped.
     let out = c.run("b", &["ls"]);
