@@ -382,6 +382,9 @@ struct Walk<'a> {
     report: GroupReport,
     /// Estimated bytes held in plans, edits and the queue of directories.
     held: usize,
+    /// Directories the peer's state replaces, or deletes, by a settled
+    /// conflict: everything below them goes (see [`Walk::visit`]).
+    doomed: std::collections::HashSet<Vec<u8>>,
 }
 
 /// The peer's listing of one directory, fetched a page at a time as the
@@ -453,8 +456,10 @@ fn queued_footprint(dir: &[u8]) -> usize {
 /// Whether to descend into a differing pair once it is decided: live
 /// directories on both sides with different trees; a directory this node
 /// takes from the peer (its children come with it); a directory the peer
-/// deleted and this node deletes too (its children are decided one by one,
-/// so a child changed here since is a conflict, not a silent loss); with
+/// deleted, or replaced by a file or symlink, that this node deletes or
+/// replaces too (its children are decided one by one against the peer's
+/// tombstones below it, so a child changed here since is a conflict, not a
+/// silent loss, and the directory is emptied before its place is taken); with
 /// `everywhere`, also live directories with equal trees and directories
 /// deleted on both sides (versions to merge hide below them).
 fn descend(
@@ -473,8 +478,7 @@ fn descend(
         return true;
     }
     match taken {
-        Some(t) if !t.deleted => live_dir(Some(t)),
-        Some(_) => live_dir(local),
+        Some(t) => live_dir(Some(t)) || live_dir(local),
         None => false,
     }
 }
@@ -491,6 +495,7 @@ impl<'a> Walk<'a> {
             edits: Edits::default(),
             report: GroupReport::default(),
             held: 0,
+            doomed: Default::default(),
         }
     }
 
@@ -586,6 +591,32 @@ impl<'a> Walk<'a> {
             Class::Ancestor if r.is_some_and(|r| !r.deleted && r.body.kind() != Kind::Dir) => return Ok(false),
             _ => {}
         }
+        // Below a directory whose conflict with this peer was settled for
+        // the peer's file, symlink or deletion, every live entry goes,
+        // entries the peer never saw included: the conflict was about the
+        // directory with what it held, and the side that won had none of
+        // it. (Without a conflict, such an entry is newer than the peer's
+        // change and keeps the directory; see the apply.)
+        if self.doomed.contains(dir)
+            && let Some(l) = l.filter(|l| !l.deleted)
+        {
+            let rv = r.map(|x| x.version.clone()).unwrap_or_default();
+            // Stored under a version above both sides', its counter handed
+            // out with the edits.
+            self.charge(size_of::<(usize, Version, Version)>() + record_heap(l))?;
+            self.edits.settle.push((self.plans.len(), l.version.clone(), rv));
+            self.take(logical, local, Some(l), absent_like(l), ChangeAction::Delete)?;
+            if !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
+                self.charge(size_of::<Vec<u8>>() + logical.len())?;
+                self.edits.cleared.push(logical.to_vec());
+            }
+            let go_down = l.body.kind() == Kind::Dir;
+            if go_down {
+                self.charge(size_of::<Vec<u8>>() + logical.len())?;
+                self.doomed.insert(logical.to_vec());
+            }
+            return Ok(go_down);
+        }
         let forced = self.node.engine.store.is_forced(&g.name, logical)?;
         let decision = if g.local.receive_only {
             decide_receive_only(Side::new(l), Side::new(r), &self.node.engine.host)
@@ -659,6 +690,20 @@ impl<'a> Walk<'a> {
             _ => None,
         };
         let go_down = descend(l, r, taken, self.everywhere);
+        let replaces_dir = l.is_some_and(|l| !l.deleted && l.body.kind() == Kind::Dir)
+            && taken.is_some_and(|t| t.deleted || t.body.kind() != Kind::Dir);
+        if replaces_dir
+            && self
+                .node
+                .engine
+                .store
+                .conflicts_of(&g.name, logical)?
+                .iter()
+                .any(|c| c.path == logical && c.peer == self.peer.host)
+        {
+            self.charge(size_of::<Vec<u8>>() + logical.len())?;
+            self.doomed.insert(logical.to_vec());
+        }
         if conflict_cleared && !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
             self.charge(size_of::<Vec<u8>>() + logical.len())?;
             self.edits.cleared.push(logical.to_vec());

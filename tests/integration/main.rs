@@ -24,3 +24,4 @@ mod sync_propagate;
 mod sync_receive_only;
 mod sync_security;
 mod sync_transfer;
+mod sync_type_change;
