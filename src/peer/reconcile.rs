@@ -188,10 +188,15 @@ impl Plan {
     }
 }
 
+/// About how many bytes a version vector holds on the heap.
+fn version_heap(v: &Version) -> usize {
+    v.0.iter().map(|(host, _)| size_of::<(String, u64)>() + host.len()).sum()
+}
+
 /// About how many bytes a record holds on the heap: its chunk list,
 /// version vector and link target.
 fn record_heap(r: &EntryRecord) -> usize {
-    let version: usize = r.version.0.iter().map(|(host, _)| size_of::<(String, u64)>() + host.len()).sum();
+    let version = version_heap(&r.version);
     let target = match &r.body {
         Body::Symlink { target } => target.len(),
         _ => 0,
@@ -382,9 +387,10 @@ struct Walk<'a> {
     report: GroupReport,
     /// Estimated bytes held in plans, edits and the queue of directories.
     held: usize,
-    /// Directories the peer's state replaces, or deletes, by a settled
-    /// conflict: everything below them goes (see [`Walk::visit`]).
-    doomed: std::collections::HashSet<Vec<u8>>,
+    /// Directories that lose a settled type-change conflict, on either
+    /// side, with the version every entry below them is deleted under
+    /// (see [`Walk::visit`]).
+    doomed: std::collections::HashMap<Vec<u8>, Version>,
 }
 
 /// The peer's listing of one directory, fetched a page at a time as the
@@ -591,29 +597,40 @@ impl<'a> Walk<'a> {
             Class::Ancestor if r.is_some_and(|r| !r.deleted && r.body.kind() != Kind::Dir) => return Ok(false),
             _ => {}
         }
-        // Below a directory whose conflict with this peer was settled for
-        // the peer's file, symlink or deletion, every live entry goes,
-        // entries the peer never saw included: the conflict was about the
-        // directory with what it held, and the side that won had none of
-        // it. (Without a conflict, such an entry is newer than the peer's
-        // change and keeps the directory; see the apply.)
-        if self.doomed.contains(dir)
-            && let Some(l) = l.filter(|l| !l.deleted)
+        // Below a directory that lost a type-change conflict with this
+        // peer (settled for a file, symlink or deletion), every entry goes,
+        // entries one side never saw included: the conflict was about the
+        // directory with what it held. Both hosts store the same tombstone
+        // version for each, computed from what both know (the entry's
+        // versions and the conflict's two sides), so their records agree.
+        // (Without a conflict, an entry the peer never saw is newer than
+        // the peer's change and keeps the directory; see the apply.)
+        if let Some(base) = self.doomed.get(dir).cloned()
+            && (l.is_some_and(|l| !l.deleted) || r.is_some_and(|r| !r.deleted))
         {
+            let lv = l.map(|x| x.version.clone()).unwrap_or_default();
             let rv = r.map(|x| x.version.clone()).unwrap_or_default();
-            // Stored under a version above both sides', its counter handed
-            // out with the edits.
-            self.charge(size_of::<(usize, Version, Version)>() + record_heap(l))?;
-            self.edits.settle.push((self.plans.len(), l.version.clone(), rv));
-            self.take(logical, local, Some(l), absent_like(l), ChangeAction::Delete)?;
+            let version = merged_version(&merged_version(&lv, &rv), &base);
+            let is_dir = |x: Option<&EntryRecord>| x.is_some_and(|x| !x.deleted && x.body.kind() == Kind::Dir);
+            let go_down = is_dir(l) || is_dir(r);
+            match l.filter(|l| !l.deleted) {
+                Some(l) => {
+                    let gone = EntryRecord { version, ..absent_like(l) };
+                    self.take(logical, local, Some(l), gone, ChangeAction::Delete)?;
+                }
+                None => {
+                    let r = r.expect("one side is live");
+                    let gone = EntryRecord { version, ..absent_like(r) };
+                    self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record: gone })?;
+                }
+            }
             if !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
                 self.charge(size_of::<Vec<u8>>() + logical.len())?;
                 self.edits.cleared.push(logical.to_vec());
             }
-            let go_down = l.body.kind() == Kind::Dir;
             if go_down {
-                self.charge(size_of::<Vec<u8>>() + logical.len())?;
-                self.doomed.insert(logical.to_vec());
+                self.charge(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
+                self.doomed.insert(logical.to_vec(), base);
             }
             return Ok(go_down);
         }
@@ -690,19 +707,26 @@ impl<'a> Walk<'a> {
             _ => None,
         };
         let go_down = descend(l, r, taken, self.everywhere);
-        let replaces_dir = l.is_some_and(|l| !l.deleted && l.body.kind() == Kind::Dir)
-            && taken.is_some_and(|t| t.deleted || t.body.kind() != Kind::Dir);
-        if replaces_dir
-            && self
-                .node
-                .engine
-                .store
-                .conflicts_of(&g.name, logical)?
-                .iter()
-                .any(|c| c.path == logical && c.peer == self.peer.host)
+        // A directory that loses a settled type-change conflict: here (the
+        // peer's file, symlink or deletion is taken), or there (this side
+        // keeps its file or symlink; the peer's directory is listed so
+        // that this side stores the same tombstones the peer will).
+        let live_dir = |x: Option<&EntryRecord>| x.is_some_and(|x| !x.deleted && x.body.kind() == Kind::Dir);
+        let loses_here = live_dir(l) && taken.is_some_and(|t| t.deleted || t.body.kind() != Kind::Dir);
+        let loses_there = live_dir(r) && !live_dir(l) && taken.is_none() && !self.g.local.receive_only;
+        let mut go_down = go_down;
+        if (loses_here || loses_there)
+            && let Some(c) =
+                self.node.engine.store.conflicts_of(&g.name, logical)?.into_iter().find(|c| {
+                    c.path == logical && c.peer == self.peer.host && c.kind == ConflictKind::TypeChange.as_str()
+                })
+            && (loses_here || !decision.is_conflict())
         {
-            self.charge(size_of::<Vec<u8>>() + logical.len())?;
-            self.doomed.insert(logical.to_vec());
+            let version = |x: &Option<EntryRecord>| x.as_ref().map(|x| x.version.clone()).unwrap_or_default();
+            let base = merged_version(&version(&c.local), &version(&c.remote));
+            self.charge(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
+            self.doomed.insert(logical.to_vec(), base);
+            go_down = true;
         }
         if conflict_cleared && !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
             self.charge(size_of::<Vec<u8>>() + logical.len())?;
