@@ -778,6 +778,39 @@ mod tests {
     }
 
     #[test]
+    fn dir_entries_are_made_listed_and_removed_without_following_links() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("outside")).unwrap();
+        fs::write(d.path().join("outside/keep"), b"keep").unwrap();
+        fs::create_dir(d.path().join("root")).unwrap();
+        let root = Dir::open(&d.path().join("root")).unwrap();
+        let name = OsStr::new;
+        assert_eq!(root.entry_type(name("sub")).unwrap(), None);
+        root.make_dir(name("sub")).unwrap();
+        assert_eq!(root.entry_type(name("sub")).unwrap(), Some(EntryType::Dir));
+        assert_eq!(fs::metadata(d.path().join("root/sub")).unwrap().mode() & 0o777, 0o700);
+        fs::write(d.path().join("root/sub/f"), b"f").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), d.path().join("root/link")).unwrap();
+        assert_eq!(root.entry_type(name("link")).unwrap(), Some(EntryType::Symlink));
+        assert!(root.open_dir(name("link")).is_err(), "a link is not opened as a directory");
+        let mut names = root.names().unwrap();
+        names.sort();
+        assert_eq!(names, vec![OsString::from("link"), OsString::from("sub")]);
+        // Twice: the listing starts from the beginning every time.
+        assert_eq!(root.names().unwrap().len(), 2);
+        let e = root.remove(name("sub")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+        let sub = root.open_dir(name("sub")).unwrap();
+        assert!(sub.remove(name("f")).unwrap());
+        assert!(!sub.remove(name("f")).unwrap(), "nothing there any more");
+        assert!(root.remove(name("sub")).unwrap());
+        // The link goes, never what it points to.
+        assert!(root.remove(name("link")).unwrap());
+        assert_eq!(fs::read(d.path().join("outside/keep")).unwrap(), b"keep");
+        assert!(root.names().unwrap().is_empty());
+    }
+
+    #[test]
     fn open_beneath_follows_no_symlink() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(d.path().join("root/a/b")).unwrap();

@@ -917,6 +917,24 @@ mod tests {
         Plan::Take(Take { logical, local, old: None, new: file_record(chunks, 2), action: ChangeAction::Create })
     }
 
+    /// A directory replaced by the peer's file or symlink is descended
+    /// into, so its entries are decided (and deleted) one by one.
+    #[test]
+    fn descend_into_a_directory_the_peer_replaced() {
+        let dir = EntryRecord { body: Body::Dir { tree: Hash::of(b"t") }, ..file_record(0, 1) };
+        let file = file_record(1, 2);
+        let link = EntryRecord { body: Body::Symlink { target: b"x".to_vec() }, ..file_record(0, 2) };
+        let gone = absent_like(&dir);
+        for taken in [&file, &link, &gone] {
+            assert!(descend(Some(&dir), Some(taken), Some(taken), false));
+        }
+        // A file taken over a file, or nothing taken, stays flat.
+        assert!(!descend(Some(&file), Some(&link), Some(&link), false));
+        assert!(!descend(Some(&dir), Some(&file), None, false));
+        // A directory taken over a file: its entries come with it.
+        assert!(descend(Some(&file), Some(&dir), Some(&dir), false));
+    }
+
     #[test]
     fn a_first_sync_of_about_a_million_typical_files_fits_the_plan_budget() {
         // An asset of a few hundred KiB: a handful of chunks, two hosts in
