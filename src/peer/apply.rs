@@ -18,14 +18,23 @@
 //!    directories and links (parents before children), files (each built
 //!    in a fresh temporary from local chunks, given its metadata through
 //!    its descriptor, renamed into place and checked to be the file
-//!    built), deletions (children before parents), and one scan of the
-//!    touched paths that records it all under the peer's versions, as one
-//!    commit with a generation (cause `from PEER`).
+//!    built), deletions (children before parents), then the files and
+//!    links that replace a directory (a type change: built before the
+//!    deletions, so they can take chunks from the files deleted; placed
+//!    once the emptied directory is removed), and one scan of the touched
+//!    paths that records it all under the peer's versions, as one commit
+//!    with a generation (cause `from PEER`). Every change to the tree goes
+//!    through [`crate::disk`], relative to a directory descriptor opened
+//!    from the include root without following a symlink. A directory the
+//!    deletions could not empty stays: with entries the group keeps (newer
+//!    than the peer's change) that is the outcome, not a problem, for a
+//!    deletion, and a type-change conflict for a replacement.
 //!
 //! Files are taken in batches of at most [`BATCH_CHUNKS`] chunk references,
 //! so the chunk lists held at once stay bounded however many files a peer
 //! sends; directories and links go with the first batch, deletions and
-//! version-only changes with the last. Nothing is replaced or deleted
+//! version-only changes with the last (or with the first batch holding a
+//! file that replaces a directory; such files come last). Nothing is replaced or deleted
 //! unless the path still is what the local record says: a local change not
 //! recorded yet is never overwritten; the path is reported and left for the
 //! next run, whose check records the local change (and then sees the
@@ -741,12 +750,16 @@ impl<'a> Apply<'a> {
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
                 let held = self.held_entries(dir, name, &t.logical);
                 let what = if t.new.body.kind() == Kind::Symlink { "symlink" } else { "file" };
+                let why = if held.untracked.is_empty() {
+                    format!("{} the peer has not seen", held.describe())
+                } else {
+                    format!("{} this group does not track (excluded or new)", held.describe_untracked())
+                };
                 self.problem(
                     &t.local,
                     format!(
-                        "not replaced by the peer's {what}: the directory holds {} the peer has not seen; it is \
-                         kept as a type-change conflict (settle it with `snapsync force`)",
-                        held.describe()
+                        "not replaced by the peer's {what}: the directory holds {why}; it is kept as a type-change \
+                         conflict (settle it with `snapsync force`)"
                     ),
                 );
                 if let Some(old) = t.old.as_ref().filter(|o| !o.deleted) {
