@@ -173,6 +173,29 @@ fn directory_replaced_while_a_file_was_added_to_it_is_a_conflict() {
     assert_status_clean(&c, "a");
 }
 
+/// SPEC §4.11 with §4.16: a directory replaced by a file on one host
+/// while another keeps an excluded file in it: the excluded file is never
+/// deleted, so the directory stays there; the run says why and both hosts
+/// hold a type-change conflict (exit 3) instead of "in sync".
+#[test]
+fn directory_replaced_while_holding_an_excluded_file_keeps_it_and_says_so() {
+    let mut c = Cluster::with(crate::cluster::Setup::nodes(2).extra("exclude *.log;"));
+    c.start_all();
+    write(&c.path("a", "d/x.txt"), b"x");
+    c.sync_ok("a");
+    write(&c.path("b", "d/local.log"), b"never synced");
+    std::fs::remove_dir_all(c.path("a", "d")).unwrap();
+    write(&c.path("a", "d"), b"now a file");
+    let (code, v) = c.sync("a", &[]);
+    assert_eq!(code, 3, "{v:#}");
+    assert_eq!(std::fs::read(c.path("b", "d/local.log")).unwrap(), b"never synced");
+    assert!(!c.path("b", "d/x.txt").exists(), "what the peer deleted went");
+    assert!(c.log("b").contains("does not track"), "b says why: {}", c.log("b"));
+    let (code, _) = c.sync("b", &[]);
+    assert_eq!(code, 3, "still a conflict, from either side");
+    assert!(temporaries(&c, "b").is_empty());
+}
+
 /// Regression (issue 8, item 9): a directory deleted here while a file
 /// was added to it there ends right (the new file survives), and the run
 /// says so: exit 0, no "holds entries this group does not track".
