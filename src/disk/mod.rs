@@ -65,6 +65,19 @@ pub enum PlaceError {
     },
 }
 
+/// What kind of entry a name leads to (its symlink not followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryType {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else (a fifo, a socket, a device).
+    Other,
+}
+
 /// An open directory: files are created, renamed and checked relative to
 /// it, so a directory swapped for a symlink after it was opened changes
 /// nothing.
@@ -240,6 +253,111 @@ impl Dir {
         let c = cstr(name)?;
         // SAFETY: as in `stat_at`.
         check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) })
+    }
+
+    /// What `name` in the directory is, its symlink not followed; `None`
+    /// when nothing is there.
+    pub fn entry_type(&self, name: &OsStr) -> io::Result<Option<EntryType>> {
+        match self.stat_at(name) {
+            Ok(st) => Ok(Some(match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => EntryType::Dir,
+                libc::S_IFLNK => EntryType::Symlink,
+                libc::S_IFREG => EntryType::File,
+                _ => EntryType::Other,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates directory `name` with mode 0700 (the caller gives it its
+    /// mode through [`Dir::open_dir`] once it is known to be the one made).
+    pub fn make_dir(&self, name: &OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: as in `stat_at`.
+        check(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) })
+    }
+
+    /// Opens subdirectory `name`; a symlink in its place is refused.
+    pub fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        let c = cstr(name)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: `c` is NUL-terminated; the descriptor returned is owned
+        // by the new `Dir`.
+        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: self.path.join(name) })
+    }
+
+    /// Removes `name`: a file or symlink is unlinked (a symlink itself,
+    /// never its target), a directory removed if empty (`ENOTEMPTY`
+    /// otherwise). Returns false when nothing was there.
+    pub fn remove(&self, name: &OsStr) -> io::Result<bool> {
+        let flags = match self.entry_type(name)? {
+            None => return Ok(false),
+            Some(EntryType::Dir) => libc::AT_REMOVEDIR,
+            Some(_) => 0,
+        };
+        let c = cstr(name)?;
+        // SAFETY: as in `stat_at`.
+        match check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), flags) }) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The names in the directory (`.` and `..` left out), read through
+    /// its descriptor.
+    pub fn names(&self) -> io::Result<Vec<OsString>> {
+        // Reads a duplicate of the descriptor (`fdopendir` takes it over
+        // and `closedir` closes it), from the start.
+        let fd = self.fd.try_clone()?;
+        // SAFETY: lseek only moves the offset of the open descriptor.
+        if unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        // SAFETY: `raw` is an open directory descriptor we own; on success
+        // the stream owns it.
+        let stream = unsafe { libc::fdopendir(raw) };
+        if stream.is_null() {
+            let e = io::Error::last_os_error();
+            // SAFETY: `raw` is still ours when fdopendir fails.
+            unsafe { libc::close(raw) };
+            return Err(e);
+        }
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: errno is this thread's; `stream` is a valid open
+            // directory stream. readdir returns NULL at the end (errno
+            // untouched) and on an error (errno set).
+            let ent = unsafe {
+                *libc::__errno_location() = 0;
+                libc::readdir(stream)
+            };
+            if ent.is_null() {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error().is_some_and(|n| n != 0) {
+                    // SAFETY: `stream` is valid and closed once.
+                    unsafe { libc::closedir(stream) };
+                    return Err(e);
+                }
+                break;
+            }
+            // SAFETY: `d_name` is a NUL-terminated string inside `*ent`,
+            // valid until the next readdir on `stream`.
+            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsStr::from_bytes(name).to_owned());
+            }
+        }
+        // SAFETY: `stream` is valid and closed once.
+        unsafe { libc::closedir(stream) };
+        Ok(names)
     }
 
     /// Creates a fresh temporary file in the directory (recorded in
@@ -657,6 +775,39 @@ mod tests {
         assert!(!s.has(&content, &h));
         let mode = fs::metadata(d.path().join("incoming")).unwrap().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn dir_entries_are_made_listed_and_removed_without_following_links() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("outside")).unwrap();
+        fs::write(d.path().join("outside/keep"), b"keep").unwrap();
+        fs::create_dir(d.path().join("root")).unwrap();
+        let root = Dir::open(&d.path().join("root")).unwrap();
+        let name = OsStr::new;
+        assert_eq!(root.entry_type(name("sub")).unwrap(), None);
+        root.make_dir(name("sub")).unwrap();
+        assert_eq!(root.entry_type(name("sub")).unwrap(), Some(EntryType::Dir));
+        assert_eq!(fs::metadata(d.path().join("root/sub")).unwrap().mode() & 0o777, 0o700);
+        fs::write(d.path().join("root/sub/f"), b"f").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), d.path().join("root/link")).unwrap();
+        assert_eq!(root.entry_type(name("link")).unwrap(), Some(EntryType::Symlink));
+        assert!(root.open_dir(name("link")).is_err(), "a link is not opened as a directory");
+        let mut names = root.names().unwrap();
+        names.sort();
+        assert_eq!(names, vec![OsString::from("link"), OsString::from("sub")]);
+        // Twice: the listing starts from the beginning every time.
+        assert_eq!(root.names().unwrap().len(), 2);
+        let e = root.remove(name("sub")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+        let sub = root.open_dir(name("sub")).unwrap();
+        assert!(sub.remove(name("f")).unwrap());
+        assert!(!sub.remove(name("f")).unwrap(), "nothing there any more");
+        assert!(root.remove(name("sub")).unwrap());
+        // The link goes, never what it points to.
+        assert!(root.remove(name("link")).unwrap());
+        assert_eq!(fs::read(d.path().join("outside/keep")).unwrap(), b"keep");
+        assert!(root.names().unwrap().is_empty());
     }
 
     #[test]

@@ -18,24 +18,34 @@
 //!    directories and links (parents before children), files (each built
 //!    in a fresh temporary from local chunks, given its metadata through
 //!    its descriptor, renamed into place and checked to be the file
-//!    built), deletions (children before parents), and one scan of the
-//!    touched paths that records it all under the peer's versions, as one
-//!    commit with a generation (cause `from PEER`).
+//!    built), deletions (children before parents), then the files and
+//!    links that replace a directory (a type change: built before the
+//!    deletions, so they can take chunks from the files deleted; placed
+//!    once the emptied directory is removed), and one scan of the touched
+//!    paths that records it all under the peer's versions, as one commit
+//!    with a generation (cause `from PEER`). Every change to the tree goes
+//!    through [`crate::disk`], relative to a directory descriptor opened
+//!    from the include root without following a symlink. A directory the
+//!    deletions could not empty stays: with entries the group keeps (newer
+//!    than the peer's change) that is the outcome, not a problem, for a
+//!    deletion, and a type-change conflict for a replacement.
 //!
 //! Files are taken in batches of at most [`BATCH_CHUNKS`] chunk references,
 //! so the chunk lists held at once stay bounded however many files a peer
 //! sends; directories and links go with the first batch, deletions and
-//! version-only changes with the last. Nothing is replaced or deleted
+//! version-only changes with the last (or with the first batch holding a
+//! file that replaces a directory; such files come last). Nothing is replaced or deleted
 //! unless the path still is what the local record says: a local change not
 //! recorded yet is never overwritten; the path is reported and left for the
 //! next run, whose check records the local change (and then sees the
 //! conflict, if there is one).
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -45,7 +55,7 @@ use super::session::request;
 use super::{Node, Stats, SyncError};
 use crate::chunk::ChunkRef;
 use crate::config::ResolvedGroup;
-use crate::disk::{Dir, Journal, STAGING_MAX_AGE, Staging, apply_meta};
+use crate::disk::{Dir, EntryType, Journal, STAGING_MAX_AGE, Staging, apply_meta};
 use crate::engine::EngineError;
 use crate::hash::Hash;
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
@@ -91,10 +101,14 @@ struct FileJob {
     chunks: Vec<ChunkRef>,
 }
 
-/// What only the last batch applies.
+/// What only the last batch applies (or the first batch holding a file
+/// that replaces a directory: the directory's contents go first).
 #[derive(Default)]
 struct Rest {
     deletions: Vec<Take>,
+    /// Symlinks that replace a directory: placed once its contents are
+    /// deleted.
+    replacing: Vec<Take>,
     reversions: Vec<(Vec<u8>, PathBuf, EntryRecord)>,
     patches: Vec<(Vec<u8>, Vec<u8>, EntryRecord)>,
 }
@@ -138,6 +152,11 @@ impl<'a> Apply<'a> {
         self.problems.push(p);
     }
 
+    /// Whether `logical` is one of the group's include roots.
+    fn is_include_root(&self, logical: &[u8]) -> bool {
+        self.g.roots.iter().any(|r| r.logical.as_bytes() == logical)
+    }
+
     fn audit(&mut self, action: ChangeAction, path: &Path) {
         crate::audit::applied(&self.node.engine.host, &self.peer.host, action.as_str(), path);
         self.changed.push(path.to_path_buf());
@@ -169,12 +188,28 @@ impl<'a> Apply<'a> {
                 Plan::Patch { dir, name, record } => rest.patches.push((dir, name, record)),
                 Plan::Reversion { logical, local, record } => rest.reversions.push((logical, local, record)),
                 Plan::Take(t) if t.new.deleted => rest.deletions.push(t),
+                // SPEC §4.18: an include root is a directory on every host;
+                // a peer's symlink or file there is never taken.
+                Plan::Take(t) if self.is_include_root(&t.logical) && t.new.body.kind() != Kind::Dir => {
+                    let what = if t.new.body.kind() == Kind::Symlink { "a symlink" } else { "a file" };
+                    self.problem(
+                        &t.local,
+                        format!(
+                            "refused: the peer has {what} at this include root; an include root is always a \
+                             directory (the peer's operator must make the configured path the tree itself)"
+                        ),
+                    );
+                }
                 Plan::Take(t) => match t.new.body.kind() {
                     Kind::File => files.push(t),
+                    Kind::Symlink if replaces_dir(&t) => rest.replacing.push(t),
                     Kind::Dir | Kind::Symlink => others.push(t),
                 },
             }
         }
+        // Files that replace a directory come last: the batch that holds
+        // the first of them also deletes what the directories held.
+        files.sort_by_key(replaces_dir);
         let mut files = files.into_iter();
         let mut others = Some(others);
         let mut rest = Some(rest);
@@ -204,8 +239,9 @@ impl<'a> Apply<'a> {
             if !batch.is_empty() {
                 self.fetch_missing(&batch, &staging, report).await?;
             }
+            let now = last || batch.iter().any(|j| replaces_dir(&j.take));
             let this = self
-                .local_phase(others.take(), batch, if last { rest.take() } else { None }, &staging, &journal, report)
+                .local_phase(others.take(), batch, if now { rest.take() } else { None }, &staging, &journal, report)
                 .await?;
             generation = this.or(generation);
             if last {
@@ -239,28 +275,38 @@ impl<'a> Apply<'a> {
             for t in others.into_iter().flatten() {
                 self.apply_other(t);
             }
-            if !batch.is_empty() {
-                self.place_files(batch, staging, journal);
-            }
-            let mut patches = Vec::new();
-            if let Some(rest) = rest {
-                for t in rest.deletions.into_iter().rev() {
-                    self.delete(t);
-                }
-                for (logical, local, record) in rest.reversions {
-                    match self.still_planned(&logical, &record) {
-                        Ok(()) => self.adopt(logical, local, record),
-                        Err(why) => self.refuse(&local, &logical, &record.version, why),
+            let mut reversions = Vec::new();
+            let mut patches_planned = Vec::new();
+            // Files are placed, then what was deleted goes (renamed files
+            // take their chunks from the old copies first), then files and
+            // symlinks that replace a directory, built before the
+            // deletions, take the emptied directory's place.
+            self.place_files(batch, staging, journal, |this| {
+                if let Some(rest) = rest {
+                    for t in rest.deletions.into_iter().rev() {
+                        this.delete(t);
                     }
+                    for t in rest.replacing {
+                        this.apply_other(t);
+                    }
+                    reversions = rest.reversions;
+                    patches_planned = rest.patches;
                 }
-                for (dir, name, record) in rest.patches {
-                    let logical = join_logical(&dir, &name);
-                    match self.still_planned(&logical, &record) {
-                        Ok(()) => patches.push((dir, name, record)),
-                        Err(why) => {
-                            let shown = PathBuf::from(std::ffi::OsStr::from_bytes(&logical));
-                            self.refuse(&shown, &logical, &record.version, why);
-                        }
+            });
+            let mut patches = Vec::new();
+            for (logical, local, record) in reversions {
+                match self.still_planned(&logical, &record) {
+                    Ok(()) => self.adopt(logical, local, record),
+                    Err(why) => self.refuse(&local, &logical, &record.version, why),
+                }
+            }
+            for (dir, name, record) in patches_planned {
+                let logical = join_logical(&dir, &name);
+                match self.still_planned(&logical, &record) {
+                    Ok(()) => patches.push((dir, name, record)),
+                    Err(why) => {
+                        let shown = PathBuf::from(std::ffi::OsStr::from_bytes(&logical));
+                        self.refuse(&shown, &logical, &record.version, why);
                     }
                 }
             }
@@ -372,21 +418,33 @@ impl<'a> Apply<'a> {
         }
     }
 
-    /// Creates or updates a directory or symlink.
+    /// Creates or updates a directory or symlink; a symlink that replaces
+    /// a directory is made once the directory's contents are deleted.
     fn apply_other(&mut self, t: Take) {
         if let Err(why) = self.unchanged(&t) {
             return self.refuse(&t.local, &t.logical, &t.new.version, why);
         }
-        let result = match &t.new.body {
-            Body::Dir { .. } => make_dir(&t.local, &t.new.meta),
-            Body::Symlink { target } => make_symlink(self.g, &t.local, &t.new.meta, target),
-            Body::File { .. } => unreachable!("files are assembled"),
-        };
+        let result = (|| -> Result<bool, String> {
+            let dir = open_parent(self.g, &t.local).map_err(|e| format!("opening its directory: {e}"))?;
+            let name = t.local.file_name().ok_or("no file name")?;
+            match &t.new.body {
+                Body::Dir { .. } => make_dir(&dir, name, &t.new.meta).map_err(|e| e.to_string())?,
+                Body::Symlink { target } => {
+                    if replaces_dir(&t) && !self.clear_replaced_dir(&t, &dir)? {
+                        return Ok(false);
+                    }
+                    make_symlink(&dir, name, &t.new.meta, target).map_err(|e| e.to_string())?
+                }
+                Body::File { .. } => unreachable!("files are assembled"),
+            }
+            Ok(true)
+        })();
         match result {
-            Ok(()) => {
+            Ok(true) => {
                 self.audit(t.action, &t.local);
                 self.adopt(t.logical, t.local, t.new);
             }
+            Ok(false) => {}
             Err(e) => self.problem(&t.local, e),
         }
     }
@@ -395,25 +453,47 @@ impl<'a> Apply<'a> {
         if let Err(why) = self.unchanged(&t) {
             return self.refuse(&t.local, &t.logical, &t.new.version, why);
         }
-        let result = match fs::symlink_metadata(&t.local) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-            Ok(md) if md.is_dir() => fs::remove_dir(&t.local).map(|()| true),
-            Ok(_) => fs::remove_file(&t.local).map(|()| true),
-        };
+        let result = (|| -> io::Result<Result<bool, Held>> {
+            let dir = open_parent(self.g, &t.local)?;
+            let name = t.local.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+            match dir.remove(name) {
+                Ok(removed) => Ok(Ok(removed)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    Ok(Err(self.held_entries(&dir, name, &t.logical)))
+                }
+                Err(e) => Err(e),
+            }
+        })();
         match result {
-            Ok(removed) => {
+            Ok(Ok(removed)) => {
                 if removed {
                     self.audit(ChangeAction::Delete, &t.local);
                 }
                 self.adopt(t.logical, t.local, t.new);
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                // Entries this group never touches keep the directory. It
-                // stays, recorded under a version that dominates the
-                // deletion, so every host ends up with it (empty
-                // elsewhere) instead of asking for the deletion forever.
-                self.problem(&t.local, "not removed: it holds entries this group does not track (excluded or new)");
+            Ok(Err(held)) => {
+                // The directory stays, recorded under a version that
+                // dominates the deletion, so every host ends up with it
+                // instead of asking for the deletion forever. Entries the
+                // group keeps in it (newer than the deletion: a file added
+                // here meanwhile) are the normal outcome; entries the group
+                // never touches are a problem to report.
+                if held.untracked.is_empty() {
+                    tracing::info!(
+                        "from {}: {}: kept, it holds {} newer than the deletion",
+                        self.peer.host,
+                        t.local.display(),
+                        held.describe()
+                    );
+                } else {
+                    self.problem(
+                        &t.local,
+                        format!(
+                            "not removed: it holds {} this group does not track (excluded or new)",
+                            held.describe_untracked()
+                        ),
+                    );
+                }
                 if let Some(old) = t.old.filter(|o| !o.deleted)
                     && let Ok(seq) = self.node.engine.store.allocate_seq()
                 {
@@ -511,14 +591,24 @@ impl<'a> Apply<'a> {
     }
 
     /// Builds each file of `batch` from local chunks in a fresh temporary
-    /// and puts it in place; under the writer lock, no network.
-    fn place_files(&mut self, batch: Vec<FileJob>, staging: &Staging, journal: &Journal) {
+    /// and puts it in place; under the writer lock, no network. `between`
+    /// runs once the others are placed and before the files that replace
+    /// a directory are (it deletes the directories' contents).
+    fn place_files(
+        &mut self,
+        batch: Vec<FileJob>,
+        staging: &Staging,
+        journal: &Journal,
+        between: impl FnOnce(&mut Self),
+    ) {
         let cs = self.node.engine.chunk_store(self.gi);
         let mut index: Option<HashMap<Hash, (PathBuf, u64, u32)>> = None;
-        let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();
         let umask = current_umask();
-        let mut placed = Vec::new();
         let mut unplaced: HashSet<Hash> = HashSet::new();
+        // Every directory is opened first: the temporaries built before
+        // `between` stay open in them until placed.
+        let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();
+        let mut ready = Vec::new();
         for job in batch {
             let t = &job.take;
             if let Err(why) = self.unchanged(t) {
@@ -526,7 +616,7 @@ impl<'a> Apply<'a> {
                 self.refuse(&t.local, &t.logical, &t.new.version, why);
                 continue;
             }
-            let (Some(parent), Some(name)) = (t.local.parent(), t.local.file_name()) else {
+            let Some(parent) = t.local.parent() else {
                 self.problem(&t.local, "no parent directory");
                 continue;
             };
@@ -542,12 +632,23 @@ impl<'a> Apply<'a> {
                     }
                 }
             }
+            ready.push(job);
+        }
+        let mut placed = Vec::new();
+        let mut waiting = Vec::new();
+        for job in ready {
+            let t = &job.take;
+            let parent = t.local.parent().expect("checked above");
+            let name = t.local.file_name().expect("a path with a parent has a name");
             let dir = &dirs[parent];
             // `ignore mod`: keep the replaced file's mode, or the mode a
-            // new file would get.
-            let mode =
-                fs::symlink_metadata(&t.local).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o666 & !umask);
-            let built = (|| -> Result<fs::Metadata, String> {
+            // new file would get (a directory replaced gives none).
+            let mode = fs::symlink_metadata(&t.local)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o666 & !umask);
+            let built = (|| -> Result<crate::disk::TempFile<'_>, String> {
                 let temp = dir.create_temp(Some(journal)).map_err(|e| format!("creating a temporary file: {e}"))?;
                 let mut sources = Sources::new(&job, cs, staging, self.node, self.g, &mut index);
                 let mut w = io::BufWriter::with_capacity(1 << 20, temp.file());
@@ -563,13 +664,45 @@ impl<'a> Apply<'a> {
                 w.flush().map_err(|e| e.to_string())?;
                 drop(w);
                 temp.set_meta(&t.new.meta, mode).map_err(|e| e.to_string())?;
-                // Checked again right before the rename: the old version
-                // may have been changed while the new one was built.
-                self.unchanged(t)?;
-                temp.place(name).map_err(|e| e.to_string())
+                Ok(temp)
             })();
-            match built {
+            let temp = match built {
+                Ok(temp) => temp,
+                Err(e) => {
+                    unplaced.insert(job.content);
+                    self.problem(&t.local, e);
+                    continue;
+                }
+            };
+            if replaces_dir(t) {
+                waiting.push((job, temp));
+                continue;
+            }
+            // Checked again right before the rename: the old version may
+            // have been changed while the new one was built.
+            match self.unchanged(t).and_then(|()| temp.place(name).map_err(|e| e.to_string())) {
                 Ok(md) => placed.push((job, md)),
+                Err(e) => {
+                    unplaced.insert(job.content);
+                    self.problem(&job.take.local, e);
+                }
+            }
+        }
+        between(self);
+        for (job, temp) in waiting {
+            let t = &job.take;
+            let dir = &dirs[t.local.parent().expect("checked above")];
+            let name = t.local.file_name().expect("a path with a parent has a name");
+            let result = match self.clear_replaced_dir(t, dir) {
+                Ok(true) => temp.place(name).map(Some).map_err(|e| e.to_string()),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(Some(md)) => placed.push((job, md)),
+                Ok(None) => {
+                    unplaced.insert(job.content);
+                }
                 Err(e) => {
                     unplaced.insert(job.content);
                     self.problem(&job.take.local, e);
@@ -598,6 +731,73 @@ impl<'a> Apply<'a> {
             self.audit(t.action, &t.local);
             self.adopt(t.logical, t.local, record);
         }
+    }
+
+    /// Removes the directory a file or symlink of the peer replaces, once
+    /// the deletions have emptied it: true when its place is free. A
+    /// directory that still holds entries stays (false): the entries the
+    /// group keeps in it are newer than the peer's replacement, or
+    /// untracked, and nothing is lost on a guess. It is recorded under a
+    /// fresh local version, concurrent with the peer's, so both hosts see
+    /// a type-change conflict that `force` settles.
+    fn clear_replaced_dir(&mut self, t: &Take, dir: &Dir) -> Result<bool, String> {
+        self.record_unchanged(t)?;
+        let name = t.local.file_name().ok_or("no file name")?;
+        match dir.entry_type(name).map_err(|e| e.to_string())? {
+            None => return Ok(true),
+            Some(EntryType::Dir) => {}
+            Some(_) => return Err("changed here since the last check: left for the next run".into()),
+        }
+        match dir.remove(name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                let held = self.held_entries(dir, name, &t.logical);
+                let what = if t.new.body.kind() == Kind::Symlink { "symlink" } else { "file" };
+                let why = if held.untracked.is_empty() {
+                    format!("{} the peer has not seen", held.describe())
+                } else {
+                    format!("{} this group does not track (excluded or new)", held.describe_untracked())
+                };
+                self.problem(
+                    &t.local,
+                    format!(
+                        "not replaced by the peer's {what}: the directory holds {why}; it is kept as a type-change \
+                         conflict (settle it with `snapsync force`)"
+                    ),
+                );
+                if let Some(old) = t.old.as_ref().filter(|o| !o.deleted) {
+                    match self.node.engine.store.allocate_seq() {
+                        Ok(seq) => {
+                            let version = old.version.bumped(&self.node.engine.host, seq);
+                            self.adopt(t.logical.clone(), t.local.clone(), EntryRecord { version, ..old.clone() });
+                        }
+                        Err(e) => self.problem(&t.local, e),
+                    }
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// What directory `name` in `dir` (logical path `logical`) still
+    /// holds: entries the group tracks (a live record, or placed by this
+    /// apply) and entries it does not.
+    fn held_entries(&self, dir: &Dir, name: &OsStr, logical: &[u8]) -> Held {
+        let mut held = Held::default();
+        let names = match dir.open_dir(name).and_then(|d| d.names()) {
+            Ok(n) => n,
+            Err(_) => return held,
+        };
+        let record = self.node.engine.store.dir_record(&self.g.name, logical).ok().flatten().unwrap_or_default();
+        for n in names {
+            let child = join_logical(logical, n.as_bytes());
+            let tracked = record.get(n.as_bytes()).is_some_and(|r| !r.deleted)
+                || self.adopt.get(&child).is_some_and(|r| !r.deleted);
+            let shown = PathBuf::from(OsStr::from_bytes(&child));
+            if tracked { held.tracked.push(shown) } else { held.untracked.push(shown) }
+        }
+        held
     }
 
     /// The peer's chunk list of a file, inline or fetched page by page.
@@ -847,40 +1047,76 @@ fn chunk_index(node: &Node, g: &ResolvedGroup) -> HashMap<Hash, (PathBuf, u64, u
     index
 }
 
-/// Makes `path` a directory with `meta` (mode and owner; directories keep
-/// no mtime in the tree). The metadata is set through a descriptor opened
-/// without following a symlink put in its place.
-fn make_dir(path: &Path, meta: &Meta) -> io::Result<()> {
-    let created = match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => false,
-        Ok(_) => {
-            fs::remove_file(path)?;
-            fs::DirBuilder::new().mode(0o700).create(path)?;
+/// Makes `name` in `dir` a directory with `meta` (mode and owner;
+/// directories keep no mtime in the tree), replacing a file or symlink
+/// there. The metadata is set through a descriptor opened without
+/// following a symlink put in its place.
+fn make_dir(dir: &Dir, name: &OsStr, meta: &Meta) -> io::Result<()> {
+    let created = match dir.entry_type(name)? {
+        Some(EntryType::Dir) => false,
+        Some(_) => {
+            dir.remove(name)?;
+            dir.make_dir(name)?;
             true
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new().mode(0o700).create(path)?;
+        None => {
+            dir.make_dir(name)?;
             true
         }
-        Err(e) => return Err(e),
     };
-    let f = Dir::open(path)?.as_file()?;
+    let f = dir.open_dir(name)?.as_file()?;
     // A new directory without a synced mode (`ignore mod`) gets the mode the
     // started-with umask gives, not the private umask the process runs under.
     let mode = meta.mode.or_else(|| created.then(|| 0o777 & !current_umask()));
     apply_meta(&f, &Meta { mtime: None, mode, ..meta.clone() })
 }
 
-/// Makes `path` a symlink to `target`, atomically replacing what is there
-/// (an empty directory included).
-fn make_symlink(g: &ResolvedGroup, path: &Path, meta: &Meta, target: &[u8]) -> io::Result<()> {
-    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-        fs::remove_dir(path)?;
+/// Makes `name` in `dir` a symlink to `target`, atomically replacing what
+/// is there (an empty directory is removed first).
+fn make_symlink(dir: &Dir, name: &OsStr, meta: &Meta, target: &[u8]) -> io::Result<()> {
+    if dir.entry_type(name)? == Some(EntryType::Dir) {
+        dir.remove(name)?;
     }
-    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
-    let dir = open_parent(g, path)?;
     dir.place_symlink(name, target, meta).map_err(io::Error::other)?;
     dir.sync()
+}
+
+/// Whether `t` puts a file or symlink where this node has a directory.
+fn replaces_dir(t: &Take) -> bool {
+    !t.new.deleted
+        && t.new.body.kind() != Kind::Dir
+        && t.old.as_ref().is_some_and(|o| !o.deleted && o.body.kind() == Kind::Dir)
+}
+
+/// What a directory that could not be removed still holds.
+#[derive(Default)]
+struct Held {
+    /// Entries the group tracks.
+    tracked: Vec<PathBuf>,
+    /// Entries it does not (excluded, or not recorded yet).
+    untracked: Vec<PathBuf>,
+}
+
+impl Held {
+    fn list(paths: &[PathBuf]) -> String {
+        const SHOWN: usize = 3;
+        let mut s: Vec<String> = paths.iter().take(SHOWN).map(|p| p.display().to_string()).collect();
+        if paths.len() > SHOWN {
+            s.push(format!("{} more", paths.len() - SHOWN));
+        }
+        s.join(", ")
+    }
+
+    /// All of it, for a message.
+    fn describe(&self) -> String {
+        let all: Vec<PathBuf> = self.tracked.iter().chain(&self.untracked).cloned().collect();
+        if all.is_empty() { "entries".into() } else { format!("entries ({})", Held::list(&all)) }
+    }
+
+    /// The untracked part, for a message.
+    fn describe_untracked(&self) -> String {
+        format!("entries ({})", Held::list(&self.untracked))
+    }
 }
 
 /// The directory holding `path`, opened from its include root without

@@ -188,10 +188,15 @@ impl Plan {
     }
 }
 
+/// About how many bytes a version vector holds on the heap.
+fn version_heap(v: &Version) -> usize {
+    v.0.iter().map(|(host, _)| size_of::<(String, u64)>() + host.len()).sum()
+}
+
 /// About how many bytes a record holds on the heap: its chunk list,
 /// version vector and link target.
 fn record_heap(r: &EntryRecord) -> usize {
-    let version: usize = r.version.0.iter().map(|(host, _)| size_of::<(String, u64)>() + host.len()).sum();
+    let version = version_heap(&r.version);
     let target = match &r.body {
         Body::Symlink { target } => target.len(),
         _ => 0,
@@ -447,6 +452,10 @@ struct Walk<'a> {
     report: GroupReport,
     /// Estimated bytes held in plans, edits and the queue of directories.
     held: usize,
+    /// Directories that lose a settled type-change conflict, on either
+    /// side, with the version every entry below them is deleted under
+    /// (see [`Walk::visit`]).
+    doomed: std::collections::HashMap<Vec<u8>, Version>,
 }
 
 /// The peer's listing of one directory, fetched a page at a time as the
@@ -518,8 +527,10 @@ fn queued_footprint(dir: &[u8]) -> usize {
 /// Whether to descend into a differing pair once it is decided: live
 /// directories on both sides with different trees; a directory this node
 /// takes from the peer (its children come with it); a directory the peer
-/// deleted and this node deletes too (its children are decided one by one,
-/// so a child changed here since is a conflict, not a silent loss); with
+/// deleted, or replaced by a file or symlink, that this node deletes or
+/// replaces too (its children are decided one by one against the peer's
+/// tombstones below it, so a child changed here since is a conflict, not a
+/// silent loss, and the directory is emptied before its place is taken); with
 /// `everywhere`, also live directories with equal trees and directories
 /// deleted on both sides (versions to merge hide below them).
 fn descend(
@@ -538,8 +549,7 @@ fn descend(
         return true;
     }
     match taken {
-        Some(t) if !t.deleted => live_dir(Some(t)),
-        Some(_) => live_dir(local),
+        Some(t) => live_dir(Some(t)) || live_dir(local),
         None => false,
     }
 }
@@ -556,6 +566,7 @@ impl<'a> Walk<'a> {
             edits: Edits::default(),
             report: GroupReport::default(),
             held: 0,
+            doomed: Default::default(),
         }
     }
 
@@ -651,6 +662,43 @@ impl<'a> Walk<'a> {
             Class::Ancestor if r.is_some_and(|r| !r.deleted && r.body.kind() != Kind::Dir) => return Ok(false),
             _ => {}
         }
+        // Below a directory that lost a type-change conflict with this
+        // peer (settled for a file, symlink or deletion), every entry goes,
+        // entries one side never saw included: the conflict was about the
+        // directory with what it held. Both hosts store the same tombstone
+        // version for each, computed from what both know (the entry's
+        // versions and the conflict's two sides), so their records agree.
+        // (Without a conflict, an entry the peer never saw is newer than
+        // the peer's change and keeps the directory; see the apply.)
+        if let Some(base) = self.doomed.get(dir).cloned()
+            && (l.is_some_and(|l| !l.deleted) || r.is_some_and(|r| !r.deleted))
+        {
+            let lv = l.map(|x| x.version.clone()).unwrap_or_default();
+            let rv = r.map(|x| x.version.clone()).unwrap_or_default();
+            let version = merged_version(&merged_version(&lv, &rv), &base);
+            let is_dir = |x: Option<&EntryRecord>| x.is_some_and(|x| !x.deleted && x.body.kind() == Kind::Dir);
+            let go_down = is_dir(l) || is_dir(r);
+            match l.filter(|l| !l.deleted) {
+                Some(l) => {
+                    let gone = EntryRecord { version, ..absent_like(l) };
+                    self.take(logical, local, Some(l), gone, ChangeAction::Delete)?;
+                }
+                None => {
+                    let r = r.expect("one side is live");
+                    let gone = EntryRecord { version, ..absent_like(r) };
+                    self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record: gone })?;
+                }
+            }
+            if !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
+                self.charge(size_of::<Vec<u8>>() + logical.len())?;
+                self.edits.cleared.push(logical.to_vec());
+            }
+            if go_down {
+                self.charge(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
+                self.doomed.insert(logical.to_vec(), base);
+            }
+            return Ok(go_down);
+        }
         let mark = if g.local.receive_only { None } else { self.node.engine.store.force(&g.name, logical)? };
         let forced = mark.as_ref().is_some_and(|m| m.applies(l, &self.peer.host));
         let decision = if g.local.receive_only {
@@ -743,6 +791,27 @@ impl<'a> Walk<'a> {
             _ => None,
         };
         let go_down = descend(l, r, taken, self.everywhere);
+        // A directory that loses a settled type-change conflict: here (the
+        // peer's file, symlink or deletion is taken), or there (this side
+        // keeps its file or symlink; the peer's directory is listed so
+        // that this side stores the same tombstones the peer will).
+        let live_dir = |x: Option<&EntryRecord>| x.is_some_and(|x| !x.deleted && x.body.kind() == Kind::Dir);
+        let loses_here = live_dir(l) && taken.is_some_and(|t| t.deleted || t.body.kind() != Kind::Dir);
+        let loses_there = live_dir(r) && !live_dir(l) && taken.is_none() && !self.g.local.receive_only;
+        let mut go_down = go_down;
+        if (loses_here || loses_there)
+            && let Some(c) =
+                self.node.engine.store.conflicts_of(&g.name, logical)?.into_iter().find(|c| {
+                    c.path == logical && c.peer == self.peer.host && c.kind == ConflictKind::TypeChange.as_str()
+                })
+            && (loses_here || !decision.is_conflict())
+        {
+            let version = |x: &Option<EntryRecord>| x.as_ref().map(|x| x.version.clone()).unwrap_or_default();
+            let base = merged_version(&version(&c.local), &version(&c.remote));
+            self.charge(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
+            self.doomed.insert(logical.to_vec(), base);
+            go_down = true;
+        }
         if conflict_cleared && !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
             self.charge(size_of::<Vec<u8>>() + logical.len())?;
             self.edits.cleared.push(logical.to_vec());
@@ -930,6 +999,24 @@ mod tests {
         let logical = b"/vol/0/app/shared/images/2026/11/product-0123456789-large.png".to_vec();
         let local = PathBuf::from(String::from_utf8(logical.clone()).unwrap());
         Plan::Take(Take { logical, local, old: None, new: file_record(chunks, 2), action: ChangeAction::Create })
+    }
+
+    /// A directory replaced by the peer's file or symlink is descended
+    /// into, so its entries are decided (and deleted) one by one.
+    #[test]
+    fn descend_into_a_directory_the_peer_replaced() {
+        let dir = EntryRecord { body: Body::Dir { tree: Hash::of(b"t") }, ..file_record(0, 1) };
+        let file = file_record(1, 2);
+        let link = EntryRecord { body: Body::Symlink { target: b"x".to_vec() }, ..file_record(0, 2) };
+        let gone = absent_like(&dir);
+        for taken in [&file, &link, &gone] {
+            assert!(descend(Some(&dir), Some(taken), Some(taken), false));
+        }
+        // A file taken over a file, or nothing taken, stays flat.
+        assert!(!descend(Some(&file), Some(&link), Some(&link), false));
+        assert!(!descend(Some(&dir), Some(&file), None, false));
+        // A directory taken over a file: its entries come with it.
+        assert!(descend(Some(&file), Some(&dir), Some(&dir), false));
     }
 
     #[test]

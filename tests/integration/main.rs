@@ -27,3 +27,4 @@ mod sync_receive_only;
 mod sync_report;
 mod sync_security;
 mod sync_transfer;
+mod sync_type_change;
