@@ -45,6 +45,45 @@ impl ChunkStore {
         Ok(ChunkStore { path: path.to_path_buf(), db, chunks })
     }
 
+    /// Opens the chunk store at `path` like [`ChunkStore::open`], and says
+    /// what damage it found: with `expected` (the state recorded this store
+    /// before), a missing store is damage; a store that cannot be opened is
+    /// moved aside (`PATH.damaged-TIME`) and a new one made. The message
+    /// names the repair command.
+    pub fn open_checked(path: &Path, expected: bool) -> Result<(ChunkStore, Option<String>), StoreError> {
+        let rebuilt = "a new one is made, the next check stores the live files in it again, and older \
+                       generations may have lost content";
+        let mut damage = None;
+        if expected && std::fs::symlink_metadata(path).is_err() {
+            damage = Some(format!(
+                "chunk store {} is missing; {rebuilt}; run `{}` to list what is lost",
+                path.display(),
+                super::REPAIR_COMMAND
+            ));
+        }
+        match ChunkStore::open(path) {
+            Ok(cs) => Ok((cs, damage)),
+            Err(StoreError::Db { source, .. }) if super::is_damage(&source) => {
+                let aside = super::move_aside(path)?;
+                let cs = ChunkStore::open(path)?;
+                let msg = format!(
+                    "chunk store {} cannot be opened ({source}); it was moved to {}; {rebuilt}; run `{}` to \
+                     list what is lost",
+                    path.display(),
+                    aside.display(),
+                    super::REPAIR_COMMAND
+                );
+                Ok((cs, Some(msg)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the store holds no chunk at all.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        self.chunks.is_empty().map_err(|e| self.err(e))
+    }
+
     /// Where the store lives.
     pub fn path(&self) -> &Path {
         &self.path

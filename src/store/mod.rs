@@ -18,6 +18,14 @@
 //! owner only; opening the store tightens any looser mode it finds
 //! (`private.rs`).
 //!
+//! Beside the database, the *marker* (`marker.rs`) keeps the store id, the
+//! highest version counter and generation id ever handed out, and the chunk
+//! store names, so a damaged, truncated or removed database is detected
+//! and a fresh one continues the ids instead of starting over. A database
+//! that cannot be opened is moved aside (`db.damaged-TIME`) and a fresh
+//! state is built from the live trees; [`Store::damage`] says what was
+//! found, naming `snapsync verify --repair`.
+//!
 //! Keyspaces: `meta` (counters, format, per-group root sets), `dirs`,
 //! `nodes`, `manifests`, `generations`. Chunk bytes live apart, in a
 //! [`ChunkStore`] under the group's backup directory. All writes of one run
@@ -29,6 +37,7 @@ mod conflict;
 mod error;
 mod gc;
 mod generation;
+mod marker;
 mod private;
 mod record;
 
@@ -45,6 +54,7 @@ pub use record::{
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -76,8 +86,71 @@ pub struct Store {
     generations: Keyspace,
     /// Bytes committed since the memtables were last flushed.
     unflushed: std::sync::atomic::AtomicU64,
+    /// The marker as last written; held across a commit.
+    marker: std::sync::Mutex<marker::Marker>,
+    /// Damage found when opening, as messages for the operator.
+    damage: Vec<String>,
     _lock: File,
 }
+
+/// The open database and its keyspaces, before they become a [`Store`].
+struct Handles {
+    db: Database,
+    meta: Keyspace,
+    dirs: Keyspace,
+    nodes: Keyspace,
+    manifests: Keyspace,
+    generations: Keyspace,
+}
+
+fn open_db(db_path: &Path) -> Result<Handles, fjall::Error> {
+    // No journal compression: fjall re-encodes every journal entry when
+    // it replays the journal on open, and compressing them again costs
+    // more there than the disk space saves.
+    let db = Database::builder(db_path).journal_compression(fjall::CompressionType::None).open()?;
+    let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+    Ok(Handles {
+        meta: ks("meta")?,
+        dirs: ks("dirs")?,
+        nodes: ks("nodes")?,
+        manifests: ks("manifests")?,
+        generations: ks("generations")?,
+        db,
+    })
+}
+
+/// Whether a database error means the files are damaged (as opposed to the
+/// environment failing: permissions, a full disk, a lock).
+pub(crate) fn is_damage(e: &fjall::Error) -> bool {
+    fn io_damage(e: &std::io::Error) -> bool {
+        use std::io::ErrorKind::*;
+        matches!(e.kind(), UnexpectedEof | InvalidData | InvalidInput | Other)
+    }
+    match e {
+        fjall::Error::Locked | fjall::Error::Poisoned | fjall::Error::KeyspaceDeleted => false,
+        fjall::Error::Io(io) => io_damage(io),
+        fjall::Error::Storage(fjall::LsmError::Io(io)) => io_damage(io),
+        _ => true,
+    }
+}
+
+/// Renames a damaged database directory to `PATH.damaged-SECONDS` (a
+/// number appended if that exists) and returns the new name.
+pub(crate) fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let base = format!("{}.damaged-{secs}", path.display());
+    let mut aside = PathBuf::from(&base);
+    let mut n = 1;
+    while std::fs::symlink_metadata(&aside).is_ok() {
+        aside = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &aside).map_err(|e| StoreError::io(path, e))?;
+    Ok(aside)
+}
+
+/// The repair command every damage message names.
+pub const REPAIR_COMMAND: &str = "snapsync verify --repair";
 
 /// Above this many bytes of unflushed writes, closing the store flushes
 /// its memtables. fjall otherwise replays the journal into memory on the
@@ -95,32 +168,83 @@ impl Store {
         private::private_dir(dir)?;
         let lock = take_lock(dir)?;
         private::tighten(&dir.join(LOCK_FILE))?;
+        let mut damage = Vec::new();
+        let marker = match marker::Marker::read(dir) {
+            Ok(m) => m,
+            Err(e) => {
+                damage.push(format!("{e}; it is written again from the state database"));
+                None
+            }
+        };
         let db_path = dir.join("db");
+        let db_was_there = std::fs::symlink_metadata(&db_path).is_ok();
         // The holder of the lock tightens: a running daemon's files are its own.
         private::private_dir(&db_path)?;
         private::tighten_tree(&db_path)?;
-        // No journal compression: fjall re-encodes every journal entry when
-        // it replays the journal on open, and compressing them again costs
-        // more there than the disk space saves.
-        let db = Database::builder(&db_path)
-            .journal_compression(fjall::CompressionType::None)
-            .open()
-            .map_err(|e| StoreError::db(&db_path, e))?;
-        let ks =
-            |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| StoreError::db(&db_path, e));
+        let handles = match open_db(&db_path) {
+            Ok(h) => h,
+            Err(e) if is_damage(&e) => {
+                let aside = move_aside(&db_path)?;
+                damage.push(format!(
+                    "state database {} cannot be opened ({e}); it was moved to {} and a fresh state is built \
+                     from the live trees; generations recorded before are no longer listed; run `{REPAIR_COMMAND}`",
+                    db_path.display(),
+                    aside.display()
+                ));
+                private::private_dir(&db_path)?;
+                open_db(&db_path).map_err(|e| StoreError::db(&db_path, e))?
+            }
+            Err(e) => return Err(StoreError::db(&db_path, e)),
+        };
+        let handles = if handles.meta.get(KEY_FORMAT).map_err(|e| StoreError::db(&db_path, e))?.is_none()
+            && !(handles.dirs.is_empty().map_err(|e| StoreError::db(&db_path, e))?
+                && handles.generations.is_empty().map_err(|e| StoreError::db(&db_path, e))?
+                && handles.nodes.is_empty().map_err(|e| StoreError::db(&db_path, e))?)
+        {
+            // Records without their meta keyspace: counters, root sets and
+            // chunk store links are gone, so the records cannot be trusted.
+            drop(handles);
+            let aside = move_aside(&db_path)?;
+            damage.push(format!(
+                "state database {} lost its meta keyspace; it was moved to {} and a fresh state is built \
+                 from the live trees; generations recorded before are no longer listed; run `{REPAIR_COMMAND}`",
+                db_path.display(),
+                aside.display()
+            ));
+            private::private_dir(&db_path)?;
+            open_db(&db_path).map_err(|e| StoreError::db(&db_path, e))?
+        } else {
+            handles
+        };
+        let Handles { db, meta, dirs, nodes, manifests, generations } = handles;
         let store = Store {
-            meta: ks("meta")?,
-            dirs: ks("dirs")?,
-            nodes: ks("nodes")?,
-            manifests: ks("manifests")?,
-            generations: ks("generations")?,
+            meta,
+            dirs,
+            nodes,
+            manifests,
+            generations,
             dir: dir.to_path_buf(),
             db,
             unflushed: std::sync::atomic::AtomicU64::new(0),
+            marker: std::sync::Mutex::new(marker.clone().unwrap_or_default()),
+            damage,
             _lock: lock,
         };
-        store.check_format()?;
+        let mut store = store;
+        store.check_format(marker, db_was_there)?;
         Ok(store)
+    }
+
+    /// Damage found when the state was opened (and what was done about
+    /// it), one message each; empty when none. Each names the repair
+    /// command.
+    pub fn damage(&self) -> &[String] {
+        &self.damage
+    }
+
+    /// The state's store id, made once and kept in the marker.
+    pub fn store_id(&self) -> String {
+        self.marker.lock().expect("marker lock").store_id.clone()
     }
 
     /// The state directory.
@@ -128,23 +252,79 @@ impl Store {
         &self.dir
     }
 
-    fn check_format(&self) -> Result<(), StoreError> {
-        match self.meta.get(KEY_FORMAT).map_err(|e| self.err(e))? {
-            None => {
-                self.meta.insert(KEY_FORMAT, STATE_FORMAT.to_be_bytes()).map_err(|e| self.err(e))?;
-                self.db.persist(PersistMode::SyncAll).map_err(|e| self.err(e))?;
-                Ok(())
-            }
+    /// Checks the format and squares the database with the marker: a new
+    /// database starts from the marker's counters (and says so when the
+    /// marker shows an earlier state existed), a database behind its
+    /// marker is raised to it, and a missing marker is written.
+    fn check_format(&mut self, marker: Option<marker::Marker>, db_was_there: bool) -> Result<(), StoreError> {
+        let fresh = match self.meta.get(KEY_FORMAT).map_err(|e| self.err(e))? {
+            None => true,
             Some(v) => {
                 let found =
                     u32::from_be_bytes(v.as_ref().try_into().map_err(|_| self.corrupt("meta/format", "not 4 bytes"))?);
-                if found == STATE_FORMAT {
-                    Ok(())
-                } else {
-                    Err(StoreError::Format { path: self.dir.clone(), found, expected: STATE_FORMAT })
+                if found != STATE_FORMAT {
+                    return Err(StoreError::Format { path: self.dir.clone(), found, expected: STATE_FORMAT });
+                }
+                false
+            }
+        };
+        let mut m = match marker {
+            Some(m) => m,
+            None => marker::Marker::new()?,
+        };
+        if fresh {
+            let before = m.seq > 0 || m.next_generation > 1 || !m.chunk_stores.is_empty();
+            if before && self.damage.is_empty() {
+                let what = if db_was_there { "is empty (its journal was truncated or removed)" } else { "is missing" };
+                self.damage.push(format!(
+                    "state database {} {what}; a fresh state is built from the live trees, version counters \
+                     continue after {} and generation ids at {}; generations recorded before are no longer \
+                     listed; run `{REPAIR_COMMAND}`",
+                    self.dir.join("db").display(),
+                    m.seq,
+                    m.next_generation
+                ));
+            }
+            let mut batch = self.batch();
+            batch.insert(&self.meta, KEY_FORMAT, STATE_FORMAT.to_be_bytes());
+            batch.put_seq(m.seq);
+            batch.insert(&self.meta, KEY_NEXT_GENERATION, m.next_generation.max(1).to_be_bytes());
+            for (d, n) in &m.chunk_stores {
+                batch.put_chunk_store_name(d, n);
+            }
+            batch.inner_commit()?;
+        } else {
+            let (seq, next) = (self.seq()?, self.next_generation_id()?);
+            if seq < m.seq || next < m.next_generation {
+                self.damage.push(format!(
+                    "state database {} is behind its marker (version counter {seq} < {}, next generation \
+                     {next} < {}): its last commits were lost (a crash or full disk while committing, or a \
+                     truncated journal); ids continue from the marker; run `{REPAIR_COMMAND}`",
+                    self.dir.join("db").display(),
+                    m.seq,
+                    m.next_generation
+                ));
+                let mut batch = self.batch();
+                batch.put_seq(seq.max(m.seq));
+                batch.insert(&self.meta, KEY_NEXT_GENERATION, next.max(m.next_generation).to_be_bytes());
+                batch.inner_commit()?;
+            }
+            m.seq = m.seq.max(seq);
+            m.next_generation = m.next_generation.max(next);
+            for guard in self.meta.prefix(CHUNK_STORE_PREFIX) {
+                let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
+                let d = PathBuf::from(std::ffi::OsStr::from_bytes(&k[CHUNK_STORE_PREFIX.len()..]));
+                if m.chunk_store(&d).is_none() {
+                    m.chunk_stores.push((d, String::from_utf8_lossy(&v).into_owned()));
                 }
             }
         }
+        let on_disk = marker::Marker::read(&self.dir).ok().flatten();
+        if on_disk.as_ref() != Some(&m) {
+            m.write(&self.dir)?;
+        }
+        *self.marker.get_mut().expect("marker lock") = m;
+        Ok(())
     }
 
     fn err(&self, e: fjall::Error) -> StoreError {
@@ -227,7 +407,10 @@ impl Store {
     /// The name of this node's chunk store in backup directory `dir`, once
     /// one was made there.
     pub fn chunk_store_name(&self, dir: &Path) -> Result<Option<String>, StoreError> {
-        self.meta_string(&[CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat())
+        if let Some(name) = self.meta_string(&[CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat())? {
+            return Ok(Some(name));
+        }
+        Ok(self.marker.lock().expect("marker lock").chunk_store(dir).map(str::to_owned))
     }
 
     /// The chunk store (by name) that `group`'s records marked `stored`
@@ -359,7 +542,15 @@ impl Store {
 
     /// Starts a batch of writes that commits atomically.
     pub fn batch(&self) -> Batch<'_> {
-        Batch { store: self, inner: self.db.batch().durability(Some(PersistMode::SyncAll)), empty: true, bytes: 0 }
+        Batch {
+            store: self,
+            inner: self.db.batch().durability(Some(PersistMode::SyncAll)),
+            empty: true,
+            bytes: 0,
+            seq: None,
+            next_generation: None,
+            chunk_stores: Vec::new(),
+        }
     }
 }
 
@@ -369,6 +560,12 @@ pub struct Batch<'a> {
     inner: fjall::OwnedWriteBatch,
     empty: bool,
     bytes: u64,
+    /// The version counter this batch stores, for the marker.
+    seq: Option<u64>,
+    /// The next generation id this batch stores, for the marker.
+    next_generation: Option<u64>,
+    /// Chunk store names this batch records, for the marker.
+    chunk_stores: Vec<(PathBuf, String)>,
 }
 
 impl Batch<'_> {
@@ -421,6 +618,7 @@ impl Batch<'_> {
     pub fn put_chunk_store_name(&mut self, dir: &Path, name: &str) {
         let store = self.store;
         self.insert(&store.meta, [CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat(), name);
+        self.chunk_stores.push((dir.to_path_buf(), name.to_owned()));
     }
 
     /// Records which chunk store `group`'s `stored` flags refer to (`None`:
@@ -493,6 +691,7 @@ impl Batch<'_> {
     pub fn put_seq(&mut self, seq: u64) {
         let store = self.store;
         self.insert(&store.meta, KEY_SEQ, seq.to_be_bytes());
+        self.seq = Some(seq);
     }
 
     /// Records a generation and advances the generation counter past it.
@@ -504,6 +703,7 @@ impl Batch<'_> {
             postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"),
         );
         self.insert(&store.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
+        self.next_generation = Some(g.id + 1);
     }
 
     /// Drops a generation record.
@@ -519,7 +719,37 @@ impl Batch<'_> {
     }
 
     /// Commits every write of the batch atomically and syncs the journal.
+    /// A batch that raises the version counter or the generation id, or
+    /// records a chunk store, first writes the marker (durably), so no id
+    /// the database may hold is ever handed out again.
     pub fn commit(self) -> Result<(), StoreError> {
+        if self.empty {
+            return Ok(());
+        }
+        let store = self.store;
+        let mut m = store.marker.lock().expect("marker lock");
+        let mut raised = m.clone();
+        if let Some(seq) = self.seq {
+            raised.seq = raised.seq.max(seq);
+        }
+        if let Some(next) = self.next_generation {
+            raised.next_generation = raised.next_generation.max(next);
+        }
+        for (d, n) in &self.chunk_stores {
+            match raised.chunk_stores.iter_mut().find(|(x, _)| x == d) {
+                Some(e) => e.1 = n.clone(),
+                None => raised.chunk_stores.push((d.clone(), n.clone())),
+            }
+        }
+        if raised != *m {
+            raised.write(&store.dir)?;
+            *m = raised;
+        }
+        self.inner_commit()
+    }
+
+    /// Commits without touching the marker.
+    fn inner_commit(self) -> Result<(), StoreError> {
         if self.empty {
             return Ok(());
         }
