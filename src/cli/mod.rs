@@ -476,8 +476,7 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             EXIT_OK
         }
         Command::Verify { repair } => {
-            let report =
-                if *repair { node.write_blocking(|n| n.engine.repair())? } else { engine.verify()? };
+            let report = if *repair { node.write_blocking(|n| n.engine.repair())? } else { engine.verify()? };
             output::verify(out, cli, &report);
             if report.mismatches.is_empty() { EXIT_OK } else { EXIT_FAILURE }
         }

@@ -34,7 +34,12 @@ impl ChunkStore {
     pub fn open(path: &Path) -> Result<ChunkStore, StoreError> {
         super::private::private_dir(path)?;
         super::private::tighten_tree(path)?;
-        let db = Database::builder(path).open().map_err(|e| StoreError::db(path, e))?;
+        // As for the state (`open_db`): a damaged journal may panic fjall.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(|| Database::builder(path).open());
+        std::panic::set_hook(hook);
+        let db = opened.unwrap_or(Err(fjall::Error::Unrecoverable)).map_err(|e| StoreError::db(path, e))?;
         // Chunks are large, already compressed values: keep them out of the
         // LSM levels so compaction does not rewrite them.
         let chunks = db

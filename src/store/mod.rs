@@ -103,7 +103,18 @@ struct Handles {
     generations: Keyspace,
 }
 
+/// Opens the state database. fjall checks some of what it replays with
+/// assertions: a damaged journal can panic instead of returning an error,
+/// so a panic while opening counts as damage too.
 fn open_db(db_path: &Path) -> Result<Handles, fjall::Error> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| open_db_inner(db_path));
+    std::panic::set_hook(hook);
+    opened.unwrap_or(Err(fjall::Error::Unrecoverable))
+}
+
+fn open_db_inner(db_path: &Path) -> Result<Handles, fjall::Error> {
     // No journal compression: fjall re-encodes every journal entry when
     // it replays the journal on open, and compressing them again costs
     // more there than the disk space saves.
