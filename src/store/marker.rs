@@ -93,9 +93,13 @@ impl Marker {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(|e| StoreError::io(&tmp, e))?;
-        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| StoreError::io(&tmp, e))?;
+        let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
         drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            // A full disk: leave no temporary behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::io(&path, e));
+        }
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
     }
 }

@@ -57,6 +57,7 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -78,12 +79,9 @@ const VERSION_DIGEST_PREFIX: &[u8] = b"vdigest\0";
 /// One node's open state database. Holding it holds the state lock.
 pub struct Store {
     dir: PathBuf,
-    db: Database,
-    meta: Keyspace,
-    dirs: Keyspace,
-    nodes: Keyspace,
-    manifests: Keyspace,
-    generations: Keyspace,
+    /// The open database; replaced when it is reopened after a failed
+    /// write ([`Store::reopen`]). `None` only while that happens.
+    h: std::sync::RwLock<Option<Arc<Handles>>>,
     /// Bytes committed since the memtables were last flushed.
     unflushed: std::sync::atomic::AtomicU64,
     /// The marker as last written; held across a commit.
@@ -227,15 +225,9 @@ impl Store {
         } else {
             handles
         };
-        let Handles { db, meta, dirs, nodes, manifests, generations } = handles;
         let store = Store {
-            meta,
-            dirs,
-            nodes,
-            manifests,
-            generations,
+            h: std::sync::RwLock::new(Some(Arc::new(handles))),
             dir: dir.to_path_buf(),
-            db,
             unflushed: std::sync::atomic::AtomicU64::new(0),
             marker: std::sync::Mutex::new(marker.clone().unwrap_or_default()),
             damage,
@@ -258,6 +250,60 @@ impl Store {
         self.marker.lock().expect("marker lock").store_id.clone()
     }
 
+    /// The open database.
+    fn h(&self) -> Arc<Handles> {
+        self.h
+            .read()
+            .expect("state handle lock")
+            .clone()
+            .unwrap_or_else(|| panic!("state database {} could not be reopened", self.dir.display()))
+    }
+
+    /// Closes and reopens the database after a failed write. fjall
+    /// *poisons* a database whose journal write or sync failed (a full
+    /// disk): every later write fails until it is reopened, which a
+    /// daemon otherwise never does. Fails if another task still holds the
+    /// old database (it is kept then, and the message says to restart).
+    fn reopen(&self) -> Result<(), String> {
+        let mut slot = self.h.write().expect("state handle lock");
+        let Some(mut old) = slot.take() else { return Err("the database is not open".into()) };
+        // Readers that took the database before the write lock finish
+        // their read and let go; new ones wait on the lock. Bounded: a
+        // holder that does not let go within a second keeps the old one.
+        let mut tries = 0;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(handles) => {
+                    drop(handles);
+                    break;
+                }
+                Err(still) if tries < 100 => {
+                    old = still;
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(still) => {
+                    *slot = Some(still);
+                    return Err("another task still uses the database; restart the daemon".into());
+                }
+            }
+        }
+        let db_path = self.dir.join("db");
+        let mut last = String::new();
+        // fjall joins its workers on close; a second try covers a worker
+        // that still held its lock file for a moment.
+        for _ in 0..2 {
+            match open_db(&db_path) {
+                Ok(h) => {
+                    *slot = Some(Arc::new(h));
+                    return Ok(());
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("reopening failed ({last}); restart the daemon"))
+    }
+
     /// The state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -268,7 +314,7 @@ impl Store {
     /// marker shows an earlier state existed), a database behind its
     /// marker is raised to it, and a missing marker is written.
     fn check_format(&mut self, marker: Option<marker::Marker>, db_was_there: bool) -> Result<(), StoreError> {
-        let fresh = match self.meta.get(KEY_FORMAT).map_err(|e| self.err(e))? {
+        let fresh = match self.h().meta.get(KEY_FORMAT).map_err(|e| self.err(e))? {
             None => true,
             Some(v) => {
                 let found =
@@ -297,9 +343,9 @@ impl Store {
                 ));
             }
             let mut batch = self.batch();
-            batch.insert(&self.meta, KEY_FORMAT, STATE_FORMAT.to_be_bytes());
+            batch.insert(&self.h().meta, KEY_FORMAT, STATE_FORMAT.to_be_bytes());
             batch.put_seq(m.seq);
-            batch.insert(&self.meta, KEY_NEXT_GENERATION, m.next_generation.max(1).to_be_bytes());
+            batch.insert(&self.h().meta, KEY_NEXT_GENERATION, m.next_generation.max(1).to_be_bytes());
             for (d, n) in &m.chunk_stores {
                 batch.put_chunk_store_name(d, n);
             }
@@ -317,12 +363,12 @@ impl Store {
                 ));
                 let mut batch = self.batch();
                 batch.put_seq(seq.max(m.seq));
-                batch.insert(&self.meta, KEY_NEXT_GENERATION, next.max(m.next_generation).to_be_bytes());
+                batch.insert(&self.h().meta, KEY_NEXT_GENERATION, next.max(m.next_generation).to_be_bytes());
                 batch.inner_commit()?;
             }
             m.seq = m.seq.max(seq);
             m.next_generation = m.next_generation.max(next);
-            for guard in self.meta.prefix(CHUNK_STORE_PREFIX) {
+            for guard in self.h().meta.prefix(CHUNK_STORE_PREFIX) {
                 let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
                 let d = PathBuf::from(std::ffi::OsStr::from_bytes(&k[CHUNK_STORE_PREFIX.len()..]));
                 if m.chunk_store(&d).is_none() {
@@ -347,7 +393,7 @@ impl Store {
     }
 
     fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
-        match self.meta.get(key).map_err(|e| self.err(e))? {
+        match self.h().meta.get(key).map_err(|e| self.err(e))? {
             None => Ok(0),
             Some(v) => {
                 Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| self.corrupt("meta counter", "not 8 bytes"))?))
@@ -378,7 +424,7 @@ impl Store {
     /// The record of directory `dir` (a logical path; empty for the
     /// include roots) of `group`.
     pub fn dir_record(&self, group: &str, dir: &[u8]) -> Result<Option<DirRecord>, StoreError> {
-        match self.dirs.get(dir_key(group, dir)).map_err(|e| self.err(e))? {
+        match self.h().dirs.get(dir_key(group, dir)).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => DirRecord::decode(&v).map(Some).map_err(|why| self.corrupt("directory record", why)),
         }
@@ -398,7 +444,7 @@ impl Store {
         }
         let mut below = dir.to_vec();
         below.push(b'/');
-        for guard in self.dirs.prefix(dir_key(group, &below)) {
+        for guard in self.h().dirs.prefix(dir_key(group, &below)) {
             let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
             let (_, path) = split_dir_key(&k).ok_or_else(|| self.corrupt("directory key", "malformed"))?;
             out.push((path.to_vec(), DirRecord::decode(&v).map_err(|why| self.corrupt("directory record", why))?));
@@ -408,7 +454,7 @@ impl Store {
 
     /// Every directory record of `group`, in key order.
     pub fn all_dir_records(&self, group: &str) -> impl Iterator<Item = Result<(Vec<u8>, DirRecord), StoreError>> + '_ {
-        self.dirs.prefix(dir_key(group, b"")).map(move |guard| {
+        self.h().dirs.prefix(dir_key(group, b"")).map(move |guard| {
             let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
             let (_, path) = split_dir_key(&k).ok_or_else(|| self.corrupt("directory key", "malformed"))?;
             Ok((path.to_vec(), DirRecord::decode(&v).map_err(|why| self.corrupt("directory record", why))?))
@@ -431,7 +477,7 @@ impl Store {
     }
 
     fn meta_string(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
-        match self.meta.get(key).map_err(|e| self.err(e))? {
+        match self.h().meta.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => String::from_utf8(v.to_vec()).map(Some).map_err(|_| self.corrupt("meta name", "not UTF-8")),
         }
@@ -440,7 +486,7 @@ impl Store {
     /// The groups this state holds a tree for.
     pub fn groups_with_state(&self) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(ROOT_PREFIX) {
+        for guard in self.h().meta.prefix(ROOT_PREFIX) {
             let k = guard.key().map_err(|e| self.err(e))?;
             out.push(String::from_utf8_lossy(&k[ROOT_PREFIX.len()..]).into_owned());
         }
@@ -450,7 +496,7 @@ impl Store {
     /// The current root set of `group`, if it was ever scanned.
     pub fn root_set(&self, group: &str) -> Result<Option<RootSet>, StoreError> {
         let key = [ROOT_PREFIX, group.as_bytes()].concat();
-        match self.meta.get(key).map_err(|e| self.err(e))? {
+        match self.h().meta.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| self.corrupt("root set", e.to_string())),
         }
@@ -458,7 +504,7 @@ impl Store {
 
     /// A directory node by tree hash, decoded and checked.
     pub fn node(&self, hash: &Hash) -> Result<Option<Node>, StoreError> {
-        match self.nodes.get(hash.as_bytes()).map_err(|e| self.err(e))? {
+        match self.h().nodes.get(hash.as_bytes()).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => {
                 if Node::hash_encoded(&v) != *hash {
@@ -474,6 +520,7 @@ impl Store {
     pub fn manifest(&self, tree: &Hash, node: &Node) -> Result<Vec<Vec<ChunkRef>>, StoreError> {
         let what = || format!("manifest of tree node {tree}");
         let v = self
+            .h()
             .manifests
             .get(tree.as_bytes())
             .map_err(|e| self.err(e))?
@@ -495,7 +542,7 @@ impl Store {
     /// All generations, oldest first.
     pub fn generations(&self) -> Result<Vec<Generation>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.generations.iter() {
+        for guard in self.h().generations.iter() {
             let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
             out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("generation", e.to_string()))?);
         }
@@ -504,7 +551,7 @@ impl Store {
 
     /// One generation by id.
     pub fn generation(&self, id: u64) -> Result<Option<Generation>, StoreError> {
-        match self.generations.get(id.to_be_bytes()).map_err(|e| self.err(e))? {
+        match self.h().generations.get(id.to_be_bytes()).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| self.corrupt("generation", e.to_string())),
         }
@@ -515,7 +562,7 @@ impl Store {
     /// (a state written before digests were kept).
     pub fn version_digest(&self, group: &str) -> Result<Hash, StoreError> {
         let key = [VERSION_DIGEST_PREFIX, group.as_bytes()].concat();
-        if let Some(v) = self.meta.get(key).map_err(|e| self.err(e))? {
+        if let Some(v) = self.h().meta.get(key).map_err(|e| self.err(e))? {
             return Hash::from_slice(&v).ok_or_else(|| self.corrupt("version digest", "not 32 bytes"));
         }
         let mut acc = [0u8; 32];
@@ -529,7 +576,7 @@ impl Store {
     /// Unresolved conflicts of every group, by group and path.
     pub fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(conflict::CONFLICT_PREFIX) {
+        for guard in self.h().meta.prefix(conflict::CONFLICT_PREFIX) {
             let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
             out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("conflict", e.to_string()))?);
         }
@@ -539,7 +586,7 @@ impl Store {
     /// Unresolved conflicts on one path of `group`, one per peer.
     pub fn conflicts_of(&self, group: &str, path: &[u8]) -> Result<Vec<Conflict>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(conflict::path_key(conflict::CONFLICT_PREFIX, group, path)) {
+        for guard in self.h().meta.prefix(conflict::path_key(conflict::CONFLICT_PREFIX, group, path)) {
             let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
             out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("conflict", e.to_string()))?);
         }
@@ -548,14 +595,16 @@ impl Store {
 
     /// Whether `path` of `group` is forced to win its next conflict.
     pub fn is_forced(&self, group: &str, path: &[u8]) -> Result<bool, StoreError> {
-        self.meta.contains_key(conflict::path_key(conflict::FORCE_PREFIX, group, path)).map_err(|e| self.err(e))
+        self.h().meta.contains_key(conflict::path_key(conflict::FORCE_PREFIX, group, path)).map_err(|e| self.err(e))
     }
 
     /// Starts a batch of writes that commits atomically.
     pub fn batch(&self) -> Batch<'_> {
+        let h = self.h();
         Batch {
             store: self,
-            inner: self.db.batch().durability(Some(PersistMode::SyncAll)),
+            inner: h.db.batch().durability(Some(PersistMode::SyncAll)),
+            h,
             empty: true,
             bytes: 0,
             seq: None,
@@ -568,6 +617,8 @@ impl Store {
 /// Writes to the state that become visible together on [`Batch::commit`].
 pub struct Batch<'a> {
     store: &'a Store,
+    /// The database the batch writes into.
+    h: Arc<Handles>,
     inner: fjall::OwnedWriteBatch,
     empty: bool,
     bytes: u64,
@@ -601,79 +652,79 @@ impl Batch<'_> {
 
     /// Stores an already encoded directory record.
     pub fn put_dir_record_encoded(&mut self, group: &str, dir: &[u8], encoded: &[u8]) {
-        let store = self.store;
-        self.insert(&store.dirs, dir_key(group, dir), encoded);
+        let h = Arc::clone(&self.h);
+        self.insert(&h.dirs, dir_key(group, dir), encoded);
     }
 
     /// Drops a directory record: the directory left the included set.
     pub fn remove_dir_record(&mut self, group: &str, dir: &[u8]) {
-        let store = self.store;
-        self.remove(&store.dirs, dir_key(group, dir));
+        let h = Arc::clone(&self.h);
+        self.remove(&h.dirs, dir_key(group, dir));
     }
 
     /// Stores an encoded node and its encoded manifest ([`encode_manifest`]).
     pub fn put_node_encoded(&mut self, hash: &Hash, encoded: &[u8], manifest: &[u8]) {
-        let store = self.store;
-        self.insert(&store.nodes, hash.as_bytes(), encoded);
-        self.insert(&store.manifests, hash.as_bytes(), manifest);
+        let h = Arc::clone(&self.h);
+        self.insert(&h.nodes, hash.as_bytes(), encoded);
+        self.insert(&h.manifests, hash.as_bytes(), manifest);
     }
 
     /// Sets a group's current root set.
     pub fn put_root_set(&mut self, group: &str, roots: &RootSet) {
-        let store = self.store;
+        let h = Arc::clone(&self.h);
         let key = [ROOT_PREFIX, group.as_bytes()].concat();
-        self.insert(&store.meta, key, postcard::to_stdvec(roots).expect("encoding to a Vec cannot fail"));
+        self.insert(&h.meta, key, postcard::to_stdvec(roots).expect("encoding to a Vec cannot fail"));
     }
 
     /// Records the name of this node's chunk store in backup directory `dir`.
     pub fn put_chunk_store_name(&mut self, dir: &Path, name: &str) {
-        let store = self.store;
-        self.insert(&store.meta, [CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat(), name);
+        let h = Arc::clone(&self.h);
+        self.insert(&h.meta, [CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat(), name);
         self.chunk_stores.push((dir.to_path_buf(), name.to_owned()));
     }
 
     /// Records which chunk store `group`'s `stored` flags refer to (`None`:
     /// none, the group keeps no backups).
     pub fn put_group_store(&mut self, group: &str, name: Option<&str>) {
-        let store = self.store;
+        let h = Arc::clone(&self.h);
         let key = [GROUP_STORE_PREFIX, group.as_bytes()].concat();
         match name {
-            Some(n) => self.insert(&store.meta, key, n),
-            None => self.remove(&store.meta, key),
+            Some(n) => self.insert(&h.meta, key, n),
+            None => self.remove(&h.meta, key),
         }
     }
 
     /// Sets a group's version digest.
     pub fn put_version_digest(&mut self, group: &str, digest: &Hash) {
-        let store = self.store;
-        self.insert(&store.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat(), digest.as_bytes());
+        let h = Arc::clone(&self.h);
+        self.insert(&h.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat(), digest.as_bytes());
     }
 
     /// Forgets everything about a group's tree: its root set, directory
     /// records and chunk store link. Generations are left to the collector.
     pub fn forget_group(&mut self, group: &str) -> Result<(), StoreError> {
-        let store = self.store;
-        self.remove(&store.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
-        self.remove(&store.meta, [ROOT_PREFIX, group.as_bytes()].concat());
-        self.remove(&store.meta, [GROUP_STORE_PREFIX, group.as_bytes()].concat());
-        for guard in store.dirs.prefix(dir_key(group, b"")) {
+        let (store, h) = (self.store, Arc::clone(&self.h));
+        self.remove(&h.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
+        self.remove(&h.meta, [ROOT_PREFIX, group.as_bytes()].concat());
+        self.remove(&h.meta, [GROUP_STORE_PREFIX, group.as_bytes()].concat());
+        for guard in h.dirs.prefix(dir_key(group, b"")) {
             let k = guard.key().map_err(|e| store.err(e))?;
-            self.remove(&store.dirs, k);
+            self.remove(&h.dirs, k);
         }
         Ok(())
     }
 
     /// Records (or refreshes) a conflict.
     pub fn put_conflict(&mut self, c: &Conflict) {
-        let store = self.store;
+        let h = Arc::clone(&self.h);
         let key = conflict::conflict_key(&c.group, &c.path, &c.peer);
-        self.insert(&store.meta, key, postcard::to_stdvec(c).expect("encoding to a Vec cannot fail"));
+        self.insert(&h.meta, key, postcard::to_stdvec(c).expect("encoding to a Vec cannot fail"));
     }
 
     /// Drops the conflict on `path` with `peer`, if one is recorded.
     pub fn remove_conflict(&mut self, group: &str, path: &[u8], peer: &str) {
-        let store = self.store;
-        self.remove(&store.meta, conflict::conflict_key(group, path, peer));
+        let h = Arc::clone(&self.h);
+        self.remove(&h.meta, conflict::conflict_key(group, path, peer));
     }
 
     /// Drops every conflict of `group` with `peer`: their trees are equal.
@@ -689,44 +740,40 @@ impl Batch<'_> {
 
     /// Marks `path` to win its next conflict (`force`), or drops the mark.
     pub fn set_forced(&mut self, group: &str, path: &[u8], forced: bool) {
-        let store = self.store;
+        let h = Arc::clone(&self.h);
         let key = conflict::path_key(conflict::FORCE_PREFIX, group, path);
         if forced {
-            self.insert(&store.meta, key, []);
+            self.insert(&h.meta, key, []);
         } else {
-            self.remove(&store.meta, key);
+            self.remove(&h.meta, key);
         }
     }
 
     /// Stores the last version counter handed out.
     pub fn put_seq(&mut self, seq: u64) {
-        let store = self.store;
-        self.insert(&store.meta, KEY_SEQ, seq.to_be_bytes());
+        let h = Arc::clone(&self.h);
+        self.insert(&h.meta, KEY_SEQ, seq.to_be_bytes());
         self.seq = Some(seq);
     }
 
     /// Records a generation and advances the generation counter past it.
     pub fn put_generation(&mut self, g: &Generation) {
-        let store = self.store;
-        self.insert(
-            &store.generations,
-            g.id.to_be_bytes(),
-            postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"),
-        );
-        self.insert(&store.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
+        let h = Arc::clone(&self.h);
+        self.insert(&h.generations, g.id.to_be_bytes(), postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"));
+        self.insert(&h.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
         self.next_generation = Some(g.id + 1);
     }
 
     /// Drops a generation record.
     pub fn remove_generation(&mut self, id: u64) {
-        let store = self.store;
-        self.remove(&store.generations, id.to_be_bytes());
+        let h = Arc::clone(&self.h);
+        self.remove(&h.generations, id.to_be_bytes());
     }
 
     pub(crate) fn remove_node(&mut self, key: &[u8]) {
-        let store = self.store;
-        self.remove(&store.nodes, key);
-        self.remove(&store.manifests, key);
+        let h = Arc::clone(&self.h);
+        self.remove(&h.nodes, key);
+        self.remove(&h.manifests, key);
     }
 
     /// Commits every write of the batch atomically and syncs the journal.
@@ -759,13 +806,31 @@ impl Batch<'_> {
         self.inner_commit()
     }
 
-    /// Commits without touching the marker.
+    /// Commits without touching the marker. A failed write (a full disk)
+    /// poisons the database; it is reopened at once, so the next command
+    /// can write again once the cause is fixed.
     fn inner_commit(self) -> Result<(), StoreError> {
         if self.empty {
             return Ok(());
         }
-        self.store.unflushed.fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
-        self.inner.commit().map_err(|e| self.store.err(e))
+        let Batch { store, h, inner, bytes, .. } = self;
+        store.unflushed.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        let e = match inner.commit() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !matches!(e, fjall::Error::Poisoned | fjall::Error::Io(_) | fjall::Error::Storage(_)) {
+            return Err(store.err(e));
+        }
+        drop(h);
+        let reopened = store.reopen();
+        match &reopened {
+            Ok(()) => {
+                tracing::warn!("{}: writing the state failed ({e}); the database was reopened", store.dir.display())
+            }
+            Err(why) => tracing::error!("{}: writing the state failed ({e}); {why}", store.dir.display()),
+        }
+        Err(StoreError::WriteFailed { path: store.dir.join("db"), source: Box::new(e), reopened: reopened.err() })
     }
 }
 
@@ -774,7 +839,8 @@ impl Drop for Store {
         if *self.unflushed.get_mut() < FLUSH_ON_CLOSE_BYTES {
             return;
         }
-        for ks in [&self.dirs, &self.nodes, &self.manifests, &self.meta, &self.generations] {
+        let Some(h) = self.h.get_mut().ok().and_then(|h| h.clone()) else { return };
+        for ks in [&h.dirs, &h.nodes, &h.manifests, &h.meta, &h.generations] {
             if let Err(e) = ks.rotate_memtable_and_wait() {
                 tracing::warn!("{}: flushing the state on close: {e}", self.dir.display());
             }
@@ -823,8 +889,8 @@ pub(crate) fn keyspace_keys(ks: &Keyspace) -> impl Iterator<Item = fjall::Result
 }
 
 impl Store {
-    pub(crate) fn nodes_keyspace(&self) -> &Keyspace {
-        &self.nodes
+    pub(crate) fn nodes_keyspace(&self) -> Keyspace {
+        self.h().nodes.clone()
     }
 }
 

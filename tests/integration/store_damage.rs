@@ -196,3 +196,89 @@ fn chunk_store_journal_with_a_flipped_byte_never_stops_syncing() {
     std::fs::write(&jnl, bytes).unwrap();
     assert_recovers(&c, &before, "chunk store");
 }
+
+/// A small tmpfs mounted on a directory for the length of a test.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax, e.g. `4m`) on `dir`;
+    /// `None`, with the reason printed, where that cannot be done.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        if !crate::common::is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// Fills the filesystem with one file; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        // The last partial block: byte by byte.
+        while f.write(&[0]).is_ok_and(|n| n == 1) {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Item 16: after one "no space left" under the state, every later
+/// command through the daemon failed with "FjallError: Poisoned" until the
+/// daemon was restarted.
+#[test]
+fn daemon_recovers_after_its_state_disk_was_full() {
+    let mut c = Cluster::new(2);
+    let Some(fs) = Tmpfs::mount(&c.state("a"), "8m") else { return };
+    c.start("a");
+    c.start("b");
+    write(&c.path("a", "first.txt"), b"before the disk filled");
+    c.check("a");
+    let filler = fs.fill();
+    for i in 0..200 {
+        write(&c.path("a", &format!("full/{i:03}-a-name-long-enough-to-need-space-in-the-journal")), b"x");
+    }
+    let full = c.run("a", &["check"]);
+    assert_ne!(full.code, 0, "check on a full disk succeeded:\n{}", full.stderr);
+    assert!(
+        full.stderr.contains("No space left") || full.stderr.contains("no space"),
+        "the first error does not say the disk is full:\n{}",
+        full.stderr
+    );
+    std::fs::remove_file(filler).unwrap();
+    let after = c.run("a", &["check"]);
+    assert_eq!(after.code, 0, "check after space was freed:\n{}", after.stderr);
+    assert!(!after.stderr.contains("Poisoned"), "{}", after.stderr);
+    c.sync_ok("a");
+    assert_eq!(std::fs::read(c.path("b", "full/199-a-name-long-enough-to-need-space-in-the-journal")).unwrap(), b"x");
+    c.stop("a");
+    c.stop("b");
+}
