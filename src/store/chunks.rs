@@ -13,6 +13,7 @@
 //! only (`private.rs`).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
@@ -22,8 +23,31 @@ use crate::hash::Hash;
 /// An open chunk store.
 pub struct ChunkStore {
     path: PathBuf,
+    /// The open database; replaced when it is reopened after a failed
+    /// write (as the state's, `Store::reopen`).
+    h: RwLock<Option<Arc<Handles>>>,
+}
+
+struct Handles {
     db: Database,
     chunks: Keyspace,
+}
+
+fn open_db(path: &Path) -> Result<Handles, fjall::Error> {
+    // As for the state (`open_db`): a damaged journal may panic fjall.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| -> Result<Handles, fjall::Error> {
+        let db = Database::builder(path).open()?;
+        // Chunks are large, already compressed values: keep them out of the
+        // LSM levels so compaction does not rewrite them.
+        let chunks = db.keyspace("chunks", || {
+            KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
+        })?;
+        Ok(Handles { db, chunks })
+    });
+    std::panic::set_hook(hook);
+    opened.unwrap_or(Err(fjall::Error::Unrecoverable))
 }
 
 impl ChunkStore {
@@ -34,20 +58,8 @@ impl ChunkStore {
     pub fn open(path: &Path) -> Result<ChunkStore, StoreError> {
         super::private::private_dir(path)?;
         super::private::tighten_tree(path)?;
-        // As for the state (`open_db`): a damaged journal may panic fjall.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let opened = std::panic::catch_unwind(|| Database::builder(path).open());
-        std::panic::set_hook(hook);
-        let db = opened.unwrap_or(Err(fjall::Error::Unrecoverable)).map_err(|e| StoreError::db(path, e))?;
-        // Chunks are large, already compressed values: keep them out of the
-        // LSM levels so compaction does not rewrite them.
-        let chunks = db
-            .keyspace("chunks", || {
-                KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
-            })
-            .map_err(|e| StoreError::db(path, e))?;
-        Ok(ChunkStore { path: path.to_path_buf(), db, chunks })
+        let h = open_db(path).map_err(|e| StoreError::db(path, e))?;
+        Ok(ChunkStore { path: path.to_path_buf(), h: RwLock::new(Some(Arc::new(h))) })
     }
 
     /// Opens the chunk store at `path` like [`ChunkStore::open`], and says
@@ -86,7 +98,7 @@ impl ChunkStore {
 
     /// Whether the store holds no chunk at all.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
-        self.chunks.is_empty().map_err(|e| self.err(e))
+        self.h().chunks.is_empty().map_err(|e| self.err(e))
     }
 
     /// Where the store lives.
@@ -94,13 +106,35 @@ impl ChunkStore {
         &self.path
     }
 
+    fn h(&self) -> Arc<Handles> {
+        self.h
+            .read()
+            .expect("chunk store handle lock")
+            .clone()
+            .unwrap_or_else(|| panic!("chunk store {} could not be reopened", self.path.display()))
+    }
+
     fn err(&self, e: fjall::Error) -> StoreError {
         StoreError::db(&self.path, e)
     }
 
+    /// The error of a failed write; a poisoned database (a full disk) is
+    /// reopened first, so later writes work once space is freed.
+    fn write_err(&self, e: fjall::Error) -> StoreError {
+        if !matches!(e, fjall::Error::Poisoned | fjall::Error::Io(_) | fjall::Error::Storage(_)) {
+            return self.err(e);
+        }
+        let reopened = super::reopen(&self.h, &self.path, open_db);
+        match &reopened {
+            Ok(()) => tracing::warn!("{}: writing failed ({e}); the chunk store was reopened", self.path.display()),
+            Err(why) => tracing::error!("{}: writing failed ({e}); {why}", self.path.display()),
+        }
+        StoreError::WriteFailed { path: self.path.clone(), source: Box::new(e), reopened: reopened.err() }
+    }
+
     /// Whether a chunk is stored.
     pub fn has(&self, hash: &Hash) -> Result<bool, StoreError> {
-        self.chunks.contains_key(hash.as_bytes()).map_err(|e| self.err(e))
+        self.h().chunks.contains_key(hash.as_bytes()).map_err(|e| self.err(e))
     }
 
     /// Stores a chunk unless present; returns the stored bytes it added.
@@ -111,16 +145,15 @@ impl ChunkStore {
         }
         let stored = crate::chunk::encode(data);
         let n = stored.len() as u64;
-        self.chunks.insert(hash.as_bytes(), stored).map_err(|e| self.err(e))?;
+        let inserted = self.h().chunks.insert(hash.as_bytes(), stored);
+        inserted.map_err(|e| self.write_err(e))?;
         Ok(n)
     }
 
     /// Reads a chunk back, decompressed and verified against its hash.
     pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
-        let stored = self.chunks.get(hash.as_bytes()).map_err(|e| self.err(e))?.ok_or_else(|| StoreError::Corrupt {
-            path: self.path.clone(),
-            what: format!("chunk {hash}"),
-            why: "missing".into(),
+        let stored = self.h().chunks.get(hash.as_bytes()).map_err(|e| self.err(e))?.ok_or_else(|| {
+            StoreError::Corrupt { path: self.path.clone(), what: format!("chunk {hash}"), why: "missing".into() }
         })?;
         crate::chunk::decode(hash, &stored).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
@@ -131,21 +164,23 @@ impl ChunkStore {
 
     /// Makes every chunk written so far durable.
     pub fn persist(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncAll).map_err(|e| self.err(e))
+        let persisted = self.h().db.persist(PersistMode::SyncAll);
+        persisted.map_err(|e| self.write_err(e))
     }
 
     /// Every stored chunk hash with its stored size, without reading the
     /// chunks themselves.
     pub fn list(&self) -> Result<Vec<(Hash, u64)>, StoreError> {
+        let h = self.h();
         let mut out = Vec::new();
-        for guard in self.chunks.iter() {
+        for guard in h.chunks.iter() {
             let k = guard.key().map_err(|e| self.err(e))?;
             let hash = Hash::from_slice(&k).ok_or_else(|| StoreError::Corrupt {
                 path: self.path.clone(),
                 what: "chunk key".into(),
                 why: format!("{} bytes, expected 32", k.len()),
             })?;
-            let size = self.chunks.size_of(&k).map_err(|e| self.err(e))?.unwrap_or(0);
+            let size = h.chunks.size_of(&k).map_err(|e| self.err(e))?.unwrap_or(0);
             out.push((hash, u64::from(size)));
         }
         Ok(out)
@@ -156,10 +191,13 @@ impl ChunkStore {
         if hashes.is_empty() {
             return Ok(());
         }
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        for h in hashes {
-            batch.remove(&self.chunks, h.as_bytes());
+        let h = self.h();
+        let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
+        for hash in hashes {
+            batch.remove(&h.chunks, hash.as_bytes());
         }
-        batch.commit().map_err(|e| self.err(e))
+        let committed = batch.commit();
+        drop(h);
+        committed.map_err(|e| self.write_err(e))
     }
 }

@@ -158,6 +158,52 @@ pub(crate) fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
     Ok(aside)
 }
 
+/// Closes the database in `slot` and opens the one at `path` again (see
+/// [`Store::reopen`]). Fails, keeping the old one, if another task still
+/// holds it after a bounded wait.
+pub(crate) fn reopen<H>(
+    slot: &std::sync::RwLock<Option<Arc<H>>>,
+    path: &Path,
+    open: fn(&Path) -> Result<H, fjall::Error>,
+) -> Result<(), String> {
+    let mut slot = slot.write().expect("database handle lock");
+    let Some(mut old) = slot.take() else { return Err("the database is not open".into()) };
+    // Readers that took the database before the write lock finish their
+    // read and let go; new ones wait on the lock. Bounded: a holder that
+    // does not let go within a second keeps the old one.
+    let mut tries = 0;
+    loop {
+        match Arc::try_unwrap(old) {
+            Ok(handles) => {
+                drop(handles);
+                break;
+            }
+            Err(still) if tries < 100 => {
+                old = still;
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(still) => {
+                *slot = Some(still);
+                return Err("another task still uses the database; restart the daemon".into());
+            }
+        }
+    }
+    let mut last = String::new();
+    // fjall joins its workers on close; a second try covers a worker that
+    // still held its lock file for a moment.
+    for _ in 0..2 {
+        match open(path) {
+            Ok(h) => {
+                *slot = Some(Arc::new(h));
+                return Ok(());
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("reopening failed ({last}); restart the daemon"))
+}
+
 /// The repair command every damage message names.
 pub const REPAIR_COMMAND: &str = "snapsync verify --repair";
 
@@ -265,43 +311,7 @@ impl Store {
     /// daemon otherwise never does. Fails if another task still holds the
     /// old database (it is kept then, and the message says to restart).
     fn reopen(&self) -> Result<(), String> {
-        let mut slot = self.h.write().expect("state handle lock");
-        let Some(mut old) = slot.take() else { return Err("the database is not open".into()) };
-        // Readers that took the database before the write lock finish
-        // their read and let go; new ones wait on the lock. Bounded: a
-        // holder that does not let go within a second keeps the old one.
-        let mut tries = 0;
-        loop {
-            match Arc::try_unwrap(old) {
-                Ok(handles) => {
-                    drop(handles);
-                    break;
-                }
-                Err(still) if tries < 100 => {
-                    old = still;
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(still) => {
-                    *slot = Some(still);
-                    return Err("another task still uses the database; restart the daemon".into());
-                }
-            }
-        }
-        let db_path = self.dir.join("db");
-        let mut last = String::new();
-        // fjall joins its workers on close; a second try covers a worker
-        // that still held its lock file for a moment.
-        for _ in 0..2 {
-            match open_db(&db_path) {
-                Ok(h) => {
-                    *slot = Some(Arc::new(h));
-                    return Ok(());
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(format!("reopening failed ({last}); restart the daemon"))
+        reopen(&self.h, &self.dir.join("db"), open_db)
     }
 
     /// The state directory.

@@ -282,3 +282,31 @@ fn daemon_recovers_after_its_state_disk_was_full() {
     c.stop("a");
     c.stop("b");
 }
+
+/// Item 16, for the chunk store: a full backup disk poisoned the chunk
+/// store, and every later check through the daemon failed.
+#[test]
+fn daemon_recovers_after_its_backup_disk_was_full() {
+    let mut c = Cluster::with(Setup::nodes(2).backups(3));
+    let backup = c.root().join("backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    let Some(fs) = Tmpfs::mount(&backup, "16m") else { return };
+    c.start("a");
+    c.start("b");
+    write(&c.path("a", "first.txt"), b"before the disk filled");
+    c.check("a");
+    let filler = fs.fill();
+    write(&c.path("a", "big.bin"), &crate::common::bytes(16, 2 << 20));
+    let full = c.run("a", &["check"]);
+    assert_ne!(full.code, 0, "check on a full backup disk succeeded:\n{}", full.stderr);
+    assert!(full.stderr.contains("No space left"), "the first error does not say the disk is full:\n{}", full.stderr);
+    std::fs::remove_file(filler).unwrap();
+    let after = c.run("a", &["check"]);
+    assert_eq!(after.code, 0, "check after space was freed:\n{}", after.stderr);
+    c.sync_ok("a");
+    assert_eq!(std::fs::read(c.path("b", "big.bin")).unwrap(), crate::common::bytes(16, 2 << 20));
+    let v = c.run("a", &["verify"]);
+    assert_eq!(v.code, 0, "verify after the full disk:\n{}{}", v.stdout, v.stderr);
+    c.stop("a");
+    c.stop("b");
+}
