@@ -310,3 +310,26 @@ fn daemon_recovers_after_its_backup_disk_was_full() {
     c.stop("a");
     c.stop("b");
 }
+
+/// Item 15: a fresh state built after damage must not overwrite edits
+/// silently: a file edited on both hosts while a's state was lost is a
+/// conflict, and each host keeps its own version until it is settled;
+/// one edited only on b reaches a.
+#[test]
+fn fresh_state_after_damage_reports_concurrent_edits_as_conflicts() {
+    let (c, _) = cluster_with_history();
+    write(&c.path("a", "both.txt"), b"agreed");
+    write(&c.path("a", "theirs.txt"), b"agreed");
+    c.sync_ok("a");
+    std::fs::remove_dir_all(db(&c)).unwrap();
+    write(&c.path("a", "both.txt"), b"a's edit while its state was lost");
+    write(&c.path("b", "both.txt"), b"b's edit");
+    write(&c.path("b", "theirs.txt"), b"b's edit only");
+    c.check("b");
+    let (code, v) = c.sync("a", &[]);
+    assert_eq!(code, 3, "{v:#}");
+    assert!(crate::cluster::any_conflict(&v), "{v:#}");
+    assert_eq!(std::fs::read(c.path("a", "both.txt")).unwrap(), b"a's edit while its state was lost");
+    assert_eq!(std::fs::read(c.path("b", "both.txt")).unwrap(), b"b's edit");
+    assert_eq!(std::fs::read(c.path("a", "theirs.txt")).unwrap(), b"b's edit only");
+}
