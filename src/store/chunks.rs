@@ -11,6 +11,14 @@
 //! freed only after that state is gone (docs/design.md, "Write ordering").
 //! The store holds the bytes of private files: it is readable by its owner
 //! only (`private.rs`).
+//!
+//! A store is *damaged* when it is missing although the state recorded it,
+//! cannot be opened, or is empty although generations were recorded into
+//! it. It is then moved aside or made anew, and the groups using it are
+//! unlinked from it, so the next check stores every live file again;
+//! `verify --repair` does the same for chunks that fail their hash and
+//! lists what no live file holds any more. A write that fails (a full
+//! disk) leaves fjall's database *poisoned*; the store reopens it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

@@ -940,4 +940,61 @@ mod tests {
         let below: Vec<Vec<u8>> = store.dir_records_below("g", b"/r").unwrap().into_iter().map(|(p, _)| p).collect();
         assert_eq!(below, [b"/r".to_vec(), b"/r/x".to_vec()], "a sibling sharing the prefix is not below");
     }
+
+    fn generation_for_test(store: &Store) -> Generation {
+        Generation {
+            id: store.next_generation_id().unwrap(),
+            group: "g".into(),
+            time: crate::tree::Timestamp::now(),
+            cause: "test".into(),
+            roots: RootSet::default(),
+            root_chunks: Vec::new(),
+            entries: 0,
+            bytes: 0,
+            added_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn removed_database_continues_ids_from_the_marker_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.damage().is_empty());
+            let mut b = store.batch();
+            b.put_seq(41);
+            b.put_generation(&generation_for_test(&store));
+            b.commit().unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.seq().unwrap(), 41);
+        assert_eq!(store.next_generation_id().unwrap(), 2);
+        assert!(store.generations().unwrap().is_empty());
+        let [msg] = store.damage() else { panic!("{:?}", store.damage()) };
+        assert!(msg.contains("is missing") && msg.contains(REPAIR_COMMAND), "{msg}");
+        drop(store);
+        assert!(Store::open(dir.path()).unwrap().damage().is_empty(), "reported once");
+    }
+
+    #[test]
+    fn database_behind_its_marker_is_raised_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            store.allocate_seq().unwrap();
+            store.store_id()
+        };
+        // As a commit the marker announced but that never reached the
+        // database would leave it.
+        let mut m = marker::Marker::read(dir.path()).unwrap().unwrap();
+        m.seq = 9;
+        m.next_generation = 5;
+        m.write(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((store.seq().unwrap(), store.next_generation_id().unwrap()), (9, 5));
+        assert_eq!(store.store_id(), id);
+        assert!(store.damage().iter().any(|d| d.contains("behind its marker")), "{:?}", store.damage());
+        assert_eq!(store.allocate_seq().unwrap(), 10);
+    }
 }
