@@ -62,7 +62,7 @@ pub enum StoreError {
         expected: u32,
     },
     /// Stored data does not decode or does not match its hash.
-    #[error("store {} is damaged: {what}: {why}; run `snapsync verify`", path.display())]
+    #[error("store {} is damaged: {what}: {why}; run `snapsync verify --repair`", path.display())]
     Corrupt {
         /// The store directory.
         path: PathBuf,

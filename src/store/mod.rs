@@ -133,7 +133,7 @@ fn open_db_inner(db_path: &Path) -> Result<Handles, fjall::Error> {
 pub(crate) fn is_damage(e: &fjall::Error) -> bool {
     fn io_damage(e: &std::io::Error) -> bool {
         use std::io::ErrorKind::*;
-        matches!(e.kind(), UnexpectedEof | InvalidData | InvalidInput | Other)
+        matches!(e.kind(), UnexpectedEof | InvalidData)
     }
     match e {
         fjall::Error::Locked | fjall::Error::Poisoned | fjall::Error::KeyspaceDeleted => false,
@@ -204,6 +204,9 @@ pub(crate) fn reopen<H>(
     Err(format!("reopening failed ({last}); restart the daemon"))
 }
 
+/// The file that flags the state database as damaged for the next open.
+const DAMAGE_FLAG: &str = "damaged";
+
 /// The repair command every damage message names.
 pub const REPAIR_COMMAND: &str = "snapsync verify --repair";
 
@@ -232,6 +235,21 @@ impl Store {
             }
         };
         let db_path = dir.join("db");
+        let flag = dir.join(DAMAGE_FLAG);
+        if let Ok(why) = std::fs::read_to_string(&flag) {
+            if std::fs::symlink_metadata(&db_path).is_ok() {
+                let aside = move_aside(&db_path)?;
+                damage.push(format!(
+                    "state database {} was found damaged while reading ({}); it was moved to {} and a fresh \
+                     state is built from the live trees; generations recorded before are no longer listed; \
+                     run `{REPAIR_COMMAND}`",
+                    db_path.display(),
+                    why.trim(),
+                    aside.display()
+                ));
+            }
+            std::fs::remove_file(&flag).map_err(|e| StoreError::io(&flag, e))?;
+        }
         let db_was_there = std::fs::symlink_metadata(&db_path).is_ok();
         // The holder of the lock tightens: a running daemon's files are its own.
         private::private_dir(&db_path)?;
@@ -394,8 +412,23 @@ impl Store {
         Ok(())
     }
 
+    /// The error for a failed read or write. Damage found while the
+    /// database is open (a table block that fails its checksum) cannot be
+    /// moved aside under the open database: it is flagged in
+    /// `STATE/damaged`, and the next open moves the database aside.
     fn err(&self, e: fjall::Error) -> StoreError {
-        StoreError::db(&self.dir, e)
+        if !is_damage(&e) {
+            return StoreError::db(&self.dir, e);
+        }
+        let flag = self.dir.join(DAMAGE_FLAG);
+        if let Err(io) = std::fs::write(&flag, e.to_string()) {
+            tracing::error!("{}: {io}", flag.display());
+        }
+        StoreError::Corrupt {
+            path: self.dir.join("db"),
+            what: "state database".into(),
+            why: format!("{e}; the next command moves it aside and builds a fresh state from the live trees"),
+        }
     }
 
     fn corrupt(&self, what: &str, why: impl Into<String>) -> StoreError {
@@ -996,5 +1029,38 @@ mod tests {
         assert_eq!(store.store_id(), id);
         assert!(store.damage().iter().any(|d| d.contains("behind its marker")), "{:?}", store.damage());
         assert_eq!(store.allocate_seq().unwrap(), 10);
+    }
+
+    #[test]
+    fn table_damage_found_while_reading_moves_the_database_aside_on_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = store.batch();
+            for i in 0..2000u32 {
+                let mut d = DirRecord::default();
+                // Names that do not compress, so the table is large.
+                let name: Vec<u8> =
+                    (0..600u32).map(|j| (i.wrapping_mul(2_654_435_761) ^ j.wrapping_mul(40_503)) as u8).collect();
+                d.children.push((name, EntryRecord::tombstone_for_test()));
+                b.put_dir_record("g", format!("/d{i:05}").as_bytes(), &d);
+            }
+            b.commit().unwrap();
+            // Closing flushes more than FLUSH_ON_CLOSE_BYTES into tables.
+        }
+        let tables = dir.path().join("db/keyspaces/2/tables");
+        let table = std::fs::read_dir(&tables).unwrap().next().unwrap().unwrap().path();
+        let mut bytes = std::fs::read(&table).unwrap();
+        let at = bytes.len() / 3;
+        bytes[at] ^= 0x5a;
+        std::fs::write(&table, bytes).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let read: Result<Vec<_>, _> = store.all_dir_records("g").collect();
+            assert!(matches!(read, Err(StoreError::Corrupt { .. })), "{:?}", read.map(|v| v.len()));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.damage().iter().any(|d| d.contains("moved to")), "{:?}", store.damage());
+        assert_eq!(store.dir_record("g", b"/d01000").unwrap(), None, "a fresh state");
     }
 }
