@@ -427,7 +427,10 @@ impl Store {
         StoreError::Corrupt {
             path: self.dir.join("db"),
             what: "state database".into(),
-            why: format!("{e}; the next command moves it aside and builds a fresh state from the live trees"),
+            why: format!(
+                "{e}; the next open of the state (the next command, or a restart of the daemon that holds \
+                 it) moves it aside and builds a fresh state from the live trees"
+            ),
         }
     }
 
