@@ -167,7 +167,12 @@ pub enum Command {
     /// Drop generations beyond backup-generations and free unused space.
     Gc,
     /// Re-read tracked files and stored chunks and check their hashes.
-    Verify,
+    Verify {
+        /// Rebuild damaged or missing chunk stores from the live files and
+        /// list what the generations lost.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Show snapsync at work on an embedded sample configuration and tree.
     Demo {
         /// Where to lay out the demo (default: a new directory under the temp directory).
@@ -194,7 +199,7 @@ impl Command {
             Command::Serve { .. } => "serve",
             Command::Trust { .. } => "trust",
             Command::Gc => "gc",
-            Command::Verify => "verify",
+            Command::Verify { .. } => "verify",
             Command::Demo { .. } => "demo",
         }
     }
@@ -491,8 +496,8 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             output::gc(out, cli, &node.write_blocking(|n| n.engine.gc())?);
             EXIT_OK
         }
-        Command::Verify => {
-            let report = engine.verify()?;
+        Command::Verify { repair } => {
+            let report = if *repair { node.write_blocking(|n| n.engine.repair())? } else { engine.verify()? };
             output::verify(out, cli, &report);
             if report.mismatches.is_empty() { EXIT_OK } else { EXIT_FAILURE }
         }

@@ -278,6 +278,18 @@ pub(super) fn verify(o: &mut String, cli: &Cli, r: &VerifyReport) {
     for m in &r.mismatches {
         say!(o, "MISMATCH {}: {}", escape(&m.path), escape(&m.problem));
     }
+    if let Some(rep) = &r.repair {
+        for m in &rep.lost {
+            say!(o, "LOST {}: {}", escape(&m.path), escape(&m.problem));
+        }
+        say!(
+            o,
+            "repair: dropped {} damaged chunks, stored {} live files again; {} generation paths are lost",
+            rep.chunks_dropped,
+            rep.files_stored,
+            rep.lost.len()
+        );
+    }
     if !cli.quiet {
         say!(
             o,

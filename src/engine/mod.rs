@@ -19,7 +19,7 @@ mod verify;
 pub use actions::{ActionQueue, run_actions};
 pub use check::{CheckReport, GroupCheck};
 pub use ls::LsEntry;
-pub use verify::{Mismatch, VerifyReport};
+pub use verify::{Mismatch, RepairReport, VerifyReport};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -91,6 +91,9 @@ pub struct Engine {
     group_chunks: Vec<Option<usize>>,
     /// Whether to draw progress bars.
     pub progress: bool,
+    /// Damage to the state or the chunk stores found on opening, and what
+    /// was done about it; each message names the repair command.
+    pub damage: Vec<String>,
 }
 
 impl Engine {
@@ -104,6 +107,9 @@ impl Engine {
         let groups = config.resolve(host)?;
         check_group_keys(&groups)?;
         let store = Store::open(state_dir)?;
+        let mut damage: Vec<String> = store.damage().to_vec();
+        let mut damaged: Vec<usize> = Vec::new();
+        let mut expected_stores: Vec<bool> = Vec::new();
         let mut chunk_stores: Vec<ChunkStore> = Vec::new();
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
         let mut group_chunks = Vec::new();
@@ -112,12 +118,19 @@ impl Engine {
             let idx = match &g.backup_directory {
                 None => None,
                 Some(dir) => {
+                    let expected = store.chunk_store_name(dir)?.is_some();
                     let name = chunk_store_name(&store, dir, host)?;
                     let path = dir.join(&name);
                     let i = match by_path.get(&path) {
                         Some(&i) => i,
                         None => {
-                            chunk_stores.push(ChunkStore::open(&path)?);
+                            let (cs, found) = ChunkStore::open_checked(&path, expected)?;
+                            if let Some(msg) = found {
+                                damage.push(msg);
+                                damaged.push(chunk_stores.len());
+                            }
+                            chunk_stores.push(cs);
+                            expected_stores.push(expected);
                             chunk_store_names.push(name);
                             by_path.insert(path, chunk_stores.len() - 1);
                             chunk_stores.len() - 1
@@ -128,6 +141,42 @@ impl Engine {
             };
             group_chunks.push(idx);
         }
+        // An empty store that backups were recorded into lost its content
+        // (its journal truncated or its files removed).
+        let gens = store.generations()?;
+        for (c, cs) in chunk_stores.iter().enumerate() {
+            if !expected_stores[c] || damaged.contains(&c) || !cs.is_empty()? {
+                continue;
+            }
+            let held = groups
+                .iter()
+                .zip(&group_chunks)
+                .any(|(g, gc)| *gc == Some(c) && gens.iter().any(|x| x.group == g.name && x.bytes > 0));
+            if held {
+                damage.push(format!(
+                    "chunk store {} is empty although generations were recorded into it; the next check \
+                     stores the live files in it again, and older generations have lost content; run `{}` \
+                     to list what is lost",
+                    cs.path().display(),
+                    crate::store::REPAIR_COMMAND
+                ));
+                damaged.push(c);
+            }
+        }
+        if !damaged.is_empty() {
+            // Records marked `stored` no longer have their chunks: unlink
+            // the groups, so the next check reads and stores everything.
+            let mut batch = store.batch();
+            for (g, gc) in groups.iter().zip(&group_chunks) {
+                if gc.is_some_and(|c| damaged.contains(&c)) {
+                    batch.put_group_store(&g.name, None);
+                }
+            }
+            batch.commit()?;
+        }
+        for msg in &damage {
+            tracing::error!("{msg}");
+        }
         Ok(Engine {
             host: host.to_owned(),
             groups,
@@ -136,6 +185,7 @@ impl Engine {
             chunk_store_names,
             group_chunks,
             progress: false,
+            damage,
         })
     }
 

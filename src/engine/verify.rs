@@ -5,6 +5,12 @@
 //! last check: that is not damage, so it is counted as skipped. A file
 //! whose size and mtime match but whose bytes do not is damage (bit rot,
 //! or a write that restored the mtime) and is reported by path.
+//!
+//! `verify --repair` rebuilds the chunk store from the live trees: it drops
+//! chunks that do not decode or match their hash, then stores every live
+//! file's content again (a check that reads every file), and verifies
+//! again. What the generations still miss after that is *lost*: no live
+//! file holds it any more, and it is listed path by path.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -37,11 +43,70 @@ pub struct VerifyReport {
     pub files_changed_since_check: u64,
     /// Stored chunks decoded and compared.
     pub chunks_checked: u64,
-    /// Everything that did not match.
+    /// Everything that did not match (after a repair: what it could not
+    /// mend, other than lost backups).
     pub mismatches: Vec<Mismatch>,
+    /// With `--repair`, what the repair did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairReport>,
+}
+
+/// What `verify --repair` did and could not do.
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Damaged chunks dropped from the chunk stores.
+    pub chunks_dropped: u64,
+    /// Files read and stored again from the live trees.
+    pub files_stored: u64,
+    /// Generation paths whose content no live file holds any more: lost.
+    pub lost: Vec<Mismatch>,
 }
 
 impl Engine {
+    /// Repairs the chunk stores from the live trees and verifies the
+    /// result (`verify --repair`). The caller holds the writer.
+    pub fn repair(&self) -> Result<VerifyReport, EngineError> {
+        let mut repair = RepairReport::default();
+        for cs in &self.chunk_stores {
+            let list = cs.list()?;
+            let bar = self.bar(Some(list.len() as u64), "checking chunks");
+            let bad: Vec<Hash> = list
+                .par_iter()
+                .filter_map(|(h, _)| {
+                    bar.inc(1);
+                    cs.get(h).is_err().then_some(*h)
+                })
+                .collect();
+            bar.finish_and_clear();
+            if !bad.is_empty() {
+                tracing::warn!("{}: dropping {} damaged chunks", cs.path().display(), bad.len());
+            }
+            cs.remove(&bad)?;
+            repair.chunks_dropped += bad.len() as u64;
+        }
+        // Unlinked, every group with backups reads and stores every live
+        // file again on the check below (chunks already present are kept).
+        let mut batch = self.store.batch();
+        for (i, g) in self.groups.iter().enumerate() {
+            if self.chunk_store(i).is_some() {
+                batch.put_group_store(&g.name, None);
+            }
+        }
+        batch.commit()?;
+        let check = self.check_with_cause(&[], "local scan", None, false, None)?;
+        repair.files_stored = check.groups.iter().map(|g| g.stats.files_read).sum();
+        let mut report = self.verify()?;
+        let (lost, rest): (Vec<Mismatch>, Vec<Mismatch>) =
+            report.mismatches.into_iter().partition(|m| m.path.starts_with("generation "));
+        repair.lost = lost;
+        report.mismatches = rest;
+        for p in check.problems.iter().filter(|p| p.severity == crate::scan::Severity::Error) {
+            report.mismatches.push(Mismatch { path: p.path.display().to_string(), problem: p.message.clone() });
+        }
+        report.repair = Some(repair);
+        Ok(report)
+    }
+
     /// Verifies every tracked file, every stored chunk, and that every
     /// kept generation's content is present.
     pub fn verify(&self) -> Result<VerifyReport, EngineError> {

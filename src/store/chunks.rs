@@ -11,8 +11,17 @@
 //! freed only after that state is gone (docs/design.md, "Write ordering").
 //! The store holds the bytes of private files: it is readable by its owner
 //! only (`private.rs`).
+//!
+//! A store is *damaged* when it is missing although the state recorded it,
+//! cannot be opened, or is empty although generations were recorded into
+//! it. It is then moved aside or made anew, and the groups using it are
+//! unlinked from it, so the next check stores every live file again;
+//! `verify --repair` does the same for chunks that fail their hash and
+//! lists what no live file holds any more. A write that fails (a full
+//! disk) leaves fjall's database *poisoned*; the store reopens it.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
@@ -22,8 +31,31 @@ use crate::hash::Hash;
 /// An open chunk store.
 pub struct ChunkStore {
     path: PathBuf,
+    /// The open database; replaced when it is reopened after a failed
+    /// write (as the state's, `Store::reopen`).
+    h: RwLock<Option<Arc<Handles>>>,
+}
+
+struct Handles {
     db: Database,
     chunks: Keyspace,
+}
+
+fn open_db(path: &Path) -> Result<Handles, fjall::Error> {
+    // As for the state (`open_db`): a damaged journal may panic fjall.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| -> Result<Handles, fjall::Error> {
+        let db = Database::builder(path).open()?;
+        // Chunks are large, already compressed values: keep them out of the
+        // LSM levels so compaction does not rewrite them.
+        let chunks = db.keyspace("chunks", || {
+            KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
+        })?;
+        Ok(Handles { db, chunks })
+    });
+    std::panic::set_hook(hook);
+    opened.unwrap_or(Err(fjall::Error::Unrecoverable))
 }
 
 impl ChunkStore {
@@ -34,15 +66,47 @@ impl ChunkStore {
     pub fn open(path: &Path) -> Result<ChunkStore, StoreError> {
         super::private::private_dir(path)?;
         super::private::tighten_tree(path)?;
-        let db = Database::builder(path).open().map_err(|e| StoreError::db(path, e))?;
-        // Chunks are large, already compressed values: keep them out of the
-        // LSM levels so compaction does not rewrite them.
-        let chunks = db
-            .keyspace("chunks", || {
-                KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
-            })
-            .map_err(|e| StoreError::db(path, e))?;
-        Ok(ChunkStore { path: path.to_path_buf(), db, chunks })
+        let h = open_db(path).map_err(|e| StoreError::db(path, e))?;
+        Ok(ChunkStore { path: path.to_path_buf(), h: RwLock::new(Some(Arc::new(h))) })
+    }
+
+    /// Opens the chunk store at `path` like [`ChunkStore::open`], and says
+    /// what damage it found: with `expected` (the state recorded this store
+    /// before), a missing store is damage; a store that cannot be opened is
+    /// moved aside (`PATH.damaged-TIME`) and a new one made. The message
+    /// names the repair command.
+    pub fn open_checked(path: &Path, expected: bool) -> Result<(ChunkStore, Option<String>), StoreError> {
+        let rebuilt = "a new one is made, the next check stores the live files in it again, and older \
+                       generations may have lost content";
+        let mut damage = None;
+        if expected && std::fs::symlink_metadata(path).is_err() {
+            damage = Some(format!(
+                "chunk store {} is missing; {rebuilt}; run `{}` to list what is lost",
+                path.display(),
+                super::REPAIR_COMMAND
+            ));
+        }
+        match ChunkStore::open(path) {
+            Ok(cs) => Ok((cs, damage)),
+            Err(StoreError::Db { source, .. }) if super::is_damage(&source) => {
+                let aside = super::move_aside(path)?;
+                let cs = ChunkStore::open(path)?;
+                let msg = format!(
+                    "chunk store {} cannot be opened ({source}); it was moved to {}; {rebuilt}; run `{}` to \
+                     list what is lost",
+                    path.display(),
+                    aside.display(),
+                    super::REPAIR_COMMAND
+                );
+                Ok((cs, Some(msg)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the store holds no chunk at all.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        self.h().chunks.is_empty().map_err(|e| self.err(e))
     }
 
     /// Where the store lives.
@@ -50,13 +114,35 @@ impl ChunkStore {
         &self.path
     }
 
+    fn h(&self) -> Arc<Handles> {
+        self.h
+            .read()
+            .expect("chunk store handle lock")
+            .clone()
+            .unwrap_or_else(|| panic!("chunk store {} could not be reopened", self.path.display()))
+    }
+
     fn err(&self, e: fjall::Error) -> StoreError {
         StoreError::db(&self.path, e)
     }
 
+    /// The error of a failed write; a poisoned database (a full disk) is
+    /// reopened first, so later writes work once space is freed.
+    fn write_err(&self, e: fjall::Error) -> StoreError {
+        if !matches!(e, fjall::Error::Poisoned | fjall::Error::Io(_) | fjall::Error::Storage(_)) {
+            return self.err(e);
+        }
+        let reopened = super::reopen(&self.h, &self.path, open_db);
+        match &reopened {
+            Ok(()) => tracing::warn!("{}: writing failed ({e}); the chunk store was reopened", self.path.display()),
+            Err(why) => tracing::error!("{}: writing failed ({e}); {why}", self.path.display()),
+        }
+        StoreError::WriteFailed { path: self.path.clone(), source: Box::new(e), reopened: reopened.err() }
+    }
+
     /// Whether a chunk is stored.
     pub fn has(&self, hash: &Hash) -> Result<bool, StoreError> {
-        self.chunks.contains_key(hash.as_bytes()).map_err(|e| self.err(e))
+        self.h().chunks.contains_key(hash.as_bytes()).map_err(|e| self.err(e))
     }
 
     /// Stores a chunk unless present; returns the stored bytes it added.
@@ -67,16 +153,15 @@ impl ChunkStore {
         }
         let stored = crate::chunk::encode(data);
         let n = stored.len() as u64;
-        self.chunks.insert(hash.as_bytes(), stored).map_err(|e| self.err(e))?;
+        let inserted = self.h().chunks.insert(hash.as_bytes(), stored);
+        inserted.map_err(|e| self.write_err(e))?;
         Ok(n)
     }
 
     /// Reads a chunk back, decompressed and verified against its hash.
     pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
-        let stored = self.chunks.get(hash.as_bytes()).map_err(|e| self.err(e))?.ok_or_else(|| StoreError::Corrupt {
-            path: self.path.clone(),
-            what: format!("chunk {hash}"),
-            why: "missing".into(),
+        let stored = self.h().chunks.get(hash.as_bytes()).map_err(|e| self.err(e))?.ok_or_else(|| {
+            StoreError::Corrupt { path: self.path.clone(), what: format!("chunk {hash}"), why: "missing".into() }
         })?;
         crate::chunk::decode(hash, &stored).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
@@ -87,21 +172,23 @@ impl ChunkStore {
 
     /// Makes every chunk written so far durable.
     pub fn persist(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncAll).map_err(|e| self.err(e))
+        let persisted = self.h().db.persist(PersistMode::SyncAll);
+        persisted.map_err(|e| self.write_err(e))
     }
 
     /// Every stored chunk hash with its stored size, without reading the
     /// chunks themselves.
     pub fn list(&self) -> Result<Vec<(Hash, u64)>, StoreError> {
+        let h = self.h();
         let mut out = Vec::new();
-        for guard in self.chunks.iter() {
+        for guard in h.chunks.iter() {
             let k = guard.key().map_err(|e| self.err(e))?;
             let hash = Hash::from_slice(&k).ok_or_else(|| StoreError::Corrupt {
                 path: self.path.clone(),
                 what: "chunk key".into(),
                 why: format!("{} bytes, expected 32", k.len()),
             })?;
-            let size = self.chunks.size_of(&k).map_err(|e| self.err(e))?.unwrap_or(0);
+            let size = h.chunks.size_of(&k).map_err(|e| self.err(e))?.unwrap_or(0);
             out.push((hash, u64::from(size)));
         }
         Ok(out)
@@ -112,10 +199,13 @@ impl ChunkStore {
         if hashes.is_empty() {
             return Ok(());
         }
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        for h in hashes {
-            batch.remove(&self.chunks, h.as_bytes());
+        let h = self.h();
+        let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
+        for hash in hashes {
+            batch.remove(&h.chunks, hash.as_bytes());
         }
-        batch.commit().map_err(|e| self.err(e))
+        let committed = batch.commit();
+        drop(h);
+        committed.map_err(|e| self.write_err(e))
     }
 }

@@ -21,6 +21,24 @@ pub enum StoreError {
         /// The engine's error.
         source: Box<fjall::Error>,
     },
+    /// A write to the state failed (a full disk, an I/O error); nothing of
+    /// the batch was recorded.
+    #[error(
+        "state database {}: writing failed ({source}); nothing of this command was recorded; {}",
+        path.display(),
+        match reopened {
+            None => "the database was reopened: free space (or fix the cause) and run the command again".to_owned(),
+            Some(why) => why.clone(),
+        }
+    )]
+    WriteFailed {
+        /// The database directory.
+        path: PathBuf,
+        /// The engine's error.
+        source: Box<fjall::Error>,
+        /// Why the database could not be reopened (`None`: it was).
+        reopened: Option<String>,
+    },
     /// Another process holds the state.
     #[error(
         "state directory {} is in use by another snapsync process (pid {pid}); \
@@ -44,7 +62,7 @@ pub enum StoreError {
         expected: u32,
     },
     /// Stored data does not decode or does not match its hash.
-    #[error("store {} is damaged: {what}: {why}; run `snapsync verify`", path.display())]
+    #[error("store {} is damaged: {what}: {why}; run `snapsync verify --repair`", path.display())]
     Corrupt {
         /// The store directory.
         path: PathBuf,

@@ -121,7 +121,7 @@ pub fn collect_garbage(
     }
 
     // Sweep the state first, then the chunks it referenced.
-    for key in keyspace_keys(store.nodes_keyspace()) {
+    for key in keyspace_keys(&store.nodes_keyspace()) {
         let key = key.map_err(|e| store.err(e))?;
         if Hash::from_slice(&key).is_none_or(|h| !live_nodes.contains(&h)) {
             batch.remove_node(&key);

@@ -18,6 +18,14 @@
 //! owner only; opening the store tightens any looser mode it finds
 //! (`private.rs`).
 //!
+//! Beside the database, the *marker* (`marker.rs`) keeps the store id, the
+//! highest version counter and generation id ever handed out, and the chunk
+//! store names, so a damaged, truncated or removed database is detected
+//! and a fresh one continues the ids instead of starting over. A database
+//! that cannot be opened is moved aside (`db.damaged-TIME`) and a fresh
+//! state is built from the live trees; [`Store::damage`] says what was
+//! found, naming `snapsync verify --repair`.
+//!
 //! Keyspaces: `meta` (counters, format, per-group root sets), `dirs`,
 //! `nodes`, `manifests`, `generations`. Chunk bytes live apart, in a
 //! [`ChunkStore`] under the group's backup directory. All writes of one run
@@ -29,6 +37,7 @@ mod conflict;
 mod error;
 mod gc;
 mod generation;
+mod marker;
 mod private;
 mod record;
 
@@ -45,8 +54,10 @@ pub use record::{
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -68,16 +79,136 @@ const VERSION_DIGEST_PREFIX: &[u8] = b"vdigest\0";
 /// One node's open state database. Holding it holds the state lock.
 pub struct Store {
     dir: PathBuf,
+    /// The open database; replaced when it is reopened after a failed
+    /// write ([`Store::reopen`]). `None` only while that happens.
+    h: std::sync::RwLock<Option<Arc<Handles>>>,
+    /// Bytes committed since the memtables were last flushed.
+    unflushed: std::sync::atomic::AtomicU64,
+    /// The marker as last written; held across a commit.
+    marker: std::sync::Mutex<marker::Marker>,
+    /// Damage found when opening, as messages for the operator.
+    damage: Vec<String>,
+    _lock: File,
+}
+
+/// The open database and its keyspaces, before they become a [`Store`].
+struct Handles {
     db: Database,
     meta: Keyspace,
     dirs: Keyspace,
     nodes: Keyspace,
     manifests: Keyspace,
     generations: Keyspace,
-    /// Bytes committed since the memtables were last flushed.
-    unflushed: std::sync::atomic::AtomicU64,
-    _lock: File,
 }
+
+/// Opens the state database. fjall checks some of what it replays with
+/// assertions: a damaged journal can panic instead of returning an error,
+/// so a panic while opening counts as damage too.
+fn open_db(db_path: &Path) -> Result<Handles, fjall::Error> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| open_db_inner(db_path));
+    std::panic::set_hook(hook);
+    opened.unwrap_or(Err(fjall::Error::Unrecoverable))
+}
+
+fn open_db_inner(db_path: &Path) -> Result<Handles, fjall::Error> {
+    // No journal compression: fjall re-encodes every journal entry when
+    // it replays the journal on open, and compressing them again costs
+    // more there than the disk space saves.
+    let db = Database::builder(db_path).journal_compression(fjall::CompressionType::None).open()?;
+    let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+    Ok(Handles {
+        meta: ks("meta")?,
+        dirs: ks("dirs")?,
+        nodes: ks("nodes")?,
+        manifests: ks("manifests")?,
+        generations: ks("generations")?,
+        db,
+    })
+}
+
+/// Whether a database error means the files are damaged (as opposed to the
+/// environment failing: permissions, a full disk, a lock).
+pub(crate) fn is_damage(e: &fjall::Error) -> bool {
+    fn io_damage(e: &std::io::Error) -> bool {
+        use std::io::ErrorKind::*;
+        matches!(e.kind(), UnexpectedEof | InvalidData)
+    }
+    match e {
+        fjall::Error::Locked | fjall::Error::Poisoned | fjall::Error::KeyspaceDeleted => false,
+        fjall::Error::Io(io) => io_damage(io),
+        fjall::Error::Storage(fjall::LsmError::Io(io)) => io_damage(io),
+        _ => true,
+    }
+}
+
+/// Renames a damaged database directory to `PATH.damaged-SECONDS` (a
+/// number appended if that exists) and returns the new name.
+pub(crate) fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let base = format!("{}.damaged-{secs}", path.display());
+    let mut aside = PathBuf::from(&base);
+    let mut n = 1;
+    while std::fs::symlink_metadata(&aside).is_ok() {
+        aside = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &aside).map_err(|e| StoreError::io(path, e))?;
+    Ok(aside)
+}
+
+/// Closes the database in `slot` and opens the one at `path` again (see
+/// [`Store::reopen`]). Fails, keeping the old one, if another task still
+/// holds it after a bounded wait.
+pub(crate) fn reopen<H>(
+    slot: &std::sync::RwLock<Option<Arc<H>>>,
+    path: &Path,
+    open: fn(&Path) -> Result<H, fjall::Error>,
+) -> Result<(), String> {
+    let mut slot = slot.write().expect("database handle lock");
+    let Some(mut old) = slot.take() else { return Err("the database is not open".into()) };
+    // Readers that took the database before the write lock finish their
+    // read and let go; new ones wait on the lock. Bounded: a holder that
+    // does not let go within a second keeps the old one.
+    let mut tries = 0;
+    loop {
+        match Arc::try_unwrap(old) {
+            Ok(handles) => {
+                drop(handles);
+                break;
+            }
+            Err(still) if tries < 100 => {
+                old = still;
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(still) => {
+                *slot = Some(still);
+                return Err("another task still uses the database; restart the daemon".into());
+            }
+        }
+    }
+    let mut last = String::new();
+    // fjall joins its workers on close; a second try covers a worker that
+    // still held its lock file for a moment.
+    for _ in 0..2 {
+        match open(path) {
+            Ok(h) => {
+                *slot = Some(Arc::new(h));
+                return Ok(());
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("reopening failed ({last}); restart the daemon"))
+}
+
+/// The file that flags the state database as damaged for the next open.
+const DAMAGE_FLAG: &str = "damaged";
+
+/// The repair command every damage message names.
+pub const REPAIR_COMMAND: &str = "snapsync verify --repair";
 
 /// Above this many bytes of unflushed writes, closing the store flushes
 /// its memtables. fjall otherwise replays the journal into memory on the
@@ -95,32 +226,110 @@ impl Store {
         private::private_dir(dir)?;
         let lock = take_lock(dir)?;
         private::tighten(&dir.join(LOCK_FILE))?;
+        let mut damage = Vec::new();
+        let marker = match marker::Marker::read(dir) {
+            Ok(m) => m,
+            Err(e) => {
+                damage.push(format!("{e}; it is written again from the state database"));
+                None
+            }
+        };
         let db_path = dir.join("db");
+        let flag = dir.join(DAMAGE_FLAG);
+        if let Ok(why) = std::fs::read_to_string(&flag) {
+            if std::fs::symlink_metadata(&db_path).is_ok() {
+                let aside = move_aside(&db_path)?;
+                damage.push(format!(
+                    "state database {} was found damaged while reading ({}); it was moved to {} and a fresh \
+                     state is built from the live trees; generations recorded before are no longer listed; \
+                     run `{REPAIR_COMMAND}`",
+                    db_path.display(),
+                    why.trim(),
+                    aside.display()
+                ));
+            }
+            std::fs::remove_file(&flag).map_err(|e| StoreError::io(&flag, e))?;
+        }
+        let db_was_there = std::fs::symlink_metadata(&db_path).is_ok();
         // The holder of the lock tightens: a running daemon's files are its own.
         private::private_dir(&db_path)?;
         private::tighten_tree(&db_path)?;
-        // No journal compression: fjall re-encodes every journal entry when
-        // it replays the journal on open, and compressing them again costs
-        // more there than the disk space saves.
-        let db = Database::builder(&db_path)
-            .journal_compression(fjall::CompressionType::None)
-            .open()
-            .map_err(|e| StoreError::db(&db_path, e))?;
-        let ks =
-            |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| StoreError::db(&db_path, e));
+        let handles = match open_db(&db_path) {
+            Ok(h) => h,
+            Err(e) if is_damage(&e) => {
+                let aside = move_aside(&db_path)?;
+                damage.push(format!(
+                    "state database {} cannot be opened ({e}); it was moved to {} and a fresh state is built \
+                     from the live trees; generations recorded before are no longer listed; run `{REPAIR_COMMAND}`",
+                    db_path.display(),
+                    aside.display()
+                ));
+                private::private_dir(&db_path)?;
+                open_db(&db_path).map_err(|e| StoreError::db(&db_path, e))?
+            }
+            Err(e) => return Err(StoreError::db(&db_path, e)),
+        };
+        let handles = if handles.meta.get(KEY_FORMAT).map_err(|e| StoreError::db(&db_path, e))?.is_none()
+            && !(handles.dirs.is_empty().map_err(|e| StoreError::db(&db_path, e))?
+                && handles.generations.is_empty().map_err(|e| StoreError::db(&db_path, e))?
+                && handles.nodes.is_empty().map_err(|e| StoreError::db(&db_path, e))?)
+        {
+            // Records without their meta keyspace: counters, root sets and
+            // chunk store links are gone, so the records cannot be trusted.
+            drop(handles);
+            let aside = move_aside(&db_path)?;
+            damage.push(format!(
+                "state database {} lost its meta keyspace; it was moved to {} and a fresh state is built \
+                 from the live trees; generations recorded before are no longer listed; run `{REPAIR_COMMAND}`",
+                db_path.display(),
+                aside.display()
+            ));
+            private::private_dir(&db_path)?;
+            open_db(&db_path).map_err(|e| StoreError::db(&db_path, e))?
+        } else {
+            handles
+        };
         let store = Store {
-            meta: ks("meta")?,
-            dirs: ks("dirs")?,
-            nodes: ks("nodes")?,
-            manifests: ks("manifests")?,
-            generations: ks("generations")?,
+            h: std::sync::RwLock::new(Some(Arc::new(handles))),
             dir: dir.to_path_buf(),
-            db,
             unflushed: std::sync::atomic::AtomicU64::new(0),
+            marker: std::sync::Mutex::new(marker.clone().unwrap_or_default()),
+            damage,
             _lock: lock,
         };
-        store.check_format()?;
+        let mut store = store;
+        store.check_format(marker, db_was_there)?;
         Ok(store)
+    }
+
+    /// Damage found when the state was opened (and what was done about
+    /// it), one message each; empty when none. Each names the repair
+    /// command.
+    pub fn damage(&self) -> &[String] {
+        &self.damage
+    }
+
+    /// The state's store id, made once and kept in the marker.
+    pub fn store_id(&self) -> String {
+        self.marker.lock().expect("marker lock").store_id.clone()
+    }
+
+    /// The open database.
+    fn h(&self) -> Arc<Handles> {
+        self.h
+            .read()
+            .expect("state handle lock")
+            .clone()
+            .unwrap_or_else(|| panic!("state database {} could not be reopened", self.dir.display()))
+    }
+
+    /// Closes and reopens the database after a failed write. fjall
+    /// *poisons* a database whose journal write or sync failed (a full
+    /// disk): every later write fails until it is reopened, which a
+    /// daemon otherwise never does. Fails if another task still holds the
+    /// old database (it is kept then, and the message says to restart).
+    fn reopen(&self) -> Result<(), String> {
+        reopen(&self.h, &self.dir.join("db"), open_db)
     }
 
     /// The state directory.
@@ -128,27 +337,101 @@ impl Store {
         &self.dir
     }
 
-    fn check_format(&self) -> Result<(), StoreError> {
-        match self.meta.get(KEY_FORMAT).map_err(|e| self.err(e))? {
-            None => {
-                self.meta.insert(KEY_FORMAT, STATE_FORMAT.to_be_bytes()).map_err(|e| self.err(e))?;
-                self.db.persist(PersistMode::SyncAll).map_err(|e| self.err(e))?;
-                Ok(())
-            }
+    /// Checks the format and squares the database with the marker: a new
+    /// database starts from the marker's counters (and says so when the
+    /// marker shows an earlier state existed), a database behind its
+    /// marker is raised to it, and a missing marker is written.
+    fn check_format(&mut self, marker: Option<marker::Marker>, db_was_there: bool) -> Result<(), StoreError> {
+        let fresh = match self.h().meta.get(KEY_FORMAT).map_err(|e| self.err(e))? {
+            None => true,
             Some(v) => {
                 let found =
                     u32::from_be_bytes(v.as_ref().try_into().map_err(|_| self.corrupt("meta/format", "not 4 bytes"))?);
-                if found == STATE_FORMAT {
-                    Ok(())
-                } else {
-                    Err(StoreError::Format { path: self.dir.clone(), found, expected: STATE_FORMAT })
+                if found != STATE_FORMAT {
+                    return Err(StoreError::Format { path: self.dir.clone(), found, expected: STATE_FORMAT });
+                }
+                false
+            }
+        };
+        let mut m = match marker {
+            Some(m) => m,
+            None => marker::Marker::new()?,
+        };
+        if fresh {
+            let before = m.seq > 0 || m.next_generation > 1 || !m.chunk_stores.is_empty();
+            if before && self.damage.is_empty() {
+                let what = if db_was_there { "is empty (its journal was truncated or removed)" } else { "is missing" };
+                self.damage.push(format!(
+                    "state database {} {what}; a fresh state is built from the live trees, version counters \
+                     continue after {} and generation ids at {}; generations recorded before are no longer \
+                     listed; run `{REPAIR_COMMAND}`",
+                    self.dir.join("db").display(),
+                    m.seq,
+                    m.next_generation
+                ));
+            }
+            let mut batch = self.batch();
+            batch.insert(&self.h().meta, KEY_FORMAT, STATE_FORMAT.to_be_bytes());
+            batch.put_seq(m.seq);
+            batch.insert(&self.h().meta, KEY_NEXT_GENERATION, m.next_generation.max(1).to_be_bytes());
+            for (d, n) in &m.chunk_stores {
+                batch.put_chunk_store_name(d, n);
+            }
+            batch.inner_commit()?;
+        } else {
+            let (seq, next) = (self.seq()?, self.next_generation_id()?);
+            if seq < m.seq || next < m.next_generation {
+                self.damage.push(format!(
+                    "state database {} is behind its marker (version counter {seq} < {}, next generation \
+                     {next} < {}): its last commits were lost (a crash or full disk while committing, or a \
+                     truncated journal); ids continue from the marker; run `{REPAIR_COMMAND}`",
+                    self.dir.join("db").display(),
+                    m.seq,
+                    m.next_generation
+                ));
+                let mut batch = self.batch();
+                batch.put_seq(seq.max(m.seq));
+                batch.insert(&self.h().meta, KEY_NEXT_GENERATION, next.max(m.next_generation).to_be_bytes());
+                batch.inner_commit()?;
+            }
+            m.seq = m.seq.max(seq);
+            m.next_generation = m.next_generation.max(next);
+            for guard in self.h().meta.prefix(CHUNK_STORE_PREFIX) {
+                let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
+                let d = PathBuf::from(std::ffi::OsStr::from_bytes(&k[CHUNK_STORE_PREFIX.len()..]));
+                if m.chunk_store(&d).is_none() {
+                    m.chunk_stores.push((d, String::from_utf8_lossy(&v).into_owned()));
                 }
             }
         }
+        let on_disk = marker::Marker::read(&self.dir).ok().flatten();
+        if on_disk.as_ref() != Some(&m) {
+            m.write(&self.dir)?;
+        }
+        *self.marker.get_mut().expect("marker lock") = m;
+        Ok(())
     }
 
+    /// The error for a failed read or write. Damage found while the
+    /// database is open (a table block that fails its checksum) cannot be
+    /// moved aside under the open database: it is flagged in
+    /// `STATE/damaged`, and the next open moves the database aside.
     fn err(&self, e: fjall::Error) -> StoreError {
-        StoreError::db(&self.dir, e)
+        if !is_damage(&e) {
+            return StoreError::db(&self.dir, e);
+        }
+        let flag = self.dir.join(DAMAGE_FLAG);
+        if let Err(io) = std::fs::write(&flag, e.to_string()) {
+            tracing::error!("{}: {io}", flag.display());
+        }
+        StoreError::Corrupt {
+            path: self.dir.join("db"),
+            what: "state database".into(),
+            why: format!(
+                "{e}; the next open of the state (the next command, or a restart of the daemon that holds \
+                 it) moves it aside and builds a fresh state from the live trees"
+            ),
+        }
     }
 
     fn corrupt(&self, what: &str, why: impl Into<String>) -> StoreError {
@@ -156,7 +439,7 @@ impl Store {
     }
 
     fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
-        match self.meta.get(key).map_err(|e| self.err(e))? {
+        match self.h().meta.get(key).map_err(|e| self.err(e))? {
             None => Ok(0),
             Some(v) => {
                 Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| self.corrupt("meta counter", "not 8 bytes"))?))
@@ -187,7 +470,7 @@ impl Store {
     /// The record of directory `dir` (a logical path; empty for the
     /// include roots) of `group`.
     pub fn dir_record(&self, group: &str, dir: &[u8]) -> Result<Option<DirRecord>, StoreError> {
-        match self.dirs.get(dir_key(group, dir)).map_err(|e| self.err(e))? {
+        match self.h().dirs.get(dir_key(group, dir)).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => DirRecord::decode(&v).map(Some).map_err(|why| self.corrupt("directory record", why)),
         }
@@ -207,7 +490,7 @@ impl Store {
         }
         let mut below = dir.to_vec();
         below.push(b'/');
-        for guard in self.dirs.prefix(dir_key(group, &below)) {
+        for guard in self.h().dirs.prefix(dir_key(group, &below)) {
             let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
             let (_, path) = split_dir_key(&k).ok_or_else(|| self.corrupt("directory key", "malformed"))?;
             out.push((path.to_vec(), DirRecord::decode(&v).map_err(|why| self.corrupt("directory record", why))?));
@@ -217,7 +500,7 @@ impl Store {
 
     /// Every directory record of `group`, in key order.
     pub fn all_dir_records(&self, group: &str) -> impl Iterator<Item = Result<(Vec<u8>, DirRecord), StoreError>> + '_ {
-        self.dirs.prefix(dir_key(group, b"")).map(move |guard| {
+        self.h().dirs.prefix(dir_key(group, b"")).map(move |guard| {
             let (k, v) = guard.into_inner().map_err(|e| self.err(e))?;
             let (_, path) = split_dir_key(&k).ok_or_else(|| self.corrupt("directory key", "malformed"))?;
             Ok((path.to_vec(), DirRecord::decode(&v).map_err(|why| self.corrupt("directory record", why))?))
@@ -227,7 +510,10 @@ impl Store {
     /// The name of this node's chunk store in backup directory `dir`, once
     /// one was made there.
     pub fn chunk_store_name(&self, dir: &Path) -> Result<Option<String>, StoreError> {
-        self.meta_string(&[CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat())
+        if let Some(name) = self.meta_string(&[CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat())? {
+            return Ok(Some(name));
+        }
+        Ok(self.marker.lock().expect("marker lock").chunk_store(dir).map(str::to_owned))
     }
 
     /// The chunk store (by name) that `group`'s records marked `stored`
@@ -237,7 +523,7 @@ impl Store {
     }
 
     fn meta_string(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
-        match self.meta.get(key).map_err(|e| self.err(e))? {
+        match self.h().meta.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => String::from_utf8(v.to_vec()).map(Some).map_err(|_| self.corrupt("meta name", "not UTF-8")),
         }
@@ -246,7 +532,7 @@ impl Store {
     /// The groups this state holds a tree for.
     pub fn groups_with_state(&self) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(ROOT_PREFIX) {
+        for guard in self.h().meta.prefix(ROOT_PREFIX) {
             let k = guard.key().map_err(|e| self.err(e))?;
             out.push(String::from_utf8_lossy(&k[ROOT_PREFIX.len()..]).into_owned());
         }
@@ -256,7 +542,7 @@ impl Store {
     /// The current root set of `group`, if it was ever scanned.
     pub fn root_set(&self, group: &str) -> Result<Option<RootSet>, StoreError> {
         let key = [ROOT_PREFIX, group.as_bytes()].concat();
-        match self.meta.get(key).map_err(|e| self.err(e))? {
+        match self.h().meta.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| self.corrupt("root set", e.to_string())),
         }
@@ -264,7 +550,7 @@ impl Store {
 
     /// A directory node by tree hash, decoded and checked.
     pub fn node(&self, hash: &Hash) -> Result<Option<Node>, StoreError> {
-        match self.nodes.get(hash.as_bytes()).map_err(|e| self.err(e))? {
+        match self.h().nodes.get(hash.as_bytes()).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => {
                 if Node::hash_encoded(&v) != *hash {
@@ -280,6 +566,7 @@ impl Store {
     pub fn manifest(&self, tree: &Hash, node: &Node) -> Result<Vec<Vec<ChunkRef>>, StoreError> {
         let what = || format!("manifest of tree node {tree}");
         let v = self
+            .h()
             .manifests
             .get(tree.as_bytes())
             .map_err(|e| self.err(e))?
@@ -301,7 +588,7 @@ impl Store {
     /// All generations, oldest first.
     pub fn generations(&self) -> Result<Vec<Generation>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.generations.iter() {
+        for guard in self.h().generations.iter() {
             let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
             out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("generation", e.to_string()))?);
         }
@@ -310,7 +597,7 @@ impl Store {
 
     /// One generation by id.
     pub fn generation(&self, id: u64) -> Result<Option<Generation>, StoreError> {
-        match self.generations.get(id.to_be_bytes()).map_err(|e| self.err(e))? {
+        match self.h().generations.get(id.to_be_bytes()).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| self.corrupt("generation", e.to_string())),
         }
@@ -321,7 +608,7 @@ impl Store {
     /// (a state written before digests were kept).
     pub fn version_digest(&self, group: &str) -> Result<Hash, StoreError> {
         let key = [VERSION_DIGEST_PREFIX, group.as_bytes()].concat();
-        if let Some(v) = self.meta.get(key).map_err(|e| self.err(e))? {
+        if let Some(v) = self.h().meta.get(key).map_err(|e| self.err(e))? {
             return Hash::from_slice(&v).ok_or_else(|| self.corrupt("version digest", "not 32 bytes"));
         }
         let mut acc = [0u8; 32];
@@ -335,7 +622,7 @@ impl Store {
     /// Unresolved conflicts of every group, by group and path.
     pub fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(conflict::CONFLICT_PREFIX) {
+        for guard in self.h().meta.prefix(conflict::CONFLICT_PREFIX) {
             let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
             out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("conflict", e.to_string()))?);
         }
@@ -345,7 +632,7 @@ impl Store {
     /// Unresolved conflicts on one path of `group`, one per peer.
     pub fn conflicts_of(&self, group: &str, path: &[u8]) -> Result<Vec<Conflict>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(conflict::path_key(conflict::CONFLICT_PREFIX, group, path)) {
+        for guard in self.h().meta.prefix(conflict::path_key(conflict::CONFLICT_PREFIX, group, path)) {
             let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
             out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("conflict", e.to_string()))?);
         }
@@ -356,7 +643,7 @@ impl Store {
     /// that does not decode (one written before forces were bound to a
     /// version) counts as none: it is void.
     pub fn force(&self, group: &str, path: &[u8]) -> Result<Option<Force>, StoreError> {
-        let v = self.meta.get(conflict::path_key(conflict::FORCE_PREFIX, group, path)).map_err(|e| self.err(e))?;
+        let v = self.h().meta.get(conflict::path_key(conflict::FORCE_PREFIX, group, path)).map_err(|e| self.err(e))?;
         Ok(v.and_then(|v| postcard::from_bytes(&v).ok()))
     }
 
@@ -364,7 +651,7 @@ impl Store {
     /// [`Force::current`]); void marks that do not decode are left out.
     pub fn forces(&self) -> Result<Vec<Force>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.meta.prefix(conflict::FORCE_PREFIX) {
+        for guard in self.h().meta.prefix(conflict::FORCE_PREFIX) {
             let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
             out.extend(postcard::from_bytes::<Force>(&v).ok());
         }
@@ -373,16 +660,34 @@ impl Store {
 
     /// Starts a batch of writes that commits atomically.
     pub fn batch(&self) -> Batch<'_> {
-        Batch { store: self, inner: self.db.batch().durability(Some(PersistMode::SyncAll)), empty: true, bytes: 0 }
+        let h = self.h();
+        Batch {
+            store: self,
+            inner: h.db.batch().durability(Some(PersistMode::SyncAll)),
+            h,
+            empty: true,
+            bytes: 0,
+            seq: None,
+            next_generation: None,
+            chunk_stores: Vec::new(),
+        }
     }
 }
 
 /// Writes to the state that become visible together on [`Batch::commit`].
 pub struct Batch<'a> {
     store: &'a Store,
+    /// The database the batch writes into.
+    h: Arc<Handles>,
     inner: fjall::OwnedWriteBatch,
     empty: bool,
     bytes: u64,
+    /// The version counter this batch stores, for the marker.
+    seq: Option<u64>,
+    /// The next generation id this batch stores, for the marker.
+    next_generation: Option<u64>,
+    /// Chunk store names this batch records, for the marker.
+    chunk_stores: Vec<(PathBuf, String)>,
 }
 
 impl Batch<'_> {
@@ -407,78 +712,79 @@ impl Batch<'_> {
 
     /// Stores an already encoded directory record.
     pub fn put_dir_record_encoded(&mut self, group: &str, dir: &[u8], encoded: &[u8]) {
-        let store = self.store;
-        self.insert(&store.dirs, dir_key(group, dir), encoded);
+        let h = Arc::clone(&self.h);
+        self.insert(&h.dirs, dir_key(group, dir), encoded);
     }
 
     /// Drops a directory record: the directory left the included set.
     pub fn remove_dir_record(&mut self, group: &str, dir: &[u8]) {
-        let store = self.store;
-        self.remove(&store.dirs, dir_key(group, dir));
+        let h = Arc::clone(&self.h);
+        self.remove(&h.dirs, dir_key(group, dir));
     }
 
     /// Stores an encoded node and its encoded manifest ([`encode_manifest`]).
     pub fn put_node_encoded(&mut self, hash: &Hash, encoded: &[u8], manifest: &[u8]) {
-        let store = self.store;
-        self.insert(&store.nodes, hash.as_bytes(), encoded);
-        self.insert(&store.manifests, hash.as_bytes(), manifest);
+        let h = Arc::clone(&self.h);
+        self.insert(&h.nodes, hash.as_bytes(), encoded);
+        self.insert(&h.manifests, hash.as_bytes(), manifest);
     }
 
     /// Sets a group's current root set.
     pub fn put_root_set(&mut self, group: &str, roots: &RootSet) {
-        let store = self.store;
+        let h = Arc::clone(&self.h);
         let key = [ROOT_PREFIX, group.as_bytes()].concat();
-        self.insert(&store.meta, key, postcard::to_stdvec(roots).expect("encoding to a Vec cannot fail"));
+        self.insert(&h.meta, key, postcard::to_stdvec(roots).expect("encoding to a Vec cannot fail"));
     }
 
     /// Records the name of this node's chunk store in backup directory `dir`.
     pub fn put_chunk_store_name(&mut self, dir: &Path, name: &str) {
-        let store = self.store;
-        self.insert(&store.meta, [CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat(), name);
+        let h = Arc::clone(&self.h);
+        self.insert(&h.meta, [CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat(), name);
+        self.chunk_stores.push((dir.to_path_buf(), name.to_owned()));
     }
 
     /// Records which chunk store `group`'s `stored` flags refer to (`None`:
     /// none, the group keeps no backups).
     pub fn put_group_store(&mut self, group: &str, name: Option<&str>) {
-        let store = self.store;
+        let h = Arc::clone(&self.h);
         let key = [GROUP_STORE_PREFIX, group.as_bytes()].concat();
         match name {
-            Some(n) => self.insert(&store.meta, key, n),
-            None => self.remove(&store.meta, key),
+            Some(n) => self.insert(&h.meta, key, n),
+            None => self.remove(&h.meta, key),
         }
     }
 
     /// Sets a group's version digest.
     pub fn put_version_digest(&mut self, group: &str, digest: &Hash) {
-        let store = self.store;
-        self.insert(&store.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat(), digest.as_bytes());
+        let h = Arc::clone(&self.h);
+        self.insert(&h.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat(), digest.as_bytes());
     }
 
     /// Forgets everything about a group's tree: its root set, directory
     /// records and chunk store link. Generations are left to the collector.
     pub fn forget_group(&mut self, group: &str) -> Result<(), StoreError> {
-        let store = self.store;
-        self.remove(&store.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
-        self.remove(&store.meta, [ROOT_PREFIX, group.as_bytes()].concat());
-        self.remove(&store.meta, [GROUP_STORE_PREFIX, group.as_bytes()].concat());
-        for guard in store.dirs.prefix(dir_key(group, b"")) {
+        let (store, h) = (self.store, Arc::clone(&self.h));
+        self.remove(&h.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
+        self.remove(&h.meta, [ROOT_PREFIX, group.as_bytes()].concat());
+        self.remove(&h.meta, [GROUP_STORE_PREFIX, group.as_bytes()].concat());
+        for guard in h.dirs.prefix(dir_key(group, b"")) {
             let k = guard.key().map_err(|e| store.err(e))?;
-            self.remove(&store.dirs, k);
+            self.remove(&h.dirs, k);
         }
         Ok(())
     }
 
     /// Records (or refreshes) a conflict.
     pub fn put_conflict(&mut self, c: &Conflict) {
-        let store = self.store;
+        let h = Arc::clone(&self.h);
         let key = conflict::conflict_key(&c.group, &c.path, &c.peer);
-        self.insert(&store.meta, key, postcard::to_stdvec(c).expect("encoding to a Vec cannot fail"));
+        self.insert(&h.meta, key, postcard::to_stdvec(c).expect("encoding to a Vec cannot fail"));
     }
 
     /// Drops the conflict on `path` with `peer`, if one is recorded.
     pub fn remove_conflict(&mut self, group: &str, path: &[u8], peer: &str) {
-        let store = self.store;
-        self.remove(&store.meta, conflict::conflict_key(group, path, peer));
+        let h = Arc::clone(&self.h);
+        self.remove(&h.meta, conflict::conflict_key(group, path, peer));
     }
 
     /// Drops every conflict of `group` with `peer`: their trees are equal.
@@ -494,53 +800,99 @@ impl Batch<'_> {
 
     /// Records a force (`snapsync force`), replacing the path's earlier one.
     pub fn put_force(&mut self, f: &Force) {
-        let store = self.store;
+        let h = Arc::clone(&self.h);
         let key = conflict::path_key(conflict::FORCE_PREFIX, &f.group, &f.path);
-        self.insert(&store.meta, key, postcard::to_stdvec(f).expect("encoding to a Vec cannot fail"));
+        self.insert(&h.meta, key, postcard::to_stdvec(f).expect("encoding to a Vec cannot fail"));
     }
 
     /// Drops the force on `path` of `group`, if any.
     pub fn remove_force(&mut self, group: &str, path: &[u8]) {
-        let store = self.store;
-        self.remove(&store.meta, conflict::path_key(conflict::FORCE_PREFIX, group, path));
+        let h = Arc::clone(&self.h);
+        self.remove(&h.meta, conflict::path_key(conflict::FORCE_PREFIX, group, path));
     }
 
     /// Stores the last version counter handed out.
     pub fn put_seq(&mut self, seq: u64) {
-        let store = self.store;
-        self.insert(&store.meta, KEY_SEQ, seq.to_be_bytes());
+        let h = Arc::clone(&self.h);
+        self.insert(&h.meta, KEY_SEQ, seq.to_be_bytes());
+        self.seq = Some(seq);
     }
 
     /// Records a generation and advances the generation counter past it.
     pub fn put_generation(&mut self, g: &Generation) {
-        let store = self.store;
-        self.insert(
-            &store.generations,
-            g.id.to_be_bytes(),
-            postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"),
-        );
-        self.insert(&store.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
+        let h = Arc::clone(&self.h);
+        self.insert(&h.generations, g.id.to_be_bytes(), postcard::to_stdvec(g).expect("encoding to a Vec cannot fail"));
+        self.insert(&h.meta, KEY_NEXT_GENERATION, (g.id + 1).to_be_bytes());
+        self.next_generation = Some(g.id + 1);
     }
 
     /// Drops a generation record.
     pub fn remove_generation(&mut self, id: u64) {
-        let store = self.store;
-        self.remove(&store.generations, id.to_be_bytes());
+        let h = Arc::clone(&self.h);
+        self.remove(&h.generations, id.to_be_bytes());
     }
 
     pub(crate) fn remove_node(&mut self, key: &[u8]) {
-        let store = self.store;
-        self.remove(&store.nodes, key);
-        self.remove(&store.manifests, key);
+        let h = Arc::clone(&self.h);
+        self.remove(&h.nodes, key);
+        self.remove(&h.manifests, key);
     }
 
     /// Commits every write of the batch atomically and syncs the journal.
+    /// A batch that raises the version counter or the generation id, or
+    /// records a chunk store, first writes the marker (durably), so no id
+    /// the database may hold is ever handed out again.
     pub fn commit(self) -> Result<(), StoreError> {
         if self.empty {
             return Ok(());
         }
-        self.store.unflushed.fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
-        self.inner.commit().map_err(|e| self.store.err(e))
+        let store = self.store;
+        let mut m = store.marker.lock().expect("marker lock");
+        let mut raised = m.clone();
+        if let Some(seq) = self.seq {
+            raised.seq = raised.seq.max(seq);
+        }
+        if let Some(next) = self.next_generation {
+            raised.next_generation = raised.next_generation.max(next);
+        }
+        for (d, n) in &self.chunk_stores {
+            match raised.chunk_stores.iter_mut().find(|(x, _)| x == d) {
+                Some(e) => e.1 = n.clone(),
+                None => raised.chunk_stores.push((d.clone(), n.clone())),
+            }
+        }
+        if raised != *m {
+            raised.write(&store.dir)?;
+            *m = raised;
+        }
+        self.inner_commit()
+    }
+
+    /// Commits without touching the marker. A failed write (a full disk)
+    /// poisons the database; it is reopened at once, so the next command
+    /// can write again once the cause is fixed.
+    fn inner_commit(self) -> Result<(), StoreError> {
+        if self.empty {
+            return Ok(());
+        }
+        let Batch { store, h, inner, bytes, .. } = self;
+        store.unflushed.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        let e = match inner.commit() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !matches!(e, fjall::Error::Poisoned | fjall::Error::Io(_) | fjall::Error::Storage(_)) {
+            return Err(store.err(e));
+        }
+        drop(h);
+        let reopened = store.reopen();
+        match &reopened {
+            Ok(()) => {
+                tracing::warn!("{}: writing the state failed ({e}); the database was reopened", store.dir.display())
+            }
+            Err(why) => tracing::error!("{}: writing the state failed ({e}); {why}", store.dir.display()),
+        }
+        Err(StoreError::WriteFailed { path: store.dir.join("db"), source: Box::new(e), reopened: reopened.err() })
     }
 }
 
@@ -549,7 +901,8 @@ impl Drop for Store {
         if *self.unflushed.get_mut() < FLUSH_ON_CLOSE_BYTES {
             return;
         }
-        for ks in [&self.dirs, &self.nodes, &self.manifests, &self.meta, &self.generations] {
+        let Some(h) = self.h.get_mut().ok().and_then(|h| h.clone()) else { return };
+        for ks in [&h.dirs, &h.nodes, &h.manifests, &h.meta, &h.generations] {
             if let Err(e) = ks.rotate_memtable_and_wait() {
                 tracing::warn!("{}: flushing the state on close: {e}", self.dir.display());
             }
@@ -598,8 +951,8 @@ pub(crate) fn keyspace_keys(ks: &Keyspace) -> impl Iterator<Item = fjall::Result
 }
 
 impl Store {
-    pub(crate) fn nodes_keyspace(&self) -> &Keyspace {
-        &self.nodes
+    pub(crate) fn nodes_keyspace(&self) -> Keyspace {
+        self.h().nodes.clone()
     }
 
     /// A consistent view of the state as last committed: every read
@@ -608,13 +961,16 @@ impl Store {
     /// roots' records and the version digest) take it, so they never mix
     /// two commits. Drop it soon: fjall keeps what it sees until then.
     pub fn view(&self) -> StateView<'_> {
-        StateView { store: self, snapshot: self.db.snapshot() }
+        let h = self.h();
+        StateView { store: self, snapshot: h.db.snapshot(), h }
     }
 }
 
 /// A read-only view of one commit of the state ([`Store::view`]).
 pub struct StateView<'a> {
     store: &'a Store,
+    /// The database the snapshot is of (kept open while the view lives).
+    h: Arc<Handles>,
     snapshot: fjall::Snapshot,
 }
 
@@ -624,7 +980,7 @@ impl StateView<'_> {
     pub fn dir_record(&self, group: &str, dir: &[u8]) -> Result<Option<DirRecord>, StoreError> {
         use fjall::Readable;
         let s = self.store;
-        match self.snapshot.get(&s.dirs, dir_key(group, dir)).map_err(|e| s.err(e))? {
+        match self.snapshot.get(&self.h.dirs, dir_key(group, dir)).map_err(|e| s.err(e))? {
             None => Ok(None),
             Some(v) => DirRecord::decode(&v).map(Some).map_err(|why| s.corrupt("directory record", why)),
         }
@@ -636,11 +992,11 @@ impl StateView<'_> {
         use fjall::Readable;
         let s = self.store;
         let key = [VERSION_DIGEST_PREFIX, group.as_bytes()].concat();
-        if let Some(v) = self.snapshot.get(&s.meta, key).map_err(|e| s.err(e))? {
+        if let Some(v) = self.snapshot.get(&self.h.meta, key).map_err(|e| s.err(e))? {
             return Hash::from_slice(&v).ok_or_else(|| s.corrupt("version digest", "not 32 bytes"));
         }
         let mut acc = [0u8; 32];
-        for guard in self.snapshot.prefix(&s.dirs, dir_key(group, b"")) {
+        for guard in self.snapshot.prefix(&self.h.dirs, dir_key(group, b"")) {
             let (k, v) = guard.into_inner().map_err(|e| s.err(e))?;
             let (_, dir) = split_dir_key(&k).ok_or_else(|| s.corrupt("directory key", "malformed"))?;
             let rec = DirRecord::decode(&v).map_err(|why| s.corrupt("directory record", why))?;
@@ -680,7 +1036,7 @@ mod tests {
         b.put_force(&f);
         // A mark as written before forces were bound to a version.
         let old = conflict::path_key(conflict::FORCE_PREFIX, "g", b"/r/old");
-        b.insert(&store.meta, old, []);
+        b.insert(&store.h().meta, old, []);
         b.commit().unwrap();
         assert_eq!(store.force("g", b"/r/f").unwrap(), Some(f.clone()));
         assert_eq!(store.force("g", b"/r/old").unwrap(), None);
@@ -791,5 +1147,95 @@ mod tests {
                 reads += 1;
             }
         });
+    }
+
+    fn generation_for_test(store: &Store) -> Generation {
+        Generation {
+            id: store.next_generation_id().unwrap(),
+            group: "g".into(),
+            time: crate::tree::Timestamp::now(),
+            cause: "test".into(),
+            roots: RootSet::default(),
+            root_chunks: Vec::new(),
+            entries: 0,
+            bytes: 0,
+            added_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn removed_database_continues_ids_from_the_marker_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.damage().is_empty());
+            let mut b = store.batch();
+            b.put_seq(41);
+            b.put_generation(&generation_for_test(&store));
+            b.commit().unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.seq().unwrap(), 41);
+        assert_eq!(store.next_generation_id().unwrap(), 2);
+        assert!(store.generations().unwrap().is_empty());
+        let [msg] = store.damage() else { panic!("{:?}", store.damage()) };
+        assert!(msg.contains("is missing") && msg.contains(REPAIR_COMMAND), "{msg}");
+        drop(store);
+        assert!(Store::open(dir.path()).unwrap().damage().is_empty(), "reported once");
+    }
+
+    #[test]
+    fn database_behind_its_marker_is_raised_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            store.allocate_seq().unwrap();
+            store.store_id()
+        };
+        // As a commit the marker announced but that never reached the
+        // database would leave it.
+        let mut m = marker::Marker::read(dir.path()).unwrap().unwrap();
+        m.seq = 9;
+        m.next_generation = 5;
+        m.write(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((store.seq().unwrap(), store.next_generation_id().unwrap()), (9, 5));
+        assert_eq!(store.store_id(), id);
+        assert!(store.damage().iter().any(|d| d.contains("behind its marker")), "{:?}", store.damage());
+        assert_eq!(store.allocate_seq().unwrap(), 10);
+    }
+
+    #[test]
+    fn table_damage_found_while_reading_moves_the_database_aside_on_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = store.batch();
+            for i in 0..2000u32 {
+                let mut d = DirRecord::default();
+                // Names that do not compress, so the table is large.
+                let name: Vec<u8> =
+                    (0..600u32).map(|j| (i.wrapping_mul(2_654_435_761) ^ j.wrapping_mul(40_503)) as u8).collect();
+                d.children.push((name, EntryRecord::tombstone_for_test()));
+                b.put_dir_record("g", format!("/d{i:05}").as_bytes(), &d);
+            }
+            b.commit().unwrap();
+            // Closing flushes more than FLUSH_ON_CLOSE_BYTES into tables.
+        }
+        let tables = dir.path().join("db/keyspaces/2/tables");
+        let table = std::fs::read_dir(&tables).unwrap().next().unwrap().unwrap().path();
+        let mut bytes = std::fs::read(&table).unwrap();
+        let at = bytes.len() / 3;
+        bytes[at] ^= 0x5a;
+        std::fs::write(&table, bytes).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let read: Result<Vec<_>, _> = store.all_dir_records("g").collect();
+            assert!(matches!(read, Err(StoreError::Corrupt { .. })), "{:?}", read.map(|v| v.len()));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.damage().iter().any(|d| d.contains("moved to")), "{:?}", store.damage());
+        assert_eq!(store.dir_record("g", b"/d01000").unwrap(), None, "a fresh state");
     }
 }

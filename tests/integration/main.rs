@@ -13,6 +13,7 @@ mod security_part_files;
 mod security_peer_limits;
 mod security_socket;
 mod spec_example;
+mod store_damage;
 mod store_fixture;
 mod sync_actions;
 mod sync_concurrent;

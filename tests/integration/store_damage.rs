@@ -1,0 +1,335 @@
+//! Issue 8, items 14-16 (SPEC §5): a damaged state database or chunk store
+//! never makes a node start over silently or stop syncing its live files.
+//! Each test damages node a's state or store between runs, then checks
+//! that a's next command succeeds and names the damage and `snapsync
+//! verify --repair` (once), that a still syncs its live files, that
+//! generation ids never go backwards, and that `verify --repair` makes
+//! the newest generation hold what the live files hold.
+
+use std::path::{Path, PathBuf};
+
+use crate::cluster::{Cluster, Setup};
+use crate::common::{snapshot, write};
+
+const REPAIR: &str = "snapsync verify --repair";
+
+/// Two nodes, b's daemon running; a has recorded three generations: a
+/// file kept throughout, and one created, edited and deleted. Returns the
+/// cluster and a's generation ids.
+fn cluster_with_history() -> (Cluster, Vec<u64>) {
+    let mut c = Cluster::with(Setup::nodes(2).backups(10));
+    c.start("b");
+    write(&c.path("a", "keep.txt"), b"kept since generation 1");
+    write(&c.path("a", "d/old.txt"), b"only in the first generation");
+    c.sync_ok("a");
+    write(&c.path("a", "d/old.txt"), b"edited, in the second generation only");
+    c.sync_ok("a");
+    std::fs::remove_file(c.path("a", "d/old.txt")).unwrap();
+    c.sync_ok("a");
+    let ids = generation_ids(&c, "a");
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    (c, ids)
+}
+
+fn generation_ids(c: &Cluster, name: &str) -> Vec<u64> {
+    let (code, v) = c.json(name, &["generations"]);
+    assert_eq!(code, 0, "generations on {name}: {v:#}");
+    v["generations"].as_array().unwrap().iter().map(|g| g["id"].as_u64().unwrap()).collect()
+}
+
+/// Node a's state database directory.
+fn db(c: &Cluster) -> PathBuf {
+    c.node_state_dir("a").join("db")
+}
+
+/// Node a's chunk store (the one directory under the backup directory
+/// whose name is a's and not a damaged copy).
+fn chunk_store(c: &Cluster) -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(c.root().join("backup"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("snapsync-a") && !n.contains(".damaged-")
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.pop().unwrap()
+}
+
+/// The journal files of a fjall database.
+fn journals(db: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(db)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no journal in {}", db.display());
+    out
+}
+
+/// What node a must do after its state or store was damaged: the next
+/// command succeeds and reports `damage` with the repair command, once;
+/// live files still reach b; generations recorded after the damage get
+/// ids above every earlier one; `verify --repair` succeeds and the newest
+/// generation restores exactly the live tree. Returns the output of the
+/// repair.
+fn assert_recovers(c: &Cluster, before: &[u64], damage: &str) -> String {
+    let first = c.run("a", &["check"]);
+    assert_eq!(first.code, 0, "check after damage:\n{}", first.stderr);
+    assert!(
+        first.stderr.contains(damage) && first.stderr.contains(REPAIR),
+        "check does not report {damage:?} with {REPAIR:?}:\n{}",
+        first.stderr
+    );
+    let again = c.run("a", &["check"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(!again.stderr.contains(REPAIR), "the damage is reported more than once:\n{}", again.stderr);
+
+    write(&c.path("a", "after.txt"), b"written after the damage");
+    write(&c.path("a", "keep.txt"), b"kept, and edited after the damage");
+    c.sync_ok("a");
+    assert_eq!(std::fs::read(c.path("b", "after.txt")).unwrap(), b"written after the damage");
+    assert_eq!(std::fs::read(c.path("b", "keep.txt")).unwrap(), b"kept, and edited after the damage");
+
+    let ids = generation_ids(c, "a");
+    let highest_before = *before.iter().max().unwrap();
+    let new: Vec<u64> = ids.iter().copied().filter(|i| !before.contains(i)).collect();
+    assert!(!new.is_empty(), "no generation recorded after the damage: {ids:?}");
+    assert!(new.iter().all(|&i| i > highest_before), "generation ids went backwards: {before:?} then {ids:?}");
+
+    let repair = c.run("a", &["verify", "--repair"]);
+    assert_eq!(repair.code, 0, "verify --repair:\n{}\n{}", repair.stdout, repair.stderr);
+    let newest = *generation_ids(c, "a").iter().max().unwrap();
+    let to = c.root().join(format!("restored-{newest}"));
+    let out = c.run("a", &["restore", "--generation", &newest.to_string(), "--to", to.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "restore of generation {newest}:\n{}", out.stderr);
+    let live = c.tree("a");
+    let restored = to.join(live.strip_prefix("/").unwrap());
+    assert_eq!(snapshot(&restored), snapshot(&live), "generation {newest} does not hold the live tree");
+    repair.stdout
+}
+
+/// Item 15: one flipped byte in the state journal made every command fail
+/// with `JournalRecovery(ChecksumMismatch)`.
+#[test]
+fn state_journal_with_a_flipped_byte_is_moved_aside_and_rebuilt() {
+    let (c, before) = cluster_with_history();
+    let jnl = journals(&db(&c)).pop().unwrap();
+    let mut bytes = std::fs::read(&jnl).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&jnl, bytes).unwrap();
+    assert_recovers(&c, &before, "moved to");
+    let state = c.node_state_dir("a");
+    let aside = std::fs::read_dir(&state)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("db.damaged-"));
+    assert_eq!(aside.count(), 1, "the damaged database is kept aside");
+}
+
+/// Item 14: a truncated journal made `check` start over at generation 1.
+#[test]
+fn state_journal_truncated_keeps_generation_ids_increasing() {
+    let (c, before) = cluster_with_history();
+    for jnl in journals(&db(&c)) {
+        std::fs::OpenOptions::new().write(true).open(&jnl).unwrap().set_len(0).unwrap();
+    }
+    assert_recovers(&c, &before, "state database");
+}
+
+/// Item 14: a removed `db/` made `check` start over silently.
+#[test]
+fn state_database_removed_is_reported_and_ids_continue() {
+    let (c, before) = cluster_with_history();
+    std::fs::remove_dir_all(db(&c)).unwrap();
+    assert_recovers(&c, &before, "is missing");
+}
+
+/// Item 14: a lost `meta` keyspace made a second chunk store, leaving
+/// older chunks "missing".
+#[test]
+fn state_meta_keyspace_removed_keeps_the_chunk_store() {
+    let (c, before) = cluster_with_history();
+    let store = chunk_store(&c);
+    // fjall numbers keyspaces in creation order after its own (0): the
+    // state creates `meta` first.
+    std::fs::remove_dir_all(db(&c).join("keyspaces").join("1")).unwrap();
+    assert_recovers(&c, &before, "state database");
+    assert_eq!(chunk_store(&c), store, "a second chunk store was made");
+}
+
+/// Item 14: a removed chunk store was noticed only by `verify`; the next
+/// generations could not be restored.
+#[test]
+fn chunk_store_removed_is_rebuilt_from_live_files_and_losses_listed() {
+    let (c, before) = cluster_with_history();
+    std::fs::remove_dir_all(chunk_store(&c)).unwrap();
+    let repair = assert_recovers(&c, &before, "chunk store");
+    assert!(
+        repair.contains("LOST generation") && repair.contains("old.txt"),
+        "the repair does not list the lost content:\n{repair}"
+    );
+    assert!(!repair.contains("keep.txt\n"), "{repair}");
+}
+
+/// Item 14: a chunk store whose journal was truncated lost every chunk
+/// while `check` said "unchanged".
+#[test]
+fn chunk_store_truncated_is_rebuilt_from_live_files() {
+    let (c, before) = cluster_with_history();
+    for jnl in journals(&chunk_store(&c)) {
+        std::fs::OpenOptions::new().write(true).open(&jnl).unwrap().set_len(0).unwrap();
+    }
+    assert_recovers(&c, &before, "chunk store");
+}
+
+/// Item 15: damage to the backup chunk store alone stopped syncing.
+#[test]
+fn chunk_store_journal_with_a_flipped_byte_never_stops_syncing() {
+    let (c, before) = cluster_with_history();
+    let jnl = journals(&chunk_store(&c)).pop().unwrap();
+    let mut bytes = std::fs::read(&jnl).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&jnl, bytes).unwrap();
+    assert_recovers(&c, &before, "chunk store");
+}
+
+/// A small tmpfs mounted on a directory for the length of a test.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax, e.g. `4m`) on `dir`;
+    /// `None`, with the reason printed, where that cannot be done.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        if !crate::common::is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// Fills the filesystem with one file; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        // The last partial block: byte by byte.
+        while f.write(&[0]).is_ok_and(|n| n == 1) {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Item 16: after one "no space left" under the state, every later
+/// command through the daemon failed with "FjallError: Poisoned" until the
+/// daemon was restarted.
+#[test]
+fn daemon_recovers_after_its_state_disk_was_full() {
+    let mut c = Cluster::new(2);
+    let Some(fs) = Tmpfs::mount(&c.state("a"), "8m") else { return };
+    c.start("a");
+    c.start("b");
+    write(&c.path("a", "first.txt"), b"before the disk filled");
+    c.check("a");
+    let filler = fs.fill();
+    for i in 0..200 {
+        write(&c.path("a", &format!("full/{i:03}-a-name-long-enough-to-need-space-in-the-journal")), b"x");
+    }
+    let full = c.run("a", &["check"]);
+    assert_ne!(full.code, 0, "check on a full disk succeeded:\n{}", full.stderr);
+    assert!(
+        full.stderr.contains("No space left") || full.stderr.contains("no space"),
+        "the first error does not say the disk is full:\n{}",
+        full.stderr
+    );
+    std::fs::remove_file(filler).unwrap();
+    let after = c.run("a", &["check"]);
+    assert_eq!(after.code, 0, "check after space was freed:\n{}", after.stderr);
+    assert!(!after.stderr.contains("Poisoned"), "{}", after.stderr);
+    c.sync_ok("a");
+    assert_eq!(std::fs::read(c.path("b", "full/199-a-name-long-enough-to-need-space-in-the-journal")).unwrap(), b"x");
+    c.stop("a");
+    c.stop("b");
+}
+
+/// Item 16, for the chunk store: a full backup disk poisoned the chunk
+/// store, and every later check through the daemon failed.
+#[test]
+fn daemon_recovers_after_its_backup_disk_was_full() {
+    let mut c = Cluster::with(Setup::nodes(2).backups(3));
+    let backup = c.root().join("backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    let Some(fs) = Tmpfs::mount(&backup, "16m") else { return };
+    c.start("a");
+    c.start("b");
+    write(&c.path("a", "first.txt"), b"before the disk filled");
+    c.check("a");
+    let filler = fs.fill();
+    write(&c.path("a", "big.bin"), &crate::common::bytes(16, 2 << 20));
+    let full = c.run("a", &["check"]);
+    assert_ne!(full.code, 0, "check on a full backup disk succeeded:\n{}", full.stderr);
+    assert!(full.stderr.contains("No space left"), "the first error does not say the disk is full:\n{}", full.stderr);
+    std::fs::remove_file(filler).unwrap();
+    let after = c.run("a", &["check"]);
+    assert_eq!(after.code, 0, "check after space was freed:\n{}", after.stderr);
+    c.sync_ok("a");
+    assert_eq!(std::fs::read(c.path("b", "big.bin")).unwrap(), crate::common::bytes(16, 2 << 20));
+    let v = c.run("a", &["verify"]);
+    assert_eq!(v.code, 0, "verify after the full disk:\n{}{}", v.stdout, v.stderr);
+    c.stop("a");
+    c.stop("b");
+}
+
+/// Item 15: a fresh state built after damage must not overwrite edits
+/// silently: a file edited on both hosts while a's state was lost is a
+/// conflict, and each host keeps its own version until it is settled;
+/// one edited only on b reaches a.
+#[test]
+fn fresh_state_after_damage_reports_concurrent_edits_as_conflicts() {
+    let (c, _) = cluster_with_history();
+    write(&c.path("a", "both.txt"), b"agreed");
+    write(&c.path("a", "theirs.txt"), b"agreed");
+    c.sync_ok("a");
+    std::fs::remove_dir_all(db(&c)).unwrap();
+    write(&c.path("a", "both.txt"), b"a's edit while its state was lost");
+    write(&c.path("b", "both.txt"), b"b's edit");
+    write(&c.path("b", "theirs.txt"), b"b's edit only");
+    c.check("b");
+    let (code, v) = c.sync("a", &[]);
+    assert_eq!(code, 3, "{v:#}");
+    assert!(crate::cluster::any_conflict(&v), "{v:#}");
+    assert_eq!(std::fs::read(c.path("a", "both.txt")).unwrap(), b"a's edit while its state was lost");
+    assert_eq!(std::fs::read(c.path("b", "both.txt")).unwrap(), b"b's edit");
+    assert_eq!(std::fs::read(c.path("a", "theirs.txt")).unwrap(), b"b's edit only");
+}
