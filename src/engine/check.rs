@@ -21,7 +21,7 @@ pub struct GroupCheck {
     pub pending: bool,
     /// A read-only check: the logical paths that changed on disk since
     /// they were recorded (created, changed or deleted), the first
-    /// [`MAX_PENDING_LISTED`]; `stats.entries_changed` counts them all.
+    /// `MAX_PENDING_LISTED` (1000); `stats.entries_changed` counts them all.
     pub pending_paths: Vec<String>,
     /// The generation recorded, if any.
     pub generation: Option<u64>,
