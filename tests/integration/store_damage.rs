@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cluster::{Cluster, Setup};
-use crate::common::{snapshot, write};
+use crate::common::{Tmpfs, snapshot, write};
 
 const REPAIR: &str = "snapsync verify --repair";
 
@@ -195,60 +195,6 @@ fn chunk_store_journal_with_a_flipped_byte_never_stops_syncing() {
     bytes[at] ^= 0x5a;
     std::fs::write(&jnl, bytes).unwrap();
     assert_recovers(&c, &before, "chunk store");
-}
-
-/// A small tmpfs mounted on a directory for the length of a test.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (mount's syntax, e.g. `4m`) on `dir`;
-    /// `None`, with the reason printed, where that cannot be done.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        if !crate::common::is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
-            Ok(o) => {
-                eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
-                None
-            }
-            Err(e) => {
-                eprintln!("skipped: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    /// Fills the filesystem with one file; returns its path.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let block = vec![0xa5u8; 64 * 1024];
-        loop {
-            match f.write(&block) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling {}: {e}", path.display()),
-            }
-        }
-        // The last partial block: byte by byte.
-        while f.write(&[0]).is_ok_and(|n| n == 1) {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// Item 16: after one "no space left" under the state, every later

@@ -2,65 +2,10 @@
 //! and says which peer, path and why; `status` and `sync --dry-run` are
 //! read-only on every host.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
 
 use crate::cluster::{Cluster, Setup, changes, peer_report};
-use crate::common::{bytes, is_root, write};
-
-/// A tmpfs mounted over a directory, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) over `dir`;
-    /// `None`, with the reason printed, where that cannot be done.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        if !is_root() {
-            eprintln!("skipped: mounting a small filesystem needs root");
-            return None;
-        }
-        let mode = std::fs::metadata(dir).expect("the directory exists").permissions().mode() & 0o7777;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                // A tmpfs root is 1777: give it the mode it had, so the
-                // include root is the same directory on every host.
-                let mount = Tmpfs(dir.to_path_buf());
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).expect("chmod the mount");
-                Some(mount)
-            }
-            Ok(o) => {
-                eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
-                None
-            }
-            Err(e) => {
-                eprintln!("skipped: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    /// Gives the filesystem `size`.
-    fn resize(&self, size: &str) {
-        let out = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .output()
-            .expect("mount runs");
-        assert!(out.status.success(), "remount: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use crate::common::{Tmpfs, bytes, write};
 
 /// The problems peer `peer` reported in a sync document, and their total.
 fn problems_on(v: &Value, peer: &str) -> (Vec<String>, u64) {
