@@ -731,7 +731,13 @@ impl<'a> Walk<'a> {
                 }
             }
             Decision::TakeRemote => {
-                let r = r.cloned().unwrap_or_else(|| absent_like(l.expect("one side has a record")));
+                // No record there (only a receive-only host takes that): the
+                // group never had the entry, and the tombstone is stored
+                // under the empty version, which no peer's digest counts.
+                let r = r.cloned().unwrap_or_else(|| EntryRecord {
+                    version: Version::default(),
+                    ..absent_like(l.expect("one side has a record"))
+                });
                 let action = action_for(l, &r);
                 self.take(logical, local, l, r, action)?;
             }

@@ -215,7 +215,16 @@ fn entry_digest(logical: &[u8], rec: &EntryRecord) -> [u8; 32] {
 }
 
 /// XORs into `acc` the share of the entry at `logical` with record `rec`.
+///
+/// A tombstone under the empty version has no share: it is the same state
+/// as no record at all (every version dominates it, and an absent entry
+/// equals it), and is what a receive-only host keeps of an entry of its
+/// own that a sync removed because the group never had it. Counting it
+/// would keep that host's digest apart from its peers' for good.
 pub fn xor_entry_digest(acc: &mut [u8; 32], logical: &[u8], rec: &EntryRecord) {
+    if rec.deleted && rec.version.0.is_empty() {
+        return;
+    }
     let d = entry_digest(logical, rec);
     acc.iter_mut().zip(d).for_each(|(a, b)| *a ^= b);
 }
