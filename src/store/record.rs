@@ -268,6 +268,24 @@ mod tests {
         assert!(d.get(b"a").is_some() && d.get(b"b").is_none());
     }
 
+    /// A tombstone under the empty version is the same state as no
+    /// record, and has no share in the digest; any other record has one.
+    #[test]
+    fn empty_version_tombstones_have_no_digest_share() {
+        let none = version_digest(std::iter::empty());
+        let gone = EntryRecord { version: Version::default(), ..EntryRecord::tombstone_for_test() };
+        let mut d = DirRecord::default();
+        d.children.push((b"gone".to_vec(), gone.clone()));
+        assert_eq!(version_digest([(&b"/r"[..], &d)]), none);
+        let live = EntryRecord { deleted: false, ..gone };
+        let mut with_live = DirRecord::default();
+        with_live.children.push((b"gone".to_vec(), live));
+        assert_ne!(version_digest([(&b"/r"[..], &with_live)]), none);
+        let mut versioned = DirRecord::default();
+        versioned.children.push((b"gone".to_vec(), EntryRecord::tombstone_for_test()));
+        assert_ne!(version_digest([(&b"/r"[..], &versioned)]), none);
+    }
+
     #[test]
     fn version_vectors_compare() {
         let a = Version::default().bumped("a", 1);
