@@ -61,7 +61,18 @@ fn status_settles_after_receive_only_host_loses_a_file_of_its_own() {
 /// every host's `status` exits 0 right away.
 #[test]
 fn status_settles_right_after_a_conflict_is_forced() {
-    let mut c = Cluster::with(Setup::nodes(3));
+    settles_after_force(Setup::nodes(3));
+}
+
+/// (b) The same with C receive-only: A never pulls from it, and finds it
+/// in sync once their trees are equal and C has nothing to take.
+#[test]
+fn status_settles_right_after_a_conflict_is_forced_with_a_receive_only_host() {
+    settles_after_force(Setup::nodes(3).receive_only("c"));
+}
+
+fn settles_after_force(setup: Setup) {
+    let mut c = Cluster::with(setup);
     c.start_all();
     write_at(&c.path("a", "f"), b"original", 1_600_000_000);
     write_at(&c.path("a", "g"), b"other", 1_600_000_000);
