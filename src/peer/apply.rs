@@ -341,7 +341,12 @@ impl<'a> Apply<'a> {
     /// node took it, or something newer, meanwhile): then there is nothing
     /// left to do and nothing to report.
     fn refuse(&mut self, local: &Path, logical: &[u8], planned: &crate::store::Version, why: String) {
-        if self.current(logical).ok().flatten().is_some_and(|now| now.version.dominates(planned)) {
+        // The empty version (a receive-only host removing an entry the
+        // group never had) is dominated by every record, the unchanged one
+        // included: it proves nothing.
+        if !planned.0.is_empty()
+            && self.current(logical).ok().flatten().is_some_and(|now| now.version.dominates(planned))
+        {
             self.failed.insert(logical.to_vec());
             return;
         }

@@ -73,7 +73,11 @@ fn action_name<S: serde::Serializer>(a: &ChangeAction, s: S) -> Result<S::Ok, S:
 /// What reconciling one group with one peer did on this node.
 #[derive(Debug, Default, Serialize)]
 pub struct GroupReport {
-    /// The root hashes were equal: nothing was compared further.
+    /// Nothing is left to do with the peer: the root hashes and version
+    /// digests were equal (nothing was compared further), or the trees
+    /// were equal and the walk found nothing to change, no conflict and
+    /// no problem, only versions to merge (which a sync records, and a
+    /// dry run or `status` leaves for the next sync).
     pub in_sync: bool,
     /// Changes applied (or, dry run, that would be).
     pub changes: Vec<ChangeReport>,
@@ -121,6 +125,14 @@ impl GroupReport {
         self.generation = later.generation.or(self.generation);
         self.in_sync = later.in_sync;
         self.wire.extend(later.wire);
+    }
+
+    /// Whether this pass leaves nothing to do between two equal trees:
+    /// no change (here or, by a settlement, for the peer), no conflict and
+    /// no problem. Versions merged (or to merge) do not count: they change
+    /// no file, and the next sync records them.
+    fn nothing_to_do(&self) -> bool {
+        self.changes.is_empty() && self.conflicts.is_empty() && self.problems.is_empty() && self.settled == 0
     }
 
     /// Drops the changes reported for `failed` paths: they were not made.
@@ -404,7 +416,9 @@ async fn pass(
     if dry_run {
         // Read-only (SPEC §3): the walk decided from the recorded state;
         // nothing is checked, recorded or applied, conflicts included.
-        return Ok(walk.report);
+        let mut report = walk.report;
+        report.in_sync = everywhere && report.nothing_to_do();
+        return Ok(report);
     }
     // The local steps, under the writer lock and with no wait on the
     // network while it is held.
@@ -437,6 +451,7 @@ async fn pass(
     drop(writer);
     let applied = Apply::new(node, peer, gi).run(plans, &mut report).await?;
     report.generation = applied;
+    report.in_sync = everywhere && report.nothing_to_do();
     Ok(report)
 }
 
@@ -731,7 +746,13 @@ impl<'a> Walk<'a> {
                 }
             }
             Decision::TakeRemote => {
-                let r = r.cloned().unwrap_or_else(|| absent_like(l.expect("one side has a record")));
+                // No record there (only a receive-only host takes that): the
+                // group never had the entry, and the tombstone is stored
+                // under the empty version, which no peer's digest counts.
+                let r = r.cloned().unwrap_or_else(|| EntryRecord {
+                    version: Version::default(),
+                    ..absent_like(l.expect("one side has a record"))
+                });
                 let action = action_for(l, &r);
                 self.take(logical, local, l, r, action)?;
             }

@@ -306,7 +306,8 @@ async fn exchange(
 
     let result = async {
         // One round trip when nothing differs.
-        if !root_differs(node, &peer, gi).await? {
+        let (trees_equal, digests_equal) = roots_compared(node, &peer, gi).await?;
+        if trees_equal && digests_equal {
             report.in_sync = true;
             // Whatever conflict was recorded with the peer is settled (a
             // dry run leaves the record as it is).
@@ -321,6 +322,12 @@ async fn exchange(
         // A receive-only host never pushes.
         if !g.local.receive_only {
             push(&host, &mut opener, &g.name, dry_run, report).await?;
+        }
+        // A receive-only peer is never pulled from: with equal trees and
+        // nothing it took (or would take), only versions differ, and its
+        // next pull merges them.
+        if entry.receive_only {
+            report.in_sync = trees_equal && report.pushed.is_empty() && report.pushed_problems_total == 0;
         }
         // Then this node takes what the peer has newer; never anything
         // from a receive-only peer.
@@ -410,13 +417,15 @@ async fn push(
     }
 }
 
-/// Whether the peer's tree or versions differ from this node's.
-async fn root_differs(node: &Arc<Node>, peer: &Peer, gi: usize) -> Result<bool, SyncError> {
+/// Whether the peer's tree equals this node's, and whether its version
+/// digest does.
+async fn roots_compared(node: &Arc<Node>, peer: &Peer, gi: usize) -> Result<(bool, bool), SyncError> {
     let g = &node.engine.groups[gi];
     let mut opener = peer.opener.clone();
     let (_, reply) = request(&peer.host, &mut opener, &Message::GetRoots { group: g.name.clone() }).await?;
     let Message::Roots { hash, versions, .. } = reply else { unreachable!("check_reply allows only Roots") };
-    Ok((hash, versions) != roots_summary(node, g)?)
+    let (tree, digest) = roots_summary(node, g)?;
+    Ok((hash == tree, versions == digest))
 }
 
 /// The socket address of a host entry.

@@ -74,7 +74,15 @@ const KEY_NEXT_GENERATION: &[u8] = b"next-generation";
 const ROOT_PREFIX: &[u8] = b"root\0";
 const CHUNK_STORE_PREFIX: &[u8] = b"chunk-store\0";
 const GROUP_STORE_PREFIX: &[u8] = b"group-store\0";
-const VERSION_DIGEST_PREFIX: &[u8] = b"vdigest\0";
+/// The kept version digests. The key changed with the rule that a
+/// tombstone under the empty version has no share
+/// ([`crate::store::xor_entry_digest`]): a digest kept under the earlier
+/// key may count such tombstones, so it is left behind and computed again
+/// from the records (then kept under this key), and removed when the new
+/// one is written.
+const VERSION_DIGEST_PREFIX: &[u8] = b"vdigest2\0";
+/// The key of digests kept before [`VERSION_DIGEST_PREFIX`].
+const OLD_VERSION_DIGEST_PREFIX: &[u8] = b"vdigest\0";
 
 /// One node's open state database. Holding it holds the state lock.
 pub struct Store {
@@ -758,6 +766,7 @@ impl Batch<'_> {
     pub fn put_version_digest(&mut self, group: &str, digest: &Hash) {
         let h = Arc::clone(&self.h);
         self.insert(&h.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat(), digest.as_bytes());
+        self.remove(&h.meta, [OLD_VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
     }
 
     /// Forgets everything about a group's tree: its root set, directory
@@ -765,6 +774,7 @@ impl Batch<'_> {
     pub fn forget_group(&mut self, group: &str) -> Result<(), StoreError> {
         let (store, h) = (self.store, Arc::clone(&self.h));
         self.remove(&h.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
+        self.remove(&h.meta, [OLD_VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
         self.remove(&h.meta, [ROOT_PREFIX, group.as_bytes()].concat());
         self.remove(&h.meta, [GROUP_STORE_PREFIX, group.as_bytes()].concat());
         for guard in h.dirs.prefix(dir_key(group, b"")) {
@@ -1045,6 +1055,42 @@ mod tests {
         b.remove_force("g", b"/r/f");
         b.commit().unwrap();
         assert_eq!(store.forces().unwrap(), vec![]);
+    }
+
+    /// A digest kept under the earlier key may count tombstones under the
+    /// empty version, which have no share now: it is not used; the digest
+    /// is computed from the records, and the old key goes when the new
+    /// digest is kept.
+    #[test]
+    fn digest_kept_under_the_old_key_is_computed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut d = DirRecord::default();
+        d.children
+            .push((b"own".to_vec(), EntryRecord { version: Version::default(), ..EntryRecord::tombstone_for_test() }));
+        d.children.push((b"kept".to_vec(), EntryRecord::tombstone_for_test()));
+        let mut old_share = [0u8; 32];
+        for (name, r) in &d.children {
+            let share = blake3::derive_key(
+                record::VERSION_DIGEST_CONTEXT,
+                &postcard::to_stdvec(&(join_logical(b"/r", name), &r.version, r.deleted)).unwrap(),
+            );
+            old_share.iter_mut().zip(share).for_each(|(a, b)| *a ^= b);
+        }
+        let old_key = [OLD_VERSION_DIGEST_PREFIX, b"g"].concat();
+        let mut b = store.batch();
+        b.put_dir_record("g", b"/r", &d);
+        b.insert(&store.h().meta, old_key.clone(), old_share);
+        b.commit().unwrap();
+        let want = version_digest([(&b"/r"[..], &d)]);
+        assert_ne!(want.0, old_share);
+        assert_eq!(store.version_digest("g").unwrap(), want);
+        assert_eq!(store.view().version_digest("g").unwrap(), want);
+        let mut b = store.batch();
+        b.put_version_digest("g", &want);
+        b.commit().unwrap();
+        assert!(store.h().meta.get(old_key).unwrap().is_none());
+        assert_eq!(store.version_digest("g").unwrap(), want);
     }
 
     #[test]

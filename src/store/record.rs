@@ -215,7 +215,16 @@ fn entry_digest(logical: &[u8], rec: &EntryRecord) -> [u8; 32] {
 }
 
 /// XORs into `acc` the share of the entry at `logical` with record `rec`.
+///
+/// A tombstone under the empty version has no share: it is the same state
+/// as no record at all (every version dominates it, and an absent entry
+/// equals it), and is what a receive-only host keeps of an entry of its
+/// own that a sync removed because the group never had it. Counting it
+/// would keep that host's digest apart from its peers' for good.
 pub fn xor_entry_digest(acc: &mut [u8; 32], logical: &[u8], rec: &EntryRecord) {
+    if rec.deleted && rec.version.0.is_empty() {
+        return;
+    }
     let d = entry_digest(logical, rec);
     acc.iter_mut().zip(d).for_each(|(a, b)| *a ^= b);
 }
@@ -257,6 +266,24 @@ mod tests {
         d.children.push((b"a".to_vec(), EntryRecord::tombstone_for_test()));
         assert_eq!(DirRecord::decode(&d.encode()).unwrap(), d);
         assert!(d.get(b"a").is_some() && d.get(b"b").is_none());
+    }
+
+    /// A tombstone under the empty version is the same state as no
+    /// record, and has no share in the digest; any other record has one.
+    #[test]
+    fn empty_version_tombstones_have_no_digest_share() {
+        let none = version_digest(std::iter::empty());
+        let gone = EntryRecord { version: Version::default(), ..EntryRecord::tombstone_for_test() };
+        let mut d = DirRecord::default();
+        d.children.push((b"gone".to_vec(), gone.clone()));
+        assert_eq!(version_digest([(&b"/r"[..], &d)]), none);
+        let live = EntryRecord { deleted: false, ..gone };
+        let mut with_live = DirRecord::default();
+        with_live.children.push((b"gone".to_vec(), live));
+        assert_ne!(version_digest([(&b"/r"[..], &with_live)]), none);
+        let mut versioned = DirRecord::default();
+        versioned.children.push((b"gone".to_vec(), EntryRecord::tombstone_for_test()));
+        assert_ne!(version_digest([(&b"/r"[..], &versioned)]), none);
     }
 
     #[test]
