@@ -9,9 +9,13 @@
 //!   the children `c0` and `c1`. Every write of a slot rewrites everything
 //!   under it, so two different writes of a slot made concurrently always
 //!   differ in some path the implementation tracks, and are a conflict.
-//! - A *write* is one change of a slot on one node, with a unique content
-//!   (its id is in every byte string it leaves), so the model can tell
-//!   which write a node holds by reading its tree.
+//! - A *write* is one change of a slot on one node as the node records
+//!   it: edits made in a tree become a write when their node checks (a
+//!   `sync` it starts, or `check`), or may become one when a peer's run
+//!   makes it check the path (then the write is *tentative* until the
+//!   node checks itself). Every edit leaves a unique content (its number
+//!   is in every byte string it writes), so the model can tell which
+//!   write a node holds by reading its tree.
 //! - What a node *knows* of a slot is the set of writes its version
 //!   descends from. The model keeps a lower bound (`lo`: surely known)
 //!   and an upper bound (`hi`: possibly known) per node and slot, because
@@ -52,7 +56,7 @@ const SLOTS: usize = 5;
 /// Operations per seed.
 const STEPS: usize = 25;
 /// Seeds the suite runs when `SNAPSYNC_MODEL_SEEDS` is not set.
-const DEFAULT_SEEDS: u64 = 3;
+const DEFAULT_SEEDS: u64 = 6;
 /// Bound on one background sync.
 const SYNC_WAIT: Duration = Duration::from_secs(120);
 /// Node names.
@@ -555,10 +559,10 @@ impl Run<'_> {
     /// Brings every node up, settles conflicts with `force -r` on one
     /// side, and checks the end state.
     fn settle(&mut self) {
-        for n in 0..NODES.len() {
-            if !self.c.running(NODES[n]) {
-                self.note(format!("{}: start", NODES[n]));
-                self.c.start(NODES[n]);
+        for n in NODES {
+            if !self.c.running(n) {
+                self.note(format!("{n}: start"));
+                self.c.start(n);
             }
         }
         self.check_kept();
@@ -573,8 +577,8 @@ impl Run<'_> {
         }
         for attempt in 0.. {
             let mut pending: BTreeMap<usize, Vec<(usize, String)>> = BTreeMap::new();
-            for n in 0..NODES.len() {
-                for cf in self.c.conflicts(NODES[n]) {
+            for (n, name) in NODES.iter().enumerate() {
+                for cf in self.c.conflicts(name) {
                     let p = cf["path"].as_str().unwrap_or_default().to_owned();
                     let s = slot_of(&p).unwrap_or_else(|| panic!("conflict outside the slots: {p}"));
                     pending.entry(s).or_default().push((n, p));
@@ -616,8 +620,8 @@ impl Run<'_> {
                 assert!(code == 0 || code == 3, "sync after force exited {code}: {v:#}");
             }
         }
-        for x in 0..NODES.len() {
-            let v = self.c.sync_ok(NODES[x]);
+        for x in NODES {
+            let v = self.c.sync_ok(x);
             assert!(conflict_paths(&v).is_empty(), "{v:#}");
         }
         self.c.assert_all_same();
