@@ -137,6 +137,10 @@ struct Write {
     lo: BTreeSet<usize>,
     /// Writes of the slot its writer possibly knew.
     hi: BTreeSet<usize>,
+    /// The node may never have recorded the write before it: its tree
+    /// went back to a value the node may still record (`Model::prior`),
+    /// so to the node there may have been no change at all.
+    maybe_void: bool,
 }
 
 /// The model: every write, and per node and slot the bounds of what the
@@ -155,6 +159,9 @@ struct Model {
     /// served: the node may not have recorded it yet (it does when it
     /// checks, or when a peer's run makes it check that path).
     tentative: Vec<BTreeSet<usize>>,
+    /// Per node and slot, the values the node may record instead of
+    /// `recorded` while the slot's write is tentative.
+    prior: Vec<Vec<Vec<Slot>>>,
 }
 
 impl Model {
@@ -162,7 +169,8 @@ impl Model {
         let empty = vec![vec![BTreeSet::new(); SLOTS]; NODES.len()];
         let recorded = vec![vec![Slot::Absent; SLOTS]; NODES.len()];
         let tentative = vec![BTreeSet::new(); NODES.len()];
-        Model { writes: Vec::new(), lo: empty.clone(), hi: empty, recorded, tentative }
+        let prior = vec![vec![Vec::new(); SLOTS]; NODES.len()];
+        Model { writes: Vec::new(), lo: empty.clone(), hi: empty, recorded, tentative, prior }
     }
 
     fn of_slot(&self, s: usize) -> impl Iterator<Item = (usize, &Write)> {
@@ -186,10 +194,27 @@ impl Model {
         (0..SLOTS).filter(|&s| read_slot(&slot_path(c, n, s)) != self.recorded[n][s]).collect()
     }
 
-    /// Node `n` checks: each dirty slot becomes a write. The writes' ids.
-    fn checked(&mut self, c: &Cluster, n: usize) -> Vec<usize> {
-        let dirty = self.dirty(c, n);
-        dirty.into_iter().map(|s| self.record(n, s, read_slot(&slot_path(c, n, s)))).collect()
+    /// Node `n` checks (`whole`: itself, so it surely records its whole
+    /// tree; else as a peer, maybe): each dirty slot becomes a write. The
+    /// writes' ids.
+    fn checked(&mut self, c: &Cluster, n: usize, whole: bool) -> Vec<usize> {
+        let mut ids = Vec::new();
+        for s in self.dirty(c, n) {
+            let v = read_slot(&slot_path(c, n, s));
+            let maybe_void = self.prior[n][s].contains(&v);
+            if !whole {
+                let was = self.recorded[n][s].clone();
+                self.prior[n][s].push(was);
+            }
+            let id = self.record(n, s, v);
+            self.writes[id].maybe_void = maybe_void;
+            ids.push(id);
+        }
+        if whole {
+            self.prior[n].iter_mut().for_each(Vec::clear);
+            self.tentative[n].clear();
+        }
+        ids
     }
 
     /// Reads every slot of node `n`: a clean slot's value, when only one
@@ -211,7 +236,7 @@ impl Model {
     fn record(&mut self, n: usize, s: usize, value: Slot) -> usize {
         let id = self.writes.len();
         let (lo, hi) = (self.lo[n][s].clone(), self.hi[n][s].clone());
-        self.writes.push(Write { node: n, slot: s, value: value.clone(), lo, hi });
+        self.writes.push(Write { node: n, slot: s, value: value.clone(), lo, hi, maybe_void: false });
         self.recorded[n][s] = value;
         self.lo[n][s].insert(id);
         self.hi[n][s].insert(id);
@@ -400,8 +425,8 @@ impl Run<'_> {
 
     /// Node `n` checks (alone, or as a sync starts): its dirty slots
     /// become writes.
-    fn checked(&mut self, n: usize) {
-        for id in self.m.checked(&self.c, n) {
+    fn checked(&mut self, n: usize, whole: bool) {
+        for id in self.m.checked(&self.c, n, whole) {
             let w = &self.m.writes[id];
             self.note(format!("   {} records w{id}: s{} = {:?}", NODES[n], w.slot, w.value));
         }
@@ -424,12 +449,16 @@ impl Run<'_> {
     fn sync(&mut self, xs: &[usize]) -> BTreeSet<usize> {
         let up = self.up();
         let dirty: Vec<BTreeSet<usize>> = (0..NODES.len()).map(|n| self.m.dirty(&self.c, n)).collect();
-        // Local changes of nodes that only serve: nothing may touch them.
+        // Local changes of nodes that only serve: nothing may touch them
+        // (unless the node may see no change there, see `Model::prior`).
         let kept: Vec<(usize, usize, Slot)> = (0..NODES.len())
             .filter(|n| !xs.contains(n))
             .flat_map(|n| dirty[n].iter().map(move |&s| (n, s)))
             .map(|(n, s)| (n, s, read_slot(&slot_path(&self.c, n, s))))
+            .filter(|(n, s, v)| !self.m.prior[*n][*s].contains(v))
             .collect();
+        // Not surely recorded: no exchange is sure to carry them.
+        let unsure: Vec<BTreeSet<usize>> = (0..NODES.len()).map(|n| &dirty[n] | &self.m.tentative[n]).collect();
         // An initiator checks its tree first; a peer asked to change a
         // path checks what it is about to change (and an apply records
         // the directories it touched), so a node's local change may be
@@ -442,10 +471,8 @@ impl Run<'_> {
             met.extend(up.iter().copied());
         }
         for &n in &met {
-            self.checked(n);
+            self.checked(n, starting.contains(&n));
         }
-        // Not surely recorded: no exchange is sure to carry them.
-        let unsure: Vec<BTreeSet<usize>> = (0..NODES.len()).map(|n| &dirty[n] | &self.m.tentative[n]).collect();
         for &n in met.iter().filter(|n| !starting.contains(n)) {
             self.m.tentative[n].extend(dirty[n].iter().copied());
         }
@@ -470,9 +497,6 @@ impl Run<'_> {
             slots.extend(conflict_paths(&v).iter().filter_map(|p| slot_of(p)));
             self.m.ran_lo(x, &peers, &before, &unsure);
         }
-        for &x in &starting {
-            self.m.tentative[x].clear();
-        }
         for (n, s, v) in kept {
             let now = read_slot(&slot_path(&self.c, n, s));
             assert_eq!(now, v, "{}'s change of s{s}, not checked yet, was overwritten", NODES[n]);
@@ -494,7 +518,7 @@ impl Run<'_> {
     /// A write nobody can have seen is still on its writer's disk.
     fn check_kept(&self) {
         for (id, w) in self.m.writes.iter().enumerate() {
-            if self.m.surely_latest(id) {
+            if self.m.surely_latest(id) && !w.maybe_void {
                 let now = &self.m.recorded[w.node][w.slot];
                 assert_eq!(*now, w.value, "w{id} on {} was replaced although no host saw it", NODES[w.node]);
             }
@@ -539,9 +563,8 @@ impl Run<'_> {
             18 => {
                 let n = self.rng.below(NODES.len());
                 self.note(format!("{}: check", NODES[n]));
-                self.checked(n);
+                self.checked(n, true);
                 self.c.check(NODES[n]);
-                self.m.tentative[n].clear();
             }
             _ => self.toggle(),
         }
@@ -569,7 +592,8 @@ impl Run<'_> {
         let reported = self.round();
         // Surely concurrent different writes were not settled silently.
         for s in 0..SLOTS {
-            let latest: Vec<usize> = self.m.of_slot(s).map(|(i, _)| i).filter(|&i| self.m.surely_latest(i)).collect();
+            let latest: Vec<usize> =
+                self.m.of_slot(s).filter(|(i, w)| self.m.surely_latest(*i) && !w.maybe_void).map(|(i, _)| i).collect();
             let values: Vec<&Slot> = latest.iter().map(|&i| &self.m.writes[i].value).collect();
             if values.iter().any(|v| *v != values[0]) {
                 assert!(reported.contains(&s), "s{s}: concurrent writes {latest:?} were not reported as a conflict");
