@@ -27,17 +27,20 @@
 //!   context. A slot is *quiet* while all its writes are surely ordered.
 //!
 //! What is checked: every `sync` exits 0 or 3, 3 only with conflicts and
-//! only on slots that are not quiet; a write nobody can have seen when
-//! writing is never replaced behind its writer's back; surely concurrent
+//! only on slots that are not quiet; a write no other node can have seen
+//! is never replaced on its writer, and an edit not recorded yet is never
+//! overwritten on a node that only serves; surely concurrent
 //! different writes are reported as a conflict; after settling conflicts
 //! with `force -r` on one side every tree is identical, a slot written in
 //! a sure order ends with its last write and any other slot with one of
 //! its possibly latest writes; no temporary is left in a tree or in the
 //! journal of temporaries.
 //!
-//! `SNAPSYNC_MODEL_SEEDS=N` runs seeds 1..=N (the suite runs a few);
-//! `SNAPSYNC_MODEL_SEED=S` replays seed S alone. A failing seed is printed
-//! with its operation log.
+//! `SNAPSYNC_MODEL_SEEDS=N` runs seeds 1..=N (the suite runs
+//! [`DEFAULT_SEEDS`]); `SNAPSYNC_MODEL_SEED=S` replays seed S alone. A
+//! failing seed is printed with its operation log. The operations follow
+//! from the seed and from what the trees hold, so a replay takes the same
+//! path unless two overlapping runs race the other way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::ffi::OsStrExt;
