@@ -1,0 +1,743 @@
+//! Issue 8 acceptance: a seeded, model-based random test on four real
+//! nodes. Random creates, edits, deletions, renames and type changes land
+//! on random nodes; syncs start from random nodes, two at once at times,
+//! with a node down at times. A model follows what every node can know.
+//!
+//! Terms:
+//! - A *slot* is a top-level name (`s0` ...) whose whole subtree the model
+//!   treats as one value: absent, a file, a symlink, or a directory with
+//!   the children `c0` and `c1`. Every write of a slot rewrites everything
+//!   under it, so two different writes of a slot made concurrently always
+//!   differ in some path the implementation tracks, and are a conflict.
+//! - A *write* is one change of a slot on one node as the node records
+//!   it: edits made in a tree become a write when their node checks (a
+//!   `sync` it starts, or `check`), or may become one when a peer's run
+//!   makes it check the path (then the write is *tentative* until the
+//!   node checks itself). Every edit leaves a unique content (its number
+//!   is in every byte string it writes), so the model can tell which
+//!   write a node holds by reading its tree.
+//! - What a node *knows* of a slot is the set of writes its version
+//!   descends from. The model keeps a lower bound (`lo`: surely known)
+//!   and an upper bound (`hi`: possibly known) per node and slot, because
+//!   the order in which a run meets its peers, and two overlapping runs,
+//!   are not the model's to choose. A write's context is its writer's
+//!   knowledge when it was made.
+//! - Two writes are *surely ordered* when one is in the other's lower
+//!   context, *surely concurrent* when neither is in the other's upper
+//!   context. A slot is *quiet* while all its writes are surely ordered.
+//!
+//! What is checked: every `sync` exits 0 or 3, 3 only with conflicts and
+//! only on slots that are not quiet; a write no other node can have seen
+//! is never replaced on its writer, and an edit not recorded yet is never
+//! overwritten on a node that only serves; surely concurrent
+//! different writes are reported as a conflict; after settling conflicts
+//! with `force -r` on one side every tree is identical, a slot written in
+//! a sure order ends with its last write and any other slot with one of
+//! its possibly latest writes; no temporary is left in a tree or in the
+//! journal of temporaries.
+//!
+//! `SNAPSYNC_MODEL_SEEDS=N` runs seeds 1..=N (the suite runs
+//! [`DEFAULT_SEEDS`]); `SNAPSYNC_MODEL_SEED=S` replays seed S alone. A
+//! failing seed is printed with its operation log. The operations follow
+//! from the seed and from what the trees hold, so a replay takes the same
+//! path unless two overlapping runs race the other way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::cluster::{Cluster, set_mtime};
+use crate::common::{bytes, write};
+
+/// Slots per cluster.
+const SLOTS: usize = 5;
+/// Operations per seed.
+const STEPS: usize = 25;
+/// Seeds the suite runs when `SNAPSYNC_MODEL_SEEDS` is not set.
+const DEFAULT_SEEDS: u64 = 6;
+/// Bound on one background sync.
+const SYNC_WAIT: Duration = Duration::from_secs(120);
+/// Node names.
+const NODES: [&str; 4] = ["a", "b", "c", "d"];
+
+/// splitmix64: small, deterministic, good enough to pick operations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// What a slot holds on one node.
+#[derive(Clone, PartialEq, Eq)]
+enum Slot {
+    Absent,
+    File(Vec<u8>, (i64, i64)),
+    Link(Vec<u8>),
+    Dir(BTreeMap<Vec<u8>, Slot>),
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slot::Absent => write!(f, "absent"),
+            Slot::File(data, _) => write!(f, "file {:?}", first_line(data)),
+            Slot::Link(t) => write!(f, "link {:?}", String::from_utf8_lossy(t)),
+            Slot::Dir(m) => {
+                write!(f, "dir {{")?;
+                for (k, v) in m {
+                    write!(f, " {}: {v:?}", String::from_utf8_lossy(k))?;
+                }
+                write!(f, " }}")
+            }
+        }
+    }
+}
+
+fn first_line(data: &[u8]) -> String {
+    let end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len()).min(40);
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+/// Reads what `path` holds, without following links.
+fn read_slot(path: &Path) -> Slot {
+    let Ok(md) = std::fs::symlink_metadata(path) else { return Slot::Absent };
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        Slot::Link(std::fs::read_link(path).unwrap().into_os_string().into_encoded_bytes())
+    } else if ft.is_dir() {
+        let mut m = BTreeMap::new();
+        for e in std::fs::read_dir(path).unwrap() {
+            let e = e.unwrap();
+            m.insert(e.file_name().as_bytes().to_vec(), read_slot(&e.path()));
+        }
+        Slot::Dir(m)
+    } else {
+        Slot::File(std::fs::read(path).unwrap(), (md.mtime(), md.mtime_nsec()))
+    }
+}
+
+/// One write of a slot.
+struct Write {
+    node: usize,
+    slot: usize,
+    value: Slot,
+    /// Writes of the slot its writer surely knew.
+    lo: BTreeSet<usize>,
+    /// Writes of the slot its writer possibly knew.
+    hi: BTreeSet<usize>,
+    /// The node may never have recorded the write before it: its tree
+    /// went back to a value the node may still record (`Model::prior`),
+    /// so to the node there may have been no change at all.
+    maybe_void: bool,
+}
+
+/// The model: every write, and per node and slot the bounds of what the
+/// node knows.
+struct Model {
+    writes: Vec<Write>,
+    lo: Vec<Vec<BTreeSet<usize>>>,
+    hi: Vec<Vec<BTreeSet<usize>>>,
+    /// Per node and slot, what the node's state records. A slot whose
+    /// tree differs is *dirty*: a peer serves what it recorded, so a
+    /// local change travels only once its node checks (it is a write from
+    /// then on), and a version coming in meets the local change (a
+    /// conflict, not an overwrite).
+    recorded: Vec<Vec<Slot>>,
+    /// Per node, slots whose change became a write while the node only
+    /// served: the node may not have recorded it yet (it does when it
+    /// checks, or when a peer's run makes it check that path).
+    tentative: Vec<BTreeSet<usize>>,
+    /// Per node and slot, the values the node may record instead of
+    /// `recorded` while the slot's write is tentative.
+    prior: Vec<Vec<Vec<Slot>>>,
+}
+
+impl Model {
+    fn new() -> Model {
+        let empty = vec![vec![BTreeSet::new(); SLOTS]; NODES.len()];
+        let recorded = vec![vec![Slot::Absent; SLOTS]; NODES.len()];
+        let tentative = vec![BTreeSet::new(); NODES.len()];
+        let prior = vec![vec![Vec::new(); SLOTS]; NODES.len()];
+        Model { writes: Vec::new(), lo: empty.clone(), hi: empty, recorded, tentative, prior }
+    }
+
+    fn of_slot(&self, s: usize) -> impl Iterator<Item = (usize, &Write)> {
+        self.writes.iter().enumerate().filter(move |(_, w)| w.slot == s)
+    }
+
+    /// Node `n` holds write `id`: it knows it and all the write knew.
+    fn learn(&mut self, n: usize, id: usize) {
+        let w = &self.writes[id];
+        let s = w.slot;
+        let (lo, hi) = (w.lo.clone(), w.hi.iter().chain(&w.lo).copied().collect::<Vec<_>>());
+        self.lo[n][s].insert(id);
+        self.lo[n][s].extend(lo.iter().copied());
+        self.hi[n][s].insert(id);
+        self.hi[n][s].extend(hi);
+        self.hi[n][s].extend(lo);
+    }
+
+    /// The dirty slots of node `n`.
+    fn dirty(&self, c: &Cluster, n: usize) -> BTreeSet<usize> {
+        (0..SLOTS).filter(|&s| read_slot(&slot_path(c, n, s)) != self.recorded[n][s]).collect()
+    }
+
+    /// Node `n` checks (`whole`: itself, so it surely records its whole
+    /// tree; else as a peer, maybe): each dirty slot becomes a write. The
+    /// writes' ids.
+    fn checked(&mut self, c: &Cluster, n: usize, whole: bool) -> Vec<usize> {
+        let mut ids = Vec::new();
+        for s in self.dirty(c, n) {
+            let v = read_slot(&slot_path(c, n, s));
+            let maybe_void = self.prior[n][s].contains(&v);
+            if !whole {
+                let was = self.recorded[n][s].clone();
+                self.prior[n][s].push(was);
+            }
+            let id = self.record(n, s, v);
+            self.writes[id].maybe_void = maybe_void;
+            ids.push(id);
+        }
+        if whole {
+            self.prior[n].iter_mut().for_each(Vec::clear);
+            self.tentative[n].clear();
+        }
+        ids
+    }
+
+    /// Reads every slot of node `n`: a clean slot's value, when only one
+    /// write of the slot made it, tells which write the node holds.
+    fn observe(&mut self, c: &Cluster, n: usize) {
+        for s in 0..SLOTS {
+            let v = read_slot(&slot_path(c, n, s));
+            if v == Slot::Absent || v != self.recorded[n][s] {
+                continue;
+            }
+            let matches: Vec<usize> = self.of_slot(s).filter(|(_, w)| w.value == v).map(|(i, _)| i).collect();
+            if let [id] = matches[..] {
+                self.learn(n, id);
+            }
+        }
+    }
+
+    /// Records that node `n` wrote `value` into slot `s`.
+    fn record(&mut self, n: usize, s: usize, value: Slot) -> usize {
+        let id = self.writes.len();
+        let (lo, hi) = (self.lo[n][s].clone(), self.hi[n][s].clone());
+        self.writes.push(Write { node: n, slot: s, value: value.clone(), lo, hi, maybe_void: false });
+        self.recorded[n][s] = value;
+        self.lo[n][s].insert(id);
+        self.hi[n][s].insert(id);
+        id
+    }
+
+    /// All writes of slot `s` are surely ordered.
+    fn quiet(&self, s: usize) -> bool {
+        let ids: Vec<usize> = self.of_slot(s).map(|(i, _)| i).collect();
+        ids.iter().enumerate().all(|(k, &j)| ids[..k].iter().all(|i| self.writes[j].lo.contains(i)))
+    }
+
+    /// A run from `x` (which checks first) met every peer in `peers` (in
+    /// some order): on a quiet slot each side ends knowing at least what
+    /// the other knew at the start, unless the peer had not recorded its
+    /// own changes of the slot (`unsure`: dirty or tentative at the start).
+    fn ran_lo(&mut self, x: usize, peers: &[usize], before: &[Vec<BTreeSet<usize>>], unsure: &[BTreeSet<usize>]) {
+        let quiet: Vec<usize> = (0..SLOTS).filter(|&s| self.quiet(s)).collect();
+        for s in quiet {
+            for &p in peers.iter().filter(|&&p| !unsure[p].contains(&s)) {
+                let (bx, bp) = (before[x][s].clone(), before[p][s].clone());
+                self.lo[x][s].extend(bx.iter().copied().chain(bp.iter().copied()));
+                self.lo[p][s].extend(bx);
+            }
+            for &p in peers.iter().chain([&x]) {
+                let lo = self.lo[p][s].clone();
+                self.hi[p][s].extend(lo);
+            }
+        }
+    }
+
+    /// Runs among `nodes` (started together) may have carried anything
+    /// any of them knew to any of them.
+    fn ran_hi(&mut self, nodes: &BTreeSet<usize>) {
+        for s in 0..SLOTS {
+            let all: BTreeSet<usize> = nodes.iter().flat_map(|&n| self.hi[n][s].iter().copied()).collect();
+            for &n in nodes {
+                self.hi[n][s].extend(all.iter().copied());
+            }
+        }
+    }
+
+    /// No later write can have known write `id`.
+    fn surely_latest(&self, id: usize) -> bool {
+        let s = self.writes[id].slot;
+        self.of_slot(s).all(|(j, w)| j == id || !w.hi.contains(&id))
+    }
+
+    /// No later write surely knew write `id`.
+    fn possibly_latest(&self, id: usize) -> bool {
+        let s = self.writes[id].slot;
+        self.of_slot(s).all(|(j, w)| j == id || !w.lo.contains(&id))
+    }
+}
+
+fn slot_name(s: usize) -> String {
+    format!("s{s}")
+}
+
+fn slot_path(c: &Cluster, n: usize, s: usize) -> std::path::PathBuf {
+    c.path(NODES[n], &slot_name(s))
+}
+
+/// The slot a logical path (`%tree%/s3/c0`) is in.
+fn slot_of(path: &str) -> Option<usize> {
+    path.split('/').find_map(|part| part.strip_prefix('s')?.parse().ok()).filter(|&s: &usize| s < SLOTS)
+}
+
+/// The paths a sync document reports as conflicts.
+fn conflict_paths(v: &Json) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in v["peers"].as_array().into_iter().flatten() {
+        for c in p["pulled"]["conflicts"].as_array().into_iter().flatten() {
+            let path = c["path"].as_str().or(c.as_str()).unwrap_or_default();
+            out.push(path.to_owned());
+        }
+        for c in p["pushed"].as_array().into_iter().flatten() {
+            if c["action"] == "conflict" {
+                out.push(c["path"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// One seed's run: the cluster, the model, the log.
+struct Run<'a> {
+    c: Cluster,
+    m: Model,
+    rng: Rng,
+    /// Local edits made so far: numbers every edit's content.
+    edits: usize,
+    log: &'a Mutex<Vec<String>>,
+}
+
+impl Run<'_> {
+    fn note(&self, line: String) {
+        self.log.lock().unwrap().push(line);
+    }
+
+    fn up(&self) -> Vec<usize> {
+        (0..NODES.len()).filter(|&n| self.c.running(NODES[n])).collect()
+    }
+
+    /// A fresh value for a write: `kind` 0 file, 1 directory, 2 symlink.
+    fn value(&mut self, n: usize, s: usize, kind: usize) -> Slot {
+        self.edits += 1;
+        let id = self.edits;
+        let mtime = (1_600_000_000 + id as i64 * 7, 0);
+        let data = |rng: &mut Rng, tag: &str| {
+            let mut d = format!("e{id} by {} in s{s}{tag}\n", NODES[n]).into_bytes();
+            let len = if rng.below(6) == 0 { 70_000 + rng.below(50_000) } else { rng.below(300) };
+            d.extend(bytes(rng.next(), len));
+            d
+        };
+        match kind {
+            0 => Slot::File(data(&mut self.rng, ""), mtime),
+            1 => {
+                let mut m = BTreeMap::new();
+                for child in ["c0", "c1"] {
+                    m.insert(child.as_bytes().to_vec(), Slot::File(data(&mut self.rng, child), mtime));
+                }
+                Slot::Dir(m)
+            }
+            _ => Slot::Link(format!("target-e{id}").into_bytes()),
+        }
+    }
+
+    /// Makes `path` hold `value`, as a user would: a file or directory
+    /// edited in place when the kind stays, replaced otherwise.
+    fn put(path: &Path, value: &Slot) {
+        let now = read_slot(path);
+        let same_kind = matches!(
+            (&now, value),
+            (Slot::File(..), Slot::File(..)) | (Slot::Dir(_), Slot::Dir(_)) | (Slot::Link(_), Slot::Link(_))
+        );
+        if !same_kind || matches!(value, Slot::Link(_)) {
+            remove(path);
+        }
+        match value {
+            Slot::Absent => {}
+            Slot::File(data, (secs, nanos)) => {
+                write(path, data);
+                set_mtime(path, *secs, *nanos as u32);
+            }
+            Slot::Link(t) => std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(t), path).unwrap(),
+            Slot::Dir(m) => {
+                std::fs::create_dir_all(path).unwrap();
+                for (k, v) in m {
+                    Self::put(&path.join(std::ffi::OsStr::from_bytes(k)), v);
+                }
+            }
+        }
+    }
+
+    /// One random change on a random node.
+    fn change(&mut self) {
+        let n = self.rng.below(NODES.len());
+        let s = self.rng.below(SLOTS);
+        self.m.observe(&self.c, n);
+        let path = slot_path(&self.c, n, s);
+        let now = read_slot(&path);
+        let what = self.rng.below(10);
+        if now != Slot::Absent && what >= 8 {
+            // A rename onto a slot absent here.
+            let free: Vec<usize> =
+                (0..SLOTS).filter(|&t| t != s && read_slot(&slot_path(&self.c, n, t)) == Slot::Absent).collect();
+            if !free.is_empty() {
+                let t = free[self.rng.below(free.len())];
+                std::fs::rename(&path, slot_path(&self.c, n, t)).unwrap();
+                self.note(format!("{}: mv s{s} s{t} ({now:?})", NODES[n]));
+                return;
+            }
+        }
+        if now != Slot::Absent && what >= 6 {
+            remove(&path);
+            self.note(format!("{}: rm -r s{s} (was {now:?})", NODES[n]));
+            return;
+        }
+        let kind = [0, 0, 0, 1, 1, 2][self.rng.below(6)];
+        let value = self.value(n, s, kind);
+        Self::put(&path, &value);
+        assert_eq!(read_slot(&path), value, "the test wrote what it meant to");
+        self.note(format!("{}: write s{s} ({value:?}, was {now:?})", NODES[n]));
+    }
+
+    /// Node `n` checks (alone, or as a sync starts): its dirty slots
+    /// become writes.
+    fn checked(&mut self, n: usize, whole: bool) {
+        for id in self.m.checked(&self.c, n, whole) {
+            let w = &self.m.writes[id];
+            self.note(format!("   {} records w{id}: s{} = {:?}", NODES[n], w.slot, w.value));
+        }
+    }
+
+    /// Checks one finished sync of node `x`.
+    fn check_sync(&self, x: usize, code: i32, v: &Json, stderr: &str) {
+        let paths = conflict_paths(v);
+        self.note(format!("   {} exited {code}, conflicts {paths:?}", NODES[x]));
+        assert!(code == 0 || code == 3, "sync on {} exited {code}: {stderr}\n{v:#}", NODES[x]);
+        assert_eq!(code == 3, !paths.is_empty(), "exit {code} with conflicts {paths:?}: {v:#}");
+        for p in &paths {
+            let s = slot_of(p).unwrap_or_else(|| panic!("conflict outside the slots: {p}"));
+            assert!(!self.m.quiet(s), "conflict on {p} although every write of s{s} was seen before the next");
+        }
+    }
+
+    /// Syncs from `xs` (several at once when more than one), each with
+    /// the peers that are up; the slots reported in conflict.
+    fn sync(&mut self, xs: &[usize]) -> BTreeSet<usize> {
+        let up = self.up();
+        let dirty: Vec<BTreeSet<usize>> = (0..NODES.len()).map(|n| self.m.dirty(&self.c, n)).collect();
+        // Local changes of nodes that only serve: nothing may touch them
+        // (unless the node may see no change there, see `Model::prior`).
+        let kept: Vec<(usize, usize, Slot)> = (0..NODES.len())
+            .filter(|n| !xs.contains(n))
+            .flat_map(|n| dirty[n].iter().map(move |&s| (n, s)))
+            .map(|(n, s)| (n, s, read_slot(&slot_path(&self.c, n, s))))
+            .filter(|(n, s, v)| !self.m.prior[*n][*s].contains(v))
+            .collect();
+        // Not surely recorded: no exchange is sure to carry them.
+        let unsure: Vec<BTreeSet<usize>> = (0..NODES.len()).map(|n| &dirty[n] | &self.m.tentative[n]).collect();
+        // An initiator checks its tree first; a peer asked to change a
+        // path checks what it is about to change (and an apply records
+        // the directories it touched), so a node's local change may be
+        // recorded by any run it takes part in: the model makes every
+        // participant's dirty slots writes now. Whether they travel in
+        // this batch is left open (`ran_lo` skips them).
+        let starting: Vec<usize> = xs.iter().copied().filter(|x| up.iter().any(|p| p != x)).collect();
+        let mut met: BTreeSet<usize> = starting.iter().copied().collect();
+        if !starting.is_empty() {
+            met.extend(up.iter().copied());
+        }
+        for &n in &met {
+            self.checked(n, starting.contains(&n));
+        }
+        for &n in met.iter().filter(|n| !starting.contains(n)) {
+            self.m.tentative[n].extend(dirty[n].iter().copied());
+        }
+        let before = self.m.lo.clone();
+        let mut runs = Vec::new();
+        for (k, &x) in xs.iter().enumerate() {
+            let peers: Vec<usize> = up.iter().copied().filter(|&p| p != x).collect();
+            if peers.is_empty() {
+                self.note(format!("{}: sync skipped, no peer up", NODES[x]));
+                continue;
+            }
+            let list = peers.iter().map(|&p| NODES[p]).collect::<Vec<_>>().join(",");
+            self.note(format!("{}: sync --peer {list}{}", NODES[x], if xs.len() > 1 { " (overlapping)" } else { "" }));
+            let bg = self.c.spawn(NODES[x], &format!("sync-{k}"), &["--json", "sync", "--peer", &list]);
+            runs.push((x, peers, bg));
+        }
+        let mut slots = BTreeSet::new();
+        for (x, peers, bg) in runs {
+            let out = bg.wait(SYNC_WAIT);
+            let v = out.json();
+            self.check_sync(x, out.code, &v, &out.stderr);
+            slots.extend(conflict_paths(&v).iter().filter_map(|p| slot_of(p)));
+            self.m.ran_lo(x, &peers, &before, &unsure);
+        }
+        for (n, s, v) in kept {
+            let now = read_slot(&slot_path(&self.c, n, s));
+            assert_eq!(now, v, "{}'s change of s{s}, not checked yet, was overwritten", NODES[n]);
+        }
+        self.m.ran_hi(&met);
+        // What the runs applied is recorded now.
+        for &n in &met {
+            for s in 0..SLOTS {
+                self.m.recorded[n][s] = read_slot(&slot_path(&self.c, n, s));
+            }
+        }
+        for n in 0..NODES.len() {
+            self.m.observe(&self.c, n);
+        }
+        self.check_kept();
+        slots
+    }
+
+    /// A write nobody can have seen is still on its writer's disk.
+    fn check_kept(&self) {
+        for (id, w) in self.m.writes.iter().enumerate() {
+            if self.m.surely_latest(id) && !w.maybe_void {
+                let now = &self.m.recorded[w.node][w.slot];
+                assert_eq!(*now, w.value, "w{id} on {} was replaced although no host saw it", NODES[w.node]);
+            }
+        }
+    }
+
+    /// Stops a node, or starts the one that is down.
+    fn toggle(&mut self) {
+        if let Some(n) = (0..NODES.len()).find(|&n| !self.c.running(NODES[n])) {
+            self.note(format!("{}: start", NODES[n]));
+            self.c.start(NODES[n]);
+        } else {
+            let n = self.rng.below(NODES.len());
+            if self.rng.below(3) == 0 {
+                self.note(format!("{}: kill", NODES[n]));
+                self.c.kill(NODES[n]);
+            } else {
+                self.note(format!("{}: stop", NODES[n]));
+                self.c.stop(NODES[n]);
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        match self.rng.below(20) {
+            0..=9 => self.change(),
+            10..=14 => {
+                let x = self.rng.below(NODES.len());
+                self.sync(&[x]);
+            }
+            15..=17 => {
+                let x = self.rng.below(NODES.len());
+                let mut y = self.rng.below(NODES.len());
+                // Two runs on one node with no daemon to share: the second
+                // fails to take the state lock (exit 1; reported, not
+                // covered here). With the daemon up both go through it.
+                if y == x && !self.c.running(NODES[x]) {
+                    y = (x + 1) % NODES.len();
+                }
+                self.sync(&[x, y]);
+            }
+            18 => {
+                let n = self.rng.below(NODES.len());
+                self.note(format!("{}: check", NODES[n]));
+                self.checked(n, true);
+                self.c.check(NODES[n]);
+            }
+            _ => self.toggle(),
+        }
+    }
+
+    /// A round of syncs from every node; the slots reported in conflict.
+    fn round(&mut self) -> BTreeSet<usize> {
+        let mut slots = BTreeSet::new();
+        for x in 0..NODES.len() {
+            slots.extend(self.sync(&[x]));
+        }
+        slots
+    }
+
+    /// Brings every node up, settles conflicts with `force -r` on one
+    /// side, and checks the end state.
+    fn settle(&mut self) {
+        for n in NODES {
+            if !self.c.running(n) {
+                self.note(format!("{n}: start"));
+                self.c.start(n);
+            }
+        }
+        self.check_kept();
+        let reported = self.round();
+        // Surely concurrent different writes were not settled silently.
+        for s in 0..SLOTS {
+            let latest: Vec<usize> =
+                self.m.of_slot(s).filter(|(i, w)| self.m.surely_latest(*i) && !w.maybe_void).map(|(i, _)| i).collect();
+            let values: Vec<&Slot> = latest.iter().map(|&i| &self.m.writes[i].value).collect();
+            if values.iter().any(|v| *v != values[0]) {
+                assert!(reported.contains(&s), "s{s}: concurrent writes {latest:?} were not reported as a conflict");
+            }
+        }
+        for attempt in 0.. {
+            let mut pending: BTreeMap<usize, Vec<(usize, String)>> = BTreeMap::new();
+            for (n, name) in NODES.iter().enumerate() {
+                for cf in self.c.conflicts(name) {
+                    let p = cf["path"].as_str().unwrap_or_default().to_owned();
+                    let s = slot_of(&p).unwrap_or_else(|| panic!("conflict outside the slots: {p}"));
+                    pending.entry(s).or_default().push((n, p));
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            assert!(attempt < 3, "conflicts remain after {attempt} rounds of force: {pending:?}");
+            for (s, listed) in pending {
+                // One side wins the whole slot: a node where it exists,
+                // else the listed paths of the first node listing them.
+                let at = listed.iter().map(|(n, _)| *n).find(|&n| slot_path(&self.c, n, s).symlink_metadata().is_ok());
+                let (n, args): (usize, Vec<String>) = match at {
+                    Some(n) => (n, vec!["-r".into(), slot_path(&self.c, n, s).display().to_string()]),
+                    None => {
+                        let n = listed[0].0;
+                        let rels = listed.iter().filter(|(m, _)| *m == n).map(|(_, p)| {
+                            let rel = p.split_once('/').map_or("", |(_, r)| r);
+                            self.c.tree(NODES[n]).join(rel).display().to_string()
+                        });
+                        (n, rels.collect())
+                    }
+                };
+                self.note(format!("{}: force {args:?}", NODES[n]));
+                let mut all = vec!["force"];
+                all.extend(args.iter().map(String::as_str));
+                let out = self.c.run(NODES[n], &all);
+                assert_eq!(out.code, 0, "force {args:?} on {}: {}{}", NODES[n], out.stdout, out.stderr);
+                let (code, v) = self.c.sync(NODES[n], &[]);
+                self.note(format!("   {} exited {code}", NODES[n]));
+                assert!(code == 0 || code == 3, "sync after force exited {code}: {v:#}");
+            }
+            // Forced sides replaced the others' writes: the model's
+            // bookkeeping of who holds what ends here.
+            for x in NODES {
+                let (code, v) = self.c.sync(x, &[]);
+                self.note(format!("{x}: sync (after force) exited {code}"));
+                assert!(code == 0 || code == 3, "sync after force exited {code}: {v:#}");
+            }
+        }
+        for x in NODES {
+            let v = self.c.sync_ok(x);
+            assert!(conflict_paths(&v).is_empty(), "{v:#}");
+        }
+        self.c.assert_all_same();
+        // Every slot ends with a write no later write surely replaced, the
+        // last one when its writes were surely ordered.
+        for s in 0..SLOTS {
+            let end = read_slot(&slot_path(&self.c, 0, s));
+            let latest: Vec<usize> = self.m.of_slot(s).map(|(i, _)| i).filter(|&i| self.m.possibly_latest(i)).collect();
+            let allowed: Vec<&Slot> = latest.iter().map(|&i| &self.m.writes[i].value).collect();
+            if latest.is_empty() {
+                assert_eq!(end, Slot::Absent, "s{s} was never written");
+            } else if latest.len() == 1 {
+                assert_eq!(end, *allowed[0], "s{s} lost its last write w{}", latest[0]);
+            } else {
+                assert!(allowed.contains(&&end), "s{s} ends as {end:?}, none of the latest writes {latest:?}");
+            }
+        }
+        // No temporary left in a tree or in a journal of temporaries.
+        for n in NODES {
+            let temps: Vec<_> = walk(&self.c.tree(n))
+                .into_iter()
+                .filter(|p| p.file_name().is_some_and(|f| f.as_bytes().starts_with(b".snapsync-")))
+                .collect();
+            assert!(temps.is_empty(), "{n} keeps temporaries: {temps:?}");
+            let journal = self.c.node_state_dir(n).join("incoming").join("temps");
+            let left: Vec<_> =
+                std::fs::read_dir(&journal).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            assert!(left.is_empty(), "{n}'s journal of temporaries keeps {left:?}");
+        }
+    }
+}
+
+fn remove(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => std::fs::remove_dir_all(path).unwrap(),
+        Ok(_) => std::fs::remove_file(path).unwrap(),
+        Err(_) => {}
+    }
+}
+
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Runs seed `seed`; on failure prints the seed and the operation log.
+fn run_seed(seed: u64) {
+    let log = Mutex::new(Vec::new());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut c = Cluster::new(NODES.len());
+        c.start_all();
+        let mut run = Run { c, m: Model::new(), rng: Rng(seed), edits: 0, log: &log };
+        for _ in 0..STEPS {
+            run.step();
+        }
+        run.settle();
+    }));
+    if let Err(e) = result {
+        let log = log.lock().unwrap_or_else(|p| p.into_inner());
+        eprintln!("model seed {seed} failed; replay with SNAPSYNC_MODEL_SEED={seed}. Operations:");
+        for line in log.iter() {
+            eprintln!("  {line}");
+        }
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// The seeds to run: `SNAPSYNC_MODEL_SEED` alone, else 1..=N.
+fn seeds() -> Vec<u64> {
+    if let Ok(s) = std::env::var("SNAPSYNC_MODEL_SEED") {
+        return vec![s.parse().expect("SNAPSYNC_MODEL_SEED is a number")];
+    }
+    let n = std::env::var("SNAPSYNC_MODEL_SEEDS").map_or(DEFAULT_SEEDS, |s| s.parse().expect("a number"));
+    (1..=n).collect()
+}
+
+#[test]
+fn model_random_cluster_converges_without_losing_edits() {
+    for seed in seeds() {
+        eprintln!("model seed {seed}");
+        run_seed(seed);
+    }
+}
