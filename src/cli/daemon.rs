@@ -180,21 +180,9 @@ pub(super) fn forward(state: &Path) -> Option<u8> {
     }
 }
 
-/// How long a command waits for a starting daemon's socket.
-const STARTING_WAIT: Duration = Duration::from_secs(10);
-
-/// Like [`forward`], waiting up to [`STARTING_WAIT`] for the socket of a
-/// daemon that holds the state but is still starting.
-pub(super) fn forward_when_ready(state: &Path) -> Option<u8> {
-    let deadline = std::time::Instant::now() + STARTING_WAIT;
-    while std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        if let Some(code) = forward(state) {
-            return Some(code);
-        }
-    }
-    None
-}
+/// How long a command waits at least for a starting daemon's socket
+/// (the daemon holds the state's lock before its socket is up).
+pub(super) const STARTING_WAIT: Duration = Duration::from_secs(10);
 
 /// Why `serve` stopped.
 #[derive(Debug, thiserror::Error)]

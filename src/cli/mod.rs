@@ -344,13 +344,17 @@ fn run(cli: &Cli) -> u8 {
     }
     let mut engine = match Engine::open(&config, &host, &state) {
         Ok(e) => e,
-        // A daemon that is starting holds the lock before its socket is
-        // up: give it a moment, then go through it.
-        Err(EngineError::Store(crate::store::StoreError::Locked { .. }))
-            if !matches!(cli.command, Command::Serve { .. })
-                && let Some(code) = daemon::forward_when_ready(&state) =>
+        // Another process holds the state: a daemon that is starting (its
+        // socket comes up in a moment), or another command (two syncs from
+        // cron at once). Wait for either, with a bound.
+        Err(EngineError::Store(crate::store::StoreError::Locked { pid, .. }))
+            if !matches!(cli.command, Command::Serve { .. }) =>
         {
-            return code;
+            match wait_for_state(&config, &host, &state, &pid) {
+                Ok(Ok(engine)) => engine,
+                Ok(Err(e)) => return report_error(&e.into()),
+                Err(code) => return code,
+            }
         }
         Err(e) => return report_error(&e.into()),
     };
@@ -411,6 +415,36 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
             .build()
             .expect("a Tokio runtime starts")
             .block_on(f),
+    }
+}
+
+/// How long a command waits for another process that holds the node's
+/// state before it gives up; `SNAPSYNC_LOCK_WAIT` (seconds) changes it.
+/// Two commands started at once (cron starts every node's `sync` in the
+/// same second, and an operator may run one by hand) then run one after
+/// the other instead of one failing (SPEC §4.15).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits until the state held by process `pid` can be opened here, or a
+/// daemon's socket comes up (then the command runs there: `Err` with its
+/// exit status). Gives up after [`LOCK_WAIT`] with the lock error.
+fn wait_for_state(config: &Config, host: &str, state: &Path, pid: &str) -> Result<Result<Engine, EngineError>, u8> {
+    let wait = std::env::var("SNAPSYNC_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(LOCK_WAIT, std::time::Duration::from_secs);
+    let deadline = std::time::Instant::now() + wait.max(daemon::STARTING_WAIT);
+    tracing::info!("waiting for the snapsync process (pid {pid}) that holds {}", output::escape_path(state));
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(code) = daemon::forward(state) {
+            return Err(code);
+        }
+        match Engine::open(config, host, state) {
+            Err(EngineError::Store(crate::store::StoreError::Locked { .. }))
+                if std::time::Instant::now() < deadline => {}
+            other => return Ok(other),
+        }
     }
 }
 

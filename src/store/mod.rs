@@ -950,7 +950,12 @@ fn take_lock(dir: &Path) -> Result<File, StoreError> {
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
             let _ = f.read_to_string(&mut pid);
-            Err(StoreError::Locked { path: dir.to_path_buf(), pid: pid.trim().to_owned() })
+            // The holder writes its pid just after it takes the lock.
+            let pid = match pid.trim() {
+                "" => "unknown".to_owned(),
+                p => p.to_owned(),
+            };
+            Err(StoreError::Locked { path: dir.to_path_buf(), pid })
         }
         Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
     }

@@ -293,7 +293,67 @@ fn keygen_writes_a_csync2_style_key_and_never_overwrites() {
 fn second_writer_is_refused_with_a_clear_message() {
     let n = Node::new("a", 0, "");
     let _held = snapsync::store::Store::open(&n.path("state").join(state_subdir(&n)).join("a")).unwrap();
-    n.cmd().arg("check").assert().code(1).stderr(predicate::str::contains("in use by another snapsync process"));
+    n.cmd()
+        .env("SNAPSYNC_LOCK_WAIT", "0")
+        .arg("check")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("in use by another snapsync process"));
+}
+
+/// SPEC §4.15: a command started while another holds the state (two syncs
+/// from cron at once, no daemon) waits for it instead of failing.
+/// Regression: the second run exited 1, "in use by another snapsync
+/// process (pid )".
+#[test]
+fn second_writer_waits_for_the_first() {
+    let n = Node::new("a", 0, "");
+    write(&n.tree().join("f"), b"x");
+    let state = n.path("state").join(state_subdir(&n)).join("a");
+    let held = snapsync::store::Store::open(&state).unwrap();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_snapsync"));
+    second.arg("--config").arg(n.path("snapsync.cfg")).args(["-N", "a", "-D"]).arg(n.path("state"));
+    let mut child =
+        second.env_remove("RUST_LOG").args(["-v", "check"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait (bounded) until the second command says it waits: releasing the
+    // lock before it tried would show nothing.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("waiting for the snapsync process")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the second command never said it waits; it printed:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the second command is still waiting");
+    drop(held);
+    // Bounded: it exits once the lock is free (it polls every 100 ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the second command did not finish after the lock was released");
+        }
+        // Polling the exit of a child: no event to wait on without reaping.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(status.success(), "{}\n{}", seen.join("\n"), rest.join("\n"));
 }
 
 /// The config-name directory the binary uses for `--config FILE`.
