@@ -234,7 +234,7 @@ pub async fn connect(
     let local: SocketAddr =
         if addr.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let fail = |why: String| NetError::Bind { addr: local, why };
-    let client = s2n_quic::Client::builder()
+    let mut client = s2n_quic::Client::builder()
         .with_tls(tls)
         .map_err(|e| fail(e.to_string()))?
         .with_io(io(local).map_err(|e| fail(e.to_string()))?)
@@ -253,7 +253,9 @@ pub async fn connect(
         Err(_) => return Err(NetError::Timeout { addr, what: "handshake", after: HANDSHAKE_TIMEOUT }),
         Ok(Err(e)) => {
             let fallback = from_connection_error(addr, &e, Some(expected_peer_host), None);
-            return Err(reported(&mut failures).await.unwrap_or(fallback));
+            let failure = reported(&mut failures).await.unwrap_or(fallback);
+            flush_close(&mut client).await;
+            return Err(failure);
         }
         Ok(Ok(conn)) => conn,
     };
@@ -270,7 +272,10 @@ pub async fn connect(
         Ok(Ok(Progress::Confirmed)) => {}
         Ok(_) => {
             let fallback = lost("closed during the handshake".into());
-            return Err(reported(&mut failures).await.unwrap_or(fallback));
+            let failure = reported(&mut failures).await.unwrap_or(fallback);
+            drop(conn);
+            flush_close(&mut client).await;
+            return Err(failure);
         }
     }
 
@@ -286,6 +291,17 @@ pub async fn connect(
         });
     }
     Ok(conn)
+}
+
+/// How long a failed connect waits for its endpoint to send the close
+/// (with the TLS alert that says why) before the endpoint is dropped.
+/// Without it the refused side may never hear the refusal and waits out
+/// its handshake timeout, then logs a timeout instead of the reason.
+const CLOSE_FLUSH: Duration = Duration::from_millis(500);
+
+/// Lets a client endpoint whose connection failed send its close packet.
+async fn flush_close(client: &mut s2n_quic::Client) {
+    let _ = tokio::time::timeout(CLOSE_FLUSH, client.wait_idle()).await;
 }
 
 /// The failure the endpoint's observer reported for this attempt, if any.
