@@ -25,7 +25,9 @@
 //!   (uses `hash`, `chunk`, `tree`, `store`).
 //! - [`sync`]: per-entry reconcile decisions, conflicts and `auto`
 //!   policies (uses `config`, `tree`, `store`).
-//! - [`cli`]: command-line parsing, output and exit codes.
+//! - [`peer`]: sessions with peers: serving their requests, reconciling
+//!   with them, applying what a reconcile takes (uses all of the above).
+//! - [`cli`]: command-line parsing, output, exit codes and the daemon.
 
 pub mod audit;
 pub mod chunk;
