@@ -34,8 +34,9 @@ macro_rules! say {
 /// Text safe to print on a terminal, as bytes it stands for can be told
 /// back from it: printable characters stay, a backslash becomes `\\`,
 /// newline, tab and carriage return become `\n`, `\t` and `\r`, and every
-/// other control character (C0, DEL, C1) and every byte that is not part of
-/// valid UTF-8 becomes `\xNN`, one per byte (so a C1 character shows as the
+/// other control character (C0, DEL, C1), every bidirectional formatting
+/// character, and every byte that is not part of valid UTF-8 becomes
+/// `\xNN`, one per byte (so a C1 character shows as the
 /// two bytes of its UTF-8 form). Pasted inside bash's `$'...'` the result
 /// gives the original bytes back.
 pub fn escape_bytes(b: &[u8]) -> Cow<'_, str> {
@@ -69,7 +70,14 @@ pub fn escape_path(p: &Path) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c == '\\' || c.is_control()
+    c == '\\' || c.is_control() || is_bidi_control(c)
+}
+
+/// Unicode's bidirectional formatting characters (embeddings, overrides,
+/// isolates, and the marks): they reorder what a terminal shows, so a name
+/// could display as another ("Trojan Source", CVE-2021-42574).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}')
 }
 
 fn escape_into(out: &mut String, s: &str) {
@@ -80,7 +88,7 @@ fn escape_into(out: &mut String, s: &str) {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             // `is_control` is Unicode's Cc: C0, DEL and C1, exactly.
-            c if c.is_control() => {
+            c if c.is_control() || is_bidi_control(c) => {
                 let mut buf = [0u8; 4];
                 for b in c.encode_utf8(&mut buf).bytes() {
                     push_hex(out, b);
@@ -567,6 +575,13 @@ mod tests {
     fn escape_bytes_shows_invalid_utf8_as_hex() {
         assert_eq!(escape_bytes(b"ok\xff\xfe-\xc3\xa9-\xc3"), "ok\\xff\\xfe-é-\\xc3");
         assert_eq!(escape_path(Path::new("/t/\x1b]0;title\x07")), "/t/\\x1b]0;title\\x07");
+    }
+
+    /// A right-to-left override would make `txt.exe` display as `exe.txt`.
+    #[test]
+    fn escape_shows_bidi_formatting_characters_as_hex() {
+        assert_eq!(escape("a\u{202e}txt.exe"), "a\\xe2\\x80\\xaetxt.exe");
+        assert_eq!(escape("x\u{2066}y\u{2069}"), "x\\xe2\\x81\\xa6y\\xe2\\x81\\xa9");
     }
 
     #[test]
