@@ -250,3 +250,24 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Opens an engine in this test process. The state's lock is an `flock`,
+/// and a child that another test thread forks while a previous engine of
+/// this test held it keeps a copy of the descriptor (and so the lock) until
+/// it execs: a reopen right after may find the lock held for a moment. It
+/// is retried for at most 10 s (the snapsync command waits likewise).
+pub fn open_engine(config: &snapsync::config::Config, host: &str, state: &Path) -> snapsync::engine::Engine {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match snapsync::engine::Engine::open(config, host, state) {
+            Err(snapsync::engine::EngineError::Store(snapsync::store::StoreError::Locked { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                // A lock held by a child's inherited descriptor: no event to
+                // wait for but its exec.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}

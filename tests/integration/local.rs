@@ -527,9 +527,9 @@ fn dropping_an_include_forgets_its_records() {
         snapsync::config::load(&cfg).unwrap()
     };
     let both = config(&format!("include {0}/one;\n include {0}/two;", d.display()));
-    snapsync::engine::Engine::open(&both, "a", &d.join("state")).unwrap().check(&[]).unwrap();
+    crate::common::open_engine(&both, "a", &d.join("state")).check(&[]).unwrap();
     let one = config(&format!("include {}/one;", d.display()));
-    let engine = snapsync::engine::Engine::open(&one, "a", &d.join("state")).unwrap();
+    let engine = crate::common::open_engine(&one, "a", &d.join("state"));
     engine.check(&[]).unwrap();
     let dirs: Vec<String> = engine
         .store
