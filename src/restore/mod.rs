@@ -143,13 +143,23 @@ impl Engine {
         }
 
         let progress = self.bar(None, &format!("restoring generation {id}"));
-        let writer =
-            write::Writer::new(&self.host, &self.store, chunks, to.is_none().then_some(&group.matcher), progress);
+        let place = |root: &PathBuf, local: &PathBuf| match to {
+            None => (root.clone(), local.clone()),
+            Some(dir) => (dir.to_path_buf(), dir.join(local.strip_prefix("/").unwrap_or(local))),
+        };
+        // A target that is its base itself (an include root, or what
+        // `--to DIR` holds of one) sits in a directory the configuration
+        // or the operator named: that one may be reached through a link.
+        let trusted = targets
+            .iter()
+            .map(|(root, local, _)| place(root, local))
+            .filter(|(base, dest)| dest == base || dest.parent() == Some(base.as_path()))
+            .filter_map(|(_, dest)| dest.parent().map(Path::to_path_buf))
+            .collect();
+        let matcher = to.is_none().then_some(&group.matcher);
+        let writer = write::Writer::new(&self.host, &self.store, chunks, matcher, progress, trusted);
         for (root, local, want) in &targets {
-            let (base, dest) = match to {
-                None => (root.clone(), local.clone()),
-                Some(dir) => (dir.to_path_buf(), dir.join(local.strip_prefix("/").unwrap_or(local))),
-            };
+            let (base, dest) = place(root, local);
             // Never write or delete through a symlink: every directory
             // between the base and the target must be a real one.
             no_links_between(&base, &dest)?;

@@ -1,11 +1,12 @@
 //! Making one path on disk match its want.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, Permissions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,8 +15,8 @@ use rayon::prelude::*;
 use super::{RestoreReport, Want};
 use crate::chunk::ChunkRef;
 use crate::config::{Class, Matcher};
-use crate::disk::Dir;
 pub(crate) use crate::disk::apply_meta;
+use crate::disk::{Dir, EntryType};
 use crate::hash::Hash;
 use crate::scan::{Problem, Severity};
 use crate::store::{ChunkStore, Store};
@@ -36,6 +37,11 @@ pub(super) struct Writer<'a> {
     progress: indicatif::ProgressBar,
     /// `0666` less the umask: the mode of a new file when none is recorded.
     new_file_mode: u32,
+    /// Directories outside the trees being written that hold a target
+    /// itself (an include root's parent, `--to DIR`): named by the
+    /// configuration or the operator, so a symlink there is followed.
+    /// Every other parent is opened without following its last component.
+    trusted: HashSet<PathBuf>,
 }
 
 impl<'a> Writer<'a> {
@@ -45,6 +51,7 @@ impl<'a> Writer<'a> {
         chunks: &'a ChunkStore,
         matcher: Option<&'a Matcher>,
         progress: indicatif::ProgressBar,
+        trusted: HashSet<PathBuf>,
     ) -> Self {
         Writer {
             host,
@@ -58,6 +65,7 @@ impl<'a> Writer<'a> {
             removed: AtomicU64::new(0),
             progress,
             new_file_mode: 0o666 & !current_umask(),
+            trusted,
         }
     }
 
@@ -90,6 +98,15 @@ impl<'a> Writer<'a> {
         self.matcher.is_some_and(|m| m.classify(path) == Class::Excluded)
     }
 
+    /// The directory holding `path`, opened as [`Writer::trusted`] says.
+    fn parent_of<'p>(&self, path: &'p Path) -> io::Result<(Dir, &'p OsStr)> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::other("no parent directory"));
+        };
+        let dir = if self.trusted.contains(parent) { Dir::open_trusted(parent)? } else { Dir::open(parent)? };
+        Ok((dir, name))
+    }
+
     /// Makes `path` hold `want` (or nothing).
     pub(super) fn restore(&self, path: &Path, want: Option<&Want>) {
         self.progress.inc(1);
@@ -109,30 +126,41 @@ impl<'a> Writer<'a> {
     /// Removes what is at `path`, leaving excluded paths (and so the
     /// directories holding them) alone.
     fn remove(&self, path: &Path) -> io::Result<()> {
-        let md = match fs::symlink_metadata(path) {
-            Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if md.is_dir() {
-            let mut kept = false;
-            for e in fs::read_dir(path)? {
-                let child = path.join(e?.file_name());
-                if self.excluded(&child) {
-                    kept = true;
-                } else {
-                    self.remove(&child)?;
-                }
-            }
-            if kept {
-                tracing::warn!("{}: kept, it holds excluded entries", path.display());
-                return Ok(());
-            }
-            fs::remove_dir(path)?;
-        } else {
-            fs::remove_file(path)?;
+        match self.parent_of(path) {
+            Ok((dir, name)) => self.remove_in(&dir, name),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
-        self.applied("remove", path);
+    }
+
+    /// Removes `name` from `dir` as [`Self::remove`] says, relative to the
+    /// directory's descriptor: a directory swapped for a symlink meanwhile
+    /// is refused (never followed), a symlink is unlinked itself.
+    fn remove_in(&self, dir: &Dir, name: &OsStr) -> io::Result<()> {
+        let path = dir.path().join(name);
+        match dir.entry_type(name)? {
+            None => return Ok(()),
+            Some(EntryType::Dir) => {
+                let sub = dir.open_dir(name)?;
+                let mut kept = false;
+                for child in sub.names()? {
+                    if self.excluded(&path.join(&child)) {
+                        kept = true;
+                    } else {
+                        self.remove_in(&sub, &child)?;
+                    }
+                }
+                if kept {
+                    tracing::warn!("{}: kept, it holds excluded entries", path.display());
+                    return Ok(());
+                }
+                dir.remove(name)?;
+            }
+            Some(_) => {
+                dir.remove(name)?;
+            }
+        }
+        self.applied("remove", &path);
         self.removed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -169,12 +197,9 @@ impl<'a> Writer<'a> {
         if crate::chunk::content_hash(chunks) != *content {
             return Err(io::Error::other(format!("the stored chunk list does not match content {content}")));
         }
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::other("no parent directory"));
-        };
         // A fresh temporary: never a name found in the tree (see
         // crate::disk).
-        let dir = Dir::open(parent)?;
+        let (dir, name) = self.parent_of(path)?;
         let tmp = dir.create_temp(None)?;
         let mut w = io::BufWriter::with_capacity(1 << 20, tmp.file());
         let mut written = 0u64;
@@ -219,38 +244,41 @@ impl<'a> Writer<'a> {
     }
 
     fn dir(&self, path: &Path, meta: &Meta, tree: &Hash) -> io::Result<()> {
-        match fs::symlink_metadata(path) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => fs::remove_file(path)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        if !path.is_dir() {
-            fs::create_dir(path)?;
-            if meta.mode.is_none() {
-                fs::set_permissions(path, Permissions::from_mode(0o777 & !current_umask()))?;
+        // Everything relative to the parent's descriptor, no name followed.
+        let (up, name) = self.parent_of(path)?;
+        let created = match up.entry_type(name)? {
+            Some(EntryType::Dir) => false,
+            Some(_) => {
+                up.remove(name)?;
+                up.make_dir(name)?;
+                true
             }
-        }
+            None => {
+                up.make_dir(name)?;
+                true
+            }
+        };
         // Opened without following a symlink put in its place: its
         // metadata is set through this descriptor only.
-        let f = Dir::open(path)?.as_file()?;
-        // Owner-writable while filling it; the recorded mode comes last.
-        // Without a recorded mode (`ignore mod`) the directory keeps its own.
+        let here = up.open_dir(name)?;
+        let f = here.as_file()?;
         if meta.mode.is_some() {
+            // Owner-writable while filling it; the recorded mode comes last.
             f.set_permissions(Permissions::from_mode(0o700))?;
+        } else if created {
+            // `ignore mod`: a new directory gets the mode `mkdir` would give
+            // under the umask snapsync was started with; an existing one
+            // keeps its own.
+            f.set_permissions(Permissions::from_mode(0o777 & !current_umask()))?;
         }
         let node = self
             .store
             .node(tree)
             .map_err(io::Error::other)?
             .ok_or_else(|| io::Error::other(format!("directory node {tree} is not in the store")))?;
-        for e in fs::read_dir(path)? {
-            let name = e?.file_name();
-            if node.get(name.as_bytes()).is_none() {
-                let child = path.join(&name);
-                if !self.excluded(&child) {
-                    self.remove(&child)?;
-                }
+        for name in here.names()? {
+            if node.get(name.as_bytes()).is_none() && !self.excluded(&path.join(&name)) {
+                self.remove_in(&here, &name)?;
             }
         }
         let manifest = self.store.manifest(tree, &node).map_err(io::Error::other)?;
