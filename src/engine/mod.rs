@@ -364,7 +364,9 @@ impl Engine {
                 }
                 found = true;
                 let mut entries = vec![(logical.clone(), rec.clone())];
-                if recursive && !rec.deleted && rec.body.kind() == Kind::Dir {
+                // A deleted directory's entries are covered too: their
+                // deletions are what wins.
+                if recursive && rec.body.kind() == Kind::Dir {
                     for (dir, d) in self.store.dir_records_below(&g.name, &logical)? {
                         entries.extend(d.children.iter().map(|(name, r)| (join_logical(&dir, name), r.clone())));
                     }

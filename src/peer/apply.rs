@@ -126,6 +126,9 @@ pub(super) struct Apply<'a> {
     problems: Vec<String>,
     /// Logical paths that could not be applied.
     failed: HashSet<Vec<u8>>,
+    /// Directories whose deletion by the peer this apply left in place
+    /// because everything they hold conflicts with the peer.
+    kept_in_conflict: HashSet<Vec<u8>>,
 }
 
 impl<'a> Apply<'a> {
@@ -140,6 +143,7 @@ impl<'a> Apply<'a> {
             changed: Vec::new(),
             problems: Vec::new(),
             failed: Default::default(),
+            kept_in_conflict: Default::default(),
         }
     }
 
@@ -476,6 +480,46 @@ impl<'a> Apply<'a> {
                 }
                 self.adopt(t.logical, t.local, t.new);
             }
+            Ok(Err(held)) if held.failed > 0 => {
+                // Some of its entries were not removed (their own problem
+                // is reported, or a later version superseded the plan):
+                // the directory stays as it is, under the version it has,
+                // and the next run decides it again. Any new version here
+                // would either undo the deletion everywhere or make it a
+                // conflict on a guess.
+                tracing::info!(
+                    "from {}: {}: kept for now, not all its entries could be removed",
+                    self.peer.host,
+                    t.local.display()
+                );
+                self.failed.insert(t.logical);
+            }
+            Ok(Err(held)) if held.untracked.is_empty() && held.conflicted == held.tracked.len() => {
+                // Everything it holds is one side of a conflict with the
+                // peer's deletion (edited here, deleted there). The
+                // directory joins that conflict: it is recorded under a
+                // fresh local version, concurrent with the deletion, so
+                // the peer keeps its deletion and both hosts list the
+                // directory until `force` settles it. A version that
+                // dominated the deletion would bring the directory back,
+                // empty, on the host that deleted it.
+                tracing::info!(
+                    "from {}: {}: kept, in conflict with the deletion: it holds {} changed here",
+                    self.peer.host,
+                    t.local.display(),
+                    held.describe()
+                );
+                self.kept_in_conflict.insert(t.logical.clone());
+                if let Some(old) = t.old.filter(|o| !o.deleted) {
+                    match self.node.engine.store.allocate_seq() {
+                        Ok(seq) => {
+                            let version = old.version.bumped(&self.node.engine.host, seq);
+                            self.adopt(t.logical, t.local, EntryRecord { version, ..old });
+                        }
+                        Err(e) => self.problem(&t.local, e),
+                    }
+                }
+            }
             Ok(Err(held)) => {
                 // The directory stays, recorded under a version that
                 // dominates the deletion, so every host ends up with it
@@ -785,6 +829,19 @@ impl<'a> Apply<'a> {
         }
     }
 
+    /// Whether `logical` stays here as one side of a conflict with the
+    /// peer: recorded as one before this apply, or a directory this apply
+    /// kept for holding only such entries.
+    fn conflicted(&self, logical: &[u8]) -> bool {
+        self.kept_in_conflict.contains(logical)
+            || self
+                .node
+                .engine
+                .store
+                .conflicts_of(&self.g.name, logical)
+                .is_ok_and(|cs| cs.iter().any(|c| c.peer == self.peer.host))
+    }
+
     /// What directory `name` in `dir` (logical path `logical`) still
     /// holds: entries the group tracks (a live record, or placed by this
     /// apply) and entries it does not.
@@ -800,7 +857,16 @@ impl<'a> Apply<'a> {
             let tracked = record.get(n.as_bytes()).is_some_and(|r| !r.deleted)
                 || self.adopt.get(&child).is_some_and(|r| !r.deleted);
             let shown = PathBuf::from(OsStr::from_bytes(&child));
-            if tracked { held.tracked.push(shown) } else { held.untracked.push(shown) }
+            if !tracked {
+                held.untracked.push(shown);
+                continue;
+            }
+            if self.failed.contains(&child) {
+                held.failed += 1;
+            } else if self.conflicted(&child) {
+                held.conflicted += 1;
+            }
+            held.tracked.push(shown);
         }
         held
     }
@@ -1098,6 +1164,13 @@ fn replaces_dir(t: &Take) -> bool {
 struct Held {
     /// Entries the group tracks.
     tracked: Vec<PathBuf>,
+    /// How many of the tracked entries stay because they are in conflict
+    /// with the peer (its deletion against a change here), not because
+    /// the peer will take them.
+    conflicted: usize,
+    /// How many of the tracked entries this apply failed to remove (they
+    /// changed while syncing, or could not be removed).
+    failed: usize,
     /// Entries it does not (excluded, or not recorded yet).
     untracked: Vec<PathBuf>,
 }

@@ -264,7 +264,7 @@ fn note_force(
     match seen {
         ForceSeen::Void => {}
         ForceSeen::Won { at } => {
-            if let Some(Plan::Reversion { record, .. }) = plans.get(*at) {
+            if let Some(Plan::Reversion { record, .. } | Plan::Patch { record, .. }) = plans.get(*at) {
                 f.also_under(record.version.clone());
             }
         }
@@ -811,7 +811,18 @@ impl<'a> Walk<'a> {
             Some(Plan::Take(t)) => Some(&t.new),
             _ => None,
         };
-        let go_down = descend(l, r, taken, self.everywhere);
+        // A directory here against the peer's deletion of it, or the
+        // other way, kept here (newer, or forced) or in conflict: this side
+        // lists the peer's entries below it too. In a conflict, what below
+        // it conflicts is recorded path by path (what `force -r` then
+        // settles); when this side wins, the peer takes its state and lists
+        // what is below it, and what is forced below it is settled in this
+        // same pass rather than met as a conflict by the peer.
+        let dir_state = |x: Option<&EntryRecord>| x.filter(|x| x.body.kind() == Kind::Dir).map(|x| x.deleted);
+        let keeps_over_peer_dir = matches!(decision, Decision::KeepLocal | Decision::Conflict(_))
+            && !self.g.local.receive_only
+            && matches!((dir_state(l), dir_state(r)), (Some(true), Some(false)) | (Some(false), Some(true)));
+        let go_down = descend(l, r, taken, self.everywhere) || keeps_over_peer_dir;
         // A directory that loses a settled type-change conflict: here (the
         // peer's file, symlink or deletion is taken), or there (this side
         // keeps its file or symlink; the peer's directory is listed so
@@ -819,6 +830,7 @@ impl<'a> Walk<'a> {
         let live_dir = |x: Option<&EntryRecord>| x.is_some_and(|x| !x.deleted && x.body.kind() == Kind::Dir);
         let loses_here = live_dir(l) && taken.is_some_and(|t| t.deleted || t.body.kind() != Kind::Dir);
         let loses_there = live_dir(r) && !live_dir(l) && taken.is_none() && !self.g.local.receive_only;
+        let nothing_below = !live_dir(l) && !live_dir(r) && !live_dir(taken);
         let mut go_down = go_down;
         if (loses_here || loses_there)
             && let Some(c) =
@@ -836,6 +848,20 @@ impl<'a> Walk<'a> {
         if conflict_cleared && !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
             self.charge(size_of::<Vec<u8>>() + logical.len())?;
             self.edits.cleared.push(logical.to_vec());
+        }
+        // Nothing is below this path on either side once this decision is
+        // made (no directory here or there, and none taken): a conflict
+        // recorded with the peer on an entry below it is moot. The walk
+        // never descends here, so it would otherwise stay listed for good
+        // (a type-change conflict settled for the file, say, while entries
+        // of the directory had conflicted).
+        if nothing_below && !go_down && !decision.is_conflict() {
+            for c in self.node.engine.store.conflicts_below(&g.name, logical)? {
+                if c.peer == self.peer.host {
+                    self.charge(size_of::<Vec<u8>>() + c.path.len())?;
+                    self.edits.cleared.push(c.path);
+                }
+            }
         }
         Ok(go_down)
     }
@@ -943,6 +969,15 @@ impl<'a> Walk<'a> {
         if action != ChangeAction::Merge {
             self.charge(change_footprint(logical))?;
             self.report.change(action, logical);
+        }
+        if record.deleted {
+            // A tombstone takes its new version without a scan, which
+            // would not see it below a directory that is gone.
+            let (dir, name) = match logical.iter().rposition(|&b| b == b'/') {
+                Some(i) => (&logical[..i], &logical[i + 1..]),
+                None => (&[][..], logical),
+            };
+            return self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record });
         }
         self.plan(Plan::Reversion { logical: logical.to_vec(), local, record })
     }

@@ -397,9 +397,15 @@ async fn push(
     }
     match reply {
         Message::Pulled { changes, more, problems, problems_total } => {
-            // A later answer about a path replaces an earlier one.
+            // A later answer about a path replaces an earlier one, and
+            // a change of a directory (its deletion, say, reported alone)
+            // replaces earlier answers about the entries below it.
             let fresh: Vec<ChangeReport> = changes.iter().map(ChangeReport::from_wire).collect();
-            report.pushed.retain(|c| !fresh.iter().any(|f| f.path == c.path));
+            let below = |c: &ChangeReport, f: &ChangeReport| {
+                f.action != ChangeAction::Conflict
+                    && c.path.strip_prefix(f.path.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            };
+            report.pushed.retain(|c| !fresh.iter().any(|f| f.path == c.path || below(c, f)));
             report.pushed.extend(fresh);
             report.pushed_more = more;
             // The last answer tells what is still not applied there.

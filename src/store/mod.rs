@@ -647,6 +647,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Unresolved conflicts on the paths strictly below `path` of `group`.
+    pub fn conflicts_below(&self, group: &str, path: &[u8]) -> Result<Vec<Conflict>, StoreError> {
+        let mut prefix = conflict::path_key(conflict::CONFLICT_PREFIX, group, path);
+        // The path key ends in a 0 byte; below it, the path goes on with '/'.
+        prefix.pop();
+        prefix.push(b'/');
+        let mut out = Vec::new();
+        for guard in self.h().meta.prefix(prefix) {
+            let (_, v) = guard.into_inner().map_err(|e| self.err(e))?;
+            out.push(postcard::from_bytes(&v).map_err(|e| self.corrupt("conflict", e.to_string()))?);
+        }
+        Ok(out)
+    }
+
     /// The force recorded on `path` of `group`, pending or void. A mark
     /// that does not decode (one written before forces were bound to a
     /// version) counts as none: it is void.

@@ -19,6 +19,7 @@ mod store_fixture;
 mod sync_actions;
 mod sync_concurrent;
 mod sync_conflicts;
+mod sync_dir_conflicts;
 mod sync_dry_run;
 mod sync_exclude;
 mod sync_force;

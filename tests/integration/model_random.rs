@@ -652,6 +652,11 @@ impl Run<'_> {
             assert!(conflict_paths(&v).is_empty(), "{v:#}");
         }
         self.c.assert_all_same();
+        // Monitoring sees the group settled: `status` has nothing to do.
+        for x in NODES {
+            let out = self.c.run(x, &["status"]);
+            assert_eq!(out.code, 0, "status on {x} after settling: {}{}", out.stdout, out.stderr);
+        }
         // Every slot ends with a write no later write surely replaced, the
         // last one when its writes were surely ordered.
         for s in 0..SLOTS {
