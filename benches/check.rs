@@ -35,7 +35,7 @@ fn main() {
     let config = common::config(dir.path(), &tree, None);
     let engine = Engine::open(&config, "bench", &dir.path().join("state")).unwrap();
 
-    let (first, r) = common::time(|| engine.check(&[]).unwrap());
+    let (first, r) = common::time(|| engine.check(&engine.store.writer_blocking(), &[]).unwrap());
     let read = r.groups[0].stats.bytes_read;
     println!(
         "first check:       {:>9.3?}  ({} read, {:.0} MiB/s)",
@@ -46,7 +46,7 @@ fn main() {
 
     let mut rerun = Vec::new();
     for _ in 0..5 {
-        let (t, r) = common::time(|| engine.check(&[]).unwrap());
+        let (t, r) = common::time(|| engine.check(&engine.store.writer_blocking(), &[]).unwrap());
         assert!(!r.groups[0].changed);
         assert_eq!(r.groups[0].stats.files_read, 0);
         rerun.push(t);
@@ -71,7 +71,7 @@ fn main() {
     let mut data = std::fs::read(victim).unwrap();
     data[0] ^= 1;
     std::fs::write(victim, &data).unwrap();
-    let (one, r) = common::time(|| engine.check(&[]).unwrap());
+    let (one, r) = common::time(|| engine.check(&engine.store.writer_blocking(), &[]).unwrap());
     assert_eq!(r.groups[0].stats.files_read, 1);
     println!("one changed file:  {:>9.3?}", one);
 

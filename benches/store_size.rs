@@ -38,7 +38,10 @@ fn measure(files: usize, change: Change) -> serde_json::Value {
     let state = dir.path().join("state");
     // Each step opens the node afresh, as a command would: an open
     // database preallocates its journal, which is not data.
-    let check = || Engine::open(&config, "bench", &state).unwrap().check(&[]).unwrap();
+    let check = || {
+        let engine = Engine::open(&config, "bench", &state).unwrap();
+        engine.check(&engine.store.writer_blocking(), &[]).unwrap()
+    };
     let measure = || stored_bytes(&Engine::open(&config, "bench", &state).unwrap(), &state);
     let mut rng = common::Rng(99);
 

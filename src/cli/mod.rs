@@ -455,7 +455,7 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
     let engine = &node.engine;
     Ok(match &cli.command {
         Command::Check { paths } | Command::Mark { paths } => {
-            let report = node.write_blocking(|n| n.engine.check(paths))?;
+            let report = node.write_blocking(|n, w| n.engine.check(w, paths))?;
             // `do-local` actions run for what the check found, as in csync2.
             let actions = crate::engine::ActionQueue::default();
             actions.add_check(&engine.groups, &report);
@@ -500,10 +500,10 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             if *list {
                 output::forces(out, cli, &engine.pending_forces()?);
             } else if *cancel {
-                let dropped = node.write_blocking(|n| n.engine.cancel_forces(paths, *recursive))?;
+                let dropped = node.write_blocking(|n, w| n.engine.cancel_forces(w, paths, *recursive))?;
                 output::forced(out, cli, &dropped, true);
             } else {
-                let made = node.write_blocking(|n| n.engine.force(paths, *recursive))?;
+                let made = node.write_blocking(|n, w| n.engine.force(w, paths, *recursive))?;
                 output::forced(out, cli, &made, false);
             }
             EXIT_OK
@@ -522,16 +522,16 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             EXIT_OK
         }
         Command::Restore { generation, paths, to } => {
-            let report = node.write_blocking(|n| n.engine.restore(*generation, paths, to.as_deref()))?;
+            let report = node.write_blocking(|n, w| n.engine.restore(w, *generation, paths, to.as_deref()))?;
             output::restore(out, cli, &report);
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }
         Command::Gc => {
-            output::gc(out, cli, &node.write_blocking(|n| n.engine.gc())?);
+            output::gc(out, cli, &node.write_blocking(|n, w| n.engine.gc(w))?);
             EXIT_OK
         }
         Command::Verify { repair } => {
-            let report = if *repair { node.write_blocking(|n| n.engine.repair())? } else { engine.verify()? };
+            let report = if *repair { node.write_blocking(|n, w| n.engine.repair(w))? } else { engine.verify()? };
             output::verify(out, cli, &report);
             if report.mismatches.is_empty() { EXIT_OK } else { EXIT_FAILURE }
         }

@@ -336,7 +336,8 @@ mod tests {
                 (b"stat".to_vec(), live(0o644)),
             ],
         };
-        let mut b = store.batch();
+        let w = store.writer_blocking();
+        let mut b = store.batch(&w);
         b.put_dir_record("g", b"/t", &old);
         b.put_dir_record("g", b"/t/d", &DirRecord { children: vec![(b"in".to_vec(), live(0o600))] });
         b.commit().unwrap();

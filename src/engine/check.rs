@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Engine, EngineError};
 use crate::scan::{Adopted, Problem, ScanStats, Scanner, Scope, Severity};
-use crate::store::{DirRecord, EntryRecord, Generation, xor_dir_digest, xor_entry_digest};
+use crate::store::{DirRecord, EntryRecord, Generation, Writer, xor_dir_digest, xor_entry_digest};
 use crate::tree::Timestamp;
 
 /// What a check did to one group.
@@ -71,8 +71,8 @@ fn problems_as_json<S: serde::Serializer>(p: &[Problem], s: S) -> Result<S::Ok, 
 
 impl Engine {
     /// Scans every group (or only `paths`) and records local changes.
-    pub fn check(&self, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
-        self.check_with_cause(paths, "local scan", None, true, None)
+    pub fn check(&self, w: &Writer, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
+        self.check_with_cause(w, paths, "local scan", None, true, None)
     }
 
     /// Whether the collector has work even though no tree changed: some
@@ -94,6 +94,7 @@ impl Engine {
     /// versions.
     pub(crate) fn check_with_cause(
         &self,
+        w: &Writer,
         paths: &[PathBuf],
         cause: &str,
         only_group: Option<usize>,
@@ -122,7 +123,7 @@ impl Engine {
 
             let old = self.store.root_set(&group.name)?;
             let changed = old.as_ref() != Some(&out.roots);
-            let mut batch = self.store.batch();
+            let mut batch = self.store.batch(w);
             // Consumed as they go into the batch, so a first scan of a large
             // tree does not hold every record twice.
             let writes = std::mem::take(&mut out.writes);
@@ -231,7 +232,7 @@ impl Engine {
             report.problems.extend(out.problems);
         }
         if gc && (any_changed || self.needs_collection()?) {
-            self.gc()?;
+            self.gc(w)?;
         }
         Ok(report)
     }
@@ -312,6 +313,7 @@ impl Engine {
     /// needs no scan; the version digest is kept up to date.
     pub(crate) fn patch_tombstones(
         &self,
+        w: &Writer,
         gi: usize,
         patches: Vec<(Vec<u8>, Vec<u8>, EntryRecord)>,
     ) -> Result<(), EngineError> {
@@ -340,7 +342,7 @@ impl Engine {
                 }
             }
         }
-        let mut batch = self.store.batch();
+        let mut batch = self.store.batch(w);
         for (dir, rec) in &dirs {
             batch.put_dir_record(group, dir, rec);
         }
@@ -423,11 +425,13 @@ mod tests {
         ];
         for step in steps {
             step();
-            engine.check(&[]).unwrap();
+            engine.check(&engine.store.writer_blocking(), &[]).unwrap();
             assert_eq!(engine.store.version_digest("g").unwrap(), recomputed(&engine));
         }
         let tomb = EntryRecord { deleted: true, ..EntryRecord::tombstone_for_test() };
-        engine.patch_tombstones(0, vec![(b"x".to_vec(), b"never-seen".to_vec(), tomb)]).unwrap();
+        engine
+            .patch_tombstones(&engine.store.writer_blocking(), 0, vec![(b"x".to_vec(), b"never-seen".to_vec(), tomb)])
+            .unwrap();
         assert_eq!(engine.store.version_digest("g").unwrap(), recomputed(&engine));
     }
 
@@ -448,7 +452,7 @@ mod tests {
         let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
         std::fs::create_dir_all(tree.join("d")).unwrap();
         std::fs::write(tree.join("d/a"), b"one").unwrap();
-        engine.check(&[]).unwrap();
+        engine.check(&engine.store.writer_blocking(), &[]).unwrap();
         let state = |e: &Engine| {
             let records: Vec<(Vec<u8>, DirRecord)> = e.store.all_dir_records("g").collect::<Result<_, _>>().unwrap();
             let gens: Vec<u64> = e.store.generations().unwrap().iter().map(|g| g.id).collect();
@@ -476,7 +480,7 @@ mod tests {
         assert!(paths.groups[0].pending);
         assert_eq!((state(&engine), stored(&backups)), before, "a read-only check wrote state or chunks");
         // A check records what the read-only one saw.
-        let recorded = engine.check(&[]).unwrap();
+        let recorded = engine.check(&engine.store.writer_blocking(), &[]).unwrap();
         assert!(recorded.groups[0].changed && recorded.groups[0].generation.is_some());
     }
 

@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, ConfigError, ResolvedGroup, canonical_host};
 use crate::key::KeyError;
 use crate::store::{
-    ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, Store, StoreError, collect_garbage, join_logical,
+    ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, Store, StoreError, Writer, collect_garbage,
+    join_logical,
 };
 use crate::tree::{Kind, Timestamp};
 
@@ -166,7 +167,8 @@ impl Engine {
         if !damaged.is_empty() {
             // Records marked `stored` no longer have their chunks: unlink
             // the groups, so the next check reads and stores everything.
-            let mut batch = store.batch();
+            let w = store.try_writer().expect("a store being opened has no other writer");
+            let mut batch = store.batch(&w);
             for (g, gc) in groups.iter().zip(&group_chunks) {
                 if gc.is_some_and(|c| damaged.contains(&c)) {
                     batch.put_group_store(&g.name, None);
@@ -236,7 +238,7 @@ impl Engine {
 
     /// Drops generations beyond each group's `backup-generations` and
     /// frees what nothing kept references.
-    pub fn gc(&self) -> Result<GcReport, EngineError> {
+    pub fn gc(&self, w: &Writer) -> Result<GcReport, EngineError> {
         let groups: Vec<GcGroup<'_>> = self
             .groups
             .iter()
@@ -248,7 +250,7 @@ impl Engine {
             })
             .collect();
         let stores: Vec<&ChunkStore> = self.chunk_stores.iter().collect();
-        let report = collect_garbage(&self.store, &groups, &stores)?;
+        let report = collect_garbage(&self.store, w, &groups, &stores)?;
         if !report.generations_dropped.is_empty() || report.chunks_freed > 0 {
             tracing::debug!(
                 "gc: dropped generations {:?}, freed {} chunks ({} bytes) and {} nodes",
@@ -291,7 +293,8 @@ fn chunk_store_name(store: &Store, dir: &Path, host: &str) -> Result<String, Eng
         getrandom::fill(&mut tag).map_err(|e| EngineError::Refused(format!("cannot get random bytes: {e}")))?;
         format!("snapsync-{host}-{}", tag.iter().map(|b| format!("{b:02x}")).collect::<String>())
     };
-    let mut batch = store.batch();
+    let w = store.try_writer().expect("a store being opened has no other writer");
+    let mut batch = store.batch(&w);
     batch.put_chunk_store_name(dir, &name);
     batch.commit()?;
     Ok(name)
@@ -343,11 +346,11 @@ impl Engine {
     /// A path that is neither present nor tracked is a usage error
     /// ([`EngineError::NotFound`]); so is a path only in groups where this
     /// host is receive-only, where its version never wins anything.
-    pub fn force(&self, paths: &[PathBuf], recursive: bool) -> Result<Vec<Force>, EngineError> {
+    pub fn force(&self, w: &Writer, paths: &[PathBuf], recursive: bool) -> Result<Vec<Force>, EngineError> {
         if paths.is_empty() {
             return Err(EngineError::Usage("force needs at least one PATH".into()));
         }
-        self.check(paths)?;
+        self.check(w, paths)?;
         let time = Timestamp::now();
         let mut made = Vec::new();
         for p in paths {
@@ -396,7 +399,7 @@ impl Engine {
                 });
             }
         }
-        let mut batch = self.store.batch();
+        let mut batch = self.store.batch(w);
         for f in &made {
             batch.put_force(f);
         }
@@ -421,7 +424,7 @@ impl Engine {
     /// `snapsync force --cancel`: drops the forces on `paths` (and, with
     /// `recursive`, below them), pending or void. A path with none is a
     /// usage error ([`EngineError::NotFound`]). Returns the forces dropped.
-    pub fn cancel_forces(&self, paths: &[PathBuf], recursive: bool) -> Result<Vec<Force>, EngineError> {
+    pub fn cancel_forces(&self, w: &Writer, paths: &[PathBuf], recursive: bool) -> Result<Vec<Force>, EngineError> {
         if paths.is_empty() {
             return Err(EngineError::Usage("force --cancel needs at least one PATH".into()));
         }
@@ -451,7 +454,7 @@ impl Engine {
                 return Err(EngineError::NotFound(format!("no force is recorded on {}", abs.display())));
             }
         }
-        let mut batch = self.store.batch();
+        let mut batch = self.store.batch(w);
         for f in &dropped {
             batch.remove_force(&f.group, &f.path);
         }

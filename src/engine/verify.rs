@@ -22,7 +22,7 @@ use super::ls::local_path;
 use super::{Engine, EngineError};
 use crate::chunk::ChunkRef;
 use crate::hash::Hash;
-use crate::store::{EntryRecord, StoreError, join_logical};
+use crate::store::{EntryRecord, StoreError, Writer, join_logical};
 use crate::tree::Body;
 
 /// One thing that does not match its hash.
@@ -64,8 +64,8 @@ pub struct RepairReport {
 
 impl Engine {
     /// Repairs the chunk stores from the live trees and verifies the
-    /// result (`verify --repair`). The caller holds the writer.
-    pub fn repair(&self) -> Result<VerifyReport, EngineError> {
+    /// result (`verify --repair`).
+    pub fn repair(&self, w: &Writer) -> Result<VerifyReport, EngineError> {
         let mut repair = RepairReport::default();
         for cs in &self.chunk_stores {
             let list = cs.list()?;
@@ -86,14 +86,14 @@ impl Engine {
         }
         // Unlinked, every group with backups reads and stores every live
         // file again on the check below (chunks already present are kept).
-        let mut batch = self.store.batch();
+        let mut batch = self.store.batch(w);
         for (i, g) in self.groups.iter().enumerate() {
             if self.chunk_store(i).is_some() {
                 batch.put_group_store(&g.name, None);
             }
         }
         batch.commit()?;
-        let check = self.check_with_cause(&[], "local scan", None, false, None)?;
+        let check = self.check_with_cause(w, &[], "local scan", None, false, None)?;
         repair.files_stored = check.groups.iter().map(|g| g.stats.files_read).sum();
         let mut report = self.verify()?;
         let (lost, rest): (Vec<Mismatch>, Vec<Mismatch>) =

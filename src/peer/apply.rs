@@ -61,7 +61,7 @@ use crate::hash::Hash;
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
 use crate::restore::write::current_umask;
 use crate::scan::Adopted;
-use crate::store::{EntryRecord, join_logical};
+use crate::store::{EntryRecord, Writer, join_logical};
 use crate::tree::{Body, Kind, Meta, Timestamp};
 
 /// Taking the peer's state of one path.
@@ -266,7 +266,8 @@ impl<'a> Apply<'a> {
         report: &mut GroupReport,
     ) -> Result<Option<u64>, SyncError> {
         let node: &Arc<Node> = self.node;
-        let writer = node.writer.lock().await;
+        let writer = node.engine.store.writer().await;
+        let w = &writer;
         let first = others.is_some();
         let generation = tokio::task::block_in_place(|| -> Result<Option<u64>, SyncError> {
             // No temporary of this node is in use while the lock is free.
@@ -277,7 +278,7 @@ impl<'a> Apply<'a> {
                 tracing::warn!("sweeping stale received chunks: {e}");
             }
             for t in others.into_iter().flatten() {
-                self.apply_other(t);
+                self.apply_other(w, t);
             }
             let mut reversions = Vec::new();
             let mut patches_planned = Vec::new();
@@ -285,13 +286,13 @@ impl<'a> Apply<'a> {
             // take their chunks from the old copies first), then files and
             // symlinks that replace a directory, built before the
             // deletions, take the emptied directory's place.
-            self.place_files(batch, staging, journal, |this| {
+            self.place_files(w, batch, staging, journal, |this| {
                 if let Some(rest) = rest {
                     for t in rest.deletions.into_iter().rev() {
-                        this.delete(t);
+                        this.delete(w, t);
                     }
                     for t in rest.replacing {
-                        this.apply_other(t);
+                        this.apply_other(w, t);
                     }
                     reversions = rest.reversions;
                     patches_planned = rest.patches;
@@ -321,12 +322,13 @@ impl<'a> Apply<'a> {
                 let scope = minimal(std::mem::take(&mut self.scope));
                 let cause = format!("from {}", self.peer.host);
                 let adopt = std::mem::take(&mut self.adopt);
-                let checked = self.node.engine.check_with_cause(&scope, &cause, Some(self.gi), true, Some(&adopt))?;
+                let checked =
+                    self.node.engine.check_with_cause(w, &scope, &cause, Some(self.gi), true, Some(&adopt))?;
                 report.problems.extend(checked.problems.iter().map(|p| p.to_string()));
                 generation = checked.groups.first().and_then(|g| g.generation);
             }
             if !patches.is_empty() {
-                self.node.engine.patch_tombstones(self.gi, patches)?;
+                self.node.engine.patch_tombstones(w, self.gi, patches)?;
             }
             Ok(generation)
         })?;
@@ -429,7 +431,7 @@ impl<'a> Apply<'a> {
 
     /// Creates or updates a directory or symlink; a symlink that replaces
     /// a directory is made once the directory's contents are deleted.
-    fn apply_other(&mut self, t: Take) {
+    fn apply_other(&mut self, w: &Writer, t: Take) {
         if let Err(why) = self.unchanged(&t) {
             return self.refuse(&t.local, &t.logical, &t.new.version, why);
         }
@@ -439,7 +441,7 @@ impl<'a> Apply<'a> {
             match &t.new.body {
                 Body::Dir { .. } => make_dir(&dir, name, &t.new.meta).map_err(|e| e.to_string())?,
                 Body::Symlink { target } => {
-                    if replaces_dir(&t) && !self.clear_replaced_dir(&t, &dir)? {
+                    if replaces_dir(&t) && !self.clear_replaced_dir(w, &t, &dir)? {
                         return Ok(false);
                     }
                     make_symlink(&dir, name, &t.new.meta, target).map_err(|e| e.to_string())?
@@ -458,7 +460,7 @@ impl<'a> Apply<'a> {
         }
     }
 
-    fn delete(&mut self, t: Take) {
+    fn delete(&mut self, w: &Writer, t: Take) {
         if let Err(why) = self.unchanged(&t) {
             return self.refuse(&t.local, &t.logical, &t.new.version, why);
         }
@@ -497,12 +499,14 @@ impl<'a> Apply<'a> {
             Ok(Err(held)) if held.untracked.is_empty() && held.conflicted == held.tracked.len() => {
                 // Everything it holds is one side of a conflict with the
                 // peer's deletion (edited here, deleted there). The
-                // directory joins that conflict: it is recorded under a
-                // fresh local version, concurrent with the deletion, so
-                // the peer keeps its deletion and both hosts list the
-                // directory until `force` settles it. A version that
-                // dominated the deletion would bring the directory back,
-                // empty, on the host that deleted it.
+                // directory joins that conflict: it is recorded under its
+                // version raised to the host counters of what it holds,
+                // which the deletion has not seen, so the peer keeps its
+                // deletion and both hosts list the directory until `force`
+                // settles it. A version that dominated the deletion would
+                // bring the directory back, empty, on the host that
+                // deleted it; and a later deletion by a host that saw
+                // these entries dominates this version, as it should.
                 tracing::info!(
                     "from {}: {}: kept, in conflict with the deletion: it holds {} changed here",
                     self.peer.host,
@@ -511,13 +515,8 @@ impl<'a> Apply<'a> {
                 );
                 self.kept_in_conflict.insert(t.logical.clone());
                 if let Some(old) = t.old.filter(|o| !o.deleted) {
-                    match self.node.engine.store.allocate_seq() {
-                        Ok(seq) => {
-                            let version = old.version.bumped(&self.node.engine.host, seq);
-                            self.adopt(t.logical, t.local, EntryRecord { version, ..old });
-                        }
-                        Err(e) => self.problem(&t.local, e),
-                    }
+                    let version = old.version.with_counters_of(&held.conflicted_versions);
+                    self.adopt(t.logical, t.local, EntryRecord { version, ..old });
                 }
             }
             Ok(Err(held)) => {
@@ -544,7 +543,7 @@ impl<'a> Apply<'a> {
                     );
                 }
                 if let Some(old) = t.old.filter(|o| !o.deleted)
-                    && let Ok(seq) = self.node.engine.store.allocate_seq()
+                    && let Ok(seq) = self.node.engine.store.allocate_seq(w)
                 {
                     let version =
                         crate::sync::settled_version(&old.version, &t.new.version, &self.node.engine.host, seq);
@@ -645,6 +644,7 @@ impl<'a> Apply<'a> {
     /// a directory are (it deletes the directories' contents).
     fn place_files(
         &mut self,
+        w: &Writer,
         batch: Vec<FileJob>,
         staging: &Staging,
         journal: &Journal,
@@ -742,7 +742,7 @@ impl<'a> Apply<'a> {
             let t = &job.take;
             let dir = &dirs[t.local.parent().expect("checked above")];
             let name = t.local.file_name().expect("a path with a parent has a name");
-            let result = match self.clear_replaced_dir(t, dir) {
+            let result = match self.clear_replaced_dir(w, t, dir) {
                 Ok(true) => temp.place(name).map(Some).map_err(|e| e.to_string()),
                 Ok(false) => Ok(None),
                 Err(e) => Err(e),
@@ -789,7 +789,7 @@ impl<'a> Apply<'a> {
     /// untracked, and nothing is lost on a guess. It is recorded under a
     /// fresh local version, concurrent with the peer's, so both hosts see
     /// a type-change conflict that `force` settles.
-    fn clear_replaced_dir(&mut self, t: &Take, dir: &Dir) -> Result<bool, String> {
+    fn clear_replaced_dir(&mut self, w: &Writer, t: &Take, dir: &Dir) -> Result<bool, String> {
         self.record_unchanged(t)?;
         let name = t.local.file_name().ok_or("no file name")?;
         match dir.entry_type(name).map_err(|e| e.to_string())? {
@@ -815,7 +815,7 @@ impl<'a> Apply<'a> {
                     ),
                 );
                 if let Some(old) = t.old.as_ref().filter(|o| !o.deleted) {
-                    match self.node.engine.store.allocate_seq() {
+                    match self.node.engine.store.allocate_seq(w) {
                         Ok(seq) => {
                             let version = old.version.bumped(&self.node.engine.host, seq);
                             self.adopt(t.logical.clone(), t.local.clone(), EntryRecord { version, ..old.clone() });
@@ -865,6 +865,10 @@ impl<'a> Apply<'a> {
                 held.failed += 1;
             } else if self.conflicted(&child) {
                 held.conflicted += 1;
+                let version = self.adopt.get(&child).or_else(|| record.get(n.as_bytes())).map(|r| &r.version);
+                if let Some(v) = version {
+                    held.conflicted_versions = held.conflicted_versions.with_counters_of(v);
+                }
             }
             held.tracked.push(shown);
         }
@@ -1171,6 +1175,8 @@ struct Held {
     /// How many of the tracked entries this apply failed to remove (they
     /// changed while syncing, or could not be removed).
     failed: usize,
+    /// The host counters of the entries in conflict.
+    conflicted_versions: crate::store::Version,
     /// Entries it does not (excluded, or not recorded yet).
     untracked: Vec<PathBuf>,
 }

@@ -4,8 +4,9 @@
 //! - A [`Node`] is one opened node shared by every task of a process: the
 //!   engine (configuration, state, chunk stores), the node's identities
 //!   (one per group key) and its pins. Whatever writes the state holds the
-//!   node's *writer lock*, so a daemon serving several peers and local
-//!   commands at once still has exactly one writer.
+//!   store's writer token ([`crate::store::Writer`]), so a daemon serving
+//!   several peers and local commands at once still has exactly one
+//!   writer.
 //! - A *session* is one authenticated connection between two nodes. Both
 //!   ends serve the other's requests (`server.rs`) for as long as it lasts;
 //!   the end that opened it (the *initiator*) drives the reconcile.
@@ -44,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::engine::{Engine, EngineError};
 use crate::net::{NetError, NodeIdentity, Pins};
 use crate::proto::ProtoError;
+use crate::store::Writer;
 
 /// Why a session or reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +126,6 @@ pub struct Node {
     state_dir: PathBuf,
     /// Identities by group key file, made on first use.
     identities: std::sync::Mutex<HashMap<PathBuf, Arc<NodeIdentity>>>,
-    /// Held by whatever writes the state or the trees.
-    writer: tokio::sync::Mutex<()>,
     /// What this node served and received.
     pub stats: Stats,
     /// Chunks encoded for peers lately.
@@ -146,7 +146,6 @@ impl Node {
             engine,
             state_dir: state_dir.to_path_buf(),
             identities: std::sync::Mutex::default(),
-            writer: tokio::sync::Mutex::new(()),
             stats: Stats::default(),
             encoded: server::EncodedCache::default(),
             pulls: std::sync::Mutex::default(),
@@ -169,29 +168,30 @@ impl Node {
         Ok(Pins::open(&self.state_dir)?)
     }
 
-    /// Holds the writer lock while `f` runs on a blocking thread.
+    /// Holds the state's writer token ([`Writer`]) while `f` runs on a
+    /// blocking thread.
     pub(crate) async fn write_locked<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Node) -> T + Send + 'static,
+        f: impl FnOnce(&Node, &Writer) -> T + Send + 'static,
     ) -> T {
-        let _guard = self.writer.lock().await;
+        let w = self.engine.store.writer().await;
         let node = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&node)).await.expect("blocking task panicked")
+        tokio::task::spawn_blocking(move || f(&node, &w)).await.expect("blocking task panicked")
     }
 
-    /// Holds the writer lock while `f` runs on this thread, which must not
-    /// be a runtime worker (a local command's blocking thread).
-    pub fn write_blocking<T>(&self, f: impl FnOnce(&Node) -> T) -> T {
-        let _guard = self.writer.blocking_lock();
-        f(self)
+    /// Holds the state's writer token while `f` runs on this thread, which
+    /// must not be a runtime worker (a local command's blocking thread).
+    pub fn write_blocking<T>(&self, f: impl FnOnce(&Node, &Writer) -> T) -> T {
+        let w = self.engine.store.writer_blocking();
+        f(self, &w)
     }
 
     /// Waits (at most `limit`) until nothing writes the state, and keeps
     /// new writers out until the process ends. False if it timed out.
     pub async fn quiesce(&self, limit: std::time::Duration) -> bool {
-        match tokio::time::timeout(limit, self.writer.lock()).await {
-            Ok(guard) => {
-                std::mem::forget(guard);
+        match tokio::time::timeout(limit, self.engine.store.writer()).await {
+            Ok(w) => {
+                std::mem::forget(w);
                 true
             }
             Err(_) => false,

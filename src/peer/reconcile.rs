@@ -39,7 +39,7 @@ use crate::config::{Class, ResolvedGroup};
 use crate::engine::Engine;
 use crate::net::StreamOpener;
 use crate::proto::{Change, ChangeAction, MAX_DIR_ENTRIES, MAX_PLAN_BYTES, Message, WireEntry};
-use crate::store::{Conflict, EntryRecord, Stat, Version, join_logical};
+use crate::store::{Conflict, EntryRecord, Stat, Version, Writer, join_logical};
 use crate::sync::{
     ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve, settled_version,
 };
@@ -289,8 +289,8 @@ fn note_force(
 impl Edits {
     /// Makes the edits (under the writer lock); gives the settling plans
     /// their versions. A dry run makes none.
-    fn commit(self, engine: &Engine, group: &str, peer: &str, plans: &mut [Plan]) -> Result<(), SyncError> {
-        let mut batch = engine.store.batch();
+    fn commit(self, engine: &Engine, w: &Writer, group: &str, peer: &str, plans: &mut [Plan]) -> Result<(), SyncError> {
+        let mut batch = engine.store.batch(w);
         if !self.settle.is_empty() {
             // Counters handed out here, under the lock, are never handed
             // out again (a check takes the next ones).
@@ -335,9 +335,9 @@ pub(super) async fn clear_conflicts(node: &Arc<Node>, gi: usize, peer: &str) -> 
         return Ok(());
     }
     let peer = peer.to_owned();
-    node.write_locked(move |n| {
+    node.write_locked(move |n, w| {
         let g = &n.engine.groups[gi];
-        let mut batch = n.engine.store.batch();
+        let mut batch = n.engine.store.batch(w);
         batch.clear_conflicts(&group, &peer)?;
         for path in &forces {
             note_force(&n.engine, &mut batch, g, path, &peer, &ForceSeen::Reached { merged: None }, &[])?;
@@ -422,7 +422,7 @@ async fn pass(
     }
     // The local steps, under the writer lock and with no wait on the
     // network while it is held.
-    let mut writer = node.writer.lock().await;
+    let mut writer = node.engine.store.writer().await;
     // The initiator checked its whole tree before; a peer asked to pull
     // checks the paths it is about to change, so that a local change it
     // has not recorded yet takes part (as a conflict, say) instead of
@@ -431,9 +431,9 @@ async fn pass(
         let paths = super::apply::minimal(walk.plans.iter().filter_map(Plan::local_path).cloned().collect());
         if !paths.is_empty() {
             // The writer is held: the check runs here, not through
-            // `write_locked` (the lock is not reentrant).
+            // `write_locked` (the token is not reentrant).
             let checked = tokio::task::block_in_place(|| {
-                node.engine.check_with_cause(&paths, "local scan", Some(gi), false, None)
+                node.engine.check_with_cause(&writer, &paths, "local scan", Some(gi), false, None)
             })?;
             if !dry_run {
                 peer.actions.add_check(&node.engine.groups, &checked);
@@ -442,12 +442,12 @@ async fn pass(
                 drop(writer);
                 walk = Walk::new(node, peer, g, initiated, everywhere);
                 walk.run(top).await?;
-                writer = node.writer.lock().await;
+                writer = node.engine.store.writer().await;
             }
         }
     }
     let Walk { mut plans, edits, mut report, .. } = walk;
-    tokio::task::block_in_place(|| edits.commit(&node.engine, &g.name, &peer.host, &mut plans))?;
+    tokio::task::block_in_place(|| edits.commit(&node.engine, &writer, &g.name, &peer.host, &mut plans))?;
     drop(writer);
     let applied = Apply::new(node, peer, gi).run(plans, &mut report).await?;
     report.generation = applied;

@@ -146,7 +146,7 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
         Some(checked.await.expect("check panicked")?)
     } else {
         let paths = opts.paths.clone();
-        Some(node.write_locked(move |n| n.engine.check(&paths)).await?)
+        Some(node.write_locked(move |n, w| n.engine.check(w, &paths)).await?)
     };
     if let Some(c) = &check
         && !opts.dry_run

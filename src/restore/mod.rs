@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::chunk::ChunkRef;
 use crate::engine::{Engine, EngineError};
 use crate::scan::{Problem, Severity};
-use crate::store::Generation;
+use crate::store::{Generation, Writer};
 use crate::tree::{Body, Meta, Timestamp};
 
 /// What a generation holds at one path.
@@ -68,7 +68,13 @@ impl RestoreReport {
 impl Engine {
     /// Restores `paths` (or the whole group) as generation `id` had them,
     /// in place or below `to`.
-    pub fn restore(&self, id: u64, paths: &[PathBuf], to: Option<&Path>) -> Result<RestoreReport, EngineError> {
+    pub fn restore(
+        &self,
+        w: &Writer,
+        id: u64,
+        paths: &[PathBuf],
+        to: Option<&Path>,
+    ) -> Result<RestoreReport, EngineError> {
         let generation = self.store.generation(id)?.ok_or_else(|| {
             EngineError::NotFound(format!("there is no generation {id}; `snapsync generations` lists them"))
         })?;
@@ -126,7 +132,7 @@ impl Engine {
             // that could not be read is in no generation: overwriting it
             // could not be undone, so the restore stops here.
             let before =
-                self.check_with_cause(&[], &format!("before restore of generation {id}"), Some(gi), false, None)?;
+                self.check_with_cause(w, &[], &format!("before restore of generation {id}"), Some(gi), false, None)?;
             let unreadable: Vec<String> = before
                 .problems
                 .iter()
@@ -139,7 +145,7 @@ impl Engine {
                     unreadable.join(", ")
                 )));
             }
-            report.before = self.record_current(gi, &format!("before restore of generation {id}"))?;
+            report.before = self.record_current(w, gi, &format!("before restore of generation {id}"))?;
         }
 
         let progress = self.bar(None, &format!("restoring generation {id}"));
@@ -172,10 +178,11 @@ impl Engine {
 
         if to.is_none() {
             let scope: Vec<PathBuf> = targets.iter().map(|(_, p, _)| p.clone()).collect();
-            let after = self.check_with_cause(&scope, &format!("restore of generation {id}"), Some(gi), false, None)?;
+            let after =
+                self.check_with_cause(w, &scope, &format!("restore of generation {id}"), Some(gi), false, None)?;
             report.after = after.groups.iter().find_map(|g| g.generation);
             report.problems.extend(after.problems);
-            self.gc()?;
+            self.gc(w)?;
         }
         Ok(report)
     }
@@ -213,7 +220,7 @@ impl Engine {
     /// Records the group's current tree as a generation unless the newest
     /// generation already holds exactly it. Returns the generation that
     /// holds it.
-    fn record_current(&self, gi: usize, cause: &str) -> Result<Option<u64>, EngineError> {
+    fn record_current(&self, w: &Writer, gi: usize, cause: &str) -> Result<Option<u64>, EngineError> {
         let group = &self.groups[gi];
         let Some(current) = self.store.root_set(&group.name)? else {
             return Ok(None);
@@ -244,7 +251,7 @@ impl Engine {
             bytes,
             added_bytes: 0,
         };
-        let mut batch = self.store.batch();
+        let mut batch = self.store.batch(w);
         batch.put_generation(&g);
         batch.commit()?;
         Ok(Some(g.id))

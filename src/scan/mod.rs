@@ -358,11 +358,13 @@ impl Run<'_, '_> {
         if old.deleted {
             return Seen::Same;
         }
+        let mut seen_below = Version::default();
         if old.body.kind() == Kind::Dir {
             match self.scan.store.dir_records_below(self.group(), &join_logical(parent, name)) {
                 Ok(below) => {
                     for (dir, mut rec) in below {
                         for (n, child) in rec.children.iter_mut().filter(|(_, c)| !c.deleted) {
+                            seen_below = seen_below.with_counters_of(&child.version);
                             let mut t = self.tombstone(child);
                             // A deletion taken from a peer keeps the peer's
                             // versions below the directory too.
@@ -379,7 +381,10 @@ impl Run<'_, '_> {
                 Err(e) => self.fatal(e),
             }
         }
-        Seen::New(self.tombstone(old))
+        let mut t = self.tombstone(old);
+        // The directory's deletion has seen everything it held.
+        t.version = t.version.with_counters_of(&seen_below);
+        Seen::New(t)
     }
 
     fn tombstone(&self, old: &EntryRecord) -> EntryRecord {

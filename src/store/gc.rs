@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{ChunkStore, Store, StoreError, keyspace_keys};
+use super::{ChunkStore, Store, StoreError, Writer, keyspace_keys};
 use crate::chunk::ChunkRef;
 use crate::hash::Hash;
 use crate::tree::{Body, RootSet};
@@ -53,11 +53,12 @@ pub struct GcGroup<'a> {
 /// of a group not listed are dropped.
 pub fn collect_garbage(
     store: &Store,
+    w: &Writer,
     groups: &[GcGroup<'_>],
     chunk_stores: &[&ChunkStore],
 ) -> Result<GcReport, StoreError> {
     let mut report = GcReport::default();
-    let mut batch = store.batch();
+    let mut batch = store.batch(w);
 
     // Which generations stay.
     let mut kept: HashMap<&str, Vec<KeptTree>> = HashMap::new();

@@ -40,6 +40,7 @@ mod generation;
 mod marker;
 mod private;
 mod record;
+mod writer;
 
 pub use chunks::ChunkStore;
 pub use conflict::{Conflict, Force};
@@ -51,6 +52,7 @@ pub use record::{
     DirRecord, EntryRecord, Stat, Version, dir_key, join_logical, split_dir_key, version_digest, xor_dir_digest,
     xor_entry_digest,
 };
+pub use writer::Writer;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -96,6 +98,8 @@ pub struct Store {
     marker: std::sync::Mutex<marker::Marker>,
     /// Damage found when opening, as messages for the operator.
     damage: Vec<String>,
+    /// Held by whatever writes the state ([`Writer`]).
+    writer: writer::WriterLock,
     _lock: File,
 }
 
@@ -303,6 +307,7 @@ impl Store {
             unflushed: std::sync::atomic::AtomicU64::new(0),
             marker: std::sync::Mutex::new(marker.clone().unwrap_or_default()),
             damage,
+            writer: Default::default(),
             _lock: lock,
         };
         let mut store = store;
@@ -378,7 +383,9 @@ impl Store {
                     m.next_generation
                 ));
             }
-            let mut batch = self.batch();
+            // Nothing else can hold the writer of a store being opened.
+            let w = self.try_writer().expect("a store being opened has no other writer");
+            let mut batch = self.batch(&w);
             batch.insert(&self.h().meta, KEY_FORMAT, STATE_FORMAT.to_be_bytes());
             batch.put_seq(m.seq);
             batch.insert(&self.h().meta, KEY_NEXT_GENERATION, m.next_generation.max(1).to_be_bytes());
@@ -397,7 +404,8 @@ impl Store {
                     m.seq,
                     m.next_generation
                 ));
-                let mut batch = self.batch();
+                let w = self.try_writer().expect("a store being opened has no other writer");
+                let mut batch = self.batch(&w);
                 batch.put_seq(seq.max(m.seq));
                 batch.insert(&self.h().meta, KEY_NEXT_GENERATION, next.max(m.next_generation).to_be_bytes());
                 batch.inner_commit()?;
@@ -460,11 +468,27 @@ impl Store {
         self.get_u64(KEY_SEQ)
     }
 
+    /// Waits for the right to write the state ([`Writer`]).
+    pub async fn writer(&self) -> Writer {
+        Writer::acquire(&self.writer).await
+    }
+
+    /// Waits for the right to write the state on this thread, which must
+    /// not be a runtime worker (a command's own thread, a blocking task).
+    pub fn writer_blocking(&self) -> Writer {
+        Writer::acquire_blocking(&self.writer)
+    }
+
+    /// The right to write the state, if no one holds it now.
+    pub fn try_writer(&self) -> Option<Writer> {
+        Writer::try_acquire(&self.writer)
+    }
+
     /// Hands out the next version counter and commits it at once, for a
     /// version made outside a scan (a conflict settled during a reconcile).
-    pub fn allocate_seq(&self) -> Result<u64, StoreError> {
+    pub fn allocate_seq(&self, w: &Writer) -> Result<u64, StoreError> {
         let seq = self.seq()? + 1;
-        let mut batch = self.batch();
+        let mut batch = self.batch(w);
         batch.put_seq(seq);
         batch.commit()?;
         Ok(seq)
@@ -680,8 +704,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Starts a batch of writes that commits atomically.
-    pub fn batch(&self) -> Batch<'_> {
+    /// Starts a batch of writes that commits atomically; `w` is this
+    /// store's writer token, held until the batch is committed.
+    ///
+    /// # Panics
+    /// If `w` is another store's token: a programming error.
+    pub fn batch<'a>(&'a self, w: &'a Writer) -> Batch<'a> {
+        assert!(w.is_of(&self.writer), "a batch was started with another store's writer token");
         let h = self.h();
         Batch {
             store: self,
@@ -1054,6 +1083,7 @@ mod tests {
     fn forces_round_trip_and_an_unbound_mark_counts_as_none() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let w = store.writer_blocking();
         let f = Force {
             group: "g".into(),
             path: b"/r/f".to_vec(),
@@ -1061,7 +1091,7 @@ mod tests {
             reached: vec!["b".into()],
             time: crate::tree::Timestamp::now(),
         };
-        let mut b = store.batch();
+        let mut b = store.batch(&w);
         b.put_force(&f);
         // A mark as written before forces were bound to a version.
         let old = conflict::path_key(conflict::FORCE_PREFIX, "g", b"/r/old");
@@ -1070,7 +1100,7 @@ mod tests {
         assert_eq!(store.force("g", b"/r/f").unwrap(), Some(f.clone()));
         assert_eq!(store.force("g", b"/r/old").unwrap(), None);
         assert_eq!(store.forces().unwrap(), vec![f]);
-        let mut b = store.batch();
+        let mut b = store.batch(&w);
         b.remove_force("g", b"/r/f");
         b.commit().unwrap();
         assert_eq!(store.forces().unwrap(), vec![]);
@@ -1084,6 +1114,7 @@ mod tests {
     fn digest_kept_under_the_old_key_is_computed_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let w = store.writer_blocking();
         let mut d = DirRecord::default();
         d.children
             .push((b"own".to_vec(), EntryRecord { version: Version::default(), ..EntryRecord::tombstone_for_test() }));
@@ -1097,7 +1128,7 @@ mod tests {
             old_share.iter_mut().zip(share).for_each(|(a, b)| *a ^= b);
         }
         let old_key = [OLD_VERSION_DIGEST_PREFIX, b"g"].concat();
-        let mut b = store.batch();
+        let mut b = store.batch(&w);
         b.put_dir_record("g", b"/r", &d);
         b.insert(&store.h().meta, old_key.clone(), old_share);
         b.commit().unwrap();
@@ -1105,7 +1136,7 @@ mod tests {
         assert_ne!(want.0, old_share);
         assert_eq!(store.version_digest("g").unwrap(), want);
         assert_eq!(store.view().version_digest("g").unwrap(), want);
-        let mut b = store.batch();
+        let mut b = store.batch(&w);
         b.put_version_digest("g", &want);
         b.commit().unwrap();
         assert!(store.h().meta.get(old_key).unwrap().is_none());
@@ -1120,7 +1151,8 @@ mod tests {
         d.children.push((b"a".to_vec(), rec.clone()));
         {
             let store = Store::open(dir.path()).unwrap();
-            let mut b = store.batch();
+            let w = store.writer_blocking();
+            let mut b = store.batch(&w);
             b.put_dir_record("g", b"/r", &d);
             b.put_dir_record("g", b"/r/x", &DirRecord::default());
             b.put_dir_record("g", b"/rx", &DirRecord::default());
@@ -1146,8 +1178,9 @@ mod tests {
     }
 
     fn commit_roots(store: &Store, n: u64) {
+        let w = store.writer_blocking();
         let (d, digest) = roots_commit(n);
-        let mut b = store.batch();
+        let mut b = store.batch(&w);
         b.put_dir_record("g", b"", &d);
         b.put_version_digest("g", &digest);
         b.commit().unwrap();
@@ -1174,11 +1207,12 @@ mod tests {
     fn view_computes_a_missing_digest_from_its_own_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut b = store.batch();
+        let w = store.writer_blocking();
+        let mut b = store.batch(&w);
         b.put_dir_record("g", b"", &roots_commit(1).0);
         b.commit().unwrap();
         let view = store.view();
-        let mut b = store.batch();
+        let mut b = store.batch(&w);
         b.put_dir_record("g", b"/r", &roots_commit(5).0);
         b.commit().unwrap();
         assert_eq!(view.version_digest("g").unwrap(), roots_commit(1).1);
@@ -1233,8 +1267,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
+            let w = store.writer_blocking();
             assert!(store.damage().is_empty());
-            let mut b = store.batch();
+            let mut b = store.batch(&w);
             b.put_seq(41);
             b.put_generation(&generation_for_test(&store));
             b.commit().unwrap();
@@ -1255,7 +1290,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = {
             let store = Store::open(dir.path()).unwrap();
-            store.allocate_seq().unwrap();
+            let w = store.writer_blocking();
+            store.allocate_seq(&w).unwrap();
             store.store_id()
         };
         // As a commit the marker announced but that never reached the
@@ -1265,10 +1301,11 @@ mod tests {
         m.next_generation = 5;
         m.write(dir.path()).unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let w = store.writer_blocking();
         assert_eq!((store.seq().unwrap(), store.next_generation_id().unwrap()), (9, 5));
         assert_eq!(store.store_id(), id);
         assert!(store.damage().iter().any(|d| d.contains("behind its marker")), "{:?}", store.damage());
-        assert_eq!(store.allocate_seq().unwrap(), 10);
+        assert_eq!(store.allocate_seq(&w).unwrap(), 10);
     }
 
     #[test]
@@ -1276,7 +1313,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let mut b = store.batch();
+            let w = store.writer_blocking();
+            let mut b = store.batch(&w);
             for i in 0..2000u32 {
                 let mut d = DirRecord::default();
                 // Names that do not compress, so the table is large.

@@ -78,6 +78,25 @@ impl Version {
         Version(v)
     }
 
+    /// This version raised to every host counter of `other` (creation
+    /// components, `~...`, left out): what a change made after seeing
+    /// `other` has seen. Deleting a directory deletes what it holds as
+    /// this host saw it, so the directory's tombstone takes in the host
+    /// counters of everything below it; a later deletion by a host that
+    /// saw those entries then dominates a version kept for them.
+    /// Creation components stay out, so the version stays as small as
+    /// the number of hosts, however many entries the directory held.
+    pub fn with_counters_of(&self, other: &Version) -> Version {
+        let mut v = self.0.clone();
+        for (h, c) in other.0.iter().filter(|(h, _)| !h.starts_with('~')) {
+            match v.binary_search_by(|(x, _)| x.as_str().cmp(h)) {
+                Ok(i) => v[i].1 = v[i].1.max(*c),
+                Err(i) => v.insert(i, (h.clone(), *c)),
+            }
+        }
+        Version(v)
+    }
+
     /// Whether `self` has seen everything `other` has (`self >= other`).
     pub fn dominates(&self, other: &Version) -> bool {
         other

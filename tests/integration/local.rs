@@ -527,10 +527,12 @@ fn dropping_an_include_forgets_its_records() {
         snapsync::config::load(&cfg).unwrap()
     };
     let both = config(&format!("include {0}/one;\n include {0}/two;", d.display()));
-    crate::common::open_engine(&both, "a", &d.join("state")).check(&[]).unwrap();
+    let engine = crate::common::open_engine(&both, "a", &d.join("state"));
+    engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+    drop(engine);
     let one = config(&format!("include {}/one;", d.display()));
     let engine = crate::common::open_engine(&one, "a", &d.join("state"));
-    engine.check(&[]).unwrap();
+    engine.check(&engine.store.writer_blocking(), &[]).unwrap();
     let dirs: Vec<String> = engine
         .store
         .all_dir_records("g")

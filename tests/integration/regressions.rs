@@ -123,7 +123,8 @@ fn a_group_dropped_and_restored_in_the_config_is_scanned_afresh() {
     let run = |text: String| {
         std::fs::write(&cfg, text).unwrap();
         let config = snapsync::config::load(&cfg).unwrap();
-        crate::common::open_engine(&config, "a", &d.join("state")).check(&[]).unwrap()
+        let engine = crate::common::open_engine(&config, "a", &d.join("state"));
+        engine.check(&engine.store.writer_blocking(), &[]).unwrap()
     };
     run(group("one") + &group("two"));
     write(&d.join("one/f"), b"1 changed");
