@@ -338,8 +338,8 @@ mod tests {
         };
         let w = store.writer_blocking();
         let mut b = store.batch(&w);
-        b.put_dir_record("g", b"/t", &old);
-        b.put_dir_record("g", b"/t/d", &DirRecord { children: vec![(b"in".to_vec(), live(0o600))] });
+        b.put_dir_record("g", b"/t", &old).unwrap();
+        b.put_dir_record("g", b"/t/d", &DirRecord { children: vec![(b"in".to_vec(), live(0o600))] }).unwrap();
         b.commit().unwrap();
         let mut stat = live(0o644);
         stat.stat.size = 9;

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Engine, EngineError};
 use crate::scan::{Adopted, Problem, ScanStats, Scanner, Scope, Severity};
-use crate::store::{DirRecord, EntryRecord, Generation, Writer, xor_dir_digest, xor_entry_digest};
+use crate::store::{DirRecord, EntryRecord, Generation, Writer};
 use crate::tree::Timestamp;
 
 /// What a check did to one group.
@@ -127,40 +127,20 @@ impl Engine {
             // Consumed as they go into the batch, so a first scan of a large
             // tree does not hold every record twice.
             let writes = std::mem::take(&mut out.writes);
-            // The version digest: each rewritten record's share swapped
-            // out (as last written, in this run or before) and in again.
-            let old_digest = self.store.version_digest(&group.name)?;
-            let mut digest = old_digest.0;
-            let mut written: std::collections::HashMap<Vec<u8>, [u8; 32]> = Default::default();
             let wants_changes = adopt.is_none() && super::actions::wants_local_changes(group);
             let mut latest: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
             for w in writes.dirs {
                 if wants_changes {
                     latest.insert(w.dir.clone(), w.record.clone());
                 }
-                let before = match written.get(&w.dir) {
-                    Some(share) => *share,
-                    None => {
-                        let mut share = [0u8; 32];
-                        if let Some(old) = self.store.dir_record(&group.name, &w.dir)? {
-                            xor_dir_digest(&mut share, &w.dir, &old);
-                        }
-                        share
-                    }
-                };
-                digest.iter_mut().zip(before.iter().zip(&w.share)).for_each(|(d, (b, n))| *d ^= b ^ n);
+                // The batch keeps the group's version digest.
                 match &w.record {
-                    Some(rec) => batch.put_dir_record_encoded(&group.name, &w.dir, rec),
-                    None => batch.remove_dir_record(&group.name, &w.dir),
+                    Some(rec) => batch.put_dir_record_encoded(&group.name, &w.dir, rec, w.share)?,
+                    None => batch.remove_dir_record(&group.name, &w.dir)?,
                 }
-                written.insert(w.dir, w.share);
             }
-            drop(written);
             let local_changes = super::actions::changed_paths(group, &self.store, &latest)?;
             drop(latest);
-            if digest != old_digest.0 || self.store.root_set(&group.name)?.is_none() {
-                batch.put_version_digest(&group.name, &crate::hash::Hash(digest));
-            }
             for (hash, encoded, manifest) in writes.nodes {
                 batch.put_node_encoded(&hash, &encoded, &manifest);
             }
@@ -318,7 +298,6 @@ impl Engine {
         patches: Vec<(Vec<u8>, Vec<u8>, EntryRecord)>,
     ) -> Result<(), EngineError> {
         let group = &self.groups[gi].name;
-        let mut digest = self.store.version_digest(group)?.0;
         let mut dirs: std::collections::BTreeMap<Vec<u8>, DirRecord> = Default::default();
         for (dir, name, rec) in patches {
             debug_assert!(rec.deleted, "only tombstones are patched in");
@@ -331,22 +310,15 @@ impl Engine {
             match record.children.binary_search_by(|(n, _)| n.as_slice().cmp(&name)) {
                 // A live entry is the scan's business, never patched over.
                 Ok(i) if !record.children[i].1.deleted => continue,
-                Ok(i) => {
-                    let old = std::mem::replace(&mut record.children[i].1, rec);
-                    xor_entry_digest(&mut digest, &crate::store::join_logical(&dir, &name), &old);
-                    xor_entry_digest(&mut digest, &crate::store::join_logical(&dir, &name), &record.children[i].1);
-                }
-                Err(i) => {
-                    xor_entry_digest(&mut digest, &crate::store::join_logical(&dir, &name), &rec);
-                    record.children.insert(i, (name, rec));
-                }
+                Ok(i) => record.children[i].1 = rec,
+                Err(i) => record.children.insert(i, (name, rec)),
             }
         }
+        // The batch keeps the version digest.
         let mut batch = self.store.batch(w);
         for (dir, rec) in &dirs {
-            batch.put_dir_record(group, dir, rec);
+            batch.put_dir_record(group, dir, rec)?;
         }
-        batch.put_version_digest(group, &crate::hash::Hash(digest));
         batch.commit()?;
         Ok(())
     }

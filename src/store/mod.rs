@@ -721,6 +721,7 @@ impl Store {
             seq: None,
             next_generation: None,
             chunk_stores: Vec::new(),
+            digests: Default::default(),
         }
     }
 }
@@ -739,6 +740,19 @@ pub struct Batch<'a> {
     next_generation: Option<u64>,
     /// Chunk store names this batch records, for the marker.
     chunk_stores: Vec<(PathBuf, String)>,
+    /// The version digests of the groups whose directory records this
+    /// batch writes, kept up to date as it writes them and stored on
+    /// commit.
+    digests: std::collections::HashMap<String, PendingDigest>,
+}
+
+/// A group's version digest as a batch changes it.
+struct PendingDigest {
+    /// The digest with the batch's writes so far.
+    acc: [u8; 32],
+    /// The share ([`xor_dir_digest`]) of each directory record the batch
+    /// wrote, as last written.
+    written: std::collections::HashMap<Vec<u8>, [u8; 32]>,
 }
 
 impl Batch<'_> {
@@ -756,21 +770,59 @@ impl Batch<'_> {
         self.inner.remove(ks, key);
     }
 
-    /// Stores a directory record.
-    pub fn put_dir_record(&mut self, group: &str, dir: &[u8], rec: &DirRecord) {
-        self.put_dir_record_encoded(group, dir, &rec.encode());
+    /// Stores a directory record; the group's version digest follows.
+    pub fn put_dir_record(&mut self, group: &str, dir: &[u8], rec: &DirRecord) -> Result<(), StoreError> {
+        let mut share = [0u8; 32];
+        xor_dir_digest(&mut share, dir, rec);
+        self.put_dir_record_encoded(group, dir, &rec.encode(), share)
     }
 
-    /// Stores an already encoded directory record.
-    pub fn put_dir_record_encoded(&mut self, group: &str, dir: &[u8], encoded: &[u8]) {
+    /// Stores an already encoded directory record whose digest share
+    /// ([`xor_dir_digest`]) is `share`; the group's version digest follows.
+    pub fn put_dir_record_encoded(
+        &mut self,
+        group: &str,
+        dir: &[u8],
+        encoded: &[u8],
+        share: [u8; 32],
+    ) -> Result<(), StoreError> {
+        self.swap_share(group, dir, share)?;
         let h = Arc::clone(&self.h);
         self.insert(&h.dirs, dir_key(group, dir), encoded);
+        Ok(())
     }
 
-    /// Drops a directory record: the directory left the included set.
-    pub fn remove_dir_record(&mut self, group: &str, dir: &[u8]) {
+    /// Drops a directory record (the directory left the included set); the
+    /// group's version digest follows.
+    pub fn remove_dir_record(&mut self, group: &str, dir: &[u8]) -> Result<(), StoreError> {
+        self.swap_share(group, dir, [0u8; 32])?;
         let h = Arc::clone(&self.h);
         self.remove(&h.dirs, dir_key(group, dir));
+        Ok(())
+    }
+
+    /// Swaps the digest share of `dir`'s record, as last written (by this
+    /// batch, or as committed), for `share`.
+    fn swap_share(&mut self, group: &str, dir: &[u8], share: [u8; 32]) -> Result<(), StoreError> {
+        let store = self.store;
+        if !self.digests.contains_key(group) {
+            let acc = store.version_digest(group)?.0;
+            self.digests.insert(group.to_owned(), PendingDigest { acc, written: Default::default() });
+        }
+        let pending = self.digests.get_mut(group).expect("inserted above");
+        let before = match pending.written.get(dir) {
+            Some(share) => *share,
+            None => {
+                let mut before = [0u8; 32];
+                if let Some(old) = store.dir_record(group, dir)? {
+                    xor_dir_digest(&mut before, dir, &old);
+                }
+                before
+            }
+        };
+        pending.acc.iter_mut().zip(before.iter().zip(&share)).for_each(|(d, (b, n))| *d ^= b ^ n);
+        pending.written.insert(dir.to_vec(), share);
+        Ok(())
     }
 
     /// Stores an encoded node and its encoded manifest ([`encode_manifest`]).
@@ -805,8 +857,9 @@ impl Batch<'_> {
         }
     }
 
-    /// Sets a group's version digest.
-    pub fn put_version_digest(&mut self, group: &str, digest: &Hash) {
+    /// Sets a group's version digest (the batch does, on commit, for the
+    /// groups whose records it wrote).
+    fn put_version_digest(&mut self, group: &str, digest: &Hash) {
         let h = Arc::clone(&self.h);
         self.insert(&h.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat(), digest.as_bytes());
         self.remove(&h.meta, [OLD_VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
@@ -816,6 +869,7 @@ impl Batch<'_> {
     /// records and chunk store link. Generations are left to the collector.
     pub fn forget_group(&mut self, group: &str) -> Result<(), StoreError> {
         let (store, h) = (self.store, Arc::clone(&self.h));
+        self.digests.remove(group);
         self.remove(&h.meta, [VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
         self.remove(&h.meta, [OLD_VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
         self.remove(&h.meta, [ROOT_PREFIX, group.as_bytes()].concat());
@@ -895,7 +949,10 @@ impl Batch<'_> {
     /// A batch that raises the version counter or the generation id, or
     /// records a chunk store, first writes the marker (durably), so no id
     /// the database may hold is ever handed out again.
-    pub fn commit(self) -> Result<(), StoreError> {
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        for (group, pending) in std::mem::take(&mut self.digests) {
+            self.put_version_digest(&group, &Hash(pending.acc));
+        }
         if self.empty {
             return Ok(());
         }
@@ -1129,7 +1186,8 @@ mod tests {
         }
         let old_key = [OLD_VERSION_DIGEST_PREFIX, b"g"].concat();
         let mut b = store.batch(&w);
-        b.put_dir_record("g", b"/r", &d);
+        // Written as a state from before the new key: no digest under it.
+        b.insert(&store.h().dirs, dir_key("g", b"/r"), d.encode());
         b.insert(&store.h().meta, old_key.clone(), old_share);
         b.commit().unwrap();
         let want = version_digest([(&b"/r"[..], &d)]);
@@ -1153,9 +1211,9 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let w = store.writer_blocking();
             let mut b = store.batch(&w);
-            b.put_dir_record("g", b"/r", &d);
-            b.put_dir_record("g", b"/r/x", &DirRecord::default());
-            b.put_dir_record("g", b"/rx", &DirRecord::default());
+            b.put_dir_record("g", b"/r", &d).unwrap();
+            b.put_dir_record("g", b"/r/x", &DirRecord::default()).unwrap();
+            b.put_dir_record("g", b"/rx", &DirRecord::default()).unwrap();
             b.put_seq(7);
             b.commit().unwrap();
         }
@@ -1181,9 +1239,42 @@ mod tests {
         let w = store.writer_blocking();
         let (d, digest) = roots_commit(n);
         let mut b = store.batch(&w);
-        b.put_dir_record("g", b"", &d);
-        b.put_version_digest("g", &digest);
+        b.put_dir_record("g", b"", &d).unwrap();
         b.commit().unwrap();
+        assert_eq!(store.version_digest("g").unwrap(), digest, "the batch keeps the digest");
+    }
+
+    /// The batch keeps the version digest whatever it writes: a record
+    /// written twice, one removed, one left as committed before.
+    #[test]
+    fn batch_keeps_the_version_digest_of_what_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let w = store.writer_blocking();
+        let rec = |n: u64| DirRecord {
+            children: vec![(
+                b"x".to_vec(),
+                EntryRecord { version: Version(vec![("h".into(), n)]), ..EntryRecord::tombstone_for_test() },
+            )],
+        };
+        let recomputed = || {
+            let all: Vec<(Vec<u8>, DirRecord)> = store.all_dir_records("g").collect::<Result<_, _>>().unwrap();
+            version_digest(all.iter().map(|(d, r)| (d.as_slice(), r)))
+        };
+        let mut b = store.batch(&w);
+        for (d, n) in [(&b"/a"[..], 1), (b"/b", 2), (b"/c", 3)] {
+            b.put_dir_record("g", d, &rec(n)).unwrap();
+        }
+        b.commit().unwrap();
+        assert_eq!(store.version_digest("g").unwrap(), recomputed());
+        let mut b = store.batch(&w);
+        b.put_dir_record("g", b"/a", &rec(4)).unwrap();
+        b.put_dir_record("g", b"/a", &rec(5)).unwrap();
+        b.remove_dir_record("g", b"/b").unwrap();
+        b.put_dir_record("g", b"/d", &rec(6)).unwrap();
+        b.commit().unwrap();
+        assert_eq!(store.version_digest("g").unwrap(), recomputed());
+        assert_ne!(recomputed(), version_digest(std::iter::empty()));
     }
 
     #[test]
@@ -1208,12 +1299,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let w = store.writer_blocking();
+        // Records written as a state from before digests were kept.
         let mut b = store.batch(&w);
-        b.put_dir_record("g", b"", &roots_commit(1).0);
+        b.insert(&store.h().dirs, dir_key("g", b""), roots_commit(1).0.encode());
         b.commit().unwrap();
         let view = store.view();
         let mut b = store.batch(&w);
-        b.put_dir_record("g", b"/r", &roots_commit(5).0);
+        b.insert(&store.h().dirs, dir_key("g", b"/r"), roots_commit(5).0.encode());
         b.commit().unwrap();
         assert_eq!(view.version_digest("g").unwrap(), roots_commit(1).1);
         assert_ne!(store.version_digest("g").unwrap(), roots_commit(1).1);
@@ -1321,7 +1413,7 @@ mod tests {
                 let name: Vec<u8> =
                     (0..600u32).map(|j| (i.wrapping_mul(2_654_435_761) ^ j.wrapping_mul(40_503)) as u8).collect();
                 d.children.push((name, EntryRecord::tombstone_for_test()));
-                b.put_dir_record("g", format!("/d{i:05}").as_bytes(), &d);
+                b.put_dir_record("g", format!("/d{i:05}").as_bytes(), &d).unwrap();
             }
             b.commit().unwrap();
             // Closing flushes more than FLUSH_ON_CLOSE_BYTES into tables.
