@@ -39,7 +39,7 @@ use crate::config::{Class, ResolvedGroup};
 use crate::engine::Engine;
 use crate::net::StreamOpener;
 use crate::proto::{Change, ChangeAction, MAX_DIR_ENTRIES, MAX_PLAN_BYTES, Message, WireEntry};
-use crate::store::{Conflict, EntryRecord, Stat, Version, Writer, join_logical};
+use crate::store::{Conflict, EntryRecord, Version, Writer, join_logical};
 use crate::sync::{
     ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve, settled_version,
 };
@@ -615,7 +615,7 @@ impl<'a> Walk<'a> {
                 (None, None) => break,
                 (Some((ln, _)), Some(re)) if *ln == re.name => {
                     let (n, l) = local.next().expect("peeked");
-                    (n, Some(l), Some(record_of(remote.page.pop_front().expect("peeked"))))
+                    (n, Some(l), Some(crate::sync::from_wire(remote.page.pop_front().expect("peeked"))))
                 }
                 (Some((ln, _)), Some(re)) if *ln < re.name => {
                     let (n, l) = local.next().expect("peeked");
@@ -627,7 +627,7 @@ impl<'a> Walk<'a> {
                 }
                 _ => {
                     let r = remote.page.pop_front().expect("peeked");
-                    (r.name.clone(), None, Some(record_of(r)))
+                    (r.name.clone(), None, Some(crate::sync::from_wire(r)))
                 }
             };
             let logical = join_logical(&dir, &name);
@@ -1008,30 +1008,11 @@ fn same_but_mtime(l: &EntryRecord, r: &EntryRecord) -> bool {
         && l.meta.gid == r.meta.gid
 }
 
-/// A peer's entry as a record (no stat: it describes no local file).
-fn record_of(e: WireEntry) -> EntryRecord {
-    let bytes = match &e.body {
-        Body::File { size, .. } => *size,
-        _ => 0,
-    };
-    EntryRecord {
-        meta: e.meta,
-        body: e.body,
-        chunks: e.chunks,
-        stat: Stat::default(),
-        racy: false,
-        stored: false,
-        version: e.version,
-        deleted: e.deleted,
-        count: 1,
-        bytes,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hash::Hash;
+    use crate::store::Stat;
     use crate::tree::Meta;
 
     fn file_record(chunks: usize, hosts: usize) -> EntryRecord {

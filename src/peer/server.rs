@@ -121,7 +121,7 @@ pub(super) fn roots_of(node: &Node, group: &ResolvedGroup, held: Option<&HeldBac
         let name = r.logical.as_bytes();
         let offered = e.map(|e| match held {
             Some(h) => h.offer(name, name, e),
-            None => WireEntry::from_record(name, e),
+            None => crate::sync::to_wire(name, e),
         });
         roots.push((r.logical.clone(), offered));
     }
@@ -260,7 +260,7 @@ impl HeldBack {
 
     /// The entry offered for `rec`, named `name`, at logical `path`.
     fn offer(&self, name: &[u8], path: &[u8], rec: &EntryRecord) -> WireEntry {
-        let mut e = WireEntry::from_record(name, rec);
+        let mut e = crate::sync::to_wire(name, rec);
         if let Some(other) = self.0.get(path) {
             e.version = agreed_version(&rec.version, other);
         }

@@ -24,7 +24,7 @@ use serde::ser::Serializer;
 
 use super::ProtoError;
 use super::limits::*;
-use crate::store::Version;
+use crate::tree::Version;
 
 /// The limit of one list field.
 pub(super) trait Bound {

@@ -14,10 +14,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::bounded;
-use super::limits::{MAX_INLINE_CHUNKS, MAX_PROBLEM_LEN, MAX_REPORTED_CHANGES, MAX_REPORTED_PROBLEMS, PAGE_BUDGET};
+use super::limits::{MAX_PROBLEM_LEN, MAX_REPORTED_CHANGES, MAX_REPORTED_PROBLEMS, PAGE_BUDGET};
 use crate::chunk::ChunkRef;
 use crate::hash::Hash;
-use crate::store::{EntryRecord, Version};
+use crate::tree::Version;
 use crate::tree::{Body, Meta};
 
 pub use super::error::ErrorCode;
@@ -86,7 +86,7 @@ pub enum Message {
         hash: Hash,
         /// The group's version digest: the XOR over every tracked entry,
         /// tombstones included, of a hash of its logical path, version
-        /// vector and tombstone flag ([`crate::store::version_digest`]).
+        /// vector and tombstone flag (the state's version digest).
         /// Equal trees with different digests hold versions still to merge.
         versions: Hash,
         /// `(logical path, record)` for every include root, strictly
@@ -321,7 +321,7 @@ pub struct WireEntry {
     pub version: Version,
     /// The entry was deleted.
     pub deleted: bool,
-    /// A live file's chunk list when it has at most [`MAX_INLINE_CHUNKS`]
+    /// A live file's chunk list when it has at most [`MAX_INLINE_CHUNKS`](super::limits::MAX_INLINE_CHUNKS)
     /// chunks; empty otherwise (then fetched with `GetChunkList` if the file
     /// is not empty) and for every other kind and for tombstones.
     #[serde(deserialize_with = "bounded::vec::<bounded::InlineChunks, _, _>")]
@@ -329,20 +329,6 @@ pub struct WireEntry {
 }
 
 impl WireEntry {
-    /// The entry for a stored record named `name`, with its chunk list
-    /// inline when it is short enough.
-    pub fn from_record(name: &[u8], rec: &EntryRecord) -> WireEntry {
-        let inline = !rec.deleted && matches!(rec.body, Body::File { .. }) && rec.chunks.len() <= MAX_INLINE_CHUNKS;
-        WireEntry {
-            name: name.to_vec(),
-            meta: rec.meta.clone(),
-            body: rec.body.clone(),
-            version: rec.version.clone(),
-            deleted: rec.deleted,
-            chunks: if inline { rec.chunks.clone() } else { Vec::new() },
-        }
-    }
-
     /// Whether this is a live, non-empty file sent without its chunk list,
     /// which the receiver fetches with `GetChunkList` before pulling it.
     pub fn chunks_left_out(&self) -> bool {
@@ -454,45 +440,6 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Stat;
-
-    fn record(chunks: usize, deleted: bool) -> EntryRecord {
-        let list: Vec<ChunkRef> = (0..chunks).map(|i| ChunkRef { hash: Hash::of(&i.to_le_bytes()), len: 1 }).collect();
-        EntryRecord {
-            meta: Meta::default(),
-            body: Body::File { size: chunks as u64, content: crate::chunk::content_hash(&list) },
-            chunks: list,
-            stat: Stat::default(),
-            racy: false,
-            stored: false,
-            version: Version::default().bumped("a", 1),
-            deleted,
-            count: 1,
-            bytes: chunks as u64,
-        }
-    }
-
-    #[test]
-    fn records_carry_short_chunk_lists_inline() {
-        let e = WireEntry::from_record(b"f", &record(3, false));
-        assert_eq!(e.chunks.len(), 3);
-        assert!(!e.chunks_left_out());
-    }
-
-    #[test]
-    fn long_chunk_lists_are_left_out_to_be_paged() {
-        let e = WireEntry::from_record(b"f", &record(MAX_INLINE_CHUNKS + 1, false));
-        assert!(e.chunks.is_empty());
-        assert!(e.chunks_left_out());
-    }
-
-    #[test]
-    fn tombstones_carry_no_chunks() {
-        let mut rec = record(2, true);
-        rec.chunks = record(2, false).chunks;
-        let e = WireEntry::from_record(b"f", &rec);
-        assert!(e.chunks.is_empty() && !e.chunks_left_out());
-    }
 
     #[test]
     fn negotiation_picks_the_older_version_and_refuses_below_the_minimum() {

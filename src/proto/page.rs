@@ -66,8 +66,8 @@ mod tests {
     use super::super::limits::*;
     use super::super::testutil::file_entry;
     use super::*;
-    use crate::store::Version;
     use crate::tree::Body;
+    use crate::tree::Version;
 
     /// The largest entry validation lets through: longest name, a full
     /// version vector of longest host names, a full inline chunk list.

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use super::message::{Change, ChangeAction, ErrorCode, FileChunks, Message, Refusal, WireEntry};
 use crate::chunk::{self, ChunkRef};
 use crate::hash::Hash;
-use crate::store::{Version, join_logical};
 use crate::tree::{Body, Kind, Meta, RootEntry, RootSet, Timestamp, validate_name};
+use crate::tree::{Version, join_logical};
 
 pub fn arb_hash() -> impl Strategy<Value = Hash> {
     any::<[u8; 32]>().prop_map(Hash)

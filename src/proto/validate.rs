@@ -15,7 +15,7 @@ use super::limits::*;
 use super::message::{FileChunks, Message, WireEntry};
 use crate::chunk::{self, ChunkRef};
 use crate::hash::Hash;
-use crate::store::Version;
+use crate::tree::Version;
 use crate::tree::{self, Body, RootEntry, RootSet};
 
 /// How the entries of a directory are named.
@@ -192,7 +192,7 @@ impl Message {
 ///
 /// Precisely: at most [`MAX_PATH_LEN`] bytes, no NUL, and one of `/`;
 /// `//` followed by components (the children of the root `/`, as
-/// [`crate::store::join_logical`] names them); `/` followed by components;
+/// [`crate::tree::join_logical`] names them); `/` followed by components;
 /// `%NAME%` alone or followed by `/` and components. Every component is a
 /// valid entry name ([`tree::validate_name`]): not empty, not `.` or `..`,
 /// at most [`MAX_NAME_LEN`] bytes. A relative path (`a/b`, `../x`) is
@@ -847,7 +847,7 @@ mod tests {
         // The store joins the root `/` and a name as `//name`.
         let roots = vec!["/".to_owned()];
         check_logical_path(b"/", &roots).unwrap();
-        check_logical_path(&crate::store::join_logical(b"/", b"etc"), &roots).unwrap();
+        check_logical_path(&crate::tree::join_logical(b"/", b"etc"), &roots).unwrap();
         check_logical_path(b"//etc/x", &roots).unwrap();
         assert!(check_logical_path(b"/etc", &roots).is_err());
     }

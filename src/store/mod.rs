@@ -42,6 +42,9 @@ mod private;
 mod record;
 mod writer;
 
+/// Version vectors and logical paths are the tree's vocabulary, which the
+/// wire format shares; the records use them.
+pub use crate::tree::{Version, join_logical};
 pub use chunks::ChunkStore;
 pub use conflict::{Conflict, Force};
 pub use error::StoreError;
@@ -49,8 +52,7 @@ pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
 pub use private::{PRIVATE_UMASK, original_umask, restrict_umask};
 pub use record::{
-    DirRecord, EntryRecord, Stat, Version, dir_key, join_logical, split_dir_key, version_digest, xor_dir_digest,
-    xor_entry_digest,
+    DirRecord, EntryRecord, Stat, dir_key, split_dir_key, version_digest, xor_dir_digest, xor_entry_digest,
 };
 pub use writer::Writer;
 

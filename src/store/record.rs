@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkRef;
-use crate::tree::{Body, Meta, Timestamp};
+use crate::tree::{Body, Meta, Timestamp, Version, join_logical};
 
 /// What `lstat` said when the entry was last read: if all of it still
 /// matches, the file is not opened again.
@@ -36,74 +36,6 @@ pub struct Stat {
     pub uid: u32,
     /// `st_gid`.
     pub gid: u32,
-}
-
-/// A version vector: for each host that changed the entry, the counter of
-/// its latest change. Sorted by host name, one pair per host.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Version(pub Vec<(String, u64)>);
-
-/// The `derive_key` context of creation versions ([`Version::created`]).
-pub const CREATION_CONTEXT: &str = "snapsync 2026-11 creation version v1";
-
-impl Version {
-    /// The version of an entry seen for the first time in state `meta`
-    /// and `body`: one component named `~` and 16 hex digits of a hash of
-    /// that state (a directory's children left out), counter 1.
-    ///
-    /// Two hosts that create the same entry independently (the same
-    /// release unpacked on both, say) thereby give it the same version,
-    /// and a later change on either dominates it instead of being
-    /// concurrent with the other's creation. Different creations get
-    /// different components, so they are concurrent: a conflict, as they
-    /// should be. `~` cannot start a host name, so the component never
-    /// collides with a host's counter.
-    pub fn created(meta: &Meta, body: &Body) -> Version {
-        let body = match body {
-            Body::Dir { .. } => Body::Dir { tree: crate::hash::Hash::of(b"") },
-            other => other.clone(),
-        };
-        let encoded = postcard::to_stdvec(&(meta, &body)).expect("encoding to a Vec cannot fail");
-        let hash = crate::hash::Hash(blake3::derive_key(CREATION_CONTEXT, &encoded));
-        Version(vec![(format!("~{}", &hash.to_hex()[..16]), 1)])
-    }
-
-    /// This version with `host`'s counter set to `seq` (a new local change).
-    pub fn bumped(&self, host: &str, seq: u64) -> Version {
-        let mut v = self.0.clone();
-        match v.binary_search_by(|(h, _)| h.as_str().cmp(host)) {
-            Ok(i) => v[i].1 = seq,
-            Err(i) => v.insert(i, (host.to_owned(), seq)),
-        }
-        Version(v)
-    }
-
-    /// This version raised to every host counter of `other` (creation
-    /// components, `~...`, left out): what a change made after seeing
-    /// `other` has seen. Deleting a directory deletes what it holds as
-    /// this host saw it, so the directory's tombstone takes in the host
-    /// counters of everything below it; a later deletion by a host that
-    /// saw those entries then dominates a version kept for them.
-    /// Creation components stay out, so the version stays as small as
-    /// the number of hosts, however many entries the directory held.
-    pub fn with_counters_of(&self, other: &Version) -> Version {
-        let mut v = self.0.clone();
-        for (h, c) in other.0.iter().filter(|(h, _)| !h.starts_with('~')) {
-            match v.binary_search_by(|(x, _)| x.as_str().cmp(h)) {
-                Ok(i) => v[i].1 = v[i].1.max(*c),
-                Err(i) => v.insert(i, (h.clone(), *c)),
-            }
-        }
-        Version(v)
-    }
-
-    /// Whether `self` has seen everything `other` has (`self >= other`).
-    pub fn dominates(&self, other: &Version) -> bool {
-        other
-            .0
-            .iter()
-            .all(|(h, c)| self.0.binary_search_by(|(x, _)| x.as_str().cmp(h)).is_ok_and(|i| self.0[i].1 >= *c))
-    }
 }
 
 /// The children of one directory, sorted by name, tombstones included.
@@ -209,18 +141,6 @@ pub fn dir_key(group: &str, dir: &[u8]) -> Vec<u8> {
 pub fn split_dir_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
     let g = key.iter().position(|&b| b == 0)?;
     Some((&key[..g], &key[g + 1..]))
-}
-
-/// The logical path of `name` in `parent` (`name` alone for a root).
-pub fn join_logical(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    if parent.is_empty() {
-        return name.to_vec();
-    }
-    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
-    p.extend_from_slice(parent);
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
 }
 
 /// The `derive_key` context of version digests ([`version_digest`]).

@@ -10,7 +10,7 @@
 //!   saw it deleted (a *tombstone*, which keeps the deletion's version so
 //!   the deletion can travel).
 //! - A *version* is an entry record's version vector
-//!   ([`crate::store::Version`]): for each host that changed the entry,
+//!   ([`crate::tree::Version`]): for each host that changed the entry,
 //!   the counter of its latest change. Version `a` *dominates* `b` when it
 //!   has seen every change `b` has; two versions are *equal* when each
 //!   dominates the other, and *concurrent* when neither does. The *merged*
@@ -28,8 +28,10 @@
 //! rules; [`resolve`] settles conflicts by the group's `auto` policy.
 
 mod decide;
+mod wire;
 
 pub use decide::{
     ConflictKind, Decision, Resolution, Side, agreed_version, decide, decide_receive_only, merged_version, resolve,
     settled_version,
 };
+pub use wire::{from_wire, to_wire};

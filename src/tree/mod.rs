@@ -25,8 +25,23 @@
 //! same tree.
 
 mod encode;
+mod version;
 
 pub use encode::{MAX_NAME_LEN, TreeError, validate_name};
+pub use version::{CREATION_CONTEXT, Version};
+
+/// The logical path of `name` in directory `parent` (`name` alone for an
+/// include root, whose parent is the empty path).
+pub fn join_logical(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
 
 use serde::{Deserialize, Serialize};
 
