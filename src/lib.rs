@@ -13,9 +13,11 @@
 //! - [`config`]: the csync2-compatible configuration language and path patterns.
 //! - [`chunk`]: FastCDC content-defined chunking and chunk hashing.
 //! - [`tree`]: entries, the canonical Merkle node encoding, tree hashing.
-//! - [`disk`]: the one door for putting files into trees: fresh private
-//!   temporaries, metadata through descriptors, placement checked by
-//!   inode, a journal of temporaries and a staging area for chunks.
+//! - [`fs`]: the safe file layer, the one door for putting files into
+//!   trees: directory-descriptor-relative operations that never follow a
+//!   link, fresh private temporaries, metadata through descriptors,
+//!   placement checked by inode, a journal of temporaries and a staging
+//!   area for chunks.
 //! - [`store`]: the node's state database (fjall), content store, generations, gc.
 //! - [`scan`]: the parallel walk of included trees with the stat cache.
 //! - [`engine`]: one node's local operations (check, ls, verify, gc).
@@ -33,8 +35,8 @@ pub mod audit;
 pub mod chunk;
 pub mod cli;
 pub mod config;
-pub mod disk;
 pub mod engine;
+pub mod fs;
 pub mod hash;
 pub mod key;
 pub mod net;

@@ -1,7 +1,7 @@
 //! Applying what a reconcile decided to take, in two phases per batch of
 //! files, so that no network round trip happens while this node's writer
 //! lock is held (SPEC §6) and nothing is written into a file found in the
-//! tree (see [`crate::disk`]).
+//! tree (see [`crate::fs`]).
 //!
 //! 1. Without the writer lock: each file's chunk list (inline, or fetched
 //!    page by page, refused when its count cannot fit the declared size);
@@ -24,7 +24,7 @@
 //!    once the emptied directory is removed), and one scan of the touched
 //!    paths that records it all under the peer's versions, as one commit
 //!    with a generation (cause `from PEER`). Every change to the tree goes
-//!    through [`crate::disk`], relative to a directory descriptor opened
+//!    through [`crate::fs`], relative to a directory descriptor opened
 //!    from the include root without following a symlink. A directory the
 //!    deletions could not empty stays: with entries the group keeps (newer
 //!    than the peer's change) that is the outcome, not a problem, for a
@@ -45,7 +45,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,11 +55,10 @@ use super::session::request;
 use super::{Node, Stats, SyncError};
 use crate::chunk::ChunkRef;
 use crate::config::ResolvedGroup;
-use crate::disk::{Dir, EntryType, Journal, STAGING_MAX_AGE, Staging, apply_meta};
 use crate::engine::EngineError;
+use crate::fs::{Dir, EntryType, Journal, STAGING_MAX_AGE, Staging, apply_meta};
 use crate::hash::Hash;
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
-use crate::restore::write::current_umask;
 use crate::scan::Adopted;
 use crate::store::{EntryRecord, Writer, join_logical};
 use crate::tree::{Body, Kind, Meta, Timestamp};
@@ -92,7 +91,7 @@ pub(crate) fn max_chunks(size: u64) -> u64 {
     size.div_ceil(u64::from(crate::chunk::MIN_SIZE))
 }
 
-pub(crate) use crate::disk::open_nofollow;
+use crate::fs::{open_nofollow, read_checked};
 
 /// One file being received.
 struct FileJob {
@@ -405,7 +404,7 @@ impl<'a> Apply<'a> {
     /// way to it.
     fn unchanged(&self, t: &Take) -> Result<(), String> {
         let root = self.g.root_of_local(&t.local).ok_or("outside the include roots")?;
-        crate::restore::no_links_between(&root.local, &t.local).map_err(|e| e.to_string())?;
+        crate::fs::no_links_between(&root.local, &t.local).map_err(|e| e.to_string())?;
         let now = self.record_unchanged(t)?;
         let md = match fs::symlink_metadata(&t.local) {
             Ok(md) => Some(md),
@@ -652,7 +651,7 @@ impl<'a> Apply<'a> {
     ) {
         let cs = self.node.engine.chunk_store(self.gi);
         let mut index: Option<HashMap<Hash, (PathBuf, u64, u32)>> = None;
-        let umask = current_umask();
+        let umask = crate::fs::tree_umask();
         let mut unplaced: HashSet<Hash> = HashSet::new();
         // Every directory is opened first: the temporaries built before
         // `between` stay open in them until placed.
@@ -697,7 +696,7 @@ impl<'a> Apply<'a> {
                 .filter(|m| m.is_file())
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0o666 & !umask);
-            let built = (|| -> Result<crate::disk::TempFile<'_>, String> {
+            let built = (|| -> Result<crate::fs::TempFile<'_>, String> {
                 let temp = dir.create_temp(Some(journal)).map_err(|e| format!("creating a temporary file: {e}"))?;
                 let mut sources = Sources::new(&job, cs, staging, self.node, self.g, &mut index);
                 let mut w = io::BufWriter::with_capacity(1 << 20, temp.file());
@@ -1097,13 +1096,6 @@ async fn fetch_one(
     }
 }
 
-/// Bytes of chunk `c` at `off` in `f`, if they hash right.
-pub(super) fn read_checked(f: &File, off: u64, c: &ChunkRef) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; c.len as usize];
-    f.read_exact_at(&mut buf, off).ok()?;
-    (Hash::of(&buf) == c.hash).then_some(buf)
-}
-
 /// Where each chunk of the group's tracked files is: a file and offset.
 fn chunk_index(node: &Node, g: &ResolvedGroup) -> HashMap<Hash, (PathBuf, u64, u32)> {
     let mut index = HashMap::new();
@@ -1142,7 +1134,7 @@ fn make_dir(dir: &Dir, name: &OsStr, meta: &Meta) -> io::Result<()> {
     let f = dir.open_dir(name)?.as_file()?;
     // A new directory without a synced mode (`ignore mod`) gets the mode the
     // started-with umask gives, not the private umask the process runs under.
-    let mode = meta.mode.or_else(|| created.then(|| 0o777 & !current_umask()));
+    let mode = meta.mode.or_else(|| created.then(|| 0o777 & !crate::fs::tree_umask()));
     apply_meta(&f, &Meta { mtime: None, mode, ..meta.clone() })
 }
 

@@ -419,9 +419,9 @@ fn read_one(
     }
     let (offset, c) = offset_of(&rec.chunks, hash)?;
     if file.is_none() {
-        *file = crate::peer::apply::open_nofollow(local).ok();
+        *file = crate::fs::open_nofollow(local).ok();
     }
-    crate::peer::apply::read_checked(file.as_ref()?, offset, c)
+    crate::fs::read_checked(file.as_ref()?, offset, c)
 }
 
 /// Where the chunk `hash` starts in a file with this chunk list.

@@ -168,7 +168,8 @@ impl Engine {
             let (base, dest) = place(root, local);
             // Never write or delete through a symlink: every directory
             // between the base and the target must be a real one.
-            no_links_between(&base, &dest)?;
+            crate::fs::no_links_between(&base, &dest)
+                .map_err(|e| EngineError::Refused(format!("not restoring {}: {e}", dest.display())))?;
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
             }
@@ -256,32 +257,4 @@ impl Engine {
         batch.commit()?;
         Ok(Some(g.id))
     }
-}
-
-/// Fails if a directory from `base` down to `path`'s parent exists but is
-/// not a real directory: a symlink there would carry writes and deletions
-/// out of the tree. (`path` itself is replaced, not gone through.)
-pub(crate) fn no_links_between(base: &Path, path: &Path) -> Result<(), EngineError> {
-    let Some(rest) = path.parent().and_then(|p| p.strip_prefix(base).ok()) else {
-        return Ok(());
-    };
-    let mut at = base.to_path_buf();
-    for c in std::iter::once(None).chain(rest.components().map(Some)) {
-        if let Some(c) = c {
-            at.push(c);
-        }
-        match std::fs::symlink_metadata(&at) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                return Err(EngineError::Refused(format!(
-                    "not restoring {}: {} is not a directory (a symlink or a file is in the way)",
-                    path.display(),
-                    at.display()
-                )));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(EngineError::io(&at, e)),
-        }
-    }
-    Ok(())
 }

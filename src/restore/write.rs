@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use super::{RestoreReport, Want};
 use crate::chunk::ChunkRef;
 use crate::config::{Class, Matcher};
-pub(crate) use crate::disk::apply_meta;
-use crate::disk::{Dir, EntryType};
+pub(crate) use crate::fs::apply_meta;
+use crate::fs::{Dir, EntryType};
 use crate::hash::Hash;
 use crate::scan::{Problem, Severity};
 use crate::store::{ChunkStore, Store};
@@ -64,7 +64,7 @@ impl<'a> Writer<'a> {
             files_kept: AtomicU64::new(0),
             removed: AtomicU64::new(0),
             progress,
-            new_file_mode: 0o666 & !current_umask(),
+            new_file_mode: 0o666 & !crate::fs::tree_umask(),
             trusted,
         }
     }
@@ -185,7 +185,7 @@ impl<'a> Writer<'a> {
         if let Ok(md) = fs::symlink_metadata(path)
             && md.is_file()
             && md.len() == size
-            && let Ok(mut f) = crate::disk::open_nofollow(path)
+            && let Ok(mut f) = crate::fs::open_nofollow(path)
             && f.metadata().is_ok_and(|m| (m.dev(), m.ino()) == (md.dev(), md.ino()))
             && let Ok(chunks) = crate::chunk::chunk_file(&mut f, size, |_, _| Ok(()))
             && crate::chunk::content_hash(&chunks) == *content
@@ -198,7 +198,7 @@ impl<'a> Writer<'a> {
             return Err(io::Error::other(format!("the stored chunk list does not match content {content}")));
         }
         // A fresh temporary: never a name found in the tree (see
-        // crate::disk).
+        // crate::fs).
         let (dir, name) = self.parent_of(path)?;
         let tmp = dir.create_temp(None)?;
         let mut w = io::BufWriter::with_capacity(1 << 20, tmp.file());
@@ -269,7 +269,7 @@ impl<'a> Writer<'a> {
             // `ignore mod`: a new directory gets the mode `mkdir` would give
             // under the umask snapsync was started with; an existing one
             // keeps its own.
-            f.set_permissions(Permissions::from_mode(0o777 & !current_umask()))?;
+            f.set_permissions(Permissions::from_mode(0o777 & !crate::fs::tree_umask()))?;
         }
         let node = self
             .store
@@ -304,11 +304,4 @@ pub(crate) fn place_symlink(path: &Path, meta: &Meta, target: &[u8]) -> io::Resu
     let dir = Dir::open(parent)?;
     dir.place_symlink(name, target, meta).map_err(io::Error::other)?;
     dir.sync()
-}
-
-/// The umask new synced files are made with when their mode is not synced
-/// (`ignore mod`): the one the process was started with, not the private
-/// one the stores need ([`crate::store::original_umask`]).
-pub(crate) fn current_umask() -> u32 {
-    crate::store::original_umask()
 }

@@ -43,6 +43,51 @@ use crate::tree::Meta;
 /// never tracks them).
 pub const TEMP_PREFIX: &str = ".snapsync-";
 
+/// The umask new files in the trees are made with when their mode is not
+/// synced (`ignore mod`): the one the process was started with, not the
+/// private one the stores need ([`crate::store::original_umask`]).
+pub fn tree_umask() -> u32 {
+    crate::store::original_umask()
+}
+
+/// Fails if a directory from `base` down to `path`'s parent exists but is
+/// not a real directory: a symlink there would carry writes and deletions
+/// out of the tree. (`path` itself is replaced, not gone through.) A
+/// missing directory ends the check: nothing below it exists to write
+/// through.
+pub fn no_links_between(base: &Path, path: &Path) -> io::Result<()> {
+    let Some(rest) = path.parent().and_then(|p| p.strip_prefix(base).ok()) else {
+        return Ok(());
+    };
+    let mut at = base.to_path_buf();
+    for c in std::iter::once(None).chain(rest.components().map(Some)) {
+        if let Some(c) = c {
+            at.push(c);
+        }
+        match fs::symlink_metadata(&at) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "{} is not a directory (a symlink or a file is in the way)",
+                    at.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", at.display()))),
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of chunk `c` at offset `off` in `f`, if they are there and hash
+/// right (the file may have changed since its chunk list was made).
+pub fn read_checked(f: &File, off: u64, c: &crate::chunk::ChunkRef) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; c.len as usize];
+    f.read_exact_at(&mut buf, off).ok()?;
+    (Hash::of(&buf) == c.hash).then_some(buf)
+}
+
 /// Why a built file was not placed.
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
