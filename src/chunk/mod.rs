@@ -32,6 +32,18 @@
 mod cut;
 mod stored;
 
+/// Where the chunk `hash` starts in a file with this chunk list.
+pub fn offset_of<'c>(chunks: &'c [ChunkRef], hash: &Hash) -> Option<(u64, &'c ChunkRef)> {
+    let mut offset = 0u64;
+    for c in chunks {
+        if c.hash == *hash {
+            return Some((offset, c));
+        }
+        offset += u64::from(c.len);
+    }
+    None
+}
+
 #[cfg(test)]
 mod testdata;
 

@@ -27,14 +27,7 @@ use crate::config::{self, Config};
 use crate::engine::{Engine, EngineError};
 use crate::peer::{Node, SyncError, SyncOptions};
 
-/// Exit status: success.
-pub const EXIT_OK: u8 = 0;
-/// Exit status: a runtime failure (I/O, damaged data, a peer).
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit status: bad usage or configuration.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit status: finished, but conflicts or differences remain.
-pub const EXIT_DIFFERENCES: u8 = 3;
+pub use crate::exit::{EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/snapsync";

@@ -23,30 +23,14 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use super::session::PeerStream;
 use super::{Node, Stats, SyncError};
-use crate::chunk::ChunkRef;
 use crate::config::ResolvedGroup;
 use crate::hash::Hash;
-use crate::net::{Stream, StreamOpener};
+use crate::net::Stream;
 use crate::proto::{self, Deadlines, ErrorCode, FileChunks, Message, PageBuilder, ProtoError, Refusal, WireEntry};
 use crate::store::{EntryRecord, Version};
-use crate::sync::agreed_version;
-use crate::tree::{Body, RootEntry, RootSet};
-
-/// What one side of a session knows about the other.
-pub(super) struct Peer {
-    /// The peer's host name, from its verified certificate.
-    pub host: String,
-    /// Groups this session may sync.
-    pub groups: Vec<String>,
-    /// Opens streams to the peer (to pull from it when it asks).
-    pub opener: StreamOpener,
-    /// The changes of the run this session belongs to, for the group's
-    /// actions: the initiator's whole `sync`, or this one session on the
-    /// side that accepted it.
-    pub actions: Arc<crate::engine::ActionQueue>,
-}
+use crate::sync::{Peer, PeerStream, RootsAnswer, agreed_version, roots_of};
+use crate::tree::Body;
 
 /// Serves one request stream of `peer`.
 pub(super) async fn serve_stream(node: Arc<Node>, peer: Arc<Peer>, stream: Stream) {
@@ -97,54 +81,6 @@ fn group<'a>(node: &'a Node, peer: &Peer, name: &str) -> Result<(usize, &'a Reso
     Ok((gi, &node.engine.groups[gi]))
 }
 
-/// What `Roots` says of a group: each include root's entry, the root
-/// hash of those entries and the version digest, all read from one commit
-/// of the state ([`crate::store::Store::view`]). Separate reads could pair
-/// the roots of one commit with the digest of the next, and a peer refuses
-/// a `Roots` whose hash is not that of the roots listed; the hash is
-/// computed from the entries listed, so it is theirs by construction (it
-/// equals the recorded root set's: a check records both from the same
-/// entries). Never scanned: every root absent.
-/// With `held`, entries are offered as [`HeldBack`] says (to a receive-only
-/// peer).
-pub(super) fn roots_of(node: &Node, group: &ResolvedGroup, held: Option<&HeldBack>) -> Result<RootsAnswer, SyncError> {
-    let view = node.engine.store.view();
-    let rec = view.dir_record(&group.name, b"")?.unwrap_or_default();
-    let versions = view.version_digest(&group.name)?;
-    drop(view);
-    let mut set = RootSet { roots: Vec::with_capacity(group.roots.len()) };
-    let mut roots = Vec::with_capacity(group.roots.len());
-    for r in &group.roots {
-        let e = rec.get(r.logical.as_bytes());
-        let live = e.filter(|e| !e.deleted).map(|e| RootEntry { meta: e.meta.clone(), body: e.body.clone() });
-        set.roots.push((r.logical.clone(), live));
-        let name = r.logical.as_bytes();
-        let offered = e.map(|e| match held {
-            Some(h) => h.offer(name, name, e),
-            None => crate::sync::to_wire(name, e),
-        });
-        roots.push((r.logical.clone(), offered));
-    }
-    Ok(RootsAnswer { hash: set.hash(), versions, roots })
-}
-
-/// A group's `Roots`, as [`roots_of`] reads it.
-pub(super) struct RootsAnswer {
-    /// The root hash.
-    pub hash: Hash,
-    /// The version digest.
-    pub versions: Hash,
-    /// Each include root with its entry, if it has one.
-    pub roots: Vec<(String, Option<WireEntry>)>,
-}
-
-/// What `Roots` says of a group, to compare: its root hash and its
-/// version digest, from one commit.
-pub(super) fn roots_summary(node: &Node, group: &ResolvedGroup) -> Result<(Hash, Hash), SyncError> {
-    let a = roots_of(node, group, None)?;
-    Ok((a.hash, a.versions))
-}
-
 async fn send(stream: &mut PeerStream, msg: &Message) -> Result<(), SyncError> {
     proto::write_frame(stream, msg).await.map_err(|e| SyncError::Refused(format!("writing a reply: {e}")))
 }
@@ -159,7 +95,7 @@ async fn answer(
         Message::GetRoots { group: name } => {
             let (_, g) = group(node, peer, &name)?;
             let held = HeldBack::new(node, g, peer)?;
-            let RootsAnswer { hash, versions, roots } = roots_of(node, g, Some(&held))?;
+            let RootsAnswer { hash, versions, roots } = roots_of(&node.engine, g, |name, e| held.offer(name, name, e))?;
             Stats::add(&node.stats.roots_served, 1);
             send(stream, &Message::Roots { group: name, hash, versions, roots }).await
         }
@@ -289,13 +225,13 @@ async fn pull(
     gi: usize,
     dry_run: bool,
     stream: &mut PeerStream,
-) -> Result<super::reconcile::GroupReport, SyncError> {
+) -> Result<crate::sync::GroupReport, SyncError> {
     let (node, peer) = (Arc::clone(node), Arc::clone(peer));
     let mut work = tokio::spawn(async move {
         // One pull of a group per peer at a time; the later one waits.
         let lock = node.pull_lock(&peer.host, &node.engine.groups[gi].name);
         let _one = lock.lock().await;
-        super::reconcile::reconcile(&node, &peer, gi, dry_run, false).await
+        crate::sync::reconcile(&node, &peer, gi, dry_run, false).await
     });
     let start = tokio::time::Instant::now() + proto::PROGRESS_INTERVAL;
     let mut beat = tokio::time::interval_at(start, proto::PROGRESS_INTERVAL);
@@ -417,82 +353,9 @@ fn read_one(
     {
         return Some(d);
     }
-    let (offset, c) = offset_of(&rec.chunks, hash)?;
+    let (offset, c) = crate::chunk::offset_of(&rec.chunks, hash)?;
     if file.is_none() {
         *file = crate::fs::open_nofollow(local).ok();
     }
     crate::fs::read_checked(file.as_ref()?, offset, c)
-}
-
-/// Where the chunk `hash` starts in a file with this chunk list.
-pub(super) fn offset_of<'c>(chunks: &'c [ChunkRef], hash: &Hash) -> Option<(u64, &'c ChunkRef)> {
-    let mut offset = 0u64;
-    for c in chunks {
-        if c.hash == *hash {
-            return Some((offset, c));
-        }
-        offset += u64::from(c.len);
-    }
-    None
-}
-
-/// How many bytes of encoded chunks [`EncodedCache`] keeps.
-const ENCODED_CACHE_BYTES: usize = 64 << 20;
-
-/// Chunks recently read and compressed for a peer, shared by every
-/// session of the node: peers pulling the same content at about the same
-/// time (the usual case: one host's change goes to all the others) get it
-/// read, checked and compressed once. Oldest out first.
-#[derive(Default)]
-pub(super) struct EncodedCache {
-    inner: std::sync::Mutex<CacheInner>,
-}
-
-#[derive(Default)]
-struct CacheInner {
-    map: std::collections::HashMap<Hash, Arc<Vec<u8>>>,
-    order: std::collections::VecDeque<Hash>,
-    bytes: usize,
-}
-
-impl EncodedCache {
-    pub(super) fn get(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
-        self.inner.lock().expect("poisoned").map.get(hash).cloned()
-    }
-
-    fn put(&self, hash: Hash, stored: Arc<Vec<u8>>) {
-        let mut c = self.inner.lock().expect("poisoned");
-        c.bytes += stored.len();
-        if let Some(replaced) = c.map.insert(hash, stored) {
-            c.bytes -= replaced.len();
-            return;
-        }
-        c.order.push_back(hash);
-        while c.bytes > ENCODED_CACHE_BYTES {
-            let Some(old) = c.order.pop_front() else { break };
-            if let Some(v) = c.map.remove(&old) {
-                c.bytes -= v.len();
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn encoded_cache_keeps_the_newest_within_its_budget() {
-        let cache = EncodedCache::default();
-        let chunk = Arc::new(vec![0u8; ENCODED_CACHE_BYTES / 4]);
-        let hashes: Vec<Hash> = (0u8..6).map(|i| Hash::of(&[i])).collect();
-        for h in &hashes {
-            cache.put(*h, Arc::clone(&chunk));
-            // Putting the same chunk again changes nothing.
-            cache.put(*h, Arc::clone(&chunk));
-        }
-        assert!(cache.get(&hashes[0]).is_none() && cache.get(&hashes[1]).is_none());
-        assert!(hashes[2..].iter().all(|h| cache.get(h).is_some()));
-        assert_eq!(cache.inner.lock().unwrap().bytes, 4 * chunk.len());
-    }
 }

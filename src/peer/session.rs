@@ -16,16 +16,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use super::reconcile::{ChangeReport, GroupReport, clear_conflicts, reconcile};
-use super::server::{Peer, roots_summary, serve_stream};
+use super::server::serve_stream;
 use super::{Node, SyncError};
 use crate::config::HostEntry;
 use crate::engine::{ActionQueue, CheckReport};
 use crate::net::{self, Connection, Stream, StreamAcceptor, StreamOpener};
 use crate::proto::{self, ChangeAction, Deadlines, ErrorCode, Message, ProtoError};
-
-/// A stream of one exchange with a peer, every wait on it bounded.
-pub(super) type PeerStream = Deadlines<Stream>;
+use crate::sync::{ChangeReport, GroupReport, Peer, clear_conflicts, reconcile, request, roots_summary, send_only};
 
 /// Most requests of one peer served at once; further streams wait to be
 /// accepted. A session needs a handful (a pull fetches chunks over four
@@ -430,7 +427,7 @@ async fn roots_compared(node: &Arc<Node>, peer: &Peer, gi: usize) -> Result<(boo
     let mut opener = peer.opener.clone();
     let (_, reply) = request(&peer.host, &mut opener, &Message::GetRoots { group: g.name.clone() }).await?;
     let Message::Roots { hash, versions, .. } = reply else { unreachable!("check_reply allows only Roots") };
-    let (tree, digest) = roots_summary(node, g)?;
+    let (tree, digest) = roots_summary(&node.engine, g)?;
     Ok((hash == tree, versions == digest))
 }
 
@@ -452,46 +449,6 @@ pub async fn resolve(entry: &HostEntry) -> Result<SocketAddr, SyncError> {
         }
     };
     addrs.next().ok_or_else(|| SyncError::Refused(format!("{host} (peer {}) has no address", entry.name)))
-}
-
-/// Opens a stream for a `kind` exchange, within [`proto::REPLY_TIMEOUT`]
-/// (the peer grants streams as it finishes others).
-async fn open(peer: &str, opener: &mut StreamOpener, kind: &str) -> Result<PeerStream, SyncError> {
-    match tokio::time::timeout(proto::REPLY_TIMEOUT, opener.open_stream()).await {
-        Ok(Ok(stream)) => Ok(Deadlines::new(stream, format!("answer to {kind}"), format!("{kind} request"))),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(SyncError::Proto {
-            peer: peer.to_owned(),
-            source: ProtoError::TimedOut(format!(
-                "the peer granted no stream for a {kind} request within {}s",
-                proto::REPLY_TIMEOUT.as_secs()
-            )),
-        }),
-    }
-}
-
-/// Sends `msg` on a new stream and reads the first reply, checked. Every
-/// wait is bounded, on the returned stream too (see [`Deadlines`]).
-pub(super) async fn request(
-    peer: &str,
-    opener: &mut StreamOpener,
-    msg: &Message,
-) -> Result<(PeerStream, Message), SyncError> {
-    let proto_err = |source: ProtoError| SyncError::Proto { peer: peer.to_owned(), source };
-    let mut stream = open(peer, opener, msg.kind()).await?;
-    proto::write_frame(&mut stream, msg).await.map_err(proto_err)?;
-    let reply = proto::read_frame(&mut stream).await.map_err(proto_err)?;
-    reply.validate().map_err(proto_err)?;
-    proto::check_reply(msg, &reply).map_err(proto_err)?;
-    Ok((stream, reply))
-}
-
-/// Sends `msg` alone on a new stream, expecting no reply.
-async fn send_only(peer: &str, opener: &mut StreamOpener, msg: &Message) -> Result<(), SyncError> {
-    let mut stream = open(peer, opener, msg.kind()).await?;
-    proto::write_frame(&mut stream, msg).await.map_err(|source| SyncError::Proto { peer: peer.to_owned(), source })?;
-    let _ = stream.shutdown().await;
-    Ok(())
 }
 
 /// Serves every stream the peer opens until the connection ends, at most

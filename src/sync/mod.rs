@@ -27,11 +27,20 @@
 //! [`decide`] is the per-entry decision and its documentation lists the
 //! rules; [`resolve`] settles conflicts by the group's `auto` policy.
 
+mod apply;
 mod decide;
+mod error;
+mod link;
+mod roots;
+mod walk;
 mod wire;
 
 pub use decide::{
     ConflictKind, Decision, Resolution, Side, agreed_version, decide, decide_receive_only, merged_version, resolve,
     settled_version,
 };
+pub use error::SyncError;
+pub use link::{Peer, PeerStream, open, request, send_only};
+pub use roots::{RootsAnswer, roots_of, roots_summary};
+pub use walk::{ChangeReport, GroupReport, clear_conflicts, reconcile};
 pub use wire::{from_wire, to_wire};

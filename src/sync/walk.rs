@@ -31,18 +31,17 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::apply::{Apply, Take};
-use super::server::{Peer, roots_summary};
-use super::session::request;
-use super::{Node, SyncError};
+use super::{
+    ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve, settled_version,
+};
+use super::{Peer, SyncError, request, roots_summary};
 use crate::chunk::ChunkRef;
 use crate::config::{Class, ResolvedGroup};
 use crate::engine::Engine;
 use crate::net::StreamOpener;
+use crate::node::Node;
 use crate::proto::{Change, ChangeAction, MAX_DIR_ENTRIES, MAX_PLAN_BYTES, Message, WireEntry};
 use crate::store::{Conflict, EntryRecord, Version, Writer, join_logical};
-use crate::sync::{
-    ConflictKind, Decision, Resolution, Side, decide, decide_receive_only, merged_version, resolve, settled_version,
-};
 use crate::tree::{Body, Kind, Timestamp};
 
 /// One change a reconcile made (or would make, dry run) on this node.
@@ -61,7 +60,7 @@ impl ChangeReport {
     }
 
     /// A change a peer reported.
-    pub(super) fn from_wire(c: &Change) -> Self {
+    pub fn from_wire(c: &Change) -> Self {
         ChangeReport::new(c.action, &c.path)
     }
 }
@@ -105,12 +104,12 @@ pub struct GroupReport {
 
 impl GroupReport {
     /// The `Pulled` message reporting these changes.
-    pub(super) fn pulled(&self) -> Message {
+    pub fn pulled(&self) -> Message {
         Message::pulled(self.wire.iter().cloned(), &self.problems)
     }
 
     /// Adds what a later reconcile with the same peer did.
-    pub(super) fn absorb(&mut self, later: GroupReport) {
+    pub fn absorb(&mut self, later: GroupReport) {
         for c in later.changes {
             self.changes.retain(|x| x.path != c.path);
             self.changes.push(c);
@@ -320,7 +319,7 @@ impl Edits {
 /// recorded with it, and counts every force of the group as having reached
 /// it (the peer holds this node's states, versions included), under the
 /// writer lock; takes no lock when there is nothing to do.
-pub(super) async fn clear_conflicts(node: &Arc<Node>, gi: usize, peer: &str) -> Result<(), SyncError> {
+pub async fn clear_conflicts(node: &Arc<Node>, gi: usize, peer: &str) -> Result<(), SyncError> {
     let group = node.engine.groups[gi].name.clone();
     let conflicts = node.engine.store.conflicts()?.iter().any(|c| c.group == group && c.peer == peer);
     let forces: Vec<Vec<u8>> = node
@@ -361,7 +360,7 @@ const MAX_PASSES: usize = 3;
 /// apply leaves such a path alone and reports it; a new pass then decides
 /// it against the state as the other reconcile left it (usually: nothing
 /// is left to do). Problems that remain after [`MAX_PASSES`] are reported.
-pub(super) async fn reconcile(
+pub async fn reconcile(
     node: &Arc<Node>,
     peer: &Arc<Peer>,
     gi: usize,
@@ -398,7 +397,7 @@ async fn pass(
     let (_, roots) = request(&peer.host, &mut opener, &Message::GetRoots { group: g.name.clone() }).await?;
     let Message::Roots { hash, versions, roots, .. } = roots else { unreachable!("check_reply allows only Roots") };
     let mut report = GroupReport::default();
-    let (tree, digest) = roots_summary(node, g)?;
+    let (tree, digest) = roots_summary(&node.engine, g)?;
     if (hash, versions) == (tree, digest) {
         report.in_sync = true;
         if !dry_run {

@@ -1,0 +1,191 @@
+//! One opened node, shared by the tasks of a process.
+//!
+//! A [`Node`] is the engine (configuration, state, chunk stores), the
+//! node's identities (one per group key), what it served and received
+//! ([`Stats`]), and what its sessions share: chunks recently encoded for
+//! peers, and one lock per peer and group that serializes that peer's
+//! pulls. Whatever writes the state holds the store's writer token
+//! ([`crate::store::Writer`]): [`Node::write_locked`] and
+//! [`Node::write_blocking`] take it around a closure, so a daemon serving
+//! several peers and local commands at once still has exactly one writer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::engine::Engine;
+use crate::hash::Hash;
+use crate::net::NodeIdentity;
+use crate::store::Writer;
+
+/// Counters a node keeps about what it served and did; `status --json`
+/// and the tests read them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// `GetRoots` requests answered.
+    pub roots_served: AtomicU64,
+    /// `GetDir` requests answered.
+    pub dirs_served: AtomicU64,
+    /// Chunks sent to peers.
+    pub chunks_served: AtomicU64,
+    /// Chunks received from peers.
+    pub chunks_received: AtomicU64,
+    /// Bytes of chunk data received (stored form).
+    pub bytes_received: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "roots_served": get(&self.roots_served),
+            "dirs_served": get(&self.dirs_served),
+            "chunks_served": get(&self.chunks_served),
+            "chunks_received": get(&self.chunks_received),
+            "bytes_received": get(&self.bytes_received),
+        })
+    }
+}
+
+/// One opened node, shared by the tasks of a process.
+pub struct Node {
+    /// The engine: configuration, state and chunk stores.
+    pub engine: Engine,
+    /// Where the node's state lives.
+    state_dir: PathBuf,
+    /// Identities by group key file, made on first use.
+    pub(crate) identities: std::sync::Mutex<HashMap<PathBuf, Arc<NodeIdentity>>>,
+    /// What this node served and received.
+    pub stats: Stats,
+    /// Chunks encoded for peers lately.
+    pub(crate) encoded: EncodedCache,
+    /// One per peer and group: a peer's pulls of one group run one at a
+    /// time, so a peer that asks for many at once gets one reconcile's
+    /// worth of this node's memory, not many.
+    pulls: std::sync::Mutex<HashMap<(String, String), PullLock>>,
+}
+
+/// Serializes one peer's pulls of one group.
+type PullLock = Arc<tokio::sync::Mutex<()>>;
+
+impl Node {
+    /// Wraps an opened engine whose state is in `state_dir`.
+    pub fn new(engine: Engine, state_dir: &Path) -> Node {
+        Node {
+            engine,
+            state_dir: state_dir.to_path_buf(),
+            identities: std::sync::Mutex::default(),
+            stats: Stats::default(),
+            encoded: EncodedCache::default(),
+            pulls: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The lock that serializes `peer`'s pulls of `group`.
+    pub(crate) fn pull_lock(&self, peer: &str, group: &str) -> PullLock {
+        let mut pulls = self.pulls.lock().expect("poisoned");
+        Arc::clone(pulls.entry((peer.to_owned(), group.to_owned())).or_default())
+    }
+
+    /// The node's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Holds the state's writer token ([`Writer`]) while `f` runs on a
+    /// blocking thread.
+    pub(crate) async fn write_locked<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Node, &Writer) -> T + Send + 'static,
+    ) -> T {
+        let w = self.engine.store.writer().await;
+        let node = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&node, &w)).await.expect("blocking task panicked")
+    }
+
+    /// Holds the state's writer token while `f` runs on this thread, which
+    /// must not be a runtime worker (a local command's blocking thread).
+    pub fn write_blocking<T>(&self, f: impl FnOnce(&Node, &Writer) -> T) -> T {
+        let w = self.engine.store.writer_blocking();
+        f(self, &w)
+    }
+
+    /// Waits (at most `limit`) until nothing writes the state, and keeps
+    /// new writers out until the process ends. False if it timed out.
+    pub async fn quiesce(&self, limit: std::time::Duration) -> bool {
+        match tokio::time::timeout(limit, self.engine.store.writer()).await {
+            Ok(w) => {
+                std::mem::forget(w);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// How many bytes of encoded chunks [`EncodedCache`] keeps.
+const ENCODED_CACHE_BYTES: usize = 64 << 20;
+
+/// Chunks recently read and compressed for a peer, shared by every
+/// session of the node: peers pulling the same content at about the same
+/// time (the usual case: one host's change goes to all the others) get it
+/// read, checked and compressed once. Oldest out first.
+#[derive(Default)]
+pub(crate) struct EncodedCache {
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: std::collections::HashMap<Hash, Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<Hash>,
+    bytes: usize,
+}
+
+impl EncodedCache {
+    pub(crate) fn get(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
+        self.inner.lock().expect("poisoned").map.get(hash).cloned()
+    }
+
+    pub(crate) fn put(&self, hash: Hash, stored: Arc<Vec<u8>>) {
+        let mut c = self.inner.lock().expect("poisoned");
+        c.bytes += stored.len();
+        if let Some(replaced) = c.map.insert(hash, stored) {
+            c.bytes -= replaced.len();
+            return;
+        }
+        c.order.push_back(hash);
+        while c.bytes > ENCODED_CACHE_BYTES {
+            let Some(old) = c.order.pop_front() else { break };
+            if let Some(v) = c.map.remove(&old) {
+                c.bytes -= v.len();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_cache_keeps_the_newest_within_its_budget() {
+        let cache = EncodedCache::default();
+        let chunk = Arc::new(vec![0u8; ENCODED_CACHE_BYTES / 4]);
+        let hashes: Vec<Hash> = (0u8..6).map(|i| Hash::of(&[i])).collect();
+        for h in &hashes {
+            cache.put(*h, Arc::clone(&chunk));
+            // Putting the same chunk again changes nothing.
+            cache.put(*h, Arc::clone(&chunk));
+        }
+        assert!(cache.get(&hashes[0]).is_none() && cache.get(&hashes[1]).is_none());
+        assert!(hashes[2..].iter().all(|h| cache.get(h).is_some()));
+        assert_eq!(cache.inner.lock().unwrap().bytes, 4 * chunk.len());
+    }
+}
