@@ -3,33 +3,38 @@
 //! The library holds all of snapsync's work; `src/main.rs` is glue that
 //! parses the command line and calls into [`cli`].
 //!
-//! Modules, lowest layer first. A module only uses modules listed above it.
+//! Modules, lowest layer first. A module only uses modules listed above it
+//! (docs/design.md, "Code layout").
 //!
 //! - [`audit`]: the audit log line for every change applied to disk.
+//! - [`exit`]: the exit statuses of every command.
 //! - [`hash`]: the BLAKE3 digest type that names chunks, contents and nodes.
 //! - [`trusted`]: reading config and key files safely (regular, bounded,
 //!   owner-only writable or private).
 //! - [`key`]: group key files (csync2 format).
 //! - [`config`]: the csync2-compatible configuration language and path patterns.
 //! - [`chunk`]: FastCDC content-defined chunking and chunk hashing.
-//! - [`tree`]: entries, the canonical Merkle node encoding, tree hashing.
-//! - [`fs`]: the safe file layer, the one door for putting files into
+//! - [`tree`]: entries, the canonical Merkle node encoding, tree hashing,
+//!   version vectors and logical paths.
+//! - [`store`]: the node's state database (fjall), its writer token,
+//!   content store, generations, gc.
+//! - [`fs`]: the safe file layer, the only code that writes into the
 //!   trees: directory-descriptor-relative operations that never follow a
 //!   link, fresh private temporaries, metadata through descriptors,
 //!   placement checked by inode, a journal of temporaries and a staging
-//!   area for chunks.
-//! - [`store`]: the node's state database (fjall), content store, generations, gc.
+//!   area for chunks (uses `store` for the umask the process started with).
 //! - [`scan`]: the parallel walk of included trees with the stat cache.
-//! - [`engine`]: one node's local operations (check, ls, verify, gc).
+//! - [`engine`]: one node's local operations (check, ls, verify, force, gc).
 //! - [`restore`]: writing a generation back to disk, verified.
 //! - [`net`]: QUIC endpoint, group CA, node certificates, pins.
 //! - [`proto`]: peer protocol messages, framing, limits and validation
-//!   (uses `hash`, `chunk`, `tree`, `store`).
-//! - [`sync`]: per-entry reconcile decisions, conflicts and `auto`
-//!   policies (uses `config`, `tree`, `store`).
-//! - [`peer`]: sessions with peers: serving their requests, reconciling
-//!   with them, applying what a reconcile takes (uses all of the above).
-//! - [`cli`]: command-line parsing, output, exit codes and the daemon.
+//!   (uses `hash`, `chunk`, `tree`; not `store`).
+//! - [`node`]: one opened node shared by the tasks of a process.
+//! - [`sync`]: reconciling: per-entry decisions, the walk, the apply, the
+//!   client side of requests to a peer.
+//! - [`peer`]: sessions with peers and serving their requests.
+//! - [`daemon`]: `serve`: the QUIC endpoint, the local socket, signals.
+//! - [`cli`]: command-line parsing, output and exit codes.
 
 pub mod audit;
 pub mod chunk;

@@ -1,33 +1,24 @@
-//! Talking to peers: serving their requests and reconciling with them.
+//! Talking to peers: sessions, and serving their requests.
 //!
 //! Terms:
-//! - A [`Node`] is one opened node shared by every task of a process: the
-//!   engine (configuration, state, chunk stores), the node's identities
-//!   (one per group key) and its pins. Whatever writes the state holds the
-//!   store's writer token ([`crate::store::Writer`]), so a daemon serving
-//!   several peers and local commands at once still has exactly one
-//!   writer.
 //! - A *session* is one authenticated connection between two nodes. Both
 //!   ends serve the other's requests (`server.rs`) for as long as it lasts;
-//!   the end that opened it (the *initiator*) drives the reconcile.
-//! - A *reconcile* of one group against one peer (`reconcile.rs`): compare
-//!   roots, descend where the trees differ, decide each differing path,
-//!   then pull what this node takes. To give the peer what this node has
-//!   newer, the initiator asks it to reconcile against the initiator in
-//!   turn (`Pull`), over the same connection.
+//!   the end that opened it (the *initiator*) drives the reconciles
+//!   ([`crate::sync::reconcile`]): for each group, it asks the peer to
+//!   reconcile against it (`Pull`), then reconciles against the peer, over
+//!   the same connection.
 //!
 //! A peer never holds the node up (SPEC §6): every wait on it is bounded
 //! ([`crate::proto::Deadlines`], [`crate::proto::REPLY_TIMEOUT`]); the
-//! writer lock is never held across a wait on the network (a reconcile
-//! decides from the state as it reads it, and takes the lock only for its
-//! local steps); a long `Pull` is kept alive by `Progress` frames, not by
-//! QUIC keep-alives; and when a session ends, the requests being served
+//! writer token is never held across a wait on the network (see
+//! [`crate::sync`]); a long `Pull` is kept alive by `Progress` frames, not
+//! by QUIC keep-alives; and when a session ends, the requests being served
 //! for it are cancelled, and a pull running for it stops at its next wait
 //! on the network. What a reconcile keeps of a peer's answers is bounded
 //! too ([`crate::proto::MAX_DIR_ENTRIES`], [`crate::proto::MAX_PLAN_BYTES`]).
 //!
-//! docs/protocol.md describes the messages and the rules; this module is
-//! their implementation.
+//! docs/protocol.md describes the messages and the rules; this module and
+//! [`crate::sync`] are their implementation.
 
 mod server;
 mod session;

@@ -24,8 +24,16 @@
 //! - A *receive-only* host (written in parentheses in the config, csync2's
 //!   "slave") takes the group's states and never sends its own.
 //!
+//! - A *reconcile* of one group against one peer ([`reconcile`]): compare
+//!   roots, walk down where the trees differ deciding each differing path
+//!   (`walk.rs`), then apply what this node takes (`apply.rs`). The walk
+//!   holds no writer token; the apply takes it for its local phases only
+//!   (docs/design.md, "Concurrency and locking").
+//!
 //! [`decide`] is the per-entry decision and its documentation lists the
-//! rules; [`resolve`] settles conflicts by the group's `auto` policy.
+//! rules; [`resolve`] settles conflicts by the group's `auto` policy. The
+//! layer below the sessions: it reaches the peer through [`Peer`] and
+//! [`request`], and writes the trees only through [`crate::fs`].
 
 mod apply;
 mod decide;
