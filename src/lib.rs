@@ -9,6 +9,7 @@
 //! - [`audit`]: the audit log line for every change applied to disk.
 //! - [`exit`]: the exit statuses of every command.
 //! - [`hash`]: the BLAKE3 digest type that names chunks, contents and nodes.
+//! - [`progress`]: how long work reports its progress (shown by the caller).
 //! - [`trusted`]: reading config and key files safely (regular, bounded,
 //!   owner-only writable or private).
 //! - [`key`]: group key files (csync2 format).
@@ -49,6 +50,7 @@ pub mod key;
 pub mod net;
 pub mod node;
 pub mod peer;
+pub mod progress;
 pub mod proto;
 pub mod restore;
 pub mod scan;

@@ -40,17 +40,32 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters as JSON.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The counters as they are now.
+    pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "roots_served": get(&self.roots_served),
-            "dirs_served": get(&self.dirs_served),
-            "chunks_served": get(&self.chunks_served),
-            "chunks_received": get(&self.chunks_received),
-            "bytes_received": get(&self.bytes_received),
-        })
+        StatsSnapshot {
+            roots_served: get(&self.roots_served),
+            dirs_served: get(&self.dirs_served),
+            chunks_served: get(&self.chunks_served),
+            chunks_received: get(&self.chunks_received),
+            bytes_received: get(&self.bytes_received),
+        }
     }
+}
+
+/// [`Stats`] read at one moment (`status --json` shows them as `served`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// `GetRoots` requests answered.
+    pub roots_served: u64,
+    /// `GetDir` requests answered.
+    pub dirs_served: u64,
+    /// Chunks sent to peers.
+    pub chunks_served: u64,
+    /// Chunks received from peers.
+    pub chunks_received: u64,
+    /// Bytes of chunk data received (stored form).
+    pub bytes_received: u64,
 }
 
 /// One opened node, shared by the tasks of a process.

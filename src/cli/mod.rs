@@ -15,6 +15,7 @@
 mod daemon;
 mod demo;
 mod output;
+mod progress;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -351,7 +352,9 @@ fn run(cli: &Cli) -> u8 {
         }
         Err(e) => return report_error(&e.into()),
     };
-    engine.progress = !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        engine.progress = Arc::new(progress::Bars);
+    }
     let node = Arc::new(Node::new(engine, &state));
     if let Command::Serve { watch } = &cli.command {
         if *watch {

@@ -406,7 +406,7 @@ pub(super) fn status(
         let mut v = serde_json::to_value(r).expect("report serializes");
         v["conflicts"] = conflicts_json(conflicts);
         v["forces"] = forces_json(forces);
-        v["served"] = stats.to_json();
+        v["served"] = serde_json::to_value(stats.snapshot()).expect("counters serialize");
         print_json(o, &v);
         return;
     }

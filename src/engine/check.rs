@@ -45,7 +45,6 @@ pub struct CheckReport {
     /// Per group.
     pub groups: Vec<GroupCheck>,
     /// Per-path problems.
-    #[serde(serialize_with = "problems_as_json")]
     pub problems: Vec<Problem>,
 }
 
@@ -54,19 +53,6 @@ impl CheckReport {
     pub fn has_errors(&self) -> bool {
         self.problems.iter().any(|p| p.severity == Severity::Error)
     }
-}
-
-fn problems_as_json<S: serde::Serializer>(p: &[Problem], s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut seq = s.serialize_seq(Some(p.len()))?;
-    for x in p {
-        seq.serialize_element(&serde_json::json!({
-            "path": x.path.to_string_lossy(),
-            "message": x.message,
-            "severity": x.severity,
-        }))?;
-    }
-    seq.end()
 }
 
 impl Engine {
@@ -117,9 +103,9 @@ impl Engine {
             let linked = self.store.group_store(&group.name)?;
             let read_all = store_name.is_some() && linked.as_deref() != store_name;
             let scanner =
-                Scanner { group, store: &self.store, chunks, host: &self.host, progress: &bar, read_all, adopt };
+                Scanner { group, store: &self.store, chunks, host: &self.host, progress: &*bar, read_all, adopt };
             let mut out = scanner.run(if read_all { &Scope::All } else { &scope })?;
-            bar.finish_and_clear();
+            drop(bar);
 
             let old = self.store.root_set(&group.name)?;
             let changed = old.as_ref() != Some(&out.roots);
@@ -250,12 +236,12 @@ impl Engine {
                 store: &self.store,
                 chunks: None,
                 host: &self.host,
-                progress: &bar,
+                progress: &*bar,
                 read_all: false,
                 adopt: None,
             };
             let out = scanner.run(&scope)?;
-            bar.finish_and_clear();
+            drop(bar);
             let pending = self.store.root_set(&group.name)?.as_ref() != Some(&out.roots);
             let mut pending_paths = Vec::new();
             for w in &out.writes.dirs {

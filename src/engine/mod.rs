@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, ResolvedGroup, canonical_host};
 use crate::key::KeyError;
+use crate::progress::{ProgressSink, ProgressTask};
 use crate::store::{
     ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, Store, StoreError, Writer, collect_garbage,
     join_logical,
@@ -90,8 +91,8 @@ pub struct Engine {
     chunk_store_names: Vec<String>,
     /// For each group (same index as `groups`), its chunk store.
     group_chunks: Vec<Option<usize>>,
-    /// Whether to draw progress bars.
-    pub progress: bool,
+    /// Where long work reports its progress (nowhere by default).
+    pub progress: std::sync::Arc<dyn ProgressSink>,
     /// Damage to the state or the chunk stores found on opening, and what
     /// was done about it; each message names the repair command.
     pub damage: Vec<String>,
@@ -186,7 +187,7 @@ impl Engine {
             chunk_stores,
             chunk_store_names,
             group_chunks,
-            progress: false,
+            progress: std::sync::Arc::new(crate::progress::Quiet),
             damage,
         })
     }
@@ -206,24 +207,9 @@ impl Engine {
         self.groups.iter().position(|g| g.name == name)
     }
 
-    /// A progress bar for long work, or a hidden one.
-    pub(crate) fn bar(&self, len: Option<u64>, what: &str) -> indicatif::ProgressBar {
-        if !self.progress {
-            return indicatif::ProgressBar::hidden();
-        }
-        let style =
-            indicatif::ProgressStyle::with_template("{spinner} {msg} {human_pos}/{human_len} [{elapsed}] {wide_bar}")
-                .expect("valid template");
-        let bar = match len {
-            Some(n) => indicatif::ProgressBar::new(n).with_style(style),
-            None => indicatif::ProgressBar::new_spinner().with_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} {human_pos} [{elapsed}]")
-                    .expect("valid template"),
-            ),
-        };
-        bar.set_message(what.to_owned());
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        bar
+    /// Starts reporting one piece of long work ([`Engine::progress`]).
+    pub(crate) fn bar(&self, len: Option<u64>, what: &str) -> Box<dyn ProgressTask> {
+        self.progress.start(what, len)
     }
 
     /// Generations of all groups (or of `only`), oldest first.

@@ -77,7 +77,7 @@ impl Engine {
                     cs.get(h).is_err().then_some(*h)
                 })
                 .collect();
-            bar.finish_and_clear();
+            drop(bar);
             if !bad.is_empty() {
                 tracing::warn!("{}: dropping {} damaged chunks", cs.path().display(), bad.len());
             }
@@ -133,7 +133,7 @@ impl Engine {
                     r
                 })
                 .collect();
-            bar.finish_and_clear();
+            drop(bar);
             for ((path, _), r) in files.iter().zip(results) {
                 match r {
                     Outcome::Ok => report.files_checked += 1,
@@ -156,7 +156,7 @@ impl Engine {
                     cs.get(h).err().map(|e| Mismatch { path: format!("chunk {h}"), problem: e.to_string() })
                 })
                 .collect();
-            bar.finish_and_clear();
+            drop(bar);
             report.chunks_checked += list.len() as u64;
             report.mismatches.extend(bad);
         }

@@ -34,7 +34,7 @@ pub(super) struct Writer<'a> {
     files_kept: AtomicU64,
     removed: AtomicU64,
     /// Ticks once per entry restored.
-    progress: indicatif::ProgressBar,
+    progress: Box<dyn crate::progress::ProgressTask>,
     /// `0666` less the umask: the mode of a new file when none is recorded.
     new_file_mode: u32,
     /// Directories outside the trees being written that hold a target
@@ -50,7 +50,7 @@ impl<'a> Writer<'a> {
         store: &'a Store,
         chunks: &'a ChunkStore,
         matcher: Option<&'a Matcher>,
-        progress: indicatif::ProgressBar,
+        progress: Box<dyn crate::progress::ProgressTask>,
         trusted: HashSet<PathBuf>,
     ) -> Self {
         Writer {
@@ -70,7 +70,7 @@ impl<'a> Writer<'a> {
     }
 
     pub(super) fn finish(self, report: &mut RestoreReport) {
-        self.progress.finish_and_clear();
+        drop(self.progress);
         report.files_written = self.files_written.into_inner();
         report.bytes_written = self.bytes_written.into_inner();
         report.files_kept = self.files_kept.into_inner();

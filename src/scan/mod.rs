@@ -82,15 +82,20 @@ pub enum Severity {
 }
 
 /// Something wrong with one path.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize)]
 #[error("{}: {message}", path.display())]
 pub struct Problem {
-    /// The local path.
+    /// The local path (in JSON, lossily as text).
+    #[serde(serialize_with = "path_as_text")]
     pub path: PathBuf,
     /// What happened.
     pub message: String,
     /// Whether it fails the run.
     pub severity: Severity,
+}
+
+fn path_as_text<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
 }
 
 /// Counters of one scan.
@@ -142,7 +147,7 @@ pub struct Scanner<'a> {
     /// The local host name, for version vectors.
     pub host: &'a str,
     /// Ticks once per entry seen.
-    pub progress: &'a indicatif::ProgressBar,
+    pub progress: &'a dyn crate::progress::ProgressTask,
     /// Read every file once, whatever the stat cache says: the records'
     /// `stored` flags refer to another chunk store than `chunks`.
     pub read_all: bool,
