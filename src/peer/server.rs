@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 use std::collections::hash_map::Entry;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -135,12 +136,19 @@ async fn answer(
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(8);
             // Reading and compressing happen on a blocking thread; frames
             // are written as they come.
-            let reader = tokio::task::spawn_blocking(move || read_chunks(&node2, gi, &files, &tx));
+            let reader = tokio::task::spawn_blocking(move || {
+                let missing = read_chunks(&node2, gi, &files, &tx);
+                (files, missing)
+            });
             while let Some(m) = rx.recv().await {
                 send(stream, &m).await?;
                 Stats::add(&node.stats.chunks_served, 1);
             }
-            let missing = reader.await.expect("chunk reader panicked")?;
+            let (files, missing) = reader.await.expect("chunk reader panicked");
+            let missing = missing?;
+            if !missing.is_empty() {
+                record_changed_sources(node, peer, gi, &files, &missing).await;
+            }
             send(stream, &Message::ChunksDone { missing }).await
         }
         Message::Pull { group: name, dry_run } => {
@@ -160,6 +168,30 @@ async fn answer(
         // Notices, not answered.
         Message::Bye | Message::Progress => Ok(()),
         other => Err(refused(peer, ErrorCode::BadRequest, format!("{} is not a request", other.kind()))),
+    }
+}
+
+/// Checks the files that no longer hold chunks their records list (edited
+/// here since the last check), so that their new state is recorded before
+/// the peer hears the chunks are missing: its next pass then decides the
+/// path again against what is on disk here, instead of failing the run on
+/// an edit this node had not recorded yet. Best effort: a failed check is
+/// logged, and the peer reports the path.
+async fn record_changed_sources(node: &Arc<Node>, peer: &Arc<Peer>, gi: usize, files: &[FileChunks], missing: &[Hash]) {
+    let g = &node.engine.groups[gi];
+    let paths: Vec<std::path::PathBuf> = files
+        .iter()
+        .filter(|f| f.hashes.iter().any(|h| missing.binary_search_by_key(h.as_bytes(), |m| *m.as_bytes()).is_ok()))
+        .filter_map(|f| g.to_local(std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path))))
+        .collect();
+    if paths.is_empty() {
+        return;
+    }
+    let checked =
+        node.write_locked(move |n, w| n.engine.check_with_cause(w, &paths, "local scan", Some(gi), false, None)).await;
+    match checked {
+        Ok(report) => peer.actions.add_check(&node.engine.groups, &report),
+        Err(e) => tracing::warn!("checking files changed while {} pulled them: {e}", peer.host),
     }
 }
 

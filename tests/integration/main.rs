@@ -29,6 +29,7 @@ mod sync_propagate;
 mod sync_receive_only;
 mod sync_report;
 mod sync_security;
+mod sync_source_changed;
 mod sync_status_settles;
 mod sync_transfer;
 mod sync_type_change;
