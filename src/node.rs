@@ -5,7 +5,7 @@
 //! ([`Stats`]), and what its sessions share: chunks recently encoded for
 //! peers, and one lock per peer and group that serializes that peer's
 //! pulls. Whatever writes the state holds the store's writer token
-//! ([`crate::store::Writer`]): [`Node::write_locked`] and
+//! ([`crate::store::Writer`]): `Node::write_locked` and
 //! [`Node::write_blocking`] take it around a closure, so a daemon serving
 //! several peers and local commands at once still has exactly one writer.
 

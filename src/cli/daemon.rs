@@ -17,7 +17,7 @@ pub(super) use crate::daemon::STARTING_WAIT;
 /// Runs this process's command in the daemon holding `state`, if one
 /// runs: prints its output and returns its exit status; `None` to run it
 /// here.
-pub(super) fn forward(state: &Path) -> Option<u8> {
+pub(super) fn forward(state: &Path, json: bool) -> Option<u8> {
     let args: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();
     let Ok(args) = args else {
         if std::os::unix::net::UnixStream::connect(state.join(daemon::SOCKET)).is_err() {
@@ -38,6 +38,9 @@ pub(super) fn forward(state: &Path) -> Option<u8> {
         }
         Forwarded::Failed(why, code) => {
             tracing::error!("{why}");
+            if json {
+                print!("{}", super::output::error_json(&why, code));
+            }
             Some(code)
         }
     }
@@ -80,7 +83,13 @@ impl LocalCommands for CommandLine {
         let mut out = String::new();
         match run_command(&cli, node, &mut out) {
             Ok(code) => Response { out, error: None, code },
-            Err(e) => Response { out, error: Some(e.to_string()), code: exit_code_of(&e) },
+            Err(e) => {
+                let code = exit_code_of(&e);
+                if cli.json && out.is_empty() {
+                    out = super::output::error_json(&e.to_string(), code);
+                }
+                Response { out, error: Some(e.to_string()), code }
+            }
         }
     }
 }

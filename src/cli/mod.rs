@@ -215,11 +215,14 @@ pub fn main() -> ExitCode {
 
 /// Logs go to stderr, each message escaped as [`output::escape`] does:
 /// errors and audit lines name paths a peer chose, and those must not
-/// reach the terminal raw.
+/// reach the terminal raw. The daemon's lines carry a UTC timestamp and
+/// include its lifecycle (start, stop); `RUST_LOG` overrides the levels.
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::field::MakeExt as _;
+    let daemon = matches!(cli.command, Command::Serve { .. });
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
+        (false, 0) if daemon => "warn,audit=info,snapsync::daemon=info,snapsync::engine::actions=info",
         (false, 0) => "warn,audit=info",
         (false, 1) => "info,snapsync=debug",
         (false, _) => "debug,snapsync=trace",
@@ -236,14 +239,13 @@ fn init_logging(cli: &Cli) {
         }
     })
     .delimited(" ");
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .fmt_fields(fields)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .try_init();
+        .with_target(false);
+    let _ = if daemon { builder.try_init() } else { builder.without_time().try_init() };
 }
 
 /// The config file to read and the config name its state is kept under.
@@ -311,20 +313,15 @@ fn run(cli: &Cli) -> u8 {
                 print!("{out}");
                 EXIT_OK
             }
-            Err(e) => {
-                tracing::error!("{e}");
-                EXIT_FAILURE
-            }
+            Err(e @ crate::key::KeyError::Exists(_)) => fail(cli, e, EXIT_USAGE),
+            Err(e) => fail(cli, e, EXIT_FAILURE),
         };
     }
     let (config_path, config_name) = match config_location(cli) {
         Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e}");
-            return EXIT_USAGE;
-        }
+        Err(e) => return fail(cli, e, EXIT_USAGE),
     };
-    let config = match load_config(&config_path) {
+    let config = match load_config(cli, &config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -332,7 +329,7 @@ fn run(cli: &Cli) -> u8 {
     let state = node_state_dir(&cli.state_dir, &config_name, &host);
     // A daemon holding this node's state runs the command for us.
     if !matches!(cli.command, Command::Serve { .. })
-        && let Some(code) = daemon::forward(&state)
+        && let Some(code) = daemon::forward(&state, cli.json)
     {
         return code;
     }
@@ -344,13 +341,13 @@ fn run(cli: &Cli) -> u8 {
         Err(EngineError::Store(crate::store::StoreError::Locked { pid, .. }))
             if !matches!(cli.command, Command::Serve { .. }) =>
         {
-            match wait_for_state(&config, &host, &state, &pid) {
+            match wait_for_state(&config, &host, &state, &pid, cli.json) {
                 Ok(Ok(engine)) => engine,
-                Ok(Err(e)) => return report_error(&e.into()),
+                Ok(Err(e)) => return report_error(cli, &e.into()),
                 Err(code) => return code,
             }
         }
-        Err(e) => return report_error(&e.into()),
+        Err(e) => return report_error(cli, &e.into()),
     };
     if !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         engine.progress = Arc::new(progress::Bars);
@@ -366,13 +363,17 @@ fn run(cli: &Cli) -> u8 {
     let mut out = String::new();
     let code = match run_command(cli, &node, &mut out) {
         Ok(code) => code,
-        Err(e) => report_error(&e),
+        Err(e) if out.is_empty() => report_error(cli, &e),
+        Err(e) => {
+            tracing::error!("{e}");
+            exit_code_of(&e)
+        }
     };
     print!("{out}");
     code
 }
 
-fn load_config(path: &Path) -> Result<Config, u8> {
+fn load_config(cli: &Cli, path: &Path) -> Result<Config, u8> {
     match config::load(path) {
         Ok(c) => {
             for w in &c.warnings {
@@ -380,16 +381,23 @@ fn load_config(path: &Path) -> Result<Config, u8> {
             }
             Ok(c)
         }
-        Err(e) => {
-            tracing::error!("{e}");
-            Err(EXIT_USAGE)
-        }
+        Err(e) => Err(fail(cli, e, EXIT_USAGE)),
     }
 }
 
-fn report_error(e: &SyncError) -> u8 {
-    tracing::error!("{e}");
-    exit_code_of(e)
+/// Reports why the command failed: on stderr, and with `--json` also as
+/// the one JSON document on stdout (`{"error": ..., "exit_code": ...}`),
+/// so a script reading stdout is never left with nothing. Returns `code`.
+fn fail(cli: &Cli, why: impl std::fmt::Display, code: u8) -> u8 {
+    tracing::error!("{why}");
+    if cli.json {
+        print!("{}", output::error_json(&why.to_string(), code));
+    }
+    code
+}
+
+fn report_error(cli: &Cli, e: &SyncError) -> u8 {
+    fail(cli, e, exit_code_of(e))
 }
 
 fn exit_code_of(e: &SyncError) -> u8 {
@@ -424,7 +432,13 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Waits until the state held by process `pid` can be opened here, or a
 /// daemon's socket comes up (then the command runs there: `Err` with its
 /// exit status). Gives up after [`LOCK_WAIT`] with the lock error.
-fn wait_for_state(config: &Config, host: &str, state: &Path, pid: &str) -> Result<Result<Engine, EngineError>, u8> {
+fn wait_for_state(
+    config: &Config,
+    host: &str,
+    state: &Path,
+    pid: &str,
+    json: bool,
+) -> Result<Result<Engine, EngineError>, u8> {
     let wait = std::env::var("SNAPSYNC_LOCK_WAIT")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -433,7 +447,7 @@ fn wait_for_state(config: &Config, host: &str, state: &Path, pid: &str) -> Resul
     tracing::info!("waiting for the snapsync process (pid {pid}) that holds {}", output::escape_path(state));
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        if let Some(code) = daemon::forward(state) {
+        if let Some(code) = daemon::forward(state, json) {
             return Err(code);
         }
         match Engine::open(config, host, state) {
@@ -451,6 +465,7 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
     let engine = &node.engine;
     Ok(match &cli.command {
         Command::Check { paths } | Command::Mark { paths } => {
+            engine.named_paths_exist(paths)?;
             let report = node.write_blocking(|n, w| n.engine.check(w, paths))?;
             // `do-local` actions run for what the check found, as in csync2.
             let actions = crate::engine::ActionQueue::default();
@@ -478,7 +493,7 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             let report = block_on(crate::peer::sync(Arc::clone(node), opts))?;
             let conflicts = engine.store.conflicts()?;
             let forces = engine.pending_forces()?;
-            output::status(out, cli, &report, &conflicts, &forces, &node.stats);
+            output::status(out, cli, &engine.groups, &report, &conflicts, &forces, &node.stats);
             if report.failed() {
                 EXIT_FAILURE
             } else if report.differences() || !conflicts.is_empty() {
@@ -489,22 +504,30 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
         }
         Command::Conflicts => {
             let conflicts = engine.store.conflicts()?;
-            output::conflicts(out, cli, &conflicts);
+            output::conflicts(out, cli, &engine.groups, &conflicts);
             if conflicts.is_empty() { EXIT_OK } else { EXIT_DIFFERENCES }
         }
         Command::Force { paths, recursive, list, cancel } => {
             if *list {
-                output::forces(out, cli, &engine.pending_forces()?);
+                output::forces(out, cli, &engine.groups, &engine.pending_forces()?);
             } else if *cancel {
                 let dropped = node.write_blocking(|n, w| n.engine.cancel_forces(w, paths, *recursive))?;
-                output::forced(out, cli, &dropped, true);
+                output::forced(out, cli, &engine.groups, &dropped, true);
             } else {
                 let made = node.write_blocking(|n, w| n.engine.force(w, paths, *recursive))?;
-                output::forced(out, cli, &made, false);
+                output::forced(out, cli, &engine.groups, &made, false);
             }
             EXIT_OK
         }
         Command::Trust { peer } => {
+            if !engine.groups.iter().any(|g| g.host(peer).is_some()) {
+                return Err(EngineError::Usage(format!(
+                    "no group of host {} lists a host {peer:?}; `trust --peer` takes a peer's name as the \
+                     configuration spells it",
+                    engine.host
+                ))
+                .into());
+            }
             let old = node.pins()?.forget(peer)?;
             output::trusted(out, cli, peer, old.is_some());
             EXIT_OK
@@ -519,7 +542,7 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
         }
         Command::Restore { generation, paths, to } => {
             let report = node.write_blocking(|n, w| n.engine.restore(w, *generation, paths, to.as_deref()))?;
-            output::restore(out, cli, &report);
+            output::restore(out, cli, &report, to.as_deref());
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }
         Command::Gc => {
@@ -543,8 +566,9 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
 
 fn sync_command(cli: &Cli, node: &Arc<Node>, opts: SyncOptions, out: &mut String) -> Result<u8, SyncError> {
     let dry_run = opts.dry_run;
+    let started = std::time::Instant::now();
     let report = block_on(crate::peer::sync(Arc::clone(node), opts))?;
-    output::sync(out, cli, &report, dry_run);
+    output::sync(out, cli, &node.engine.groups, &report, dry_run, Some(started.elapsed()));
     Ok(if report.failed() {
         EXIT_FAILURE
     } else if report.conflicts() > 0 || (dry_run && report.differences()) {

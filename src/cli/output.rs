@@ -13,8 +13,10 @@ use std::path::Path;
 use serde_json::json;
 
 use super::Cli;
+use crate::config::ResolvedGroup;
 use crate::engine::{CheckReport, LsEntry, VerifyReport};
 use crate::peer::SyncReport;
+use crate::proto::ChangeAction;
 use crate::restore::RestoreReport;
 use crate::store::{Conflict, Force};
 use crate::store::{GcReport, Generation};
@@ -117,6 +119,13 @@ fn bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 
+/// The JSON document of a command that failed: why, and its exit status.
+pub(super) fn error_json(why: &str, code: u8) -> String {
+    let mut o = String::new();
+    print_json(&mut o, &json!({ "error": why, "exit_code": code }));
+    o
+}
+
 pub(super) fn keygen(o: &mut String, cli: &Cli, file: &Path) {
     if cli.json {
         print_json(o, &json!({ "key_file": file }));
@@ -134,15 +143,18 @@ pub(super) fn check(o: &mut String, cli: &Cli, r: &CheckReport) {
         return;
     }
     for g in &r.groups {
-        let what =
-            if g.changed { format!("{} entries changed", g.stats.entries_changed) } else { "unchanged".to_owned() };
+        let what = if g.changed {
+            format!("{} changed", count(g.stats.entries_changed, "entry", "entries"))
+        } else {
+            "unchanged".to_owned()
+        };
         let generation = g.generation.map(|id| format!(", generation {id} recorded")).unwrap_or_default();
         say!(
             o,
-            "{}: {what}{generation} ({} entries seen, {} files read, {})",
+            "{}: {what}{generation} ({} seen, {} read, {})",
             g.group,
-            g.stats.entries_seen,
-            g.stats.files_read,
+            count(g.stats.entries_seen, "entry", "entries"),
+            count(g.stats.files_read, "file", "files"),
             bytes(g.stats.bytes_read)
         );
     }
@@ -158,7 +170,7 @@ fn scan_problems(o: &mut String, problems: &[crate::scan::Problem]) {
         say!(o, "{what}: {}: {}", escape_path(&p.path), escape(&p.message));
     }
     if errors > 0 {
-        say!(o, "{errors} paths could not be scanned");
+        say!(o, "{} could not be scanned", count(errors as u64, "path", "paths"));
     }
 }
 
@@ -166,6 +178,9 @@ pub(super) fn ls(o: &mut String, cli: &Cli, entries: &[LsEntry]) {
     if cli.json {
         print_json(o, &json!({ "entries": entries }));
         return;
+    }
+    if !entries.is_empty() && !cli.quiet {
+        say!(o, "{:<7} {:>4} {:>11} {:>12} {:<30} {:<19} PATH", "KIND", "MODE", "OWNER", "SIZE", "MODIFIED", "CONTENT");
     }
     for e in entries {
         let owner = match (e.uid, e.gid) {
@@ -186,10 +201,23 @@ pub(super) fn ls(o: &mut String, cli: &Cli, entries: &[LsEntry]) {
             e.mode.as_deref().unwrap_or("-"),
             owner,
             e.size.map_or("-".into(), |s| s.to_string()),
-            e.mtime.as_deref().unwrap_or("-"),
+            e.mtime.as_deref().map_or("-".into(), ls_time),
             what,
             escape_path(&e.path)
         );
+    }
+}
+
+/// An `ls` mtime (`seconds.nanoseconds`) as a UTC date and time to the
+/// nanosecond; as it is if it does not parse.
+fn ls_time(raw: &str) -> String {
+    let parsed = raw.split_once('.').and_then(|(s, n)| Some((s.parse::<i64>().ok()?, n.parse::<u32>().ok()?)));
+    match parsed {
+        Some((secs, nanos)) if secs >= 0 => {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos);
+            humantime::format_rfc3339_nanos(t).to_string()
+        }
+        _ => raw.to_owned(),
     }
 }
 
@@ -235,7 +263,7 @@ pub(super) fn generations(o: &mut String, cli: &Cli, gens: &[Generation]) {
     }
 }
 
-pub(super) fn restore(o: &mut String, cli: &Cli, r: &RestoreReport) {
+pub(super) fn restore(o: &mut String, cli: &Cli, r: &RestoreReport, to: Option<&Path>) {
     if cli.json {
         let mut v = serde_json::to_value(r).expect("report serializes");
         v["problems"] =
@@ -246,20 +274,27 @@ pub(super) fn restore(o: &mut String, cli: &Cli, r: &RestoreReport) {
     if cli.quiet {
         return;
     }
+    let place = match to {
+        Some(dir) => format!("below {}", escape_path(dir)),
+        None => "in place".to_owned(),
+    };
     say!(
         o,
-        "restored generation {}: {} files written ({}), {} already right, {} entries removed",
+        "restored generation {} {place}: {} written ({}), {} already right, {} removed",
         r.generation,
-        r.files_written,
+        count(r.files_written, "file", "files"),
         bytes(r.bytes_written),
         r.files_kept,
-        r.entries_removed
+        count(r.entries_removed, "entry", "entries")
     );
     if let Some(b) = r.before {
         say!(o, "the state before the restore is generation {b}");
     }
+    for p in &r.problems {
+        say!(o, "not restored: {}: {}", escape_path(&p.path), escape(&p.message));
+    }
     if !r.problems.is_empty() {
-        say!(o, "{} paths could not be restored (see above)", r.problems.len());
+        say!(o, "{} could not be restored", count(r.problems.len() as u64, "path", "paths"));
     }
 }
 
@@ -317,7 +352,55 @@ pub(super) fn verify(o: &mut String, cli: &Cli, r: &VerifyReport) {
 /// How many entries of a long list are printed without `-v`.
 const LIST_CUT: usize = 50;
 
-pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
+/// `n` and the noun, singular or plural.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The path on this host that logical path `logical` of `group` names,
+/// escaped for a terminal: what `force`, `restore` and `ls` take. The
+/// logical path itself when this host does not map it (a group or root it
+/// does not have).
+fn local_text(groups: &[ResolvedGroup], group: &str, logical: &str) -> String {
+    let local = groups.iter().find(|g| g.name == group).and_then(|g| g.to_local(Path::new(logical)));
+    match local {
+        Some(p) => escape_path(&p).into_owned(),
+        None => escape(logical).into_owned(),
+    }
+}
+
+/// Lists `items` (already formatted lines), all of them with `-v`, else at
+/// most [`LIST_CUT`] and a count of the rest.
+fn list_lines(o: &mut String, cli: &Cli, indent: &str, items: impl ExactSizeIterator<Item = String>) {
+    let total = items.len();
+    let shown = if cli.verbose > 0 { total } else { total.min(LIST_CUT) };
+    for line in items.take(shown) {
+        say!(o, "{indent}{line}");
+    }
+    if total > shown {
+        say!(o, "{indent}... and {} more (`-v` lists them all)", total - shown);
+    }
+}
+
+/// What one peer exchange changed, counted: changes (conflicts and
+/// version merges left out) here and there, and conflicts.
+fn tally(p: &crate::peer::PeerReport) -> (u64, u64, u64) {
+    let real = |a: ChangeAction| !matches!(a, ChangeAction::Conflict | ChangeAction::Merge);
+    let here = p.pulled.as_ref().map_or(0, |x| x.changes.iter().filter(|c| real(c.action)).count() as u64);
+    let there = p.pushed.iter().filter(|c| real(c.action)).count() as u64 + p.pushed_more;
+    let conflicts_here = p.pulled.as_ref().map_or(0, |x| x.conflicts.len() as u64);
+    let conflicts_there = p.pushed.iter().filter(|c| c.action == ChangeAction::Conflict).count() as u64;
+    (here, there, conflicts_here.max(conflicts_there))
+}
+
+pub(super) fn sync(
+    o: &mut String,
+    cli: &Cli,
+    groups: &[ResolvedGroup],
+    r: &SyncReport,
+    dry_run: bool,
+    elapsed: Option<std::time::Duration>,
+) {
     if cli.json {
         print_json(o, &serde_json::to_value(r).expect("report serializes"));
         return;
@@ -330,52 +413,54 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
         for g in check.groups.iter().filter(|g| g.pending) {
             say!(
                 o,
-                "{}: {} local changes not recorded yet; the next check or sync records them",
+                "{}: {} not recorded yet; the next check or sync records them",
                 g.group,
-                g.stats.entries_changed
+                count(g.stats.entries_changed, "local change", "local changes")
             );
-            let shown = if cli.verbose > 0 { g.pending_paths.len() } else { g.pending_paths.len().min(LIST_CUT) };
-            for path in &g.pending_paths[..shown] {
-                say!(o, "  local  changed  {}", escape(path));
-            }
-            let more = g.stats.entries_changed.saturating_sub(shown as u64);
-            if more > 0 {
-                say!(o, "  local  ... and {more} more");
-            }
+            let lines =
+                g.pending_paths.iter().map(|path| format!("local  changed  {}", local_text(groups, &g.group, path)));
+            list_lines(o, cli, "  ", lines);
         }
     }
     let done = if dry_run { "to apply" } else { "applied" };
+    let (mut all_here, mut all_there, mut all_conflicts, mut received, mut failed) = (0, 0, 0, 0, 0);
     for p in &r.peers {
         if let Some(e) = &p.error {
+            failed += 1;
             say!(o, "{} with {}: failed: {}", p.group, p.peer, escape(e));
             continue;
         }
-        if p.in_sync && p.pushed.is_empty() && p.pushed_problems_total == 0 {
-            say!(o, "{} with {}: in sync", p.group, p.peer);
+        let (here, there, conflicts) = tally(p);
+        all_here += here;
+        all_there += there;
+        all_conflicts += conflicts;
+        received += p.pulled.as_ref().map_or(0, |x| x.bytes_fetched);
+        let problems_here = p.pulled.as_ref().map_or(&[][..], |x| x.problems.as_slice());
+        if here == 0 && there == 0 && conflicts == 0 && problems_here.is_empty() && p.pushed_problems_total == 0 {
+            say!(o, "{} with {}: {}", p.group, p.peer, if p.in_sync { "in sync" } else { "nothing to do" });
             continue;
         }
-        let here = p.pulled.as_ref().map(|x| x.changes.as_slice()).unwrap_or_default();
-        say!(
-            o,
-            "{} with {}: {} changes {done} here, {} there",
-            p.group,
-            p.peer,
-            here.len(),
-            p.pushed.len() as u64 + p.pushed_more
-        );
-        for c in here {
-            say!(o, "  here   {:<8} {}", c.action.as_str(), escape(&c.path));
+        let mut parts = vec![format!("{} {done} here", count(here, "change", "changes")), format!("{there} there")];
+        if conflicts > 0 {
+            parts.push(count(conflicts, "conflict", "conflicts"));
         }
-        for c in &p.pushed {
-            say!(o, "  {:<6} {:<8} {}", p.peer, c.action.as_str(), escape(&c.path));
-        }
+        say!(o, "{} with {}: {}", p.group, p.peer, parts.join(", "));
+        let pulled = p.pulled.as_ref().map(|x| x.changes.as_slice()).unwrap_or_default();
+        let lines =
+            pulled
+                .iter()
+                .filter(|c| c.action != ChangeAction::Merge)
+                .map(|c| format!("{:<8} {:<8} {}", "here", c.action.as_str(), local_text(groups, &p.group, &c.path)))
+                .chain(p.pushed.iter().filter(|c| c.action != ChangeAction::Merge).map(|c| {
+                    format!("{:<8} {:<8} {}", p.peer, c.action.as_str(), local_text(groups, &p.group, &c.path))
+                }))
+                .collect::<Vec<_>>();
+        list_lines(o, cli, "  ", lines.into_iter());
         if p.pushed_more > 0 {
-            say!(o, "  {:<6} ... and {} more", p.peer, p.pushed_more);
+            say!(o, "  {:<8} ... and {} more", p.peer, p.pushed_more);
         }
-        if let Some(pulled) = &p.pulled {
-            for problem in &pulled.problems {
-                say!(o, "  not applied here: {}", escape(problem));
-            }
+        for problem in problems_here {
+            say!(o, "  not applied here: {}", escape(problem));
         }
         for problem in &p.pushed_problems {
             say!(o, "  not applied on {}: {}", p.peer, escape(problem));
@@ -385,18 +470,37 @@ pub(super) fn sync(o: &mut String, cli: &Cli, r: &SyncReport, dry_run: bool) {
             say!(o, "  not applied on {}: ... and {unlisted} more (see its log)", p.peer);
         }
     }
-    let conflicts = r.conflicts();
-    if conflicts > 0 {
+    if all_conflicts > 0 {
         say!(
             o,
-            "{conflicts} conflicts: nothing was overwritten; see `snapsync conflicts`, settle with `snapsync force PATH`"
+            "{}: nothing was overwritten; see `snapsync conflicts`, settle with `snapsync force PATH`",
+            count(all_conflicts, "conflict", "conflicts")
         );
     }
+    // The closing line: what the whole run did, where it is seen last.
+    let mut parts = vec![
+        count(r.peers.len() as u64, "exchange", "exchanges"),
+        format!("{} {done} here, {all_there} there", count(all_here, "change", "changes")),
+    ];
+    if all_conflicts > 0 {
+        parts.push(count(all_conflicts, "conflict", "conflicts"));
+    }
+    if failed > 0 {
+        parts.push(format!("{failed} failed"));
+    }
+    if received > 0 {
+        parts.push(format!("{} received", bytes(received)));
+    }
+    if let Some(t) = elapsed {
+        parts.push(format!("{:.2} s", t.as_secs_f64()));
+    }
+    say!(o, "{}: {}", if dry_run { "dry run" } else { "sync" }, parts.join(", "));
 }
 
 pub(super) fn status(
     o: &mut String,
     cli: &Cli,
+    groups: &[ResolvedGroup],
     r: &SyncReport,
     conflicts: &[Conflict],
     forces: &[Force],
@@ -404,19 +508,23 @@ pub(super) fn status(
 ) {
     if cli.json {
         let mut v = serde_json::to_value(r).expect("report serializes");
-        v["conflicts"] = conflicts_json(conflicts);
+        v["conflicts"] = conflicts_json(groups, conflicts);
         v["forces"] = forces_json(forces);
         v["served"] = serde_json::to_value(stats.snapshot()).expect("counters serialize");
         print_json(o, &v);
         return;
     }
-    sync(o, cli, r, true);
+    sync(o, cli, groups, r, true, None);
     if !conflicts.is_empty() && !cli.quiet {
-        say!(o, "{} unresolved conflicts (`snapsync conflicts`)", conflicts.len());
+        say!(
+            o,
+            "{} (`snapsync conflicts`)",
+            count(conflicts.len() as u64, "unresolved conflict", "unresolved conflicts")
+        );
     }
     if !forces.is_empty() && !cli.quiet {
-        say!(o, "{} forces pending (`snapsync force --list`):", forces.len());
-        force_lines(o, forces);
+        say!(o, "{} (`snapsync force --list`):", count(forces.len() as u64, "force pending", "forces pending"));
+        force_lines(o, groups, forces);
     }
 }
 
@@ -424,45 +532,81 @@ fn version(v: &crate::store::Version) -> String {
     v.0.iter().map(|(h, c)| format!("{h}:{c}")).collect::<Vec<_>>().join(",")
 }
 
-/// One side of a conflict; `text` escapes the peer-chosen link target for
-/// a terminal, JSON keeps it as it is.
-fn side(r: Option<&crate::store::EntryRecord>, text: bool) -> String {
-    match r {
-        None => "absent".to_owned(),
-        Some(r) if r.deleted => format!("deleted [{}]", version(&r.version)),
+/// One side of a conflict for people; `verbose` adds the version vector.
+/// The peer-chosen link target is escaped for a terminal.
+fn side_text(r: Option<&crate::store::EntryRecord>, verbose: bool) -> String {
+    let mut text = match r {
+        None => "never had it".to_owned(),
+        Some(r) if r.deleted => "deleted".to_owned(),
         Some(r) => {
             let what = match &r.body {
-                crate::tree::Body::File { size, content } => format!("file {} {}", bytes(*size), content.short()),
+                crate::tree::Body::File { size, content } => {
+                    format!("file, {}, content {}", bytes(*size), content.short())
+                }
                 crate::tree::Body::Dir { .. } => "directory".to_owned(),
-                crate::tree::Body::Symlink { target } if text => format!("symlink -> {}", escape_bytes(target)),
-                crate::tree::Body::Symlink { target } => format!("symlink -> {}", String::from_utf8_lossy(target)),
+                crate::tree::Body::Symlink { target } => format!("symlink to {}", escape_bytes(target)),
             };
-            let mtime = r.meta.mtime.map(|t| format!(" modified {}", time(t))).unwrap_or_default();
-            format!("{what}{mtime} [{}]", version(&r.version))
+            match r.meta.mtime {
+                Some(t) => format!("{what}, modified {}", time(t)),
+                None => what,
+            }
         }
+    };
+    if verbose && let Some(r) = r {
+        text.push_str(&format!(" (version {})", version(&r.version)));
     }
+    text
 }
 
-fn conflicts_json(conflicts: &[Conflict]) -> serde_json::Value {
+/// One side of a conflict as JSON: what is there, field by field.
+fn side_json(r: Option<&crate::store::EntryRecord>) -> serde_json::Value {
+    let Some(r) = r else { return json!({ "state": "absent" }) };
+    let versions: serde_json::Map<String, serde_json::Value> =
+        r.version.0.iter().map(|(h, c)| (h.clone(), json!(c))).collect();
+    if r.deleted {
+        return json!({ "state": "deleted", "version": versions });
+    }
+    let mut v = match &r.body {
+        crate::tree::Body::File { size, content } => {
+            json!({ "state": "file", "size": size, "content": content.to_hex() })
+        }
+        crate::tree::Body::Dir { .. } => json!({ "state": "directory" }),
+        crate::tree::Body::Symlink { target } => {
+            json!({ "state": "symlink", "target": String::from_utf8_lossy(target) })
+        }
+    };
+    if let Some(t) = r.meta.mtime {
+        v["mtime"] = json!(time(t));
+    }
+    v["version"] = json!(versions);
+    v
+}
+
+fn conflicts_json(groups: &[ResolvedGroup], conflicts: &[Conflict]) -> serde_json::Value {
     json!(
         conflicts
             .iter()
-            .map(|c| json!({
-                "group": c.group,
-                "path": String::from_utf8_lossy(&c.path),
-                "peer": c.peer,
-                "kind": c.kind,
-                "local": side(c.local.as_ref(), false),
-                "remote": side(c.remote.as_ref(), false),
-                "found": time(c.time),
-            }))
+            .map(|c| {
+                let logical = String::from_utf8_lossy(&c.path);
+                let local = groups.iter().find(|g| g.name == c.group).and_then(|g| g.to_local(Path::new(&*logical)));
+                json!({
+                    "group": c.group,
+                    "path": logical,
+                    "local_path": local.map(|p| p.to_string_lossy().into_owned()),
+                    "peer": c.peer,
+                    "kind": c.kind,
+                    "local": side_json(c.local.as_ref()),
+                    "remote": side_json(c.remote.as_ref()),
+                    "found": time(c.time),
+                })
+            })
             .collect::<Vec<_>>()
     )
 }
 
-pub(super) fn conflicts(o: &mut String, cli: &Cli, conflicts: &[Conflict]) {
+pub(super) fn conflicts(o: &mut String, cli: &Cli, groups: &[ResolvedGroup], conflicts: &[Conflict]) {
     if cli.json {
-        print_json(o, &json!({ "conflicts": conflicts_json(conflicts) }));
+        print_json(o, &json!({ "conflicts": conflicts_json(groups, conflicts) }));
         return;
     }
     if conflicts.is_empty() {
@@ -471,11 +615,18 @@ pub(super) fn conflicts(o: &mut String, cli: &Cli, conflicts: &[Conflict]) {
         }
         return;
     }
+    let width = conflicts.iter().map(|c| c.peer.len()).max().unwrap_or(0).max("here".len());
     for c in conflicts {
-        say!(o, "{} {} ({}, with {})", c.group, escape_bytes(&c.path), c.kind, c.peer);
-        say!(o, "  here:  {}", side(c.local.as_ref(), true));
-        say!(o, "  {}: {}", c.peer, side(c.remote.as_ref(), true));
+        let path = local_text(groups, &c.group, &String::from_utf8_lossy(&c.path));
+        say!(o, "{path}  ({}, group {}, with {})", c.kind, c.group, c.peer);
+        say!(o, "  {:<width$}  {}", "here", side_text(c.local.as_ref(), cli.verbose > 0));
+        say!(o, "  {:<width$}  {}", c.peer, side_text(c.remote.as_ref(), cli.verbose > 0));
     }
+    say!(
+        o,
+        "{}; settle each with `snapsync force PATH` on the host whose version should win",
+        count(conflicts.len() as u64, "conflict", "conflicts")
+    );
 }
 
 fn forces_json(forces: &[Force]) -> serde_json::Value {
@@ -494,47 +645,44 @@ fn forces_json(forces: &[Force]) -> serde_json::Value {
 }
 
 /// One line per force: group, path, and the peers it has reached.
-fn force_lines(o: &mut String, forces: &[Force]) {
+fn force_lines(o: &mut String, groups: &[ResolvedGroup], forces: &[Force]) {
     for f in forces {
         let reached = if f.reached.is_empty() {
             String::new()
         } else {
             format!(" (reached {})", f.reached.iter().map(|p| escape(p).into_owned()).collect::<Vec<_>>().join(", "))
         };
-        say!(o, "  {} {}, forced {}{reached}", f.group, escape_bytes(&f.path), time(f.time));
+        let path = local_text(groups, &f.group, &String::from_utf8_lossy(&f.path));
+        say!(o, "  {path}  (group {}, forced {}{reached})", f.group, time(f.time));
     }
 }
 
 /// `force` (`cancelled`: `force --cancel`): the forces made or dropped.
-pub(super) fn forced(o: &mut String, cli: &Cli, forces: &[Force], cancelled: bool) {
+pub(super) fn forced(o: &mut String, cli: &Cli, groups: &[ResolvedGroup], forces: &[Force], cancelled: bool) {
     if cli.json {
         let key = if cancelled { "cancelled" } else { "forced" };
         print_json(o, &json!({ key: forces_json(forces) }));
     } else if !cli.quiet {
         for f in forces {
+            let path = local_text(groups, &f.group, &String::from_utf8_lossy(&f.path));
             if cancelled {
-                say!(o, "{} {}: force cancelled", f.group, escape_bytes(&f.path));
+                say!(o, "{path}: force cancelled");
             } else {
-                say!(
-                    o,
-                    "{} {}: this version wins its conflict, or its next reconcile, with each peer",
-                    f.group,
-                    escape_bytes(&f.path)
-                );
+                say!(o, "{path}: this version wins its conflict, or its next reconcile, with each peer");
             }
         }
     }
 }
 
 /// `force --list`: the forces pending.
-pub(super) fn forces(o: &mut String, cli: &Cli, forces: &[Force]) {
+pub(super) fn forces(o: &mut String, cli: &Cli, groups: &[ResolvedGroup], forces: &[Force]) {
     if cli.json {
         print_json(o, &json!({ "forces": forces_json(forces) }));
     } else if !cli.quiet {
         if forces.is_empty() {
             say!(o, "no forces pending");
         } else {
-            force_lines(o, forces);
+            force_lines(o, groups, forces);
         }
     }
 }

@@ -330,11 +330,24 @@ pub async fn run(
         .map_err(|e| SyncError::Refused(format!("cannot handle SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| SyncError::Refused(format!("cannot handle SIGINT: {e}")))?;
+    tracing::info!(
+        "started: {} serving {} on {}, commands on {}",
+        engine.host,
+        engine.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", "),
+        server.local_addr(),
+        sock.display()
+    );
     ready(&Listening { host: engine.host.clone(), addr: server.local_addr(), socket: sock.clone() });
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping");
+                break;
+            }
             conn = server.accept() => match conn {
                 Ok(conn) => {
                     tokio::spawn(crate::peer::accept_session(Arc::clone(&node), conn, gi));
@@ -358,6 +371,7 @@ pub async fn run(
     if std::fs::symlink_metadata(&sock).is_ok_and(|m| m.ino() == sock_ino) {
         let _ = std::fs::remove_file(&sock);
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -218,6 +218,42 @@ impl Engine {
         Ok(abs)
     }
 
+    /// Refuses (a usage error) a path named on the command line that no
+    /// group includes (excluded by every group whose tree holds it), or
+    /// that is neither on disk nor tracked: `check`/`mark` of a mistyped
+    /// path must not pass silently.
+    pub fn named_paths_exist(&self, paths: &[PathBuf]) -> Result<(), EngineError> {
+        for p in self.absolute_inside(paths)? {
+            let holding: Vec<&crate::config::ResolvedGroup> =
+                self.groups.iter().filter(|g| g.roots.iter().any(|r| p.starts_with(&r.local))).collect();
+            if holding.is_empty() {
+                // An ancestor of an include root: it stands for the roots
+                // below it.
+                continue;
+            }
+            let admitted = holding.iter().any(|g| g.roots.iter().any(|r| r.local == p) || g.matcher.admits(&p));
+            if !admitted {
+                return Err(EngineError::Usage(format!(
+                    "{} is excluded by the configuration: snapsync never tracks it",
+                    p.display()
+                )));
+            }
+            if std::fs::symlink_metadata(&p).is_ok() {
+                continue;
+            }
+            let mut tracked = false;
+            for g in &holding {
+                if let Some(logical) = g.to_logical(&p) {
+                    tracked |= self.local_record(g, logical.as_os_str().as_encoded_bytes())?.is_some();
+                }
+            }
+            if !tracked {
+                return Err(EngineError::NotFound(format!("{} is neither present nor tracked", p.display())));
+            }
+        }
+        Ok(())
+    }
+
     /// Scans every group (or only `paths`) like [`Engine::check`], but
     /// records nothing (`status`, `sync --dry-run`; SPEC §3): no record,
     /// version counter, generation or chunk is written and nothing is

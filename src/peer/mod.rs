@@ -47,7 +47,11 @@ impl Node {
         if let Some(id) = ids.get(&key_path) {
             return Ok(Arc::clone(id));
         }
-        let key = crate::key::read(&key_path).map_err(|e| SyncError::Refused(format!("group {}: {e}", group.name)))?;
+        // A key file that cannot be read is a configuration error, whichever
+        // command meets it first (exit status 2).
+        let key = crate::key::read(&key_path).map_err(|source| {
+            SyncError::Engine(crate::engine::EngineError::Key { group: group.name.clone(), source })
+        })?;
         let id = Arc::new(NodeIdentity::load_or_create(self.state_dir(), &self.engine.host, &key)?);
         ids.insert(key_path, Arc::clone(&id));
         Ok(id)

@@ -359,7 +359,7 @@ const MAX_PASSES: usize = 3;
 /// side by side, and one may change paths the other planned to change. The
 /// apply leaves such a path alone and reports it; a new pass then decides
 /// it against the state as the other reconcile left it (usually: nothing
-/// is left to do). Problems that remain after [`MAX_PASSES`] are reported.
+/// is left to do). Problems that remain after `MAX_PASSES` (3) passes are reported.
 pub async fn reconcile(
     node: &Arc<Node>,
     peer: &Arc<Peer>,

@@ -285,7 +285,7 @@ fn keygen_writes_a_csync2_style_key_and_never_overwrites() {
     assert!(line.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_'));
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     let mut c = assert_cmd::Command::cargo_bin("snapsync").unwrap();
-    c.arg("keygen").arg(&key).assert().code(1);
+    c.arg("keygen").arg(&key).assert().code(2);
     assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
 }
 

@@ -158,13 +158,13 @@ fn force_list_and_cancel() {
     assert_eq!(forces[0]["path"], "%tree%/f");
     assert_eq!(forces[0]["reached"], Value::Array(vec![]));
     let out = c.run("b", &["force", "--list"]);
-    assert!(out.stdout.contains("%tree%/f"), "{}", out.stdout);
+    assert!(out.stdout.contains(&arg(&c, "b", "f")), "{}", out.stdout);
     let (code, v) = c.json("b", &["status"]);
     assert_eq!(code, 3, "{v:#}");
     assert_eq!(v["forces"].as_array().unwrap().len(), 1, "{v:#}");
     assert_eq!(v["forces"][0]["path"], "%tree%/f");
     let out = c.run("b", &["status"]);
-    assert!(out.stdout.contains("forces pending") && out.stdout.contains("%tree%/f"), "{}", out.stdout);
+    assert!(out.stdout.contains("1 force pending") && out.stdout.contains(&arg(&c, "b", "f")), "{}", out.stdout);
 
     let (code, v) = c.json("b", &["force", "--cancel", &arg(&c, "b", "f")]);
     assert_eq!(code, 0, "{v:#}");

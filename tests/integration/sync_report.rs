@@ -122,8 +122,8 @@ fn status_and_dry_run_record_nothing_on_either_side() {
     let out = c.run("b", &["status"]);
     assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("2 local changes not recorded yet"), "{}", out.stdout);
-    for path in ["%tree%/both", "%tree%/only-b"] {
-        assert!(out.stdout.contains(&format!("local  changed  {path}\n")), "{}", out.stdout);
+    for path in [c.path("b", "both"), c.path("b", "only-b")] {
+        assert!(out.stdout.contains(&format!("local  changed  {}\n", path.display())), "{}", out.stdout);
     }
 
     let after = [state_of(&c, "a"), state_of(&c, "b")];
