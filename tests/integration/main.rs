@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod local;
 mod model_random;
+mod packaging;
 mod regressions;
 mod security_flood;
 mod security_local_files;
