@@ -8,6 +8,7 @@ mod common;
 mod local;
 mod model_random;
 mod operator_reports;
+mod packaging;
 mod regressions;
 mod security_flood;
 mod security_local_files;
