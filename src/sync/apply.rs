@@ -109,7 +109,7 @@ struct Rest {
     /// deleted.
     replacing: Vec<Take>,
     reversions: Vec<(Vec<u8>, PathBuf, EntryRecord)>,
-    patches: Vec<(Vec<u8>, Vec<u8>, EntryRecord)>,
+    patches: Vec<(Vec<u8>, Vec<u8>, PathBuf, EntryRecord)>,
 }
 
 pub(super) struct Apply<'a> {
@@ -188,7 +188,7 @@ impl<'a> Apply<'a> {
         let mut rest = Rest::default();
         for plan in plans {
             match plan {
-                Plan::Patch { dir, name, record } => rest.patches.push((dir, name, record)),
+                Plan::Patch { dir, name, local, record } => rest.patches.push((dir, name, local, record)),
                 Plan::Reversion { logical, local, record } => rest.reversions.push((logical, local, record)),
                 Plan::Take(t) if t.new.deleted => rest.deletions.push(t),
                 // SPEC §4.18: an include root is a directory on every host;
@@ -304,14 +304,21 @@ impl<'a> Apply<'a> {
                     Err(why) => self.refuse(&local, &logical, &record.version, why),
                 }
             }
-            for (dir, name, record) in patches_planned {
+            for (dir, name, local, record) in patches_planned {
                 let logical = join_logical(&dir, &name);
-                match self.still_planned(&logical, &record) {
+                // Something on disk where the tombstone goes was made after
+                // the last check: it is a change to decide next run, never
+                // one to record as if it came after the deletion.
+                let planned =
+                    self.still_planned(&logical, &record).and_then(|()| match std::fs::symlink_metadata(&local) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                            Ok(())
+                        }
+                        _ => Err("changed here since the last check: left for the next run".to_owned()),
+                    });
+                match planned {
                     Ok(()) => patches.push((dir, name, record)),
-                    Err(why) => {
-                        let shown = PathBuf::from(std::ffi::OsStr::from_bytes(&logical));
-                        self.refuse(&shown, &logical, &record.version, why);
-                    }
+                    Err(why) => self.refuse(&local, &logical, &record.version, why),
                 }
             }
             report.problems.append(&mut self.problems);

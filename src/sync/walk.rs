@@ -160,9 +160,10 @@ pub(super) enum Plan {
     Take(Take),
     /// Keep the local state; record it under `version` (merged or settled).
     Reversion { logical: Vec<u8>, local: PathBuf, record: EntryRecord },
-    /// Store this tombstone as child `name` of directory `dir`: a deletion
-    /// both sides agree on, under the merged version.
-    Patch { dir: Vec<u8>, name: Vec<u8>, record: EntryRecord },
+    /// Store this tombstone as child `name` of directory `dir` (local path
+    /// `local`, where nothing may be on disk): a deletion both sides agree
+    /// on, under the merged version.
+    Patch { dir: Vec<u8>, name: Vec<u8>, local: PathBuf, record: EntryRecord },
 }
 
 impl Plan {
@@ -170,7 +171,11 @@ impl Plan {
     fn local_path(&self) -> Option<&PathBuf> {
         match self {
             Plan::Take(t) => Some(&t.local),
-            Plan::Reversion { .. } | Plan::Patch { .. } => None,
+            // Nothing is recorded there; something unrecorded on disk must
+            // be checked first, or the tombstone would make it look newer
+            // than the deletion.
+            Plan::Patch { local, .. } => Some(local),
+            Plan::Reversion { .. } => None,
         }
     }
 
@@ -193,7 +198,9 @@ impl Plan {
                     + record_heap(&t.new)
             }
             Plan::Reversion { logical, local, record } => logical.len() + local.as_os_str().len() + record_heap(record),
-            Plan::Patch { dir, name, record } => dir.len() + name.len() + record_heap(record),
+            Plan::Patch { dir, name, local, record } => {
+                dir.len() + name.len() + local.as_os_str().len() + record_heap(record)
+            }
         };
         size_of::<Plan>() + heap
     }
@@ -700,7 +707,7 @@ impl<'a> Walk<'a> {
                 None => {
                     let r = r.expect("one side is live");
                     let gone = EntryRecord { version, ..absent_like(r) };
-                    self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record: gone })?;
+                    self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), local, record: gone })?;
                 }
             }
             if !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
@@ -735,7 +742,7 @@ impl<'a> Walk<'a> {
                     {
                         let base = l.unwrap_or(r);
                         let record = EntryRecord { version: merged, ..base.clone() };
-                        self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record })?;
+                        self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), local, record })?;
                     }
                     (Some(l), _) if lv != merged => {
                         let record = EntryRecord { version: merged, ..l.clone() };
@@ -976,7 +983,7 @@ impl<'a> Walk<'a> {
                 Some(i) => (&logical[..i], &logical[i + 1..]),
                 None => (&[][..], logical),
             };
-            return self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), record });
+            return self.plan(Plan::Patch { dir: dir.to_vec(), name: name.to_vec(), local, record });
         }
         self.plan(Plan::Reversion { logical: logical.to_vec(), local, record })
     }

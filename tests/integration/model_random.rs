@@ -38,7 +38,8 @@
 //!
 //! `SNAPSYNC_MODEL_SEEDS=N` runs seeds 1..=N (the suite runs
 //! [`DEFAULT_SEEDS`]); `SNAPSYNC_MODEL_SEED=S` replays seed S alone. A
-//! failing seed is printed with its operation log. The operations follow
+//! failing seed is printed with its operation log (and every node's daemon
+//! log with `SNAPSYNC_MODEL_LOGS=1`). The operations follow
 //! from the seed and from what the trees hold, so a replay takes the same
 //! path unless two overlapping runs race the other way.
 
@@ -59,7 +60,7 @@ const SLOTS: usize = 5;
 /// Operations per seed.
 const STEPS: usize = 25;
 /// Seeds the suite runs when `SNAPSYNC_MODEL_SEEDS` is not set.
-const DEFAULT_SEEDS: u64 = 6;
+const DEFAULT_SEEDS: u64 = 10;
 /// Bound on one background sync.
 const SYNC_WAIT: Duration = Duration::from_secs(120);
 /// Node names.
@@ -518,11 +519,24 @@ impl Run<'_> {
         slots
     }
 
+    /// With `SNAPSYNC_MODEL_LOGS` set, prints every node's daemon log (on a
+    /// failure, to see what each node did).
+    fn dump_logs(&self) {
+        if std::env::var_os("SNAPSYNC_MODEL_LOGS").is_some() {
+            for n in NODES {
+                eprintln!("==== daemon log of {n}\n{}", self.c.log(n));
+            }
+        }
+    }
+
     /// A write nobody can have seen is still on its writer's disk.
     fn check_kept(&self) {
         for (id, w) in self.m.writes.iter().enumerate() {
             if self.m.surely_latest(id) && !w.maybe_void {
                 let now = &self.m.recorded[w.node][w.slot];
+                if *now != w.value {
+                    self.dump_logs();
+                }
                 assert_eq!(*now, w.value, "w{id} on {} was replaced although no host saw it", NODES[w.node]);
             }
         }

@@ -130,3 +130,62 @@ fn conflicts_below_a_directory_a_forced_file_replaced_are_cleared() {
         assert_status_clean(&c, n);
     }
 }
+
+/// A deletion made after a file was created on one host is concurrent with
+/// a creation of the same name by a host that never saw the first file: a
+/// conflict, and the deleting host keeps its deletion.
+#[test]
+fn a_deletion_is_not_replaced_by_an_unrelated_creation_of_the_same_name() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    c.stop("b");
+    write(&c.path("c", "s0"), b"e6 by c");
+    c.check("c");
+    let (code, v) = c.sync("c", &["--peer", "a"]);
+    assert_eq!(code, 0, "{v:#}");
+    std::fs::remove_file(c.path("a", "s0")).unwrap();
+    c.check("a");
+    let (code, v) = c.sync("c", &["--peer", "a"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(std::fs::symlink_metadata(c.path("c", "s0")).is_err());
+    c.start("b");
+    write(&c.path("b", "s0"), b"e7 by b");
+    c.check("b");
+    let (code, v) = c.sync("a", &["--peer", "b"]);
+    assert_eq!(code, 3, "a deletion against an unrelated creation is a conflict: {v:#}");
+    assert!(std::fs::symlink_metadata(c.path("a", "s0")).is_err(), "a keeps its deletion: {v:#}");
+}
+
+/// Regression (found by the model-based test): a host that never had a
+/// path stored a peer's tombstone for it while an unrecorded file of its
+/// own sat there; its next check then recorded the file as a change made
+/// after the deletion, and every host took it in place of the deletion.
+#[test]
+fn an_unrecorded_file_where_a_peer_sends_a_tombstone_is_a_conflict_not_a_later_change() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    write(&c.path("a", "d/keep"), b"everywhere");
+    c.sync_ok("a");
+    c.stop("b");
+    write(&c.path("a", "d/f"), b"made on a");
+    c.check("a");
+    let (code, v) = c.sync("a", &["--peer", "c"]);
+    assert_eq!(code, 0, "{v:#}");
+    std::fs::remove_file(c.path("a", "d/f")).unwrap();
+    c.check("a");
+    let (code, v) = c.sync("a", &["--peer", "c"]);
+    assert_eq!(code, 0, "{v:#}");
+    // b never saw d/f; it makes its own and has not checked it yet. The
+    // trees as recorded are equal, so only the tombstone differs.
+    c.start("b");
+    write(&c.path("b", "d/f"), b"made on b, unrelated");
+    let (code, v) = c.sync("a", &["--peer", "b"]);
+    assert_eq!(code, 3, "a deletion against an unrelated creation is a conflict: {v:#}");
+    for from in ["b", "a", "c"] {
+        let (code, v) = c.sync(from, &[]);
+        assert_eq!(code, 3, "sync from {from}: {v:#}");
+    }
+    assert!(std::fs::symlink_metadata(c.path("a", "d/f")).is_err(), "a keeps its deletion");
+    assert!(std::fs::symlink_metadata(c.path("c", "d/f")).is_err(), "c keeps the deletion it took");
+    assert_eq!(std::fs::read(c.path("b", "d/f")).unwrap(), b"made on b, unrelated");
+}
