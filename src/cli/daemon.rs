@@ -17,8 +17,12 @@ pub(super) use crate::daemon::STARTING_WAIT;
 /// Runs this process's command in the daemon holding `state`, if one
 /// runs: prints its output and returns its exit status; `None` to run it
 /// here.
-pub(super) fn forward(state: &Path, json: bool) -> Option<u8> {
-    let args: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();
+/// Its output is appended to `out`.
+pub(super) fn forward(state: &Path, given: Option<&[String]>, json: bool, out: &mut String) -> Option<u8> {
+    let args: Result<Vec<String>, _> = match given {
+        Some(args) => Ok(args.to_vec()),
+        None => std::env::args_os().skip(1).map(|a| a.into_string()).collect(),
+    };
     let Ok(args) = args else {
         if std::os::unix::net::UnixStream::connect(state.join(daemon::SOCKET)).is_err() {
             return None;
@@ -30,7 +34,7 @@ pub(super) fn forward(state: &Path, json: bool) -> Option<u8> {
     match daemon::forward(state, args, cwd) {
         Forwarded::NoDaemon => None,
         Forwarded::Answered(r) => {
-            print!("{}", r.out);
+            out.push_str(&r.out);
             if let Some(e) = r.error {
                 tracing::error!("{e}");
             }
@@ -39,7 +43,7 @@ pub(super) fn forward(state: &Path, json: bool) -> Option<u8> {
         Forwarded::Failed(why, code) => {
             tracing::error!("{why}");
             if json {
-                print!("{}", super::output::error_json(&why, code));
+                out.push_str(&super::output::error_json(&why, code));
             }
             Some(code)
         }
@@ -117,7 +121,7 @@ fn absolutize(cmd: &mut Command, cwd: &Path) {
     match cmd {
         Command::Check { paths }
         | Command::Mark { paths }
-        | Command::Update { paths }
+        | Command::Update { paths, .. }
         | Command::Force { paths, .. }
         | Command::Sync { paths, .. } => paths.iter_mut().for_each(fix),
         Command::Restore { paths, to, .. } => {

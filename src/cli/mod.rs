@@ -12,6 +12,7 @@
 //! Exit status (SPEC §3): 0 success, 1 runtime failure, 2 usage or
 //! configuration error, 3 finished with conflicts or differences left.
 
+mod csync2;
 mod daemon;
 mod demo;
 mod output;
@@ -35,7 +36,19 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/snapsync";
 
 /// snapsync keeps directory trees identical on any number of hosts.
 #[derive(Debug, Parser)]
-#[command(name = "snapsync", version, about, max_term_width = 100)]
+#[command(
+    name = "snapsync",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = "Examples:\n  \
+        snapsync sync                  check, then reconcile with every peer\n  \
+        snapsync status --json         what differs, for monitoring (exit 3: differences)\n  \
+        snapsync force -r /srv/www     the local version of /srv/www wins its conflicts\n  \
+        snapsync restore --generation 12 /srv/www/index.html\n\n\
+        Exit status: 0 success, 1 runtime failure, 2 usage or configuration error,\n\
+        3 finished with conflicts or differences left."
+)]
 pub struct Cli {
     /// Read this configuration file (csync2 syntax).
     #[arg(long, global = true, value_name = "FILE", conflicts_with = "config_name")]
@@ -61,6 +74,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// The command line to send a running daemon instead of this
+    /// process's own (set when the command line was another's: csync2's).
+    #[arg(skip)]
+    pub forward_args: Option<Vec<String>>,
 }
 
 /// The commands.
@@ -122,6 +139,15 @@ pub enum Command {
     Update {
         /// Check only these paths first.
         paths: Vec<PathBuf>,
+        /// Print what would change, change nothing on any host.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only these peers.
+        #[arg(long, value_delimiter = ',', value_name = "P")]
+        peer: Vec<String>,
+        /// Only these groups.
+        #[arg(long, value_delimiter = ',', value_name = "G")]
+        group: Vec<String>,
     },
     /// Make the local version of PATHs, as it is now, win their conflicts.
     Force {
@@ -143,13 +169,16 @@ pub enum Command {
         /// Only these peers.
         #[arg(long, value_delimiter = ',', value_name = "P")]
         peer: Vec<String>,
+        /// Only these groups.
+        #[arg(long, value_delimiter = ',', value_name = "G")]
+        group: Vec<String>,
     },
     /// List unresolved conflicts with both sides' versions.
     Conflicts,
     /// Run the daemon: serve peers, and local commands on a socket.
     Serve {
         /// Also sync changes as they happen (not available yet).
-        #[arg(long)]
+        #[arg(long, hide = true)]
         watch: bool,
     },
     /// Accept a peer's new node key (after a reinstall): forget its pin.
@@ -201,6 +230,15 @@ impl Command {
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
+    if csync2::invoked_as_csync2() {
+        let Ok(args) = csync2::args() else {
+            eprintln!("csync2: the command line is not valid UTF-8");
+            return ExitCode::from(1);
+        };
+        let (code, out) = csync2::run(&args);
+        print!("{out}");
+        return ExitCode::from(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -209,7 +247,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(&cli);
+    init_logging(cli.quiet, cli.verbose, matches!(cli.command, Command::Serve { .. }));
     ExitCode::from(run(&cli))
 }
 
@@ -217,10 +255,9 @@ pub fn main() -> ExitCode {
 /// errors and audit lines name paths a peer chose, and those must not
 /// reach the terminal raw. The daemon's lines carry a UTC timestamp and
 /// include its lifecycle (start, stop); `RUST_LOG` overrides the levels.
-fn init_logging(cli: &Cli) {
+fn init_logging(quiet: bool, verbose: u8, daemon: bool) {
     use tracing_subscriber::field::MakeExt as _;
-    let daemon = matches!(cli.command, Command::Serve { .. });
-    let default = match (cli.quiet, cli.verbose) {
+    let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) if daemon => "warn,audit=info,snapsync::daemon=info,snapsync::engine::actions=info",
         (false, 0) => "warn,audit=info",
@@ -296,6 +333,14 @@ pub fn host_name(cli: &Cli) -> String {
 }
 
 fn run(cli: &Cli) -> u8 {
+    let mut out = String::new();
+    let code = run_into(cli, &mut out);
+    print!("{out}");
+    code
+}
+
+/// Runs the command; what it prints on stdout goes to `out`.
+fn run_into(cli: &Cli, out: &mut String) -> u8 {
     if let Command::Demo { dir } = &cli.command {
         return match demo::run(dir.as_deref()) {
             Ok(()) => EXIT_OK,
@@ -308,20 +353,18 @@ fn run(cli: &Cli) -> u8 {
     if let Command::Keygen { file } = &cli.command {
         return match crate::key::write_new(file) {
             Ok(()) => {
-                let mut out = String::new();
-                output::keygen(&mut out, cli, file);
-                print!("{out}");
+                output::keygen(out, cli, file);
                 EXIT_OK
             }
-            Err(e @ crate::key::KeyError::Exists(_)) => fail(cli, e, EXIT_USAGE),
-            Err(e) => fail(cli, e, EXIT_FAILURE),
+            Err(e @ crate::key::KeyError::Exists(_)) => fail(cli, out, e, EXIT_USAGE),
+            Err(e) => fail(cli, out, e, EXIT_FAILURE),
         };
     }
     let (config_path, config_name) = match config_location(cli) {
         Ok(l) => l,
-        Err(e) => return fail(cli, e, EXIT_USAGE),
+        Err(e) => return fail(cli, out, e, EXIT_USAGE),
     };
-    let config = match load_config(cli, &config_path) {
+    let config = match load_config(cli, out, &config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -329,7 +372,7 @@ fn run(cli: &Cli) -> u8 {
     let state = node_state_dir(&cli.state_dir, &config_name, &host);
     // A daemon holding this node's state runs the command for us.
     if !matches!(cli.command, Command::Serve { .. })
-        && let Some(code) = daemon::forward(&state, cli.json)
+        && let Some(code) = daemon::forward(&state, cli.forward_args.as_deref(), cli.json, out)
     {
         return code;
     }
@@ -341,13 +384,13 @@ fn run(cli: &Cli) -> u8 {
         Err(EngineError::Store(crate::store::StoreError::Locked { pid, .. }))
             if !matches!(cli.command, Command::Serve { .. }) =>
         {
-            match wait_for_state(&config, &host, &state, &pid, cli.json) {
+            match wait_for_state(&config, &host, &state, &pid, cli, out) {
                 Ok(Ok(engine)) => engine,
-                Ok(Err(e)) => return report_error(cli, &e.into()),
+                Ok(Err(e)) => return report_error(cli, out, &e.into()),
                 Err(code) => return code,
             }
         }
-        Err(e) => return report_error(cli, &e.into()),
+        Err(e) => return report_error(cli, out, &e.into()),
     };
     if !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         engine.progress = Arc::new(progress::Bars);
@@ -360,20 +403,17 @@ fn run(cli: &Cli) -> u8 {
         }
         return daemon::serve(node);
     }
-    let mut out = String::new();
-    let code = match run_command(cli, &node, &mut out) {
+    match run_command(cli, &node, out) {
         Ok(code) => code,
-        Err(e) if out.is_empty() => report_error(cli, &e),
+        Err(e) if out.is_empty() => report_error(cli, out, &e),
         Err(e) => {
             tracing::error!("{e}");
             exit_code_of(&e)
         }
-    };
-    print!("{out}");
-    code
+    }
 }
 
-fn load_config(cli: &Cli, path: &Path) -> Result<Config, u8> {
+fn load_config(cli: &Cli, out: &mut String, path: &Path) -> Result<Config, u8> {
     match config::load(path) {
         Ok(c) => {
             for w in &c.warnings {
@@ -381,23 +421,23 @@ fn load_config(cli: &Cli, path: &Path) -> Result<Config, u8> {
             }
             Ok(c)
         }
-        Err(e) => Err(fail(cli, e, EXIT_USAGE)),
+        Err(e) => Err(fail(cli, out, e, EXIT_USAGE)),
     }
 }
 
 /// Reports why the command failed: on stderr, and with `--json` also as
 /// the one JSON document on stdout (`{"error": ..., "exit_code": ...}`),
 /// so a script reading stdout is never left with nothing. Returns `code`.
-fn fail(cli: &Cli, why: impl std::fmt::Display, code: u8) -> u8 {
+fn fail(cli: &Cli, out: &mut String, why: impl std::fmt::Display, code: u8) -> u8 {
     tracing::error!("{why}");
     if cli.json {
-        print!("{}", output::error_json(&why.to_string(), code));
+        out.push_str(&output::error_json(&why.to_string(), code));
     }
     code
 }
 
-fn report_error(cli: &Cli, e: &SyncError) -> u8 {
-    fail(cli, e, exit_code_of(e))
+fn report_error(cli: &Cli, out: &mut String, e: &SyncError) -> u8 {
+    fail(cli, out, e, exit_code_of(e))
 }
 
 fn exit_code_of(e: &SyncError) -> u8 {
@@ -437,7 +477,8 @@ fn wait_for_state(
     host: &str,
     state: &Path,
     pid: &str,
-    json: bool,
+    cli: &Cli,
+    out: &mut String,
 ) -> Result<Result<Engine, EngineError>, u8> {
     let wait = std::env::var("SNAPSYNC_LOCK_WAIT")
         .ok()
@@ -447,7 +488,7 @@ fn wait_for_state(
     tracing::info!("waiting for the snapsync process (pid {pid}) that holds {}", output::escape_path(state));
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        if let Some(code) = daemon::forward(state, json) {
+        if let Some(code) = daemon::forward(state, cli.forward_args.as_deref(), cli.json, out) {
             return Err(code);
         }
         match Engine::open(config, host, state) {
@@ -484,12 +525,19 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             };
             sync_command(cli, node, opts, out)?
         }
-        Command::Update { paths } => {
-            let opts = SyncOptions { paths: paths.clone(), ..SyncOptions::default() };
+        Command::Update { paths, dry_run, peer, group } => {
+            let opts = SyncOptions {
+                dry_run: *dry_run,
+                peers: peer.clone(),
+                groups: group.clone(),
+                paths: paths.clone(),
+                no_check: false,
+            };
             sync_command(cli, node, opts, out)?
         }
-        Command::Status { peer } => {
-            let opts = SyncOptions { dry_run: true, peers: peer.clone(), ..SyncOptions::default() };
+        Command::Status { peer, group } => {
+            let opts =
+                SyncOptions { dry_run: true, peers: peer.clone(), groups: group.clone(), ..SyncOptions::default() };
             let report = block_on(crate::peer::sync(Arc::clone(node), opts))?;
             let conflicts = engine.store.conflicts()?;
             let forces = engine.pending_forces()?;

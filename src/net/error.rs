@@ -121,7 +121,11 @@ pub enum NetError {
         why: String,
     },
     /// A handshake or operation did not finish in time.
-    #[error("{addr}: {what} timed out after {}", humantime::format_duration(*after))]
+    #[error(
+        "{addr}: {what} timed out after {}{}",
+        humantime::format_duration(*after),
+        if *what == "handshake" { ": no answer (is `snapsync serve` running there, and is that UDP port open?)" } else { "" }
+    )]
     Timeout {
         /// The peer's address.
         addr: SocketAddr,

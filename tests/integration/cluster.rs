@@ -245,7 +245,7 @@ impl Cluster {
         let port = free_udp_port(ip);
         std::fs::create_dir_all(self.root().join(name).join("tree")).unwrap();
         std::fs::create_dir_all(self.root().join(name).join("state")).unwrap();
-        let config = self.root().join("cluster.cfg");
+        let config = self.root().join("csync2.cfg");
         let cli_name = name.to_owned();
         self.nodes.push(NodeInfo { name: name.to_owned(), ip, port, receive_only, config, listed, cli_name });
     }
@@ -262,7 +262,7 @@ impl Cluster {
 
     /// The shared config file.
     pub fn config_path(&self) -> PathBuf {
-        self.root().join("cluster.cfg")
+        self.root().join("csync2.cfg")
     }
 
     /// A node's description.

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod common;
+mod csync2_cli;
 mod local;
 mod model_random;
 mod operator_reports;
