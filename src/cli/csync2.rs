@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{Cli, Command, DEFAULT_STATE_DIR, EXIT_DIFFERENCES, EXIT_OK, run_into};
+use super::{Cli, Command, DEFAULT_STATE_DIR, EXIT_DIFFERENCES, EXIT_OK, ReconcileArgs, run_into};
 
 /// csync2's exit statuses.
 const OK: u8 = 0;
@@ -177,18 +177,11 @@ fn plan(a: &Args) -> Result<Plan, String> {
         if files.is_empty() { Err(format!("-{what} needs at least one file")) } else { Ok(()) }
     };
     Ok(match mode {
-        'x' => Plan::Run(Command::Sync {
-            paths: files,
-            dry_run: a.dry_run,
-            peer: a.peers.clone(),
-            group: a.groups.clone(),
-        }),
-        'u' => Plan::Run(Command::Update {
-            paths: files,
-            dry_run: a.dry_run,
-            peer: a.peers.clone(),
-            group: a.groups.clone(),
-        }),
+        'x' | 'u' => {
+            let args =
+                ReconcileArgs { paths: files, dry_run: a.dry_run, peer: a.peers.clone(), group: a.groups.clone() };
+            Plan::Run(if mode == 'x' { Command::Sync(args) } else { Command::Update(args) })
+        }
         'c' | 'R' => Plan::Run(Command::Check { paths: files }),
         'h' => {
             needs_files("h")?;
@@ -288,10 +281,10 @@ fn command_words(command: &Command) -> Vec<String> {
     };
     let mut w = vec![command.name().to_owned()];
     match command {
-        Command::Sync { paths: p, dry_run, peer, group } | Command::Update { paths: p, dry_run, peer, group } => {
-            w.extend(lists(peer, group, *dry_run));
+        Command::Sync(a) | Command::Update(a) => {
+            w.extend(lists(&a.peer, &a.group, a.dry_run));
             w.push("--".into());
-            w.extend(paths(p));
+            w.extend(paths(&a.paths));
         }
         Command::Status { peer, group } => w.extend(lists(peer, group, false)),
         Command::Check { paths: p } | Command::Mark { paths: p } => {
@@ -429,10 +422,10 @@ mod tests {
     #[test]
     fn modes_map_to_commands() {
         let run = |s: &str| plan(&parse(&words(s)).unwrap()).unwrap();
-        assert!(matches!(run("-x"), Plan::Run(Command::Sync { dry_run: false, .. })));
-        assert!(matches!(run("-xd"), Plan::Run(Command::Sync { dry_run: true, .. })));
-        assert!(matches!(run("-c -u"), Plan::Run(Command::Sync { .. })));
-        assert!(matches!(run("-u"), Plan::Run(Command::Update { .. })));
+        assert!(matches!(run("-x"), Plan::Run(Command::Sync(ReconcileArgs { dry_run: false, .. }))));
+        assert!(matches!(run("-xd"), Plan::Run(Command::Sync(ReconcileArgs { dry_run: true, .. }))));
+        assert!(matches!(run("-c -u"), Plan::Run(Command::Sync(_))));
+        assert!(matches!(run("-u"), Plan::Run(Command::Update(_))));
         assert!(matches!(run("-m f"), Plan::Run(Command::Mark { .. })));
         assert!(matches!(run("-fr d"), Plan::Run(Command::Force { recursive: true, .. })));
         assert!(matches!(run("-T"), Plan::Test(Command::Status { .. })));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 
 use super::output::escape_path;
-use super::{Cli, Command, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, block_on, exit_code_of, run_command};
+use super::{Cli, Command, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ReconcileArgs, block_on, exit_code_of, run_command};
 use crate::daemon::{self, Forwarded, LocalCommands, Request, Response, ServeError};
 use crate::peer::{Node, SyncError};
 
@@ -121,9 +121,9 @@ fn absolutize(cmd: &mut Command, cwd: &Path) {
     match cmd {
         Command::Check { paths }
         | Command::Mark { paths }
-        | Command::Update { paths, .. }
+        | Command::Update(ReconcileArgs { paths, .. })
         | Command::Force { paths, .. }
-        | Command::Sync { paths, .. } => paths.iter_mut().for_each(fix),
+        | Command::Sync(ReconcileArgs { paths, .. }) => paths.iter_mut().for_each(fix),
         Command::Restore { paths, to, .. } => {
             paths.iter_mut().for_each(fix);
             to.iter_mut().for_each(fix);

@@ -80,6 +80,22 @@ pub struct Cli {
     pub forward_args: Option<Vec<String>>,
 }
 
+/// What `sync` and `update` reconcile, and how.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ReconcileArgs {
+    /// Check only these paths first (everything when none).
+    pub paths: Vec<PathBuf>,
+    /// Print what would change, change nothing on any host.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only these peers.
+    #[arg(long, value_delimiter = ',', value_name = "P")]
+    pub peer: Vec<String>,
+    /// Only these groups.
+    #[arg(long, value_delimiter = ',', value_name = "G")]
+    pub group: Vec<String>,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -116,19 +132,7 @@ pub enum Command {
         to: Option<PathBuf>,
     },
     /// Check, then reconcile with every reachable peer.
-    Sync {
-        /// Check only these paths first (everything when none).
-        paths: Vec<PathBuf>,
-        /// Print what would change, change nothing on any host.
-        #[arg(long)]
-        dry_run: bool,
-        /// Only these peers.
-        #[arg(long, value_delimiter = ',', value_name = "P")]
-        peer: Vec<String>,
-        /// Only these groups.
-        #[arg(long, value_delimiter = ',', value_name = "G")]
-        group: Vec<String>,
-    },
+    Sync(#[command(flatten)] ReconcileArgs),
     /// Record PATHs as changed (a check of just those paths).
     Mark {
         /// The changed paths.
@@ -136,19 +140,7 @@ pub enum Command {
         paths: Vec<PathBuf>,
     },
     /// Reconcile what changed under PATHs (all groups when none).
-    Update {
-        /// Check only these paths first.
-        paths: Vec<PathBuf>,
-        /// Print what would change, change nothing on any host.
-        #[arg(long)]
-        dry_run: bool,
-        /// Only these peers.
-        #[arg(long, value_delimiter = ',', value_name = "P")]
-        peer: Vec<String>,
-        /// Only these groups.
-        #[arg(long, value_delimiter = ',', value_name = "G")]
-        group: Vec<String>,
-    },
+    Update(#[command(flatten)] ReconcileArgs),
     /// Make the local version of PATHs, as it is now, win their conflicts.
     Force {
         /// The paths.
@@ -213,9 +205,9 @@ impl Command {
             Command::Keygen { .. } => "keygen",
             Command::Generations { .. } => "generations",
             Command::Restore { .. } => "restore",
-            Command::Sync { .. } => "sync",
+            Command::Sync(_) => "sync",
             Command::Mark { .. } => "mark",
-            Command::Update { .. } => "update",
+            Command::Update(_) => "update",
             Command::Force { .. } => "force",
             Command::Status { .. } => "status",
             Command::Conflicts => "conflicts",
@@ -515,22 +507,12 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             output::check(out, cli, &report);
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }
-        Command::Sync { paths, dry_run, peer, group } => {
+        Command::Sync(a) | Command::Update(a) => {
             let opts = SyncOptions {
-                dry_run: *dry_run,
-                peers: peer.clone(),
-                groups: group.clone(),
-                paths: paths.clone(),
-                no_check: false,
-            };
-            sync_command(cli, node, opts, out)?
-        }
-        Command::Update { paths, dry_run, peer, group } => {
-            let opts = SyncOptions {
-                dry_run: *dry_run,
-                peers: peer.clone(),
-                groups: group.clone(),
-                paths: paths.clone(),
+                dry_run: a.dry_run,
+                peers: a.peer.clone(),
+                groups: a.group.clone(),
+                paths: a.paths.clone(),
                 no_check: false,
             };
             sync_command(cli, node, opts, out)?
