@@ -187,8 +187,17 @@ async fn record_changed_sources(node: &Arc<Node>, peer: &Arc<Peer>, gi: usize, f
     if paths.is_empty() {
         return;
     }
+    // The peer waits for the answer: a writer busy for long (a large apply
+    // of this node's own) is not waited for; the next run records the edit.
+    let Ok(w) = tokio::time::timeout(proto::REPLY_TIMEOUT / 3, node.engine.store.writer()).await else {
+        tracing::debug!("files changed while {} pulled them are left for the next check", peer.host);
+        return;
+    };
+    let n = Arc::clone(node);
     let checked =
-        node.write_locked(move |n, w| n.engine.check_with_cause(w, &paths, "local scan", Some(gi), false, None)).await;
+        tokio::task::spawn_blocking(move || n.engine.check_with_cause(&w, &paths, "local scan", Some(gi), false, None))
+            .await
+            .expect("check panicked");
     match checked {
         Ok(report) => peer.actions.add_check(&node.engine.groups, &report),
         Err(e) => tracing::warn!("checking files changed while {} pulled them: {e}", peer.host),
