@@ -60,10 +60,30 @@ impl Demo {
         c
     }
 
-    /// Runs `snapsync ARGS` as `node`, printing the command line and its
-    /// output; returns the exit status.
+    /// The command line that runs `args` as `node`, as one can paste it.
+    fn shown(&self, node: &str, args: &[&str]) -> String {
+        let words = [
+            self.exe.to_string_lossy().into_owned(),
+            "--config".into(),
+            self.cfg.to_string_lossy().into_owned(),
+            "-N".into(),
+            node.into(),
+            "-D".into(),
+            self.state.to_string_lossy().into_owned(),
+        ];
+        words
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .map(|w| String::from_utf8_lossy(&crate::engine::shell_quote(w.as_bytes())).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs `snapsync ARGS` as `node`, printing the command line (as one
+    /// can paste it) and its output; returns the exit status.
     fn run(&self, node: &str, args: &[&str]) -> Result<i32> {
-        println!("$ snapsync -N {node} {}", args.join(" "));
+        println!("$ {}", self.shown(node, args));
         let out = self.command(node, args).output().context("running snapsync")?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             println!("  {line}");
@@ -113,6 +133,9 @@ impl Demo {
 /// Runs the demo in `dir` (a fresh directory under the system temp
 /// directory when `None`).
 pub fn run(dir: Option<&Path>) -> Result<()> {
+    // A directory of its own is removed at the end; one the user named
+    // is kept.
+    let keep = dir.is_some();
     let dir = match dir {
         Some(d) => Engine::absolute_path(d),
         None => std::env::temp_dir().join(format!("snapsync-demo-{}", std::process::id())),
@@ -181,6 +204,11 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     drop(daemons);
 
     println!();
+    if !keep {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        println!("Removed {} (name a directory with `demo --dir DIR` to keep it and look around).", dir.display());
+        return Ok(());
+    }
     println!("Everything is in {}:", dir.display());
     println!("  config     {}", demo.cfg.display());
     for (node, addr) in NODES {
@@ -188,7 +216,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
     }
     println!("  state      {}", demo.state.display());
     println!("  restored   {}", restored.display());
-    println!("Try: snapsync --config {} -N beta -D {} ls", demo.cfg.display(), demo.state.display());
+    println!("Try: {}", demo.shown("beta", &["ls"]));
     Ok(())
 }
 

@@ -598,7 +598,20 @@ fn sync_command(cli: &Cli, node: &Arc<Node>, opts: SyncOptions, out: &mut String
     let dry_run = opts.dry_run;
     let started = std::time::Instant::now();
     let report = block_on(crate::peer::sync(Arc::clone(node), opts))?;
-    output::sync(out, cli, &node.engine.groups, &report, dry_run, Some(started.elapsed()));
+    let elapsed = started.elapsed();
+    output::sync(out, cli, &node.engine.groups, &report, dry_run, Some(elapsed));
+    if !dry_run {
+        // One line per run in the log (the daemon's, when it runs it).
+        let failed = report.peers.iter().filter(|p| p.error.is_some()).count();
+        tracing::info!(
+            target: "snapsync::daemon",
+            "sync run: exchanges {}, failed {}, conflicts {}, {:.2} s",
+            report.peers.len(),
+            failed,
+            report.conflicts(),
+            elapsed.as_secs_f64()
+        );
+    }
     Ok(if report.failed() {
         EXIT_FAILURE
     } else if report.conflicts() > 0 || (dry_run && report.differences()) {

@@ -446,15 +446,24 @@ pub(super) fn sync(
         }
         say!(o, "{} with {}: {}", p.group, p.peer, parts.join(", "));
         let pulled = p.pulled.as_ref().map(|x| x.changes.as_slice()).unwrap_or_default();
-        let lines =
-            pulled
-                .iter()
-                .filter(|c| c.action != ChangeAction::Merge)
-                .map(|c| format!("{:<8} {:<8} {}", "here", c.action.as_str(), local_text(groups, &p.group, &c.path)))
-                .chain(p.pushed.iter().filter(|c| c.action != ChangeAction::Merge).map(|c| {
-                    format!("{:<8} {:<8} {}", p.peer, c.action.as_str(), local_text(groups, &p.group, &c.path))
-                }))
-                .collect::<Vec<_>>();
+        let lines = pulled
+            .iter()
+            .filter(|c| c.action != ChangeAction::Merge)
+            .map(|c| format!("{:<8} {:<8} {}", "here", c.action.as_str(), local_text(groups, &p.group, &c.path)))
+            .chain(
+                p.pushed
+                    .iter()
+                    .filter(|c| c.action != ChangeAction::Merge)
+                    // A conflict both sides found is listed once, as here.
+                    .filter(|c| {
+                        c.action != ChangeAction::Conflict
+                            || !pulled.iter().any(|h| h.action == ChangeAction::Conflict && h.path == c.path)
+                    })
+                    .map(|c| {
+                        format!("{:<8} {:<8} {}", p.peer, c.action.as_str(), local_text(groups, &p.group, &c.path))
+                    }),
+            )
+            .collect::<Vec<_>>();
         list_lines(o, cli, "  ", lines.into_iter());
         if p.pushed_more > 0 {
             say!(o, "  {:<8} ... and {} more", p.peer, p.pushed_more);

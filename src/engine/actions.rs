@@ -214,7 +214,7 @@ fn substitute(exec: &str, list: &[u8]) -> Vec<u8> {
 /// daemon's user (root) through `/bin/sh`: anything but a short list of
 /// inert characters is single-quoted, and a single quote is closed,
 /// escaped and reopened, so no byte of a name is ever interpreted.
-fn shell_quote(s: &[u8]) -> Vec<u8> {
+pub(crate) fn shell_quote(s: &[u8]) -> Vec<u8> {
     if !s.is_empty() && s.iter().all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%".contains(b)) {
         return s.to_vec();
     }

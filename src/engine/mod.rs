@@ -16,6 +16,7 @@ mod check;
 mod ls;
 mod verify;
 
+pub(crate) use actions::shell_quote;
 pub use actions::{ActionQueue, run_actions};
 pub use check::{CheckReport, GroupCheck};
 pub use ls::LsEntry;

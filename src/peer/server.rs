@@ -163,6 +163,17 @@ async fn answer(
                 return send(stream, &Message::Refused { reason: Refusal::ReceiveOnly, message }).await;
             }
             let report = pull(node, peer, gi, dry_run, stream).await?;
+            if !dry_run {
+                tracing::info!(
+                    target: "snapsync::daemon",
+                    "pull by {} of group {}: changes {}, conflicts {}, not applied {}",
+                    peer.host,
+                    name,
+                    report.changes.len(),
+                    report.conflicts.len(),
+                    report.problems.len()
+                );
+            }
             send(stream, &report.pulled()).await
         }
         // Notices, not answered.

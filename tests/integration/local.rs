@@ -375,6 +375,21 @@ fn demo_runs_to_the_end() {
         .stdout(predicate::str::contains("assets with beta: in sync"));
 }
 
+/// Without `--dir` the demo works in a directory of its own and removes
+/// it at the end; the commands it prints can be pasted (full paths).
+#[test]
+fn demo_without_a_dir_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = assert_cmd::Command::cargo_bin("snapsync").unwrap();
+    c.env("TMPDIR", tmp.path()).arg("demo");
+    let out = c.assert().success().get_output().stdout.clone();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains(" --config "), "pasteable commands: {out}");
+    assert!(out.contains("Removed "), "{out}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "the demo left {left:?}");
+}
+
 #[test]
 fn check_of_one_path_records_only_that_path() {
     let n = Node::new("a", 0, "");

@@ -115,12 +115,17 @@ fn invalid_arguments_exit_2() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }
 
-/// The daemon's log lines carry timestamps, and it says when it starts.
+/// The daemon's log lines carry timestamps, and it says when it starts,
+/// what each sync run did, and what each pull by a peer did.
 #[test]
 fn daemon_log_lines_carry_timestamps() {
-    let mut c = Cluster::new(1);
+    let mut c = Cluster::new(2);
     c.start_all();
+    write(&c.path("a", "f"), b"x");
+    c.sync_ok("a");
     let log = c.log("a");
+    assert!(log.contains("sync run: exchanges 1, failed 0, conflicts 0"), "{log}");
+    assert!(c.log("b").contains("pull by a of group g: changes 1, conflicts 0, not applied 0"), "{}", c.log("b"));
     let started = log.lines().find(|l| l.contains("started: a serving g")).unwrap_or_else(|| panic!("{log}"));
     let stamp = started.split_whitespace().next().unwrap();
     assert!(
