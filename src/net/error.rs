@@ -121,11 +121,7 @@ pub enum NetError {
         why: String,
     },
     /// A handshake or operation did not finish in time.
-    #[error(
-        "{addr}: {what} timed out after {}{}",
-        humantime::format_duration(*after),
-        if *what == "handshake" { ": no answer (is `snapsync serve` running there, and is that UDP port open?)" } else { "" }
-    )]
+    #[error("{addr}: {what} timed out after {}", humantime::format_duration(*after))]
     Timeout {
         /// The peer's address.
         addr: SocketAddr,

@@ -20,7 +20,7 @@ use super::server::serve_stream;
 use super::{Node, SyncError};
 use crate::config::HostEntry;
 use crate::engine::{ActionQueue, CheckReport};
-use crate::net::{self, Connection, Stream, StreamAcceptor, StreamOpener};
+use crate::net::{self, Connection, NetError, Stream, StreamAcceptor, StreamOpener};
 use crate::proto::{self, ChangeAction, Deadlines, ErrorCode, Message, ProtoError};
 use crate::sync::{ChangeReport, GroupReport, Peer, clear_conflicts, reconcile, request, roots_summary, send_only};
 
@@ -280,7 +280,14 @@ async fn exchange(
     // No QUIC keep-alive: a connection whose peer has gone quiet closes
     // after the idle timeout, and the session's own `Progress` frames keep
     // a busy one open.
-    let conn = net::connect(addr, &entry.name, &identity).await?;
+    let conn = net::connect(addr, &entry.name, &identity).await.map_err(|e| match e {
+        // The peer never answered: say what usually causes that.
+        e @ NetError::Timeout { what: "handshake", .. } => SyncError::Refused(format!(
+            "{e}: no answer from {}; is `snapsync serve` running there, and is that UDP port open?",
+            entry.name
+        )),
+        e => e.into(),
+    })?;
     node.pins()?.check(conn.peer_host(), conn.peer_fingerprint())?;
     let host = conn.peer_host().to_owned();
     let (mut opener, acceptor) = conn.split();

@@ -142,6 +142,12 @@ fn sync_host_back_after_downtime_gets_everything() {
     c.sync_ok("a");
     c.assert_all_same();
     c.stop("c");
+    // A peer that does not answer fails its exchange, and the message says
+    // what usually causes that.
+    let (code, v) = c.sync("a", &["--peer", "c"]);
+    assert_eq!(code, 1, "{v:#}");
+    let err = crate::cluster::peer_report(&v, "c")["error"].as_str().unwrap_or_default().to_owned();
+    assert!(err.contains("is `snapsync serve` running there"), "{err}");
     // Several rounds of changes on a and b, synced between them only.
     write(&c.path("a", "d0/f"), b"v1 from a");
     write(&c.path("a", "new/one"), b"one");
