@@ -140,3 +140,11 @@ fn offered(file: &str, sub: &str) -> String {
 fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
 }
+
+/// The README's first command is `cargo run --release -- demo`: with a
+/// second binary in the package, that needs `default-run` to name snapsync.
+#[test]
+fn cargo_run_runs_snapsync() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(manifest.lines().any(|l| l.trim() == r#"default-run = "snapsync""#), "Cargo.toml has no default-run");
+}
