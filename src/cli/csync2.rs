@@ -157,8 +157,6 @@ enum Plan {
 /// The snapsync command for a parsed csync2 command line.
 fn plan(a: &Args) -> Result<Plan, String> {
     let mut modes: Vec<char> = a.modes.clone();
-    let tests = modes.iter().filter(|&&m| m == 'T').count();
-    let serves = modes.iter().filter(|&&m| m == 'i').count();
     modes.dedup();
     // `-c` with `-u` is what `-x` does.
     if modes.contains(&'c') && modes.contains(&'u') {
@@ -195,17 +193,11 @@ fn plan(a: &Args) -> Result<Plan, String> {
             needs_files("f")?;
             Plan::Run(Command::Force { paths: files, recursive: a.recursive, list: false, cancel: false })
         }
-        'T' => {
-            let _ = tests;
-            Plan::Test(Command::Status { peer: a.peers.clone(), group: a.groups.clone() })
-        }
+        'T' => Plan::Test(Command::Status { peer: a.peers.clone(), group: a.groups.clone() }),
         'M' => Plan::ListDirty,
         'L' => Plan::ListEntries,
         'H' => Plan::ListHints,
-        'i' => {
-            let _ = serves;
-            Plan::Run(Command::Serve { watch: false })
-        }
+        'i' => Plan::Run(Command::Serve { watch: false }),
         'k' => Plan::Run(Command::Keygen { file: a.key_file.clone().expect("-k sets its file") }),
         'S' => {
             return Err(

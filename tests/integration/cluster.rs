@@ -392,6 +392,12 @@ impl Cluster {
         }
     }
 
+    /// `status` of `name` exits 0: nothing is left to do with any peer.
+    pub fn assert_status_clean(&self, name: &str) {
+        let (code, v) = self.json(name, &["status"]);
+        assert_eq!(code, 0, "nothing is left to do on {name}: {v:#}");
+    }
+
     /// Runs a command of node `name` with `--json`: exit status and the
     /// document (`Null` if it printed none).
     pub fn json(&self, name: &str, args: &[&str]) -> (i32, Value) {

@@ -14,12 +14,6 @@ fn listed(c: &Cluster, node: &str) -> Vec<String> {
     paths
 }
 
-/// `status` of `node` exits 0: nothing is left to do with any peer.
-fn assert_status_clean(c: &Cluster, node: &str) {
-    let (code, v) = c.json(node, &["status"]);
-    assert_eq!(code, 0, "nothing is left to do on {node}: {v:#}");
-}
-
 /// Regression (found by the model-based test): the directory came back,
 /// empty, on the host that deleted it, because the other host kept it
 /// under a version that dominated the deletion although everything in it
@@ -57,7 +51,7 @@ fn deleted_directory_with_children_edited_elsewhere_stays_deleted_until_forced()
     assert!(std::fs::symlink_metadata(c.path("a", "d")).is_err(), "the forced deletion reached a");
     for n in ["a", "b"] {
         assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
-        assert_status_clean(&c, n);
+        c.assert_status_clean(n);
     }
 }
 
@@ -85,7 +79,7 @@ fn deleted_directory_with_children_edited_elsewhere_comes_back_when_the_edits_ar
     assert_eq!(std::fs::read(c.path("b", "d/x.txt")).unwrap(), b"x edited on a");
     for n in ["a", "b"] {
         assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
-        assert_status_clean(&c, n);
+        c.assert_status_clean(n);
     }
 }
 
@@ -127,7 +121,7 @@ fn conflicts_below_a_directory_a_forced_file_replaced_are_cleared() {
     assert_eq!(std::fs::read(c.path("c", "d")).unwrap(), b"now a file");
     for n in ["a", "b", "c"] {
         assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
-        assert_status_clean(&c, n);
+        c.assert_status_clean(n);
     }
 }
 

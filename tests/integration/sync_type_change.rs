@@ -16,12 +16,6 @@ fn temporaries(c: &Cluster, node: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// `status` of `node` exits 0: nothing is left to do with any peer.
-fn assert_status_clean(c: &Cluster, node: &str) {
-    let (code, v) = c.json(node, &["status"]);
-    assert_eq!(code, 0, "nothing is left to do on {node}: {v:#}");
-}
-
 /// Regression: `rm -r d; echo x > d` on one host synced as "0 changes
 /// applied", exit 0, while the peer kept the directory forever.
 #[test]
@@ -49,8 +43,8 @@ fn directory_replaced_by_file_or_symlink_reaches_peers() {
     assert_eq!(std::fs::read(c.path("b", "d")).unwrap(), b"now a file");
     assert!(std::fs::symlink_metadata(c.path("b", "l")).unwrap().file_type().is_symlink());
     assert!(temporaries(&c, "b").is_empty(), "no temporary left: {:?}", temporaries(&c, "b"));
-    assert_status_clean(&c, "a");
-    assert_status_clean(&c, "b");
+    c.assert_status_clean("a");
+    c.assert_status_clean("b");
 
     // And back: the file becomes a directory again, from the other side.
     std::fs::remove_file(c.path("b", "d")).unwrap();
@@ -58,7 +52,7 @@ fn directory_replaced_by_file_or_symlink_reaches_peers() {
     c.sync_ok("b");
     c.assert_all_same();
     assert_eq!(std::fs::read(c.path("a", "d/again.txt")).unwrap(), b"again");
-    assert_status_clean(&c, "a");
+    c.assert_status_clean("a");
 }
 
 /// A file replaced by a directory (with files and a directory in it) and a
@@ -91,7 +85,7 @@ fn file_or_symlink_replaced_by_directory_reaches_peers() {
     assert_eq!(std::fs::read(c.path("c", "m")).unwrap(), big);
     for n in ["a", "b", "c"] {
         assert!(temporaries(&c, n).is_empty(), "no temporary left on {n}");
-        assert_status_clean(&c, n);
+        c.assert_status_clean(n);
     }
 }
 
@@ -118,8 +112,8 @@ fn type_change_conflict_forced_on_the_file_side_converges() {
     c.assert_all_same();
     assert_eq!(std::fs::read(c.path("b", "d")).unwrap(), b"the file wins");
     assert!(c.conflicts("a").is_empty() && c.conflicts("b").is_empty());
-    assert_status_clean(&c, "a");
-    assert_status_clean(&c, "b");
+    c.assert_status_clean("a");
+    c.assert_status_clean("b");
     assert!(temporaries(&c, "b").is_empty());
 }
 
@@ -138,8 +132,8 @@ fn type_change_conflict_forced_on_the_directory_side_converges() {
     c.sync_ok("b");
     c.assert_all_same();
     assert_eq!(std::fs::read(c.path("a", "d/x.txt")).unwrap(), b"the directory wins");
-    assert_status_clean(&c, "a");
-    assert_status_clean(&c, "b");
+    c.assert_status_clean("a");
+    c.assert_status_clean("b");
 }
 
 /// A directory replaced by a file on one host while a file was added to
@@ -170,7 +164,7 @@ fn directory_replaced_while_a_file_was_added_to_it_is_a_conflict() {
     c.sync_ok("b");
     c.assert_all_same();
     assert_eq!(std::fs::read(c.path("a", "d/new.txt")).unwrap(), b"added meanwhile");
-    assert_status_clean(&c, "a");
+    c.assert_status_clean("a");
 }
 
 /// SPEC §4.11 with §4.16: a directory replaced by a file on one host
@@ -215,8 +209,8 @@ fn directory_deleted_while_a_file_was_added_to_it_syncs_cleanly() {
     c.assert_all_same();
     assert_eq!(std::fs::read(c.path("a", "d/new.txt")).unwrap(), b"added meanwhile");
     assert!(!c.path("a", "d/old.txt").exists());
-    assert_status_clean(&c, "a");
-    assert_status_clean(&c, "b");
+    c.assert_status_clean("a");
+    c.assert_status_clean("b");
 }
 
 /// Records `path` in node `node`'s journal of temporaries, as a run that
@@ -253,8 +247,8 @@ fn leftover_temporary_never_blocks_a_deletion() {
     assert!(!v.to_string().contains("\"create\""), "nothing comes back: {v:#}");
     assert!(!c.path("a", "d").exists());
     c.assert_all_same();
-    assert_status_clean(&c, "a");
-    assert_status_clean(&c, "b");
+    c.assert_status_clean("a");
+    c.assert_status_clean("b");
 }
 
 /// SPEC §4.18, receiving side: a host whose include root is a symlink
