@@ -521,7 +521,17 @@ impl<'a> Apply<'a> {
                 );
                 self.kept_in_conflict.insert(t.logical.clone());
                 if let Some(old) = t.old.filter(|o| !o.deleted) {
-                    let version = old.version.with_counters_of(&held.conflicted_versions);
+                    let mut version = old.version.with_counters_of(&held.conflicted_versions);
+                    if t.new.version.dominates(&version) {
+                        // What it holds carries no host counter the
+                        // deletion lacks (entries first recorded here
+                        // have only a creation component): a fresh local
+                        // counter makes the two concurrent.
+                        match self.node.engine.store.allocate_seq(w) {
+                            Ok(seq) => version = version.bumped(&self.node.engine.host, seq),
+                            Err(e) => return self.problem(&t.local, e),
+                        }
+                    }
                     self.adopt(t.logical, t.local, EntryRecord { version, ..old });
                 }
             }
@@ -835,17 +845,15 @@ impl<'a> Apply<'a> {
         }
     }
 
-    /// Whether `logical` stays here as one side of a conflict with the
-    /// peer: recorded as one before this apply, or a directory this apply
-    /// kept for holding only such entries.
+    /// Whether `logical` stays here as one side of a conflict: recorded
+    /// as one before this apply (with any peer), or a directory this apply
+    /// kept for holding only such entries. A conflict with another peer
+    /// counts too: the deletion being applied may descend from that peer's
+    /// deletion of the entry (it reached this peer through a third host),
+    /// so the entry is not surely newer than it.
     fn conflicted(&self, logical: &[u8]) -> bool {
         self.kept_in_conflict.contains(logical)
-            || self
-                .node
-                .engine
-                .store
-                .conflicts_of(&self.g.name, logical)
-                .is_ok_and(|cs| cs.iter().any(|c| c.peer == self.peer.host))
+            || self.node.engine.store.conflicts_of(&self.g.name, logical).is_ok_and(|cs| !cs.is_empty())
     }
 
     /// What directory `name` in `dir` (logical path `logical`) still

@@ -183,3 +183,67 @@ fn an_unrecorded_file_where_a_peer_sends_a_tombstone_is_a_conflict_not_a_later_c
     assert!(std::fs::symlink_metadata(c.path("c", "d/f")).is_err(), "c keeps the deletion it took");
     assert_eq!(std::fs::read(c.path("b", "d/f")).unwrap(), b"made on b, unrelated");
 }
+
+/// Regression (found by the model-based test): a directory deleted on one
+/// host came back, empty, on that host, by way of a third host. The other
+/// host held the directory with a file in conflict with the deletion. It
+/// kept the directory under a version the deletion still dominated (the
+/// file, first recorded there, carried no host counter). When the
+/// deletion reached it again through a host whose own deletion of a file
+/// at that name had taken it in, the file counted as newer than that
+/// host's deletion, and the directory went everywhere under a version
+/// that dominated every deletion.
+#[test]
+fn a_deletion_relayed_by_a_third_host_does_not_bring_the_directory_back_empty() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    // a makes a file d, b a directory d: a type-change conflict.
+    write(&c.path("a", "d"), b"d is a file on a");
+    write(&c.path("b", "d/x.txt"), b"x made on b");
+    c.check("a");
+    c.check("b");
+    let (code, v) = c.sync("a", &["--peer", "b"]);
+    assert_eq!(code, 3, "{v:#}");
+    // c takes a's file, then deletes it.
+    let (code, v) = c.sync("c", &["--peer", "a"]);
+    assert_eq!(code, 0, "{v:#}");
+    std::fs::remove_file(c.path("c", "d")).unwrap();
+    c.check("c");
+    // a replaces its file by a directory of its own: its file conflicts
+    // with b's. Then a deletes the directory.
+    std::fs::remove_file(c.path("a", "d")).unwrap();
+    write(&c.path("a", "d/x.txt"), b"x made on a, another");
+    c.check("a");
+    let (code, v) = c.sync("a", &["--peer", "b"]);
+    assert_eq!(code, 3, "{v:#}");
+    std::fs::remove_dir_all(c.path("a", "d")).unwrap();
+    c.check("a");
+    let (code, v) = c.sync("a", &["--peer", "b"]);
+    assert_eq!(code, 3, "{v:#}");
+    assert!(std::fs::symlink_metadata(c.path("a", "d")).is_err(), "a keeps its deletion: {v:#}");
+    assert_eq!(std::fs::read(c.path("b", "d/x.txt")).unwrap(), b"x made on b");
+    // c's deletion of the file takes in a's deletion of the directory.
+    let (code, v) = c.sync("c", &["--peer", "a"]);
+    assert!(code == 0 || code == 3, "{v:#}");
+
+    for from in ["b", "c", "a", "b"] {
+        let (code, v) = c.sync(from, &[]);
+        assert_eq!(code, 3, "sync from {from}: {v:#}");
+        assert!(std::fs::symlink_metadata(c.path("a", "d")).is_err(), "a keeps its deletion after a sync from {from}");
+        assert!(std::fs::symlink_metadata(c.path("c", "d")).is_err(), "c keeps its deletion after a sync from {from}");
+    }
+
+    // b's version wins where it is forced, and the group settles.
+    let out = c.run("b", &["force", "-r", &c.path("b", "d").display().to_string()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    c.sync_ok("b");
+    for n in ["a", "c"] {
+        c.sync_ok(n);
+    }
+    c.assert_all_same();
+    assert_eq!(std::fs::read(c.path("a", "d/x.txt")).unwrap(), b"x made on b");
+    for n in ["a", "b", "c"] {
+        assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
+        c.assert_status_clean(n);
+    }
+}
