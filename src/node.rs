@@ -77,13 +77,13 @@ pub struct Node {
     /// Identities by group key file, made on first use.
     pub(crate) identities: std::sync::Mutex<HashMap<PathBuf, Arc<NodeIdentity>>>,
     /// What this node served and received.
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     /// Chunks encoded for peers lately.
-    pub(crate) encoded: EncodedCache,
+    pub(crate) encoded: Arc<EncodedCache>,
     /// One per peer and group: a peer's pulls of one group run one at a
     /// time, so a peer that asks for many at once gets one reconcile's
     /// worth of this node's memory, not many.
-    pulls: std::sync::Mutex<HashMap<(String, String), PullLock>>,
+    pulls: Arc<std::sync::Mutex<HashMap<(String, String), PullLock>>>,
 }
 
 /// Serializes one peer's pulls of one group.
@@ -96,9 +96,24 @@ impl Node {
             engine,
             state_dir: state_dir.to_path_buf(),
             identities: std::sync::Mutex::default(),
-            stats: Stats::default(),
-            encoded: EncodedCache::default(),
-            pulls: std::sync::Mutex::default(),
+            stats: Arc::default(),
+            encoded: Arc::default(),
+            pulls: Arc::default(),
+        }
+    }
+
+    /// The same node with `engine` (made by [`Engine::reconfigured`] from
+    /// this node's): counters, cached chunks and pull locks are shared with
+    /// this node, whose sessions may still run; identities are made anew
+    /// from the key files the new configuration names.
+    pub fn reconfigured(&self, engine: Engine) -> Node {
+        Node {
+            engine,
+            state_dir: self.state_dir.clone(),
+            identities: std::sync::Mutex::default(),
+            stats: Arc::clone(&self.stats),
+            encoded: Arc::clone(&self.encoded),
+            pulls: Arc::clone(&self.pulls),
         }
     }
 

@@ -34,6 +34,9 @@ pub(super) fn forward(state: &Path, given: Option<&[String]>, json: bool, out: &
     match daemon::forward(state, args, cwd) {
         Forwarded::NoDaemon => None,
         Forwarded::Answered(r) => {
+            for w in &r.warnings {
+                tracing::warn!("{w}");
+            }
             out.push_str(&r.out);
             if let Some(e) = r.error {
                 tracing::error!("{e}");
@@ -51,14 +54,18 @@ pub(super) fn forward(state: &Path, given: Option<&[String]>, json: bool, out: &
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; its exit status.
-pub(super) fn serve(node: Arc<Node>) -> u8 {
+/// `config` is the configuration file the node was made from and `files`
+/// every file it read ([`crate::config::Config::files`]): the daemon
+/// re-reads them when they change.
+pub(super) fn serve(node: Arc<Node>, config: &Path, files: &[PathBuf]) -> u8 {
+    let current = Arc::new(daemon::Current::new(node, config, files));
     let ready = |l: &daemon::Listening| {
         // The line tests and scripts wait for.
         println!("snapsync serve: {} listening on {} (commands on {})", l.host, l.addr, escape_path(&l.socket));
         let _ = std::io::stdout().flush();
     };
     block_on(async move {
-        match daemon::run(node, Arc::new(CommandLine), ready).await {
+        match daemon::run(current, Arc::new(CommandLine), ready).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 tracing::error!("{e}");
@@ -86,13 +93,13 @@ impl LocalCommands for CommandLine {
         };
         let mut out = String::new();
         match run_command(&cli, node, &mut out) {
-            Ok(code) => Response { out, error: None, code },
+            Ok(code) => Response { out, error: None, code, warnings: Vec::new() },
             Err(e) => {
                 let code = exit_code_of(&e);
                 if cli.json && out.is_empty() {
                     out = super::output::error_json(&e.to_string(), code);
                 }
-                Response { out, error: Some(e.to_string()), code }
+                Response { out, error: Some(e.to_string()), code, warnings: Vec::new() }
             }
         }
     }

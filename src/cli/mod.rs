@@ -393,7 +393,7 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
             tracing::error!("serve --watch (online sync) is not available yet; run `snapsync sync` from cron");
             return EXIT_USAGE;
         }
-        return daemon::serve(node);
+        return daemon::serve(node, &config_path, &config.files);
     }
     match run_command(cli, &node, out) {
         Ok(code) => code,

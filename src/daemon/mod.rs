@@ -36,6 +36,10 @@ use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
 use crate::net::{self, NetError};
 use crate::peer::{Node, SyncError};
 
+mod reload;
+
+pub use reload::{Current, Refresh};
+
 /// The daemon's socket for local commands, in the state directory.
 pub const SOCKET: &str = "daemon.sock";
 
@@ -68,12 +72,16 @@ pub struct Response {
     pub error: Option<String>,
     /// Its exit status.
     pub code: u8,
+    /// What the command should warn about besides (the daemon could not
+    /// take an edited configuration, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Response {
     /// A request refused before anything ran: `why`, usage exit status.
     pub fn refused(why: impl Into<String>) -> Self {
-        Response { out: String::new(), error: Some(why.into()), code: EXIT_USAGE }
+        Response { out: String::new(), error: Some(why.into()), code: EXIT_USAGE, warnings: Vec::new() }
     }
 }
 
@@ -295,13 +303,15 @@ pub struct Listening {
     pub socket: PathBuf,
 }
 
-/// Runs the daemon on `node` until SIGTERM or SIGINT: serves peers, and
-/// local commands with `commands`. `ready` is called once both listen.
+/// Runs the daemon on `current`'s node until SIGTERM or SIGINT: serves
+/// peers, and local commands with `commands`; SIGHUP re-reads the
+/// configuration. `ready` is called once both listen.
 pub async fn run(
-    node: Arc<Node>,
+    current: Arc<Current>,
     commands: Arc<dyn LocalCommands>,
     ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
+    let node = current.node();
     let engine = &node.engine;
     let gi = engine
         .groups
@@ -330,6 +340,10 @@ pub async fn run(
         .map_err(|e| SyncError::Refused(format!("cannot handle SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| SyncError::Refused(format!("cannot handle SIGINT: {e}")))?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| SyncError::Refused(format!("cannot handle SIGHUP: {e}")))?;
+    // Peers are served with the key the endpoint was bound with.
+    let served_key = g.key.clone();
     tracing::info!(
         "started: {} serving {} on {}, commands on {}",
         engine.host,
@@ -348,9 +362,33 @@ pub async fn run(
                 tracing::info!("SIGINT: stopping");
                 break;
             }
+            _ = hup.recv() => {
+                let current = Arc::clone(&current);
+                tokio::spawn(async move {
+                    let refresh = tokio::task::spawn_blocking(move || current.refresh()).await;
+                    if let Ok(Refresh::Unchanged) = refresh {
+                        tracing::info!("SIGHUP: the configuration is unchanged");
+                    }
+                });
+            }
             conn = server.accept() => match conn {
                 Ok(conn) => {
-                    tokio::spawn(crate::peer::accept_session(Arc::clone(&node), conn, gi));
+                    let current = Arc::clone(&current);
+                    let served_key = served_key.clone();
+                    tokio::spawn(async move {
+                        let node = refreshed(current).await;
+                        match node.engine.groups.iter().position(|g| g.key == served_key) {
+                            Some(gi) => crate::peer::accept_session(node, conn, gi).await,
+                            None => {
+                                tracing::warn!(
+                                    "refused peer {}: no group of the configuration uses the key this daemon \
+                                     serves with any more; restart the daemon",
+                                    conn.peer_host()
+                                );
+                                conn.close(net::CLOSE_REFUSED);
+                            }
+                        }
+                    });
                 }
                 Err(NetError::EndpointClosed { .. }) => break,
                 Err(e) => tracing::warn!("{e}"),
@@ -358,14 +396,14 @@ pub async fn run(
             local = listener.accept() => match local {
                 Ok((stream, _)) => {
                     let commands = Arc::clone(&commands);
-                    tokio::spawn(local_command(Arc::clone(&node), stream, Arc::clone(&access), commands));
+                    tokio::spawn(local_command(Arc::clone(&current), stream, Arc::clone(&access), commands));
                 }
                 Err(e) => tracing::warn!("{}: {e}", sock.display()),
             },
         }
     }
     tracing::info!("shutting down: waiting for changes being applied");
-    if !node.quiesce(SHUTDOWN_WAIT).await {
+    if !current.node().quiesce(SHUTDOWN_WAIT).await {
         tracing::warn!("a change was still being applied after {SHUTDOWN_WAIT:?}; exiting anyway");
     }
     if std::fs::symlink_metadata(&sock).is_ok_and(|m| m.ino() == sock_ino) {
@@ -409,10 +447,18 @@ fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     Ok(req)
 }
 
+/// The node as configured now, once the configuration on disk was looked
+/// at ([`Current::refresh`]).
+async fn refreshed(current: Arc<Current>) -> Arc<Node> {
+    let at = Arc::clone(&current);
+    let _ = tokio::task::spawn_blocking(move || at.refresh()).await;
+    current.node()
+}
+
 /// Serves one local client: checks who it is, reads its request, runs it
-/// and sends back the response.
+/// on the node as configured now, and sends back the response.
 async fn local_command(
-    node: Arc<Node>,
+    current: Arc<Current>,
     stream: tokio::net::UnixStream,
     access: Arc<Access>,
     commands: Arc<dyn LocalCommands>,
@@ -429,13 +475,22 @@ async fn local_command(
             tracing::warn!("{e}");
             e.response()
         }
-        Ok(Some(request)) => {
-            tokio::task::spawn_blocking(move || commands.run(&node, request)).await.unwrap_or_else(|e| Response {
-                out: String::new(),
-                error: Some(format!("the command failed: {e}")),
-                code: EXIT_FAILURE,
-            })
-        }
+        Ok(Some(request)) => tokio::task::spawn_blocking(move || {
+            let kept = match current.refresh() {
+                Refresh::Kept(why) => Some(why),
+                Refresh::Unchanged | Refresh::Reloaded => None,
+            };
+            let mut response = commands.run(&current.node(), request);
+            response.warnings.extend(kept);
+            response
+        })
+        .await
+        .unwrap_or_else(|e| Response {
+            out: String::new(),
+            error: Some(format!("the command failed: {e}")),
+            code: EXIT_FAILURE,
+            warnings: Vec::new(),
+        }),
     };
     let mut reply = serde_json::to_string(&response).expect("responses serialize");
     reply.push('\n');

@@ -24,6 +24,7 @@ pub use verify::{Mismatch, RepairReport, VerifyReport};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, ResolvedGroup, canonical_host};
 use crate::key::KeyError;
@@ -84,16 +85,17 @@ pub struct Engine {
     pub host: String,
     /// The groups that list the local host, resolved for it.
     pub groups: Vec<ResolvedGroup>,
-    /// The node's state.
-    pub store: Store,
+    /// The node's state (shared with the engine a reloaded configuration
+    /// makes, [`Engine::reconfigured`]).
+    pub store: Arc<Store>,
     /// Open chunk stores.
-    chunk_stores: Vec<ChunkStore>,
+    chunk_stores: Vec<Arc<ChunkStore>>,
     /// Their names (directory names in the backup directory).
     chunk_store_names: Vec<String>,
     /// For each group (same index as `groups`), its chunk store.
     group_chunks: Vec<Option<usize>>,
     /// Where long work reports its progress (nowhere by default).
-    pub progress: std::sync::Arc<dyn ProgressSink>,
+    pub progress: Arc<dyn ProgressSink>,
     /// Damage to the state or the chunk stores found on opening, and what
     /// was done about it; each message names the repair command.
     pub damage: Vec<String>,
@@ -109,11 +111,44 @@ impl Engine {
         let host = &canonical_host(host);
         let groups = config.resolve(host)?;
         check_group_keys(&groups)?;
-        let store = Store::open(state_dir)?;
-        let mut damage: Vec<String> = store.damage().to_vec();
+        let store = Arc::new(Store::open(state_dir)?);
+        let w = store.try_writer().expect("a store being opened has no other writer");
+        let damage = store.damage().to_vec();
+        Engine::assemble(host, groups, Arc::clone(&store), &w, &[], damage, Arc::new(crate::progress::Quiet))
+    }
+
+    /// The same node under another configuration (a running daemon's,
+    /// edited): the state and the chunk stores open here are shared, a
+    /// backup directory new to it gets its store. The host name stays.
+    pub fn reconfigured(&self, config: &Config, w: &Writer) -> Result<Engine, EngineError> {
+        let groups = config.resolve(&self.host)?;
+        check_group_keys(&groups)?;
+        let open: Vec<(PathBuf, String, Arc<ChunkStore>)> = self
+            .chunk_stores
+            .iter()
+            .zip(&self.chunk_store_names)
+            .map(|(cs, name)| (cs.path().to_path_buf(), name.clone(), Arc::clone(cs)))
+            .collect();
+        Engine::assemble(&self.host, groups, Arc::clone(&self.store), w, &open, Vec::new(), Arc::clone(&self.progress))
+    }
+
+    /// An engine of `groups` on `store`: opens the chunk stores of their
+    /// backup directories (reusing those in `open`, by path) and checks
+    /// the new ones for damage, adding what it finds to `damage`.
+    fn assemble(
+        host: &str,
+        groups: Vec<ResolvedGroup>,
+        store: Arc<Store>,
+        w: &Writer,
+        open: &[(PathBuf, String, Arc<ChunkStore>)],
+        mut damage: Vec<String>,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<Engine, EngineError> {
         let mut damaged: Vec<usize> = Vec::new();
-        let mut expected_stores: Vec<bool> = Vec::new();
-        let mut chunk_stores: Vec<ChunkStore> = Vec::new();
+        // Per chunk store: whether backups were recorded into it before
+        // (`None` for one that was open already).
+        let mut expected_stores: Vec<Option<bool>> = Vec::new();
+        let mut chunk_stores: Vec<Arc<ChunkStore>> = Vec::new();
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
         let mut group_chunks = Vec::new();
         let mut chunk_store_names = Vec::new();
@@ -122,18 +157,26 @@ impl Engine {
                 None => None,
                 Some(dir) => {
                     let expected = store.chunk_store_name(dir)?.is_some();
-                    let name = chunk_store_name(&store, dir, host)?;
+                    let name = chunk_store_name(&store, w, dir, host)?;
                     let path = dir.join(&name);
                     let i = match by_path.get(&path) {
                         Some(&i) => i,
                         None => {
-                            let (cs, found) = ChunkStore::open_checked(&path, expected)?;
-                            if let Some(msg) = found {
-                                damage.push(msg);
-                                damaged.push(chunk_stores.len());
+                            match open.iter().find(|(p, _, _)| *p == path) {
+                                Some((_, _, cs)) => {
+                                    chunk_stores.push(Arc::clone(cs));
+                                    expected_stores.push(None);
+                                }
+                                None => {
+                                    let (cs, found) = ChunkStore::open_checked(&path, expected)?;
+                                    if let Some(msg) = found {
+                                        damage.push(msg);
+                                        damaged.push(chunk_stores.len());
+                                    }
+                                    chunk_stores.push(Arc::new(cs));
+                                    expected_stores.push(Some(expected));
+                                }
                             }
-                            chunk_stores.push(cs);
-                            expected_stores.push(expected);
                             chunk_store_names.push(name);
                             by_path.insert(path, chunk_stores.len() - 1);
                             chunk_stores.len() - 1
@@ -148,7 +191,7 @@ impl Engine {
         // (its journal truncated or its files removed).
         let gens = store.generations()?;
         for (c, cs) in chunk_stores.iter().enumerate() {
-            if !expected_stores[c] || damaged.contains(&c) || !cs.is_empty()? {
+            if expected_stores[c] != Some(true) || damaged.contains(&c) || !cs.is_empty()? {
                 continue;
             }
             let held = groups
@@ -169,8 +212,7 @@ impl Engine {
         if !damaged.is_empty() {
             // Records marked `stored` no longer have their chunks: unlink
             // the groups, so the next check reads and stores everything.
-            let w = store.try_writer().expect("a store being opened has no other writer");
-            let mut batch = store.batch(&w);
+            let mut batch = store.batch(w);
             for (g, gc) in groups.iter().zip(&group_chunks) {
                 if gc.is_some_and(|c| damaged.contains(&c)) {
                     batch.put_group_store(&g.name, None);
@@ -188,14 +230,14 @@ impl Engine {
             chunk_stores,
             chunk_store_names,
             group_chunks,
-            progress: std::sync::Arc::new(crate::progress::Quiet),
+            progress,
             damage,
         })
     }
 
     /// The chunk store of group `i`, if it keeps backups.
     pub fn chunk_store(&self, i: usize) -> Option<&ChunkStore> {
-        self.group_chunks[i].map(|c| &self.chunk_stores[c])
+        self.group_chunks[i].map(|c| &*self.chunk_stores[c])
     }
 
     /// The name of group `i`'s chunk store, if it keeps backups.
@@ -236,7 +278,7 @@ impl Engine {
                 chunk_store: self.group_chunks[i],
             })
             .collect();
-        let stores: Vec<&ChunkStore> = self.chunk_stores.iter().collect();
+        let stores: Vec<&ChunkStore> = self.chunk_stores.iter().map(|c| &**c).collect();
         let report = collect_garbage(&self.store, w, &groups, &stores)?;
         if !report.generations_dropped.is_empty() || report.chunks_freed > 0 {
             tracing::debug!(
@@ -267,7 +309,7 @@ impl Engine {
 /// name) gets its own store, so two configurations sharing a backup
 /// directory never free each other's chunks. A store named
 /// `snapsync-HOST`, from before stores had their own names, is adopted.
-fn chunk_store_name(store: &Store, dir: &Path, host: &str) -> Result<String, EngineError> {
+fn chunk_store_name(store: &Store, w: &Writer, dir: &Path, host: &str) -> Result<String, EngineError> {
     if let Some(name) = store.chunk_store_name(dir)? {
         return Ok(name);
     }
@@ -280,8 +322,7 @@ fn chunk_store_name(store: &Store, dir: &Path, host: &str) -> Result<String, Eng
         getrandom::fill(&mut tag).map_err(|e| EngineError::Refused(format!("cannot get random bytes: {e}")))?;
         format!("snapsync-{host}-{}", tag.iter().map(|b| format!("{b:02x}")).collect::<String>())
     };
-    let w = store.try_writer().expect("a store being opened has no other writer");
-    let mut batch = store.batch(&w);
+    let mut batch = store.batch(w);
     batch.put_chunk_store_name(dir, &name);
     batch.commit()?;
     Ok(name)
