@@ -148,3 +148,73 @@ fn cargo_run_runs_snapsync() {
     let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
     assert!(manifest.lines().any(|l| l.trim() == r#"default-run = "snapsync""#), "Cargo.toml has no default-run");
 }
+
+/// The Debian package's definition (`[package.metadata.deb]` in
+/// Cargo.toml, for cargo-deb): every asset it names exists once the
+/// documented steps ran (the release binary aside, which `cargo deb`
+/// builds itself), the man pages and completions land where Debian's
+/// tools look, and the maintainer scripts that offer snapsync as the
+/// `csync2` alternative are executable shell scripts.
+#[test]
+fn the_debian_package_names_files_that_exist() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let meta = Command::new(cargo)
+        .args(["metadata", "--no-deps", "--offline", "--format-version", "1"])
+        .current_dir(root)
+        .output()
+        .expect("cargo metadata runs");
+    assert!(meta.status.success(), "{}", String::from_utf8_lossy(&meta.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).unwrap();
+    let deb = &meta["packages"][0]["metadata"]["deb"];
+    let assets = deb["assets"].as_array().expect("assets listed");
+
+    // The generated files, as `snapsync-docs target/docs` writes them.
+    let docs = tempfile::tempdir().unwrap();
+    generate_docs(docs.path());
+    let mut dests = Vec::new();
+    for asset in assets {
+        let [source, dest, mode] = [0, 1, 2].map(|i| asset[i].as_str().expect("three strings").to_owned());
+        assert!(mode == "644" || mode == "755", "{source}: mode {mode}");
+        dests.push(dest.clone());
+        if source == "target/release/snapsync" {
+            continue;
+        }
+        let found: Vec<PathBuf> = match source.strip_prefix("target/docs/") {
+            Some(rest) => match rest.strip_suffix("*.1") {
+                Some(dir) => std::fs::read_dir(docs.path().join(dir))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "1"))
+                    .collect(),
+                None => vec![docs.path().join(rest)],
+            },
+            None => vec![root.join(&source)],
+        };
+        assert!(!found.is_empty(), "{source} matches nothing");
+        for f in found {
+            assert!(f.is_file(), "the package's asset {source} is not there ({})", f.display());
+        }
+    }
+    for needed in [
+        "usr/bin/",
+        "usr/share/man/man1/",
+        "usr/share/bash-completion/completions/snapsync",
+        "usr/share/zsh/vendor-completions/",
+        "usr/share/fish/vendor_completions.d/",
+        "lib/systemd/system/",
+    ] {
+        assert!(dests.iter().any(|d| d == needed), "nothing is installed to {needed}");
+    }
+
+    let scripts = root.join(deb["maintainer-scripts"].as_str().expect("maintainer scripts named"));
+    for script in ["postinst", "prerm"] {
+        let path = scripts.join(script);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert!(mode & 0o111 != 0, "{} is not executable", path.display());
+        let text = read(&path);
+        assert!(text.contains("update-alternatives") && text.contains("csync2"), "{script} manages the csync2 link");
+        let check = Command::new("sh").arg("-n").arg(&path).output().expect("sh runs");
+        assert!(check.status.success(), "{script}: {}", String::from_utf8_lossy(&check.stderr));
+    }
+}
