@@ -197,7 +197,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
         'M' => Plan::ListDirty,
         'L' => Plan::ListEntries,
         'H' => Plan::ListHints,
-        'i' => Plan::Run(Command::Serve { watch: false }),
+        'i' => Plan::Run(Command::Serve { watch: false, log: super::LogSink::Stderr }),
         'k' => Plan::Run(Command::Keygen { file: a.key_file.clone().expect("-k sets its file") }),
         'S' => {
             return Err(
@@ -294,7 +294,7 @@ fn command_words(command: &Command) -> Vec<String> {
             w.push("--".into());
             w.push(p.to_string_lossy().into_owned());
         }
-        Command::Keygen { file } => w.push(file.to_string_lossy().into_owned()),
+        Command::Keygen { file, .. } => w.push(file.to_string_lossy().into_owned()),
         _ => {}
     }
     w
@@ -312,7 +312,9 @@ pub(super) fn run(args: &[String]) -> (u8, String) {
             return (ERROR, out);
         }
     };
-    super::init_logging(a.quiet, a.verbose, matches!(plan, Plan::Run(Command::Serve { .. })));
+    // csync2's command line has no --log: stderr, as csync2 logs.
+    let daemon = matches!(plan, Plan::Run(Command::Serve { .. }));
+    let _ = super::logging::init(a.quiet, a.verbose, daemon, &super::LogSink::Stderr);
     let code = match plan {
         Plan::Run(command) => match run_into(&cli_for(&a, command, false), &mut out) {
             EXIT_OK => OK,

@@ -15,6 +15,7 @@
 mod csync2;
 mod daemon;
 mod demo;
+mod logging;
 mod output;
 mod progress;
 
@@ -28,6 +29,8 @@ use std::sync::Arc;
 use crate::config::{self, Config};
 use crate::engine::{Engine, EngineError};
 use crate::peer::{Node, SyncError, SyncOptions};
+
+pub use logging::LogSink;
 
 pub use crate::exit::{EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
@@ -168,10 +171,20 @@ pub enum Command {
     /// List unresolved conflicts with both sides' versions.
     Conflicts,
     /// Run the daemon: serve peers, and local commands on a socket.
+    #[command(after_long_help = "Logging:\n  \
+        The daemon logs its start and stop, every sync run and pull, every change it applies\n  \
+        (audit lines: host, peer, action, path) and every warning and error, with UTC timestamps.\n  \
+        -v logs more, -q only errors. RUST_LOG overrides both with tracing's filter syntax,\n  \
+        for example RUST_LOG=info or RUST_LOG=warn,audit=info,snapsync::net=debug.")]
     Serve {
         /// Also sync changes as they happen (not available yet).
         #[arg(long, hide = true)]
         watch: bool,
+        /// Where log lines go: stderr; journal (the system journal, or stderr
+        /// with a warning when it is not reachable); or a FILE path, appended
+        /// to (created mode 0640; a symbolic link there is refused).
+        #[arg(long, value_name = "journal|stderr|FILE", default_value = "stderr", value_parser = LogSink::parse)]
+        log: LogSink,
     },
     /// Accept a peer's new node key (after a reinstall): forget its pin.
     Trust {
@@ -239,42 +252,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(cli.quiet, cli.verbose, matches!(cli.command, Command::Serve { .. }));
-    ExitCode::from(run(&cli))
-}
-
-/// Logs go to stderr, each message escaped as [`output::escape`] does:
-/// errors and audit lines name paths a peer chose, and those must not
-/// reach the terminal raw. The daemon's lines carry a UTC timestamp and
-/// include its lifecycle (start, stop); `RUST_LOG` overrides the levels.
-fn init_logging(quiet: bool, verbose: u8, daemon: bool) {
-    use tracing_subscriber::field::MakeExt as _;
-    let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) if daemon => "warn,audit=info,snapsync::daemon=info,snapsync::engine::actions=info",
-        (false, 0) => "warn,audit=info",
-        (false, 1) => "info,snapsync=debug",
-        (false, _) => "debug,snapsync=trace",
+    let (daemon, sink) = match &cli.command {
+        Command::Serve { log, .. } => (true, log.clone()),
+        _ => (false, LogSink::Stderr),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        // A message's Debug form is its text; other fields are `name=value`.
-        let text = format!("{value:?}");
-        if field.name() == "message" {
-            write!(w, "{}", output::escape(&text))
-        } else {
-            write!(w, "{}={}", field.name(), output::escape(&text))
-        }
-    })
-    .delimited(" ");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .fmt_fields(fields)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    let _ = if daemon { builder.try_init() } else { builder.without_time().try_init() };
+    if let Err(e) = logging::init(cli.quiet, cli.verbose, daemon, &sink) {
+        eprintln!("snapsync: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    ExitCode::from(run(&cli))
 }
 
 /// The config file to read and the config name its state is kept under.
@@ -333,7 +319,7 @@ fn run(cli: &Cli) -> u8 {
 
 /// Runs the command; what it prints on stdout goes to `out`.
 fn run_into(cli: &Cli, out: &mut String) -> u8 {
-    if let Command::Demo { dir } = &cli.command {
+    if let Command::Demo { dir, .. } = &cli.command {
         return match demo::run(dir.as_deref()) {
             Ok(()) => EXIT_OK,
             Err(e) => {
@@ -342,7 +328,7 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
             }
         };
     }
-    if let Command::Keygen { file } = &cli.command {
+    if let Command::Keygen { file, .. } = &cli.command {
         return match crate::key::write_new(file) {
             Ok(()) => {
                 output::keygen(out, cli, file);
@@ -388,7 +374,7 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
         engine.progress = Arc::new(progress::Bars);
     }
     let node = Arc::new(Node::new(engine, &state));
-    if let Command::Serve { watch } = &cli.command {
+    if let Command::Serve { watch, .. } = &cli.command {
         if *watch {
             tracing::error!("serve --watch (online sync) is not available yet; run `snapsync sync` from cron");
             return EXIT_USAGE;
