@@ -558,10 +558,18 @@ async fn welcome(
                         ),
                     })
                 } else if let Err(e) = pinned() {
-                    Err(Message::Error {
-                        code: ErrorCode::NotAllowed,
-                        message: super::server::truncated(e.to_string()),
-                    })
+                    // This host's log gets the instruction for this host;
+                    // the peer is told where that instruction is run.
+                    tracing::warn!("refused peer {host}: {e}");
+                    let told = match &e {
+                        SyncError::Net(n) => n.told_to_peer(&node.engine.host),
+                        other => other.to_string(),
+                    };
+                    return refuse(
+                        stream,
+                        Message::Error { code: ErrorCode::NotAllowed, message: super::server::truncated(told) },
+                    )
+                    .await;
                 } else {
                     Ok((
                         Message::Welcome { protocol: chosen, host: node.engine.host.clone(), groups: shared.clone() },
@@ -586,9 +594,14 @@ async fn welcome(
             if let Message::Error { message, .. } = &msg {
                 tracing::warn!("refused peer {host}: {message}");
             }
-            let _ = proto::write_frame(&mut stream, &msg).await;
-            let _ = stream.shutdown().await;
-            None
+            refuse(stream, msg).await
         }
     }
+}
+
+/// Sends the refusal of a peer's `Hello`; the session ends.
+async fn refuse(mut stream: Deadlines<Stream>, msg: Message) -> Option<Vec<String>> {
+    let _ = proto::write_frame(&mut stream, &msg).await;
+    let _ = stream.shutdown().await;
+    None
 }
