@@ -198,7 +198,10 @@ fn plan(a: &Args) -> Result<Plan, String> {
         'L' => Plan::ListEntries,
         'H' => Plan::ListHints,
         'i' => Plan::Run(Command::Serve { watch: false, log: super::LogSink::Stderr }),
-        'k' => Plan::Run(Command::Keygen { file: a.key_file.clone().expect("-k sets its file") }),
+        'k' => Plan::Run(Command::Keygen {
+            file: a.key_file.clone().expect("-k sets its file"),
+            no_node: super::NoNode::default(),
+        }),
         'S' => {
             return Err(
                 "-S (list a pair's database) has no equivalent; `snapsync status --peer PEER` compares with one peer"

@@ -83,6 +83,31 @@ pub struct Cli {
     pub forward_args: Option<Vec<String>>,
 }
 
+/// The global options that choose a node (`--config`, `-C`, `-N`, `-D`),
+/// declared again, hidden, on the commands that open no node (`keygen`,
+/// `demo`): their help then does not list options that do nothing there,
+/// and a command line that gives them anyway (a wrapper that always does)
+/// still parses. The ids and value types are the global ones', so clap
+/// does not propagate those to these commands.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NoNode {
+    #[arg(long, hide = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(short = 'C', hide = true, value_name = "NAME")]
+    config_name: Option<String>,
+    #[arg(short = 'N', long = "name", hide = true, value_name = "NAME")]
+    name: Option<String>,
+    #[arg(short = 'D', long = "state-dir", hide = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// `--json`, hidden, on `demo`, which prints no document (as [`NoNode`]).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NoJson {
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
 /// What `sync` and `update` reconcile, and how.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ReconcileArgs {
@@ -116,6 +141,8 @@ pub enum Command {
     Keygen {
         /// The key file to create (mode 0600; never overwritten).
         file: PathBuf,
+        #[command(flatten)]
+        no_node: NoNode,
     },
     /// List backup generations.
     Generations {
@@ -206,6 +233,10 @@ pub enum Command {
         /// Where to lay out the demo (default: a new directory under the temp directory).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        no_node: NoNode,
+        #[command(flatten)]
+        no_json: NoJson,
     },
 }
 
@@ -605,4 +636,50 @@ fn sync_command(cli: &Cli, node: &Arc<Node>, opts: SyncOptions, out: &mut String
     } else {
         EXIT_OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn help(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).expect_err("help is printed");
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        e.to_string()
+    }
+
+    #[test]
+    fn keygen_and_demo_help_leave_out_node_options() {
+        for cmd in ["keygen", "demo"] {
+            let text = help(&["snapsync", cmd, "--help"]);
+            for option in ["--config", "-C <NAME>", "--name", "--state-dir"] {
+                assert!(!text.contains(option), "{cmd} --help lists {option}:\n{text}");
+            }
+            assert!(text.contains("--verbose"), "{text}");
+        }
+        assert!(help(&["snapsync", "keygen", "--help"]).contains("--json"));
+        assert!(!help(&["snapsync", "demo", "--help"]).contains("--json"));
+        let text = help(&["snapsync", "sync", "--help"]);
+        for option in ["--config", "-C <NAME>", "--name", "--state-dir", "--json"] {
+            assert!(text.contains(option), "sync --help lacks {option}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn node_options_go_before_or_after_the_command() {
+        for args in [&["snapsync", "-D", "/s", "-N", "a", "sync"][..], &["snapsync", "sync", "-D", "/s", "-N", "a"]] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.state_dir, Path::new("/s"), "{args:?}");
+            assert_eq!(cli.name.as_deref(), Some("a"), "{args:?}");
+        }
+        // Given to keygen anyway (as a wrapper might), they still parse.
+        for args in
+            [&["snapsync", "--config", "/c", "-D", "/s", "keygen", "/k"][..], &["snapsync", "keygen", "-D", "/s", "/k"]]
+        {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(matches!(cli.command, Command::Keygen { .. }), "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["snapsync", "--json", "demo", "--dir", "/d"]).unwrap();
+        assert!(matches!(cli.command, Command::Demo { .. }));
+    }
 }
