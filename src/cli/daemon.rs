@@ -129,6 +129,7 @@ fn absolutize(cmd: &mut Command, cwd: &Path) {
             to.iter_mut().for_each(fix);
         }
         Command::Ls { path } => path.iter_mut().for_each(fix),
+        Command::Diff { path, .. } => fix(path),
         _ => {}
     }
 }

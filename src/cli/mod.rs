@@ -47,6 +47,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/snapsync";
     after_help = "Examples:\n  \
         snapsync sync                  check, then reconcile with every peer\n  \
         snapsync status --json         what differs, for monitoring (exit 3: differences)\n  \
+        snapsync diff /etc/hosts       compare one file with every peer: a unified diff\n  \
         snapsync force -r /srv/www     the local version of /srv/www wins its conflicts\n  \
         snapsync restore --generation 12 /srv/www/index.html\n\n\
         Exit status: 0 success, 1 runtime failure, 2 usage or configuration error,\n\
@@ -195,6 +196,15 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_name = "G")]
         group: Vec<String>,
     },
+    /// Compare one path with peers: a unified diff for a text file of at
+    /// most 1 MiB, both sides' kind, size, hash, time and version otherwise.
+    Diff {
+        /// The path (below an include root).
+        path: PathBuf,
+        /// Only these peers (default: every peer of its group).
+        #[arg(long, value_delimiter = ',', value_name = "P")]
+        peer: Vec<String>,
+    },
     /// List unresolved conflicts with both sides' versions.
     Conflicts,
     /// Run the daemon: serve peers, and local commands on a socket.
@@ -254,6 +264,7 @@ impl Command {
             Command::Update(_) => "update",
             Command::Force { .. } => "force",
             Command::Status { .. } => "status",
+            Command::Diff { .. } => "diff",
             Command::Conflicts => "conflicts",
             Command::Serve { .. } => "serve",
             Command::Trust { .. } => "trust",
@@ -544,6 +555,17 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             if report.failed() {
                 EXIT_FAILURE
             } else if report.differences() || !conflicts.is_empty() {
+                EXIT_DIFFERENCES
+            } else {
+                EXIT_OK
+            }
+        }
+        Command::Diff { path, peer } => {
+            let report = block_on(crate::peer::diff(Arc::clone(node), path, peer, crate::peer::MAX_PEEK_BYTES))?;
+            output::diff(out, cli, &engine.host, &report);
+            if report.failed() {
+                EXIT_FAILURE
+            } else if report.differences() {
                 EXIT_DIFFERENCES
             } else {
                 EXIT_OK
