@@ -10,12 +10,13 @@
 //!   (`journalctl`, `tail -f`) raw.
 //!
 //! The daemon's lines carry a UTC timestamp (the journal stamps its own);
-//! `RUST_LOG` overrides the levels `-v` and `-q` choose.
+//! `RUST_LOG` overrides the levels `-v` and `-q` choose. A log file is
+//! reopened on SIGHUP ([`reopen`]), so logrotate can move it away.
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::MakeExt as _;
@@ -93,8 +94,10 @@ pub fn init(quiet: bool, verbose: u8, daemon: bool, sink: &LogSink) -> Result<()
             let _ = if daemon { builder.try_init() } else { builder.without_time().try_init() };
         }
         LogSink::File(path) => {
-            let file = open_log_file(path)?;
-            let _ = builder.with_writer(Mutex::new(file)).with_ansi(false).try_init();
+            let file = Arc::new(LogFile { path: path.clone(), file: Mutex::new(open_log_file(path)?) });
+            if builder.with_writer(Arc::clone(&file)).with_ansi(false).try_init().is_ok() {
+                let _ = LOG_FILE.set(file);
+            }
         }
         LogSink::Journal => match tracing_journald::layer() {
             Ok(journal) => {
@@ -112,6 +115,41 @@ pub fn init(quiet: bool, verbose: u8, daemon: bool, sink: &LogSink) -> Result<()
             }
         },
     }
+    Ok(())
+}
+
+/// The log file of `serve --log FILE`: its path, to reopen it, and the
+/// file lines are appended to now.
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+/// The process's log file, once logging to one is set up.
+static LOG_FILE: OnceLock<Arc<LogFile>> = OnceLock::new();
+
+impl std::io::Write for &LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// Whether this process logs to a file (`serve --log FILE`).
+pub fn logs_to_file() -> bool {
+    LOG_FILE.get().is_some()
+}
+
+/// Opens the log file's path again and appends to the new file from now
+/// on (after logrotate has moved the old one away); the old file stays in
+/// use when the path cannot be opened.
+pub fn reopen() -> Result<(), LogError> {
+    let Some(log) = LOG_FILE.get() else { return Ok(()) };
+    let file = open_log_file(&log.path)?;
+    *log.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
     Ok(())
 }
 

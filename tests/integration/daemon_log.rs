@@ -39,6 +39,34 @@ fn serve_log_file_gets_the_timestamped_start_line() {
     assert!(text.lines().filter(|l| !l.is_empty()).all(stamped), "{text}");
 }
 
+/// On SIGHUP the daemon opens its log file's path again: after logrotate
+/// has moved the file away, lines go to a new file there, and the daemon
+/// runs on.
+#[test]
+fn serve_log_file_is_reopened_on_sighup() {
+    let mut c = Cluster::new(1);
+    let file = c.root().join("a").join("snapsync.log");
+    let rotated = c.root().join("a").join("snapsync.log.1");
+    c.start_with("a", &[OsStr::new("--log"), file.as_os_str()]);
+    std::fs::rename(&file, &rotated).unwrap();
+    // The daemon is ours and running: its pid cannot have been reused.
+    unsafe {
+        libc::kill(c.daemon_pid("a") as libc::pid_t, libc::SIGHUP);
+    }
+    // The new file's first line is the event; a file gives no other
+    // notice of it, so it is looked for, with a bound.
+    let deadline = std::time::Instant::now() + crate::cluster::READY_TIMEOUT;
+    while !std::fs::read_to_string(&file).unwrap_or_default().contains("SIGHUP: log file reopened") {
+        assert!(std::time::Instant::now() < deadline, "no reopened log file; stderr:\n{}", c.log("a"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    c.stop("a");
+    let new = std::fs::read_to_string(&file).unwrap();
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(new.contains("stopped") && !new.contains("started:"), "{new}");
+    assert!(old.contains("started:") && !old.contains("stopped"), "{old}");
+}
+
 /// A symbolic link planted at the log path is not followed: the daemon
 /// refuses to start and the link's target is untouched.
 #[test]
