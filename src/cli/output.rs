@@ -812,10 +812,17 @@ pub(super) fn diff(o: &mut String, cli: &Cli, host: &str, report: &crate::peer::
                 "group": report.group,
                 "logical_path": String::from_utf8_lossy(&report.logical),
                 "local": side_json(report.local.record.as_ref()),
+                "unrecorded": report.unrecorded,
                 "peers": peers,
             }),
         );
         return;
+    }
+    if report.unrecorded {
+        say!(
+            o,
+            "{path}: changed here since the last check: the sides below show what was recorded; run `snapsync check {path}` to record it"
+        );
     }
     for p in &report.peers {
         let remote = match &p.remote {

@@ -88,6 +88,9 @@ pub struct DiffReport {
     pub local: PeekSide,
     /// Each peer's side, sorted by peer.
     pub peers: Vec<PeerPeek>,
+    /// The local path (or something below it) changed since the last
+    /// check: the local record is not what is on disk.
+    pub unrecorded: bool,
 }
 
 impl DiffReport {
@@ -129,6 +132,11 @@ pub async fn diff(node: Arc<Node>, path: &Path, peers: &[String], max: u64) -> R
         }
     }
     let local = local_side(&node, g, &logical, &abs, max)?;
+    // A read-only check of the path alone: whether the record is behind.
+    let (n, scope) = (Arc::clone(&node), vec![abs.clone()]);
+    let checked = tokio::task::spawn_blocking(move || n.engine.check_read_only(&scope));
+    let checked = checked.await.expect("check panicked")?;
+    let unrecorded = checked.groups.iter().any(|c| c.group == g.name && !c.pending_paths.is_empty());
     let mut tasks = tokio::task::JoinSet::new();
     for entry in g.peers().filter(|h| peers.is_empty() || peers.iter().any(|p| h.is_host(p))) {
         let (node, entry, logical) = (Arc::clone(&node), entry.clone(), logical.clone());
@@ -142,7 +150,7 @@ pub async fn diff(node: Arc<Node>, path: &Path, peers: &[String], max: u64) -> R
         out.push(r.expect("peek task panicked"));
     }
     out.sort_by(|a, b| a.peer.cmp(&b.peer));
-    Ok(DiffReport { path: abs, group: g.name.clone(), logical, local, peers: out })
+    Ok(DiffReport { path: abs, group: g.name.clone(), logical, local, peers: out, unrecorded })
 }
 
 /// This node's record of `logical`, and the bytes of the file at `path`

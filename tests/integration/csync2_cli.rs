@@ -177,4 +177,10 @@ fn csync2_tt_shows_one_file_against_a_peer() {
     // A path no group includes is a usage error.
     let out = c.run("a", &["diff", "/nonexistent/elsewhere"]);
     assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    // A local edit not checked yet is pointed out; the text is the file's.
+    write(&file, b"listen 81;\n");
+    let d = c.run("a", &["diff", file_arg]);
+    assert_eq!(d.code, 3, "{}{}", d.stdout, d.stderr);
+    assert!(d.stdout.contains("changed here since the last check"), "{}", d.stdout);
+    assert!(d.stdout.lines().any(|l| l == "+listen 81;"), "{}", d.stdout);
 }
