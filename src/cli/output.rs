@@ -719,6 +719,16 @@ mod tests {
     }
 
     #[test]
+    fn a_diff_escapes_the_peers_text_on_a_terminal_only() {
+        let theirs = "a\tb\n\x1b[2Jwiped\n";
+        let ours = "a\tb\nkept\n";
+        let shown = unified(theirs, ours, "b:/f", "a:/f", true);
+        assert_eq!(shown, "--- b:/f\n+++ a:/f\n@@ -1,2 +1,2 @@\n a\tb\n-\\x1b[2Jwiped\n+kept\n");
+        let exact = unified(theirs, ours, "b:/f", "a:/f", false);
+        assert!(exact.contains("-\x1b[2Jwiped\n"), "{exact:?}");
+    }
+
+    #[test]
     fn escape_shows_control_characters_as_c_escapes() {
         assert_eq!(escape("red\x1b[31mX\nfake line"), "red\\x1b[31mX\\nfake line");
         assert_eq!(escape("a\tb\rc\0d\x7fe"), "a\\tb\\rc\\x00d\\x7fe");
@@ -763,15 +773,19 @@ fn diffable(bytes: &[u8]) -> Option<&str> {
 }
 
 /// A unified diff of the peer's text (`---`) against this host's (`+++`),
-/// every line escaped for a terminal except its tabs: the content comes
-/// from the peer.
-fn unified(theirs: &str, ours: &str, their_name: &str, our_name: &str) -> String {
+/// the two named in the header as given. With `escaped` (for a terminal)
+/// every hunk line is escaped except its tabs: the content comes from the
+/// peer. Without (for JSON), the text is exact.
+fn unified(theirs: &str, ours: &str, their_name: &str, our_name: &str, escaped: bool) -> String {
     let diff = similar::TextDiff::from_lines(theirs, ours);
-    let text =
-        diff.unified_diff().context_radius(3).header(their_name, our_name).missing_newline_hint(true).to_string();
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let shown: Vec<std::borrow::Cow<'_, str>> = line.split('\t').map(escape).collect();
+    let hunks = diff.unified_diff().context_radius(3).missing_newline_hint(true).to_string();
+    let mut out = format!("--- {their_name}\n+++ {our_name}\n");
+    if !escaped {
+        out.push_str(&hunks);
+        return out;
+    }
+    for line in hunks.lines() {
+        let shown: Vec<Cow<'_, str>> = line.split('\t').map(escape).collect();
         out.push_str(&shown.join("\t"));
         out.push('\n');
     }
@@ -782,9 +796,10 @@ fn unified(theirs: &str, ours: &str, their_name: &str, our_name: &str) -> String
 /// differs, or both sides' kind, size, hash, time and version.
 pub(super) fn diff(o: &mut String, cli: &Cli, host: &str, report: &crate::peer::DiffReport) {
     let path = escape_path(&report.path);
-    let theirs_and_ours = |remote: &crate::peer::PeekSide, peer: &str| match (text_of(remote), text_of(&report.local)) {
-        (Some(t), Some(u)) => Some(unified(t, u, &format!("{peer}:{path}"), &format!("{host}:{path}"))),
-        _ => None,
+    let theirs_and_ours = |remote: &crate::peer::PeekSide, peer: &str, escaped: bool| {
+        let (theirs, ours) = (text_of(remote)?, text_of(&report.local)?);
+        let path = if escaped { path.clone() } else { report.path.to_string_lossy() };
+        Some(unified(theirs, ours, &format!("{peer}:{path}"), &format!("{host}:{path}"), escaped))
     };
     if cli.json {
         let peers: Vec<serde_json::Value> = report
@@ -793,7 +808,7 @@ pub(super) fn diff(o: &mut String, cli: &Cli, host: &str, report: &crate::peer::
             .map(|p| match &p.remote {
                 Ok(remote) => {
                     let same = remote.same_as(&report.local);
-                    let diff = if same { None } else { theirs_and_ours(remote, &p.peer) };
+                    let diff = if same { None } else { theirs_and_ours(remote, &p.peer, false) };
                     json!({
                         "peer": p.peer,
                         "same": same,
@@ -846,7 +861,7 @@ pub(super) fn diff(o: &mut String, cli: &Cli, host: &str, report: &crate::peer::
             }
             continue;
         }
-        match theirs_and_ours(remote, &p.peer) {
+        match theirs_and_ours(remote, &p.peer, true) {
             Some(d) => {
                 say!(o, "{path}: differs between {host} and {}:", p.peer);
                 sides(o);
