@@ -17,6 +17,7 @@
 //! | `-m FILE...` | `mark FILE...` |
 //! | `-f [-r] FILE...` | `force [-r] FILE...` |
 //! | `-T [FILE]`, `-TT` | `status` (exit 2 when in sync, as csync2) |
+//! | `-TT FILE [PEER]`, `-TT [MYNAME] PEER FILE` | `diff FILE [--peer PEER]` (exit 2 when the same) |
 //! | `-M` | the paths a sync would send, and local changes not recorded |
 //! | `-L` | `ls` (paths only) |
 //! | `-R` | `check` (entries the configuration no longer includes go) |
@@ -39,7 +40,8 @@ use super::{Cli, Command, DEFAULT_STATE_DIR, EXIT_DIFFERENCES, EXIT_OK, Reconcil
 /// csync2's exit statuses.
 const OK: u8 = 0;
 const ERROR: u8 = 1;
-/// `-T`: in sync; `-L`, `-M`, `-H`: nothing to list.
+/// `-T`: in sync; `-TT FILE`: the same on every peer; `-L`, `-M`, `-H`:
+/// nothing to list.
 const EMPTY: u8 = 2;
 
 /// Whether the program was started under csync2's name.
@@ -144,7 +146,8 @@ pub(super) fn parse(args: &[String]) -> Result<Args, String> {
 enum Plan {
     /// Run the command; map its exit status.
     Run(Command),
-    /// `-T`/`-TT`: `status`, exit 2 when in sync.
+    /// `-T`/`-TT`: `status`, exit 2 when in sync; `-TT FILE`: `diff`,
+    /// exit 2 when the same.
     Test(Command),
     /// `-L`: the tracked paths, exit 2 when none.
     ListEntries,
@@ -193,12 +196,16 @@ fn plan(a: &Args) -> Result<Plan, String> {
             needs_files("f")?;
             Plan::Run(Command::Force { paths: files, recursive: a.recursive, list: false, cancel: false })
         }
+        'T' if a.modes.iter().filter(|&&m| m == 'T').count() > 1 && !files.is_empty() => Plan::Test(diff_command(a)?),
         'T' => Plan::Test(Command::Status { peer: a.peers.clone(), group: a.groups.clone() }),
         'M' => Plan::ListDirty,
         'L' => Plan::ListEntries,
         'H' => Plan::ListHints,
-        'i' => Plan::Run(Command::Serve { watch: false }),
-        'k' => Plan::Run(Command::Keygen { file: a.key_file.clone().expect("-k sets its file") }),
+        'i' => Plan::Run(Command::Serve { watch: false, log: super::LogSink::Stderr }),
+        'k' => Plan::Run(Command::Keygen {
+            file: a.key_file.clone().expect("-k sets its file"),
+            no_node: super::NoNode::default(),
+        }),
         'S' => {
             return Err(
                 "-S (list a pair's database) has no equivalent; `snapsync status --peer PEER` compares with one peer"
@@ -208,6 +215,26 @@ fn plan(a: &Args) -> Result<Plan, String> {
         'o' => return Err("-o (compare mode) has no equivalent; `snapsync status` lists what differs".into()),
         m => return Err(format!("-{m} is not a mode")),
     })
+}
+
+/// `-TT FILE`: `diff FILE`. The peer may be named as well, after the file
+/// (`-TT FILE PEER`) or in csync2's own order (`-TT PEER FILE`, `-TT
+/// MYNAME PEER FILE`), or with `-P`.
+fn diff_command(a: &Args) -> Result<Command, String> {
+    let word = |p: &PathBuf| p.to_string_lossy().into_owned();
+    let (path, peer) = match &a.files[..] {
+        [file] => (file.clone(), None),
+        // The file is the word that is a path.
+        [x, y] if y.is_absolute() || (y.components().count() > 1 && x.components().count() == 1) => {
+            (y.clone(), Some(word(x)))
+        }
+        [file, peer] => (file.clone(), Some(word(peer))),
+        [_me, peer, file] => (file.clone(), Some(word(peer))),
+        _ => return Err("-TT takes FILE [PEER] (or MYNAME PEER FILE)".into()),
+    };
+    let mut peers = a.peers.clone();
+    peers.extend(peer);
+    Ok(Command::Diff { path, peer: peers })
 }
 
 /// csync2's system directory: `$CSYNC2_SYSTEM_DIR`, else `/etc`.
@@ -279,6 +306,11 @@ fn command_words(command: &Command) -> Vec<String> {
             w.extend(paths(&a.paths));
         }
         Command::Status { peer, group } => w.extend(lists(peer, group, false)),
+        Command::Diff { path, peer } => {
+            w.extend(lists(peer, &[], false));
+            w.push("--".into());
+            w.push(path.to_string_lossy().into_owned());
+        }
         Command::Check { paths: p } | Command::Mark { paths: p } => {
             w.push("--".into());
             w.extend(paths(p));
@@ -294,7 +326,7 @@ fn command_words(command: &Command) -> Vec<String> {
             w.push("--".into());
             w.push(p.to_string_lossy().into_owned());
         }
-        Command::Keygen { file } => w.push(file.to_string_lossy().into_owned()),
+        Command::Keygen { file, .. } => w.push(file.to_string_lossy().into_owned()),
         _ => {}
     }
     w
@@ -312,7 +344,9 @@ pub(super) fn run(args: &[String]) -> (u8, String) {
             return (ERROR, out);
         }
     };
-    super::init_logging(a.quiet, a.verbose, matches!(plan, Plan::Run(Command::Serve { .. })));
+    // csync2's command line has no --log: stderr, as csync2 logs.
+    let daemon = matches!(plan, Plan::Run(Command::Serve { .. }));
+    let _ = super::logging::init(a.quiet, a.verbose, daemon, &super::LogSink::Stderr);
     let code = match plan {
         Plan::Run(command) => match run_into(&cli_for(&a, command, false), &mut out) {
             EXIT_OK => OK,
@@ -425,13 +459,32 @@ mod tests {
         assert!(matches!(run("-L"), Plan::ListEntries));
         assert!(matches!(run("-ii"), Plan::Run(Command::Serve { .. })));
         assert!(matches!(run("-k /etc/k"), Plan::Run(Command::Keygen { .. })));
+        assert!(matches!(run("-TT"), Plan::Test(Command::Status { .. })));
+        assert!(matches!(run("-T /srv/f"), Plan::Test(Command::Status { .. })));
+    }
+
+    #[test]
+    fn tt_with_a_file_compares_that_file() {
+        let run = |s: &str| match plan(&parse(&words(s)).unwrap()).unwrap() {
+            Plan::Test(Command::Diff { path, peer }) => (path, peer),
+            other => panic!("{s}: {other:?}"),
+        };
+        let f = PathBuf::from("/srv/www/site.conf");
+        assert_eq!(run("-TT /srv/www/site.conf"), (f.clone(), vec![]));
+        assert_eq!(run("-TT /srv/www/site.conf b"), (f.clone(), vec!["b".to_owned()]));
+        assert_eq!(run("-TT b /srv/www/site.conf"), (f.clone(), vec!["b".to_owned()]));
+        assert_eq!(run("-TT a b /srv/www/site.conf"), (f.clone(), vec!["b".to_owned()]));
+        assert_eq!(run("-T -T -P c /srv/www/site.conf"), (f, vec!["c".to_owned()]));
+        assert!(plan(&parse(&words("-TT a b c d")).unwrap()).is_err());
     }
 
     /// What a running daemon is sent parses back to the same command.
     #[test]
     fn forwarded_words_parse_back_to_the_command() {
         use clap::Parser;
-        for line in ["-x -d -P b,c /srv/a", "-u -G web", "-m /srv/a /srv/b", "-fr /srv", "-cr /srv", "-T", "-L"] {
+        for line in
+            ["-x -d -P b,c /srv/a", "-u -G web", "-m /srv/a /srv/b", "-fr /srv", "-cr /srv", "-T", "-L", "-TT /srv/f b"]
+        {
             let a = parse(&words(&format!("-N n1 -D /var/db -v {line}"))).unwrap();
             let command = match plan(&a).unwrap() {
                 Plan::Run(c) | Plan::Test(c) => c,

@@ -65,6 +65,10 @@ pub(super) fn serve(node: Arc<Node>, config: &Path, files: &[PathBuf]) -> u8 {
         let _ = std::io::stdout().flush();
     };
     block_on(async move {
+        // SIGHUP also makes the daemon re-read its configuration.
+        if super::logging::logs_to_file() {
+            reopen_log_on_sighup();
+        }
         match daemon::run(current, Arc::new(CommandLine), ready).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
@@ -77,6 +81,28 @@ pub(super) fn serve(node: Arc<Node>, config: &Path, files: &[PathBuf]) -> u8 {
             }
         }
     })
+}
+
+/// Reopens the log file (`serve --log FILE`) on every SIGHUP, as
+/// logrotate's `postrotate` asks for. Only with a log file: otherwise
+/// SIGHUP keeps its default action.
+fn reopen_log_on_sighup() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot handle SIGHUP ({e}): the log file is not reopened on it");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match super::logging::reopen() {
+                Ok(()) => tracing::info!(target: "snapsync::daemon", "SIGHUP: log file reopened"),
+                Err(e) => tracing::error!("SIGHUP: {e}; logging on to the file opened before"),
+            }
+        }
+    });
 }
 
 /// Runs the daemon's local commands as the command line would.
@@ -136,6 +162,7 @@ fn absolutize(cmd: &mut Command, cwd: &Path) {
             to.iter_mut().for_each(fix);
         }
         Command::Ls { path } => path.iter_mut().for_each(fix),
+        Command::Diff { path, .. } => fix(path),
         _ => {}
     }
 }

@@ -15,6 +15,7 @@
 mod csync2;
 mod daemon;
 mod demo;
+mod logging;
 mod output;
 mod progress;
 
@@ -28,6 +29,8 @@ use std::sync::Arc;
 use crate::config::{self, Config};
 use crate::engine::{Engine, EngineError};
 use crate::peer::{Node, SyncError, SyncOptions};
+
+pub use logging::LogSink;
 
 pub use crate::exit::{EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
@@ -44,6 +47,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/snapsync";
     after_help = "Examples:\n  \
         snapsync sync                  check, then reconcile with every peer\n  \
         snapsync status --json         what differs, for monitoring (exit 3: differences)\n  \
+        snapsync diff /etc/hosts       compare one file with every peer: a unified diff\n  \
         snapsync force -r /srv/www     the local version of /srv/www wins its conflicts\n  \
         snapsync restore --generation 12 /srv/www/index.html\n\n\
         Exit status: 0 success, 1 runtime failure, 2 usage or configuration error,\n\
@@ -80,6 +84,31 @@ pub struct Cli {
     pub forward_args: Option<Vec<String>>,
 }
 
+/// The global options that choose a node (`--config`, `-C`, `-N`, `-D`),
+/// declared again, hidden, on the commands that open no node (`keygen`,
+/// `demo`): their help then does not list options that do nothing there,
+/// and a command line that gives them anyway (a wrapper that always does)
+/// still parses. The ids and value types are the global ones', so clap
+/// does not propagate those to these commands.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NoNode {
+    #[arg(long, hide = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(short = 'C', hide = true, value_name = "NAME")]
+    config_name: Option<String>,
+    #[arg(short = 'N', long = "name", hide = true, value_name = "NAME")]
+    name: Option<String>,
+    #[arg(short = 'D', long = "state-dir", hide = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// `--json`, hidden, on `demo`, which prints no document (as [`NoNode`]).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NoJson {
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
 /// What `sync` and `update` reconcile, and how.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ReconcileArgs {
@@ -113,6 +142,8 @@ pub enum Command {
     Keygen {
         /// The key file to create (mode 0600; never overwritten).
         file: PathBuf,
+        #[command(flatten)]
+        no_node: NoNode,
     },
     /// List backup generations.
     Generations {
@@ -165,13 +196,32 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_name = "G")]
         group: Vec<String>,
     },
+    /// Compare one path with peers: a unified diff for a text file of at
+    /// most 1 MiB, both sides' kind, size, hash, time and version otherwise.
+    Diff {
+        /// The path (below an include root).
+        path: PathBuf,
+        /// Only these peers (default: every peer of its group).
+        #[arg(long, value_delimiter = ',', value_name = "P")]
+        peer: Vec<String>,
+    },
     /// List unresolved conflicts with both sides' versions.
     Conflicts,
     /// Run the daemon: serve peers, and local commands on a socket.
+    #[command(after_long_help = "Logging:\n  \
+        The daemon logs its start and stop, every sync run and pull, every change it applies\n  \
+        (audit lines: host, peer, action, path) and every warning and error, with UTC timestamps.\n  \
+        -v logs more, -q only errors. RUST_LOG overrides both with tracing's filter syntax,\n  \
+        for example RUST_LOG=info or RUST_LOG=warn,audit=info,snapsync::net=debug.")]
     Serve {
         /// Also sync changes as they happen (not available yet).
         #[arg(long, hide = true)]
         watch: bool,
+        /// Where log lines go: stderr; journal (the system journal, or stderr
+        /// with a warning when it is not reachable); or a FILE path, appended
+        /// to (created mode 0640; a symbolic link there is refused).
+        #[arg(long, value_name = "journal|stderr|FILE", default_value = "stderr", value_parser = LogSink::parse)]
+        log: LogSink,
     },
     /// Accept a peer's new node key (after a reinstall): forget its pin.
     Trust {
@@ -193,6 +243,10 @@ pub enum Command {
         /// Where to lay out the demo (default: a new directory under the temp directory).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        no_node: NoNode,
+        #[command(flatten)]
+        no_json: NoJson,
     },
 }
 
@@ -210,6 +264,7 @@ impl Command {
             Command::Update(_) => "update",
             Command::Force { .. } => "force",
             Command::Status { .. } => "status",
+            Command::Diff { .. } => "diff",
             Command::Conflicts => "conflicts",
             Command::Serve { .. } => "serve",
             Command::Trust { .. } => "trust",
@@ -239,42 +294,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(cli.quiet, cli.verbose, matches!(cli.command, Command::Serve { .. }));
-    ExitCode::from(run(&cli))
-}
-
-/// Logs go to stderr, each message escaped as [`output::escape`] does:
-/// errors and audit lines name paths a peer chose, and those must not
-/// reach the terminal raw. The daemon's lines carry a UTC timestamp and
-/// include its lifecycle (start, stop); `RUST_LOG` overrides the levels.
-fn init_logging(quiet: bool, verbose: u8, daemon: bool) {
-    use tracing_subscriber::field::MakeExt as _;
-    let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) if daemon => "warn,audit=info,snapsync::daemon=info,snapsync::engine::actions=info",
-        (false, 0) => "warn,audit=info",
-        (false, 1) => "info,snapsync=debug",
-        (false, _) => "debug,snapsync=trace",
+    let (daemon, sink) = match &cli.command {
+        Command::Serve { log, .. } => (true, log.clone()),
+        _ => (false, LogSink::Stderr),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        // A message's Debug form is its text; other fields are `name=value`.
-        let text = format!("{value:?}");
-        if field.name() == "message" {
-            write!(w, "{}", output::escape(&text))
-        } else {
-            write!(w, "{}={}", field.name(), output::escape(&text))
-        }
-    })
-    .delimited(" ");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .fmt_fields(fields)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    let _ = if daemon { builder.try_init() } else { builder.without_time().try_init() };
+    if let Err(e) = logging::init(cli.quiet, cli.verbose, daemon, &sink) {
+        eprintln!("snapsync: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    ExitCode::from(run(&cli))
 }
 
 /// The config file to read and the config name its state is kept under.
@@ -333,7 +361,7 @@ fn run(cli: &Cli) -> u8 {
 
 /// Runs the command; what it prints on stdout goes to `out`.
 fn run_into(cli: &Cli, out: &mut String) -> u8 {
-    if let Command::Demo { dir } = &cli.command {
+    if let Command::Demo { dir, .. } = &cli.command {
         return match demo::run(dir.as_deref()) {
             Ok(()) => EXIT_OK,
             Err(e) => {
@@ -342,7 +370,7 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
             }
         };
     }
-    if let Command::Keygen { file } = &cli.command {
+    if let Command::Keygen { file, .. } = &cli.command {
         return match crate::key::write_new(file) {
             Ok(()) => {
                 output::keygen(out, cli, file);
@@ -388,7 +416,7 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
         engine.progress = Arc::new(progress::Bars);
     }
     let node = Arc::new(Node::new(engine, &state));
-    if let Command::Serve { watch } = &cli.command {
+    if let Command::Serve { watch, .. } = &cli.command {
         if *watch {
             tracing::error!("serve --watch (online sync) is not available yet; run `snapsync sync` from cron");
             return EXIT_USAGE;
@@ -532,6 +560,17 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
                 EXIT_OK
             }
         }
+        Command::Diff { path, peer } => {
+            let report = block_on(crate::peer::diff(Arc::clone(node), path, peer, crate::peer::MAX_PEEK_BYTES))?;
+            output::diff(out, cli, &engine.host, &report);
+            if report.failed() {
+                EXIT_FAILURE
+            } else if report.differences() {
+                EXIT_DIFFERENCES
+            } else {
+                EXIT_OK
+            }
+        }
         Command::Conflicts => {
             let conflicts = engine.store.conflicts()?;
             output::conflicts(out, cli, &engine.groups, &conflicts);
@@ -619,4 +658,50 @@ fn sync_command(cli: &Cli, node: &Arc<Node>, opts: SyncOptions, out: &mut String
     } else {
         EXIT_OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn help(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).expect_err("help is printed");
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        e.to_string()
+    }
+
+    #[test]
+    fn keygen_and_demo_help_leave_out_node_options() {
+        for cmd in ["keygen", "demo"] {
+            let text = help(&["snapsync", cmd, "--help"]);
+            for option in ["--config", "-C <NAME>", "--name", "--state-dir"] {
+                assert!(!text.contains(option), "{cmd} --help lists {option}:\n{text}");
+            }
+            assert!(text.contains("--verbose"), "{text}");
+        }
+        assert!(help(&["snapsync", "keygen", "--help"]).contains("--json"));
+        assert!(!help(&["snapsync", "demo", "--help"]).contains("--json"));
+        let text = help(&["snapsync", "sync", "--help"]);
+        for option in ["--config", "-C <NAME>", "--name", "--state-dir", "--json"] {
+            assert!(text.contains(option), "sync --help lacks {option}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn node_options_go_before_or_after_the_command() {
+        for args in [&["snapsync", "-D", "/s", "-N", "a", "sync"][..], &["snapsync", "sync", "-D", "/s", "-N", "a"]] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.state_dir, Path::new("/s"), "{args:?}");
+            assert_eq!(cli.name.as_deref(), Some("a"), "{args:?}");
+        }
+        // Given to keygen anyway (as a wrapper might), they still parse.
+        for args in
+            [&["snapsync", "--config", "/c", "-D", "/s", "keygen", "/k"][..], &["snapsync", "keygen", "-D", "/s", "/k"]]
+        {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(matches!(cli.command, Command::Keygen { .. }), "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["snapsync", "--json", "demo", "--dir", "/d"]).unwrap();
+        assert!(matches!(cli.command, Command::Demo { .. }));
+    }
 }

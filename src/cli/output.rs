@@ -719,6 +719,16 @@ mod tests {
     }
 
     #[test]
+    fn a_diff_escapes_the_peers_text_on_a_terminal_only() {
+        let theirs = "a\tb\n\x1b[2Jwiped\n";
+        let ours = "a\tb\nkept\n";
+        let shown = unified(theirs, ours, "b:/f", "a:/f", true);
+        assert_eq!(shown, "--- b:/f\n+++ a:/f\n@@ -1,2 +1,2 @@\n a\tb\n-\\x1b[2Jwiped\n+kept\n");
+        let exact = unified(theirs, ours, "b:/f", "a:/f", false);
+        assert!(exact.contains("-\x1b[2Jwiped\n"), "{exact:?}");
+    }
+
+    #[test]
     fn escape_shows_control_characters_as_c_escapes() {
         assert_eq!(escape("red\x1b[31mX\nfake line"), "red\\x1b[31mX\\nfake line");
         assert_eq!(escape("a\tb\rc\0d\x7fe"), "a\\tb\\rc\\x00d\\x7fe");
@@ -748,5 +758,129 @@ mod tests {
         assert!(!shown.chars().any(char::is_control), "{shown}");
         let utf8: String = (0u32..0x250).filter_map(char::from_u32).collect();
         assert!(!escape(&utf8).chars().any(char::is_control));
+    }
+}
+
+/// The text of a live file's side, when a unified diff can show it.
+fn text_of(side: &crate::peer::PeekSide) -> Option<&str> {
+    side.record.as_ref().filter(|r| !r.deleted && matches!(r.body, crate::tree::Body::File { .. }))?;
+    side.content.as_deref().and_then(diffable)
+}
+
+/// Whether `bytes` is text a unified diff can show: UTF-8 with no NUL.
+fn diffable(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes).ok().filter(|s| !s.contains('\0'))
+}
+
+/// A unified diff of the peer's text (`---`) against this host's (`+++`),
+/// the two named in the header as given. With `escaped` (for a terminal)
+/// every hunk line is escaped except its tabs: the content comes from the
+/// peer. Without (for JSON), the text is exact.
+fn unified(theirs: &str, ours: &str, their_name: &str, our_name: &str, escaped: bool) -> String {
+    let diff = similar::TextDiff::from_lines(theirs, ours);
+    let hunks = diff.unified_diff().context_radius(3).missing_newline_hint(true).to_string();
+    let mut out = format!("--- {their_name}\n+++ {our_name}\n");
+    if !escaped {
+        out.push_str(&hunks);
+        return out;
+    }
+    for line in hunks.lines() {
+        let shown: Vec<Cow<'_, str>> = line.split('\t').map(escape).collect();
+        out.push_str(&shown.join("\t"));
+        out.push('\n');
+    }
+    out
+}
+
+/// `diff`: for each peer, a unified diff of a small text file that
+/// differs, or both sides' kind, size, hash, time and version.
+pub(super) fn diff(o: &mut String, cli: &Cli, host: &str, report: &crate::peer::DiffReport) {
+    let path = escape_path(&report.path);
+    let theirs_and_ours = |remote: &crate::peer::PeekSide, peer: &str, escaped: bool| {
+        let (theirs, ours) = (text_of(remote)?, text_of(&report.local)?);
+        let path = if escaped { path.clone() } else { report.path.to_string_lossy() };
+        Some(unified(theirs, ours, &format!("{peer}:{path}"), &format!("{host}:{path}"), escaped))
+    };
+    if cli.json {
+        let peers: Vec<serde_json::Value> = report
+            .peers
+            .iter()
+            .map(|p| match &p.remote {
+                Ok(remote) => {
+                    let same = remote.same_as(&report.local);
+                    let diff = if same { None } else { theirs_and_ours(remote, &p.peer, false) };
+                    json!({
+                        "peer": p.peer,
+                        "same": same,
+                        "remote": side_json(remote.record.as_ref()),
+                        "diff": diff,
+                        "error": null,
+                    })
+                }
+                Err(e) => json!({ "peer": p.peer, "same": null, "remote": null, "diff": null, "error": e.to_string() }),
+            })
+            .collect();
+        print_json(
+            o,
+            &json!({
+                "path": report.path.to_string_lossy(),
+                "group": report.group,
+                "logical_path": String::from_utf8_lossy(&report.logical),
+                "local": side_json(report.local.record.as_ref()),
+                "unrecorded": report.unrecorded,
+                "peers": peers,
+            }),
+        );
+        return;
+    }
+    if report.unrecorded {
+        say!(
+            o,
+            "{path}: changed here since the last check: the sides below show what was recorded; run `snapsync check {path}` to record it"
+        );
+    }
+    for p in &report.peers {
+        let remote = match &p.remote {
+            Ok(r) => r,
+            Err(e) => {
+                say!(o, "{path}: with {}: failed: {}", p.peer, escape(&e.to_string()));
+                continue;
+            }
+        };
+        let width = p.peer.len().max(host.len());
+        let sides = |o: &mut String| {
+            say!(o, "  {:<width$}  {}", host, side_text(report.local.record.as_ref(), true));
+            say!(o, "  {:<width$}  {}", p.peer, side_text(remote.record.as_ref(), true));
+        };
+        if remote.same_as(&report.local) {
+            if LiveMeta::of(remote) == LiveMeta::of(&report.local) {
+                say!(o, "{path}: same on {host} and {}", p.peer);
+            } else {
+                say!(o, "{path}: same content on {host} and {}, other metadata:", p.peer);
+                sides(o);
+            }
+            continue;
+        }
+        match theirs_and_ours(remote, &p.peer, true) {
+            Some(d) => {
+                say!(o, "{path}: differs between {host} and {}:", p.peer);
+                sides(o);
+                o.push_str(&d);
+            }
+            None => {
+                say!(o, "{path}: differs between {host} and {} (no text diff: not text, or over 1 MiB):", p.peer);
+                sides(o);
+            }
+        }
+    }
+}
+
+/// The metadata of a live entry that `diff` shows beside its content.
+#[derive(PartialEq, Eq)]
+struct LiveMeta(Option<crate::tree::Meta>);
+
+impl LiveMeta {
+    fn of(side: &crate::peer::PeekSide) -> LiveMeta {
+        LiveMeta(side.record.as_ref().filter(|r| !r.deleted).map(|r| r.meta.clone()))
     }
 }

@@ -211,6 +211,22 @@ impl NetError {
         }
     }
 
+    /// What the refused peer is told when this host (`local`) refuses
+    /// it: the peer's operator must not read this host's instruction
+    /// (`snapsync trust --peer PEER`) as one to run there. For a pin
+    /// mismatch it names where the command runs; other errors are told
+    /// as they are.
+    pub fn told_to_peer(&self, local: &str) -> String {
+        match self {
+            NetError::PinMismatch { host, pinned, presented, .. } => format!(
+                "{local} has pinned an older node key for this host, {host} ({pinned}), and refuses the new \
+                 one ({presented}). If {host} was reinstalled or its key replaced on purpose, accept the new \
+                 key on {local}: run `snapsync trust --peer {host}` there, not here"
+            ),
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> NetError {
         NetError::Io { path: path.into(), source }
     }
@@ -294,6 +310,10 @@ mod tests {
         };
         assert!(!pin.is_transient());
         assert!(pin.to_string().contains("snapsync trust --peer b"), "{pin}");
+        // What b is told when a refuses it: the command runs on a.
+        let told = pin.told_to_peer("a");
+        assert!(told.starts_with("a has pinned an older node key for this host, b ("), "{told}");
+        assert!(told.contains("on a: run `snapsync trust --peer b` there, not here"), "{told}");
         assert!(!NetError::Handshake { addr: addr(), expected_host: None, reason: "x".into() }.is_transient());
         assert!(!NetError::GroupKey { why: "empty".into() }.is_transient());
         assert!(!NetError::Closed { addr: addr(), code: 7, by_peer: true }.is_transient());

@@ -20,11 +20,13 @@
 //! docs/protocol.md describes the messages and the rules; this module and
 //! [`crate::sync`] are their implementation.
 
+mod peek;
 mod server;
 mod session;
 
 pub use crate::node::{Node, Stats};
 pub use crate::sync::{ChangeReport, GroupReport, SyncError};
+pub use peek::{DiffReport, MAX_PEEK_BYTES, PeekSide, PeerPeek, diff};
 pub use session::{PeerReport, SyncOptions, SyncReport, accept_session, resolve, sync};
 
 use std::sync::Arc;

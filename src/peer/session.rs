@@ -266,14 +266,21 @@ async fn sync_peer(
     report
 }
 
-async fn exchange(
-    node: &Arc<Node>,
-    gi: usize,
-    entry: &HostEntry,
-    dry_run: bool,
-    actions: Arc<ActionQueue>,
-    report: &mut PeerReport,
-) -> Result<(), SyncError> {
+/// A session this node opened with a peer, welcomed for the group.
+pub(super) struct Opened {
+    /// The peer's host name, from its verified certificate.
+    pub host: String,
+    /// The groups the peer welcomed.
+    pub groups: Vec<String>,
+    /// Opens request streams to the peer.
+    pub opener: StreamOpener,
+    /// The streams the peer opens.
+    pub acceptor: StreamAcceptor,
+}
+
+/// Connects to the peer `entry` of group `gi`, checks its key against its
+/// pin, and has `Hello` for the group answered by `Welcome`.
+pub(super) async fn open_session(node: &Arc<Node>, gi: usize, entry: &HostEntry) -> Result<Opened, SyncError> {
     let g = &node.engine.groups[gi];
     let identity = node.identity(gi)?;
     let addr = resolve(entry).await?;
@@ -304,6 +311,19 @@ async fn exchange(
             g.name, node.engine.host
         )));
     }
+    Ok(Opened { host, groups, opener, acceptor })
+}
+
+async fn exchange(
+    node: &Arc<Node>,
+    gi: usize,
+    entry: &HostEntry,
+    dry_run: bool,
+    actions: Arc<ActionQueue>,
+    report: &mut PeerReport,
+) -> Result<(), SyncError> {
+    let g = &node.engine.groups[gi];
+    let Opened { host, groups, mut opener, acceptor } = open_session(node, gi, entry).await?;
     let peer = Arc::new(Peer { host: host.clone(), groups, opener: opener.clone(), actions });
     let server = tokio::spawn(serve_streams(Arc::clone(node), Arc::clone(&peer), acceptor, false));
     let heartbeat = tokio::spawn(heartbeat(host.clone(), opener.clone()));
@@ -558,10 +578,18 @@ async fn welcome(
                         ),
                     })
                 } else if let Err(e) = pinned() {
-                    Err(Message::Error {
-                        code: ErrorCode::NotAllowed,
-                        message: super::server::truncated(e.to_string()),
-                    })
+                    // This host's log gets the instruction for this host;
+                    // the peer is told where that instruction is run.
+                    tracing::warn!("refused peer {host}: {e}");
+                    let told = match &e {
+                        SyncError::Net(n) => n.told_to_peer(&node.engine.host),
+                        other => other.to_string(),
+                    };
+                    return refuse(
+                        stream,
+                        Message::Error { code: ErrorCode::NotAllowed, message: super::server::truncated(told) },
+                    )
+                    .await;
                 } else {
                     Ok((
                         Message::Welcome { protocol: chosen, host: node.engine.host.clone(), groups: shared.clone() },
@@ -586,9 +614,14 @@ async fn welcome(
             if let Message::Error { message, .. } = &msg {
                 tracing::warn!("refused peer {host}: {message}");
             }
-            let _ = proto::write_frame(&mut stream, &msg).await;
-            let _ = stream.shutdown().await;
-            None
+            refuse(stream, msg).await
         }
     }
+}
+
+/// Sends the refusal of a peer's `Hello`; the session ends.
+async fn refuse(mut stream: Deadlines<Stream>, msg: Message) -> Option<Vec<String>> {
+    let _ = proto::write_frame(&mut stream, &msg).await;
+    let _ = stream.shutdown().await;
+    None
 }

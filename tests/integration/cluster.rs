@@ -474,11 +474,18 @@ impl Cluster {
 
     /// Starts node `name`'s daemon and waits (bounded) for its ready line.
     pub fn start(&mut self, name: &str) {
+        self.start_with(name, &[]);
+    }
+
+    /// Starts node `name`'s daemon as `serve ARGS` and waits (bounded) for
+    /// its ready line.
+    pub fn start_with(&mut self, name: &str, args: &[&std::ffi::OsStr]) {
         assert!(!self.daemons.contains_key(name), "{name} already runs");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).unwrap();
         let mut child = self
             .std_cmd(name)
             .arg("serve")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -110,3 +110,77 @@ fn csync2_command_lines_work_unchanged() {
         assert_eq!(out.code, 1, "{args:?}: {}{}", out.stdout, out.stderr);
     }
 }
+
+/// `-TT FILE [PEER]` compares one file with a peer: a unified diff of the
+/// peer's text against this host's, both sides' metadata for a binary
+/// file, exit 2 when they are the same (csync2's `-T` statuses); nothing
+/// is written on either host. `snapsync diff` is the same under
+/// snapsync's name.
+#[test]
+fn csync2_tt_shows_one_file_against_a_peer() {
+    let mut c = Cluster::new(2);
+    c.start_all();
+    let file = c.path("a", "www/site.conf");
+    let file_arg = file.to_str().unwrap();
+    write(&file, b"listen 80;\nroot /srv;\nindex index.html;\n");
+    write(&c.path("a", "www/logo.bin"), b"\x89PNG\0\0one");
+    c.sync_ok("a");
+
+    let same = csync2(&c, "a", &["-TT", file_arg]);
+    assert_eq!(same.code, 2, "in sync: {}{}", same.stdout, same.stderr);
+    assert!(same.stdout.contains(&format!("{file_arg}: same on a and b")), "{}", same.stdout);
+
+    write(&c.path("b", "www/site.conf"), b"listen 8080;\nroot /srv;\nindex index.html;\n");
+    write(&c.path("b", "www/logo.bin"), b"\x89PNG\0\0two, longer");
+    c.check("b");
+    let (before_a, before_b) = (c.snapshot("a"), c.snapshot("b"));
+
+    for args in [&["-TT", file_arg][..], &["-TT", file_arg, "b"], &["-TT", "b", file_arg], &["-TT", "a", "b", file_arg]]
+    {
+        let d = csync2(&c, "a", args);
+        assert_eq!(d.code, 0, "{args:?} differs: {}{}", d.stdout, d.stderr);
+        let want = [
+            format!("--- b:{file_arg}"),
+            format!("+++ a:{file_arg}"),
+            "-listen 8080;".into(),
+            "+listen 80;".into(),
+            " root /srv;".into(),
+        ];
+        for line in &want {
+            assert!(d.stdout.lines().any(|l| l == line), "{args:?}: no line {line:?} in\n{}", d.stdout);
+        }
+    }
+
+    // A binary file: both sides' kind, size, hash, time and version.
+    let logo = c.path("a", "www/logo.bin");
+    let d = csync2(&c, "a", &["-TT", logo.to_str().unwrap()]);
+    assert_eq!(d.code, 0, "{}{}", d.stdout, d.stderr);
+    assert!(d.stdout.contains("no text diff"), "{}", d.stdout);
+    let sides: Vec<&str> = d.stdout.lines().filter(|l| l.starts_with("  a ") || l.starts_with("  b ")).collect();
+    assert_eq!(sides.len(), 2, "{}", d.stdout);
+    for s in sides {
+        assert!(
+            s.contains("file, ") && s.contains("content ") && s.contains("modified ") && s.contains("version "),
+            "{s}"
+        );
+    }
+
+    // The same under snapsync's name, as JSON.
+    let (code, v) = c.json("a", &["diff", file_arg, "--peer", "b"]);
+    assert_eq!(code, 3, "{v:#}");
+    assert_eq!(v["peers"][0]["peer"], "b", "{v:#}");
+    assert_eq!(v["peers"][0]["same"], false, "{v:#}");
+    assert!(v["peers"][0]["diff"].as_str().unwrap().contains("\n-listen 8080;\n+listen 80;\n"), "{v:#}");
+
+    assert_eq!(c.snapshot("a"), before_a, "a's tree changed");
+    assert_eq!(c.snapshot("b"), before_b, "b's tree changed");
+    // A path no group includes is a usage error.
+    let out = c.run("a", &["diff", "/nonexistent/elsewhere"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    // A local edit not checked yet is pointed out; the text is the file's.
+    write(&file, b"listen 81;\n");
+    let d = c.run("a", &["diff", file_arg]);
+    assert_eq!(d.code, 3, "{}{}", d.stdout, d.stderr);
+    assert!(d.stdout.contains("changed here since the last check"), "{}", d.stdout);
+    assert!(d.stdout.lines().any(|l| l == "+listen 81;"), "{}", d.stdout);
+}

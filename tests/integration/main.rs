@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod csync2_cli;
 mod daemon_config_reload;
+mod daemon_log;
 mod local;
 mod model_random;
 mod operator_reports;

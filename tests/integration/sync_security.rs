@@ -55,7 +55,8 @@ fn sync_refused_for_an_unlisted_host() {
 }
 
 /// A's pin of B's node key: after B's key is replaced, A refuses B with a
-/// message naming `snapsync trust --peer b`; after `trust` it syncs again.
+/// message naming `snapsync trust --peer b`, and B's own sync is told to
+/// run that on A; after `trust` on A it syncs again.
 #[test]
 fn sync_changed_node_key_is_refused_until_trusted() {
     let mut c = Cluster::new(2);
@@ -76,10 +77,16 @@ fn sync_changed_node_key_is_refused_until_trusted() {
     let err = peer_report(&v, "b")["error"].as_str().unwrap_or_default().to_owned();
     assert!(err.contains("snapsync trust --peer b"), "{v:#}");
     assert_eq!(c.snapshot("b"), before_b, "b changed although refused");
-    // B's own sync to A is refused by A as well.
+    // B's own sync to A is refused by A as well, and B is told that the
+    // trust command runs on A: B's operator cannot accept B's own key.
     let (code, v) = c.sync("b", &[]);
     assert_eq!(code, 1, "{v:#}");
     assert!(!c.path("a", "from-b").exists());
+    let err = peer_report(&v, "a")["error"].as_str().unwrap_or_default().to_owned();
+    assert!(err.contains("a has pinned an older node key for this host, b ("), "{v:#}");
+    assert!(err.contains("on a: run `snapsync trust --peer b` there, not here"), "{v:#}");
+    assert!(!err.contains("accept the new key with `snapsync trust --peer b`"), "{v:#}");
+    assert!(c.log("a").contains("accept the new key with `snapsync trust --peer b`"), "{}", c.log("a"));
 
     let out = c.run("a", &["trust", "--peer", "b"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
