@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{Engine, EngineError};
+use crate::progress::{ProgressSink, Unit};
 use crate::scan::{Adopted, Problem, ScanStats, Scanner, Scope, Severity};
 use crate::store::{DirRecord, EntryRecord, Generation, Writer};
 use crate::tree::Timestamp;
@@ -56,9 +57,15 @@ impl CheckReport {
 }
 
 impl Engine {
-    /// Scans every group (or only `paths`) and records local changes.
-    pub fn check(&self, w: &Writer, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
-        self.check_with_cause(w, paths, "local scan", None, true, None)
+    /// Scans every group (or only `paths`) and records local changes,
+    /// reporting the scan to `progress`.
+    pub fn check(
+        &self,
+        w: &Writer,
+        paths: &[PathBuf],
+        progress: &dyn ProgressSink,
+    ) -> Result<CheckReport, EngineError> {
+        self.check_with_cause(w, paths, "local scan", None, true, None, progress)
     }
 
     /// Whether the collector has work even though no tree changed: some
@@ -78,6 +85,7 @@ impl Engine {
     /// generation is dropped (a restore needs its source to stay); with
     /// `adopt`, states a sync just applied are recorded under the peer's
     /// versions.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_with_cause(
         &self,
         w: &Writer,
@@ -86,6 +94,7 @@ impl Engine {
         only_group: Option<usize>,
         gc: bool,
         adopt: Option<&Adopted>,
+        progress: &dyn ProgressSink,
     ) -> Result<CheckReport, EngineError> {
         let abs = self.absolute_inside(paths)?;
         let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
@@ -95,7 +104,7 @@ impl Engine {
                 continue;
             }
             let Some(scope) = scope_of(group, &abs) else { continue };
-            let bar = self.bar(None, &format!("scanning {}", group.name));
+            let bar = progress.start(&format!("scanning {}", group.name), None, Unit::Items);
             let chunks = self.chunk_store(i);
             let store_name = self.chunk_store_name_of(i);
             // Records marked `stored` refer to the chunk store named in the
@@ -260,12 +269,12 @@ impl Engine {
     /// collected. Each group's `pending` says whether its tree on disk
     /// differs from the recorded one; what differs is not itemized, and a
     /// reconcile that follows compares the recorded state.
-    pub fn check_read_only(&self, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
+    pub fn check_read_only(&self, paths: &[PathBuf], progress: &dyn ProgressSink) -> Result<CheckReport, EngineError> {
         let abs = self.absolute_inside(paths)?;
         let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
         for group in &self.groups {
             let Some(scope) = scope_of(group, &abs) else { continue };
-            let bar = self.bar(None, &format!("scanning {}", group.name));
+            let bar = progress.start(&format!("scanning {}", group.name), None, Unit::Items);
             // No chunk store: the scan reads and hashes, and stores nothing.
             let scanner = Scanner {
                 group,
@@ -419,7 +428,7 @@ mod tests {
         ];
         for step in steps {
             step();
-            engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+            engine.check(&engine.store.writer_blocking(), &[], &crate::progress::Quiet).unwrap();
             assert_eq!(engine.store.version_digest("g").unwrap(), recomputed(&engine));
         }
         let tomb = EntryRecord { deleted: true, ..EntryRecord::tombstone_for_test() };
@@ -446,7 +455,7 @@ mod tests {
         let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
         std::fs::create_dir_all(tree.join("d")).unwrap();
         std::fs::write(tree.join("d/a"), b"one").unwrap();
-        engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+        engine.check(&engine.store.writer_blocking(), &[], &crate::progress::Quiet).unwrap();
         let state = |e: &Engine| {
             let records: Vec<(Vec<u8>, DirRecord)> = e.store.all_dir_records("g").collect::<Result<_, _>>().unwrap();
             let gens: Vec<u64> = e.store.generations().unwrap().iter().map(|g| g.id).collect();
@@ -460,21 +469,21 @@ mod tests {
         };
         let stored = |dir: &Path| walkdir_count(dir);
         let before = (state(&engine), stored(&backups));
-        let quiet = engine.check_read_only(&[]).unwrap();
+        let quiet = engine.check_read_only(&[], &crate::progress::Quiet).unwrap();
         assert!(quiet.groups.iter().all(|g| !g.pending && !g.changed && g.generation.is_none()));
         std::fs::write(tree.join("d/a"), b"one, changed with new bytes").unwrap();
         std::fs::write(tree.join("d/b"), b"two").unwrap();
-        let seen = engine.check_read_only(&[]).unwrap();
+        let seen = engine.check_read_only(&[], &crate::progress::Quiet).unwrap();
         assert!(seen.groups.iter().all(|g| g.pending && !g.changed && g.generation.is_none()), "{seen:?}");
         assert_eq!(
             seen.groups[0].pending_paths,
             [format!("{}/d/a", tree.display()), format!("{}/d/b", tree.display())]
         );
-        let paths = engine.check_read_only(&[tree.join("d/b")]).unwrap();
+        let paths = engine.check_read_only(&[tree.join("d/b")], &crate::progress::Quiet).unwrap();
         assert!(paths.groups[0].pending);
         assert_eq!((state(&engine), stored(&backups)), before, "a read-only check wrote state or chunks");
         // A check records what the read-only one saw.
-        let recorded = engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+        let recorded = engine.check(&engine.store.writer_blocking(), &[], &crate::progress::Quiet).unwrap();
         assert!(recorded.groups[0].changed && recorded.groups[0].generation.is_some());
     }
 

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, ResolvedGroup, canonical_host};
 use crate::key::KeyError;
-use crate::progress::{ProgressSink, ProgressTask};
+use crate::progress::Quiet;
 use crate::store::{
     ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, Store, StoreError, Writer, collect_garbage,
     join_logical,
@@ -92,8 +92,6 @@ pub struct Engine {
     chunk_store_names: Vec<String>,
     /// For each group (same index as `groups`), its chunk store.
     group_chunks: Vec<Option<usize>>,
-    /// Where long work reports its progress (nowhere by default).
-    pub progress: std::sync::Arc<dyn ProgressSink>,
     /// Damage to the state or the chunk stores found on opening, and what
     /// was done about it; each message names the repair command.
     pub damage: Vec<String>,
@@ -181,16 +179,7 @@ impl Engine {
         for msg in &damage {
             tracing::error!("{msg}");
         }
-        Ok(Engine {
-            host: host.to_owned(),
-            groups,
-            store,
-            chunk_stores,
-            chunk_store_names,
-            group_chunks,
-            progress: std::sync::Arc::new(crate::progress::Quiet),
-            damage,
-        })
+        Ok(Engine { host: host.to_owned(), groups, store, chunk_stores, chunk_store_names, group_chunks, damage })
     }
 
     /// The chunk store of group `i`, if it keeps backups.
@@ -206,11 +195,6 @@ impl Engine {
     /// The index of the group named `name`.
     pub fn group_index(&self, name: &str) -> Option<usize> {
         self.groups.iter().position(|g| g.name == name)
-    }
-
-    /// Starts reporting one piece of long work ([`Engine::progress`]).
-    pub(crate) fn bar(&self, len: Option<u64>, what: &str) -> Box<dyn ProgressTask> {
-        self.progress.start(what, len)
     }
 
     /// Generations of all groups (or of `only`), oldest first.
@@ -337,7 +321,7 @@ impl Engine {
         if paths.is_empty() {
             return Err(EngineError::Usage("force needs at least one PATH".into()));
         }
-        self.check(w, paths)?;
+        self.check(w, paths, &Quiet)?;
         let time = Timestamp::now();
         let mut made = Vec::new();
         for p in paths {

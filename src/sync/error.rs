@@ -33,6 +33,10 @@ pub enum SyncError {
         /// What went over which limit.
         what: String,
     },
+    /// The run's caller asked it to stop ([`crate::interrupt`]); what was
+    /// applied before is recorded, the rest is left for the next run.
+    #[error("interrupted: the sync was stopped before it finished")]
+    Interrupted,
 }
 
 impl From<crate::store::StoreError> for SyncError {

@@ -6,6 +6,7 @@
 mod cluster;
 mod common;
 mod csync2_cli;
+mod daemon_progress;
 mod local;
 mod model_random;
 mod operator_reports;
