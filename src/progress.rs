@@ -35,6 +35,10 @@ pub trait ProgressSink: Send + Sync {
 pub trait ProgressTask: Send + Sync {
     /// `n` more units done.
     fn inc(&self, n: u64);
+
+    /// `n` more bytes read, for work counted in items that also reads
+    /// bytes (a scan counts entries and the bytes of the files it reads).
+    fn read(&self, _n: u64) {}
 }
 
 /// Reports nothing.

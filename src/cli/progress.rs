@@ -1,6 +1,9 @@
 //! Progress bars on a terminal: the command line's [`ProgressSink`], for
 //! work done here and for work the daemon does for this command.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::progress::{ProgressSink, ProgressTask, Unit};
 
 /// Draws each piece of long work as an indicatif bar on stderr (a spinner
@@ -17,14 +20,24 @@ impl Bars {
 impl ProgressSink for Bars {
     fn start(&self, what: &str, len: Option<u64>, unit: Unit) -> Box<dyn ProgressTask> {
         let template = match (len, unit) {
-            (Some(_), Unit::Items) => "{spinner} {msg} {human_pos}/{human_len} [{elapsed}] {wide_bar}",
-            (None, Unit::Items) => "{spinner} {msg} {human_pos} [{elapsed}]",
+            (Some(_), Unit::Items) => "{spinner} {msg} {human_pos}/{human_len}{read} [{elapsed}] {wide_bar}",
+            (None, Unit::Items) => "{spinner} {msg} {human_pos}{read} [{elapsed}]",
             (Some(_), Unit::Bytes) => {
                 "{spinner} {msg} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} [{elapsed}] {wide_bar}"
             }
             (None, Unit::Bytes) => "{spinner} {msg} {bytes} {binary_bytes_per_sec} [{elapsed}]",
         };
-        let style = indicatif::ProgressStyle::with_template(template).expect("the templates are valid");
+        let read = Arc::new(AtomicU64::new(0));
+        let shown = Arc::clone(&read);
+        let style = indicatif::ProgressStyle::with_template(template).expect("the templates are valid").with_key(
+            "read",
+            move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let n = shown.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = write!(w, ", {} read", indicatif::HumanBytes(n));
+                }
+            },
+        );
         let bar = match len {
             Some(n) => indicatif::ProgressBar::new(n),
             None => indicatif::ProgressBar::new_spinner(),
@@ -33,21 +46,29 @@ impl ProgressSink for Bars {
         // Drawn at once, so that even short work shows.
         bar.tick();
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        Box::new(Bar(bar))
+        Box::new(Bar { bar, read })
     }
 }
 
 /// One bar; cleared when dropped.
-struct Bar(indicatif::ProgressBar);
+struct Bar {
+    bar: indicatif::ProgressBar,
+    /// Bytes read, for work counted in items.
+    read: Arc<AtomicU64>,
+}
 
 impl ProgressTask for Bar {
     fn inc(&self, n: u64) {
-        self.0.inc(n);
+        self.bar.inc(n);
+    }
+
+    fn read(&self, n: u64) {
+        self.read.fetch_add(n, Ordering::Relaxed);
     }
 }
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
     }
 }

@@ -110,13 +110,22 @@ pub enum Event {
         /// The task's number.
         task: u64,
         /// Units done since the last `inc`.
+        #[serde(default, skip_serializing_if = "is_zero")]
         n: u64,
+        /// Bytes read since the last `inc`, by a task counted in items
+        /// (a scan).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        read: u64,
     },
     /// The task ended.
     End {
         /// The task's number.
         task: u64,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A progress line of the daemon's answer.
@@ -166,25 +175,35 @@ struct RelayState {
     /// order.
     queued: std::sync::Mutex<Vec<Event>>,
     /// Increments not sent yet, of the tasks running.
-    pending: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<std::sync::atomic::AtomicU64>>>,
+    pending: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Counts>>>,
+}
+
+/// What a task of a [`Relay`] did since its last [`Event::Inc`].
+#[derive(Default)]
+struct Counts {
+    n: std::sync::atomic::AtomicU64,
+    read: std::sync::atomic::AtomicU64,
+}
+
+impl Counts {
+    /// The increment to send, if any; counting starts again.
+    fn take(&self, task: u64) -> Option<Event> {
+        use std::sync::atomic::Ordering;
+        let (n, read) = (self.n.swap(0, Ordering::Relaxed), self.read.swap(0, Ordering::Relaxed));
+        (n > 0 || read > 0).then_some(Event::Inc { task, n, read })
+    }
 }
 
 impl Relay {
     /// What happened since the last call, in order.
     fn take_events(&self) -> Vec<Event> {
-        use std::sync::atomic::Ordering;
         // Queued first: a task's start is queued before its increments
         // are counted, and its end after its last increment is taken out.
         // The queue's lock is held throughout: no task starts or ends
         // meanwhile.
         let mut queued = self.0.queued.lock().expect("poisoned");
         let mut events = std::mem::take(&mut *queued);
-        for (&task, n) in self.0.pending.lock().expect("poisoned").iter() {
-            let n = n.swap(0, Ordering::Relaxed);
-            if n > 0 {
-                events.push(Event::Inc { task, n });
-            }
-        }
+        events.extend(self.0.pending.lock().expect("poisoned").iter().filter_map(|(&task, c)| c.take(task)));
         drop(queued);
         events
     }
@@ -193,7 +212,7 @@ impl Relay {
 impl ProgressSink for Relay {
     fn start(&self, what: &str, len: Option<u64>, unit: Unit) -> Box<dyn ProgressTask> {
         let task = self.0.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = Arc::new(Counts::default());
         // Queued and counted under the queue's lock, so that no increment
         // is taken before the start is.
         let mut queued = self.0.queued.lock().expect("poisoned");
@@ -206,13 +225,17 @@ impl ProgressSink for Relay {
 /// One task of a [`Relay`]; its end is queued when dropped.
 struct RelayTask {
     task: u64,
-    count: Arc<std::sync::atomic::AtomicU64>,
+    count: Arc<Counts>,
     relay: Relay,
 }
 
 impl ProgressTask for RelayTask {
     fn inc(&self, n: u64) {
-        self.count.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.count.n.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn read(&self, n: u64) {
+        self.count.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -220,10 +243,7 @@ impl Drop for RelayTask {
     fn drop(&mut self) {
         let mut queued = self.relay.0.queued.lock().expect("poisoned");
         self.relay.0.pending.lock().expect("poisoned").remove(&self.task);
-        let n = self.count.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if n > 0 {
-            queued.push(Event::Inc { task: self.task, n });
-        }
+        queued.extend(self.count.take(self.task));
         queued.push(Event::End { task: self.task });
     }
 }
@@ -425,9 +445,10 @@ fn show(sink: &dyn ProgressSink, tasks: &mut std::collections::HashMap<u64, Box<
         Event::Start { task, what, len, unit } => {
             tasks.insert(task, sink.start(&what, len, unit));
         }
-        Event::Inc { task, n } => {
+        Event::Inc { task, n, read } => {
             if let Some(t) = tasks.get(&task) {
                 t.inc(n);
+                t.read(read);
             }
         }
         Event::End { task } => {
@@ -806,6 +827,71 @@ mod tests {
         assert!(matches!(access.check(no_cred), Err(RequestError::NoCredentials(_))));
         assert!(access.allows(0) && access.allows(1000));
         assert!(!access.allows(1001) && !access.allows(65534));
+    }
+
+    #[test]
+    fn a_request_without_the_progress_field_asks_for_none() {
+        let req = parse_request(br#"{"args":["sync"],"cwd":"/"}"#).unwrap();
+        assert!(!req.progress);
+    }
+
+    #[test]
+    fn relay_sends_starts_added_up_increments_and_ends_in_order() {
+        let relay = Relay::default();
+        let scan = relay.start("scanning g", None, Unit::Items);
+        for _ in 0..1000 {
+            scan.inc(1);
+        }
+        scan.read(4096);
+        let receive = relay.start("receiving from b (g)", Some(10), Unit::Bytes);
+        let start = |task, what: &str, len, unit| Event::Start { task, what: what.to_owned(), len, unit };
+        assert_eq!(
+            relay.take_events(),
+            [
+                start(0, "scanning g", None, Unit::Items),
+                start(1, "receiving from b (g)", Some(10), Unit::Bytes),
+                Event::Inc { task: 0, n: 1000, read: 4096 },
+            ]
+        );
+        // Nothing new: nothing sent.
+        assert!(relay.take_events().is_empty());
+        receive.inc(4);
+        receive.inc(6);
+        drop(receive);
+        scan.inc(1);
+        assert_eq!(
+            relay.take_events(),
+            [Event::Inc { task: 1, n: 10, read: 0 }, Event::End { task: 1 }, Event::Inc { task: 0, n: 1, read: 0 }]
+        );
+        drop(scan);
+        assert_eq!(relay.take_events(), [Event::End { task: 0 }]);
+    }
+
+    #[test]
+    fn progress_lines_are_the_documented_json() {
+        let line = |progress| serde_json::to_string(&ProgressLine { progress }).unwrap();
+        assert_eq!(
+            line(Event::Start { task: 0, what: "scanning g".into(), len: None, unit: Unit::Items }),
+            r#"{"progress":{"start":{"task":0,"what":"scanning g","len":null,"unit":"items"}}}"#
+        );
+        assert_eq!(line(Event::Inc { task: 2, n: 5, read: 0 }), r#"{"progress":{"inc":{"task":2,"n":5}}}"#);
+        assert_eq!(line(Event::End { task: 2 }), r#"{"progress":{"end":{"task":2}}}"#);
+        // A response line is no progress line.
+        assert!(serde_json::from_str::<ProgressLine>(r#"{"out":"","error":null,"code":0}"#).is_err());
+    }
+
+    #[test]
+    fn a_client_that_only_stops_writing_has_not_hung_up() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let ours = tokio::net::UnixStream::from_std(ours).unwrap();
+        assert!(!hung_up(&ours));
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!hung_up(&ours), "a shutdown for writing still waits for the answer");
+        drop(theirs);
+        assert!(hung_up(&ours), "a closed client is gone");
     }
 
     #[test]

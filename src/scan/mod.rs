@@ -146,7 +146,7 @@ pub struct Scanner<'a> {
     pub chunks: Option<&'a ChunkStore>,
     /// The local host name, for version vectors.
     pub host: &'a str,
-    /// Ticks once per entry seen.
+    /// Ticks once per entry seen; counts the bytes of the files read.
     pub progress: &'a dyn crate::progress::ProgressTask,
     /// Read every file once, whatever the stat cache says: the records'
     /// `stored` flags refer to another chunk store than `chunks`.
@@ -633,6 +633,7 @@ impl Run<'_, '_> {
         };
         self.files_read.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read.stat.size, Ordering::Relaxed);
+        self.scan.progress.read(read.stat.size);
         self.added_bytes.fetch_add(read.added_bytes, Ordering::Relaxed);
         // The stat taken on the open file is the one that matches the
         // bytes read; metadata may have moved since the lstat.

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, EXIT_TIMEOUT};
-use crate::common::{bytes, write};
+use crate::common::{bytes, snapshot, write};
 
 /// How long a test waits for text on a terminal.
 const SHOWN_WAIT: Duration = Duration::from_secs(60);
@@ -84,6 +84,16 @@ impl Terminal {
 
     fn shown(&self) -> String {
         String::from_utf8_lossy(&self.seen).into_owned()
+    }
+}
+
+/// Waits (bounded) until node `name`'s daemon log holds `line` `times` times.
+fn wait_for_log(c: &Cluster, name: &str, line: &str, times: usize) {
+    let deadline = Instant::now() + SHOWN_WAIT;
+    while c.log(name).matches(line).count() < times {
+        assert!(Instant::now() < deadline, "{line:?} not logged {times} times within {SHOWN_WAIT:?}:\n{}", c.log(name));
+        // The log is a file: looked at again shortly.
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -183,10 +193,31 @@ fn ctrl_c_stops_a_sync_the_daemon_runs() {
     assert_eq!(log.matches("sync run:").count(), runs, "the run did not go on to its end:\n{log}");
     assert!(!c.path("a", "late.txt").exists());
 
+    // A command killed outright stops its run too: the daemon sees its
+    // connection closed.
+    let mut term = Terminal::open();
+    let child = spawn_on(&c, "a", &mut term, &["sync"]);
+    term.wait_for("connecting to b");
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    let (code, _) = exit_of(child);
+    assert_eq!(code, -1, "killed");
+    wait_for_log(&c, "a", "`sync` interrupted by the command's caller: stopped", 2);
+    assert!(c.log("a").contains("the caller of a local command is gone"), "{}", c.log("a"));
+
     // SAFETY: as above.
     unsafe { libc::kill(b, libc::SIGCONT) };
     c.sync_ok("a");
     assert_eq!(std::fs::read(c.path("a", "late.txt")).unwrap(), b"taken once the peer answers again");
     c.assert_status_clean("a");
     assert!(c.running("a"));
+    // No temporary left in the tree or in the journal of temporaries.
+    let temps: Vec<_> = snapshot(&c.tree("a"))
+        .into_keys()
+        .filter(|p| p.file_name().is_some_and(|f| f.as_encoded_bytes().starts_with(b".snapsync-")))
+        .collect();
+    assert!(temps.is_empty(), "temporaries left: {temps:?}");
+    let journal = c.node_state_dir("a").join("incoming").join("temps");
+    let left: Vec<_> = std::fs::read_dir(&journal).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "the journal of temporaries keeps {left:?}");
 }
