@@ -273,7 +273,7 @@ fn init_logging(quiet: bool, verbose: u8, daemon: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .fmt_fields(fields)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = if daemon { builder.try_init() } else { builder.without_time().try_init() };

@@ -1,10 +1,14 @@
 //! Progress bars on a terminal: the command line's [`ProgressSink`], for
 //! work done here and for work the daemon does for this command.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::progress::{ProgressSink, ProgressTask, Unit};
+
+/// The bars of this process, once it draws any: log lines are written
+/// around them ([`LogWriter`]).
+static SHOWN: OnceLock<indicatif::MultiProgress> = OnceLock::new();
 
 /// Draws each piece of long work as an indicatif bar on stderr (a spinner
 /// when its length is not known), cleared when the work ends. Pieces that
@@ -13,7 +17,25 @@ pub(super) struct Bars(indicatif::MultiProgress);
 
 impl Bars {
     pub(super) fn new() -> Self {
-        Bars(indicatif::MultiProgress::new())
+        Bars(SHOWN.get_or_init(indicatif::MultiProgress::new).clone())
+    }
+}
+
+/// Stderr for log lines: while bars are drawn, each line is written with
+/// the bars taken off the screen and drawn again below it, so that a
+/// warning during a sync is not torn up by a bar.
+pub(super) struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match SHOWN.get() {
+            Some(bars) => bars.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

@@ -161,6 +161,23 @@ fn a_sync_run_by_the_daemon_shows_progress_on_a_terminal_and_never_on_a_pipe() {
     }
 }
 
+/// Without a daemon the command does the work and draws the same bars.
+#[test]
+fn a_sync_run_here_shows_progress_on_a_terminal() {
+    let mut c = Cluster::new(2);
+    c.start("b");
+    write(&c.path("b", "big.bin"), &bytes(7, 512 * 1024));
+    c.check("b");
+    let mut term = Terminal::open();
+    let child = spawn_on(&c, "a", &mut term, &["sync"]);
+    let (code, out) = exit_of(child);
+    let shown = term.rest();
+    assert_eq!(code, 0, "stdout:\n{out}\nterminal:\n{shown}");
+    assert!(shown.contains("scanning g"), "{shown}");
+    assert!(shown.contains("receiving from b (g)"), "{shown}");
+    assert!(!c.running("a") && c.log("a").is_empty(), "no daemon ran it");
+}
+
 /// Ctrl-C on `sync` while the daemon runs it: the command exits at once
 /// saying the daemon stopped the run, the daemon logs that it did and keeps
 /// serving, and the next sync completes. The run is held up by a peer that
