@@ -159,6 +159,18 @@ fn a_sync_run_by_the_daemon_shows_progress_on_a_terminal_and_never_on_a_pipe() {
     for bar in ["scanning", "receiving", "connecting", "\x1b["] {
         assert!(!piped.stderr.contains(bar), "no progress on a pipe ({bar:?}):\n{}", piped.stderr);
     }
+
+    // Nor on a terminal with --quiet or --json.
+    for flag in ["--quiet", "--json"] {
+        write(&c.path("b", &format!("big/{flag}.bin")), &bytes(98, 256 * 1024));
+        c.check("b");
+        let mut term = Terminal::open();
+        let child = spawn_on(&c, "a", &mut term, &[flag, "sync"]);
+        let (code, out) = exit_of(child);
+        let shown = term.rest();
+        assert_eq!(code, 0, "{flag}: stdout:\n{out}\nterminal:\n{shown}");
+        assert!(!shown.contains("scanning") && !shown.contains("receiving"), "{flag}: no progress:\n{shown}");
+    }
 }
 
 /// Without a daemon the command does the work and draws the same bars.
