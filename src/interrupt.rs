@@ -5,34 +5,44 @@
 //! can stop safely stops where it waits: a sync closes its sessions, so
 //! each exchange fails at its next wait on the network, and a change being
 //! applied is finished first (it is never cut off in the middle; see
-//! [`crate::peer`]). Nothing is half-written: what stopped is what a peer
-//! that went away would leave.
+//! [`crate::peer`]); a scan stops visiting entries and records nothing of
+//! the group it was scanning. Nothing is half-written: what stopped is what
+//! a peer that went away, or a crash, would leave.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether the caller of one operation asked it to stop; cheap to clone.
 #[derive(Clone)]
-pub struct Interrupt(Arc<tokio::sync::watch::Sender<bool>>);
+pub struct Interrupt(Arc<Inner>);
+
+struct Inner {
+    /// Looked at once per entry by a scan: an atomic, not a lock.
+    raised: AtomicBool,
+    /// Wakes the tasks that wait for it.
+    wake: tokio::sync::watch::Sender<bool>,
+}
 
 impl Interrupt {
     /// Not asked to stop yet.
     pub fn new() -> Self {
-        Interrupt(Arc::new(tokio::sync::watch::Sender::new(false)))
+        Interrupt(Arc::new(Inner { raised: AtomicBool::new(false), wake: tokio::sync::watch::Sender::new(false) }))
     }
 
     /// Asks the operation to stop.
     pub fn raise(&self) {
-        self.0.send_replace(true);
+        self.0.raised.store(true, Ordering::Relaxed);
+        self.0.wake.send_replace(true);
     }
 
     /// Whether the operation was asked to stop.
     pub fn raised(&self) -> bool {
-        *self.0.borrow()
+        self.0.raised.load(Ordering::Relaxed)
     }
 
     /// Returns once the operation is asked to stop.
     pub async fn wait(&self) {
-        let mut rx = self.0.subscribe();
+        let mut rx = self.0.wake.subscribe();
         // The sender lives as long as `self`: this never fails.
         let _ = rx.wait_for(|raised| *raised).await;
     }

@@ -117,7 +117,7 @@ impl LocalCommands for CommandLine {
         match run_command(&cli, node, &Caller { progress, interrupt }, &mut out) {
             Ok(code) => Response { out, error: None, code },
             Err(e) => {
-                if let SyncError::Interrupted = e {
+                if e.is_interrupted() {
                     tracing::info!(
                         target: "snapsync::daemon",
                         "`{}` interrupted by the command's caller: stopped",

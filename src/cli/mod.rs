@@ -438,7 +438,7 @@ fn exit_code_of(e: &SyncError) -> u8 {
             EngineError::Config(_) | EngineError::Key { .. } | EngineError::Usage(_) | EngineError::NotFound(_),
         )
         | SyncError::Net(crate::net::NetError::UnsafeFile(_)) => EXIT_USAGE,
-        SyncError::Interrupted => EXIT_INTERRUPTED,
+        e if e.is_interrupted() => EXIT_INTERRUPTED,
         _ => EXIT_FAILURE,
     }
 }
@@ -519,7 +519,7 @@ fn run_command(cli: &Cli, node: &Arc<Node>, caller: &Caller, out: &mut String) -
     Ok(match &cli.command {
         Command::Check { paths } | Command::Mark { paths } => {
             engine.named_paths_exist(paths)?;
-            let report = node.write_blocking(|n, w| n.engine.check(w, paths, progress))?;
+            let report = node.write_blocking(|n, w| n.engine.check(w, paths, progress, Some(&caller.interrupt)))?;
             // `do-local` actions run for what the check found, as in csync2.
             let actions = crate::engine::ActionQueue::default();
             actions.add_check(&engine.groups, &report);

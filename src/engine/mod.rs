@@ -62,6 +62,10 @@ pub enum EngineError {
     /// The work was refused to keep data safe (the message says why).
     #[error("{0}")]
     Refused(String),
+    /// The caller asked the work to stop ([`crate::interrupt`]); nothing
+    /// of the group being scanned was recorded.
+    #[error("interrupted: stopped before the scan of group {0} finished")]
+    Interrupted(String),
     /// A filesystem operation outside the stores failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -321,7 +325,7 @@ impl Engine {
         if paths.is_empty() {
             return Err(EngineError::Usage("force needs at least one PATH".into()));
         }
-        self.check(w, paths, &Quiet)?;
+        self.check(w, paths, &Quiet, None)?;
         let time = Timestamp::now();
         let mut made = Vec::new();
         for p in paths {

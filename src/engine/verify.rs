@@ -94,7 +94,7 @@ impl Engine {
             }
         }
         batch.commit()?;
-        let check = self.check_with_cause(w, &[], "local scan", None, false, None, progress)?;
+        let check = self.check_with_cause(w, &[], "local scan", None, false, None, progress, None)?;
         repair.files_stored = check.groups.iter().map(|g| g.stats.files_read).sum();
         let mut report = self.verify(progress)?;
         let (lost, rest): (Vec<Mismatch>, Vec<Mismatch>) =

@@ -209,7 +209,7 @@ async fn record_changed_sources(node: &Arc<Node>, peer: &Arc<Peer>, gi: usize, f
     };
     let n = Arc::clone(node);
     let checked = tokio::task::spawn_blocking(move || {
-        n.engine.check_with_cause(&w, &paths, "local scan", Some(gi), false, None, &crate::progress::Quiet)
+        n.engine.check_with_cause(&w, &paths, "local scan", Some(gi), false, None, &crate::progress::Quiet, None)
     })
     .await
     .expect("check panicked");

@@ -147,12 +147,14 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
     } else if opts.dry_run {
         // Read-only (SPEC §3): scans and reports, records nothing, so it
         // needs no writer lock.
-        let (paths, n, progress) = (opts.paths.clone(), Arc::clone(&node), opts.progress.clone());
-        let checked = tokio::task::spawn_blocking(move || n.engine.check_read_only(&paths, &*progress));
+        let (paths, n, progress, interrupt) =
+            (opts.paths.clone(), Arc::clone(&node), opts.progress.clone(), opts.interrupt.clone());
+        let checked =
+            tokio::task::spawn_blocking(move || n.engine.check_read_only(&paths, &*progress, Some(&interrupt)));
         Some(checked.await.expect("check panicked")?)
     } else {
-        let (paths, progress) = (opts.paths.clone(), opts.progress.clone());
-        Some(node.write_locked(move |n, w| n.engine.check(w, &paths, &*progress)).await?)
+        let (paths, progress, interrupt) = (opts.paths.clone(), opts.progress.clone(), opts.interrupt.clone());
+        Some(node.write_locked(move |n, w| n.engine.check(w, &paths, &*progress, Some(&interrupt))).await?)
     };
     // Stopped while scanning: what the check found is recorded, and no
     // peer is asked for anything.

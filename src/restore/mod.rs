@@ -141,6 +141,7 @@ impl Engine {
                 false,
                 None,
                 progress,
+                None,
             )?;
             let unreadable: Vec<String> = before
                 .problems
@@ -196,6 +197,7 @@ impl Engine {
                 false,
                 None,
                 progress,
+                None,
             )?;
             report.after = after.groups.iter().find_map(|g| g.generation);
             report.problems.extend(after.problems);

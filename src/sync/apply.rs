@@ -346,6 +346,7 @@ impl<'a> Apply<'a> {
                     true,
                     Some(&adopt),
                     &*self.peer.progress,
+                    None,
                 )?;
                 report.problems.extend(checked.problems.iter().map(|p| p.to_string()));
                 generation = checked.groups.first().and_then(|g| g.generation);

@@ -39,6 +39,14 @@ pub enum SyncError {
     Interrupted,
 }
 
+impl SyncError {
+    /// Whether the run stopped because its caller asked it to: here, or
+    /// in the check that ran first.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, SyncError::Interrupted | SyncError::Engine(EngineError::Interrupted(_)))
+    }
+}
+
 impl From<crate::store::StoreError> for SyncError {
     fn from(e: crate::store::StoreError) -> Self {
         SyncError::Engine(EngineError::Store(e))
