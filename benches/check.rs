@@ -35,7 +35,8 @@ fn main() {
     let config = common::config(dir.path(), &tree, None);
     let engine = Engine::open(&config, "bench", &dir.path().join("state")).unwrap();
 
-    let (first, r) = common::time(|| engine.check(&engine.store.writer_blocking(), &[]).unwrap());
+    let (first, r) =
+        common::time(|| engine.check(&engine.store.writer_blocking(), &[], &snapsync::progress::Quiet, None).unwrap());
     let read = r.groups[0].stats.bytes_read;
     println!(
         "first check:       {:>9.3?}  ({} read, {:.0} MiB/s)",
@@ -46,7 +47,9 @@ fn main() {
 
     let mut rerun = Vec::new();
     for _ in 0..5 {
-        let (t, r) = common::time(|| engine.check(&engine.store.writer_blocking(), &[]).unwrap());
+        let (t, r) = common::time(|| {
+            engine.check(&engine.store.writer_blocking(), &[], &snapsync::progress::Quiet, None).unwrap()
+        });
         assert!(!r.groups[0].changed);
         assert_eq!(r.groups[0].stats.files_read, 0);
         rerun.push(t);
@@ -71,7 +74,8 @@ fn main() {
     let mut data = std::fs::read(victim).unwrap();
     data[0] ^= 1;
     std::fs::write(victim, &data).unwrap();
-    let (one, r) = common::time(|| engine.check(&engine.store.writer_blocking(), &[]).unwrap());
+    let (one, r) =
+        common::time(|| engine.check(&engine.store.writer_blocking(), &[], &snapsync::progress::Quiet, None).unwrap());
     assert_eq!(r.groups[0].stats.files_read, 1);
     println!("one changed file:  {:>9.3?}", one);
 

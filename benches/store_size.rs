@@ -40,7 +40,7 @@ fn measure(files: usize, change: Change) -> serde_json::Value {
     // database preallocates its journal, which is not data.
     let check = || {
         let engine = Engine::open(&config, "bench", &state).unwrap();
-        engine.check(&engine.store.writer_blocking(), &[]).unwrap()
+        engine.check(&engine.store.writer_blocking(), &[], &snapsync::progress::Quiet, None).unwrap()
     };
     let measure = || stored_bytes(&Engine::open(&config, "bench", &state).unwrap(), &state);
     let mut rng = common::Rng(99);

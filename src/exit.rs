@@ -8,3 +8,6 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Finished, but conflicts or differences remain.
 pub const EXIT_DIFFERENCES: u8 = 3;
+/// Stopped by Ctrl-C (128 + SIGINT, what a shell reports for a command
+/// SIGINT ended).
+pub const EXIT_INTERRUPTED: u8 = 130;

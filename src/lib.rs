@@ -10,6 +10,7 @@
 //! - [`exit`]: the exit statuses of every command.
 //! - [`hash`]: the BLAKE3 digest type that names chunks, contents and nodes.
 //! - [`progress`]: how long work reports its progress (shown by the caller).
+//! - [`interrupt`]: how a run is asked to stop (Ctrl-C, a caller gone).
 //! - [`trusted`]: reading config and key files safely (regular, bounded,
 //!   owner-only writable or private).
 //! - [`key`]: group key files (csync2 format).
@@ -46,6 +47,7 @@ pub mod engine;
 pub mod exit;
 pub mod fs;
 pub mod hash;
+pub mod interrupt;
 pub mod key;
 pub mod net;
 pub mod node;

@@ -8,18 +8,24 @@ use std::sync::Arc;
 use clap::Parser;
 
 use super::output::escape_path;
-use super::{Cli, Command, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ReconcileArgs, block_on, exit_code_of, run_command};
+use super::{
+    Caller, Cli, Command, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ReconcileArgs, block_on, exit_code_of,
+    progress_here, run_command,
+};
 use crate::daemon::{self, Forwarded, LocalCommands, Request, Response, ServeError};
+use crate::interrupt::Interrupt;
 use crate::peer::{Node, SyncError};
+use crate::progress::Reporter;
 
 pub(super) use crate::daemon::STARTING_WAIT;
 
 /// Runs this process's command in the daemon holding `state`, if one
 /// runs: prints its output and returns its exit status; `None` to run it
-/// here.
-/// Its output is appended to `out`.
-pub(super) fn forward(state: &Path, given: Option<&[String]>, json: bool, out: &mut String) -> Option<u8> {
-    let args: Result<Vec<String>, _> = match given {
+/// here. Its output is appended to `out`; its progress is drawn here as
+/// it would be if it ran here. Ctrl-C stops it in the daemon.
+pub(super) fn forward(state: &Path, cli: &Cli, out: &mut String) -> Option<u8> {
+    let json = cli.json;
+    let args: Result<Vec<String>, _> = match cli.forward_args.as_deref() {
         Some(args) => Ok(args.to_vec()),
         None => std::env::args_os().skip(1).map(|a| a.into_string()).collect(),
     };
@@ -31,7 +37,8 @@ pub(super) fn forward(state: &Path, given: Option<&[String]>, json: bool, out: &
         return Some(EXIT_USAGE);
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    match daemon::forward(state, args, cwd) {
+    let bars = progress_here(cli);
+    match daemon::forward(state, args, cwd, bars.as_deref()) {
         Forwarded::NoDaemon => None,
         Forwarded::Answered(r) => {
             for w in &r.warnings {
@@ -42,6 +49,28 @@ pub(super) fn forward(state: &Path, given: Option<&[String]>, json: bool, out: &
                 tracing::error!("{e}");
             }
             Some(r.code)
+        }
+        Forwarded::Interrupted(answer) => {
+            let name = cli.command.name();
+            match answer {
+                Some(r) if r.code == EXIT_INTERRUPTED => {
+                    tracing::error!("interrupted; the daemon stopped `{name}`");
+                }
+                // It finished before it could stop, or does not stop
+                // early (a check): what it did stands.
+                Some(r) => {
+                    out.push_str(&r.out);
+                    tracing::error!("interrupted; the daemon had finished `{name}` (exit status {})", r.code);
+                }
+                None => tracing::error!(
+                    "interrupted; the daemon is stopping `{name}` (no answer within {}s)",
+                    daemon::INTERRUPT_WAIT.as_secs()
+                ),
+            }
+            if json {
+                out.push_str(&super::output::error_json("interrupted", EXIT_INTERRUPTED));
+            }
+            Some(EXIT_INTERRUPTED)
         }
         Forwarded::Failed(why, code) => {
             tracing::error!("{why}");
@@ -109,7 +138,7 @@ fn reopen_log_on_sighup() {
 struct CommandLine;
 
 impl LocalCommands for CommandLine {
-    fn run(&self, node: &Arc<Node>, request: Request) -> Response {
+    fn run(&self, node: &Arc<Node>, request: Request, progress: Reporter, interrupt: Interrupt) -> Response {
         let cli = match command_of(request) {
             Ok(cli) => cli,
             Err(why) => {
@@ -118,9 +147,16 @@ impl LocalCommands for CommandLine {
             }
         };
         let mut out = String::new();
-        match run_command(&cli, node, &mut out) {
+        match run_command(&cli, node, &Caller { progress, interrupt }, &mut out) {
             Ok(code) => Response { out, error: None, code, warnings: Vec::new() },
             Err(e) => {
+                if e.is_interrupted() {
+                    tracing::info!(
+                        target: "snapsync::daemon",
+                        "`{}` interrupted by the command's caller: stopped",
+                        cli.command.name()
+                    );
+                }
                 let code = exit_code_of(&e);
                 if cli.json && out.is_empty() {
                     out = super::output::error_json(&e.to_string(), code);
@@ -172,7 +208,7 @@ mod tests {
     use super::*;
 
     fn request(args: &[&str], cwd: &str) -> Request {
-        Request { args: args.iter().map(|a| (*a).to_owned()).collect(), cwd: cwd.into() }
+        Request { args: args.iter().map(|a| (*a).to_owned()).collect(), cwd: cwd.into(), progress: false }
     }
 
     #[test]

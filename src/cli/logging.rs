@@ -89,8 +89,10 @@ pub fn init(quiet: bool, verbose: u8, daemon: bool, sink: &LogSink) -> Result<()
     let builder = tracing_subscriber::fmt().with_env_filter(filter).fmt_fields(fields).with_target(false);
     match sink {
         LogSink::Stderr => {
-            let builder =
-                builder.with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            // Written around the progress bars a command draws.
+            let builder = builder
+                .with_writer(|| super::progress::LogWriter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
             let _ = if daemon { builder.try_init() } else { builder.without_time().try_init() };
         }
         LogSink::File(path) => {

@@ -28,11 +28,13 @@ use std::sync::Arc;
 
 use crate::config::{self, Config};
 use crate::engine::{Engine, EngineError};
+use crate::interrupt::Interrupt;
 use crate::peer::{Node, SyncError, SyncOptions};
+use crate::progress::Reporter;
 
 pub use logging::LogSink;
 
-pub use crate::exit::{EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+pub use crate::exit::{EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/snapsync";
@@ -392,11 +394,11 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
     let state = node_state_dir(&cli.state_dir, &config_name, &host);
     // A daemon holding this node's state runs the command for us.
     if !matches!(cli.command, Command::Serve { .. })
-        && let Some(code) = daemon::forward(&state, cli.forward_args.as_deref(), cli.json, out)
+        && let Some(code) = daemon::forward(&state, cli, out)
     {
         return code;
     }
-    let mut engine = match Engine::open(&config, &host, &state) {
+    let engine = match Engine::open(&config, &host, &state) {
         Ok(e) => e,
         // Another process holds the state: a daemon that is starting (its
         // socket comes up in a moment), or another command (two syncs from
@@ -412,9 +414,6 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
         }
         Err(e) => return report_error(cli, out, &e.into()),
     };
-    if !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        engine.progress = Arc::new(progress::Bars);
-    }
     let node = Arc::new(Node::new(engine, &state));
     if let Command::Serve { watch, .. } = &cli.command {
         if *watch {
@@ -423,7 +422,8 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
         }
         return daemon::serve(node, &config_path, &config.files);
     }
-    match run_command(cli, &node, out) {
+    let caller = Caller { progress: progress_here(cli).unwrap_or_default(), ..Caller::default() };
+    match run_command(cli, &node, &caller, out) {
         Ok(code) => code,
         Err(e) if out.is_empty() => report_error(cli, out, &e),
         Err(e) => {
@@ -466,6 +466,7 @@ fn exit_code_of(e: &SyncError) -> u8 {
             EngineError::Config(_) | EngineError::Key { .. } | EngineError::Usage(_) | EngineError::NotFound(_),
         )
         | SyncError::Net(crate::net::NetError::UnsafeFile(_)) => EXIT_USAGE,
+        e if e.is_interrupted() => EXIT_INTERRUPTED,
         _ => EXIT_FAILURE,
     }
 }
@@ -508,7 +509,7 @@ fn wait_for_state(
     tracing::info!("waiting for the snapsync process (pid {pid}) that holds {}", output::escape_path(state));
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        if let Some(code) = daemon::forward(state, cli.forward_args.as_deref(), cli.json, out) {
+        if let Some(code) = daemon::forward(state, cli, out) {
             return Err(code);
         }
         match Engine::open(config, host, state) {
@@ -519,15 +520,34 @@ fn wait_for_state(
     }
 }
 
+/// The bars a command draws of its long work: on a terminal, without
+/// `--quiet` or `--json` (SPEC §3: never on a pipe).
+fn progress_here(cli: &Cli) -> Option<Reporter> {
+    let shown = !cli.quiet && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    shown.then(|| Reporter::new(Arc::new(progress::Bars::new())))
+}
+
+/// What a command gets from whoever runs it besides its command line:
+/// where its long work reports, and the request to stop (raised by the
+/// daemon when the command that sent it is interrupted).
+#[derive(Default)]
+pub(crate) struct Caller {
+    /// Where long work reports.
+    pub progress: Reporter,
+    /// Raised to stop the run.
+    pub interrupt: Interrupt,
+}
+
 /// Runs one command on an opened node, its output appended to `out`.
 /// Every command that writes the state holds the node's writer lock while
 /// it does (a daemon runs peers' pulls at the same time).
-fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, SyncError> {
+fn run_command(cli: &Cli, node: &Arc<Node>, caller: &Caller, out: &mut String) -> Result<u8, SyncError> {
     let engine = &node.engine;
+    let progress = &*caller.progress;
     Ok(match &cli.command {
         Command::Check { paths } | Command::Mark { paths } => {
             engine.named_paths_exist(paths)?;
-            let report = node.write_blocking(|n, w| n.engine.check(w, paths))?;
+            let report = node.write_blocking(|n, w| n.engine.check(w, paths, progress, Some(&caller.interrupt)))?;
             // `do-local` actions run for what the check found, as in csync2.
             let actions = crate::engine::ActionQueue::default();
             actions.add_check(&engine.groups, &report);
@@ -542,12 +562,20 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
                 groups: a.group.clone(),
                 paths: a.paths.clone(),
                 no_check: false,
+                progress: caller.progress.clone(),
+                interrupt: caller.interrupt.clone(),
             };
             sync_command(cli, node, opts, out)?
         }
         Command::Status { peer, group } => {
-            let opts =
-                SyncOptions { dry_run: true, peers: peer.clone(), groups: group.clone(), ..SyncOptions::default() };
+            let opts = SyncOptions {
+                dry_run: true,
+                peers: peer.clone(),
+                groups: group.clone(),
+                progress: caller.progress.clone(),
+                interrupt: caller.interrupt.clone(),
+                ..SyncOptions::default()
+            };
             let report = block_on(crate::peer::sync(Arc::clone(node), opts))?;
             let conflicts = engine.store.conflicts()?;
             let forces = engine.pending_forces()?;
@@ -610,7 +638,8 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             EXIT_OK
         }
         Command::Restore { generation, paths, to } => {
-            let report = node.write_blocking(|n, w| n.engine.restore(w, *generation, paths, to.as_deref()))?;
+            let report =
+                node.write_blocking(|n, w| n.engine.restore(w, *generation, paths, to.as_deref(), progress))?;
             output::restore(out, cli, &report, to.as_deref());
             if report.has_errors() { EXIT_FAILURE } else { EXIT_OK }
         }
@@ -619,7 +648,11 @@ fn run_command(cli: &Cli, node: &Arc<Node>, out: &mut String) -> Result<u8, Sync
             EXIT_OK
         }
         Command::Verify { repair } => {
-            let report = if *repair { node.write_blocking(|n, w| n.engine.repair(w))? } else { engine.verify()? };
+            let report = if *repair {
+                node.write_blocking(|n, w| n.engine.repair(w, progress))?
+            } else {
+                engine.verify(progress)?
+            };
             output::verify(out, cli, &report);
             if report.mismatches.is_empty() { EXIT_OK } else { EXIT_FAILURE }
         }

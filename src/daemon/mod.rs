@@ -6,7 +6,11 @@
 //! the state directory: a command started while the daemon runs sends its
 //! arguments there ([`forward`]), the daemon runs it on its open state
 //! ([`LocalCommands`], which the command line provides) and sends back the
-//! output and exit status. On SIGTERM or SIGINT it stops accepting work,
+//! output and exit status. While it runs, the daemon sends the command's
+//! progress ([`Event`] lines) when the client asked for it, and watches the
+//! connection: a client that closes its side (Ctrl-C on the command, or
+//! the command killed) *interrupts* the run ([`Interrupt`]), which stops
+//! at its next safe point. On SIGTERM or SIGINT it stops accepting work,
 //! lets the change being applied finish (it waits for the writer token),
 //! and exits.
 //!
@@ -22,8 +26,17 @@
 //!   within [`REQUEST_TIMEOUT`]; what it asks for is the command line's to
 //!   judge (which refuses `serve`, `keygen` and `demo`, which do not run on
 //!   an opened node).
+//!
+//! The answer is zero or more progress lines (`{"progress": EVENT}`, see
+//! [`Event`]; only when the request says `"progress": true`, at most one
+//! batch every [`PROGRESS_INTERVAL`]), then one [`Response`] line. After
+//! its request the client sends nothing until it asks the daemon to stop
+//! the command: then it sends the line `{"interrupt": true}` (any byte
+//! asks to stop), and the response still follows once it stopped. A
+//! client gone (the connection closed both ways) stops the command too;
+//! a mere shutdown for writing does not.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,8 +46,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::exit::{EXIT_FAILURE, EXIT_USAGE};
+use crate::interrupt::Interrupt;
 use crate::net::{self, NetError};
 use crate::peer::{Node, SyncError};
+use crate::progress::{ProgressSink, ProgressTask, Reporter, Unit};
 
 mod reload;
 
@@ -54,6 +69,15 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the change being applied.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
 
+/// How often the daemon sends a running command's progress: often enough
+/// for a bar to move smoothly, seldom enough that a fast scan does not
+/// flood the socket (increments in between are added up).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a command interrupted by Ctrl-C waits for the daemon to say
+/// that it stopped the run (a second Ctrl-C does not wait).
+pub const INTERRUPT_WAIT: Duration = Duration::from_secs(5);
+
 /// A local command sent to the daemon.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
@@ -61,6 +85,57 @@ pub struct Request {
     pub args: Vec<String>,
     /// The command's working directory, for relative paths.
     pub cwd: PathBuf,
+    /// Whether to send the command's progress (the client draws it on a
+    /// terminal). Absent: no.
+    #[serde(default)]
+    pub progress: bool,
+}
+
+/// One event of a running command's progress, as a progress line carries
+/// it: `{"progress": {"start": {...}}}`. Tasks are numbered from 0 in the
+/// order they start; several may run at once (one per peer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    /// A piece of work starts: `what` it is, its length in `unit`s when
+    /// known.
+    Start {
+        /// The task's number.
+        task: u64,
+        /// What it does (`scanning web`, `receiving from b (web)`).
+        what: String,
+        /// How many units it will count, when known.
+        len: Option<u64>,
+        /// What it counts.
+        unit: Unit,
+    },
+    /// `n` more units of the task are done.
+    Inc {
+        /// The task's number.
+        task: u64,
+        /// Units done since the last `inc`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        n: u64,
+        /// Bytes read since the last `inc`, by a task counted in items
+        /// (a scan).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        read: u64,
+    },
+    /// The task ended.
+    End {
+        /// The task's number.
+        task: u64,
+    },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A progress line of the daemon's answer.
+#[derive(Debug, Serialize, Deserialize)]
+struct ProgressLine {
+    progress: Event,
 }
 
 /// The daemon's answer to a [`Request`].
@@ -88,8 +163,97 @@ impl Response {
 /// What runs a local command the daemon received: parses its command line
 /// and runs it on the daemon's node. Called on a blocking thread.
 pub trait LocalCommands: Send + Sync + 'static {
-    /// Runs `request` on `node`.
-    fn run(&self, node: &Arc<Node>, request: Request) -> Response;
+    /// Runs `request` on `node`, reporting its long work to `progress`
+    /// and stopping early once `interrupt` is raised.
+    fn run(&self, node: &Arc<Node>, request: Request, progress: Reporter, interrupt: Interrupt) -> Response;
+}
+
+/// The progress sink of one local command: what its tasks report is
+/// turned into [`Event`]s for its client. Starts and ends are queued as
+/// they happen; increments are added up per task until
+/// [`Relay::take_events`] collects them, so a task that ticks a million
+/// times sends a few lines a second.
+#[derive(Clone, Default)]
+struct Relay(Arc<RelayState>);
+
+#[derive(Default)]
+struct RelayState {
+    next: std::sync::atomic::AtomicU64,
+    /// Starts and ends (with a task's last increment before its end), in
+    /// order.
+    queued: std::sync::Mutex<Vec<Event>>,
+    /// Increments not sent yet, of the tasks running.
+    pending: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Counts>>>,
+}
+
+/// What a task of a [`Relay`] did since its last [`Event::Inc`].
+#[derive(Default)]
+struct Counts {
+    n: std::sync::atomic::AtomicU64,
+    read: std::sync::atomic::AtomicU64,
+}
+
+impl Counts {
+    /// The increment to send, if any; counting starts again.
+    fn take(&self, task: u64) -> Option<Event> {
+        use std::sync::atomic::Ordering;
+        let (n, read) = (self.n.swap(0, Ordering::Relaxed), self.read.swap(0, Ordering::Relaxed));
+        (n > 0 || read > 0).then_some(Event::Inc { task, n, read })
+    }
+}
+
+impl Relay {
+    /// What happened since the last call, in order.
+    fn take_events(&self) -> Vec<Event> {
+        // Queued first: a task's start is queued before its increments
+        // are counted, and its end after its last increment is taken out.
+        // The queue's lock is held throughout: no task starts or ends
+        // meanwhile.
+        let mut queued = self.0.queued.lock().expect("poisoned");
+        let mut events = std::mem::take(&mut *queued);
+        events.extend(self.0.pending.lock().expect("poisoned").iter().filter_map(|(&task, c)| c.take(task)));
+        drop(queued);
+        events
+    }
+}
+
+impl ProgressSink for Relay {
+    fn start(&self, what: &str, len: Option<u64>, unit: Unit) -> Box<dyn ProgressTask> {
+        let task = self.0.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let count = Arc::new(Counts::default());
+        // Queued and counted under the queue's lock, so that no increment
+        // is taken before the start is.
+        let mut queued = self.0.queued.lock().expect("poisoned");
+        queued.push(Event::Start { task, what: what.to_owned(), len, unit });
+        self.0.pending.lock().expect("poisoned").insert(task, Arc::clone(&count));
+        Box::new(RelayTask { task, count, relay: self.clone() })
+    }
+}
+
+/// One task of a [`Relay`]; its end is queued when dropped.
+struct RelayTask {
+    task: u64,
+    count: Arc<Counts>,
+    relay: Relay,
+}
+
+impl ProgressTask for RelayTask {
+    fn inc(&self, n: u64) {
+        self.count.n.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn read(&self, n: u64) {
+        self.count.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for RelayTask {
+    fn drop(&mut self) {
+        let mut queued = self.relay.0.queued.lock().expect("poisoned");
+        self.relay.0.pending.lock().expect("poisoned").remove(&self.task);
+        queued.extend(self.count.take(self.task));
+        queued.push(Event::End { task: self.task });
+    }
 }
 
 /// Why the daemon could not set up its socket.
@@ -155,11 +319,16 @@ pub enum Forwarded {
     /// It could not be sent, or the answer could not be read: why, and
     /// the exit status that goes with it.
     Failed(String, u8),
+    /// Ctrl-C: the daemon was asked to stop the command; its answer, if
+    /// it came within [`INTERRUPT_WAIT`].
+    Interrupted(Option<Response>),
 }
 
 /// Sends the command line `args` (program name left out), run in `cwd`,
 /// to the daemon holding `state`, if one runs, and waits for its answer.
-pub fn forward(state: &Path, args: Vec<String>, cwd: PathBuf) -> Forwarded {
+/// With `progress`, asks for the command's progress and reports it there.
+/// Ctrl-C (SIGINT) while it waits asks the daemon to stop the command.
+pub fn forward(state: &Path, args: Vec<String>, cwd: PathBuf, progress: Option<&dyn ProgressSink>) -> Forwarded {
     let sock = state.join(SOCKET);
     let mut stream = match std::os::unix::net::UnixStream::connect(&sock) {
         Ok(s) => s,
@@ -179,7 +348,8 @@ pub fn forward(state: &Path, args: Vec<String>, cwd: PathBuf) -> Forwarded {
         }
         Err(_) => return Forwarded::NoDaemon,
     };
-    let mut line = serde_json::to_string(&Request { args, cwd }).expect("requests serialize");
+    let request = Request { args, cwd, progress: progress.is_some() };
+    let mut line = serde_json::to_string(&request).expect("requests serialize");
     line.push('\n');
     if line.len() > MAX_REQUEST + 1 {
         return Forwarded::Failed(
@@ -191,13 +361,107 @@ pub fn forward(state: &Path, args: Vec<String>, cwd: PathBuf) -> Forwarded {
     // leaves the daemon's answer to read.
     let _ = stream.write_all(line.as_bytes());
     tracing::debug!("running the command in the daemon ({})", sock.display());
-    let mut reply = String::new();
-    if let Err(e) = BufReader::new(stream).read_line(&mut reply) {
-        return Forwarded::Failed(format!("the daemon ({}) did not answer: {e}", sock.display()), EXIT_FAILURE);
+    let failed = |why: String| Forwarded::Failed(format!("the daemon ({}) {why}", sock.display()), EXIT_FAILURE);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return failed(format!("cannot be waited for: {e}")),
+    };
+    let answer = runtime.block_on(async {
+        // Registered before the first wait: from here on Ctrl-C is ours.
+        let sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        stream.set_nonblocking(true)?;
+        wait_for_answer(tokio::net::UnixStream::from_std(stream)?, progress, sigint).await
+    });
+    match answer {
+        Ok(Answer::Done(line)) => match serde_json::from_str::<Response>(&line) {
+            Ok(r) => Forwarded::Answered(r),
+            Err(e) => failed(format!("answered garbage: {e}")),
+        },
+        Ok(Answer::Interrupted(line)) => {
+            Forwarded::Interrupted(line.and_then(|l| serde_json::from_str::<Response>(&l).ok()))
+        }
+        Err(e) => failed(format!("did not answer: {e}")),
     }
-    match serde_json::from_str::<Response>(&reply) {
-        Ok(r) => Forwarded::Answered(r),
-        Err(e) => Forwarded::Failed(format!("the daemon ({}) answered garbage: {e}", sock.display()), EXIT_FAILURE),
+}
+
+/// How the wait for the daemon's answer ended.
+enum Answer {
+    /// The response line.
+    Done(String),
+    /// Ctrl-C; the response line if it came in time.
+    Interrupted(Option<String>),
+}
+
+/// Reads the daemon's answer: progress lines go to `progress`, the first
+/// other line is the response. On Ctrl-C, closes this side (the daemon
+/// stops the command) and waits at most [`INTERRUPT_WAIT`] for the
+/// response, or until a second Ctrl-C.
+async fn wait_for_answer(
+    stream: tokio::net::UnixStream,
+    progress: Option<&dyn ProgressSink>,
+    mut sigint: tokio::signal::unix::Signal,
+) -> std::io::Result<Answer> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let mut tasks: std::collections::HashMap<u64, Box<dyn ProgressTask>> = Default::default();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let give_up = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the connection closed before the answer",
+                    ));
+                };
+                match serde_json::from_str::<ProgressLine>(&line) {
+                    Ok(ProgressLine { progress: event }) => {
+                        // Once interrupted, only the response matters.
+                        if let Some(sink) = progress
+                            && deadline.is_none()
+                        {
+                            show(sink, &mut tasks, event);
+                        }
+                    }
+                    Err(_) if deadline.is_some() => return Ok(Answer::Interrupted(Some(line))),
+                    Err(_) => return Ok(Answer::Done(line)),
+                }
+            }
+            _ = sigint.recv() => {
+                if deadline.is_some() {
+                    return Ok(Answer::Interrupted(None));
+                }
+                // The bars go first: what follows is the interruption.
+                tasks.clear();
+                write.write_all(b"{\"interrupt\":true}\n").await?;
+                deadline = Some(tokio::time::Instant::now() + INTERRUPT_WAIT);
+            }
+            () = give_up => return Ok(Answer::Interrupted(None)),
+        }
+    }
+}
+
+/// Reports one progress event of the daemon to `sink`.
+fn show(sink: &dyn ProgressSink, tasks: &mut std::collections::HashMap<u64, Box<dyn ProgressTask>>, event: Event) {
+    match event {
+        Event::Start { task, what, len, unit } => {
+            tasks.insert(task, sink.start(&what, len, unit));
+        }
+        Event::Inc { task, n, read } => {
+            if let Some(t) = tasks.get(&task) {
+                t.inc(n);
+                t.read(read);
+            }
+        }
+        Event::End { task } => {
+            tasks.remove(&task);
+        }
     }
 }
 
@@ -464,9 +728,9 @@ async fn local_command(
     commands: Arc<dyn LocalCommands>,
 ) {
     let allowed = access.check(stream.peer_cred());
-    let (read, mut write) = stream.into_split();
+    let (mut read, mut write) = stream.into_split();
     let request = match allowed {
-        Ok(()) => read_request(read, MAX_REQUEST, REQUEST_TIMEOUT).await,
+        Ok(()) => read_request(&mut read, MAX_REQUEST, REQUEST_TIMEOUT).await,
         Err(e) => Err(e),
     };
     let response = match request.and_then(|line| line.map(|l| parse_request(&l)).transpose()) {
@@ -475,26 +739,102 @@ async fn local_command(
             tracing::warn!("{e}");
             e.response()
         }
-        Ok(Some(request)) => tokio::task::spawn_blocking(move || {
-            let kept = match current.refresh() {
-                Refresh::Kept(why) => Some(why),
-                Refresh::Unchanged | Refresh::Reloaded => None,
-            };
-            let mut response = commands.run(&current.node(), request);
-            response.warnings.extend(kept);
-            response
-        })
-        .await
-        .unwrap_or_else(|e| Response {
-            out: String::new(),
-            error: Some(format!("the command failed: {e}")),
-            code: EXIT_FAILURE,
-            warnings: Vec::new(),
-        }),
+        Ok(Some(request)) => run_watched(current, request, commands, read, &mut write).await,
     };
     let mut reply = serde_json::to_string(&response).expect("responses serialize");
     reply.push('\n');
     let _ = write.write_all(reply.as_bytes()).await;
+}
+
+/// Runs a local command on a blocking thread; meanwhile sends its progress
+/// (if asked) and interrupts it when the client asks to, by sending
+/// anything after its request, or is gone. A client that only shuts down
+/// its side for writing after the request (as `nc -N` does) still gets
+/// its answer: only a connection closed both ways is a client gone.
+async fn run_watched(
+    current: Arc<Current>,
+    request: Request,
+    commands: Arc<dyn LocalCommands>,
+    mut read: tokio::net::unix::OwnedReadHalf,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Response {
+    let relay = Relay::default();
+    let progress = if request.progress { Reporter::new(Arc::new(relay.clone())) } else { Reporter::default() };
+    let interrupt = Interrupt::new();
+    let raised = interrupt.clone();
+    let mut job = tokio::task::spawn_blocking(move || {
+        // The configuration as it is on disk now; if it cannot be used,
+        // the command runs with the one the daemon has and says so.
+        let kept = match current.refresh() {
+            Refresh::Kept(why) => Some(why),
+            Refresh::Unchanged | Refresh::Reloaded => None,
+        };
+        let mut response = commands.run(&current.node(), request, progress, raised);
+        response.warnings.extend(kept);
+        response
+    });
+    let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut byte = [0u8; 1];
+    let (mut sending, mut read_closed) = (true, false);
+    let result = loop {
+        tokio::select! {
+            done = &mut job => break done,
+            _ = tick.tick() => {
+                if read_closed && !interrupt.raised() && hung_up(write.as_ref()) {
+                    tracing::info!("the caller of a local command is gone: stopping the command");
+                    interrupt.raise();
+                }
+                if sending && send_events(write, relay.take_events()).await.is_err() {
+                    // Nobody reads the progress any more.
+                    sending = false;
+                }
+            }
+            got = read.read(&mut byte), if !read_closed && !interrupt.raised() => match got {
+                Ok(0) => read_closed = true,
+                Ok(_) => {
+                    tracing::info!("the caller of a local command asks to stop it (Ctrl-C): stopping the command");
+                    interrupt.raise();
+                }
+                Err(e) => {
+                    tracing::info!("the caller of a local command is gone ({e}): stopping the command");
+                    interrupt.raise();
+                }
+            },
+        }
+    };
+    if sending {
+        let _ = send_events(write, relay.take_events()).await;
+    }
+    result.unwrap_or_else(|e| Response {
+        out: String::new(),
+        error: Some(format!("the command failed: {e}")),
+        code: EXIT_FAILURE,
+        warnings: Vec::new(),
+    })
+}
+
+/// Whether the other end of `stream` closed it both ways (its process
+/// ended, say): `POLLHUP`, which a mere shutdown for writing does not set.
+fn hung_up(stream: &tokio::net::UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd { fd: stream.as_raw_fd(), events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, and a zero timeout: poll only reports.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n == 1 && fd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Writes `events` as progress lines.
+async fn send_events(write: &mut (impl tokio::io::AsyncWrite + Unpin), events: Vec<Event>) -> std::io::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut lines = String::new();
+    for progress in events {
+        lines.push_str(&serde_json::to_string(&ProgressLine { progress }).expect("events serialize"));
+        lines.push('\n');
+    }
+    write.write_all(lines.as_bytes()).await
 }
 
 #[cfg(test)]
@@ -502,7 +842,8 @@ mod tests {
     use super::*;
 
     fn request(args: &[&str], cwd: &str) -> Vec<u8> {
-        serde_json::to_vec(&Request { args: args.iter().map(|a| (*a).to_owned()).collect(), cwd: cwd.into() }).unwrap()
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        serde_json::to_vec(&Request { args, cwd: cwd.into(), progress: false }).unwrap()
     }
 
     #[tokio::test]
@@ -543,6 +884,71 @@ mod tests {
         assert!(matches!(access.check(no_cred), Err(RequestError::NoCredentials(_))));
         assert!(access.allows(0) && access.allows(1000));
         assert!(!access.allows(1001) && !access.allows(65534));
+    }
+
+    #[test]
+    fn a_request_without_the_progress_field_asks_for_none() {
+        let req = parse_request(br#"{"args":["sync"],"cwd":"/"}"#).unwrap();
+        assert!(!req.progress);
+    }
+
+    #[test]
+    fn relay_sends_starts_added_up_increments_and_ends_in_order() {
+        let relay = Relay::default();
+        let scan = relay.start("scanning g", None, Unit::Items);
+        for _ in 0..1000 {
+            scan.inc(1);
+        }
+        scan.read(4096);
+        let receive = relay.start("receiving from b (g)", Some(10), Unit::Bytes);
+        let start = |task, what: &str, len, unit| Event::Start { task, what: what.to_owned(), len, unit };
+        assert_eq!(
+            relay.take_events(),
+            [
+                start(0, "scanning g", None, Unit::Items),
+                start(1, "receiving from b (g)", Some(10), Unit::Bytes),
+                Event::Inc { task: 0, n: 1000, read: 4096 },
+            ]
+        );
+        // Nothing new: nothing sent.
+        assert!(relay.take_events().is_empty());
+        receive.inc(4);
+        receive.inc(6);
+        drop(receive);
+        scan.inc(1);
+        assert_eq!(
+            relay.take_events(),
+            [Event::Inc { task: 1, n: 10, read: 0 }, Event::End { task: 1 }, Event::Inc { task: 0, n: 1, read: 0 }]
+        );
+        drop(scan);
+        assert_eq!(relay.take_events(), [Event::End { task: 0 }]);
+    }
+
+    #[test]
+    fn progress_lines_are_the_documented_json() {
+        let line = |progress| serde_json::to_string(&ProgressLine { progress }).unwrap();
+        assert_eq!(
+            line(Event::Start { task: 0, what: "scanning g".into(), len: None, unit: Unit::Items }),
+            r#"{"progress":{"start":{"task":0,"what":"scanning g","len":null,"unit":"items"}}}"#
+        );
+        assert_eq!(line(Event::Inc { task: 2, n: 5, read: 0 }), r#"{"progress":{"inc":{"task":2,"n":5}}}"#);
+        assert_eq!(line(Event::End { task: 2 }), r#"{"progress":{"end":{"task":2}}}"#);
+        // A response line is no progress line.
+        assert!(serde_json::from_str::<ProgressLine>(r#"{"out":"","error":null,"code":0}"#).is_err());
+    }
+
+    #[test]
+    fn a_client_that_only_stops_writing_has_not_hung_up() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let ours = tokio::net::UnixStream::from_std(ours).unwrap();
+        assert!(!hung_up(&ours));
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!hung_up(&ours), "a shutdown for writing still waits for the answer");
+        drop(theirs);
+        assert!(hung_up(&ours), "a closed client is gone");
     }
 
     #[test]

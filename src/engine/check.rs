@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{Engine, EngineError};
+use crate::interrupt::Interrupt;
+use crate::progress::{ProgressSink, Unit};
 use crate::scan::{Adopted, Problem, ScanStats, Scanner, Scope, Severity};
 use crate::store::{DirRecord, EntryRecord, Generation, Writer};
 use crate::tree::Timestamp;
@@ -56,9 +58,18 @@ impl CheckReport {
 }
 
 impl Engine {
-    /// Scans every group (or only `paths`) and records local changes.
-    pub fn check(&self, w: &Writer, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
-        self.check_with_cause(w, paths, "local scan", None, true, None)
+    /// Scans every group (or only `paths`) and records local changes,
+    /// reporting the scan to `progress`. Once `interrupt` is raised it
+    /// stops ([`EngineError::Interrupted`]): the groups scanned before are
+    /// recorded, nothing of the one being scanned.
+    pub fn check(
+        &self,
+        w: &Writer,
+        paths: &[PathBuf],
+        progress: &dyn ProgressSink,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<CheckReport, EngineError> {
+        self.check_with_cause(w, paths, "local scan", None, true, None, progress, interrupt)
     }
 
     /// Whether the collector has work even though no tree changed: some
@@ -77,7 +88,9 @@ impl Engine {
     /// With `only_group`, other groups are left alone; without `gc`, no
     /// generation is dropped (a restore needs its source to stay); with
     /// `adopt`, states a sync just applied are recorded under the peer's
-    /// versions.
+    /// versions. The scan reports to `progress` and stops once `interrupt`
+    /// is raised.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_with_cause(
         &self,
         w: &Writer,
@@ -86,6 +99,8 @@ impl Engine {
         only_group: Option<usize>,
         gc: bool,
         adopt: Option<&Adopted>,
+        progress: &dyn ProgressSink,
+        interrupt: Option<&Interrupt>,
     ) -> Result<CheckReport, EngineError> {
         let abs = self.absolute_inside(paths)?;
         let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
@@ -95,17 +110,28 @@ impl Engine {
                 continue;
             }
             let Some(scope) = scope_of(group, &abs) else { continue };
-            let bar = self.bar(None, &format!("scanning {}", group.name));
+            let bar = progress.start(&format!("scanning {}", group.name), None, Unit::Items);
             let chunks = self.chunk_store(i);
             let store_name = self.chunk_store_name_of(i);
             // Records marked `stored` refer to the chunk store named in the
             // state; under another one (or none before), read everything once.
             let linked = self.store.group_store(&group.name)?;
             let read_all = store_name.is_some() && linked.as_deref() != store_name;
-            let scanner =
-                Scanner { group, store: &self.store, chunks, host: &self.host, progress: &*bar, read_all, adopt };
+            let scanner = Scanner {
+                group,
+                store: &self.store,
+                chunks,
+                host: &self.host,
+                progress: &*bar,
+                read_all,
+                adopt,
+                interrupt,
+            };
             let mut out = scanner.run(if read_all { &Scope::All } else { &scope })?;
             drop(bar);
+            if out.interrupted {
+                return Err(EngineError::Interrupted(group.name.clone()));
+            }
 
             let old = self.store.root_set(&group.name)?;
             let changed = old.as_ref() != Some(&out.roots);
@@ -260,12 +286,17 @@ impl Engine {
     /// collected. Each group's `pending` says whether its tree on disk
     /// differs from the recorded one; what differs is not itemized, and a
     /// reconcile that follows compares the recorded state.
-    pub fn check_read_only(&self, paths: &[PathBuf]) -> Result<CheckReport, EngineError> {
+    pub fn check_read_only(
+        &self,
+        paths: &[PathBuf],
+        progress: &dyn ProgressSink,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<CheckReport, EngineError> {
         let abs = self.absolute_inside(paths)?;
         let mut report = CheckReport { groups: Vec::new(), problems: Vec::new() };
         for group in &self.groups {
             let Some(scope) = scope_of(group, &abs) else { continue };
-            let bar = self.bar(None, &format!("scanning {}", group.name));
+            let bar = progress.start(&format!("scanning {}", group.name), None, Unit::Items);
             // No chunk store: the scan reads and hashes, and stores nothing.
             let scanner = Scanner {
                 group,
@@ -275,9 +306,13 @@ impl Engine {
                 progress: &*bar,
                 read_all: false,
                 adopt: None,
+                interrupt,
             };
             let out = scanner.run(&scope)?;
             drop(bar);
+            if out.interrupted {
+                return Err(EngineError::Interrupted(group.name.clone()));
+            }
             let pending = self.store.root_set(&group.name)?.as_ref() != Some(&out.roots);
             let mut pending_paths = Vec::new();
             for w in &out.writes.dirs {
@@ -419,7 +454,7 @@ mod tests {
         ];
         for step in steps {
             step();
-            engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+            engine.check(&engine.store.writer_blocking(), &[], &crate::progress::Quiet, None).unwrap();
             assert_eq!(engine.store.version_digest("g").unwrap(), recomputed(&engine));
         }
         let tomb = EntryRecord { deleted: true, ..EntryRecord::tombstone_for_test() };
@@ -427,6 +462,31 @@ mod tests {
             .patch_tombstones(&engine.store.writer_blocking(), 0, vec![(b"x".to_vec(), b"never-seen".to_vec(), tomb)])
             .unwrap();
         assert_eq!(engine.store.version_digest("g").unwrap(), recomputed(&engine));
+    }
+
+    /// A check stopped by its caller records nothing of the group it was
+    /// scanning; the next one records everything.
+    #[test]
+    fn an_interrupted_check_records_nothing_of_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let src = format!("group g {{ host h; key {}/key; include {}; }}", dir.path().display(), tree.display());
+        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
+        let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::write(tree.join("d/a"), b"one").unwrap();
+        let interrupt = Interrupt::new();
+        interrupt.raise();
+        let w = engine.store.writer_blocking();
+        let e = engine.check(&w, &[], &crate::progress::Quiet, Some(&interrupt)).unwrap_err();
+        assert!(matches!(&e, EngineError::Interrupted(g) if g == "g"), "{e}");
+        assert!(engine.store.root_set("g").unwrap().is_none());
+        assert_eq!(engine.store.seq().unwrap(), 0);
+        let e = engine.check_read_only(&[], &crate::progress::Quiet, Some(&interrupt)).unwrap_err();
+        assert!(matches!(e, EngineError::Interrupted(_)), "{e}");
+        let report = engine.check(&w, &[], &crate::progress::Quiet, None).unwrap();
+        assert_eq!(report.groups[0].stats.entries_seen, 3);
+        assert!(engine.store.root_set("g").unwrap().is_some());
     }
 
     /// A read-only check sees local changes and records nothing: no
@@ -446,7 +506,7 @@ mod tests {
         let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
         std::fs::create_dir_all(tree.join("d")).unwrap();
         std::fs::write(tree.join("d/a"), b"one").unwrap();
-        engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+        engine.check(&engine.store.writer_blocking(), &[], &crate::progress::Quiet, None).unwrap();
         let state = |e: &Engine| {
             let records: Vec<(Vec<u8>, DirRecord)> = e.store.all_dir_records("g").collect::<Result<_, _>>().unwrap();
             let gens: Vec<u64> = e.store.generations().unwrap().iter().map(|g| g.id).collect();
@@ -460,21 +520,21 @@ mod tests {
         };
         let stored = |dir: &Path| walkdir_count(dir);
         let before = (state(&engine), stored(&backups));
-        let quiet = engine.check_read_only(&[]).unwrap();
+        let quiet = engine.check_read_only(&[], &crate::progress::Quiet, None).unwrap();
         assert!(quiet.groups.iter().all(|g| !g.pending && !g.changed && g.generation.is_none()));
         std::fs::write(tree.join("d/a"), b"one, changed with new bytes").unwrap();
         std::fs::write(tree.join("d/b"), b"two").unwrap();
-        let seen = engine.check_read_only(&[]).unwrap();
+        let seen = engine.check_read_only(&[], &crate::progress::Quiet, None).unwrap();
         assert!(seen.groups.iter().all(|g| g.pending && !g.changed && g.generation.is_none()), "{seen:?}");
         assert_eq!(
             seen.groups[0].pending_paths,
             [format!("{}/d/a", tree.display()), format!("{}/d/b", tree.display())]
         );
-        let paths = engine.check_read_only(&[tree.join("d/b")]).unwrap();
+        let paths = engine.check_read_only(&[tree.join("d/b")], &crate::progress::Quiet, None).unwrap();
         assert!(paths.groups[0].pending);
         assert_eq!((state(&engine), stored(&backups)), before, "a read-only check wrote state or chunks");
         // A check records what the read-only one saw.
-        let recorded = engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+        let recorded = engine.check(&engine.store.writer_blocking(), &[], &crate::progress::Quiet, None).unwrap();
         assert!(recorded.groups[0].changed && recorded.groups[0].generation.is_some());
     }
 

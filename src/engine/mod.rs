@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, ResolvedGroup, canonical_host};
 use crate::key::KeyError;
-use crate::progress::{ProgressSink, ProgressTask};
+use crate::progress::Quiet;
 use crate::store::{
     ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, Store, StoreError, Writer, collect_garbage,
     join_logical,
@@ -63,6 +63,10 @@ pub enum EngineError {
     /// The work was refused to keep data safe (the message says why).
     #[error("{0}")]
     Refused(String),
+    /// The caller asked the work to stop ([`crate::interrupt`]); nothing
+    /// of the group being scanned was recorded.
+    #[error("interrupted: stopped before the scan of group {0} finished")]
+    Interrupted(String),
     /// A filesystem operation outside the stores failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -94,8 +98,6 @@ pub struct Engine {
     chunk_store_names: Vec<String>,
     /// For each group (same index as `groups`), its chunk store.
     group_chunks: Vec<Option<usize>>,
-    /// Where long work reports its progress (nowhere by default).
-    pub progress: Arc<dyn ProgressSink>,
     /// Damage to the state or the chunk stores found on opening, and what
     /// was done about it; each message names the repair command.
     pub damage: Vec<String>,
@@ -114,7 +116,7 @@ impl Engine {
         let store = Arc::new(Store::open(state_dir)?);
         let w = store.try_writer().expect("a store being opened has no other writer");
         let damage = store.damage().to_vec();
-        Engine::assemble(host, groups, Arc::clone(&store), &w, &[], damage, Arc::new(crate::progress::Quiet))
+        Engine::assemble(host, groups, Arc::clone(&store), &w, &[], damage)
     }
 
     /// The same node under another configuration (a running daemon's,
@@ -129,7 +131,7 @@ impl Engine {
             .zip(&self.chunk_store_names)
             .map(|(cs, name)| (cs.path().to_path_buf(), name.clone(), Arc::clone(cs)))
             .collect();
-        Engine::assemble(&self.host, groups, Arc::clone(&self.store), w, &open, Vec::new(), Arc::clone(&self.progress))
+        Engine::assemble(&self.host, groups, Arc::clone(&self.store), w, &open, Vec::new())
     }
 
     /// An engine of `groups` on `store`: opens the chunk stores of their
@@ -142,7 +144,6 @@ impl Engine {
         w: &Writer,
         open: &[(PathBuf, String, Arc<ChunkStore>)],
         mut damage: Vec<String>,
-        progress: Arc<dyn ProgressSink>,
     ) -> Result<Engine, EngineError> {
         let mut damaged: Vec<usize> = Vec::new();
         // Per chunk store: whether backups were recorded into it before
@@ -223,16 +224,7 @@ impl Engine {
         for msg in &damage {
             tracing::error!("{msg}");
         }
-        Ok(Engine {
-            host: host.to_owned(),
-            groups,
-            store,
-            chunk_stores,
-            chunk_store_names,
-            group_chunks,
-            progress,
-            damage,
-        })
+        Ok(Engine { host: host.to_owned(), groups, store, chunk_stores, chunk_store_names, group_chunks, damage })
     }
 
     /// The chunk store of group `i`, if it keeps backups.
@@ -248,11 +240,6 @@ impl Engine {
     /// The index of the group named `name`.
     pub fn group_index(&self, name: &str) -> Option<usize> {
         self.groups.iter().position(|g| g.name == name)
-    }
-
-    /// Starts reporting one piece of long work ([`Engine::progress`]).
-    pub(crate) fn bar(&self, len: Option<u64>, what: &str) -> Box<dyn ProgressTask> {
-        self.progress.start(what, len)
     }
 
     /// Generations of all groups (or of `only`), oldest first.
@@ -378,7 +365,7 @@ impl Engine {
         if paths.is_empty() {
             return Err(EngineError::Usage("force needs at least one PATH".into()));
         }
-        self.check(w, paths)?;
+        self.check(w, paths, &Quiet, None)?;
         let time = Timestamp::now();
         let mut made = Vec::new();
         for p in paths {

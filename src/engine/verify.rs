@@ -22,6 +22,7 @@ use super::ls::local_path;
 use super::{Engine, EngineError};
 use crate::chunk::ChunkRef;
 use crate::hash::Hash;
+use crate::progress::{ProgressSink, Unit};
 use crate::store::{EntryRecord, StoreError, Writer, join_logical};
 use crate::tree::Body;
 
@@ -64,12 +65,12 @@ pub struct RepairReport {
 
 impl Engine {
     /// Repairs the chunk stores from the live trees and verifies the
-    /// result (`verify --repair`).
-    pub fn repair(&self, w: &Writer) -> Result<VerifyReport, EngineError> {
+    /// result (`verify --repair`), reporting to `progress`.
+    pub fn repair(&self, w: &Writer, progress: &dyn ProgressSink) -> Result<VerifyReport, EngineError> {
         let mut repair = RepairReport::default();
         for cs in &self.chunk_stores {
             let list = cs.list()?;
-            let bar = self.bar(Some(list.len() as u64), "checking chunks");
+            let bar = progress.start("checking chunks", Some(list.len() as u64), Unit::Items);
             let bad: Vec<Hash> = list
                 .par_iter()
                 .filter_map(|(h, _)| {
@@ -93,9 +94,9 @@ impl Engine {
             }
         }
         batch.commit()?;
-        let check = self.check_with_cause(w, &[], "local scan", None, false, None)?;
+        let check = self.check_with_cause(w, &[], "local scan", None, false, None, progress, None)?;
         repair.files_stored = check.groups.iter().map(|g| g.stats.files_read).sum();
-        let mut report = self.verify()?;
+        let mut report = self.verify(progress)?;
         let (lost, rest): (Vec<Mismatch>, Vec<Mismatch>) =
             report.mismatches.into_iter().partition(|m| m.path.starts_with("generation "));
         repair.lost = lost;
@@ -108,8 +109,8 @@ impl Engine {
     }
 
     /// Verifies every tracked file, every stored chunk, and that every
-    /// kept generation's content is present.
-    pub fn verify(&self) -> Result<VerifyReport, EngineError> {
+    /// kept generation's content is present, reporting to `progress`.
+    pub fn verify(&self, progress: &dyn ProgressSink) -> Result<VerifyReport, EngineError> {
         let mut report = VerifyReport::default();
         for group in &self.groups {
             let mut files: Vec<(PathBuf, EntryRecord)> = Vec::new();
@@ -124,7 +125,7 @@ impl Engine {
                     }
                 }
             }
-            let bar = self.bar(Some(files.len() as u64), &format!("verifying {}", group.name));
+            let bar = progress.start(&format!("verifying {}", group.name), Some(files.len() as u64), Unit::Items);
             let results: Vec<Outcome> = files
                 .par_iter()
                 .map(|(path, rec)| {
@@ -148,7 +149,7 @@ impl Engine {
 
         for cs in &self.chunk_stores {
             let list = cs.list()?;
-            let bar = self.bar(Some(list.len() as u64), "verifying chunks");
+            let bar = progress.start("verifying chunks", Some(list.len() as u64), Unit::Items);
             let bad: Vec<Mismatch> = list
                 .par_iter()
                 .filter_map(|(h, _)| {

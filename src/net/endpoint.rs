@@ -42,6 +42,10 @@ const REPORT_WAIT: Duration = Duration::from_secs(1);
 /// unreadable, another host than expected, pin mismatch).
 pub const CLOSE_REFUSED: u32 = 1;
 
+/// Application close code: the run this session belonged to was stopped
+/// by its caller (Ctrl-C on the command).
+pub const CLOSE_INTERRUPTED: u32 = 2;
+
 /// A bidirectional stream: `tokio::io::AsyncRead + AsyncWrite`.
 pub type Stream = s2n_quic::stream::BidirectionalStream;
 
@@ -390,6 +394,12 @@ impl Connection {
     /// every stream on it.
     pub fn close(&self, code: u32) {
         self.inner.close(code.into());
+    }
+
+    /// A handle that opens streams on this connection, or closes it, from
+    /// another task.
+    pub fn opener(&self) -> StreamOpener {
+        StreamOpener { handle: self.inner.handle(), addr: self.remote_addr, _endpoint: self.endpoint.clone() }
     }
 
     /// Splits the connection so one task can open streams while another

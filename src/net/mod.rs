@@ -56,8 +56,8 @@ pub mod pins;
 mod tests;
 
 pub use endpoint::{
-    ALPN, CLOSE_REFUSED, Connection, DATA_WINDOW, DEFAULT_PORT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_STREAMS, Server,
-    Stream, StreamAcceptor, StreamOpener, connect,
+    ALPN, CLOSE_INTERRUPTED, CLOSE_REFUSED, Connection, DATA_WINDOW, DEFAULT_PORT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
+    MAX_STREAMS, Server, Stream, StreamAcceptor, StreamOpener, connect,
 };
 pub use error::NetError;
 pub use files::NET_DIR;

@@ -134,7 +134,7 @@ pub async fn diff(node: Arc<Node>, path: &Path, peers: &[String], max: u64) -> R
     let local = local_side(&node, g, &logical, &abs, max)?;
     // A read-only check of the path alone: whether the record is behind.
     let (n, scope) = (Arc::clone(&node), vec![abs.clone()]);
-    let checked = tokio::task::spawn_blocking(move || n.engine.check_read_only(&scope));
+    let checked = tokio::task::spawn_blocking(move || n.engine.check_read_only(&scope, &crate::progress::Quiet, None));
     let checked = checked.await.expect("check panicked")?;
     let unrecorded = checked.groups.iter().any(|c| c.group == g.name && !c.pending_paths.is_empty());
     let mut tasks = tokio::task::JoinSet::new();

@@ -143,6 +143,9 @@ async fn answer(
             while let Some(m) = rx.recv().await {
                 send(stream, &m).await?;
                 Stats::add(&node.stats.chunks_served, 1);
+                if let Message::Chunk { stored, .. } = &m {
+                    peer.sent(stored.len() as u64);
+                }
             }
             let (files, missing) = reader.await.expect("chunk reader panicked");
             let missing = missing?;
@@ -205,10 +208,11 @@ async fn record_changed_sources(node: &Arc<Node>, peer: &Arc<Peer>, gi: usize, f
         return;
     };
     let n = Arc::clone(node);
-    let checked =
-        tokio::task::spawn_blocking(move || n.engine.check_with_cause(&w, &paths, "local scan", Some(gi), false, None))
-            .await
-            .expect("check panicked");
+    let checked = tokio::task::spawn_blocking(move || {
+        n.engine.check_with_cause(&w, &paths, "local scan", Some(gi), false, None, &crate::progress::Quiet, None)
+    })
+    .await
+    .expect("check panicked");
     match checked {
         Ok(report) => peer.actions.add_check(&node.engine.groups, &report),
         Err(e) => tracing::warn!("checking files changed while {} pulled them: {e}", peer.host),

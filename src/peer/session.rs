@@ -20,7 +20,9 @@ use super::server::serve_stream;
 use super::{Node, SyncError};
 use crate::config::HostEntry;
 use crate::engine::{ActionQueue, CheckReport};
+use crate::interrupt::Interrupt;
 use crate::net::{self, Connection, NetError, Stream, StreamAcceptor, StreamOpener};
+use crate::progress::{Reporter, Unit};
 use crate::proto::{self, ChangeAction, Deadlines, ErrorCode, Message, ProtoError};
 use crate::sync::{ChangeReport, GroupReport, Peer, clear_conflicts, reconcile, request, roots_summary, send_only};
 
@@ -43,6 +45,10 @@ pub struct SyncOptions {
     pub paths: Vec<PathBuf>,
     /// Skip the local check (`status`: compare what is recorded).
     pub no_check: bool,
+    /// Where the run reports its scan and its transfers.
+    pub progress: Reporter,
+    /// Raised when the run's caller asks it to stop ([`SyncError::Interrupted`]).
+    pub interrupt: Interrupt,
 }
 
 /// The outcome of syncing one group with one peer.
@@ -67,6 +73,9 @@ pub struct PeerReport {
     pub pushed_problems: Vec<String>,
     /// How many problems the peer had in all, listed or not.
     pub pushed_problems_total: u64,
+    /// The exchange was stopped by the run's interrupt.
+    #[serde(skip)]
+    pub interrupted: bool,
 }
 
 /// The outcome of a `sync` run.
@@ -138,19 +147,27 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
     } else if opts.dry_run {
         // Read-only (SPEC §3): scans and reports, records nothing, so it
         // needs no writer lock.
-        let (paths, n) = (opts.paths.clone(), Arc::clone(&node));
-        let checked = tokio::task::spawn_blocking(move || n.engine.check_read_only(&paths));
+        let (paths, n, progress, interrupt) =
+            (opts.paths.clone(), Arc::clone(&node), opts.progress.clone(), opts.interrupt.clone());
+        let checked =
+            tokio::task::spawn_blocking(move || n.engine.check_read_only(&paths, &*progress, Some(&interrupt)));
         Some(checked.await.expect("check panicked")?)
     } else {
-        let paths = opts.paths.clone();
-        Some(node.write_locked(move |n, w| n.engine.check(w, &paths)).await?)
+        let (paths, progress, interrupt) = (opts.paths.clone(), opts.progress.clone(), opts.interrupt.clone());
+        Some(node.write_locked(move |n, w| n.engine.check(w, &paths, &*progress, Some(&interrupt))).await?)
     };
+    // Stopped while scanning: what the check found is recorded, and no
+    // peer is asked for anything.
+    if opts.interrupt.raised() {
+        return Err(SyncError::Interrupted);
+    }
     if let Some(c) = &check
         && !opts.dry_run
     {
         actions.add_check(&node.engine.groups, c);
     }
     let mut peers = round(&node, &opts, None, &actions).await;
+    let interrupted = peers.iter().any(|p| p.interrupted);
     // What this run took from one peer reaches the others in the same run:
     // a second round, one root comparison per peer where nothing is left.
     let took: Vec<String> = peers
@@ -158,7 +175,7 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
         .filter(|p| p.pulled.as_ref().is_some_and(|r| r.changes.iter().any(|c| c.action != ChangeAction::Conflict)))
         .map(|p| p.group.clone())
         .collect();
-    if !opts.dry_run && !took.is_empty() {
+    if !opts.dry_run && !took.is_empty() && !interrupted {
         let again = round(&node, &opts, Some(&took), &actions).await;
         for second in again {
             if let Some(first) = peers.iter_mut().find(|p| p.group == second.group && p.peer == second.peer) {
@@ -169,6 +186,10 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
     if !opts.dry_run {
         let n = Arc::clone(&node);
         tokio::task::spawn_blocking(move || actions.run(&n.engine.groups)).await.expect("actions panicked");
+    }
+    if interrupted {
+        // What was applied before the stop is recorded, and its actions ran.
+        return Err(SyncError::Interrupted);
     }
     Ok(SyncReport { check, peers })
 }
@@ -193,8 +214,9 @@ async fn round(
             if !opts.peers.is_empty() && !opts.peers.iter().any(|p| peer.is_host(p)) {
                 continue;
             }
-            let (node, peer, dry_run, actions) = (Arc::clone(node), peer.clone(), opts.dry_run, Arc::clone(actions));
-            tasks.spawn(async move { sync_peer(node, gi, peer, dry_run, actions).await });
+            let (node, peer, actions) = (Arc::clone(node), peer.clone(), Arc::clone(actions));
+            let run = Run { dry_run: opts.dry_run, progress: opts.progress.clone(), interrupt: opts.interrupt.clone() };
+            tasks.spawn(async move { sync_peer(node, gi, peer, run, actions).await });
         }
     }
     let mut peers = Vec::new();
@@ -240,13 +262,14 @@ impl PeerReport {
     }
 }
 
-async fn sync_peer(
-    node: Arc<Node>,
-    gi: usize,
-    entry: HostEntry,
+/// What each exchange of a run shares.
+struct Run {
     dry_run: bool,
-    actions: Arc<ActionQueue>,
-) -> PeerReport {
+    progress: Reporter,
+    interrupt: Interrupt,
+}
+
+async fn sync_peer(node: Arc<Node>, gi: usize, entry: HostEntry, run: Run, actions: Arc<ActionQueue>) -> PeerReport {
     let group = node.engine.groups[gi].name.clone();
     let mut report = PeerReport {
         group,
@@ -258,10 +281,19 @@ async fn sync_peer(
         pushed_more: 0,
         pushed_problems: Vec::new(),
         pushed_problems_total: 0,
+        interrupted: false,
     };
-    if let Err(e) = exchange(&node, gi, &entry, dry_run, actions, &mut report).await {
-        tracing::error!("group {}, peer {}: {e}", report.group, report.peer);
-        report.error = Some(e.to_string());
+    match exchange(&node, gi, &entry, &run, actions, &mut report).await {
+        Ok(()) => {}
+        Err(SyncError::Interrupted) => {
+            tracing::info!("group {}, peer {}: interrupted", report.group, report.peer);
+            report.interrupted = true;
+            report.error = Some(SyncError::Interrupted.to_string());
+        }
+        Err(e) => {
+            tracing::error!("group {}, peer {}: {e}", report.group, report.peer);
+            report.error = Some(e.to_string());
+        }
     }
     report
 }
@@ -281,7 +313,45 @@ pub(super) struct Opened {
 /// Connects to the peer `entry` of group `gi`, checks its key against its
 /// pin, and has `Hello` for the group answered by `Welcome`.
 pub(super) async fn open_session(node: &Arc<Node>, gi: usize, entry: &HostEntry) -> Result<Opened, SyncError> {
-    let g = &node.engine.groups[gi];
+    let conn = connect(node, gi, entry).await?;
+    welcomed(node, gi, conn).await
+}
+
+/// One exchange with one peer. Raising the run's interrupt stops it: before
+/// the session is up, at once (nothing was asked of the peer); after, by
+/// closing the session, so that the exchange fails at its next wait on the
+/// network, once the change being applied here is finished (a pull the peer
+/// runs stops the same way at its end).
+async fn exchange(
+    node: &Arc<Node>,
+    gi: usize,
+    entry: &HostEntry,
+    run: &Run,
+    actions: Arc<ActionQueue>,
+    report: &mut PeerReport,
+) -> Result<(), SyncError> {
+    let connecting = run.progress.start(&format!("connecting to {}", entry.name), None, Unit::Items);
+    let conn = tokio::select! {
+        conn = connect(node, gi, entry) => conn?,
+        () = run.interrupt.wait() => return Err(SyncError::Interrupted),
+    };
+    drop(connecting);
+    let closer = conn.opener();
+    let session = session(node, gi, entry, conn, run, actions, report);
+    tokio::pin!(session);
+    tokio::select! {
+        result = &mut session => result,
+        () = run.interrupt.wait() => {
+            tracing::debug!("peer {}: the run was interrupted: closing the session", entry.name);
+            closer.close(net::CLOSE_INTERRUPTED);
+            let _ = session.await;
+            Err(SyncError::Interrupted)
+        }
+    }
+}
+
+/// Connects to the peer `entry` of group `gi`, its key pinned.
+async fn connect(node: &Arc<Node>, gi: usize, entry: &HostEntry) -> Result<Connection, SyncError> {
     let identity = node.identity(gi)?;
     let addr = resolve(entry).await?;
     // No QUIC keep-alive: a connection whose peer has gone quiet closes
@@ -296,6 +366,12 @@ pub(super) async fn open_session(node: &Arc<Node>, gi: usize, entry: &HostEntry)
         e => e.into(),
     })?;
     node.pins()?.check(conn.peer_host(), conn.peer_fingerprint())?;
+    Ok(conn)
+}
+
+/// Has `Hello` for group `gi` answered by `Welcome` on `conn`.
+async fn welcomed(node: &Arc<Node>, gi: usize, conn: Connection) -> Result<Opened, SyncError> {
+    let g = &node.engine.groups[gi];
     let host = conn.peer_host().to_owned();
     let (mut opener, acceptor) = conn.split();
     let hello = Message::Hello {
@@ -314,19 +390,23 @@ pub(super) async fn open_session(node: &Arc<Node>, gi: usize, entry: &HostEntry)
     Ok(Opened { host, groups, opener, acceptor })
 }
 
-async fn exchange(
+/// The session of one exchange, on a connection to the peer.
+async fn session(
     node: &Arc<Node>,
     gi: usize,
     entry: &HostEntry,
-    dry_run: bool,
+    conn: Connection,
+    run: &Run,
     actions: Arc<ActionQueue>,
     report: &mut PeerReport,
 ) -> Result<(), SyncError> {
+    let (dry_run, progress) = (run.dry_run, &run.progress);
     let g = &node.engine.groups[gi];
-    let Opened { host, groups, mut opener, acceptor } = open_session(node, gi, entry).await?;
-    let peer = Arc::new(Peer { host: host.clone(), groups, opener: opener.clone(), actions });
-    let server = tokio::spawn(serve_streams(Arc::clone(node), Arc::clone(&peer), acceptor, false));
-    let heartbeat = tokio::spawn(heartbeat(host.clone(), opener.clone()));
+    let Opened { host, groups, mut opener, acceptor } = welcomed(node, gi, conn).await?;
+    let peer = Arc::new(Peer::new(host.clone(), groups, opener.clone(), actions, progress.clone()));
+    // Both end with the session, also when it is dropped unfinished.
+    let server = AbortOnDrop(tokio::spawn(serve_streams(Arc::clone(node), Arc::clone(&peer), acceptor, false)));
+    let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(host.clone(), opener.clone())));
 
     let result = async {
         // One round trip when nothing differs.
@@ -345,7 +425,7 @@ async fn exchange(
         // and the conflicts it finds are there for this node to find too.
         // A receive-only host never pushes.
         if !g.local.receive_only {
-            push(&host, &mut opener, &g.name, dry_run, report).await?;
+            push(&peer, &mut opener, &g.name, dry_run, report).await?;
         }
         // A receive-only peer is never pulled from: with equal trees and
         // nothing it took (or would take), only versions differ, and its
@@ -367,19 +447,28 @@ async fn exchange(
             let again = (pulled.settled > 0 || stale) && !dry_run && !g.local.receive_only;
             report.pulled = Some(pulled);
             if again {
-                push(&host, &mut opener, &g.name, dry_run, report).await?;
+                push(&peer, &mut opener, &g.name, dry_run, report).await?;
             }
         }
         Ok::<(), SyncError>(())
     }
     .await;
-    heartbeat.abort();
+    drop(heartbeat);
     if result.is_ok() {
         let _ = send_only(&host, &mut opener, &Message::Bye).await;
     }
     opener.close(0);
-    server.abort();
+    drop(server);
     result
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sends `Progress` alone on a new stream every
@@ -405,12 +494,14 @@ async fn heartbeat(host: String, mut opener: StreamOpener) {
 /// stops working for the pull (killed, wedged, cut off) is given up on
 /// within that bound.
 async fn push(
-    host: &str,
+    peer: &Peer,
     opener: &mut StreamOpener,
     group: &str,
     dry_run: bool,
     report: &mut PeerReport,
 ) -> Result<(), SyncError> {
+    let host = peer.host.as_str();
+    let _sending = peer.sending(peer.progress.start(&format!("sending to {host} ({group})"), None, Unit::Bytes));
     let msg = Message::Pull { group: group.to_owned(), dry_run };
     let proto_err = |source: ProtoError| SyncError::Proto { peer: host.to_owned(), source };
     let (mut stream, mut reply) = request(host, opener, &msg).await?;
@@ -542,7 +633,7 @@ pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
     // Everything the peer's pulls of this session change runs the
     // group's actions once, when the session ends.
     let actions = Arc::new(ActionQueue::default());
-    let peer = Arc::new(Peer { host, groups, opener, actions: Arc::clone(&actions) });
+    let peer = Arc::new(Peer::new(host, groups, opener, Arc::clone(&actions), Reporter::default()));
     serve_streams(Arc::clone(&node), peer, acceptor, true).await;
     tokio::task::spawn_blocking(move || actions.run(&node.engine.groups)).await.expect("actions panicked");
 }

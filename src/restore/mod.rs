@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::chunk::ChunkRef;
 use crate::engine::{Engine, EngineError};
+use crate::progress::{ProgressSink, Unit};
 use crate::scan::{Problem, Severity};
 use crate::store::{Generation, Writer};
 use crate::tree::{Body, Meta, Timestamp};
@@ -67,13 +68,14 @@ impl RestoreReport {
 
 impl Engine {
     /// Restores `paths` (or the whole group) as generation `id` had them,
-    /// in place or below `to`.
+    /// in place or below `to`, reporting to `progress`.
     pub fn restore(
         &self,
         w: &Writer,
         id: u64,
         paths: &[PathBuf],
         to: Option<&Path>,
+        progress: &dyn ProgressSink,
     ) -> Result<RestoreReport, EngineError> {
         let generation = self.store.generation(id)?.ok_or_else(|| {
             EngineError::NotFound(format!("there is no generation {id}; `snapsync generations` lists them"))
@@ -131,8 +133,16 @@ impl Engine {
             // Record what is there now, so the restore can be undone. A path
             // that could not be read is in no generation: overwriting it
             // could not be undone, so the restore stops here.
-            let before =
-                self.check_with_cause(w, &[], &format!("before restore of generation {id}"), Some(gi), false, None)?;
+            let before = self.check_with_cause(
+                w,
+                &[],
+                &format!("before restore of generation {id}"),
+                Some(gi),
+                false,
+                None,
+                progress,
+                None,
+            )?;
             let unreadable: Vec<String> = before
                 .problems
                 .iter()
@@ -148,7 +158,7 @@ impl Engine {
             report.before = self.record_current(w, gi, &format!("before restore of generation {id}"))?;
         }
 
-        let progress = self.bar(None, &format!("restoring generation {id}"));
+        let task = progress.start(&format!("restoring generation {id}"), None, Unit::Items);
         let place = |root: &PathBuf, local: &PathBuf| match to {
             None => (root.clone(), local.clone()),
             Some(dir) => (dir.to_path_buf(), dir.join(local.strip_prefix("/").unwrap_or(local))),
@@ -163,7 +173,7 @@ impl Engine {
             .filter_map(|(_, dest)| dest.parent().map(Path::to_path_buf))
             .collect();
         let matcher = to.is_none().then_some(&group.matcher);
-        let writer = write::Writer::new(&self.host, &self.store, chunks, matcher, progress, trusted);
+        let writer = write::Writer::new(&self.host, &self.store, chunks, matcher, task, trusted);
         for (root, local, want) in &targets {
             let (base, dest) = place(root, local);
             // Never write or delete through a symlink: every directory
@@ -179,8 +189,16 @@ impl Engine {
 
         if to.is_none() {
             let scope: Vec<PathBuf> = targets.iter().map(|(_, p, _)| p.clone()).collect();
-            let after =
-                self.check_with_cause(w, &scope, &format!("restore of generation {id}"), Some(gi), false, None)?;
+            let after = self.check_with_cause(
+                w,
+                &scope,
+                &format!("restore of generation {id}"),
+                Some(gi),
+                false,
+                None,
+                progress,
+                None,
+            )?;
             report.after = after.groups.iter().find_map(|g| g.generation);
             report.problems.extend(after.problems);
             self.gc(w)?;

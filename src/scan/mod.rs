@@ -27,7 +27,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -134,6 +134,10 @@ pub struct ScanOutput {
     pub bytes: u64,
     /// Stored bytes of chunks this scan added to the chunk store.
     pub added_bytes: u64,
+    /// The scan was interrupted ([`Scanner::interrupt`]): it stopped
+    /// visiting entries, so this output is partial and must not be
+    /// recorded.
+    pub interrupted: bool,
 }
 
 /// A scan of one group against one state.
@@ -146,13 +150,15 @@ pub struct Scanner<'a> {
     pub chunks: Option<&'a ChunkStore>,
     /// The local host name, for version vectors.
     pub host: &'a str,
-    /// Ticks once per entry seen.
+    /// Ticks once per entry seen; counts the bytes of the files read.
     pub progress: &'a dyn crate::progress::ProgressTask,
     /// Read every file once, whatever the stat cache says: the records'
     /// `stored` flags refer to another chunk store than `chunks`.
     pub read_all: bool,
     /// States just applied from a peer, by logical path (see [`Adopted`]).
     pub adopt: Option<&'a Adopted>,
+    /// Stops the scan once raised (see [`ScanOutput::interrupted`]).
+    pub interrupt: Option<&'a crate::interrupt::Interrupt>,
 }
 
 /// States a sync has just written to disk, by logical path, each with the
@@ -202,6 +208,8 @@ struct Run<'a, 's> {
     entries_changed: AtomicU64,
     /// A fatal store error: the scan stops and reports it.
     fatal: Mutex<Option<StoreError>>,
+    /// Entries were left unvisited: the scan's interrupt was raised.
+    interrupted: AtomicBool,
 }
 
 impl Scanner<'_> {
@@ -219,6 +227,7 @@ impl Scanner<'_> {
             bytes_read: AtomicU64::new(0),
             entries_changed: AtomicU64::new(0),
             fatal: Mutex::new(None),
+            interrupted: AtomicBool::new(false),
         };
         // The roots are the children of the record with the empty path.
         let old = self.store.dir_record(&self.group.name, b"")?.unwrap_or_default();
@@ -290,6 +299,7 @@ impl Scanner<'_> {
             entries,
             bytes,
             added_bytes: run.added_bytes.into_inner(),
+            interrupted: run.interrupted.into_inner(),
         })
     }
 }
@@ -472,6 +482,11 @@ impl Run<'_, '_> {
         if let Mode::Keep = mode {
             return Seen::Same;
         }
+        if self.scan.interrupt.is_some_and(|i| i.raised()) {
+            // Left as recorded; the caller records none of this scan.
+            self.interrupted.store(true, Ordering::Relaxed);
+            return Seen::Same;
+        }
         self.entries_seen.fetch_add(1, Ordering::Relaxed);
         self.scan.progress.inc(1);
         let gone = |old: Option<&EntryRecord>| old.map_or(Seen::Untracked, |o| self.gone(parent, name, o));
@@ -633,6 +648,7 @@ impl Run<'_, '_> {
         };
         self.files_read.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read.stat.size, Ordering::Relaxed);
+        self.scan.progress.read(read.stat.size);
         self.added_bytes.fetch_add(read.added_bytes, Ordering::Relaxed);
         // The stat taken on the open file is the one that matches the
         // bytes read; metadata may have moved since the lstat.

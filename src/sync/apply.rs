@@ -58,6 +58,7 @@ use crate::engine::EngineError;
 use crate::fs::{Dir, EntryType, Journal, STAGING_MAX_AGE, Staging, apply_meta};
 use crate::hash::Hash;
 use crate::node::{Node, Stats};
+use crate::progress::{ProgressTask, Unit};
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
 use crate::scan::Adopted;
 use crate::store::{EntryRecord, Writer, join_logical};
@@ -213,6 +214,15 @@ impl<'a> Apply<'a> {
         // Files that replace a directory come last: the batch that holds
         // the first of them also deletes what the directories held.
         files.sort_by_key(replaces_dir);
+        // Counts the bytes of the files taken as they become available
+        // here: found locally or received.
+        let total: u64 = files.iter().map(|t| if let Body::File { size, .. } = t.new.body { size } else { 0 }).sum();
+        let receiving: Arc<dyn ProgressTask> = if total > 0 {
+            let what = format!("receiving from {} ({})", self.peer.host, self.g.name);
+            Arc::from(self.peer.progress.start(&what, Some(total), Unit::Bytes))
+        } else {
+            Arc::new(crate::progress::Quiet)
+        };
         let mut files = files.into_iter();
         let mut others = Some(others);
         let mut rest = Some(rest);
@@ -240,7 +250,7 @@ impl<'a> Apply<'a> {
             }
             let last = files.len() == 0;
             if !batch.is_empty() {
-                self.fetch_missing(&batch, &staging, report).await?;
+                self.fetch_missing(&batch, &staging, &receiving, report).await?;
             }
             let now = last || batch.iter().any(|j| replaces_dir(&j.take));
             let this = self
@@ -328,8 +338,16 @@ impl<'a> Apply<'a> {
                 let scope = minimal(std::mem::take(&mut self.scope));
                 let cause = format!("from {}", self.peer.host);
                 let adopt = std::mem::take(&mut self.adopt);
-                let checked =
-                    self.node.engine.check_with_cause(w, &scope, &cause, Some(self.gi), true, Some(&adopt))?;
+                let checked = self.node.engine.check_with_cause(
+                    w,
+                    &scope,
+                    &cause,
+                    Some(self.gi),
+                    true,
+                    Some(&adopt),
+                    &*self.peer.progress,
+                    None,
+                )?;
                 report.problems.extend(checked.problems.iter().map(|p| p.to_string()));
                 generation = checked.groups.first().and_then(|g| g.generation);
             }
@@ -576,6 +594,7 @@ impl<'a> Apply<'a> {
         &mut self,
         batch: &[FileJob],
         staging: &Arc<Staging>,
+        receiving: &Arc<dyn ProgressTask>,
         report: &mut GroupReport,
     ) -> Result<(), SyncError> {
         let cs = self.node.engine.chunk_store(self.gi);
@@ -587,6 +606,7 @@ impl<'a> Apply<'a> {
                 for c in &job.chunks {
                     if sources.has(c) {
                         report.chunks_local += 1;
+                        receiving.inc(u64::from(c.len));
                     } else {
                         let contents = wanted.entry(c.hash).or_default();
                         if !contents.contains(&job.content) {
@@ -637,11 +657,12 @@ impl<'a> Apply<'a> {
         for lane in lanes.into_iter().filter(|l| !l.is_empty()) {
             let (node, peer, targets, staging, gi) =
                 (Arc::clone(self.node), Arc::clone(self.peer), Arc::clone(&targets), Arc::clone(staging), self.gi);
+            let receiving = Arc::clone(receiving);
             let group = self.g.name.clone();
             tasks.spawn(async move {
                 let mut out = LaneResult::default();
                 for files in lane {
-                    fetch_one(&node, &peer, gi, &group, files, &targets, &staging, &mut out).await?;
+                    fetch_one(&node, &peer, gi, &group, files, &targets, &staging, &*receiving, &mut out).await?;
                 }
                 Ok::<LaneResult, SyncError>(out)
             });
@@ -1070,6 +1091,7 @@ async fn fetch_one(
     files: Vec<FileChunks>,
     targets: &HashMap<Hash, Vec<Hash>>,
     staging: &Staging,
+    receiving: &dyn ProgressTask,
     out: &mut LaneResult,
 ) -> Result<(), SyncError> {
     let msg = Message::GetChunks { group: group.to_owned(), files };
@@ -1091,6 +1113,7 @@ async fn fetch_one(
             out.bytes += stored.len() as u64;
             Stats::add(&node.stats.chunks_received, 1);
             Stats::add(&node.stats.bytes_received, stored.len() as u64);
+            receiving.inc(data.len() as u64);
             tokio::task::block_in_place(|| -> Result<(), SyncError> {
                 if let Some(cs) = node.engine.chunk_store(gi) {
                     cs.put(hash, &data)?;

@@ -33,6 +33,18 @@ pub enum SyncError {
         /// What went over which limit.
         what: String,
     },
+    /// The run's caller asked it to stop ([`crate::interrupt`]); what was
+    /// applied before is recorded, the rest is left for the next run.
+    #[error("interrupted: the sync was stopped before it finished")]
+    Interrupted,
+}
+
+impl SyncError {
+    /// Whether the run stopped because its caller asked it to: here, or
+    /// in the check that ran first.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, SyncError::Interrupted | SyncError::Engine(EngineError::Interrupted(_)))
+    }
 }
 
 impl From<crate::store::StoreError> for SyncError {

@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 use super::SyncError;
 use crate::engine::ActionQueue;
 use crate::net::{Stream, StreamOpener};
+use crate::progress::{ProgressTask, Reporter};
 use crate::proto::{self, Deadlines, Message, ProtoError};
 
 /// What one side of a session knows about the other.
@@ -23,6 +24,48 @@ pub struct Peer {
     /// actions: the initiator's whole `sync`, or this one session on the
     /// side that accepted it.
     pub actions: Arc<ActionQueue>,
+    /// Where this node's side reports its work: the run's caller on the
+    /// initiator, nowhere on the side that accepted the session.
+    pub progress: Reporter,
+    /// While the peer pulls from this node at its request ([`Peer::sending`]),
+    /// the chunks served to it count there.
+    sending: std::sync::Mutex<Option<Arc<dyn ProgressTask>>>,
+}
+
+impl Peer {
+    /// The other side of a session with `host`, which may sync `groups`.
+    pub fn new(
+        host: String,
+        groups: Vec<String>,
+        opener: StreamOpener,
+        actions: Arc<ActionQueue>,
+        progress: Reporter,
+    ) -> Self {
+        Peer { host, groups, opener, actions, progress, sending: std::sync::Mutex::new(None) }
+    }
+
+    /// Counts what this node serves the peer in `task` until the returned
+    /// guard is dropped (while a pull this node asked for runs).
+    pub fn sending(&self, task: Box<dyn ProgressTask>) -> Sending<'_> {
+        *self.sending.lock().expect("poisoned") = Some(Arc::from(task));
+        Sending(self)
+    }
+
+    /// Counts `bytes` served to the peer.
+    pub fn sent(&self, bytes: u64) {
+        if let Some(task) = &*self.sending.lock().expect("poisoned") {
+            task.inc(bytes);
+        }
+    }
+}
+
+/// Ends the count of [`Peer::sending`] when dropped.
+pub struct Sending<'a>(&'a Peer);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.lock().expect("poisoned").take();
+    }
 }
 
 /// A stream of one exchange with a peer, every wait on it bounded.

@@ -439,7 +439,16 @@ async fn pass(
             // The writer is held: the check runs here, not through
             // `write_locked` (the token is not reentrant).
             let checked = tokio::task::block_in_place(|| {
-                node.engine.check_with_cause(&writer, &paths, "local scan", Some(gi), false, None)
+                node.engine.check_with_cause(
+                    &writer,
+                    &paths,
+                    "local scan",
+                    Some(gi),
+                    false,
+                    None,
+                    &*peer.progress,
+                    None,
+                )
             })?;
             if !dry_run {
                 peer.actions.add_check(&node.engine.groups, &checked);

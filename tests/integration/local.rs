@@ -543,11 +543,11 @@ fn dropping_an_include_forgets_its_records() {
     };
     let both = config(&format!("include {0}/one;\n include {0}/two;", d.display()));
     let engine = crate::common::open_engine(&both, "a", &d.join("state"));
-    engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+    engine.check(&engine.store.writer_blocking(), &[], &snapsync::progress::Quiet, None).unwrap();
     drop(engine);
     let one = config(&format!("include {}/one;", d.display()));
     let engine = crate::common::open_engine(&one, "a", &d.join("state"));
-    engine.check(&engine.store.writer_blocking(), &[]).unwrap();
+    engine.check(&engine.store.writer_blocking(), &[], &snapsync::progress::Quiet, None).unwrap();
     let dirs: Vec<String> = engine
         .store
         .all_dir_records("g")

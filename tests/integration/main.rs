@@ -8,6 +8,7 @@ mod common;
 mod csync2_cli;
 mod daemon_config_reload;
 mod daemon_log;
+mod daemon_progress;
 mod local;
 mod model_random;
 mod operator_reports;

@@ -124,7 +124,7 @@ fn a_group_dropped_and_restored_in_the_config_is_scanned_afresh() {
         std::fs::write(&cfg, text).unwrap();
         let config = snapsync::config::load(&cfg).unwrap();
         let engine = crate::common::open_engine(&config, "a", &d.join("state"));
-        engine.check(&engine.store.writer_blocking(), &[]).unwrap()
+        engine.check(&engine.store.writer_blocking(), &[], &snapsync::progress::Quiet, None).unwrap()
     };
     run(group("one") + &group("two"));
     write(&d.join("one/f"), b"1 changed");

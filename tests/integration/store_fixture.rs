@@ -39,7 +39,7 @@ fn store_v1_fixture_opens_and_restores_both_generations() {
     assert_eq!(summary, [(1, 7, 300_018), (2, 6, 300_022)]);
 
     let out = d.join("out");
-    engine.restore(&engine.store.writer_blocking(), 1, &[], Some(&out)).unwrap();
+    engine.restore(&engine.store.writer_blocking(), 1, &[], Some(&out), &snapsync::progress::Quiet).unwrap();
     let tree = out.join(d.join("tree").strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(tree.join("a.txt")).unwrap(), b"alpha\n");
     let md = std::fs::metadata(tree.join("a.txt")).unwrap();
@@ -51,7 +51,7 @@ fn store_v1_fixture_opens_and_restores_both_generations() {
     assert!(tree.join("empty").is_dir());
 
     let out2 = d.join("out2");
-    engine.restore(&engine.store.writer_blocking(), 2, &[], Some(&out2)).unwrap();
+    engine.restore(&engine.store.writer_blocking(), 2, &[], Some(&out2), &snapsync::progress::Quiet).unwrap();
     let tree2 = out2.join(d.join("tree").strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(tree2.join("a.txt")).unwrap(), b"alpha, second version\n");
     assert!(!tree2.join("docs/b.txt").exists());
