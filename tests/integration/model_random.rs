@@ -630,19 +630,36 @@ impl Run<'_> {
             }
             assert!(attempt < 3, "conflicts remain after {attempt} rounds of force: {pending:?}");
             for (s, listed) in pending {
-                // One side wins the whole slot: a node where it exists,
-                // else the listed paths of the first node listing them.
-                let at = listed.iter().map(|(n, _)| *n).find(|&n| slot_path(&self.c, n, s).symlink_metadata().is_ok());
-                let (n, args): (usize, Vec<String>) = match at {
-                    Some(n) => (n, vec!["-r".into(), slot_path(&self.c, n, s).display().to_string()]),
-                    None => {
-                        let n = listed[0].0;
-                        let rels = listed.iter().filter(|(m, _)| *m == n).map(|(_, p)| {
+                // One side wins the whole slot: a node that holds one of
+                // the slot's possibly latest writes (a node in conflict may
+                // show an older write it merged with another; forcing that
+                // is the operator's call, not the model's), else a node
+                // where it exists, else the first node listing it. Where
+                // the slot exists the node forces it with `-r`, else the
+                // paths it lists (a deletion).
+                let latest: Vec<Slot> = self
+                    .m
+                    .of_slot(s)
+                    .filter(|(i, _)| self.m.possibly_latest(*i))
+                    .map(|(_, w)| w.value.clone())
+                    .collect();
+                let exists = |n: usize| slot_path(&self.c, n, s).symlink_metadata().is_ok();
+                let nodes = || listed.iter().map(|(n, _)| *n);
+                let n = nodes()
+                    .find(|&n| latest.contains(&read_slot(&slot_path(&self.c, n, s))))
+                    .or_else(|| nodes().find(|&n| exists(n)))
+                    .unwrap_or(listed[0].0);
+                let args: Vec<String> = if exists(n) {
+                    vec!["-r".into(), slot_path(&self.c, n, s).display().to_string()]
+                } else {
+                    listed
+                        .iter()
+                        .filter(|(m, _)| *m == n)
+                        .map(|(_, p)| {
                             let rel = p.split_once('/').map_or("", |(_, r)| r);
                             self.c.tree(NODES[n]).join(rel).display().to_string()
-                        });
-                        (n, rels.collect())
-                    }
+                        })
+                        .collect()
                 };
                 self.note(format!("{}: force {args:?}", NODES[n]));
                 let mut all = vec!["force"];
