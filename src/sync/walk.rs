@@ -416,7 +416,7 @@ async fn pass(
     // Equal trees with different versions: the differences hide behind
     // equal tree hashes, so every directory is listed (once; merging makes
     // the digests equal).
-    let everywhere = hash == tree;
+    let mut everywhere = hash == tree;
     let mut walk = Walk::new(node, peer, g, initiated, everywhere);
     walk.run(top.clone()).await?;
     if dry_run {
@@ -455,6 +455,10 @@ async fn pass(
             }
             if checked.groups.iter().any(|c| c.changed) {
                 drop(writer);
+                // The tree as checked now may equal the peer's (a host
+                // that had not checked before, say): then only versions
+                // differ, and they hide below equal directories.
+                everywhere = hash == roots_summary(&node.engine, g)?.0;
                 walk = Walk::new(node, peer, g, initiated, everywhere);
                 walk.run(top).await?;
                 writer = node.engine.store.writer().await;
@@ -486,6 +490,11 @@ struct Walk<'a> {
     /// side, with the version every entry below them is deleted under
     /// (see [`Walk::visit`]).
     doomed: std::collections::HashMap<Vec<u8>, Version>,
+    /// Directories the walk descends into that this node does not have
+    /// and does not take (deleted here, against the peer's live
+    /// directory), each with whether it is in conflict with the peer:
+    /// nothing below them can be written here.
+    missing: std::collections::HashMap<Vec<u8>, bool>,
 }
 
 /// The peer's listing of one directory, fetched a page at a time as the
@@ -597,6 +606,7 @@ impl<'a> Walk<'a> {
             report: GroupReport::default(),
             held: 0,
             doomed: Default::default(),
+            missing: Default::default(),
         }
     }
 
@@ -736,6 +746,22 @@ impl<'a> Walk<'a> {
         } else {
             decide(Side::new(l).with_force(forced), Side::new(r))
         };
+        // Below a directory this node deleted while the peer kept it, the
+        // peer's entries cannot be placed. In a conflict, those this node
+        // deleted are part of it (recorded path by path, as `force -r`
+        // settles them); those it never had wait, as they do where the
+        // deletion here is newer: the peer decides about them when it
+        // takes the deletion (keeping the directory for them if they are
+        // newer still, and sending it here) or the conflict is settled.
+        let decision = match (decision, self.missing.get(dir)) {
+            (Decision::TakeRemote, Some(&in_conflict)) if r.is_some_and(|r| !r.deleted) => {
+                if !in_conflict || l.is_none() {
+                    return Ok(false);
+                }
+                Decision::Conflict(ConflictKind::DeleteModify)
+            }
+            (d, _) => d,
+        };
         let lv = l.map(|x| x.version.clone()).unwrap_or_default();
         let rv = r.map(|x| x.version.clone()).unwrap_or_default();
         let planned = self.plans.len();
@@ -846,6 +872,7 @@ impl<'a> Walk<'a> {
         let loses_here = live_dir(l) && taken.is_some_and(|t| t.deleted || t.body.kind() != Kind::Dir);
         let loses_there = live_dir(r) && !live_dir(l) && taken.is_none() && !self.g.local.receive_only;
         let nothing_below = !live_dir(l) && !live_dir(r) && !live_dir(taken);
+        let live_here = live_dir(l) || live_dir(taken);
         let mut go_down = go_down;
         if (loses_here || loses_there)
             && let Some(c) =
@@ -859,6 +886,12 @@ impl<'a> Walk<'a> {
             self.charge(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
             self.doomed.insert(logical.to_vec(), base);
             go_down = true;
+        }
+        let parent_missing = self.missing.get(dir).copied();
+        if go_down && !live_here && (parent_missing.is_some() || r.is_some_and(|r| !r.deleted)) {
+            let in_conflict = decision.is_conflict() || parent_missing == Some(true);
+            self.charge(size_of::<(Vec<u8>, bool)>() + logical.len())?;
+            self.missing.insert(logical.to_vec(), in_conflict);
         }
         if conflict_cleared && !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
             self.charge(size_of::<Vec<u8>>() + logical.len())?;

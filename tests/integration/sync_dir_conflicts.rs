@@ -247,3 +247,58 @@ fn a_deletion_relayed_by_a_third_host_does_not_bring_the_directory_back_empty() 
         c.assert_status_clean(n);
     }
 }
+
+/// Regression (found by the model-based test): a host that only ever
+/// saw a directory's deletion was sent the files of the other side of
+/// that conflict, and failed to write them (`sync` exited 1, "opening
+/// its directory: No such file or directory"): the directory they belong
+/// to is in conflict there, not created.
+#[test]
+fn files_below_a_directory_in_conflict_with_its_deletion_wait_on_a_host_that_never_had_it() {
+    let mut c = Cluster::new(3);
+    c.start_all();
+    c.stop("c");
+    write(&c.path("b", "d/x.txt"), b"x");
+    c.check("b");
+    let (code, v) = c.sync("b", &["--peer", "a"]);
+    assert_eq!(code, 0, "{v:#}");
+
+    // a deletes the directory while b edits the file in it.
+    std::fs::remove_dir_all(c.path("a", "d")).unwrap();
+    c.check("a");
+    write(&c.path("b", "d/x.txt"), b"x edited on b");
+    c.check("b");
+    let (code, v) = c.sync("a", &["--peer", "b"]);
+    assert_eq!(code, 3, "{v:#}");
+    assert!(std::fs::symlink_metadata(c.path("a", "d")).is_err(), "a keeps its deletion: {v:#}");
+
+    // c comes up, a sends it the deletion (with a file that makes the
+    // trees differ, so the deleted directory's entries are not listed),
+    // then b's side of the conflict reaches it.
+    write(&c.path("a", "other.txt"), b"other");
+    c.check("a");
+    c.start("c");
+    let (code, v) = c.sync("a", &["--peer", "c"]);
+    assert_eq!(code, 0, "{v:#}");
+    let (code, v) = c.sync("b", &["--peer", "c"]);
+    assert_eq!(code, 3, "a conflict, nothing failed: {v:#}");
+    assert!(std::fs::symlink_metadata(c.path("c", "d")).is_err(), "c keeps the deletion it took");
+    for from in ["c", "a", "b"] {
+        let (code, v) = c.sync(from, &[]);
+        assert_eq!(code, 3, "sync from {from}: {v:#}");
+    }
+
+    // Settled from b, the directory with b's edit reaches every host.
+    let out = c.run("b", &["force", "-r", &c.path("b", "d").display().to_string()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    c.sync_ok("b");
+    for n in ["a", "c"] {
+        c.sync_ok(n);
+    }
+    c.assert_all_same();
+    assert_eq!(std::fs::read(c.path("c", "d/x.txt")).unwrap(), b"x edited on b");
+    for n in ["a", "b", "c"] {
+        assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
+        c.assert_status_clean(n);
+    }
+}
