@@ -8,6 +8,8 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Finished, but conflicts or differences remain.
 pub const EXIT_DIFFERENCES: u8 = 3;
-/// Stopped by Ctrl-C (128 + SIGINT, what a shell reports for a command
-/// SIGINT ended).
+/// What the daemon answers for a command its caller interrupted (Ctrl-C):
+/// 128 + SIGINT, as a shell reports a command SIGINT ended. The command
+/// itself then exits [`EXIT_FAILURE`], SPEC §3 having no other status for
+/// a run that did not finish.
 pub const EXIT_INTERRUPTED: u8 = 130;

@@ -68,9 +68,9 @@ pub(super) fn forward(state: &Path, cli: &Cli, out: &mut String) -> Option<u8> {
                 ),
             }
             if json {
-                out.push_str(&super::output::error_json("interrupted", EXIT_INTERRUPTED));
+                out.push_str(&super::output::error_json("interrupted", EXIT_FAILURE));
             }
-            Some(EXIT_INTERRUPTED)
+            Some(EXIT_FAILURE)
         }
         Forwarded::Failed(why, code) => {
             tracing::error!("{why}");
