@@ -336,6 +336,19 @@ struct Run<'a> {
     log: &'a Mutex<Vec<String>>,
 }
 
+/// With `SNAPSYNC_MODEL_LOGS` set, a failing run prints every node's
+/// daemon log, to see what each node did (before the cluster's
+/// directory, logs included, is removed).
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("SNAPSYNC_MODEL_LOGS").is_some() {
+            for n in NODES {
+                eprintln!("==== daemon log of {n}\n{}", self.c.log(n));
+            }
+        }
+    }
+}
+
 impl Run<'_> {
     fn note(&self, line: String) {
         self.log.lock().unwrap().push(line);
@@ -519,24 +532,11 @@ impl Run<'_> {
         slots
     }
 
-    /// With `SNAPSYNC_MODEL_LOGS` set, prints every node's daemon log (on a
-    /// failure, to see what each node did).
-    fn dump_logs(&self) {
-        if std::env::var_os("SNAPSYNC_MODEL_LOGS").is_some() {
-            for n in NODES {
-                eprintln!("==== daemon log of {n}\n{}", self.c.log(n));
-            }
-        }
-    }
-
     /// A write nobody can have seen is still on its writer's disk.
     fn check_kept(&self) {
         for (id, w) in self.m.writes.iter().enumerate() {
             if self.m.surely_latest(id) && !w.maybe_void {
                 let now = &self.m.recorded[w.node][w.slot];
-                if *now != w.value {
-                    self.dump_logs();
-                }
                 assert_eq!(*now, w.value, "w{id} on {} was replaced although no host saw it", NODES[w.node]);
             }
         }
