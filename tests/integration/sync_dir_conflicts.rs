@@ -14,6 +14,23 @@ fn listed(c: &Cluster, node: &str) -> Vec<String> {
     paths
 }
 
+/// Settles `d` from `winner` with `force -r`: the winner syncs, then
+/// each of `then`; every tree is the same, and no node of `nodes` lists a
+/// conflict or has anything left to do.
+fn force_d_from(c: &Cluster, winner: &str, then: &[&str], nodes: &[&str]) {
+    let out = c.run(winner, &["force", "-r", &c.path(winner, "d").display().to_string()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    c.sync_ok(winner);
+    for n in then {
+        c.sync_ok(n);
+    }
+    c.assert_all_same();
+    for n in nodes {
+        assert!(listed(c, n).is_empty(), "{n} lists no conflict: {:?}", listed(c, n));
+        c.assert_status_clean(n);
+    }
+}
+
 /// Regression (found by the model-based test): the directory came back,
 /// empty, on the host that deleted it, because the other host kept it
 /// under a version that dominated the deletion although everything in it
@@ -43,16 +60,8 @@ fn deleted_directory_with_children_edited_elsewhere_stays_deleted_until_forced()
     assert!(on_b.iter().any(|p| p.ends_with("/d") || p.contains("/d/")), "b lists the conflict: {on_b:?}");
 
     // The deletion wins where it is forced, and the group settles.
-    let out = c.run("b", &["force", "-r", &c.path("b", "d").display().to_string()]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    c.sync_ok("b");
-    c.sync_ok("a");
-    c.assert_all_same();
+    force_d_from(&c, "b", &["a"], &["a", "b"]);
     assert!(std::fs::symlink_metadata(c.path("a", "d")).is_err(), "the forced deletion reached a");
-    for n in ["a", "b"] {
-        assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
-        c.assert_status_clean(n);
-    }
 }
 
 /// The same, the other way: the edits win where they are forced, and the
@@ -71,16 +80,8 @@ fn deleted_directory_with_children_edited_elsewhere_comes_back_when_the_edits_ar
     let (code, v) = c.sync("a", &[]);
     assert_eq!(code, 3, "{v:#}");
 
-    let out = c.run("a", &["force", "-r", &c.path("a", "d").display().to_string()]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    c.sync_ok("a");
-    c.sync_ok("b");
-    c.assert_all_same();
+    force_d_from(&c, "a", &["b"], &["a", "b"]);
     assert_eq!(std::fs::read(c.path("b", "d/x.txt")).unwrap(), b"x edited on a");
-    for n in ["a", "b"] {
-        assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
-        c.assert_status_clean(n);
-    }
 }
 
 /// Regression (found by the model-based test): entries of a directory
@@ -111,18 +112,8 @@ fn conflicts_below_a_directory_a_forced_file_replaced_are_cleared() {
     let (code, v) = c.sync("a", &[]);
     assert_eq!(code, 3, "the type change conflicts with the edits: {v:#}");
 
-    let out = c.run("a", &["force", "-r", &c.path("a", "d").display().to_string()]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    c.sync_ok("a");
-    for n in ["b", "c", "a"] {
-        c.sync_ok(n);
-    }
-    c.assert_all_same();
+    force_d_from(&c, "a", &["b", "c", "a"], &["a", "b", "c"]);
     assert_eq!(std::fs::read(c.path("c", "d")).unwrap(), b"now a file");
-    for n in ["a", "b", "c"] {
-        assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
-        c.assert_status_clean(n);
-    }
 }
 
 /// A deletion made after a file was created on one host is concurrent with
@@ -234,18 +225,8 @@ fn a_deletion_relayed_by_a_third_host_does_not_bring_the_directory_back_empty() 
     }
 
     // b's version wins where it is forced, and the group settles.
-    let out = c.run("b", &["force", "-r", &c.path("b", "d").display().to_string()]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    c.sync_ok("b");
-    for n in ["a", "c"] {
-        c.sync_ok(n);
-    }
-    c.assert_all_same();
+    force_d_from(&c, "b", &["a", "c"], &["a", "b", "c"]);
     assert_eq!(std::fs::read(c.path("a", "d/x.txt")).unwrap(), b"x made on b");
-    for n in ["a", "b", "c"] {
-        assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
-        c.assert_status_clean(n);
-    }
 }
 
 /// Regression (found by the model-based test): a host that only ever
@@ -289,16 +270,6 @@ fn files_below_a_directory_in_conflict_with_its_deletion_wait_on_a_host_that_nev
     }
 
     // Settled from b, the directory with b's edit reaches every host.
-    let out = c.run("b", &["force", "-r", &c.path("b", "d").display().to_string()]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    c.sync_ok("b");
-    for n in ["a", "c"] {
-        c.sync_ok(n);
-    }
-    c.assert_all_same();
+    force_d_from(&c, "b", &["a", "c"], &["a", "b", "c"]);
     assert_eq!(std::fs::read(c.path("c", "d/x.txt")).unwrap(), b"x edited on b");
-    for n in ["a", "b", "c"] {
-        assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
-        c.assert_status_clean(n);
-    }
 }
