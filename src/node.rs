@@ -84,6 +84,83 @@ pub struct Node {
     /// time, so a peer that asks for many at once gets one reconcile's
     /// worth of this node's memory, not many.
     pulls: Arc<std::sync::Mutex<HashMap<(String, String), PullLock>>>,
+    /// What a watching daemon knows of the trees on disk.
+    pub watched: Arc<Watched>,
+}
+
+/// What the daemon's watcher (`serve --watch`) knows of each group's tree
+/// on disk, so that a `sync` can skip the walk of a tree nothing touched
+/// (SPEC §8).
+///
+/// Per group it counts the *touches*: changes the watcher saw under the
+/// group's roots. A group is *clean* when the watcher is healthy (every
+/// directory watched, no event lost) and the last check that covered every
+/// touch so far ([`Watched::checked`]) followed a full check made while
+/// the watcher was healthy. Anything else (no watcher, a watch limit
+/// reached, an overflowed event queue, a failed check) leaves the group
+/// dirty, and a `sync` walks it as usual.
+#[derive(Debug, Default)]
+pub struct Watched {
+    inner: std::sync::Mutex<WatchedInner>,
+}
+
+#[derive(Debug, Default)]
+struct WatchedInner {
+    healthy: bool,
+    /// Per group: touches seen, and the touch count its last check
+    /// covered (`None`: no full check since the watcher became healthy).
+    groups: HashMap<String, (u64, Option<u64>)>,
+}
+
+impl Watched {
+    /// The watcher starts (true) or stops trusting its events (false):
+    /// either way every group is dirty until its next full check.
+    pub fn set_healthy(&self, healthy: bool) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        inner.healthy = healthy;
+        inner.groups.values_mut().for_each(|g| g.1 = None);
+    }
+
+    /// The watcher saw a change in `group`.
+    pub fn touch(&self, group: &str) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        inner.groups.entry(group.to_owned()).or_default().0 += 1;
+    }
+
+    /// The touch count of `group` now, to hand to [`Watched::checked`]
+    /// once a check that starts now has recorded everything.
+    pub fn mark(&self, group: &str) -> u64 {
+        self.inner.lock().expect("poisoned").groups.get(group).map_or(0, |g| g.0)
+    }
+
+    /// A check of `group` recorded every change up to touch `mark`; `full`
+    /// when it walked the whole tree, otherwise it covered the paths
+    /// touched since the previous check.
+    pub fn checked(&self, group: &str, mark: u64, full: bool) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        if !inner.healthy {
+            return;
+        }
+        let g = inner.groups.entry(group.to_owned()).or_default();
+        if full || g.1.is_some() {
+            g.1 = Some(mark);
+        }
+    }
+
+    /// A check of `group` failed or left changes out: it is dirty until a
+    /// full check.
+    pub fn dirty(&self, group: &str) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        if let Some(g) = inner.groups.get_mut(group) {
+            g.1 = None;
+        }
+    }
+
+    /// Whether nothing changed in `group` since its last check.
+    pub fn clean(&self, group: &str) -> bool {
+        let inner = self.inner.lock().expect("poisoned");
+        inner.healthy && inner.groups.get(group).is_some_and(|g| g.1 == Some(g.0))
+    }
 }
 
 /// Serializes one peer's pulls of one group.
@@ -99,6 +176,7 @@ impl Node {
             stats: Arc::default(),
             encoded: Arc::default(),
             pulls: Arc::default(),
+            watched: Arc::default(),
         }
     }
 
@@ -114,6 +192,7 @@ impl Node {
             stats: Arc::clone(&self.stats),
             encoded: Arc::clone(&self.encoded),
             pulls: Arc::clone(&self.pulls),
+            watched: Arc::clone(&self.watched),
         }
     }
 

@@ -52,6 +52,7 @@ use crate::peer::{Node, SyncError};
 use crate::progress::{ProgressSink, ProgressTask, Reporter, Unit};
 
 mod reload;
+pub mod watch;
 
 pub use reload::{Current, Refresh};
 
@@ -573,6 +574,7 @@ pub struct Listening {
 pub async fn run(
     current: Arc<Current>,
     commands: Arc<dyn LocalCommands>,
+    watch: Option<watch::Options>,
     ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     let node = current.node();
@@ -615,6 +617,12 @@ pub async fn run(
         server.local_addr(),
         sock.display()
     );
+    // Watches are in place before the daemon says it listens: a change
+    // made after that line is seen.
+    let watcher = match watch {
+        Some(opts) => Some(watch::start(Arc::clone(&current), opts).await),
+        None => None,
+    };
     ready(&Listening { host: engine.host.clone(), addr: server.local_addr(), socket: sock.clone() });
     loop {
         tokio::select! {
@@ -665,6 +673,9 @@ pub async fn run(
                 Err(e) => tracing::warn!("{}: {e}", sock.display()),
             },
         }
+    }
+    if let Some(w) = &watcher {
+        w.stop();
     }
     tracing::info!("shutting down: waiting for changes being applied");
     if !current.node().quiesce(SHUTDOWN_WAIT).await {
