@@ -88,17 +88,20 @@ pub struct Node {
     pub watched: Arc<Watched>,
 }
 
-/// What the daemon's watcher (`serve --watch`) knows of each group's tree
-/// on disk, so that a `sync` can skip the walk of a tree nothing touched
+/// What the daemon's watcher (`serve --watch`) knows of the trees on
+/// disk, so that a `sync` can skip the walk of a tree nothing touched
 /// (SPEC §8).
 ///
-/// Per group it counts the *touches*: changes the watcher saw under the
-/// group's roots. A group is *clean* when the watcher is healthy (every
-/// directory watched, no event lost) and the last check that covered every
-/// touch so far ([`Watched::checked`]) followed a full check made while
-/// the watcher was healthy. Anything else (no watcher, a watch limit
-/// reached, an overflowed event queue, a failed check) leaves the group
-/// dirty, and a `sync` walks it as usual.
+/// It counts the *touches*: events of the watcher that may be a change,
+/// counted as they arrive, before the watcher looks at them. A check
+/// records everything up to a touch count, its *mark*: a full check the
+/// touches before it started, a watch run the touches the watcher had
+/// taken in when it chose the paths to check. A group is *clean* while
+/// the watcher is healthy (every directory watched, no event lost) and
+/// its checks since the last full one (made while healthy) cover every
+/// touch so far. Anything else (no watcher, a watch limit reached, an
+/// overflowed event queue, a failed check) leaves the group dirty, and a
+/// `sync` walks it as usual.
 #[derive(Debug, Default)]
 pub struct Watched {
     inner: std::sync::Mutex<WatchedInner>,
@@ -107,9 +110,10 @@ pub struct Watched {
 #[derive(Debug, Default)]
 struct WatchedInner {
     healthy: bool,
-    /// Per group: touches seen, and the touch count its last check
-    /// covered (`None`: no full check since the watcher became healthy).
-    groups: HashMap<String, (u64, Option<u64>)>,
+    touches: u64,
+    /// Per group, the mark its checks cover (absent: no full check since
+    /// the watcher became healthy, or a check failed since).
+    covered: HashMap<String, u64>,
 }
 
 impl Watched {
@@ -118,48 +122,46 @@ impl Watched {
     pub fn set_healthy(&self, healthy: bool) {
         let mut inner = self.inner.lock().expect("poisoned");
         inner.healthy = healthy;
-        inner.groups.values_mut().for_each(|g| g.1 = None);
+        inner.covered.clear();
     }
 
-    /// The watcher saw a change in `group`.
-    pub fn touch(&self, group: &str) {
-        let mut inner = self.inner.lock().expect("poisoned");
-        inner.groups.entry(group.to_owned()).or_default().0 += 1;
+    /// An event arrived that may be a change.
+    pub fn touch(&self) {
+        self.inner.lock().expect("poisoned").touches += 1;
     }
 
-    /// The touch count of `group` now, to hand to [`Watched::checked`]
-    /// once a check that starts now has recorded everything.
-    pub fn mark(&self, group: &str) -> u64 {
-        self.inner.lock().expect("poisoned").groups.get(group).map_or(0, |g| g.0)
+    /// The touches so far: the mark of a full check that starts now.
+    pub fn mark(&self) -> u64 {
+        self.inner.lock().expect("poisoned").touches
     }
 
     /// A check of `group` recorded every change up to touch `mark`; `full`
-    /// when it walked the whole tree, otherwise it covered the paths
-    /// touched since the previous check.
+    /// when it walked the whole tree, otherwise it checked every path the
+    /// touches since the group's last check named.
     pub fn checked(&self, group: &str, mark: u64, full: bool) {
         let mut inner = self.inner.lock().expect("poisoned");
         if !inner.healthy {
             return;
         }
-        let g = inner.groups.entry(group.to_owned()).or_default();
-        if full || g.1.is_some() {
-            g.1 = Some(mark);
+        match inner.covered.get_mut(group) {
+            Some(m) => *m = (*m).max(mark),
+            None if full => {
+                inner.covered.insert(group.to_owned(), mark);
+            }
+            None => {}
         }
     }
 
     /// A check of `group` failed or left changes out: it is dirty until a
     /// full check.
     pub fn dirty(&self, group: &str) {
-        let mut inner = self.inner.lock().expect("poisoned");
-        if let Some(g) = inner.groups.get_mut(group) {
-            g.1 = None;
-        }
+        self.inner.lock().expect("poisoned").covered.remove(group);
     }
 
     /// Whether nothing changed in `group` since its last check.
     pub fn clean(&self, group: &str) -> bool {
         let inner = self.inner.lock().expect("poisoned");
-        inner.healthy && inner.groups.get(group).is_some_and(|g| g.1 == Some(g.0))
+        inner.healthy && inner.covered.get(group) == Some(&inner.touches)
     }
 }
 
@@ -282,6 +284,32 @@ impl EncodedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_clean_only_while_checks_cover_every_touch() {
+        let w = Watched::default();
+        assert!(!w.clean("g"), "no watcher: dirty");
+        w.set_healthy(true);
+        assert!(!w.clean("g"), "no full check yet");
+        // A watch run does not make a group clean before a full check.
+        w.checked("g", 0, false);
+        assert!(!w.clean("g"));
+        let mark = w.mark();
+        w.checked("g", mark, true);
+        assert!(w.clean("g"));
+        w.touch();
+        assert!(!w.clean("g"), "a touch not checked yet");
+        w.checked("g", w.mark(), false);
+        assert!(w.clean("g"));
+        // A check that covers less than an earlier one does not undo it.
+        w.checked("g", 0, false);
+        assert!(w.clean("g"));
+        w.dirty("g");
+        assert!(!w.clean("g"));
+        w.checked("g", w.mark(), true);
+        w.set_healthy(false);
+        assert!(!w.clean("g"), "lost events: dirty");
+    }
 
     #[test]
     fn encoded_cache_keeps_the_newest_within_its_budget() {

@@ -110,6 +110,19 @@ pub async fn start(current: Arc<Current>, opts: Options) -> Handle {
     Handle { stop }
 }
 
+/// Whether an event of the watcher may be a change: not a mere open or
+/// read, nor about the temporaries snapsync writes files in.
+fn may_change(ev: &notify::Result<notify::Event>) -> bool {
+    let Ok(ev) = ev else { return true };
+    if ev.need_rescan() {
+        return true;
+    }
+    if matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
+        return false;
+    }
+    !ev.paths.iter().all(|p| p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(crate::scan::TEMP_PREFIX)))
+}
+
 /// A path changed and not checked yet.
 #[derive(Debug, Clone, Copy)]
 struct Change {
@@ -142,6 +155,9 @@ struct Watch {
     /// At most this many watches ([`LIMIT_ENV`]).
     limit: Option<usize>,
     pending: BTreeMap<PathBuf, Change>,
+    /// Events taken in that may be a change ([`may_change`]): the mark of
+    /// the next watch run.
+    taken: u64,
     last_event: Instant,
     next_full: Instant,
     /// Events were lost: the next run is a full reconcile.
@@ -164,6 +180,7 @@ impl Watch {
             watched: HashSet::new(),
             limit,
             pending: BTreeMap::new(),
+            taken: 0,
             last_event: Instant::now(),
             next_full: Instant::now(),
             lost: false,
@@ -176,10 +193,21 @@ impl Watch {
     fn arm(&mut self) {
         self.node.watched.set_healthy(false);
         self.watcher = None;
+        // The events the old watcher had counted and not sent are gone.
+        self.taken = self.node.watched.mark();
         self.watched.clear();
         self.fallback = false;
         let (tx, rx) = mpsc::channel();
-        let watcher = match INotifyWatcher::new(tx, notify::Config::default()) {
+        // Counted as they arrive: a `sync` asking while they wait to be
+        // taken in must not find the tree clean.
+        let watched = Arc::clone(&self.node.watched);
+        let handler = move |ev: notify::Result<notify::Event>| {
+            if may_change(&ev) {
+                watched.touch();
+            }
+            let _ = tx.send(ev);
+        };
+        let watcher = match INotifyWatcher::new(handler, notify::Config::default()) {
             Ok(w) => w,
             Err(e) => {
                 self.give_up(&format!("cannot start inotify ({e})"));
@@ -358,6 +386,9 @@ impl Watch {
         }
         got.extend(rx.try_iter());
         for ev in got {
+            if may_change(&ev) {
+                self.taken += 1;
+            }
             match ev {
                 Ok(ev) => self.note(ev),
                 Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
@@ -439,9 +470,6 @@ impl Watch {
             if matches!(ev.kind, EventKind::Remove(RemoveKind::Folder)) {
                 c.held = false;
             }
-            for g in &groups {
-                self.node.watched.touch(g);
-            }
             self.last_event = now;
         }
     }
@@ -469,36 +497,9 @@ impl Watch {
         for p in &paths {
             self.pending.remove(p);
         }
-        Some(self.fewest(paths, &held))
-    }
-
-    /// `paths` without those below another one, and with the entries of
-    /// a directory that changed in large numbers replaced by the
-    /// directory (one listing instead of many lookups), unless it holds a
-    /// file still being written.
-    fn fewest(&self, mut paths: Vec<PathBuf>, held: &[PathBuf]) -> Vec<PathBuf> {
-        const MANY: usize = 64;
-        paths.sort();
-        let mut by_parent: BTreeMap<PathBuf, usize> = BTreeMap::new();
-        for p in &paths {
-            if let Some(parent) = p.parent() {
-                *by_parent.entry(parent.to_path_buf()).or_default() += 1;
-            }
-        }
-        for (parent, n) in by_parent {
-            let inside = self.node.engine.groups.iter().flat_map(|g| &g.roots).any(|r| parent.starts_with(&r.local));
-            if n > MANY && inside && !held.iter().any(|h| h.starts_with(&parent)) {
-                paths.push(parent);
-            }
-        }
-        paths.sort();
-        let mut out: Vec<PathBuf> = Vec::new();
-        for p in paths {
-            if !out.last().is_some_and(|last| p.starts_with(last)) {
-                out.push(p);
-            }
-        }
-        out
+        let roots: Vec<PathBuf> =
+            self.node.engine.groups.iter().flat_map(|g| g.roots.iter().map(|r| r.local.clone())).collect();
+        Some(fewest(paths, &held, &roots))
     }
 
     /// A watch run: checks `paths` and reconciles.
@@ -507,19 +508,13 @@ impl Watch {
         // Groups with nothing left pending are clean once this run's check
         // recorded what it found.
         let busy: HashSet<String> = self.pending.keys().flat_map(|p| self.groups_of(p)).collect();
-        let marks: Vec<(String, u64)> = node
-            .engine
-            .groups
-            .iter()
-            .filter(|g| !busy.contains(&g.name))
-            .map(|g| (g.name.clone(), node.watched.mark(&g.name)))
-            .collect();
+        let mark = self.taken;
         let what = format!("watch, {} changed {}", paths.len(), if paths.len() == 1 { "path" } else { "paths" });
         let opts = SyncOptions { paths, ..SyncOptions::default() };
         match self.sync(&node, opts, &what) {
             Some(report) if report.check.as_ref().is_some_and(|c| c.problems.is_empty()) => {
-                for (g, mark) in marks {
-                    node.watched.checked(&g, mark, false);
+                for g in node.engine.groups.iter().filter(|g| !busy.contains(&g.name)) {
+                    node.watched.checked(&g.name, mark, false);
                 }
             }
             _ => {
@@ -574,5 +569,59 @@ impl Watch {
                 None
             }
         }
+    }
+}
+
+/// `paths` without those below another one, and with the entries of a
+/// directory inside `roots` that changed in large numbers replaced by the
+/// directory (one listing instead of many lookups), unless it holds a
+/// `held` file still being written.
+fn fewest(mut paths: Vec<PathBuf>, held: &[PathBuf], roots: &[PathBuf]) -> Vec<PathBuf> {
+    const MANY: usize = 64;
+    let mut by_parent: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    for p in &paths {
+        if let Some(parent) = p.parent() {
+            *by_parent.entry(parent.to_path_buf()).or_default() += 1;
+        }
+    }
+    for (parent, n) in by_parent {
+        let inside = roots.iter().any(|r| parent.starts_with(r));
+        if n > MANY && inside && !held.iter().any(|h| h.starts_with(&parent)) {
+            paths.push(parent);
+        }
+    }
+    paths.sort();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        if !out.last().is_some_and(|last| p.starts_with(last)) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn fewest_drops_paths_below_others() {
+        let got = fewest(vec![p("/t/a/b"), p("/t/a"), p("/t/c"), p("/t/ab")], &[], &[p("/t")]);
+        assert_eq!(got, [p("/t/a"), p("/t/ab"), p("/t/c")]);
+    }
+
+    #[test]
+    fn many_entries_of_a_directory_become_the_directory_unless_one_is_held() {
+        let many: Vec<PathBuf> = (0..100).map(|i| p(&format!("/t/d/f{i}"))).collect();
+        assert_eq!(fewest(many.clone(), &[], &[p("/t")]), [p("/t/d")]);
+        // A file still being written is never read: its directory is not
+        // checked as a whole.
+        assert_eq!(fewest(many.clone(), &[p("/t/d/open")], &[p("/t")]).len(), 100);
+        // Nor is a directory above the included tree.
+        assert_eq!(fewest(many, &[], &[p("/t/d/f1")]).len(), 100);
     }
 }

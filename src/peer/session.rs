@@ -157,14 +157,13 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
     } else {
         let (paths, progress, interrupt) = (opts.paths.clone(), opts.progress.clone(), opts.interrupt.clone());
         let full = paths.is_empty();
-        let marks: Vec<(String, u64)> =
-            node.engine.groups.iter().map(|g| (g.name.clone(), node.watched.mark(&g.name))).collect();
+        let mark = node.watched.mark();
         let report = node.write_locked(move |n, w| n.engine.check(w, &paths, &*progress, Some(&interrupt))).await?;
         // A whole tree checked while the watcher watched it: a later `sync`
         // needs no walk until the watcher sees a change.
         if full && report.problems.is_empty() {
-            for (group, mark) in marks {
-                node.watched.checked(&group, mark, true);
+            for g in &node.engine.groups {
+                node.watched.checked(&g.name, mark, true);
             }
         }
         Some(report)
