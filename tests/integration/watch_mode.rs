@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Setup};
 use crate::common::{bytes, write};
 
 /// How long anything a test waits for may take.
@@ -26,7 +26,12 @@ const FULL_RUN: &str = "sync run: full reconcile";
 /// Three nodes, all `serve --watch`, each past its first full reconcile
 /// (so what the tests write is seen by the watcher only).
 fn watching(extra: &[&str]) -> Cluster {
-    let mut c = Cluster::new(3);
+    watching_with(Setup::nodes(3), extra)
+}
+
+/// [`watching`], with the cluster laid out as `setup` says.
+fn watching_with(setup: Setup, extra: &[&str]) -> Cluster {
+    let mut c = Cluster::with(setup);
     let mut args: Vec<&OsStr> = vec![OsStr::new("--watch")];
     args.extend(extra.iter().map(OsStr::new));
     for n in ["a", "b", "c"] {
@@ -207,4 +212,41 @@ fn a_sync_on_a_watching_daemon_with_nothing_changed_does_not_walk() {
     assert_eq!(code, 0, "{v:#}");
     assert!(dirs_listed(&v).iter().all(|&n| n == 0), "the watch run left the tree clean: {v:#}\n{}", c.log("a"));
     c.assert_status_clean("a");
+}
+
+/// Issue 10, item 4: a receive-only host that watches its trees puts the
+/// group's version back when its users edit a file, within seconds, and
+/// keeps their edit in a generation first.
+#[test]
+fn a_receive_only_host_restores_the_group_version_of_an_edited_file() {
+    let c = watching_with(Setup::nodes(3).receive_only("c").backups(10), &[]);
+    write(&c.path("a", "site/index.html"), b"group version");
+    wait_for_content(&c.path("c", "site/index.html"), b"group version");
+    let edited = Instant::now();
+    write(&c.path("c", "site/index.html"), b"edit made on c");
+    // Restored: the edit was seen (the file changed) and undone.
+    let start = Instant::now();
+    while std::fs::read(c.path("c", "site/index.html")).unwrap() != b"group version" {
+        assert!(start.elapsed() < WAIT, "c keeps its edit:\n{}", c.log("c"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("edit on receive-only c undone after {:.3} s", edited.elapsed().as_secs_f64());
+    // The peers never took the edit.
+    for n in ["a", "b"] {
+        assert_eq!(std::fs::read(c.path(n, "site/index.html")).unwrap(), b"group version", "{n}");
+    }
+    // The edit is in one of c's generations.
+    let (code, gens) = c.json("c", &["generations"]);
+    assert_eq!(code, 0);
+    let mut found = false;
+    for g in gens["generations"].as_array().unwrap() {
+        let id = g["id"].to_string();
+        let to = c.root().join(format!("restored-{id}"));
+        let out = c.run("c", &["restore", "--generation", &id, "--to", to.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "restore {id}: {}", out.stderr);
+        for f in Cluster::find_files(&to, "index.html") {
+            found |= std::fs::read(&f).unwrap() == b"edit made on c";
+        }
+    }
+    assert!(found, "no generation of c holds the edit: {gens:#}");
 }
