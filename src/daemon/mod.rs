@@ -674,8 +674,12 @@ pub async fn run(
             },
         }
     }
-    if let Some(w) = &watcher {
-        w.stop();
+    // The watcher's run stops at its next safe point; what it applied
+    // is recorded.
+    if let Some(w) = watcher
+        && !w.stop(SHUTDOWN_WAIT).await
+    {
+        tracing::warn!("the watcher's run was still going after {SHUTDOWN_WAIT:?}; exiting anyway");
     }
     tracing::info!("shutting down: waiting for changes being applied");
     if !current.node().quiesce(SHUTDOWN_WAIT).await {

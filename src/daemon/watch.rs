@@ -40,6 +40,7 @@ use notify::{INotifyWatcher, RecursiveMode, Watcher as _};
 
 use super::Current;
 use crate::config::Class;
+use crate::interrupt::Interrupt;
 use crate::peer::{Node, SyncOptions, SyncReport};
 
 /// How long ready paths wait for the events to stop.
@@ -79,12 +80,22 @@ impl Default for Options {
 /// The running watcher, as the daemon holds it.
 pub struct Handle {
     stop: Arc<AtomicBool>,
+    interrupt: Interrupt,
+    /// Closed when the watcher's thread ends.
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Handle {
-    /// Asks the watcher to stop: it starts no further run.
-    pub fn stop(&self) {
+    /// Stops the watcher: it starts no further run, and the run it is in
+    /// stops at its next safe point. Waits for that, at most `limit`;
+    /// false if it timed out.
+    pub async fn stop(mut self, limit: Duration) -> bool {
         self.stop.store(true, Ordering::SeqCst);
+        self.interrupt.raise();
+        match self.ended.take() {
+            Some(ended) => tokio::time::timeout(limit, ended).await.is_ok(),
+            None => true,
+        }
     }
 }
 
@@ -92,22 +103,30 @@ impl Handle {
 /// watches are in place (changes made after that are seen).
 pub async fn start(current: Arc<Current>, opts: Options) -> Handle {
     let stop = Arc::new(AtomicBool::new(false));
+    let interrupt = Interrupt::new();
     let rt = tokio::runtime::Handle::current();
     let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
-    let stopped = Arc::clone(&stop);
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopped, interrupted) = (Arc::clone(&stop), interrupt.clone());
     let spawned = std::thread::Builder::new().name("watch".into()).spawn(move || {
-        let mut w = Watch::new(current, opts, rt, stopped);
+        // Dropped when the thread ends, however it ends.
+        let _ended = ended_tx;
+        let mut w = Watch::new(current, opts, rt, stopped, interrupted);
         w.arm();
         let _ = armed_tx.send(());
         w.run();
     });
-    match spawned {
+    let ended = match spawned {
         Ok(_) => {
             let _ = armed_rx.await;
+            Some(ended_rx)
         }
-        Err(e) => tracing::error!("cannot start the watcher ({e}): changes move at the next `sync` only"),
-    }
-    Handle { stop }
+        Err(e) => {
+            tracing::error!("cannot start the watcher ({e}): changes move at the next `sync` only");
+            None
+        }
+    };
+    Handle { stop, interrupt, ended }
 }
 
 /// Whether an event of the watcher may be a change: not a mere open or
@@ -149,6 +168,8 @@ struct Watch {
     opts: Options,
     rt: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
+    /// Raised with `stop`: stops the run in progress.
+    interrupt: Interrupt,
     watcher: Option<(INotifyWatcher, Events)>,
     /// Directories (and file roots) watched.
     watched: HashSet<PathBuf>,
@@ -167,7 +188,13 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(current: Arc<Current>, opts: Options, rt: tokio::runtime::Handle, stop: Arc<AtomicBool>) -> Watch {
+    fn new(
+        current: Arc<Current>,
+        opts: Options,
+        rt: tokio::runtime::Handle,
+        stop: Arc<AtomicBool>,
+        interrupt: Interrupt,
+    ) -> Watch {
         let node = current.node();
         let limit = std::env::var(LIMIT_ENV).ok().and_then(|v| v.parse().ok());
         Watch {
@@ -176,6 +203,7 @@ impl Watch {
             opts,
             rt,
             stop,
+            interrupt,
             watcher: None,
             watched: HashSet::new(),
             limit,
@@ -510,7 +538,7 @@ impl Watch {
         let busy: HashSet<String> = self.pending.keys().flat_map(|p| self.groups_of(p)).collect();
         let mark = self.taken;
         let what = format!("watch, {} changed {}", paths.len(), if paths.len() == 1 { "path" } else { "paths" });
-        let opts = SyncOptions { paths, ..SyncOptions::default() };
+        let opts = SyncOptions { paths, interrupt: self.interrupt.clone(), ..SyncOptions::default() };
         match self.sync(&node, opts, &what) {
             Some(report) if report.check.as_ref().is_some_and(|c| c.problems.is_empty()) => {
                 for g in node.engine.groups.iter().filter(|g| !busy.contains(&g.name)) {
@@ -535,7 +563,8 @@ impl Watch {
         self.lost = false;
         let every = if self.fallback { self.opts.full_every.min(FALLBACK_EVERY) } else { self.opts.full_every };
         self.next_full = now + every;
-        self.sync(&node, SyncOptions::default(), "full reconcile");
+        let opts = SyncOptions { interrupt: self.interrupt.clone(), ..SyncOptions::default() };
+        self.sync(&node, opts, "full reconcile");
     }
 
     /// The node as configured now (the configuration re-read if it
@@ -563,6 +592,10 @@ impl Watch {
                     tracing::debug!("{} ({}): {}", p.peer, p.group, p.error.as_deref().unwrap_or_default());
                 }
                 Some(report)
+            }
+            Err(_) if self.interrupt.raised() => {
+                tracing::info!(target: "snapsync::daemon", "sync run: {what}: stopped, as the daemon stops");
+                None
             }
             Err(e) => {
                 tracing::error!(target: "snapsync::daemon", "sync run: {what}: {e}");

@@ -250,3 +250,30 @@ fn a_receive_only_host_restores_the_group_version_of_an_edited_file() {
     }
     assert!(found, "no generation of c holds the edit: {gens:#}");
 }
+
+/// SIGTERM while a watch run sends a burst: the daemon stops the run and
+/// exits 0; started again, its first full reconcile sends the rest.
+#[test]
+fn a_watching_daemon_stops_cleanly_during_a_run_and_catches_up_at_start() {
+    const FILES: usize = 1000;
+    let mut c = watching(&[]);
+    for i in 0..FILES {
+        write(&c.path("a", &format!("burst/f{i}")), format!("file {i}\n").as_bytes());
+    }
+    let start = Instant::now();
+    while !(0..FILES).any(|i| c.path("b", &format!("burst/f{i}")).exists()) {
+        assert!(start.elapsed() < WAIT, "nothing of the burst reached b:\n{}", c.log("a"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c.stop("a");
+    assert!(!c.log("a").contains("panicked"), "{}", c.log("a"));
+    c.start_with("a", &[OsStr::new("--watch")]);
+    for n in ["b", "c"] {
+        wait_for_content(&c.path(n, &format!("burst/f{}", FILES - 1)), format!("file {}\n", FILES - 1).as_bytes());
+        let start = Instant::now();
+        while (0..FILES).any(|i| !c.path(n, &format!("burst/f{i}")).exists()) {
+            assert!(start.elapsed() < WAIT, "{n} lacks files of the burst:\n{}", c.log("a"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
