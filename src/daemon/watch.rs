@@ -57,6 +57,9 @@ pub const HELD_QUIET: Duration = Duration::from_secs(10);
 /// reached.
 pub const FALLBACK_EVERY: Duration = Duration::from_secs(60);
 
+/// The longest a due full reconcile waits for files being written.
+pub const FULL_DEFER: Duration = Duration::from_secs(60);
+
 /// The default interval of the full reconcile (`serve --full-every`).
 pub const FULL_EVERY: Duration = Duration::from_secs(600);
 
@@ -129,9 +132,10 @@ pub async fn start(current: Arc<Current>, opts: Options) -> Handle {
     Handle { stop, interrupt, ended }
 }
 
-/// Whether an event of the watcher may be a change: not a mere open or
-/// read, nor about the temporaries snapsync writes files in.
-fn may_change(ev: &notify::Result<notify::Event>) -> bool {
+/// Whether an event of the watcher may be a change to what `node`
+/// tracks: not a mere open or read, nor about the temporaries snapsync
+/// writes files in, nor about excluded paths only.
+fn may_change(node: &Node, ev: &notify::Result<notify::Event>) -> bool {
     let Ok(ev) = ev else { return true };
     if ev.need_rescan() {
         return true;
@@ -139,7 +143,23 @@ fn may_change(ev: &notify::Result<notify::Event>) -> bool {
     if matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
         return false;
     }
-    !ev.paths.iter().all(|p| p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(crate::scan::TEMP_PREFIX)))
+    ev.paths.iter().any(|p| !is_temp(p) && !groups_of(node, p).is_empty())
+}
+
+/// Whether `path` is a temporary snapsync builds a file in.
+fn is_temp(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(crate::scan::TEMP_PREFIX))
+}
+
+/// The groups of `node` that track `path` (inside one of their roots, not
+/// excluded).
+fn groups_of(node: &Node, path: &Path) -> Vec<String> {
+    node.engine
+        .groups
+        .iter()
+        .filter(|g| g.roots.iter().any(|r| path.starts_with(&r.local)) && g.matcher.classify(path) != Class::Excluded)
+        .map(|g| g.name.clone())
+        .collect()
 }
 
 /// A path changed and not checked yet.
@@ -163,8 +183,10 @@ type Events = mpsc::Receiver<notify::Result<notify::Event>>;
 
 struct Watch {
     current: Arc<Current>,
-    /// The node the watches were set up for.
+    /// The node as configured now.
     node: Arc<Node>,
+    /// The node the watches were made for.
+    armed: Arc<Node>,
     opts: Options,
     rt: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
@@ -199,6 +221,7 @@ impl Watch {
         let limit = std::env::var(LIMIT_ENV).ok().and_then(|v| v.parse().ok());
         Watch {
             current,
+            armed: Arc::clone(&node),
             node,
             opts,
             rt,
@@ -228,10 +251,12 @@ impl Watch {
         let (tx, rx) = mpsc::channel();
         // Counted as they arrive: a `sync` asking while they wait to be
         // taken in must not find the tree clean.
-        let watched = Arc::clone(&self.node.watched);
+        // Both sides count with the node the watches are made for.
+        let armed = Arc::clone(&self.node);
+        self.armed = Arc::clone(&self.node);
         let handler = move |ev: notify::Result<notify::Event>| {
-            if may_change(&ev) {
-                watched.touch();
+            if may_change(&armed, &ev) {
+                armed.watched.touch();
             }
             let _ = tx.send(ev);
         };
@@ -341,18 +366,9 @@ impl Watch {
         }
     }
 
-    /// The groups that track `path` (inside one of their roots, not
-    /// excluded).
+    /// The groups that track `path`, as the node is configured now.
     fn groups_of(&self, path: &Path) -> Vec<String> {
-        self.node
-            .engine
-            .groups
-            .iter()
-            .filter(|g| {
-                g.roots.iter().any(|r| path.starts_with(&r.local)) && g.matcher.classify(path) != Class::Excluded
-            })
-            .map(|g| g.name.clone())
-            .collect()
+        groups_of(&self.node, path)
     }
 
     fn run(&mut self) {
@@ -380,7 +396,10 @@ impl Watch {
             }
             let now = Instant::now();
             let held_any = self.pending.values().any(|c| c.held && now.duration_since(c.last) < HELD_QUIET);
-            if now >= self.next_full && (!held_any || self.fallback) || self.lost && !held_any && self.quiet(now) {
+            // A full reconcile waits for files being written, but not
+            // for ever (a log file appended to all day).
+            let due = now >= self.next_full && (!held_any || self.fallback || now >= self.next_full + FULL_DEFER);
+            if due || self.lost && !held_any && self.quiet(now) {
                 self.full();
                 continue;
             }
@@ -414,7 +433,7 @@ impl Watch {
         }
         got.extend(rx.try_iter());
         for ev in got {
-            if may_change(&ev) {
+            if may_change(&self.armed, &ev) {
                 self.taken += 1;
             }
             match ev {
@@ -448,8 +467,7 @@ impl Watch {
         }
         let now = Instant::now();
         for path in &ev.paths {
-            let temp = path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(crate::scan::TEMP_PREFIX));
-            if temp {
+            if is_temp(path) {
                 continue;
             }
             let groups = self.groups_of(path);
