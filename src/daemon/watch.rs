@@ -263,7 +263,14 @@ impl Watch {
         let watcher = match INotifyWatcher::new(handler, notify::Config::default()) {
             Ok(w) => w,
             Err(e) => {
-                self.give_up(&format!("cannot start inotify ({e})"));
+                // EMFILE here is the per-user limit of inotify instances.
+                let hint = match &e.kind {
+                    notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
+                        "; raise it with `sysctl fs.inotify.max_user_instances=N`"
+                    }
+                    _ => "",
+                };
+                self.give_up(&format!("cannot start inotify ({e}){hint}"));
                 return;
             }
         };
