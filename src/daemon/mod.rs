@@ -14,6 +14,10 @@
 //! lets the change being applied finish (it waits for the writer token),
 //! and exits.
 //!
+//! With `serve --watch` the daemon also runs a *watcher* ([`watch`]): it
+//! follows the included trees through inotify and syncs what changed as
+//! it changes, with a periodic full reconcile as a safety net.
+//!
 //! The socket runs commands with the daemon's privileges, so it is guarded
 //! (SPEC §3: only root or the state directory's owner may use it):
 //! - It is *private before it is reachable*: bound inside a fresh 0700

@@ -564,7 +564,7 @@ impl Watch {
         let mark = self.taken;
         let what = format!("watch, {} changed {}", paths.len(), if paths.len() == 1 { "path" } else { "paths" });
         let opts = SyncOptions { paths, interrupt: self.interrupt.clone(), ..SyncOptions::default() };
-        match self.sync(&node, opts, &what) {
+        self.sync(&node, opts, &what, |report| match report {
             Some(report) if report.check.as_ref().is_some_and(|c| c.problems.is_empty()) => {
                 for g in node.engine.groups.iter().filter(|g| !busy.contains(&g.name)) {
                     node.watched.checked(&g.name, mark, false);
@@ -575,7 +575,7 @@ impl Watch {
                     node.watched.dirty(&g.name);
                 }
             }
-        }
+        });
     }
 
     /// A full reconcile.
@@ -589,7 +589,8 @@ impl Watch {
         let every = if self.fallback { self.opts.full_every.min(FALLBACK_EVERY) } else { self.opts.full_every };
         self.next_full = now + every;
         let opts = SyncOptions { interrupt: self.interrupt.clone(), ..SyncOptions::default() };
-        self.sync(&node, opts, "full reconcile");
+        // The sync itself records what its walk found clean.
+        self.sync(&node, opts, "full reconcile", |_| {});
     }
 
     /// The node as configured now (the configuration re-read if it
@@ -599,10 +600,14 @@ impl Watch {
         self.current.node()
     }
 
-    /// Runs one sync and logs it, as the daemon logs every sync run.
-    fn sync(&self, node: &Arc<Node>, opts: SyncOptions, what: &str) -> Option<SyncReport> {
+    /// Runs one sync, hands its report (`None`: it failed) to `settle`,
+    /// then logs it as the daemon logs every sync run: whoever reads the
+    /// line finds the run's outcome settled.
+    fn sync(&self, node: &Arc<Node>, opts: SyncOptions, what: &str, settle: impl FnOnce(Option<&SyncReport>)) {
         let started = Instant::now();
-        match self.rt.block_on(crate::peer::sync(Arc::clone(node), opts)) {
+        let result = self.rt.block_on(crate::peer::sync(Arc::clone(node), opts));
+        settle(result.as_ref().ok());
+        match result {
             Ok(report) => {
                 let failed = report.peers.iter().filter(|p| p.error.is_some()).count();
                 tracing::info!(
@@ -616,16 +621,11 @@ impl Watch {
                 for p in report.peers.iter().filter(|p| p.error.is_some()) {
                     tracing::debug!("{} ({}): {}", p.peer, p.group, p.error.as_deref().unwrap_or_default());
                 }
-                Some(report)
             }
             Err(_) if self.interrupt.raised() => {
                 tracing::info!(target: "snapsync::daemon", "sync run: {what}: stopped, as the daemon stops");
-                None
             }
-            Err(e) => {
-                tracing::error!(target: "snapsync::daemon", "sync run: {what}: {e}");
-                None
-            }
+            Err(e) => tracing::error!(target: "snapsync::daemon", "sync run: {what}: {e}"),
         }
     }
 }
