@@ -202,6 +202,11 @@ struct Details {
     one_peer_bytes: u64,
     /// No-change `check` of the many tree, alone (through a's daemon).
     many_check: Vec<Duration>,
+    /// No-change `sync` of the many tree with a's daemon watching.
+    watch_no_change: Vec<Duration>,
+    /// With a's daemon watching: from a file's change on a until both
+    /// peers hold it.
+    watch_latency: Vec<Duration>,
 }
 
 impl Details {
@@ -220,6 +225,8 @@ impl Details {
             "one_peer_bytes": self.one_peer_bytes,
             "two_peer_transfer_s": s(self.two_peers),
             "many_no_change_check_median_s": s(median(&self.many_check)),
+            "watch_no_change_sync_median_s": s(median(&self.watch_no_change)),
+            "watch_change_to_peers_s": self.watch_latency.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>(),
         })
     }
 }
@@ -368,6 +375,12 @@ fn report(
             nc.as_secs_f64(),
             nc.as_secs_f64() - check.as_secs_f64()
         );
+    }
+    if let Some(nc) = median(&d.watch_no_change) {
+        let _ = writeln!(o, "\nsnapsync, {many_files} files, a's daemon running `serve --watch`:");
+        let _ = writeln!(o, "  no-change sync (median of {REPEATS}, no walk): {:.3} s", nc.as_secs_f64());
+        let runs: Vec<String> = d.watch_latency.iter().map(|t| format!("{:.3}", t.as_secs_f64())).collect();
+        let _ = writeln!(o, "  one changed file, from the write until both peers hold it (s): [{}]", runs.join(", "));
     }
     let _ = writeln!(o, "\nCPU time (user+system) per run, by process (snapsync: the daemons; csync2: `csync2 -x`");
     let _ = writeln!(o, "only, its receiving daemons fork per connection and are not counted):");
@@ -751,8 +764,13 @@ impl SnapCluster {
     }
 
     fn start(&mut self, node: &str) -> Result<(), String> {
+        self.start_args(node, &[])
+    }
+
+    /// Starts `node`'s daemon as `serve ARGS`.
+    fn start_args(&mut self, node: &str, args: &[&str]) -> Result<(), String> {
         let mut cmd = self.cmd(node, &self.state(node));
-        cmd.arg("serve");
+        cmd.arg("serve").args(args);
         let log = self.dir.join(format!("{node}.log"));
         self.daemons.push(Daemon::start(cmd, node, "snapsync serve:", log)?);
         Ok(())
@@ -888,6 +906,36 @@ fn snapsync_many(bin: &Path, dir: &Path, shape: &Shape, f: &mut Figures, d: &mut
     f.cpu.push(("one changed file".into(), daemons_cpu_since(&cl.daemons, &before, REPEATS as u32)));
     println!("  one changed file: median {}", secs(median(&f.one_change)));
     verify_peers(dir, &["a", "b", "c"], 1000, &victims)?;
+
+    // The same with a's daemon watching its tree (SPEC §8: no walk).
+    cl.stop("a");
+    cl.start_args("a", &["--watch"])?;
+    let log = cl.dir.join("a.log");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("sync run: full reconcile") {
+        if start.elapsed() > READY_TIMEOUT * 10 {
+            return Err("a's watcher did not finish its first full reconcile".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..REPEATS {
+        let (t, _) = run(&mut cl.at("a", &["-q", "sync"]), &[0])?;
+        d.watch_no_change.push(t);
+    }
+    println!("  no-change sync, watching: median {}", secs(median(&d.watch_no_change)));
+    for v in &victims {
+        touch_content(&cl.tree("a").join(v));
+        let want = std::fs::read(cl.tree("a").join(v)).unwrap();
+        let start = Instant::now();
+        while ["b", "c"].iter().any(|n| std::fs::read(cl.tree(n).join(v)).is_ok_and(|got| got != want)) {
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(format!("{} did not reach the peers within 60 s of its change", v.display()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        d.watch_latency.push(start.elapsed());
+    }
+    println!("  one changed file, watching: from the write to both peers, median {}", secs(median(&d.watch_latency)));
     drop(cl);
     std::fs::remove_dir_all(dir).unwrap();
     Ok(())

@@ -84,6 +84,85 @@ pub struct Node {
     /// time, so a peer that asks for many at once gets one reconcile's
     /// worth of this node's memory, not many.
     pulls: Arc<std::sync::Mutex<HashMap<(String, String), PullLock>>>,
+    /// What a watching daemon knows of the trees on disk.
+    pub watched: Arc<Watched>,
+}
+
+/// What the daemon's watcher (`serve --watch`) knows of the trees on
+/// disk, so that a `sync` can skip the walk of a tree nothing touched
+/// (SPEC §8).
+///
+/// It counts the *touches*: events of the watcher that may be a change,
+/// counted as they arrive, before the watcher looks at them. A check
+/// records everything up to a touch count, its *mark*: a full check the
+/// touches before it started, a watch run the touches the watcher had
+/// taken in when it chose the paths to check. A group is *clean* while
+/// the watcher is healthy (every directory watched, no event lost) and
+/// its checks since the last full one (made while healthy) cover every
+/// touch so far. Anything else (no watcher, a watch limit reached, an
+/// overflowed event queue, a failed check) leaves the group dirty, and a
+/// `sync` walks it as usual.
+#[derive(Debug, Default)]
+pub struct Watched {
+    inner: std::sync::Mutex<WatchedInner>,
+}
+
+#[derive(Debug, Default)]
+struct WatchedInner {
+    healthy: bool,
+    touches: u64,
+    /// Per group, the mark its checks cover (absent: no full check since
+    /// the watcher became healthy, or a check failed since).
+    covered: HashMap<String, u64>,
+}
+
+impl Watched {
+    /// The watcher starts (true) or stops trusting its events (false):
+    /// either way every group is dirty until its next full check.
+    pub fn set_healthy(&self, healthy: bool) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        inner.healthy = healthy;
+        inner.covered.clear();
+    }
+
+    /// An event arrived that may be a change.
+    pub fn touch(&self) {
+        self.inner.lock().expect("poisoned").touches += 1;
+    }
+
+    /// The touches so far: the mark of a full check that starts now.
+    pub fn mark(&self) -> u64 {
+        self.inner.lock().expect("poisoned").touches
+    }
+
+    /// A check of `group` recorded every change up to touch `mark`; `full`
+    /// when it walked the whole tree, otherwise it checked every path the
+    /// touches since the group's last check named.
+    pub fn checked(&self, group: &str, mark: u64, full: bool) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        if !inner.healthy {
+            return;
+        }
+        match inner.covered.get_mut(group) {
+            Some(m) => *m = (*m).max(mark),
+            None if full => {
+                inner.covered.insert(group.to_owned(), mark);
+            }
+            None => {}
+        }
+    }
+
+    /// A check of `group` failed or left changes out: it is dirty until a
+    /// full check.
+    pub fn dirty(&self, group: &str) {
+        self.inner.lock().expect("poisoned").covered.remove(group);
+    }
+
+    /// Whether nothing changed in `group` since its last check.
+    pub fn clean(&self, group: &str) -> bool {
+        let inner = self.inner.lock().expect("poisoned");
+        inner.healthy && inner.covered.get(group) == Some(&inner.touches)
+    }
 }
 
 /// Serializes one peer's pulls of one group.
@@ -99,6 +178,7 @@ impl Node {
             stats: Arc::default(),
             encoded: Arc::default(),
             pulls: Arc::default(),
+            watched: Arc::default(),
         }
     }
 
@@ -114,6 +194,7 @@ impl Node {
             stats: Arc::clone(&self.stats),
             encoded: Arc::clone(&self.encoded),
             pulls: Arc::clone(&self.pulls),
+            watched: Arc::clone(&self.watched),
         }
     }
 
@@ -203,6 +284,32 @@ impl EncodedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_clean_only_while_checks_cover_every_touch() {
+        let w = Watched::default();
+        assert!(!w.clean("g"), "no watcher: dirty");
+        w.set_healthy(true);
+        assert!(!w.clean("g"), "no full check yet");
+        // A watch run does not make a group clean before a full check.
+        w.checked("g", 0, false);
+        assert!(!w.clean("g"));
+        let mark = w.mark();
+        w.checked("g", mark, true);
+        assert!(w.clean("g"));
+        w.touch();
+        assert!(!w.clean("g"), "a touch not checked yet");
+        w.checked("g", w.mark(), false);
+        assert!(w.clean("g"));
+        // A check that covers less than an earlier one does not undo it.
+        w.checked("g", 0, false);
+        assert!(w.clean("g"));
+        w.dirty("g");
+        assert!(!w.clean("g"));
+        w.checked("g", w.mark(), true);
+        w.set_healthy(false);
+        assert!(!w.clean("g"), "lost events: dirty");
+    }
 
     #[test]
     fn encoded_cache_keeps_the_newest_within_its_budget() {

@@ -201,7 +201,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
         'M' => Plan::ListDirty,
         'L' => Plan::ListEntries,
         'H' => Plan::ListHints,
-        'i' => Plan::Run(Command::Serve { watch: false, log: super::LogSink::Stderr }),
+        'i' => Plan::Run(Command::Serve { watch: false, full_every: 600, log: super::LogSink::Stderr }),
         'k' => Plan::Run(Command::Keygen {
             file: a.key_file.clone().expect("-k sets its file"),
             no_node: super::NoNode::default(),

@@ -86,7 +86,12 @@ pub(super) fn forward(state: &Path, cli: &Cli, out: &mut String) -> Option<u8> {
 /// `config` is the configuration file the node was made from and `files`
 /// every file it read ([`crate::config::Config::files`]): the daemon
 /// re-reads them when they change.
-pub(super) fn serve(node: Arc<Node>, config: &Path, files: &[PathBuf]) -> u8 {
+pub(super) fn serve(
+    node: Arc<Node>,
+    config: &Path,
+    files: &[PathBuf],
+    watch: Option<crate::daemon::watch::Options>,
+) -> u8 {
     let current = Arc::new(daemon::Current::new(node, config, files));
     let ready = |l: &daemon::Listening| {
         // The line tests and scripts wait for.
@@ -98,7 +103,7 @@ pub(super) fn serve(node: Arc<Node>, config: &Path, files: &[PathBuf]) -> u8 {
         if super::logging::logs_to_file() {
             reopen_log_on_sighup();
         }
-        match daemon::run(current, Arc::new(CommandLine), ready).await {
+        match daemon::run(current, Arc::new(CommandLine), watch, ready).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 tracing::error!("{e}");

@@ -216,9 +216,14 @@ pub enum Command {
         -v logs more, -q only errors. RUST_LOG overrides both with tracing's filter syntax,\n  \
         for example RUST_LOG=info or RUST_LOG=warn,audit=info,snapsync::net=debug.")]
     Serve {
-        /// Also sync changes as they happen (not available yet).
-        #[arg(long, hide = true)]
+        /// Also sync changes as they happen: watch the included trees (inotify)
+        /// and send what changed to every reachable peer within a second or two.
+        #[arg(long)]
         watch: bool,
+        /// With --watch: seconds between two full reconciles, the safety net
+        /// for changes the watcher cannot see (0: only at start).
+        #[arg(long, value_name = "SECS", default_value_t = 600, requires = "watch")]
+        full_every: u64,
         /// Where log lines go: stderr; journal (the system journal, or stderr
         /// with a warning when it is not reachable); or a FILE path, appended
         /// to (created mode 0640; a symbolic link there is refused).
@@ -415,12 +420,12 @@ fn run_into(cli: &Cli, out: &mut String) -> u8 {
         Err(e) => return report_error(cli, out, &e.into()),
     };
     let node = Arc::new(Node::new(engine, &state));
-    if let Command::Serve { watch, .. } = &cli.command {
-        if *watch {
-            tracing::error!("serve --watch (online sync) is not available yet; run `snapsync sync` from cron");
-            return EXIT_USAGE;
-        }
-        return daemon::serve(node, &config_path, &config.files);
+    if let Command::Serve { watch, full_every, .. } = &cli.command {
+        let watch = watch.then(|| crate::daemon::watch::Options {
+            // 0: never again (a century is as good as never).
+            full_every: std::time::Duration::from_secs(if *full_every == 0 { 100 * 365 * 86400 } else { *full_every }),
+        });
+        return daemon::serve(node, &config_path, &config.files, watch);
     }
     let caller = Caller { progress: progress_here(cli).unwrap_or_default(), ..Caller::default() };
     match run_command(cli, &node, &caller, out) {

@@ -14,6 +14,10 @@
 //! lets the change being applied finish (it waits for the writer token),
 //! and exits.
 //!
+//! With `serve --watch` the daemon also runs a *watcher* ([`watch`]): it
+//! follows the included trees through inotify and syncs what changed as
+//! it changes, with a periodic full reconcile as a safety net.
+//!
 //! The socket runs commands with the daemon's privileges, so it is guarded
 //! (SPEC §3: only root or the state directory's owner may use it):
 //! - It is *private before it is reachable*: bound inside a fresh 0700
@@ -52,6 +56,7 @@ use crate::peer::{Node, SyncError};
 use crate::progress::{ProgressSink, ProgressTask, Reporter, Unit};
 
 mod reload;
+pub mod watch;
 
 pub use reload::{Current, Refresh};
 
@@ -573,6 +578,7 @@ pub struct Listening {
 pub async fn run(
     current: Arc<Current>,
     commands: Arc<dyn LocalCommands>,
+    watch: Option<watch::Options>,
     ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     let node = current.node();
@@ -615,6 +621,12 @@ pub async fn run(
         server.local_addr(),
         sock.display()
     );
+    // Watches are in place before the daemon says it listens: a change
+    // made after that line is seen.
+    let watcher = match watch {
+        Some(opts) => Some(watch::start(Arc::clone(&current), opts).await),
+        None => None,
+    };
     ready(&Listening { host: engine.host.clone(), addr: server.local_addr(), socket: sock.clone() });
     loop {
         tokio::select! {
@@ -665,6 +677,13 @@ pub async fn run(
                 Err(e) => tracing::warn!("{}: {e}", sock.display()),
             },
         }
+    }
+    // The watcher's run stops at its next safe point; what it applied
+    // is recorded.
+    if let Some(w) = watcher
+        && !w.stop(SHUTDOWN_WAIT).await
+    {
+        tracing::warn!("the watcher's run was still going after {SHUTDOWN_WAIT:?}; exiting anyway");
     }
     tracing::info!("shutting down: waiting for changes being applied");
     if !current.node().quiesce(SHUTDOWN_WAIT).await {

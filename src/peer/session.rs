@@ -152,9 +152,21 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
         let checked =
             tokio::task::spawn_blocking(move || n.engine.check_read_only(&paths, &*progress, Some(&interrupt)));
         Some(checked.await.expect("check panicked")?)
+    } else if let Some(report) = unwalked(&node, &opts)? {
+        Some(report)
     } else {
         let (paths, progress, interrupt) = (opts.paths.clone(), opts.progress.clone(), opts.interrupt.clone());
-        Some(node.write_locked(move |n, w| n.engine.check(w, &paths, &*progress, Some(&interrupt))).await?)
+        let full = paths.is_empty();
+        let mark = node.watched.mark();
+        let report = node.write_locked(move |n, w| n.engine.check(w, &paths, &*progress, Some(&interrupt))).await?;
+        // A whole tree checked while the watcher watched it: a later `sync`
+        // needs no walk until the watcher sees a change.
+        if full && report.problems.is_empty() {
+            for g in &node.engine.groups {
+                node.watched.checked(&g.name, mark, true);
+            }
+        }
+        Some(report)
     };
     // Stopped while scanning: what the check found is recorded, and no
     // peer is asked for anything.
@@ -192,6 +204,33 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
         return Err(SyncError::Interrupted);
     }
     Ok(SyncReport { check, peers })
+}
+
+/// The check of a whole-tree `sync` on a watching daemon whose trees are
+/// all clean ([`crate::node::Watched`]): what is recorded is what is on
+/// disk, so nothing is walked and the report lists nothing scanned.
+fn unwalked(node: &Node, opts: &SyncOptions) -> Result<Option<CheckReport>, SyncError> {
+    if !opts.paths.is_empty() || node.engine.groups.iter().any(|g| !node.watched.clean(&g.name)) {
+        return Ok(None);
+    }
+    let mut groups = Vec::new();
+    for g in &node.engine.groups {
+        let Some(roots) = node.engine.store.root_set(&g.name).map_err(crate::engine::EngineError::from)? else {
+            return Ok(None);
+        };
+        groups.push(crate::engine::GroupCheck {
+            group: g.name.clone(),
+            changed: false,
+            pending: false,
+            pending_paths: Vec::new(),
+            generation: None,
+            root: roots.hash().to_hex(),
+            stats: Default::default(),
+            local_changes: Vec::new(),
+        });
+    }
+    tracing::debug!("every tree is as last checked (watched): no walk");
+    Ok(Some(CheckReport { groups, problems: Vec::new() }))
 }
 
 /// One exchange with every chosen peer of every chosen group (of `only`

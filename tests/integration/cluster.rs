@@ -480,10 +480,17 @@ impl Cluster {
     /// Starts node `name`'s daemon as `serve ARGS` and waits (bounded) for
     /// its ready line.
     pub fn start_with(&mut self, name: &str, args: &[&std::ffi::OsStr]) {
+        self.start_with_env(name, args, &[]);
+    }
+
+    /// Starts node `name`'s daemon with `args` after `serve`, and `env`
+    /// set in its environment.
+    pub fn start_with_env(&mut self, name: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) {
         assert!(!self.daemons.contains_key(name), "{name} already runs");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).unwrap();
         let mut child = self
             .std_cmd(name)
+            .envs(env.iter().copied())
             .arg("serve")
             .args(args)
             .stdin(Stdio::null())

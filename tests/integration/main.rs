@@ -39,3 +39,4 @@ mod sync_source_changed;
 mod sync_status_settles;
 mod sync_transfer;
 mod sync_type_change;
+mod watch_mode;

@@ -1,0 +1,685 @@
+//! Watch mode (`serve --watch`): local changes reach the peers as they
+//! happen, without waiting for the next `sync` from cron.
+//!
+//! Terms:
+//! - The *watcher* holds one inotify watch per directory of the included
+//!   trees (excluded directories are not watched), added as directories
+//!   appear. Its events name the paths that changed.
+//! - A *pending* path changed and is not checked yet. It is *held* while
+//!   a writer may still have it open: from its creation or its first
+//!   written byte until the writer closes it (inotify's `IN_CLOSE_WRITE`),
+//!   or [`HELD_QUIET`] without any event. A pending path that is neither
+//!   held nor above a held one is *ready*.
+//! - A *watch run* checks the ready paths only (`sync` limited to them)
+//!   and reconciles with every reachable peer. Ready paths wait for
+//!   [`QUIET`] without events, but no longer than [`MAX_DELAY`] after the
+//!   first of them: a burst (a release unpacked) moves in a few runs, and
+//!   a lone change within about a second of its writer closing the file.
+//!   A file still being written is never read, so a peer never gets half
+//!   of it.
+//! - A *full reconcile* (a `sync` of every tree) runs when the watcher
+//!   starts, every `--full-every` seconds as a safety net, and after the
+//!   kernel dropped events (queue overflow). When the watch limit of the
+//!   kernel (`fs.inotify.max_user_watches`) is reached, the watcher says
+//!   so, lets go of its watches and falls back to full reconciles at
+//!   least every [`FALLBACK_EVERY`].
+//!
+//! While the watcher is healthy it tells the node which groups nothing
+//! touched since their last check ([`crate::node::Watched`]), so a `sync`
+//! from cron answers without walking them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode};
+use notify::{INotifyWatcher, RecursiveMode, Watcher as _};
+
+use super::Current;
+use crate::config::Class;
+use crate::interrupt::Interrupt;
+use crate::peer::{Node, SyncOptions, SyncReport};
+
+/// How long ready paths wait for the events to stop.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The longest a ready path waits while events keep coming.
+pub const MAX_DELAY: Duration = Duration::from_millis(1500);
+
+/// How long a held path stays held without any event: a writer that keeps
+/// a file open and idle this long is taken to be done with it.
+pub const HELD_QUIET: Duration = Duration::from_secs(10);
+
+/// The longest between two full reconciles once the watch limit is
+/// reached.
+pub const FALLBACK_EVERY: Duration = Duration::from_secs(60);
+
+/// The longest a due full reconcile waits for files being written.
+pub const FULL_DEFER: Duration = Duration::from_secs(60);
+
+/// The default interval of the full reconcile (`serve --full-every`).
+pub const FULL_EVERY: Duration = Duration::from_secs(600);
+
+/// Test knob: at most this many directories are watched, as if the
+/// kernel's limit were reached there.
+pub const LIMIT_ENV: &str = "SNAPSYNC_WATCH_LIMIT";
+
+/// How the watcher runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The interval of the full reconcile.
+    pub full_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { full_every: FULL_EVERY }
+    }
+}
+
+/// The running watcher, as the daemon holds it.
+pub struct Handle {
+    stop: Arc<AtomicBool>,
+    interrupt: Interrupt,
+    /// Closed when the watcher's thread ends.
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Handle {
+    /// Stops the watcher: it starts no further run, and the run it is in
+    /// stops at its next safe point. Waits for that, at most `limit`;
+    /// false if it timed out.
+    pub async fn stop(mut self, limit: Duration) -> bool {
+        self.stop.store(true, Ordering::SeqCst);
+        self.interrupt.raise();
+        match self.ended.take() {
+            Some(ended) => tokio::time::timeout(limit, ended).await.is_ok(),
+            None => true,
+        }
+    }
+}
+
+/// Watches the included trees of `current`'s node, and returns once the
+/// watches are in place (changes made after that are seen).
+pub async fn start(current: Arc<Current>, opts: Options) -> Handle {
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupt = Interrupt::new();
+    let rt = tokio::runtime::Handle::current();
+    let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopped, interrupted) = (Arc::clone(&stop), interrupt.clone());
+    let spawned = std::thread::Builder::new().name("watch".into()).spawn(move || {
+        // Dropped when the thread ends, however it ends.
+        let _ended = ended_tx;
+        let mut w = Watch::new(current, opts, rt, stopped, interrupted);
+        w.arm();
+        let _ = armed_tx.send(());
+        w.run();
+    });
+    let ended = match spawned {
+        Ok(_) => {
+            let _ = armed_rx.await;
+            Some(ended_rx)
+        }
+        Err(e) => {
+            tracing::error!("cannot start the watcher ({e}): changes move at the next `sync` only");
+            None
+        }
+    };
+    Handle { stop, interrupt, ended }
+}
+
+/// Whether an event of the watcher may be a change to what `node`
+/// tracks: not a mere open or read, nor about the temporaries snapsync
+/// writes files in, nor about excluded paths only.
+fn may_change(node: &Node, ev: &notify::Result<notify::Event>) -> bool {
+    let Ok(ev) = ev else { return true };
+    if ev.need_rescan() {
+        return true;
+    }
+    if matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
+        return false;
+    }
+    ev.paths.iter().any(|p| !is_temp(p) && !groups_of(node, p).is_empty())
+}
+
+/// Whether `path` is a temporary snapsync builds a file in.
+fn is_temp(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(crate::scan::TEMP_PREFIX))
+}
+
+/// The groups of `node` that track `path` (inside one of their roots, not
+/// excluded).
+fn groups_of(node: &Node, path: &Path) -> Vec<String> {
+    node.engine
+        .groups
+        .iter()
+        .filter(|g| g.roots.iter().any(|r| path.starts_with(&r.local)) && g.matcher.classify(path) != Class::Excluded)
+        .map(|g| g.name.clone())
+        .collect()
+}
+
+/// A path changed and not checked yet.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    /// A writer may still have it open.
+    held: bool,
+    /// When it was first seen changed.
+    since: Instant,
+    /// Its last event.
+    last: Instant,
+}
+
+/// Why watches could not be added.
+enum ArmError {
+    /// The watch limit is reached at this directory.
+    Limit(PathBuf),
+}
+
+type Events = mpsc::Receiver<notify::Result<notify::Event>>;
+
+struct Watch {
+    current: Arc<Current>,
+    /// The node as configured now.
+    node: Arc<Node>,
+    /// The node the watches were made for.
+    armed: Arc<Node>,
+    opts: Options,
+    rt: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+    /// Raised with `stop`: stops the run in progress.
+    interrupt: Interrupt,
+    watcher: Option<(INotifyWatcher, Events)>,
+    /// Directories (and file roots) watched.
+    watched: HashSet<PathBuf>,
+    /// At most this many watches ([`LIMIT_ENV`]).
+    limit: Option<usize>,
+    pending: BTreeMap<PathBuf, Change>,
+    /// Events taken in that may be a change ([`may_change`]): the mark of
+    /// the next watch run.
+    taken: u64,
+    last_event: Instant,
+    next_full: Instant,
+    /// Events were lost: the next run is a full reconcile.
+    lost: bool,
+    /// The watch limit was reached: full reconciles only.
+    fallback: bool,
+}
+
+impl Watch {
+    fn new(
+        current: Arc<Current>,
+        opts: Options,
+        rt: tokio::runtime::Handle,
+        stop: Arc<AtomicBool>,
+        interrupt: Interrupt,
+    ) -> Watch {
+        let node = current.node();
+        let limit = std::env::var(LIMIT_ENV).ok().and_then(|v| v.parse().ok());
+        Watch {
+            current,
+            armed: Arc::clone(&node),
+            node,
+            opts,
+            rt,
+            stop,
+            interrupt,
+            watcher: None,
+            watched: HashSet::new(),
+            limit,
+            pending: BTreeMap::new(),
+            taken: 0,
+            last_event: Instant::now(),
+            next_full: Instant::now(),
+            lost: false,
+            fallback: false,
+        }
+    }
+
+    /// Watches every directory of the node's included trees; on the watch
+    /// limit, falls back to periodic full reconciles.
+    fn arm(&mut self) {
+        self.node.watched.set_healthy(false);
+        self.watcher = None;
+        // The events the old watcher had counted and not sent are gone.
+        self.taken = self.node.watched.mark();
+        self.watched.clear();
+        self.fallback = false;
+        let (tx, rx) = mpsc::channel();
+        // Counted as they arrive: a `sync` asking while they wait to be
+        // taken in must not find the tree clean.
+        // Both sides count with the node the watches are made for.
+        let armed = Arc::clone(&self.node);
+        self.armed = Arc::clone(&self.node);
+        let handler = move |ev: notify::Result<notify::Event>| {
+            if may_change(&armed, &ev) {
+                armed.watched.touch();
+            }
+            let _ = tx.send(ev);
+        };
+        let watcher = match INotifyWatcher::new(handler, notify::Config::default()) {
+            Ok(w) => w,
+            Err(e) => {
+                // EMFILE here is the per-user limit of inotify instances.
+                let hint = match &e.kind {
+                    notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
+                        "; raise it with `sysctl fs.inotify.max_user_instances=N`"
+                    }
+                    _ => "",
+                };
+                self.give_up(&format!("cannot start inotify ({e}){hint}"));
+                return;
+            }
+        };
+        self.watcher = Some((watcher, rx));
+        let roots: Vec<PathBuf> =
+            self.node.engine.groups.iter().flat_map(|g| g.roots.iter().map(|r| r.local.clone())).collect();
+        let started = Instant::now();
+        for root in roots {
+            if let Err(ArmError::Limit(dir)) = self.add_tree(&root) {
+                self.limit_reached(&dir);
+                return;
+            }
+        }
+        tracing::info!(
+            target: "snapsync::daemon",
+            "watching {} directories of the included trees ({:.2} s)",
+            self.watched.len(),
+            started.elapsed().as_secs_f64()
+        );
+        self.node.watched.set_healthy(true);
+        self.next_full = Instant::now();
+    }
+
+    fn limit_reached(&mut self, dir: &Path) {
+        self.give_up(&format!(
+            "the inotify watch limit is reached at {} ({} directories watched); raise it with \
+             `sysctl fs.inotify.max_user_watches=N` (and in /etc/sysctl.d/ to keep it)",
+            dir.display(),
+            self.watched.len()
+        ));
+    }
+
+    /// Stops watching, for good: full reconciles only.
+    fn give_up(&mut self, why: &str) {
+        let every = self.opts.full_every.min(FALLBACK_EVERY);
+        tracing::error!(
+            target: "snapsync::daemon",
+            "{why}: watching stopped, falling back to a full reconcile every {} s",
+            every.as_secs()
+        );
+        self.watcher = None;
+        self.watched.clear();
+        self.pending.clear();
+        self.fallback = true;
+        self.node.watched.set_healthy(false);
+        self.next_full = Instant::now();
+    }
+
+    /// Watches `top` and every directory below it that some group does
+    /// not exclude.
+    fn add_tree(&mut self, top: &Path) -> Result<(), ArmError> {
+        let mut stack = vec![top.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if self.watched.contains(&dir) {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if self.limit.is_some_and(|l| self.watched.len() >= l) {
+                return Err(ArmError::Limit(dir));
+            }
+            let Some((watcher, _)) = self.watcher.as_mut() else { return Ok(()) };
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(dir.clone());
+                }
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => return Err(ArmError::Limit(dir)),
+                // Gone already, or unreadable: the scan reports it.
+                Err(e) => {
+                    tracing::debug!("cannot watch {}: {e}", dir.display());
+                    continue;
+                }
+            }
+            if !meta.is_dir() {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let path = entry.path();
+                    if !self.groups_of(&path).is_empty() {
+                        stack.push(path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the watches of `dir` and below (moved away or removed).
+    fn drop_tree(&mut self, dir: &Path) {
+        let below: Vec<PathBuf> = self.watched.iter().filter(|p| p.starts_with(dir)).cloned().collect();
+        for p in below {
+            if let Some((watcher, _)) = self.watcher.as_mut() {
+                let _ = watcher.unwatch(&p);
+            }
+            self.watched.remove(&p);
+        }
+    }
+
+    /// The groups that track `path`, as the node is configured now.
+    fn groups_of(&self, path: &Path) -> Vec<String> {
+        groups_of(&self.node, path)
+    }
+
+    fn run(&mut self) {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            self.receive(Duration::from_millis(50));
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            // A reloaded configuration may include other trees.
+            if !Arc::ptr_eq(&self.current.node(), &self.node) {
+                let node = self.current.node();
+                let roots = |n: &Node| -> Vec<PathBuf> {
+                    n.engine.groups.iter().flat_map(|g| g.roots.iter().map(|r| r.local.clone())).collect()
+                };
+                let rearm = roots(&node) != roots(&self.node);
+                self.node = node;
+                if rearm {
+                    tracing::info!(target: "snapsync::daemon", "the included trees changed: watching them anew");
+                    self.pending.clear();
+                    self.arm();
+                }
+            }
+            let now = Instant::now();
+            let held_any = self.pending.values().any(|c| c.held && now.duration_since(c.last) < HELD_QUIET);
+            // A full reconcile waits for files being written, but not
+            // for ever (a log file appended to all day).
+            let due = now >= self.next_full && (!held_any || self.fallback || now >= self.next_full + FULL_DEFER);
+            if due || self.lost && !held_any && self.quiet(now) {
+                self.full();
+                continue;
+            }
+            if self.fallback {
+                continue;
+            }
+            if let Some(paths) = self.ready(now) {
+                self.partial(paths);
+            }
+        }
+    }
+
+    fn quiet(&self, now: Instant) -> bool {
+        now.duration_since(self.last_event) >= QUIET
+    }
+
+    /// Takes in the watcher's events for at most `wait`.
+    fn receive(&mut self, wait: Duration) {
+        let Some((_, rx)) = self.watcher.as_ref() else {
+            std::thread::sleep(wait);
+            return;
+        };
+        let mut got = Vec::new();
+        match rx.recv_timeout(wait) {
+            Ok(ev) => got.push(ev),
+            Err(mpsc::RecvTimeoutError::Timeout) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.give_up("the watcher stopped");
+                return;
+            }
+        }
+        got.extend(rx.try_iter());
+        for ev in got {
+            if may_change(&self.armed, &ev) {
+                self.taken += 1;
+            }
+            match ev {
+                Ok(ev) => self.note(ev),
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    let dir = e.paths.first().cloned().unwrap_or_default();
+                    self.limit_reached(&dir);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(target: "snapsync::daemon", "watcher: {e}; a full reconcile follows");
+                    self.events_lost();
+                }
+            }
+        }
+    }
+
+    fn events_lost(&mut self) {
+        self.lost = true;
+        for g in &self.node.engine.groups {
+            self.node.watched.dirty(&g.name);
+        }
+    }
+
+    /// Takes in one event.
+    fn note(&mut self, ev: notify::Event) {
+        if ev.need_rescan() {
+            tracing::warn!(target: "snapsync::daemon", "the kernel dropped file events: a full reconcile follows");
+            self.events_lost();
+            return;
+        }
+        let now = Instant::now();
+        for path in &ev.paths {
+            if is_temp(path) {
+                continue;
+            }
+            let groups = self.groups_of(path);
+            if groups.is_empty() {
+                continue;
+            }
+            // `None`: not a change; otherwise whether the path is held.
+            let held = match ev.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(false),
+                EventKind::Access(_) => None,
+                EventKind::Create(CreateKind::Folder) => {
+                    if let Err(ArmError::Limit(dir)) = self.add_tree(path) {
+                        self.limit_reached(&dir);
+                        return;
+                    }
+                    Some(false)
+                }
+                // Opened to be written (a link or a special file is
+                // complete as created).
+                EventKind::Create(_) => Some(std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())),
+                EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => Some(true),
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
+                    if self.watched.contains(path) {
+                        self.drop_tree(path);
+                    }
+                    Some(false)
+                }
+                EventKind::Modify(ModifyKind::Name(_)) => {
+                    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+                        && let Err(ArmError::Limit(dir)) = self.add_tree(path)
+                    {
+                        self.limit_reached(&dir);
+                        return;
+                    }
+                    Some(false)
+                }
+                _ => Some(false),
+            };
+            let Some(held) = held else { continue };
+            let metadata_only = matches!(ev.kind, EventKind::Modify(ModifyKind::Metadata(_)));
+            let c = self.pending.entry(path.clone()).or_insert(Change { held, since: now, last: now });
+            c.last = now;
+            if !metadata_only {
+                c.held = held;
+            }
+            if matches!(ev.kind, EventKind::Remove(RemoveKind::Folder)) {
+                c.held = false;
+            }
+            self.last_event = now;
+        }
+    }
+
+    /// The paths a watch run checks now, if it is time for one.
+    fn ready(&mut self, now: Instant) -> Option<Vec<PathBuf>> {
+        let held: Vec<&PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, c)| c.held && now.duration_since(c.last) < HELD_QUIET)
+            .map(|(p, _)| p)
+            .collect();
+        let ready: Vec<(&PathBuf, &Change)> = self
+            .pending
+            .iter()
+            // A held path is below (or is) itself.
+            .filter(|(p, _)| !held.iter().any(|h| h.starts_with(p)))
+            .collect();
+        let oldest = ready.iter().map(|(_, c)| c.since).min()?;
+        if !self.quiet(now) && now.duration_since(oldest) < MAX_DELAY {
+            return None;
+        }
+        let paths: Vec<PathBuf> = ready.iter().map(|(p, _)| (*p).clone()).collect();
+        let held: Vec<PathBuf> = held.into_iter().cloned().collect();
+        for p in &paths {
+            self.pending.remove(p);
+        }
+        let roots: Vec<PathBuf> =
+            self.node.engine.groups.iter().flat_map(|g| g.roots.iter().map(|r| r.local.clone())).collect();
+        Some(fewest(paths, &held, &roots))
+    }
+
+    /// A watch run: checks `paths` and reconciles.
+    fn partial(&mut self, paths: Vec<PathBuf>) {
+        let node = self.refreshed();
+        // Groups with nothing left pending are clean once this run's check
+        // recorded what it found.
+        let busy: HashSet<String> = self.pending.keys().flat_map(|p| self.groups_of(p)).collect();
+        let mark = self.taken;
+        let what = format!("watch, {} changed {}", paths.len(), if paths.len() == 1 { "path" } else { "paths" });
+        let opts = SyncOptions { paths, interrupt: self.interrupt.clone(), ..SyncOptions::default() };
+        self.sync(&node, opts, &what, |report| match report {
+            Some(report) if report.check.as_ref().is_some_and(|c| c.problems.is_empty()) => {
+                for g in node.engine.groups.iter().filter(|g| !busy.contains(&g.name)) {
+                    node.watched.checked(&g.name, mark, false);
+                }
+            }
+            _ => {
+                for g in &node.engine.groups {
+                    node.watched.dirty(&g.name);
+                }
+            }
+        });
+    }
+
+    /// A full reconcile.
+    fn full(&mut self) {
+        let node = self.refreshed();
+        // What is pending now is covered by the walk, except files still
+        // being written, which wait for their writer as before.
+        let now = Instant::now();
+        self.pending.retain(|_, c| c.held && now.duration_since(c.last) < HELD_QUIET);
+        self.lost = false;
+        let every = if self.fallback { self.opts.full_every.min(FALLBACK_EVERY) } else { self.opts.full_every };
+        self.next_full = now + every;
+        let opts = SyncOptions { interrupt: self.interrupt.clone(), ..SyncOptions::default() };
+        // The sync itself records what its walk found clean.
+        self.sync(&node, opts, "full reconcile", |_| {});
+    }
+
+    /// The node as configured now (the configuration re-read if it
+    /// changed).
+    fn refreshed(&self) -> Arc<Node> {
+        let _ = self.current.refresh();
+        self.current.node()
+    }
+
+    /// Runs one sync, hands its report (`None`: it failed) to `settle`,
+    /// then logs it as the daemon logs every sync run: whoever reads the
+    /// line finds the run's outcome settled.
+    fn sync(&self, node: &Arc<Node>, opts: SyncOptions, what: &str, settle: impl FnOnce(Option<&SyncReport>)) {
+        let started = Instant::now();
+        let result = self.rt.block_on(crate::peer::sync(Arc::clone(node), opts));
+        settle(result.as_ref().ok());
+        match result {
+            Ok(report) => {
+                let failed = report.peers.iter().filter(|p| p.error.is_some()).count();
+                tracing::info!(
+                    target: "snapsync::daemon",
+                    "sync run: {what}, exchanges {}, failed {}, conflicts {}, {:.2} s",
+                    report.peers.len(),
+                    failed,
+                    report.conflicts(),
+                    started.elapsed().as_secs_f64()
+                );
+                for p in report.peers.iter().filter(|p| p.error.is_some()) {
+                    tracing::debug!("{} ({}): {}", p.peer, p.group, p.error.as_deref().unwrap_or_default());
+                }
+            }
+            Err(_) if self.interrupt.raised() => {
+                tracing::info!(target: "snapsync::daemon", "sync run: {what}: stopped, as the daemon stops");
+            }
+            Err(e) => tracing::error!(target: "snapsync::daemon", "sync run: {what}: {e}"),
+        }
+    }
+}
+
+/// `paths` without those below another one, and with the entries of a
+/// directory inside `roots` that changed in large numbers replaced by the
+/// directory (one listing instead of many lookups), unless it holds a
+/// `held` file still being written.
+fn fewest(mut paths: Vec<PathBuf>, held: &[PathBuf], roots: &[PathBuf]) -> Vec<PathBuf> {
+    const MANY: usize = 64;
+    let mut by_parent: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    for p in &paths {
+        if let Some(parent) = p.parent() {
+            *by_parent.entry(parent.to_path_buf()).or_default() += 1;
+        }
+    }
+    for (parent, n) in by_parent {
+        let inside = roots.iter().any(|r| parent.starts_with(r));
+        if n > MANY && inside && !held.iter().any(|h| h.starts_with(&parent)) {
+            paths.push(parent);
+        }
+    }
+    paths.sort();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        if !out.last().is_some_and(|last| p.starts_with(last)) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn fewest_drops_paths_below_others() {
+        let got = fewest(vec![p("/t/a/b"), p("/t/a"), p("/t/c"), p("/t/ab")], &[], &[p("/t")]);
+        assert_eq!(got, [p("/t/a"), p("/t/ab"), p("/t/c")]);
+    }
+
+    #[test]
+    fn many_entries_of_a_directory_become_the_directory_unless_one_is_held() {
+        let many: Vec<PathBuf> = (0..100).map(|i| p(&format!("/t/d/f{i}"))).collect();
+        assert_eq!(fewest(many.clone(), &[], &[p("/t")]), [p("/t/d")]);
+        // A file still being written is never read: its directory is not
+        // checked as a whole.
+        assert_eq!(fewest(many.clone(), &[p("/t/d/open")], &[p("/t")]).len(), 100);
+        // Nor is a directory above the included tree.
+        assert_eq!(fewest(many, &[], &[p("/t/d/f1")]).len(), 100);
+    }
+}
