@@ -147,11 +147,20 @@ pub enum Command {
         #[command(flatten)]
         no_node: NoNode,
     },
-    /// List backup generations.
+    /// List backup generations and why each is kept.
     Generations {
         /// Only these groups.
         #[arg(long, value_delimiter = ',')]
         group: Vec<String>,
+        /// List the paths that differ between generations N and M (or N
+        /// and the current tree) instead.
+        #[arg(long, num_args = 1..=2, value_names = ["N", "M"])]
+        diff: Vec<u64>,
+    },
+    /// List every kept version of PATH.
+    History {
+        /// The path.
+        path: PathBuf,
     },
     /// Bring back the tree (or PATHs) as a generation had it.
     Restore {
@@ -163,6 +172,9 @@ pub enum Command {
         /// Write the restored tree below DIR instead, touching nothing else.
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+        /// List what would be written and removed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check, then reconcile with every reachable peer.
     Sync(#[command(flatten)] ReconcileArgs),
@@ -260,6 +272,7 @@ impl Command {
             Command::Ls { .. } => "ls",
             Command::Keygen { .. } => "keygen",
             Command::Generations { .. } => "generations",
+            Command::History { .. } => "history",
             Command::Restore { .. } => "restore",
             Command::Sync(_) => "sync",
             Command::Mark { .. } => "mark",
@@ -633,11 +646,31 @@ fn run_command(cli: &Cli, node: &Arc<Node>, caller: &Caller, out: &mut String) -
             output::ls(out, cli, &engine.ls(path.as_deref())?);
             EXIT_OK
         }
-        Command::Generations { group } => {
-            output::generations(out, cli, &engine.generations(group)?);
+        Command::Generations { group, diff } => {
+            match diff[..] {
+                [from, ..] => {
+                    let d = engine.generation_diff(from, diff.get(1).copied())?;
+                    output::generation_diff(out, cli, &d);
+                }
+                [] => output::generations(
+                    out,
+                    cli,
+                    &engine.groups,
+                    &engine.generations(group)?,
+                    &engine.retention(group)?,
+                ),
+            }
             EXIT_OK
         }
-        Command::Restore { generation, paths, to } => {
+        Command::History { path } => {
+            output::history(out, cli, &engine.history(path)?);
+            EXIT_OK
+        }
+        Command::Restore { generation, paths, to, dry_run: true } => {
+            output::restore_plan(out, cli, &engine.restore_plan(*generation, paths, to.as_deref())?);
+            EXIT_OK
+        }
+        Command::Restore { generation, paths, to, dry_run: false } => {
             let report =
                 node.write_blocking(|n, w| n.engine.restore(w, *generation, paths, to.as_deref(), progress))?;
             output::restore(out, cli, &report, to.as_deref());

@@ -73,15 +73,16 @@ impl Engine {
     }
 
     /// Whether the collector has work even though no tree changed: some
-    /// group holds more generations than it keeps (its `backup-generations`
-    /// was lowered, or its backups turned off), or the state holds a group
-    /// the configuration no longer lists.
+    /// group holds a generation its retention no longer keeps (its
+    /// `backup-generations` was lowered, its backups turned off, or a
+    /// `backup-keep` bucket aged out), or the state holds a group the
+    /// configuration no longer lists. The plan follows only what changed
+    /// between generations, so asking costs little.
     fn needs_collection(&self) -> Result<bool, EngineError> {
         if self.store.groups_with_state()?.iter().any(|g| self.group_index(g).is_none()) {
             return Ok(true);
         }
-        let gens = self.store.generations()?;
-        Ok(self.groups.iter().any(|g| gens.iter().filter(|x| x.group == g.name).count() > super::kept_generations(g)))
+        Ok(self.retention(&[])?.values().any(Vec::is_empty))
     }
 
     /// Like [`Engine::check`], naming the cause recorded with generations.

@@ -34,12 +34,14 @@
 
 mod chunks;
 mod conflict;
+mod diff;
 mod error;
 mod gc;
 mod generation;
 mod marker;
 mod private;
 mod record;
+mod retention;
 mod writer;
 
 /// Version vectors and logical paths are the tree's vocabulary, which the
@@ -47,6 +49,7 @@ mod writer;
 pub use crate::tree::{Version, join_logical};
 pub use chunks::ChunkStore;
 pub use conflict::{Conflict, Force};
+pub use diff::{Side, diff_trees, entry_at};
 pub use error::StoreError;
 pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
@@ -54,6 +57,7 @@ pub use private::{PRIVATE_UMASK, original_umask, restrict_umask};
 pub use record::{
     DirRecord, EntryRecord, Stat, dir_key, split_dir_key, version_digest, xor_dir_digest, xor_entry_digest,
 };
+pub use retention::{KeepPolicy, KeepReason, Retention, plan as retention_plan};
 pub use writer::Writer;
 
 use std::fs::{File, OpenOptions};

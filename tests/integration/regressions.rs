@@ -59,9 +59,12 @@ fn whole_restore_leaves_an_include_the_generation_did_not_know() {
     let extra = format!("include {};", n.path("tree2").display());
     n.edit_config(|t| t.replace("other;", &format!("other;\n  {extra}")));
     write(&n.path("tree2/data"), b"precious");
+    // Generation 1 stays for f's previous version.
+    write(&n.tree().join("f"), b"2");
     n.cmd().arg("check").assert().success();
     n.cmd().args(["restore", "--generation", "1"]).assert().success();
     assert_eq!(std::fs::read(n.path("tree2/data")).unwrap(), b"precious");
+    assert_eq!(std::fs::read(n.tree().join("f")).unwrap(), b"1");
 }
 
 #[test]

@@ -1,0 +1,159 @@
+//! Differences between two recorded trees of one group (two generations,
+//! or a generation and the current tree).
+//!
+//! Terms:
+//! - A *side* ([`Side`]) is what one tree holds at a path: its metadata
+//!   and body, or nothing.
+//! - A path *differs* when its two sides differ as entries: one is absent,
+//!   the kinds differ, the metadata differs, or (for a file or a link) the
+//!   content differs. A directory whose entries changed but whose own
+//!   metadata did not does not differ itself; the entries below it that
+//!   changed are reported instead.
+//!
+//! Trees share subtrees by hash, so the walk descends only where the tree
+//! hashes of two directories differ: its cost follows what changed, not
+//! the size of the trees.
+
+use super::{Store, StoreError};
+use crate::hash::Hash;
+use crate::tree::{Body, Meta, Node, RootSet, join_logical};
+
+/// What one tree holds at a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Side {
+    /// Kept metadata.
+    pub meta: Meta,
+    /// Content.
+    pub body: Body,
+}
+
+impl Side {
+    /// Whether the two are the same entry, leaving out what is below a
+    /// directory (a directory's own metadata and kind only).
+    pub fn same_entry(&self, other: &Side) -> bool {
+        if self.meta != other.meta {
+            return false;
+        }
+        match (&self.body, &other.body) {
+            (Body::Dir { .. }, Body::Dir { .. }) => true,
+            (a, b) => a == b,
+        }
+    }
+
+    /// A hash naming this entry as [`Side::same_entry`] compares it: two
+    /// sides are the same entry exactly when their identities are equal.
+    pub fn identity(&self) -> Hash {
+        let body = match &self.body {
+            Body::Dir { .. } => Body::Dir { tree: Hash([0; 32]) },
+            b => b.clone(),
+        };
+        let encoded = postcard::to_stdvec(&(&self.meta, &body)).expect("encoding to a Vec cannot fail");
+        Hash(*blake3::hash(&encoded).as_bytes())
+    }
+}
+
+/// What [`diff_trees`] calls for each path that differs: (logical path,
+/// old side, new side).
+pub type DiffVisitor<'a> = dyn FnMut(&[u8], Option<&Side>, Option<&Side>) + 'a;
+
+/// Calls `each(path, old, new)` for every logical path where `old` and
+/// `new` differ (see the module comment), in path order within each
+/// directory. Below a directory present on one side only, every entry is
+/// reported.
+pub fn diff_trees(store: &Store, old: &RootSet, new: &RootSet, each: &mut DiffVisitor<'_>) -> Result<(), StoreError> {
+    let side =
+        |e: &Option<crate::tree::RootEntry>| e.as_ref().map(|e| Side { meta: e.meta.clone(), body: e.body.clone() });
+    let mut logicals: Vec<&String> = old.roots.iter().chain(&new.roots).map(|(l, _)| l).collect();
+    logicals.sort();
+    logicals.dedup();
+    for l in logicals {
+        let o = old.roots.iter().find(|(x, _)| x == l).and_then(|(_, e)| side(e));
+        let n = new.roots.iter().find(|(x, _)| x == l).and_then(|(_, e)| side(e));
+        diff_entry(store, l.as_bytes(), o.as_ref(), n.as_ref(), each)?;
+    }
+    Ok(())
+}
+
+/// One path and, where its sides are directories, what is below it.
+fn diff_entry(
+    store: &Store,
+    path: &[u8],
+    old: Option<&Side>,
+    new: Option<&Side>,
+    each: &mut DiffVisitor<'_>,
+) -> Result<(), StoreError> {
+    let differs = match (old, new) {
+        (None, None) => return Ok(()),
+        (Some(o), Some(n)) => !o.same_entry(n),
+        _ => true,
+    };
+    if differs {
+        each(path, old, new);
+    }
+    let tree = |s: Option<&Side>| match s.map(|s| &s.body) {
+        Some(Body::Dir { tree }) => Some(*tree),
+        _ => None,
+    };
+    let (ot, nt) = (tree(old), tree(new));
+    if ot.is_none() && nt.is_none() || ot == nt {
+        return Ok(());
+    }
+    let (on, nn) = (load(store, ot)?, load(store, nt)?);
+    let (mut i, mut j) = (0, 0);
+    // A merge of two name-sorted lists.
+    while i < on.entries.len() || j < nn.entries.len() {
+        let a = on.entries.get(i);
+        let b = nn.entries.get(j);
+        let (x, y) = match (a, b) {
+            (Some(a), Some(b)) if a.name == b.name => {
+                i += 1;
+                j += 1;
+                (Some(a), Some(b))
+            }
+            (Some(a), Some(b)) if a.name < b.name => {
+                i += 1;
+                (Some(a), None)
+            }
+            (Some(a), None) => {
+                i += 1;
+                (Some(a), None)
+            }
+            (_, Some(b)) => {
+                j += 1;
+                (None, Some(b))
+            }
+            (None, None) => unreachable!("the loop condition holds one"),
+        };
+        let name = x.or(y).map(|e| &e.name).expect("one side is present");
+        let xs = x.map(|e| Side { meta: e.meta.clone(), body: e.body.clone() });
+        let ys = y.map(|e| Side { meta: e.meta.clone(), body: e.body.clone() });
+        diff_entry(store, &join_logical(path, name), xs.as_ref(), ys.as_ref(), each)?;
+    }
+    Ok(())
+}
+
+/// The node `tree` names (an empty one for none).
+fn load(store: &Store, tree: Option<Hash>) -> Result<Node, StoreError> {
+    let Some(tree) = tree else { return Ok(Node::default()) };
+    store.node(&tree)?.ok_or_else(|| StoreError::Corrupt {
+        path: store.dir().to_path_buf(),
+        what: format!("tree node {tree}"),
+        why: "referenced but missing".into(),
+    })
+}
+
+/// What `roots` holds at `rest` below include root `logical` (an empty
+/// `rest`: the root itself).
+pub fn entry_at(store: &Store, roots: &RootSet, logical: &str, rest: &[&[u8]]) -> Result<Option<Side>, StoreError> {
+    let Some(Some(root)) = roots.roots.iter().find(|(l, _)| l == logical).map(|(_, e)| e) else {
+        return Ok(None);
+    };
+    let mut side = Side { meta: root.meta.clone(), body: root.body.clone() };
+    for name in rest {
+        let Body::Dir { tree } = side.body else { return Ok(None) };
+        let node = load(store, Some(tree))?;
+        let Some(e) = node.get(name) else { return Ok(None) };
+        side = Side { meta: e.meta.clone(), body: e.body.clone() };
+    }
+    Ok(Some(side))
+}
