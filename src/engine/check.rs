@@ -196,7 +196,9 @@ impl Engine {
                         root_chunks: out.root_chunks.clone(),
                         entries: out.entries,
                         bytes: out.bytes,
-                        added_bytes: out.added_bytes,
+                        // Counted by the store, so content a sync received
+                        // from a peer before this check counts too.
+                        added_bytes: cs.take_added(),
                     };
                     generation = Some(g.id);
                     batch.put_generation(&g);

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use predicates::prelude::*;
 
+use crate::cluster::{Cluster, Setup};
 use crate::common::{Node, snapshot, write};
 
 fn ids(n: &Node) -> Vec<u64> {
@@ -232,4 +233,24 @@ fn generations_diff_lists_the_paths_that_differ() {
         .stdout(predicate::str::contains(format!("removed  file    {}", t.join("d/gone.txt").display())))
         .stdout(predicate::str::contains("5 paths differ between generation 1 and generation 3"));
     n.cmd().args(["generations", "--diff", "9"]).assert().code(2);
+}
+
+#[test]
+fn content_received_from_a_peer_counts_as_added_and_history_names_the_peer() {
+    let mut c = Cluster::with(Setup::nodes(2).backups(3));
+    c.start_all();
+    write(&c.path("a", "big.bin"), &crate::common::bytes(11, 400_000));
+    c.sync_ok("a");
+    let (code, gens) = c.json("b", &["generations"]);
+    assert_eq!(code, 0);
+    let received = gens["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["cause"] == "from a")
+        .unwrap_or_else(|| panic!("b records what it received from a: {gens:#}"));
+    assert!(received["added_bytes"].as_u64().unwrap() >= 300_000, "{received}");
+    let (code, h) = c.json("b", &["history", c.path("b", "big.bin").to_str().unwrap()]);
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["versions"][0]["peer"], "a", "{h}");
 }
