@@ -356,7 +356,7 @@ pub(crate) fn retention(g: &ResolvedGroup) -> Retention {
     if g.backup_directory.is_none() {
         return Retention::default();
     }
-    Retention { versions: g.backup_generations, keep: Default::default() }
+    Retention { versions: g.backup_generations, keep: g.backup_keep.clone() }
 }
 
 /// Removes `.` and resolves `..` lexically: the walk never follows links,

@@ -57,7 +57,7 @@ pub use private::{PRIVATE_UMASK, original_umask, restrict_umask};
 pub use record::{
     DirRecord, EntryRecord, Stat, dir_key, split_dir_key, version_digest, xor_dir_digest, xor_entry_digest,
 };
-pub use retention::{KeepPolicy, KeepReason, Retention, plan as retention_plan};
+pub use retention::{KeepReason, Retention, plan as retention_plan};
 pub use writer::Writer;
 
 use std::fs::{File, OpenOptions};

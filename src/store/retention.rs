@@ -28,30 +28,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Generation, Store, StoreError, diff_trees};
+use crate::config::KeepPolicy;
 use crate::hash::Hash;
 use crate::tree::{RootSet, Timestamp};
-
-/// `backup-keep`: generations kept by age, beyond the versions of paths.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeepPolicy {
-    /// Keep every generation younger than this many seconds.
-    pub within: Option<u64>,
-    /// Newest generation of each of the last N hours that have one.
-    pub hourly: u32,
-    /// Of each of the last N days.
-    pub daily: u32,
-    /// Of each of the last N weeks (Monday to Sunday).
-    pub weekly: u32,
-    /// Of each of the last N months.
-    pub monthly: u32,
-}
-
-impl KeepPolicy {
-    /// Whether the policy keeps nothing.
-    pub fn is_empty(&self) -> bool {
-        self.within.is_none() && self.hourly == 0 && self.daily == 0 && self.weekly == 0 && self.monthly == 0
-    }
-}
 
 /// How a group keeps its generations.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -203,6 +182,61 @@ fn month_of(days: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Generations of one unchanging tree, recorded at `secs` each.
+    fn at(secs: &[i64]) -> Vec<Generation> {
+        secs.iter()
+            .zip(1..)
+            .map(|(&s, id)| Generation {
+                id,
+                group: "g".into(),
+                time: Timestamp { secs: s, nanos: 0 },
+                cause: "test".into(),
+                roots: RootSet::default(),
+                root_chunks: Vec::new(),
+                entries: 0,
+                bytes: 0,
+                added_bytes: 0,
+            })
+            .collect()
+    }
+
+    fn kept(policy: Retention, gens: &[Generation], protected: &[u64], now: i64) -> Vec<(u64, Vec<KeepReason>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let refs: Vec<&Generation> = gens.iter().collect();
+        let now = Timestamp { secs: now, nanos: 0 };
+        plan(&store, &refs, None, &policy, protected, now).unwrap().into_iter().filter(|(_, r)| !r.is_empty()).collect()
+    }
+
+    #[test]
+    fn buckets_keep_the_newest_generation_of_each_period_as_restic_does() {
+        const H: i64 = 3600;
+        // Two in hour 0, two in hour 1, one in hour 3 (hour 2 has none).
+        let gens = at(&[10, 20, H + 10, H + 20, 3 * H + 5]);
+        let policy = Retention { versions: 0, keep: KeepPolicy { hourly: 3, ..KeepPolicy::default() } };
+        let got = kept(policy, &gens, &[], 3 * H + 100);
+        use KeepReason::{Bucket, Newest};
+        assert_eq!(
+            got,
+            [(2, vec![Bucket("hourly")]), (4, vec![Bucket("hourly")]), (5, vec![Newest, Bucket("hourly")])]
+        );
+
+        let policy =
+            Retention { versions: 1, keep: KeepPolicy { within: Some(2 * H as u64), ..KeepPolicy::default() } };
+        let got: Vec<u64> = kept(policy, &gens, &[], 3 * H).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(got, [3, 4, 5], "within two hours of now");
+    }
+
+    #[test]
+    fn the_newest_and_protected_generations_stay_and_no_backups_keep_none() {
+        let gens = at(&[1, 2, 3]);
+        let policy = Retention { versions: 3, keep: KeepPolicy::default() };
+        let got = kept(policy, &gens, &[1], 10);
+        assert_eq!(got, [(1, vec![KeepReason::Restoring]), (3, vec![KeepReason::Newest])]);
+        let got = kept(Retention::default(), &gens, &[], 10);
+        assert!(got.is_empty(), "{got:?}");
+    }
 
     #[test]
     fn months_follow_the_calendar() {

@@ -254,3 +254,33 @@ fn content_received_from_a_peer_counts_as_added_and_history_names_the_peer() {
     assert_eq!(code, 0, "{h}");
     assert_eq!(h["versions"][0]["peer"], "a", "{h}");
 }
+
+#[test]
+fn backup_keep_keeps_generations_no_path_needs_and_generations_says_why() {
+    let n = Node::new("a", 1, "backup-keep within 1d;");
+    for k in 0..4 {
+        write(&n.tree().join("f"), &version(k));
+        n.cmd().arg("check").assert().success();
+    }
+    // backup-generations 1 alone would keep 3 and 4; the day keeps all.
+    assert_eq!(ids(&n), [1, 2, 3, 4]);
+    let gens = n.json(&["generations"]);
+    assert_eq!(gens["generations"][0]["kept"], serde_json::json!([{ "reason": "within" }]));
+    let text = String::from_utf8(n.cmd().arg("generations").assert().success().get_output().stdout.clone()).unwrap();
+    let header = text.lines().next().unwrap();
+    assert!(header.contains("CAUSE") && header.ends_with("KEPT"), "{text}");
+    let f = n.tree().join("f");
+    assert!(text.contains("newest; backup-keep within"), "{text}");
+    assert!(text.contains(&format!("a version of {}; backup-keep within", f.display())), "{text}");
+
+    // Without the rule the next collection drops what no path needs.
+    n.edit_config(|t| t.replace("backup-keep within 1d;", ""));
+    let text = String::from_utf8(n.cmd().arg("generations").assert().success().get_output().stdout.clone()).unwrap();
+    assert!(text.contains("- (dropped by the next gc)"), "{text}");
+    n.cmd().arg("gc").assert().success();
+    assert_eq!(ids(&n), [3, 4]);
+
+    // A bad value names the file and line.
+    n.edit_config(|t| t.replace("backup-generations 1;", "backup-generations 1;\n  backup-keep daily lots;"));
+    n.cmd().arg("generations").assert().code(2).stderr(predicate::str::contains("snapsync.cfg:7:21: backup-keep:"));
+}
