@@ -51,6 +51,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/snapsync";
         snapsync status --json         what differs, for monitoring (exit 3: differences)\n  \
         snapsync diff /etc/hosts       compare one file with every peer: a unified diff\n  \
         snapsync force -r /srv/www     the local version of /srv/www wins its conflicts\n  \
+        snapsync history /etc/hosts    every kept version of one file\n  \
         snapsync restore --generation 12 /srv/www/index.html\n\n\
         Exit status: 0 success, 1 runtime failure, 2 usage or configuration error,\n\
         3 finished with conflicts or differences left."
@@ -243,7 +244,7 @@ pub enum Command {
         #[arg(long, value_name = "HOST")]
         peer: String,
     },
-    /// Drop generations beyond backup-generations and free unused space.
+    /// Drop generations no retention rule keeps and free unused space.
     Gc,
     /// Re-read tracked files and stored chunks and check their hashes.
     Verify {
