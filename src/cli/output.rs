@@ -234,6 +234,7 @@ fn kept_text(groups: &[ResolvedGroup], group: &str, reasons: &[KeepReason]) -> S
         .map(|r| match r {
             KeepReason::Newest => "newest".to_owned(),
             KeepReason::Restoring => "being restored".to_owned(),
+            KeepReason::RestoredBy(by) => format!("restored by generation {by}"),
             KeepReason::Versions { paths: 1, example } => {
                 format!("a version of {}", local_text(groups, group, &String::from_utf8_lossy(example)))
             }
@@ -263,6 +264,7 @@ fn kept_json(groups: &[ResolvedGroup], group: &str, reasons: &[KeepReason]) -> V
         .map(|r| match r {
             KeepReason::Newest => json!({ "reason": "newest" }),
             KeepReason::Restoring => json!({ "reason": "restoring" }),
+            KeepReason::RestoredBy(by) => json!({ "reason": "restored", "by": by }),
             KeepReason::Versions { paths, example } => {
                 json!({ "reason": "versions", "paths": paths, "example": path(example) })
             }

@@ -14,8 +14,12 @@
 //!   Buckets are counted in UTC.
 //!
 //! The newest generation always stays (it is what the next change is
-//! compared with), and so does one a restore is using. Every other
-//! generation is dropped once no rule keeps it.
+//! compared with), and so does one a restore is using. A generation that
+//! was restored stays as long as the generation recording that restore
+//! (cause `restore of generation N`) does: its versions are then the
+//! current ones, which no previous-version rule keeps, and the operator
+//! who just restored it must be able to restore it again (issue 10).
+//! Every other generation is dropped once no rule keeps it.
 //!
 //! The plan walks the generations newest first and compares each with the
 //! next newer one (the current tree for the newest) through
@@ -55,6 +59,8 @@ pub enum KeepReason {
     Newest,
     /// A restore is using it.
     Restoring,
+    /// The generation recording a restore of it, which is kept.
+    RestoredBy(u64),
     /// It is the newest generation holding one of the previous versions
     /// kept for `paths` paths; `example` is the first of them in path order.
     Versions {
@@ -158,7 +164,24 @@ pub fn plan(
             }
         }
     }
+    // Newest first, so a restore of a generation that is itself kept only
+    // as restored keeps its own source too.
+    for g in &order {
+        let Some(source) = restored_from(&g.cause) else { continue };
+        if out[&g.id].is_empty() {
+            continue;
+        }
+        if let Some(reasons) = out.get_mut(&source) {
+            reasons.push(KeepReason::RestoredBy(g.id));
+        }
+    }
     Ok(out)
+}
+
+/// The generation a generation with `cause` recorded a restore of
+/// (`restore of generation N`, as [`crate::restore`] names it).
+fn restored_from(cause: &str) -> Option<u64> {
+    cause.strip_prefix("restore of generation ")?.parse().ok()
 }
 
 /// A bucket rule: its name, how many buckets it keeps, and the bucket of a

@@ -81,7 +81,14 @@ fn restoring_the_oldest_kept_generation_works_twice_in_a_row() {
         let r = n.json(&["restore", "--generation", "1"]);
         assert_eq!(std::fs::read(&f).unwrap(), version(0));
         assert!(ids(&n).contains(&1), "the restored generation stays: {r}");
+        // Also through later runs (a daemon's check, say), which collect
+        // whatever no rule keeps.
+        n.cmd().arg("check").assert().success();
+        n.cmd().arg("gc").assert().success();
+        assert!(ids(&n).contains(&1));
     }
+    let gens = n.json(&["generations"]);
+    assert_eq!(gens["generations"][0]["kept"], serde_json::json!([{ "reason": "restored", "by": 5 }]), "{gens:#}");
     // Undoing the first restore still works: the state before it is kept.
     n.cmd().args(["restore", "--generation", "4"]).assert().success();
     assert_eq!(std::fs::read(&f).unwrap(), version(3));
