@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::ls::{local_path, lossy};
 use super::{Engine, EngineError};
 use crate::hash::Hash;
-use crate::store::{Side, diff_trees, entry_at};
+use crate::store::{DiffScope, Side, diff_trees, entry_at};
 use crate::tree::{Body, Timestamp};
 
 /// Every kept version of one path.
@@ -160,7 +160,7 @@ impl Engine {
             None => self.store.root_set(&group.name)?.unwrap_or_default(),
         };
         let mut changes = Vec::new();
-        diff_trees(&self.store, &old.roots, &new, &mut |path, o, n| {
+        diff_trees(&self.store, &old.roots, &new, DiffScope::All, &mut |path, o, n| {
             let (change, kind) = match (o, n) {
                 (None, Some(n)) => ("added", n.body.kind()),
                 (Some(o), None) => ("removed", o.body.kind()),

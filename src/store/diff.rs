@@ -56,11 +56,28 @@ impl Side {
 /// old side, new side).
 pub type DiffVisitor<'a> = dyn FnMut(&[u8], Option<&Side>, Option<&Side>) + 'a;
 
+/// Which differences [`diff_trees`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffScope {
+    /// Every path that differs.
+    All,
+    /// Only paths the old tree holds: what is below a directory only the
+    /// new tree has is not walked (retention looks for old versions only,
+    /// and a newly included tree would cost a walk of all of it).
+    OldSides,
+}
+
 /// Calls `each(path, old, new)` for every logical path where `old` and
 /// `new` differ (see the module comment), in path order within each
 /// directory. Below a directory present on one side only, every entry is
-/// reported.
-pub fn diff_trees(store: &Store, old: &RootSet, new: &RootSet, each: &mut DiffVisitor<'_>) -> Result<(), StoreError> {
+/// reported (with [`DiffScope::OldSides`], only on the old side).
+pub fn diff_trees(
+    store: &Store,
+    old: &RootSet,
+    new: &RootSet,
+    scope: DiffScope,
+    each: &mut DiffVisitor<'_>,
+) -> Result<(), StoreError> {
     let side =
         |e: &Option<crate::tree::RootEntry>| e.as_ref().map(|e| Side { meta: e.meta.clone(), body: e.body.clone() });
     let mut logicals: Vec<&String> = old.roots.iter().chain(&new.roots).map(|(l, _)| l).collect();
@@ -69,7 +86,7 @@ pub fn diff_trees(store: &Store, old: &RootSet, new: &RootSet, each: &mut DiffVi
     for l in logicals {
         let o = old.roots.iter().find(|(x, _)| x == l).and_then(|(_, e)| side(e));
         let n = new.roots.iter().find(|(x, _)| x == l).and_then(|(_, e)| side(e));
-        diff_entry(store, l.as_bytes(), o.as_ref(), n.as_ref(), each)?;
+        diff_entry(store, l.as_bytes(), o.as_ref(), n.as_ref(), scope, each)?;
     }
     Ok(())
 }
@@ -80,6 +97,7 @@ fn diff_entry(
     path: &[u8],
     old: Option<&Side>,
     new: Option<&Side>,
+    scope: DiffScope,
     each: &mut DiffVisitor<'_>,
 ) -> Result<(), StoreError> {
     let differs = match (old, new) {
@@ -95,7 +113,7 @@ fn diff_entry(
         _ => None,
     };
     let (ot, nt) = (tree(old), tree(new));
-    if ot.is_none() && nt.is_none() || ot == nt {
+    if ot.is_none() && nt.is_none() || ot == nt || (ot.is_none() && scope == DiffScope::OldSides) {
         return Ok(());
     }
     let (on, nn) = (load(store, ot)?, load(store, nt)?);
@@ -127,7 +145,7 @@ fn diff_entry(
         let name = x.or(y).map(|e| &e.name).expect("one side is present");
         let xs = x.map(|e| Side { meta: e.meta.clone(), body: e.body.clone() });
         let ys = y.map(|e| Side { meta: e.meta.clone(), body: e.body.clone() });
-        diff_entry(store, &join_logical(path, name), xs.as_ref(), ys.as_ref(), each)?;
+        diff_entry(store, &join_logical(path, name), xs.as_ref(), ys.as_ref(), scope, each)?;
     }
     Ok(())
 }

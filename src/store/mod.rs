@@ -49,7 +49,7 @@ mod writer;
 pub use crate::tree::{Version, join_logical};
 pub use chunks::ChunkStore;
 pub use conflict::{Conflict, Force};
-pub use diff::{Side, diff_trees, entry_at};
+pub use diff::{DiffScope, Side, diff_trees, entry_at};
 pub use error::StoreError;
 pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;

@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Generation, Store, StoreError, diff_trees};
+use super::{DiffScope, Generation, Store, StoreError, diff_trees};
 use crate::config::KeepPolicy;
 use crate::hash::Hash;
 use crate::tree::{RootSet, Timestamp};
@@ -108,7 +108,7 @@ pub fn plan(
         let mut newer = current.unwrap_or(&order[0].roots);
         for g in &order {
             let mut paths: Vec<Vec<u8>> = Vec::new();
-            diff_trees(store, &g.roots, newer, &mut |path, old, new| {
+            diff_trees(store, &g.roots, newer, DiffScope::OldSides, &mut |path, old, new| {
                 let ids = seen.entry(path.to_vec()).or_insert_with(|| {
                     // The first difference met walking back: the newer side
                     // is what the path holds now.
