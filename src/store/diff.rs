@@ -175,3 +175,80 @@ pub fn entry_at(store: &Store, roots: &RootSet, logical: &str, rest: &[&[u8]]) -
     }
     Ok(Some(side))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{NodeEntry, RootEntry};
+
+    /// A tree described as `(path, content)` pairs ("" content: a
+    /// directory), stored in `store`; returns its root set with one root
+    /// `/r`.
+    fn tree(store: &Store, files: &[(&str, &str)]) -> RootSet {
+        fn build(batch: &mut super::super::Batch<'_>, files: &[(&str, &str)], dir: &str) -> Hash {
+            let mut entries = Vec::new();
+            for (path, content) in files {
+                let Some(rest) = path.strip_prefix(dir) else { continue };
+                if rest.is_empty() || rest[1..].contains('/') {
+                    continue;
+                }
+                let name = rest.as_bytes()[1..].to_vec();
+                let body = if content.is_empty() {
+                    Body::Dir { tree: build(batch, files, path) }
+                } else {
+                    Body::File {
+                        size: content.len() as u64,
+                        content: Hash(*blake3::hash(content.as_bytes()).as_bytes()),
+                    }
+                };
+                entries.push(NodeEntry { name, meta: Meta::default(), body });
+            }
+            let node = Node::from_unsorted(entries).unwrap();
+            let encoded = node.encode();
+            let manifest = vec![Vec::new(); node.entries.len()];
+            batch.put_node_encoded(&node.hash(), &encoded, &super::super::encode_manifest(&manifest));
+            node.hash()
+        }
+        let w = store.writer_blocking();
+        let mut batch = store.batch(&w);
+        let root = build(&mut batch, files, "/r");
+        batch.commit().unwrap();
+        RootSet {
+            roots: vec![("/r".into(), Some(RootEntry { meta: Meta::default(), body: Body::Dir { tree: root } }))],
+        }
+    }
+
+    fn diff(store: &Store, a: &RootSet, b: &RootSet, scope: DiffScope) -> Vec<String> {
+        let mut out = Vec::new();
+        diff_trees(store, a, b, scope, &mut |p, o, n| {
+            let what = match (o, n) {
+                (None, _) => "added",
+                (_, None) => "removed",
+                _ => "changed",
+            };
+            out.push(format!("{what} {}", String::from_utf8_lossy(p)));
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn only_what_differs_is_reported_and_only_old_sides_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = tree(&store, &[("/r/same", "s"), ("/r/d", ""), ("/r/d/x", "1"), ("/r/gone", ""), ("/r/gone/y", "y")]);
+        let b = tree(&store, &[("/r/same", "s"), ("/r/d", ""), ("/r/d/x", "2"), ("/r/new", ""), ("/r/new/z", "z")]);
+        assert_eq!(
+            diff(&store, &a, &b, DiffScope::All),
+            ["changed /r/d/x", "removed /r/gone", "removed /r/gone/y", "added /r/new", "added /r/new/z"]
+        );
+        assert_eq!(
+            diff(&store, &a, &b, DiffScope::OldSides),
+            ["changed /r/d/x", "removed /r/gone", "removed /r/gone/y", "added /r/new"]
+        );
+        assert!(diff(&store, &a, &a, DiffScope::All).is_empty());
+        let e = entry_at(&store, &b, "/r", &[b"d", b"x"]).unwrap().unwrap();
+        assert!(matches!(e.body, Body::File { size: 1, .. }));
+        assert_eq!(entry_at(&store, &b, "/r", &[b"gone"]).unwrap(), None);
+    }
+}

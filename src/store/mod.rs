@@ -13,6 +13,9 @@
 //!   (tree hash → the chunk lists of the node's files, in entry order) are
 //!   content-addressed and shared by the live tree and every generation.
 //! - A *generation* ([`Generation`]) is a recorded root set of one group.
+//!   Which generations stay is the *retention* plan (`retention.rs`),
+//!   built on the differences between consecutive generations
+//!   (`diff.rs`); the collector (`gc.rs`) drops the others.
 //!
 //! The state directory, its lock and its database are readable by their
 //! owner only; opening the store tightens any looser mode it finds
