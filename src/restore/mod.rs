@@ -166,7 +166,11 @@ impl Engine {
         let matcher = to.is_none().then_some(&self.groups[gi].matcher);
         let mut planner = plan::Planner { store: &self.store, matcher, changes: Vec::new() };
         for (root, local, want) in &targets {
-            let (_, dest) = place(to, root, local);
+            let (base, dest) = place(to, root, local);
+            // What the restore would refuse, the dry run refuses too (and
+            // reads nothing through the link).
+            crate::fs::no_links_between(&base, &dest)
+                .map_err(|e| EngineError::Refused(format!("would not restore {}: {e}", dest.display())))?;
             planner.path(&dest, want.as_ref())?;
         }
         Ok(RestorePlan { generation: id, changes: planner.changes })

@@ -33,6 +33,8 @@ fn restore_never_writes_through_a_directory_replaced_by_a_symlink() {
     std::fs::remove_dir_all(n.tree().join("d")).unwrap();
     std::fs::create_dir_all(n.path("outside")).unwrap();
     std::os::unix::fs::symlink(n.path("outside"), n.tree().join("d")).unwrap();
+    // The dry run refuses what the restore would refuse.
+    n.cmd().args(["restore", "--dry-run", "--generation", "1"]).arg(n.tree().join("d/f")).assert().code(1);
     n.cmd().args(["restore", "--generation", "1"]).arg(n.tree().join("d/f")).assert().code(1);
     assert!(!n.path("outside/f").exists());
 }
