@@ -2,9 +2,9 @@
 //! hold, one path across all of them or all paths between two of them.
 //!
 //! Terms: a *version* of a path is what it holds in a generation when that
-//! differs from what it held in the generation before (see
-//! [`crate::store::Side::same_entry`]); a path that disappears has a
-//! *deleted* version. Both commands are read-only. "Now" is the group's
+//! differs from what it held in the generation before: kind, metadata and
+//! content (for a directory, its tree hash: anything below it); a path
+//! that disappears has a *deleted* version. Both commands are read-only. "Now" is the group's
 //! tree as the last check recorded it.
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,6 @@ use serde::Serialize;
 
 use super::ls::{local_path, lossy};
 use super::{Engine, EngineError};
-use crate::hash::Hash;
 use crate::store::{DiffScope, Side, diff_trees, entry_at};
 use crate::tree::{Body, Timestamp};
 
@@ -99,15 +98,14 @@ impl Engine {
         let rest = abs.strip_prefix(&root.local).expect("root_of_local checked it");
         let names: Vec<&[u8]> = rest.iter().map(std::os::unix::ffi::OsStrExt::as_bytes).collect();
         let mut versions: Vec<HistoryVersion> = Vec::new();
-        let mut last: Option<Option<Hash>> = None;
+        let mut last: Option<Option<Side>> = None;
         for g in self.store.generations()?.iter().filter(|g| g.group == group.name) {
             let side = entry_at(&self.store, &g.roots, &root.logical, &names)?;
-            let id = side.as_ref().map(Side::identity);
             // The path's first appearance, and every change after it.
-            if last.as_ref() == Some(&id) || (last.is_none() && id.is_none()) {
+            if last.as_ref() == Some(&side) || (last.is_none() && side.is_none()) {
                 continue;
             }
-            last = Some(id);
+            last = Some(side.clone());
             let (size, hash, target) = match side.as_ref().map(|s| &s.body) {
                 Some(Body::File { size, content }) => (Some(*size), Some(content.to_hex()), None),
                 Some(Body::Dir { tree }) => (None, Some(tree.to_hex()), None),
