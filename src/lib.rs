@@ -26,7 +26,8 @@
 //!   placement checked by inode, a journal of temporaries and a staging
 //!   area for chunks (uses `store` for the umask the process started with).
 //! - [`scan`]: the parallel walk of included trees with the stat cache.
-//! - [`engine`]: one node's local operations (check, ls, verify, force, gc).
+//! - [`engine`]: one node's local operations (check, ls, verify, force, gc,
+//!   history).
 //! - [`restore`]: writing a generation back to disk, verified.
 //! - [`net`]: QUIC endpoint, group CA, node certificates, pins.
 //! - [`proto`]: peer protocol messages, framing, limits and validation

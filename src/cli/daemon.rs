@@ -203,7 +203,7 @@ fn absolutize(cmd: &mut Command, cwd: &Path) {
             to.iter_mut().for_each(fix);
         }
         Command::Ls { path } => path.iter_mut().for_each(fix),
-        Command::Diff { path, .. } => fix(path),
+        Command::Diff { path, .. } | Command::History { path } => fix(path),
         _ => {}
     }
 }

@@ -193,6 +193,7 @@ pub fn run(dir: Option<&Path>) -> Result<()> {
 
     step("beta's generations: every applied change is restorable");
     demo.run("beta", &["generations"])?;
+    demo.run("beta", &["history", &edited.to_string_lossy()])?;
     let listed = demo.command("beta", &["--json", "generations"]).output()?;
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).context("reading generations")?;
     let oldest = listed["generations"][0]["id"].as_u64().context("beta has no generation")?.to_string();

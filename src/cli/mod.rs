@@ -51,6 +51,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/snapsync";
         snapsync status --json         what differs, for monitoring (exit 3: differences)\n  \
         snapsync diff /etc/hosts       compare one file with every peer: a unified diff\n  \
         snapsync force -r /srv/www     the local version of /srv/www wins its conflicts\n  \
+        snapsync history /etc/hosts    every kept version of one file\n  \
         snapsync restore --generation 12 /srv/www/index.html\n\n\
         Exit status: 0 success, 1 runtime failure, 2 usage or configuration error,\n\
         3 finished with conflicts or differences left."
@@ -147,11 +148,20 @@ pub enum Command {
         #[command(flatten)]
         no_node: NoNode,
     },
-    /// List backup generations.
+    /// List backup generations and why each is kept.
     Generations {
         /// Only these groups.
         #[arg(long, value_delimiter = ',')]
         group: Vec<String>,
+        /// List the paths that differ between generations N and M (or N
+        /// and the current tree) instead.
+        #[arg(long, num_args = 1..=2, value_names = ["N", "M"])]
+        diff: Vec<u64>,
+    },
+    /// List every kept version of PATH.
+    History {
+        /// The path.
+        path: PathBuf,
     },
     /// Bring back the tree (or PATHs) as a generation had it.
     Restore {
@@ -163,6 +173,9 @@ pub enum Command {
         /// Write the restored tree below DIR instead, touching nothing else.
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+        /// List what would be written and removed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check, then reconcile with every reachable peer.
     Sync(#[command(flatten)] ReconcileArgs),
@@ -236,7 +249,7 @@ pub enum Command {
         #[arg(long, value_name = "HOST")]
         peer: String,
     },
-    /// Drop generations beyond backup-generations and free unused space.
+    /// Drop generations no retention rule keeps and free unused space.
     Gc,
     /// Re-read tracked files and stored chunks and check their hashes.
     Verify {
@@ -265,6 +278,7 @@ impl Command {
             Command::Ls { .. } => "ls",
             Command::Keygen { .. } => "keygen",
             Command::Generations { .. } => "generations",
+            Command::History { .. } => "history",
             Command::Restore { .. } => "restore",
             Command::Sync(_) => "sync",
             Command::Mark { .. } => "mark",
@@ -638,11 +652,31 @@ fn run_command(cli: &Cli, node: &Arc<Node>, caller: &Caller, out: &mut String) -
             output::ls(out, cli, &engine.ls(path.as_deref())?);
             EXIT_OK
         }
-        Command::Generations { group } => {
-            output::generations(out, cli, &engine.generations(group)?);
+        Command::Generations { group, diff } => {
+            match diff[..] {
+                [from, ..] => {
+                    let d = engine.generation_diff(from, diff.get(1).copied())?;
+                    output::generation_diff(out, cli, &d);
+                }
+                [] => output::generations(
+                    out,
+                    cli,
+                    &engine.groups,
+                    &engine.generations(group)?,
+                    &engine.retention(group)?,
+                ),
+            }
             EXIT_OK
         }
-        Command::Restore { generation, paths, to } => {
+        Command::History { path } => {
+            output::history(out, cli, &engine.history(path)?);
+            EXIT_OK
+        }
+        Command::Restore { generation, paths, to, dry_run: true } => {
+            output::restore_plan(out, cli, &engine.restore_plan(*generation, paths, to.as_deref())?);
+            EXIT_OK
+        }
+        Command::Restore { generation, paths, to, dry_run: false } => {
             let report =
                 node.write_blocking(|n, w| n.engine.restore(w, *generation, paths, to.as_deref(), progress))?;
             output::restore(out, cli, &report, to.as_deref());

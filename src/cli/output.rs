@@ -8,6 +8,7 @@
 //! own).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::json;
@@ -15,11 +16,12 @@ use serde_json::json;
 use super::Cli;
 use crate::config::ResolvedGroup;
 use crate::engine::{CheckReport, LsEntry, VerifyReport};
+use crate::engine::{GenerationDiff, History};
 use crate::peer::SyncReport;
 use crate::proto::ChangeAction;
-use crate::restore::RestoreReport;
+use crate::restore::{RestorePlan, RestoreReport};
 use crate::store::{Conflict, Force};
-use crate::store::{GcReport, Generation};
+use crate::store::{GcReport, Generation, KeepReason};
 use crate::tree::Timestamp;
 
 /// Appends a line to the command's output.
@@ -221,7 +223,66 @@ fn ls_time(raw: &str) -> String {
     }
 }
 
-pub(super) fn generations(o: &mut String, cli: &Cli, gens: &[Generation]) {
+/// Why a generation is kept, for people ("-" when the next collection
+/// drops it).
+fn kept_text(groups: &[ResolvedGroup], group: &str, reasons: &[KeepReason]) -> String {
+    if reasons.is_empty() {
+        return "- (dropped by the next gc)".to_owned();
+    }
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|r| match r {
+            KeepReason::Newest => "newest".to_owned(),
+            KeepReason::Restoring => "being restored".to_owned(),
+            KeepReason::RestoredBy(by) => format!("restored by generation {by}"),
+            KeepReason::Versions { paths: 1, example } => {
+                format!("a version of {}", local_text(groups, group, &String::from_utf8_lossy(example)))
+            }
+            KeepReason::Versions { paths, example } => format!(
+                "versions of {paths} paths ({}, ...)",
+                local_text(groups, group, &String::from_utf8_lossy(example))
+            ),
+            KeepReason::Within => "backup-keep within".to_owned(),
+            KeepReason::Bucket(rule) => format!("backup-keep {rule}"),
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// Why a generation is kept, as JSON objects.
+fn kept_json(groups: &[ResolvedGroup], group: &str, reasons: &[KeepReason]) -> Vec<serde_json::Value> {
+    let path = |logical: &[u8]| {
+        let logical = String::from_utf8_lossy(logical);
+        groups
+            .iter()
+            .find(|g| g.name == group)
+            .and_then(|g| g.to_local(Path::new(&*logical)))
+            .map_or_else(|| logical.to_string(), |p| p.to_string_lossy().into_owned())
+    };
+    reasons
+        .iter()
+        .map(|r| match r {
+            KeepReason::Newest => json!({ "reason": "newest" }),
+            KeepReason::Restoring => json!({ "reason": "restoring" }),
+            KeepReason::RestoredBy(by) => json!({ "reason": "restored", "by": by }),
+            KeepReason::Versions { paths, example } => {
+                json!({ "reason": "versions", "paths": paths, "example": path(example) })
+            }
+            KeepReason::Within => json!({ "reason": "within" }),
+            KeepReason::Bucket(rule) => json!({ "reason": rule }),
+        })
+        .collect()
+}
+
+pub(super) fn generations(
+    o: &mut String,
+    cli: &Cli,
+    groups: &[ResolvedGroup],
+    gens: &[Generation],
+    kept: &HashMap<u64, Vec<KeepReason>>,
+) {
+    let none = Vec::new();
+    let reasons = |g: &Generation| kept.get(&g.id).unwrap_or(&none);
     if cli.json {
         let list: Vec<_> = gens
             .iter()
@@ -235,6 +296,7 @@ pub(super) fn generations(o: &mut String, cli: &Cli, gens: &[Generation]) {
                     "bytes": g.bytes,
                     "added_bytes": g.added_bytes,
                     "root": g.roots.hash().to_hex(),
+                    "kept": kept_json(groups, &g.group, reasons(g)),
                 })
             })
             .collect();
@@ -247,18 +309,116 @@ pub(super) fn generations(o: &mut String, cli: &Cli, gens: &[Generation]) {
         }
         return;
     }
-    say!(o, "{:>5}  {:<20}  {:<12} {:>8} {:>11} {:>11}  CAUSE", "ID", "TIME", "GROUP", "ENTRIES", "SIZE", "ADDED");
-    for g in gens {
+    let causes: Vec<Cow<'_, str>> = gens.iter().map(|g| escape(&g.cause)).collect();
+    let width = causes.iter().map(|c| c.chars().count()).max().unwrap_or(0).max("CAUSE".len());
+    say!(
+        o,
+        "{:>5}  {:<20}  {:<12} {:>8} {:>11} {:>11}  {:<width$}  KEPT",
+        "ID",
+        "TIME",
+        "GROUP",
+        "ENTRIES",
+        "SIZE",
+        "ADDED",
+        "CAUSE"
+    );
+    for (g, cause) in gens.iter().zip(&causes) {
         say!(
             o,
-            "{:>5}  {:<20}  {:<12} {:>8} {:>11} {:>11}  {}",
+            "{:>5}  {:<20}  {:<12} {:>8} {:>11} {:>11}  {:<width$}  {}",
             g.id,
             time(g.time),
             g.group,
             g.entries,
             bytes(g.bytes),
             bytes(g.added_bytes),
-            escape(&g.cause)
+            cause,
+            kept_text(groups, &g.group, reasons(g))
+        );
+    }
+}
+
+pub(super) fn generation_diff(o: &mut String, cli: &Cli, d: &GenerationDiff) {
+    if cli.json {
+        print_json(o, &serde_json::to_value(d).expect("report serializes"));
+        return;
+    }
+    let to = d.to.map_or_else(|| "the current tree".to_owned(), |m| format!("generation {m}"));
+    let lines = d.changes.iter().map(|c| format!("{:<8} {:<7} {}", c.change, c.kind, escape_path(&c.path)));
+    list_lines(o, cli, "", lines);
+    if !cli.quiet {
+        say!(
+            o,
+            "{} differ between generation {} and {to} (group {})",
+            count(d.changes.len() as u64, "path", "paths"),
+            d.from,
+            d.group
+        );
+    }
+}
+
+pub(super) fn history(o: &mut String, cli: &Cli, h: &History) {
+    if cli.json {
+        let mut v = serde_json::to_value(h).expect("report serializes");
+        for (x, version) in h.versions.iter().zip(v["versions"].as_array_mut().expect("a list")) {
+            version["time"] = json!(time(x.time));
+        }
+        print_json(o, &v);
+        return;
+    }
+    if h.versions.is_empty() {
+        if !cli.quiet {
+            say!(o, "no kept generation holds {}", escape_path(&h.path));
+        }
+        return;
+    }
+    say!(o, "{:>5}  {:<20}  {:<7} {:>11}  {:<16}  CAUSE", "GEN", "TIME", "KIND", "SIZE", "HASH");
+    for v in &h.versions {
+        let kind = if v.deleted { "deleted" } else { v.kind.unwrap_or("-") };
+        let size = v.size.map_or_else(|| "-".to_owned(), bytes);
+        let hash = match (&v.hash, &v.target) {
+            (Some(h), _) => h.chars().take(16).collect::<String>(),
+            (None, Some(t)) => format!("-> {}", escape(t)),
+            (None, None) => "-".to_owned(),
+        };
+        say!(
+            o,
+            "{:>5}  {:<20}  {:<7} {:>11}  {:<16}  {}",
+            v.generation,
+            time(v.time),
+            kind,
+            size,
+            hash,
+            escape(&v.cause)
+        );
+    }
+    if !cli.quiet {
+        say!(
+            o,
+            "{} of {} kept (group {}); `snapsync restore --generation N PATH` brings one back",
+            count(h.versions.len() as u64, "version", "versions"),
+            escape_path(&h.path),
+            h.group
+        );
+    }
+}
+
+pub(super) fn restore_plan(o: &mut String, cli: &Cli, p: &RestorePlan) {
+    if cli.json {
+        print_json(o, &serde_json::to_value(p).expect("report serializes"));
+        return;
+    }
+    let lines = p.changes.iter().map(|c| format!("would {:<6} {:<7} {}", c.action, c.kind, escape_path(&c.path)));
+    list_lines(o, cli, "", lines);
+    if !cli.quiet {
+        let writes = p.changes.iter().filter(|c| c.action == "write").count() as u64;
+        let removes = p.changes.len() as u64 - writes;
+        say!(
+            o,
+            "restoring generation {} would write {} and remove {} (dry run: nothing changed)",
+            p.generation,
+            count(writes, "entry", "entries"),
+            count(removes, "entry", "entries")
         );
     }
 }

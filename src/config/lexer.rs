@@ -61,11 +61,12 @@ pub(crate) enum Keyword {
     Tempdir,
     BackupDirectory,
     BackupGenerations,
+    BackupKeep,
     NoCygwinLowercase,
 }
 
 impl Keyword {
-    const ALL: [Keyword; 23] = [
+    const ALL: [Keyword; 24] = [
         Keyword::Nossl,
         Keyword::Ignore,
         Keyword::Database,
@@ -88,6 +89,7 @@ impl Keyword {
         Keyword::Tempdir,
         Keyword::BackupDirectory,
         Keyword::BackupGenerations,
+        Keyword::BackupKeep,
         Keyword::NoCygwinLowercase,
     ];
 
@@ -120,6 +122,7 @@ impl Keyword {
             Keyword::Tempdir => "tempdir",
             Keyword::BackupDirectory => "backup-directory",
             Keyword::BackupGenerations => "backup-generations",
+            Keyword::BackupKeep => "backup-keep",
             Keyword::NoCygwinLowercase => "no-cygwin-lowercase",
         }
     }

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 pub use model::{
-    Action, AutoPolicy, DEFAULT_BACKUP_GENERATIONS, Group, HostEntry, Ignore, Pattern, PatternKind, Prefix,
+    Action, AutoPolicy, DEFAULT_BACKUP_GENERATIONS, Group, HostEntry, Ignore, KeepPolicy, Pattern, PatternKind, Prefix,
     PrefixEntry, UnknownAutoPolicy,
 };
 pub use pattern::{Class, Matcher};

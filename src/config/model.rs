@@ -22,6 +22,29 @@ use super::Location;
 /// csync2's default for `backup-generations`.
 pub const DEFAULT_BACKUP_GENERATIONS: u32 = 3;
 
+/// `backup-keep RULE VALUE ...;`: generations kept by age, beyond the
+/// previous versions of paths (restic's `forget` policies).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeepPolicy {
+    /// Keep every generation younger than this many seconds.
+    pub within: Option<u64>,
+    /// Newest generation of each of the last N hours that have one.
+    pub hourly: u32,
+    /// Of each of the last N days.
+    pub daily: u32,
+    /// Of each of the last N weeks (Monday to Sunday).
+    pub weekly: u32,
+    /// Of each of the last N months.
+    pub monthly: u32,
+}
+
+impl KeepPolicy {
+    /// Whether the policy keeps nothing.
+    pub fn is_empty(&self) -> bool {
+        self.within.is_none() && self.hourly == 0 && self.daily == 0 && self.weekly == 0 && self.monthly == 0
+    }
+}
+
 /// One `group NAME { ... }` block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -44,6 +67,8 @@ pub struct Group {
     pub backup_directory: Option<String>,
     /// `backup-generations N;`, [`DEFAULT_BACKUP_GENERATIONS`] when absent.
     pub backup_generations: u32,
+    /// `backup-keep ...;`; the last one wins. Empty when absent.
+    pub backup_keep: KeepPolicy,
     /// The group's `action { ... }` blocks in the order written.
     pub actions: Vec<Action>,
     /// Where the `group` keyword is.

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use super::lexer::{Keyword, Token, TokenKind};
 use super::model::{
-    Action, AutoPolicy, DEFAULT_BACKUP_GENERATIONS, Group, HostEntry, Ignore, Pattern, PatternKind, Prefix,
+    Action, AutoPolicy, DEFAULT_BACKUP_GENERATIONS, Group, HostEntry, Ignore, KeepPolicy, Pattern, PatternKind, Prefix,
     PrefixEntry, strip_trailing_slashes,
 };
 use super::prefix::split_ref;
@@ -43,7 +43,7 @@ pub(crate) struct Parsed {
 const TOP_LEVEL: &str =
     "a top-level directive (group, prefix, ignore, config, nossl, database, tempdir, lock-timeout, port)";
 const GROUP_LEVEL: &str = "a directive (host, key, include, exclude, compare, auto, action, backup-directory, \
-     backup-generations) or '}' to end the group";
+     backup-generations, backup-keep) or '}' to end the group";
 const ACTION_LEVEL: &str =
     "an action directive (pattern, exec, logfile, do-local, do-local-only) or '}' to end the action";
 
@@ -251,6 +251,7 @@ impl Parser {
             auto: AutoPolicy::None,
             backup_directory: None,
             backup_generations: DEFAULT_BACKUP_GENERATIONS,
+            backup_keep: KeepPolicy::default(),
             actions: Vec::new(),
             location,
         };
@@ -342,12 +343,59 @@ impl Parser {
                         found: value,
                     })?;
                 }
+                Keyword::BackupKeep => g.backup_keep = self.backup_keep()?,
                 Keyword::Action => g.actions.push(self.action()?),
                 _ => return Err(Self::error(&t, GROUP_LEVEL)),
             }
         }
         self.out.groups.push(g);
         Ok(())
+    }
+
+    /// `backup-keep` arguments up to `;`: one or more of `within DURATION`
+    /// (`36h`, `2days`, `1week`), `hourly N`, `daily N`, `weekly N`,
+    /// `monthly N`. A rule given twice takes its last value.
+    fn backup_keep(&mut self) -> Result<KeepPolicy, ConfigError> {
+        const RULES: &str = "a rule (within, hourly, daily, weekly, monthly)";
+        let mut keep = KeepPolicy::default();
+        let mut any = false;
+        loop {
+            let t = self.next();
+            let rule = match (&t.kind, t.string()) {
+                (TokenKind::Semicolon, _) if any => return Ok(keep),
+                (_, Some(s)) => s.to_string(),
+                _ => {
+                    let expected = format!("a backup-keep {}{}", &RULES[2..], if any { " or ';'" } else { "" });
+                    return Err(Self::error(&t, expected));
+                }
+            };
+            let invalid = |location: Location, expected: String, found: String| ConfigError::InvalidValue {
+                location,
+                directive: "backup-keep",
+                expected,
+                found,
+            };
+            let slot = match rule.as_str() {
+                "within" => {
+                    let (value, location) = self.string("a duration such as 36h, 14days or 2weeks")?;
+                    let d = humantime::parse_duration(&value).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                        invalid(location, "a duration such as 36h, 14days or 2weeks after within".into(), value)
+                    })?;
+                    keep.within = Some(d.as_secs().max(1));
+                    any = true;
+                    continue;
+                }
+                "hourly" => &mut keep.hourly,
+                "daily" => &mut keep.daily,
+                "weekly" => &mut keep.weekly,
+                "monthly" => &mut keep.monthly,
+                _ => return Err(invalid(t.location, RULES.to_owned(), rule)),
+            };
+            let (value, location) = self.string("a number")?;
+            *slot = parse_decimal(&value)
+                .ok_or_else(|| invalid(location, format!("a number from 0 to {} after {rule}", u32::MAX), value))?;
+            any = true;
+        }
     }
 
     /// `host` arguments up to `;`: `name`, `name@addr`, `( ... )`.
@@ -481,6 +529,7 @@ fn is_group_keyword(k: Keyword) -> bool {
             | Keyword::Action
             | Keyword::BackupDirectory
             | Keyword::BackupGenerations
+            | Keyword::BackupKeep
     )
 }
 

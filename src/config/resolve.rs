@@ -58,8 +58,10 @@ pub struct ResolvedGroup {
     pub ignore: Ignore,
     /// The backup directory, prefix expanded.
     pub backup_directory: Option<PathBuf>,
-    /// How many backup generations to keep.
+    /// How many previous versions of each path to keep.
     pub backup_generations: u32,
+    /// Generations kept by age (`backup-keep`).
+    pub backup_keep: super::KeepPolicy,
     /// The group's actions, patterns prefix expanded.
     pub actions: Vec<Action>,
     /// Where the group is defined.
@@ -228,6 +230,7 @@ impl Config {
             ignore: self.ignore,
             backup_directory,
             backup_generations: g.backup_generations,
+            backup_keep: g.backup_keep.clone(),
             actions,
             location: g.location.clone(),
             left_count,

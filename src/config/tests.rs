@@ -147,7 +147,7 @@ fn unknown_directive_names_its_line_and_column() {
     let e = parse(src).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains(":4:"), "{msg}");
-    insta::assert_snapshot!(msg, @r#"/etc/snapsync.cfg:4:2: expected a directive (host, key, include, exclude, compare, auto, action, backup-directory, backup-generations) or '}' to end the group, found "frobnicate""#);
+    insta::assert_snapshot!(msg, @r#"/etc/snapsync.cfg:4:2: expected a directive (host, key, include, exclude, compare, auto, action, backup-directory, backup-generations, backup-keep) or '}' to end the group, found "frobnicate""#);
     assert_eq!(e.location().map(|l| (l.line, l.column)), Some((4, 2)));
 
     insta::assert_snapshot!(err("frobnicate;"), @r#"/etc/snapsync.cfg:1:1: expected a top-level directive (group, prefix, ignore, config, nossl, database, tempdir, lock-timeout, port), found "frobnicate""#);
@@ -163,7 +163,7 @@ fn syntax_errors_say_what_was_expected_and_found() {
     insta::assert_snapshot!(err("group g{ }"), @r#"/etc/snapsync.cfg:1:10: expected '{' to start the group body ("g{" was read as the group name: put a space before '{'), found '}'"#);
     insta::assert_snapshot!(err("prefix p { on h:/x; }"), @"/etc/snapsync.cfg:1:19: expected ':' after the host name pattern (a ':' needs white space after it), found ';'");
     insta::assert_snapshot!(err("group g { action { frob; } }"), @r#"/etc/snapsync.cfg:1:20: expected an action directive (pattern, exec, logfile, do-local, do-local-only) or '}' to end the action, found "frob""#);
-    insta::assert_snapshot!(err("group g { key /k; do-local; }"), @r#"/etc/snapsync.cfg:1:19: expected a directive (host, key, include, exclude, compare, auto, action, backup-directory, backup-generations) or '}' to end the group, found keyword "do-local""#);
+    insta::assert_snapshot!(err("group g { key /k; do-local; }"), @r#"/etc/snapsync.cfg:1:19: expected a directive (host, key, include, exclude, compare, auto, action, backup-directory, backup-generations, backup-keep) or '}' to end the group, found keyword "do-local""#);
 }
 
 #[test]
@@ -185,6 +185,25 @@ fn semantic_errors() {
     assert!(err("group g { key %k%/key; }").contains("unknown prefix %k%"));
     assert!(err("group g { key /k; backup-directory %b%/x; }").contains("unknown prefix %b%"));
     assert!(err("group g { key /k; action { pattern %a%/x; } }").contains("unknown prefix %a%"));
+}
+
+#[test]
+fn backup_keep_takes_rules_with_values() {
+    let c = parse_ok("group g { key /k; backup-keep hourly 24 daily 14 weekly 8 monthly 6 within 2days; }");
+    let want = KeepPolicy { within: Some(2 * 86_400), hourly: 24, daily: 14, weekly: 8, monthly: 6 };
+    assert_eq!(c.groups[0].backup_keep, want);
+    let c = parse_ok("group g { key /k; backup-keep daily 7; backup-keep hourly 3; }");
+    assert_eq!(c.groups[0].backup_keep, KeepPolicy { hourly: 3, ..KeepPolicy::default() }, "the last one wins");
+    assert_eq!(parse_ok("group g { key /k; }").groups[0].backup_keep, KeepPolicy::default());
+}
+
+#[test]
+fn backup_keep_errors_name_file_line_and_the_bad_value() {
+    insta::assert_snapshot!(err("group g { key /k;\n backup-keep hourly many; }"), @r#"/etc/snapsync.cfg:2:21: backup-keep: expected a number from 0 to 4294967295 after hourly, found "many""#);
+    insta::assert_snapshot!(err("group g { key /k;\n backup-keep yearly 3; }"), @r#"/etc/snapsync.cfg:2:14: backup-keep: expected a rule (within, hourly, daily, weekly, monthly), found "yearly""#);
+    insta::assert_snapshot!(err("group g { key /k;\n backup-keep within soon; }"), @r#"/etc/snapsync.cfg:2:21: backup-keep: expected a duration such as 36h, 14days or 2weeks after within, found "soon""#);
+    insta::assert_snapshot!(err("group g { key /k;\n backup-keep; }"), @"/etc/snapsync.cfg:2:13: expected a backup-keep rule (within, hourly, daily, weekly, monthly), found ';'");
+    insta::assert_snapshot!(err("group g { key /k;\n backup-keep daily 3 }"), @"/etc/snapsync.cfg:2:22: expected a backup-keep rule (within, hourly, daily, weekly, monthly) or ';', found '}'");
 }
 
 #[test]

@@ -73,15 +73,16 @@ impl Engine {
     }
 
     /// Whether the collector has work even though no tree changed: some
-    /// group holds more generations than it keeps (its `backup-generations`
-    /// was lowered, or its backups turned off), or the state holds a group
-    /// the configuration no longer lists.
+    /// group holds a generation its retention no longer keeps (its
+    /// `backup-generations` was lowered, its backups turned off, or a
+    /// `backup-keep` bucket aged out), or the state holds a group the
+    /// configuration no longer lists. The plan follows only what changed
+    /// between generations, so asking costs little.
     fn needs_collection(&self) -> Result<bool, EngineError> {
         if self.store.groups_with_state()?.iter().any(|g| self.group_index(g).is_none()) {
             return Ok(true);
         }
-        let gens = self.store.generations()?;
-        Ok(self.groups.iter().any(|g| gens.iter().filter(|x| x.group == g.name).count() > super::kept_generations(g)))
+        Ok(self.retention(&[])?.values().any(Vec::is_empty))
     }
 
     /// Like [`Engine::check`], naming the cause recorded with generations.
@@ -195,7 +196,9 @@ impl Engine {
                         root_chunks: out.root_chunks.clone(),
                         entries: out.entries,
                         bytes: out.bytes,
-                        added_bytes: out.added_bytes,
+                        // Counted by the store, so content a sync received
+                        // from a peer before this check counts too.
+                        added_bytes: cs.take_added(),
                     };
                     generation = Some(g.id);
                     batch.put_generation(&g);

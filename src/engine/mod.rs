@@ -13,12 +13,14 @@
 
 mod actions;
 mod check;
+mod history;
 mod ls;
 mod verify;
 
 pub(crate) use actions::shell_quote;
 pub use actions::{ActionQueue, run_actions};
 pub use check::{CheckReport, GroupCheck};
+pub use history::{DiffChange, GenerationDiff, History, HistoryVersion};
 pub use ls::LsEntry;
 pub use verify::{Mismatch, RepairReport, VerifyReport};
 
@@ -30,8 +32,8 @@ use crate::config::{Config, ConfigError, ResolvedGroup, canonical_host};
 use crate::key::KeyError;
 use crate::progress::Quiet;
 use crate::store::{
-    ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, Store, StoreError, Writer, collect_garbage,
-    join_logical,
+    ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, KeepReason, Retention, Store, StoreError, Writer,
+    collect_garbage, join_logical, retention_plan,
 };
 use crate::tree::{Kind, Timestamp};
 
@@ -252,21 +254,39 @@ impl Engine {
         Ok(self.store.generations()?.into_iter().filter(|g| only.is_empty() || only.contains(&g.group)).collect())
     }
 
-    /// Drops generations beyond each group's `backup-generations` and
-    /// frees what nothing kept references.
+    /// Why each generation of all groups (or of `only`) is kept; one
+    /// with no reason goes at the next collection. Read-only.
+    pub fn retention(&self, only: &[String]) -> Result<HashMap<u64, Vec<KeepReason>>, EngineError> {
+        let all = self.generations(only)?;
+        let mut out = HashMap::new();
+        for g in &self.groups {
+            let mine: Vec<&Generation> = all.iter().filter(|x| x.group == g.name).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let current = self.store.root_set(&g.name)?;
+            out.extend(retention_plan(&self.store, &mine, current.as_ref(), &retention(g), &[], Timestamp::now())?);
+        }
+        Ok(out)
+    }
+
+    /// Drops the generations no group's retention keeps any more and frees
+    /// what nothing kept references.
     pub fn gc(&self, w: &Writer) -> Result<GcReport, EngineError> {
+        self.gc_protecting(w, &[])
+    }
+
+    /// Like [`Engine::gc`], keeping the generations in `protected` (a
+    /// restore's source) whatever the retention says.
+    pub(crate) fn gc_protecting(&self, w: &Writer, protected: &[u64]) -> Result<GcReport, EngineError> {
         let groups: Vec<GcGroup<'_>> = self
             .groups
             .iter()
             .enumerate()
-            .map(|(i, g)| GcGroup {
-                name: &g.name,
-                keep: kept_generations(g) as u32,
-                chunk_store: self.group_chunks[i],
-            })
+            .map(|(i, g)| GcGroup { name: &g.name, retention: retention(g), chunk_store: self.group_chunks[i] })
             .collect();
         let stores: Vec<&ChunkStore> = self.chunk_stores.iter().map(|c| &**c).collect();
-        let report = collect_garbage(&self.store, w, &groups, &stores)?;
+        let report = collect_garbage(&self.store, w, &groups, &stores, protected)?;
         if !report.generations_dropped.is_empty() || report.chunks_freed > 0 {
             tracing::debug!(
                 "gc: dropped generations {:?}, freed {} chunks ({} bytes) and {} nodes",
@@ -330,10 +350,13 @@ fn check_group_keys(groups: &[ResolvedGroup]) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// How many generations a group keeps: `backup-generations` with a backup
-/// directory, none without.
-pub(crate) fn kept_generations(g: &ResolvedGroup) -> usize {
-    if g.backup_directory.is_some() { g.backup_generations as usize } else { 0 }
+/// How a group keeps generations: `backup-generations` and `backup-keep`
+/// with a backup directory, none without.
+pub(crate) fn retention(g: &ResolvedGroup) -> Retention {
+    if g.backup_directory.is_none() {
+        return Retention::default();
+    }
+    Retention { versions: g.backup_generations, keep: g.backup_keep.clone() }
 }
 
 /// Removes `.` and resolves `..` lexically: the walk never follows links,

@@ -14,6 +14,7 @@
 //! Directory mtimes are not restored: they are not part of the tree (see
 //! [`crate::tree`]).
 
+mod plan;
 pub(crate) mod write;
 
 use std::os::unix::ffi::OsStrExt;
@@ -35,6 +36,40 @@ pub(crate) struct Want {
     pub(crate) body: Body,
     /// The chunk list, for a file.
     pub(crate) chunks: Vec<ChunkRef>,
+}
+
+/// One restore target: (include root, local path, what the generation
+/// holds there).
+type Target = (PathBuf, PathBuf, Option<Want>);
+
+/// Where a restore writes `local` (below include root `root`): in place,
+/// or below `to`. Returns (the base the configuration or the operator
+/// named, the destination).
+fn place(to: Option<&Path>, root: &Path, local: &Path) -> (PathBuf, PathBuf) {
+    match to {
+        None => (root.to_path_buf(), local.to_path_buf()),
+        Some(dir) => (dir.to_path_buf(), dir.join(local.strip_prefix("/").unwrap_or(local))),
+    }
+}
+
+/// What `restore --dry-run` found it would do.
+#[derive(Debug, Default, Serialize)]
+pub struct RestorePlan {
+    /// The generation it would restore.
+    pub generation: u64,
+    /// What it would change, in the order it would.
+    pub changes: Vec<PlannedChange>,
+}
+
+/// One entry a restore would write or remove.
+#[derive(Debug, Serialize)]
+pub struct PlannedChange {
+    /// `write` (create or replace) or `remove`.
+    pub action: &'static str,
+    /// `file`, `dir` or `symlink`: what it writes, or what it removes.
+    pub kind: &'static str,
+    /// The path on this host.
+    pub path: PathBuf,
 }
 
 /// What a restore did.
@@ -67,16 +102,10 @@ impl RestoreReport {
 }
 
 impl Engine {
-    /// Restores `paths` (or the whole group) as generation `id` had them,
-    /// in place or below `to`, reporting to `progress`.
-    pub fn restore(
-        &self,
-        w: &Writer,
-        id: u64,
-        paths: &[PathBuf],
-        to: Option<&Path>,
-        progress: &dyn ProgressSink,
-    ) -> Result<RestoreReport, EngineError> {
+    /// The generation `id`, its group's index and the restore's targets:
+    /// (include root, local path, want) for each of `paths` (every
+    /// include root when none).
+    fn targets(&self, id: u64, paths: &[PathBuf]) -> Result<(Generation, usize, Vec<Target>), EngineError> {
         let generation = self.store.generation(id)?.ok_or_else(|| {
             EngineError::NotFound(format!("there is no generation {id}; `snapsync generations` lists them"))
         })?;
@@ -87,15 +116,14 @@ impl Engine {
             ))
         })?;
         let group = &self.groups[gi];
-        let chunks = self.chunk_store(gi).ok_or_else(|| {
-            EngineError::Usage(format!(
+        if self.chunk_store(gi).is_none() {
+            return Err(EngineError::Usage(format!(
                 "group {} has no backup-directory, so it keeps no content to restore",
                 group.name
-            ))
-        })?;
+            )));
+        }
 
-        // (root, local path, want) for each target.
-        let mut targets: Vec<(PathBuf, PathBuf, Option<Want>)> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         if paths.is_empty() {
             for r in &group.roots {
                 if !generation.roots.roots.iter().any(|(l, _)| *l == r.logical) {
@@ -127,6 +155,40 @@ impl Engine {
                 targets.push((root.local.clone(), abs.clone(), self.want_at(&generation, &root.logical, rest)?));
             }
         }
+        Ok((generation, gi, targets))
+    }
+
+    /// `restore --dry-run`: what restoring `paths` (or the whole group) as
+    /// generation `id` had them, in place or below `to`, would write and
+    /// remove. Reads the disk, changes nothing.
+    pub fn restore_plan(&self, id: u64, paths: &[PathBuf], to: Option<&Path>) -> Result<RestorePlan, EngineError> {
+        let (_, gi, targets) = self.targets(id, paths)?;
+        let matcher = to.is_none().then_some(&self.groups[gi].matcher);
+        let mut planner = plan::Planner { store: &self.store, matcher, changes: Vec::new() };
+        for (root, local, want) in &targets {
+            let (base, dest) = place(to, root, local);
+            // What the restore would refuse, the dry run refuses too (and
+            // reads nothing through the link).
+            crate::fs::no_links_between(&base, &dest)
+                .map_err(|e| EngineError::Refused(format!("would not restore {}: {e}", dest.display())))?;
+            planner.path(&dest, want.as_ref())?;
+        }
+        Ok(RestorePlan { generation: id, changes: planner.changes })
+    }
+
+    /// Restores `paths` (or the whole group) as generation `id` had them,
+    /// in place or below `to`, reporting to `progress`.
+    pub fn restore(
+        &self,
+        w: &Writer,
+        id: u64,
+        paths: &[PathBuf],
+        to: Option<&Path>,
+        progress: &dyn ProgressSink,
+    ) -> Result<RestoreReport, EngineError> {
+        let (_, gi, targets) = self.targets(id, paths)?;
+        let group = &self.groups[gi];
+        let chunks = self.chunk_store(gi).expect("checked by targets");
 
         let mut report = RestoreReport { generation: id, ..Default::default() };
         if to.is_none() {
@@ -159,10 +221,7 @@ impl Engine {
         }
 
         let task = progress.start(&format!("restoring generation {id}"), None, Unit::Items);
-        let place = |root: &PathBuf, local: &PathBuf| match to {
-            None => (root.clone(), local.clone()),
-            Some(dir) => (dir.to_path_buf(), dir.join(local.strip_prefix("/").unwrap_or(local))),
-        };
+        let place = |root: &PathBuf, local: &PathBuf| place(to, root, local);
         // A target that is its base itself (an include root, or what
         // `--to DIR` holds of one) sits in a directory the configuration
         // or the operator named: that one may be reached through a link.
@@ -201,7 +260,10 @@ impl Engine {
             )?;
             report.after = after.groups.iter().find_map(|g| g.generation);
             report.problems.extend(after.problems);
-            self.gc(w)?;
+            // The generation restored stays, whatever the retention says of
+            // it now that the state before the restore is recorded too: a
+            // restore never pushes out its own source (issue 10).
+            self.gc_protecting(w, &[id])?;
         }
         Ok(report)
     }

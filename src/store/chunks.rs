@@ -21,6 +21,7 @@
 //! disk) leaves fjall's database *poisoned*; the store reopens it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
@@ -34,6 +35,11 @@ pub struct ChunkStore {
     /// The open database; replaced when it is reopened after a failed
     /// write (as the state's, `Store::reopen`).
     h: RwLock<Option<Arc<Handles>>>,
+    /// Stored bytes of the chunks added since the last
+    /// [`ChunkStore::take_added`]: what the next generation recorded into
+    /// this store added, whether a scan read the content or a sync
+    /// received it from a peer.
+    added: AtomicU64,
 }
 
 struct Handles {
@@ -67,7 +73,7 @@ impl ChunkStore {
         super::private::private_dir(path)?;
         super::private::tighten_tree(path)?;
         let h = open_db(path).map_err(|e| StoreError::db(path, e))?;
-        Ok(ChunkStore { path: path.to_path_buf(), h: RwLock::new(Some(Arc::new(h))) })
+        Ok(ChunkStore { path: path.to_path_buf(), h: RwLock::new(Some(Arc::new(h))), added: AtomicU64::new(0) })
     }
 
     /// Opens the chunk store at `path` like [`ChunkStore::open`], and says
@@ -155,7 +161,16 @@ impl ChunkStore {
         let n = stored.len() as u64;
         let inserted = self.h().chunks.insert(hash.as_bytes(), stored);
         inserted.map_err(|e| self.write_err(e))?;
+        self.added.fetch_add(n, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// The stored bytes added since the last call (or since the store was
+    /// opened), and starts counting again. A generation takes them when it
+    /// is recorded; groups sharing a store are recorded one after another,
+    /// so each takes what its own run added.
+    pub fn take_added(&self) -> u64 {
+        self.added.swap(0, Ordering::Relaxed)
     }
 
     /// Reads a chunk back, decompressed and verified against its hash.

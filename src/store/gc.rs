@@ -1,5 +1,6 @@
-//! Garbage collection: drop generations beyond a group's limit and free
-//! every node and chunk that nothing kept refers to.
+//! Garbage collection: drop the generations a group's retention no longer
+//! keeps ([`super::retention`]) and free every node and chunk that nothing
+//! kept refers to.
 //!
 //! Mark and sweep rather than reference counts: the marks are recomputed
 //! from the roots each time, so a crash half-way through a collection, or a
@@ -13,10 +14,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::retention::{Retention, plan};
 use super::{ChunkStore, Store, StoreError, Writer, keyspace_keys};
 use crate::chunk::ChunkRef;
 use crate::hash::Hash;
-use crate::tree::{Body, RootSet};
+use crate::tree::{Body, RootSet, Timestamp};
 
 /// A root set to keep, with the chunk lists of its roots that are files.
 type KeptTree = (RootSet, Vec<Vec<ChunkRef>>);
@@ -24,7 +26,7 @@ type KeptTree = (RootSet, Vec<Vec<ChunkRef>>);
 /// What one collection freed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
-    /// Generation ids dropped because their group keeps fewer.
+    /// Generation ids dropped because no retention rule keeps them.
     pub generations_dropped: Vec<u64>,
     /// Groups whose state was dropped because the configuration no longer
     /// lists them for this host.
@@ -41,13 +43,15 @@ pub struct GcReport {
 pub struct GcGroup<'a> {
     /// The group's name.
     pub name: &'a str,
-    /// `backup-generations`: how many of its generations to keep.
-    pub keep: u32,
+    /// How it keeps generations.
+    pub retention: Retention,
     /// Index of its chunk store in the slice passed to [`collect_garbage`].
     pub chunk_store: Option<usize>,
 }
 
-/// Drops excess generations, then frees whatever nothing kept refers to.
+/// Drops the generations no retention rule keeps, then frees whatever
+/// nothing kept refers to. Generations in `protected` stay (a restore is
+/// using them).
 ///
 /// `groups` must list every group whose data lives in `store`; generations
 /// of a group not listed are dropped.
@@ -56,21 +60,29 @@ pub fn collect_garbage(
     w: &Writer,
     groups: &[GcGroup<'_>],
     chunk_stores: &[&ChunkStore],
+    protected: &[u64],
 ) -> Result<GcReport, StoreError> {
     let mut report = GcReport::default();
     let mut batch = store.batch(w);
 
     // Which generations stay.
     let mut kept: HashMap<&str, Vec<KeptTree>> = HashMap::new();
-    let mut all = store.generations()?;
-    all.sort_by_key(|g| std::cmp::Reverse(g.id));
-    let mut seen: HashMap<&str, u32> = HashMap::new();
+    let all = store.generations()?;
+    let now = Timestamp::now();
+    let mut keep_ids = HashSet::new();
+    for g in groups {
+        let mine: Vec<&super::Generation> = all.iter().filter(|x| x.group == g.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let current = store.root_set(g.name)?;
+        let reasons = plan(store, &mine, current.as_ref(), &g.retention, protected, now)?;
+        keep_ids.extend(reasons.into_iter().filter(|(_, r)| !r.is_empty()).map(|(id, _)| id));
+    }
     for g in &all {
         let group = groups.iter().find(|x| x.name == g.group);
-        let n = seen.entry(g.group.as_str()).or_default();
-        if group.is_some_and(|x| *n < x.keep) {
-            *n += 1;
-            kept.entry(group.expect("checked").name).or_default().push((g.roots.clone(), g.root_chunks.clone()));
+        if let Some(group) = group.filter(|_| keep_ids.contains(&g.id)) {
+            kept.entry(group.name).or_default().push((g.roots.clone(), g.root_chunks.clone()));
         } else {
             batch.remove_generation(g.id);
             report.generations_dropped.push(g.id);

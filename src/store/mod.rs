@@ -13,6 +13,9 @@
 //!   (tree hash → the chunk lists of the node's files, in entry order) are
 //!   content-addressed and shared by the live tree and every generation.
 //! - A *generation* ([`Generation`]) is a recorded root set of one group.
+//!   Which generations stay is the *retention* plan (`retention.rs`),
+//!   built on the differences between consecutive generations
+//!   (`diff.rs`); the collector (`gc.rs`) drops the others.
 //!
 //! The state directory, its lock and its database are readable by their
 //! owner only; opening the store tightens any looser mode it finds
@@ -34,12 +37,14 @@
 
 mod chunks;
 mod conflict;
+mod diff;
 mod error;
 mod gc;
 mod generation;
 mod marker;
 mod private;
 mod record;
+mod retention;
 mod writer;
 
 /// Version vectors and logical paths are the tree's vocabulary, which the
@@ -47,6 +52,7 @@ mod writer;
 pub use crate::tree::{Version, join_logical};
 pub use chunks::ChunkStore;
 pub use conflict::{Conflict, Force};
+pub use diff::{DiffScope, Side, diff_trees, entry_at};
 pub use error::StoreError;
 pub use gc::{GcGroup, GcReport, collect_garbage};
 pub use generation::Generation;
@@ -54,6 +60,7 @@ pub use private::{PRIVATE_UMASK, original_umask, restrict_umask};
 pub use record::{
     DirRecord, EntryRecord, Stat, dir_key, split_dir_key, version_digest, xor_dir_digest, xor_entry_digest,
 };
+pub use retention::{KeepReason, Retention, plan as retention_plan};
 pub use writer::Writer;
 
 use std::fs::{File, OpenOptions};

@@ -265,7 +265,10 @@ fn gc_keeps_only_the_configured_generations() {
     }
     let gens = n.json(&["generations"]);
     let ids: Vec<u64> = gens["generations"].as_array().unwrap().iter().map(|g| g["id"].as_u64().unwrap()).collect();
-    assert_eq!(ids, [3, 4], "every run collects beyond backup-generations");
+    // f holds its fourth content now; its two previous versions are in
+    // generations 2 and 3, and 4 is the newest. Generation 1 holds only
+    // the first content, a third previous version: dropped.
+    assert_eq!(ids, [2, 3, 4], "every run collects what no path needs");
     // Dropped generations' chunks are gone: restoring the kept ones works,
     // and verify finds every kept generation complete.
     n.cmd().arg("verify").assert().success();
@@ -572,5 +575,6 @@ fn lowering_backup_generations_prunes_on_the_next_check() {
     assert_eq!(r["groups"][0]["changed"], false);
     let ids: Vec<u64> =
         n.json(&["generations"])["generations"].as_array().unwrap().iter().map(|g| g["id"].as_u64().unwrap()).collect();
-    assert_eq!(ids, [3]);
+    // The newest, and the one holding f's single previous version.
+    assert_eq!(ids, [2, 3]);
 }

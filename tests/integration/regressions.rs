@@ -33,6 +33,8 @@ fn restore_never_writes_through_a_directory_replaced_by_a_symlink() {
     std::fs::remove_dir_all(n.tree().join("d")).unwrap();
     std::fs::create_dir_all(n.path("outside")).unwrap();
     std::os::unix::fs::symlink(n.path("outside"), n.tree().join("d")).unwrap();
+    // The dry run refuses what the restore would refuse.
+    n.cmd().args(["restore", "--dry-run", "--generation", "1"]).arg(n.tree().join("d/f")).assert().code(1);
     n.cmd().args(["restore", "--generation", "1"]).arg(n.tree().join("d/f")).assert().code(1);
     assert!(!n.path("outside/f").exists());
 }
@@ -59,9 +61,12 @@ fn whole_restore_leaves_an_include_the_generation_did_not_know() {
     let extra = format!("include {};", n.path("tree2").display());
     n.edit_config(|t| t.replace("other;", &format!("other;\n  {extra}")));
     write(&n.path("tree2/data"), b"precious");
+    // Generation 1 stays for f's previous version.
+    write(&n.tree().join("f"), b"2");
     n.cmd().arg("check").assert().success();
     n.cmd().args(["restore", "--generation", "1"]).assert().success();
     assert_eq!(std::fs::read(n.path("tree2/data")).unwrap(), b"precious");
+    assert_eq!(std::fs::read(n.tree().join("f")).unwrap(), b"1");
 }
 
 #[test]
