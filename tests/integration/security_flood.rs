@@ -180,19 +180,26 @@ impl Answers {
 
 /// Bytes waiting in the receive queue of the UDP socket bound to `addr`
 /// (from `/proc/net/udp`), and the datagrams it dropped.
+///
+/// The kernel writes that table a page at a time while sockets come and
+/// go (other tests run beside this one), so one read can miss a socket
+/// that exists: a few reads are made before the socket counts as gone.
 fn udp_queue(addr: SocketAddr) -> (u64, u64) {
     let SocketAddr::V4(v4) = addr else { panic!("IPv4 only") };
     let local = format!("{:08X}:{:04X}", u32::from_ne_bytes(v4.ip().octets()), v4.port());
-    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
-    table
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(1) == Some(&local.as_str()))
-        .map(|f| {
-            let rx = f[4].split(':').nth(1).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0);
-            (rx, f.last().and_then(|d| d.parse().ok()).unwrap_or(0))
-        })
-        .unwrap_or_else(|| panic!("no UDP socket on {addr} in /proc/net/udp"))
+    for _ in 0..5 {
+        let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+        let found = table.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find_map(|f| {
+            (f.get(1) == Some(&local.as_str())).then(|| {
+                let rx = f[4].split(':').nth(1).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0);
+                (rx, f.last().and_then(|d| d.parse().ok()).unwrap_or(0))
+            })
+        });
+        if let Some(q) = found {
+            return q;
+        }
+    }
+    panic!("no UDP socket on {addr} in /proc/net/udp (read 5 times): the daemon is gone")
 }
 
 /// Datagrams sent between two looks at the daemon's receive queue, and
