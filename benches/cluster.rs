@@ -16,6 +16,8 @@
 //!   fonts: incompressible), 40% are text-like tokens (scripts, styles:
 //!   zstd shrinks them a few times, csync2 sends them as they are).
 //!
+//! `SNAPSYNC_BENCH_WATCH_SAMPLES` sets how many single-file changes the
+//! watch-mode latency row takes (default 20, for its p50 and p99);
 //! `SNAPSYNC_BENCH_SKIP_CSYNC2=1` measures snapsync alone;
 //! `SNAPSYNC_BENCH_PEER_SPLIT=0` skips the one-peer/two-peer transfers;
 //! `SNAPSYNC_BENCH_DIR` moves the work directory (default
@@ -914,10 +916,7 @@ fn snapsync_many(bin: &Path, dir: &Path, shape: &Shape, f: &mut Figures, d: &mut
 
     let victims = victims(&tree);
     let before = daemons_cpu(&cl.daemons);
-    // Changes one at a time, a moment apart: each its own watch run.
-    let samples: usize = std::env::var("SNAPSYNC_BENCH_WATCH_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    for v in victims.iter().cycle().take(samples) {
-        std::thread::sleep(Duration::from_millis(200));
+    for v in &victims {
         touch_content(&cl.tree("a").join(v));
         let (t, _) = run(&mut cl.at("a", &["-q", "sync"]), &[0])?;
         f.one_change.push(t);
@@ -942,7 +941,10 @@ fn snapsync_many(bin: &Path, dir: &Path, shape: &Shape, f: &mut Figures, d: &mut
         d.watch_no_change.push(t);
     }
     println!("  no-change sync, watching: median {}", secs(median(&d.watch_no_change)));
-    for v in &victims {
+    // Changes one at a time, a moment apart: each its own watch run.
+    let samples: usize = std::env::var("SNAPSYNC_BENCH_WATCH_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    for v in victims.iter().cycle().take(samples) {
+        std::thread::sleep(Duration::from_millis(200));
         touch_content(&cl.tree("a").join(v));
         let want = std::fs::read(cl.tree("a").join(v)).unwrap();
         let start = Instant::now();

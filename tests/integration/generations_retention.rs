@@ -24,21 +24,26 @@ fn a_path_keeps_its_previous_versions_however_many_other_paths_change() {
     let keep = n.tree().join("keep.txt");
     write(&keep, &version(0));
     n.cmd().arg("check").assert().success(); // generation 1
-    // 30 more runs, each changing noise.txt; keep.txt changes in 4 of them.
+    // 200 more runs, each changing noise.txt; keep.txt changes in 4 of
+    // them.
+    const RUNS: u64 = 200;
+    const KEEP_CHANGES: [u64; 4] = [40, 90, 140, 190];
     let mut k = 0;
-    for i in 0..30u32 {
+    for i in 0..RUNS {
         write(&n.tree().join("noise.txt"), format!("run {i}").as_bytes());
-        if [5, 12, 19, 26].contains(&i) {
+        if KEEP_CHANGES.contains(&i) {
             k += 1;
             write(&keep, &version(k));
         }
         n.cmd().arg("check").assert().success(); // generation i + 2
     }
     // keep.txt holds version 4; the newest generations holding versions
-    // 3, 2 and 1 are those of runs 25, 18 and 11. noise.txt's previous
-    // versions are in runs 28, 27 and 26; run 29 is the newest.
+    // 3, 2 and 1 are those of the runs before its last three changes.
+    // noise.txt's previous versions are in the three runs before the
+    // last, which is the newest.
     let gen_of_run = |i: u64| i + 2;
-    let mut want: Vec<u64> = [11, 18, 25, 26, 27, 28, 29].into_iter().map(gen_of_run).collect();
+    let before_changes = KEEP_CHANGES[1..].iter().map(|c| c - 1);
+    let mut want: Vec<u64> = before_changes.chain([RUNS - 4, RUNS - 3, RUNS - 2, RUNS - 1]).map(gen_of_run).collect();
     want.sort_unstable();
     assert_eq!(ids(&n), want, "only the generations some path needs stay");
     let gens = n.json(&["generations"]);
