@@ -648,14 +648,7 @@ fn fewest(mut paths: Vec<PathBuf>, held: &[PathBuf], roots: &[PathBuf]) -> Vec<P
             paths.push(parent);
         }
     }
-    paths.sort();
-    let mut out: Vec<PathBuf> = Vec::new();
-    for p in paths {
-        if !out.last().is_some_and(|last| p.starts_with(last)) {
-            out.push(p);
-        }
-    }
-    out
+    crate::sync::minimal(paths)
 }
 
 #[cfg(test)]

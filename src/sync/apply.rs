@@ -1246,7 +1246,7 @@ fn open_parent(g: &ResolvedGroup, path: &Path) -> io::Result<Dir> {
 }
 
 /// The paths of `paths` not below another one of them.
-pub(super) fn minimal(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+pub(crate) fn minimal(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
     paths.sort();
     paths.dedup();
     let mut out: Vec<PathBuf> = Vec::new();

@@ -43,7 +43,7 @@ mod roots;
 mod walk;
 mod wire;
 
-pub(crate) use apply::max_chunks;
+pub(crate) use apply::{max_chunks, minimal};
 pub use decide::{
     ConflictKind, Decision, Resolution, Side, agreed_version, decide, decide_receive_only, merged_version, resolve,
     settled_version,
