@@ -29,6 +29,7 @@
 //! from cron answers without walking them.
 
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,24 +322,29 @@ impl Watch {
 
     /// Watches `top` and every directory below it that some group does
     /// not exclude.
+    ///
+    /// A local user may swap a directory of the tree for a symlink at any
+    /// moment, and inotify follows links in the path it is given. So each
+    /// directory is opened beneath its include root (no link followed),
+    /// listed through that descriptor, and its watch kept only if the path
+    /// still names the directory opened once the watch is in place: a
+    /// link cannot lead the watcher into, or through, trees outside.
     fn add_tree(&mut self, top: &Path) -> Result<(), ArmError> {
         let mut stack = vec![top.to_path_buf()];
         while let Some(dir) = stack.pop() {
             if self.watched.contains(&dir) {
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
-            if meta.file_type().is_symlink() {
+            let Some(opened) = self.open_beneath_root(&dir) else { continue };
+            let Ok(ident) = opened.as_file().and_then(|f| f.metadata()).map(|m| (m.dev(), m.ino())) else {
                 continue;
-            }
+            };
             if self.limit.is_some_and(|l| self.watched.len() >= l) {
                 return Err(ArmError::Limit(dir));
             }
             let Some((watcher, _)) = self.watcher.as_mut() else { return Ok(()) };
             match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    self.watched.insert(dir.clone());
-                }
+                Ok(()) => {}
                 Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => return Err(ArmError::Limit(dir)),
                 // Gone already, or unreadable: the scan reports it.
                 Err(e) => {
@@ -346,13 +352,18 @@ impl Watch {
                     continue;
                 }
             }
-            if !meta.is_dir() {
+            let same = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == ident);
+            if !same {
+                // Swapped while the watch was placed: the next event or
+                // full reconcile takes whatever is there now.
+                let _ = watcher.unwatch(&dir);
                 continue;
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let path = entry.path();
+            self.watched.insert(dir.clone());
+            let Ok(names) = opened.names() else { continue };
+            for name in names {
+                if opened.entry_type(&name).is_ok_and(|t| t == Some(crate::fs::EntryType::Dir)) {
+                    let path = dir.join(&name);
                     if !self.groups_of(&path).is_empty() {
                         stack.push(path);
                     }
@@ -360,6 +371,15 @@ impl Watch {
             }
         }
         Ok(())
+    }
+
+    /// Opens directory `dir` from the include root it is in, following
+    /// no symlink below the root; `None` when it is not a directory there
+    /// (gone, replaced, or in no root).
+    fn open_beneath_root(&self, dir: &Path) -> Option<crate::fs::Dir> {
+        let root = self.node.engine.groups.iter().find_map(|g| g.root_of_local(dir))?;
+        let rel = dir.strip_prefix(&root.local).ok()?;
+        crate::fs::Dir::open_beneath(&root.local, rel).ok()
     }
 
     /// Forgets the watches of `dir` and below (moved away or removed).

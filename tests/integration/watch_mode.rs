@@ -277,3 +277,34 @@ fn a_watching_daemon_stops_cleanly_during_a_run_and_catches_up_at_start() {
         }
     }
 }
+
+/// A symlink in a watched tree that leads outside it is not followed by
+/// the watcher: what changes out there starts no run (the link itself is
+/// synced as a link).
+#[test]
+fn a_symlink_out_of_the_tree_is_not_watched_through() {
+    let outside = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(3);
+    std::os::unix::fs::symlink(outside.path(), c.path("a", "linked")).unwrap();
+    for n in ["a", "b", "c"] {
+        c.start_with(n, &[OsStr::new("--watch")]);
+    }
+    for n in ["a", "b", "c"] {
+        wait_for_log(&c, n, FULL_RUN, 1);
+    }
+    let before = c.log("a").matches(WATCH_RUN).count();
+    // Events out there would come before the marker's: in its run, or in
+    // a run of their own before it.
+    for i in 0..20 {
+        write(&outside.path().join(format!("x{i}.txt")), b"outside");
+    }
+    for (k, marker) in ["marker-1.txt", "marker-2.txt"].into_iter().enumerate() {
+        write(&c.path("a", marker), marker.as_bytes());
+        wait_for_content(&c.path("b", marker), marker.as_bytes());
+        wait_for_log(&c, "a", WATCH_RUN, before + k + 1);
+    }
+    let log = c.log("a");
+    let runs: Vec<&str> = log.lines().filter(|l| l.contains(WATCH_RUN)).skip(before).collect();
+    assert_eq!(runs.len(), 2, "one run per marker, none for the files outside:\n{log}");
+    assert!(runs.iter().all(|l| l.contains("watch, 1 changed path,")), "{runs:?}");
+}
