@@ -519,7 +519,9 @@ impl Run<'_, '_> {
         let replaced = match old {
             Some(o) if !o.deleted && o.body.kind() == Kind::Dir && kind != Kind::Dir => {
                 match self.gone(parent, name, o) {
-                    Seen::New(t) => Some(t),
+                    // Marked, so that hosts taking the replacement list the
+                    // tombstones below it (`Version::replacing_dir`).
+                    Seen::New(t) => Some(EntryRecord { version: t.version.replacing_dir(), ..t }),
                     _ => None,
                 }
             }

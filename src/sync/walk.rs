@@ -495,6 +495,11 @@ struct Walk<'a> {
     /// directory), each with whether it is in conflict with the peer:
     /// nothing below them can be written here.
     missing: std::collections::HashMap<Vec<u8>, bool>,
+    /// Paths where the peer's file or symlink replaced a directory that
+    /// this node does not have, and the deleted directories below them:
+    /// listed only to store the peer's tombstones of what the directory
+    /// held (see [`Walk::visit`]).
+    relayed: std::collections::HashSet<Vec<u8>>,
 }
 
 /// The peer's listing of one directory, fetched a page at a time as the
@@ -607,6 +612,7 @@ impl<'a> Walk<'a> {
             held: 0,
             doomed: Default::default(),
             missing: Default::default(),
+            relayed: Default::default(),
         }
     }
 
@@ -739,6 +745,11 @@ impl<'a> Walk<'a> {
             }
             return Ok(go_down);
         }
+        // Below a replacement listed for its tombstones, nothing live is
+        // taken: no directory is there to hold it.
+        if self.relayed.contains(dir) && r.is_some_and(|r| !r.deleted) {
+            return Ok(false);
+        }
         let mark = if g.local.receive_only { None } else { self.node.engine.store.force(&g.name, logical)? };
         let forced = mark.as_ref().is_some_and(|m| m.applies(l, &self.peer.host));
         let decision = if g.local.receive_only {
@@ -804,7 +815,7 @@ impl<'a> Walk<'a> {
                 {
                     // Won by `force`: stored under a version that dominates
                     // both, so the peer takes it when it pulls.
-                    let record = EntryRecord { version: self.settled(&lv, &rv), ..l.clone() };
+                    let record = EntryRecord { version: self.settled(&over_dir(&lv, Some(l), r), &rv), ..l.clone() };
                     self.reversion(logical, local, record, ChangeAction::Merge)?;
                 }
             }
@@ -873,6 +884,20 @@ impl<'a> Walk<'a> {
         let loses_there = live_dir(r) && !live_dir(l) && taken.is_none() && !self.g.local.receive_only;
         let nothing_below = !live_dir(l) && !live_dir(r) && !live_dir(taken);
         let live_here = live_dir(l) || live_dir(taken);
+        // The peer's file or symlink that replaced a directory there, taken
+        // here (or met again while listing everywhere) where no directory
+        // is: the peer's tombstones of what the directory held are listed
+        // and stored too, deleted directories below included. Without them
+        // this node, meeting a host that still holds the directory, could
+        // not show that the replacing host saw what it holds (entries first
+        // recorded carry only a creation component), and the replacement
+        // would look like a conflict with it.
+        let replacement = r.is_some_and(|r| !r.deleted && r.body.kind() != Kind::Dir && r.version.replaced_dir());
+        let dead_dir = r.is_some_and(|r| r.deleted && r.body.kind() == Kind::Dir);
+        let relay = !live_dir(l)
+            && !live_dir(taken)
+            && ((replacement && (taken.is_some() || (self.everywhere && decision == Decision::InSync)))
+                || (dead_dir && self.relayed.contains(dir)));
         let mut go_down = go_down;
         if (loses_here || loses_there)
             && let Some(c) =
@@ -888,7 +913,11 @@ impl<'a> Walk<'a> {
             go_down = true;
         }
         let parent_missing = self.missing.get(dir).copied();
-        if go_down && !live_here && (parent_missing.is_some() || r.is_some_and(|r| !r.deleted)) {
+        if relay {
+            self.charge(size_of::<Vec<u8>>() + logical.len())?;
+            self.relayed.insert(logical.to_vec());
+            go_down = true;
+        } else if go_down && !live_here && (parent_missing.is_some() || r.is_some_and(|r| !r.deleted)) {
             let in_conflict = decision.is_conflict() || parent_missing == Some(true);
             self.charge(size_of::<(Vec<u8>, bool)>() + logical.len())?;
             self.missing.insert(logical.to_vec(), in_conflict);
@@ -929,14 +958,14 @@ impl<'a> Walk<'a> {
         let rv = r.map(|x| x.version.clone()).unwrap_or_default();
         match resolve(kind, l, r, g.auto, remote_is_left, self.initiated) {
             Some(Resolution::TakeRemote) => {
-                let version = self.settled(&lv, &rv);
+                let version = self.settled(&lv, &over_dir(&rv, r, l));
                 let r = r.cloned().unwrap_or_else(|| absent_like(l.expect("one side has a record")));
                 let action = action_for(l, &r);
                 self.take(logical, local, l, EntryRecord { version, ..r }, action)?;
             }
             Some(Resolution::KeepLocal) => {
                 if let Some(l) = l {
-                    let record = EntryRecord { version: self.settled(&lv, &rv), ..l.clone() };
+                    let record = EntryRecord { version: self.settled(&over_dir(&lv, Some(l), r), &rv), ..l.clone() };
                     self.reversion(logical, local, record, ChangeAction::Merge)?;
                 }
             }
@@ -1037,6 +1066,17 @@ fn action_for(l: Option<&EntryRecord>, r: &EntryRecord) -> ChangeAction {
         (_, true) => ChangeAction::Delete,
         (None, false) => ChangeAction::Create,
         (Some(_), false) => ChangeAction::Update,
+    }
+}
+
+/// The version `v` of a winner (`won`) of a settled conflict, marked as
+/// replacing a directory when it is a file or symlink and the loser
+/// (`lost`) a live directory ([`Version::replacing_dir`]).
+fn over_dir(v: &Version, won: Option<&EntryRecord>, lost: Option<&EntryRecord>) -> Version {
+    let kind = |x: Option<&EntryRecord>| x.filter(|x| !x.deleted).map(|x| x.body.kind());
+    match (kind(won), kind(lost)) {
+        (Some(Kind::File | Kind::Symlink), Some(Kind::Dir)) => v.replacing_dir(),
+        _ => v.clone(),
     }
 }
 

@@ -273,3 +273,65 @@ fn files_below_a_directory_in_conflict_with_its_deletion_wait_on_a_host_that_nev
     force_d_from(&c, "b", &["a", "c"], &["a", "b", "c"]);
     assert_eq!(std::fs::read(c.path("c", "d/x.txt")).unwrap(), b"x edited on b");
 }
+
+/// Regression (found by the model-based test): a host that never had a
+/// directory takes what replaced it on another host (a symlink, a file,
+/// or its deletion), then meets a host that still holds the directory as
+/// it was: the replacement is a later change of everything there (the
+/// replacing host saw it all), not a type-change conflict. Both ways
+/// round: the relaying host starts the sync, or the host holding the
+/// directory does.
+#[test]
+fn a_directory_replaced_elsewhere_and_relayed_by_a_host_that_never_had_it_is_replaced() {
+    for (with, relay_starts) in [("symlink", true), ("symlink", false), ("file", true), ("nothing", false)] {
+        let mut c = Cluster::new(3);
+        c.start_all();
+        // Every host has synced before (c's first check is long past).
+        write(&c.path("c", "c.txt"), b"c");
+        c.sync_ok("c");
+        c.stop("c");
+        write(&c.path("a", "d/x.txt"), b"x");
+        write(&c.path("a", "d/e/y.txt"), b"y");
+        c.check("a");
+        let (code, v) = c.sync("a", &["--peer", "b"]);
+        assert_eq!(code, 0, "{v:#}");
+
+        // b replaces the directory; c, which never had it, takes the
+        // replacement from b.
+        std::fs::remove_dir_all(c.path("b", "d")).unwrap();
+        match with {
+            "symlink" => std::os::unix::fs::symlink("elsewhere", c.path("b", "d")).unwrap(),
+            "file" => write(&c.path("b", "d"), b"d is a file now"),
+            _ => {}
+        }
+        // Another change, so that c's tree differs from b's until it
+        // pulls: the pull does not list every directory.
+        write(&c.path("b", "b.txt"), b"b");
+        c.check("b");
+        c.start("c");
+        let (code, v) = c.sync("c", &["--peer", "b"]);
+        assert_eq!(code, 0, "{v:#}");
+        c.assert_same("b", "c");
+
+        // c and a meet: a still holds the directory b saw and replaced.
+        let (from, to) = if relay_starts { ("c", "a") } else { ("a", "c") };
+        let (code, v) = c.sync(from, &["--peer", to]);
+        assert_eq!(code, 0, "{with}: sync from {from} to {to} takes the replacement, no conflict: {v:#}");
+        c.assert_same("a", "c");
+        for n in ["a", "b", "c"] {
+            c.sync_ok(n);
+        }
+        c.assert_all_same();
+        let kind = std::fs::symlink_metadata(c.path("a", "d")).ok().map(|m| m.file_type());
+        let expected = match with {
+            "symlink" => kind.is_some_and(|k| k.is_symlink()),
+            "file" => kind.is_some_and(|k| k.is_file()),
+            _ => kind.is_none(),
+        };
+        assert!(expected, "{with}: every host holds b's replacement, not the directory: {kind:?}");
+        for n in ["a", "b", "c"] {
+            assert!(listed(&c, n).is_empty(), "{n} lists no conflict: {:?}", listed(&c, n));
+            c.assert_status_clean(n);
+        }
+    }
+}
