@@ -11,6 +11,7 @@ mod daemon_log;
 mod daemon_progress;
 mod faults_disk;
 mod faults_network;
+mod faults_source;
 mod generations_retention;
 mod local;
 mod model_random;
