@@ -37,6 +37,11 @@ fn all_changes(v: &serde_json::Value, peer: &str) -> Vec<(String, String)> {
 fn settle_with_skew(policy: &str, skew: i64, runner: &str) -> String {
     let mut c = Cluster::with(Setup::nodes(2).extra(&format!("auto {policy};")));
     c.start_all();
+    settle(&c, policy, skew, runner)
+}
+
+/// [`settle_with_skew`] on a running cluster.
+fn settle(c: &Cluster, policy: &str, skew: i64, runner: &str) -> String {
     let t = now();
     write_at(&c.path("a", "f"), b"original", t - 600);
     c.sync_ok("a");
@@ -116,5 +121,51 @@ fn a_future_mtime_settles_and_later_edits_with_earlier_mtimes_still_travel() {
     for n in ["a", "b"] {
         assert!(c.conflicts(n).is_empty(), "{n}");
         c.assert_status_clean(n);
+    }
+}
+
+/// libfaketime, where it is installed: a process started with this in its
+/// environment sees the wall clock `offset` away (its monotonic clock,
+/// which every timeout uses, is left alone).
+fn faked_clock(offset: &str) -> Option<Vec<(&'static str, String)>> {
+    let lib = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/faketime/libfaketimeMT.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(lib) = lib else {
+        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
+        return None;
+    };
+    Some(vec![
+        ("LD_PRELOAD", lib.to_owned()),
+        ("FAKETIME", offset.to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ("FAKETIME_DONT_RESET", "1".to_owned()),
+    ])
+}
+
+/// The daemons' own wall clocks two hours apart (a's an hour ahead, b's an
+/// hour behind): they still connect (certificates are not checked against
+/// dates), sync, and settle a conflict by the files' mtimes alone.
+#[test]
+fn daemons_whose_clocks_are_hours_apart_sync_and_settle_by_mtime() {
+    let (Some(ahead), Some(behind)) = (faked_clock("+1h"), faked_clock("-1h")) else { return };
+    for (policy, skew, want) in [("younger", HOUR, A), ("older", HOUR, B)] {
+        let mut c = Cluster::with(Setup::nodes(2).extra(&format!("auto {policy};")).backups(3));
+        for (n, e) in [("a", &ahead), ("b", &behind)] {
+            let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            c.start_with_env(n, &[], &e);
+        }
+        assert_eq!(settle(&c, policy, skew, "b"), want);
+        // The clocks were skewed indeed: each daemon stamped its newest
+        // generation with its own time.
+        for (n, off) in [("a", HOUR), ("b", -HOUR)] {
+            let (code, v) = c.json(n, &["generations"]);
+            assert_eq!(code, 0, "{v:#}");
+            let newest = v["generations"].as_array().and_then(|g| g.last()).cloned().unwrap_or_default();
+            let stamp = humantime::parse_rfc3339(newest["time"].as_str().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{n}'s newest generation has no time ({e}): {v:#}"));
+            let secs = stamp.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+            assert!((secs - (now() + off)).abs() < 600, "{n}'s clock is not {off:+} s off: {newest:#}");
+        }
     }
 }
