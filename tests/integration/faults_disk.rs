@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cluster::{Cluster, Out, peer_report};
-use crate::common::{Tmpfs, bytes, write};
+use crate::cluster::{Cluster, Out, peer_report, problems_on};
+use crate::common::{Tmpfs, bytes, temporaries, write};
 
 const MIB: usize = 1 << 20;
 
@@ -23,31 +23,6 @@ fn failing_sync(c: &Cluster, name: &str) -> (Out, serde_json::Value) {
     let (code, v) = c.sync(name, &[]);
     assert_eq!(code, 1, "{v:#}");
     (text, v)
-}
-
-/// The problems peer `peer` reported in a sync document.
-fn problems(v: &serde_json::Value, peer: &str) -> Vec<String> {
-    peer_report(v, peer)["pushed_problems"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
-}
-
-/// Entries below `dir` whose names start like snapsync's temporary files.
-fn temporaries(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(".snapsync") {
-                out.push(e.path());
-            }
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 /// Bytes in use on the filesystem holding `dir`.
@@ -72,7 +47,7 @@ fn a_file_larger_than_the_receivers_free_space_leaves_nothing_behind() {
     let before = used(&c.tree("b"));
     write(&c.path("a", "big/too-big.bin"), &bytes(7, 12 * MIB));
     let (text, v) = failing_sync(&c, "a");
-    let listed = problems(&v, "b");
+    let listed = problems_on(&v, "b").0;
     eprintln!("b's problems: {listed:#?}\n{}", text.stdout);
     assert!(
         listed.iter().any(|p| p.contains("big/too-big.bin") && p.contains("No space left")),
@@ -113,7 +88,7 @@ fn a_full_state_directory_on_the_receiver_fails_the_sync_and_the_next_one_conver
     }
     let (text, v) = failing_sync(&c, "a");
     eprintln!("{}\n{v:#}", text.stdout);
-    let listed = problems(&v, "b");
+    let listed = problems_on(&v, "b").0;
     let error = peer_report(&v, "b")["error"].as_str().unwrap_or_default().to_owned();
     // The message names the full disk: b's state directory, not its tree
     // (which has room).
@@ -181,7 +156,7 @@ fn a_target_directory_the_receiver_may_not_write_fails_naming_the_path() {
     write(&c.path("a", "locked/old.txt"), b"changed");
     write(&c.path("a", "open/new.txt"), b"new file");
     let (text, v) = failing_sync(&c, "a");
-    let listed = problems(&v, "b");
+    let listed = problems_on(&v, "b").0;
     eprintln!("b's problems: {listed:#?}");
     for p in ["locked/new.txt", "locked/old.txt"] {
         assert!(

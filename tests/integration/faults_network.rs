@@ -10,11 +10,10 @@
 //! restored link finishes the work.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, peer_report};
-use crate::common::{bytes, write};
+use crate::common::{bytes, temporaries, write};
 use crate::udp_proxy::{Counts, Faults, UdpProxy};
 
 const MIB: usize = 1 << 20;
@@ -53,23 +52,6 @@ fn lay_out(c: &Cluster, small: usize, big: usize, big_size: usize) -> usize {
     total
 }
 
-/// Names in `dir` (recursively) that start like a part file.
-fn part_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(".snapsync") {
-                out.push(e.path());
-            }
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 /// A first sync of a few hundred files, some of several MiB, through a
 /// link with every fault at probability `p`.
 fn sync_through_lossy_link(p: f64, seed: u64, big_size: usize) {
@@ -98,7 +80,7 @@ fn sync_through_lossy_link(p: f64, seed: u64, big_size: usize) {
     assert!(n.dropped > 0 && n.duplicated > 0 && n.reordered > 0 && n.delayed > 0, "{n:?}");
     c.assert_all_same();
     c.assert_status_clean("a");
-    assert!(part_files(&c.tree("a")).is_empty() && part_files(&c.tree("b")).is_empty());
+    assert!(temporaries(&c.tree("a")).is_empty() && temporaries(&c.tree("b")).is_empty());
 }
 
 #[test]
@@ -166,7 +148,7 @@ fn a_peer_that_vanishes_mid_run_fails_the_sync_naming_it_and_the_next_run_conver
                 assert_eq!(seen.3, theirs, "{side}'s {} is not whole", rel.display());
             }
         }
-        assert!(part_files(&c.tree(side)).is_empty(), "part files on {side}: {:?}", part_files(&c.tree(side)));
+        assert!(temporaries(&c.tree(side)).is_empty(), "part files on {side}: {:?}", temporaries(&c.tree(side)));
     }
 
     proxy.lift_blackhole();

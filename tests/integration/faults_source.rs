@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, peer_report};
-use crate::common::{bytes, write};
+use crate::common::{bytes, temporaries, write};
 
 const MIB: usize = 1 << 20;
 
@@ -35,23 +35,6 @@ fn wait_for_file(path: &Path, limit: Duration) {
         assert!(started.elapsed() < limit, "{} did not appear within {limit:?}", path.display());
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Entries below `dir` whose names start like snapsync's temporary files.
-fn temporaries(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(".snapsync") {
-                out.push(e.path());
-            }
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 /// a sends an 8 MiB file to b; after its first chunk, `change` is made
