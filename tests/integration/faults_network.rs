@@ -18,13 +18,16 @@ use crate::udp_proxy::{Counts, Faults, UdpProxy};
 
 const MIB: usize = 1 << 20;
 
-/// Two nodes whose a reaches b through a proxy with `faults`; both run.
-fn proxied(faults: Faults, seed: u64) -> (Cluster, UdpProxy) {
-    let mut c = Cluster::new(2);
+/// `n` nodes whose a reaches b through a proxy with `faults` (and any
+/// other node directly); all run.
+fn proxied(n: usize, faults: Faults, seed: u64) -> (Cluster, UdpProxy) {
+    let mut c = Cluster::new(n);
     let b = c.node("b").clone();
     let real: SocketAddr = (b.ip, b.port).into();
     let proxy = UdpProxy::start((b.ip, 0).into(), real, faults, seed);
-    let text = c.config_text(&["a", "b"], &c.key_path());
+    let hosts: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let text = c.config_text(&hosts, &c.key_path());
     let named = format!("b@{}:{}", b.ip, b.port);
     assert!(text.contains(&named), "{text}");
     let text = text.replace(&named, &format!("b@{}", proxy.addr()));
@@ -55,7 +58,7 @@ fn lay_out(c: &Cluster, small: usize, big: usize, big_size: usize) -> usize {
 /// A first sync of a few hundred files, some of several MiB, through a
 /// link with every fault at probability `p`.
 fn sync_through_lossy_link(p: f64, seed: u64, big_size: usize) {
-    let (c, proxy) = proxied(Faults::all(p), seed);
+    let (c, proxy) = proxied(2, Faults::all(p), seed);
     let total = lay_out(&c, 300, 3, big_size);
     let started = Instant::now();
     let v = c.sync_ok("a");
@@ -103,26 +106,40 @@ fn sync_through_a_link_with_20_percent_faults_converges() {
 /// the QUIC idle timeout, the reply timeout and some slack.
 const VANISHED_BOUND: Duration = Duration::from_secs(100);
 
-/// SPEC §7: a peer that vanishes mid-transfer (every datagram swallowed
-/// from then on, nothing closed) fails the sync within a bounded time,
-/// naming the peer; every file at a final path is whole; the next sync
+/// SPEC §6 and §7: a peer that vanishes mid-transfer (every datagram
+/// swallowed from then on, nothing closed) fails the sync within a bounded
+/// time, naming the peer; meanwhile the node syncs with another peer as if
+/// nothing were wrong; every file at a final path is whole; the next sync
 /// over the restored link finishes the work.
 #[test]
 fn a_peer_that_vanishes_mid_run_fails_the_sync_naming_it_and_the_next_run_converges() {
-    let (c, proxy) = proxied(Faults::default(), 1);
+    let (c, proxy) = proxied(3, Faults::default(), 1);
     let total = lay_out(&c, 40, 16, MIB);
     c.check("b");
     // About a third of the data, then silence.
     proxy.blackhole_after(total as u64 / 3);
-    let bg = c.spawn("a", "sync", &["--json", "sync"]);
+    let bg = c.spawn("a", "sync", &["--json", "sync", "--peer", "b"]);
     assert!(proxy.wait_blackholed(Duration::from_secs(60)), "the sync never moved a third of the data");
     let cut = Instant::now();
+
+    // Other work goes on: a syncs with c (the writer lock, the check, the
+    // apply) while its exchange with b hangs.
+    write(&c.path("c", "from-c"), b"c's file");
+    let v = c.sync_ok_with("a", &["--peer", "c"]);
+    let with_c = cut.elapsed();
+    assert!(peer_report(&v, "c")["error"].is_null(), "{v:#}");
+    assert_eq!(std::fs::read(c.path("a", "from-c")).unwrap(), b"c's file");
+    // The exchange with b cannot give up before the reply timeout: a sync
+    // with c that ends sooner did not wait for it.
+    let reply_timeout = snapsync::proto::REPLY_TIMEOUT;
+    assert!(with_c < reply_timeout - Duration::from_secs(5), "the sync with c took {with_c:?}: it waited for b");
+
     let out = bg.wait(VANISHED_BOUND + Duration::from_secs(20));
     let took = cut.elapsed();
     let n = proxy.counts();
     eprintln!(
-        "vanished peer: cut after {:.1} MiB of {:.1} MiB; the sync ended {took:.1?} later with exit {}; \
-         {} datagrams swallowed",
+        "vanished peer: cut after {:.1} MiB of {:.1} MiB; the sync with c took {with_c:.1?} meanwhile; \
+         the sync with b ended {took:.1?} after the cut with exit {}; {} datagrams swallowed",
         (total / 3) as f64 / MIB as f64,
         total as f64 / MIB as f64,
         out.code,
@@ -136,7 +153,7 @@ fn a_peer_that_vanishes_mid_run_fails_the_sync_naming_it_and_the_next_run_conver
     eprintln!("the error for b: {error}");
 
     // Nothing half-applied: every file a holds is whole, and no part file
-    // is left in either tree.
+    // is left in either tree. (c holds what a held before the cut.)
     for side in ["a", "b"] {
         let other = if side == "a" { "b" } else { "a" };
         for (rel, seen) in c.snapshot(side) {
@@ -155,6 +172,10 @@ fn a_peer_that_vanishes_mid_run_fails_the_sync_naming_it_and_the_next_run_conver
     let started = Instant::now();
     c.sync_ok("a");
     eprintln!("the next sync over the restored link took {:.1?}", started.elapsed());
+    c.assert_same("a", "b");
+    // c was synced before b's files all reached a: one more run takes
+    // them to c.
+    c.sync_ok_with("a", &["--peer", "c"]);
     c.assert_all_same();
     c.assert_status_clean("a");
 }
