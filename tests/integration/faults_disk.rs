@@ -1,7 +1,8 @@
 //! Issue 12, item 2, SPEC §7: a receiver whose disk fails it. A file that
-//! does not fit its tree, a full state directory (where received chunks
-//! are staged and the state database lives), and a target directory it
-//! may not write (immutable: root ignores modes, not `chattr +i`). Each
+//! does not fit its tree, a full state directory (the state database and
+//! the journal of temporary files), a full chunk store (its
+//! `backup-directory`), and a target directory it may not write
+//! (immutable: root ignores modes, not `chattr +i`). Each
 //! fails the sync with a message naming the peer, the path and the cause;
 //! nothing is half-applied or left behind taking space; once the cause is
 //! gone the next sync finishes the work.
@@ -11,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cluster::{Cluster, Out, peer_report, problems_on};
+use crate::cluster::{Cluster, Out, Setup, peer_report, problems_on};
 use crate::common::{Tmpfs, bytes, temporaries, write};
 
 const MIB: usize = 1 << 20;
@@ -111,6 +112,58 @@ fn a_full_state_directory_on_the_receiver_fails_the_sync_and_the_next_one_conver
     c.assert_all_same();
     c.assert_status_clean("a");
     c.assert_status_clean("b");
+}
+
+/// b's chunk store (its `backup-directory`, on a filesystem of its own)
+/// full while a pushes new files: the sync fails naming b, the store and
+/// the full disk; b's tree holds no part of any file; once space is freed
+/// the next sync (same daemons) converges and b's store verifies.
+#[test]
+fn a_full_chunk_store_on_the_receiver_fails_the_sync_and_the_next_one_converges() {
+    let mut c = Cluster::with(Setup::nodes(2).backups(3));
+    let shared = c.root().join("backup");
+    let own = c.root().join("b").join("backup");
+    std::fs::create_dir_all(&own).unwrap();
+    let text = c.config_text(&["a", "b"], &c.key_path());
+    let needle = format!("backup-directory {};", shared.display());
+    assert!(text.contains(&needle), "{text}");
+    c.use_own_config("b", &text.replace(&needle, &format!("backup-directory {};", own.display())));
+    let Some(fs) = Tmpfs::mount(&own, "16m") else { return };
+    c.start_all();
+    write(&c.path("a", "first.txt"), b"before the disk filled");
+    c.sync_ok("a");
+    let filler = fs.fill();
+    let names: Vec<String> = (0..3).map(|i| format!("new/f{i}.bin")).collect();
+    for (i, n) in names.iter().enumerate() {
+        write(&c.path("a", n), &bytes(60 + i as u64, 2 * MIB));
+    }
+    let (code, v) = c.sync("a", &[]);
+    let text = c.run("a", &["sync"]);
+    eprintln!("sync with b's chunk store full: exit {code}\n{}", text.stdout);
+    assert_eq!(code, 1, "{v:#}");
+    // The message names b, the full store and the cause.
+    let (listed, _) = problems_on(&v, "b");
+    let error = peer_report(&v, "b")["error"].as_str().unwrap_or_default().to_owned();
+    let store = own.display().to_string();
+    assert!(
+        listed.iter().chain([&error]).any(|p| p.contains("No space left") && p.contains(&store)),
+        "the report for b does not say its chunk store is full: {v:#}"
+    );
+    assert!(text.stdout.contains("with b: failed: peer b: ") || text.stdout.contains("on b: "), "{}", text.stdout);
+    for n in &names {
+        if let Ok(d) = std::fs::read(c.path("b", n)) {
+            assert_eq!(d, std::fs::read(c.path("a", n)).unwrap(), "b holds a part of {n}");
+        }
+    }
+    assert_eq!(temporaries(&c.tree("b")), Vec::<PathBuf>::new(), "temporary files left in b's tree");
+
+    std::fs::remove_file(filler).unwrap();
+    c.sync_ok("a");
+    c.assert_all_same();
+    c.assert_status_clean("a");
+    c.assert_status_clean("b");
+    let verify = c.run("b", &["verify"]);
+    assert_eq!(verify.code, 0, "verify on b after the full disk:\n{}{}", verify.stdout, verify.stderr);
 }
 
 /// Clears the immutable flag again, whatever the test did.
