@@ -596,17 +596,26 @@ impl Journal {
     }
 
     fn record(&self, path: &Path) -> io::Result<()> {
+        let entry = self.entry(path);
+        // The journal lives in the state directory, often on another
+        // filesystem than the tree: a full or read-only state disk must
+        // not read as a problem of the tree's (the caller names only the
+        // temporary's path).
+        let named = |e: io::Error| {
+            io::Error::new(e.kind(), format!("recording it in the journal of temporaries {}: {e}", entry.display()))
+        };
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.entry(path))?;
+            .open(&entry)
+            .map_err(named)?;
         // Not synced (one fsync per file placed is enough): a record lost
         // in a crash leaves a temporary file behind, never tracked, and
         // never removes anything.
-        io::Write::write_all(&mut f, path.as_os_str().as_bytes())
+        io::Write::write_all(&mut f, path.as_os_str().as_bytes()).map_err(named)
     }
 
     fn forget(&self, path: &Path) {

@@ -27,6 +27,7 @@ mod session;
 pub use crate::node::{Node, Stats};
 pub use crate::sync::{ChangeReport, GroupReport, SyncError};
 pub use peek::{DiffReport, MAX_PEEK_BYTES, PeekSide, PeerPeek, diff};
+pub use server::PAUSE_ENV;
 pub use session::{PeerReport, SyncOptions, SyncReport, accept_session, resolve, sync};
 
 use std::sync::Arc;

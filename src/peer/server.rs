@@ -384,6 +384,9 @@ fn read_chunks(
                     if tx.blocking_send(Message::Chunk { hash: *h, stored: stored.to_vec() }).is_err() {
                         return Ok(missing);
                     }
+                    if sent.len() == 1 {
+                        pause_for_tests();
+                    }
                 }
                 None => missing.push(*h),
             }
@@ -393,6 +396,30 @@ fn read_chunks(
     missing.sort_unstable_by_key(|h| *h.as_bytes());
     missing.dedup();
     Ok(missing)
+}
+
+/// The test hook's environment variable: see [`pause_for_tests`].
+pub const PAUSE_ENV: &str = "SNAPSYNC_TEST_PAUSE_SEND";
+
+/// Test hook. With `SNAPSYNC_TEST_PAUSE_SEND=DIR` in the daemon's
+/// environment, the thread answering a `GetChunks` stops after its first
+/// chunk: it creates `DIR/paused` and waits, at most a minute, for
+/// `DIR/resume`. A test then changes the file being sent at a known point
+/// of the transfer instead of racing it. Once `DIR/resume` exists it never
+/// pauses again. Unset, as everywhere but in the tests, it costs one
+/// environment lookup per request.
+fn pause_for_tests() {
+    let Some(dir) = std::env::var_os(PAUSE_ENV) else { return };
+    let dir = std::path::PathBuf::from(dir);
+    let resume = dir.join("resume");
+    if resume.exists() {
+        return;
+    }
+    let _ = std::fs::write(dir.join("paused"), b"");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !resume.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// One chunk's bytes, checked: from the chunk store, else from the file.

@@ -683,6 +683,17 @@ pub fn peer_report<'a>(v: &'a Value, peer: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no report for peer {peer} in {v:#}"))
 }
 
+/// The problems peer `peer` reported in a sync document (what it could not
+/// apply of what was pushed to it), and their total.
+pub fn problems_on(v: &Value, peer: &str) -> (Vec<String>, u64) {
+    let p = peer_report(v, peer);
+    let listed = p["pushed_problems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    (listed, p["pushed_problems_total"].as_u64().unwrap_or(0))
+}
+
 /// Whether any peer report of a sync document lists a conflict.
 pub fn any_conflict(v: &Value) -> bool {
     v["peers"].as_array().into_iter().flatten().any(|p| {

@@ -131,6 +131,23 @@ fn walkdir(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Entries below `dir` named like snapsync's temporary files (`.snapsync…`).
+pub fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".snapsync") {
+                out.push(e.path());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 /// Copies a tree: files with their mtimes, links as links, directories
 /// with their modes.
 pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {

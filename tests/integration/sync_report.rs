@@ -4,18 +4,8 @@
 
 use serde_json::Value;
 
-use crate::cluster::{Cluster, Setup, changes, peer_report};
+use crate::cluster::{Cluster, Setup, changes, peer_report, problems_on};
 use crate::common::{Tmpfs, bytes, write};
-
-/// The problems peer `peer` reported in a sync document, and their total.
-fn problems_on(v: &Value, peer: &str) -> (Vec<String>, u64) {
-    let p = peer_report(v, peer);
-    let listed = p["pushed_problems"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    (listed, p["pushed_problems_total"].as_u64().unwrap_or(0))
-}
 
 #[test]
 fn sync_fails_naming_the_peer_and_path_when_the_receiver_runs_out_of_space() {
