@@ -763,6 +763,9 @@ async fn local_command(
     let mut reply = serde_json::to_string(&response).expect("responses serialize");
     reply.push('\n');
     let _ = write.write_all(reply.as_bytes()).await;
+    // What the command freed (a sync's plans, a check's batches) goes back
+    // to the system rather than staying with an idle daemon.
+    crate::node::release_freed_memory();
 }
 
 /// Runs a local command on a blocking thread; meanwhile sends its progress

@@ -619,6 +619,7 @@ pub async fn resolve(entry: &HostEntry) -> Result<SocketAddr, SyncError> {
 /// fails at once on a closed connection; it is never cut off in the middle
 /// of applying.)
 async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcceptor, idle_close: bool) {
+    let _cache = node.encoded.hold();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let idle = tokio::time::sleep(proto::SESSION_IDLE_TIMEOUT);

@@ -52,11 +52,13 @@ fn open_db(path: &Path) -> Result<Handles, fjall::Error> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let opened = std::panic::catch_unwind(|| -> Result<Handles, fjall::Error> {
-        let db = Database::builder(path).open()?;
+        let db = Database::builder(path).cache_size(super::DB_CACHE_BYTES).open()?;
         // Chunks are large, already compressed values: keep them out of the
         // LSM levels so compaction does not rewrite them.
         let chunks = db.keyspace("chunks", || {
-            KeyspaceCreateOptions::default().with_kv_separation(Some(KvSeparationOptions::default()))
+            KeyspaceCreateOptions::default()
+                .with_kv_separation(Some(KvSeparationOptions::default()))
+                .max_memtable_size(super::DB_MEMTABLE_BYTES)
         })?;
         Ok(Handles { db, chunks })
     });

@@ -122,6 +122,18 @@ struct Handles {
     generations: Keyspace,
 }
 
+/// Block cache of a database (state or chunk store): the directory
+/// records a scan or a listing reads again. fjall's default is 32 MiB.
+pub(crate) const DB_CACHE_BYTES: u64 = 8 << 20;
+
+/// Writes a keyspace holds in memory before flushing them to its tables
+/// (fjall's default is 64 MiB). Every put of a directory record stays in
+/// the memtable until the flush, superseded ones too, so a first sync of a
+/// large tree would otherwise keep tens of megabytes of old records
+/// resident. fjall stores the size with the keyspace when it creates it:
+/// databases made before this setting keep 64 MiB.
+pub(crate) const DB_MEMTABLE_BYTES: u64 = 8 << 20;
+
 /// Opens the state database. fjall checks some of what it replays with
 /// assertions: a damaged journal can panic instead of returning an error,
 /// so a panic while opening counts as damage too.
@@ -137,8 +149,11 @@ fn open_db_inner(db_path: &Path) -> Result<Handles, fjall::Error> {
     // No journal compression: fjall re-encodes every journal entry when
     // it replays the journal on open, and compressing them again costs
     // more there than the disk space saves.
-    let db = Database::builder(db_path).journal_compression(fjall::CompressionType::None).open()?;
-    let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+    let db = Database::builder(db_path)
+        .journal_compression(fjall::CompressionType::None)
+        .cache_size(DB_CACHE_BYTES)
+        .open()?;
+    let ks = |name: &str| db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(DB_MEMTABLE_BYTES));
     Ok(Handles {
         meta: ks("meta")?,
         dirs: ks("dirs")?,
