@@ -262,24 +262,39 @@ pub(crate) struct EncodedCache {
 /// empties it.
 pub(crate) struct CacheHold(Arc<EncodedCache>);
 
+impl CacheHold {
+    /// Ends the hold; true when it was the last one (the cache is then
+    /// empty, and the node has no peer session).
+    pub(crate) fn release(self) -> bool {
+        let cache = Arc::clone(&self.0);
+        drop(self);
+        cache.sessions.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+}
+
 impl Drop for CacheHold {
     fn drop(&mut self) {
         if self.0.sessions.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
             drop(std::mem::take(&mut *self.0.inner.lock().expect("poisoned")));
-            release_freed_memory();
         }
     }
 }
 
-/// Hands memory the allocator holds free back to the system. glibc keeps
-/// what a burst of work freed in its per-thread arenas; after a sync that
-/// is tens of megabytes of resident memory an idle daemon has no use for.
-pub(crate) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
-    // touches no memory in use and is safe to call from any thread.
-    unsafe {
-        libc::malloc_trim(0);
+impl Node {
+    /// Gives back what a finished command or session left in memory: the
+    /// state's memtables are written out when large, and what the
+    /// allocator holds free goes back to the system. glibc keeps what a
+    /// burst of work freed in its per-thread arenas; after a sync that is
+    /// tens of megabytes an idle daemon has no use for. Blocking (it may
+    /// wait for a flush).
+    pub(crate) fn settle_memory(&self) {
+        self.engine.store.flush_if_large();
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free heap pages to the kernel;
+        // it touches no memory in use and is safe to call from any thread.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
 

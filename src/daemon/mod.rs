@@ -758,14 +758,16 @@ async fn local_command(
             tracing::warn!("{e}");
             e.response()
         }
-        Ok(Some(request)) => run_watched(current, request, commands, read, &mut write).await,
+        Ok(Some(request)) => run_watched(Arc::clone(&current), request, commands, read, &mut write).await,
     };
     let mut reply = serde_json::to_string(&response).expect("responses serialize");
     reply.push('\n');
     let _ = write.write_all(reply.as_bytes()).await;
-    // What the command freed (a sync's plans, a check's batches) goes back
-    // to the system rather than staying with an idle daemon.
-    crate::node::release_freed_memory();
+    // What the command left in memory (a sync's plans, a check's batches,
+    // the records it wrote) goes back to the system rather than staying
+    // with an idle daemon.
+    let node = current.node();
+    let _ = tokio::task::spawn_blocking(move || node.settle_memory()).await;
 }
 
 /// Runs a local command on a blocking thread; meanwhile sends its progress

@@ -619,7 +619,7 @@ pub async fn resolve(entry: &HostEntry) -> Result<SocketAddr, SyncError> {
 /// fails at once on a closed connection; it is never cut off in the middle
 /// of applying.)
 async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcceptor, idle_close: bool) {
-    let _cache = node.encoded.hold();
+    let cache = node.encoded.hold();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let idle = tokio::time::sleep(proto::SESSION_IDLE_TIMEOUT);
@@ -650,6 +650,9 @@ async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcc
         tracing::debug!("peer {}: session ended: {} requests cancelled", peer.host, tasks.len());
     }
     tasks.shutdown().await;
+    if cache.release() {
+        let _ = tokio::task::spawn_blocking(move || node.settle_memory()).await;
+    }
 }
 
 /// Serves a connection a peer opened to this node's endpoint, which

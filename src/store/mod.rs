@@ -1030,17 +1030,30 @@ impl Batch<'_> {
     }
 }
 
-impl Drop for Store {
-    fn drop(&mut self) {
-        if *self.unflushed.get_mut() < FLUSH_ON_CLOSE_BYTES {
+impl Store {
+    /// Writes what the memtables hold to the database's tables when that
+    /// is over [`FLUSH_ON_CLOSE_BYTES`], and frees them. Called when the
+    /// store closes, and by an idle daemon: memtables otherwise keep every
+    /// directory record a sync wrote, superseded ones too, resident until
+    /// fjall flushes them on its own.
+    pub fn flush_if_large(&self) {
+        use std::sync::atomic::Ordering;
+        if self.unflushed.load(Ordering::Relaxed) < FLUSH_ON_CLOSE_BYTES {
             return;
         }
-        let Some(h) = self.h.get_mut().ok().and_then(|h| h.clone()) else { return };
+        let Some(h) = self.h.read().ok().and_then(|h| h.clone()) else { return };
+        self.unflushed.store(0, Ordering::Relaxed);
         for ks in [&h.dirs, &h.nodes, &h.manifests, &h.meta, &h.generations] {
             if let Err(e) = ks.rotate_memtable_and_wait() {
-                tracing::warn!("{}: flushing the state on close: {e}", self.dir.display());
+                tracing::warn!("{}: flushing the state: {e}", self.dir.display());
             }
         }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.flush_if_large();
     }
 }
 
