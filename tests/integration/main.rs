@@ -10,6 +10,7 @@ mod daemon_config_reload;
 mod daemon_log;
 mod daemon_progress;
 mod generations_retention;
+mod kill_points;
 mod local;
 mod model_random;
 mod operator_reports;
