@@ -232,7 +232,8 @@ impl Engine {
             .filter_map(|(_, dest)| dest.parent().map(Path::to_path_buf))
             .collect();
         let matcher = to.is_none().then_some(&group.matcher);
-        let journal = crate::fs::Journal::of_state(self.store.dir()).map_err(|e| EngineError::io(self.store.dir(), e))?;
+        let journal =
+            crate::fs::Journal::of_state(self.store.dir()).map_err(|e| EngineError::io(self.store.dir(), e))?;
         let writer = write::Writer::new(&self.host, &self.store, chunks, matcher, task, trusted, journal);
         for (root, local, want) in &targets {
             let (base, dest) = place(root, local);
