@@ -122,18 +122,17 @@ const LONG_SCENARIOS: &[Scenario] = &[
     s("place.renamed", 3, A, Restore),
     s("store.commit.marker", 1, B, Sync),
     s("store.commit.marker", 2, A, Sync),
-    // a commits twice in the sync (its check, then what it took from b),
-    // b once (what it took from a); a restore three times (the check
-    // before it, the generation of the state before it, the check after).
+    // In the sync a surely commits twice (its check, then what it took
+    // from b), b once (what it took from a); a restore surely once (the
+    // check after it). Further commits depend on timing (a file written
+    // within the racy window is hashed and recorded again), so no later
+    // occurrence is asked for.
     s("store.commit.before", 1, A, Sync),
     s("store.commit.before", 2, A, Sync),
     s("store.commit.before", 1, A, Restore),
-    s("store.commit.before", 2, A, Restore),
-    s("store.commit.before", 3, A, Restore),
     s("store.commit.after", 1, B, Sync),
     s("store.commit.after", 2, A, Sync),
     s("store.commit.after", 1, A, Restore),
-    s("store.commit.after", 3, A, Restore),
     s("scan.dir", 1, A, FirstCheck),
     s("scan.dir", 40, A, FirstCheck),
     s("scan.dir", 3, B, Sync),
