@@ -121,9 +121,8 @@ impl Engine {
         // restore) are removed now: this process holds the state, so none
         // is in use, and a restart must not leave them in the trees until
         // some later sync happens to apply something (SPEC §7).
-        match crate::fs::Journal::of_state(state_dir).and_then(|j| j.sweep()) {
-            Ok(_) => {}
-            Err(e) => tracing::warn!("sweeping temporary files left by an interrupted run: {e}"),
+        if let Err(e) = crate::fs::Journal::sweep_state(state_dir) {
+            tracing::warn!("sweeping temporary files left by an interrupted run: {e}");
         }
         let damage = store.damage().to_vec();
         Engine::assemble(host, groups, Arc::clone(&store), &w, &[], damage)

@@ -597,7 +597,20 @@ impl Journal {
     /// of the trees (sync and restore), so one sweep finds the leftovers
     /// of either.
     pub fn of_state(state_dir: &Path) -> io::Result<Journal> {
-        Journal::open(&state_dir.join("incoming").join("temps"))
+        // `incoming` is made private too, not only created so: a state
+        // from before the stores were private has it 0755.
+        let incoming = state_dir.join("incoming");
+        private_dir(&incoming)?;
+        Journal::open(&incoming.join("temps"))
+    }
+
+    /// Sweeps the node's journal ([`Journal::sweep`]) if it has one; a
+    /// state that never wrote into a tree gets no `incoming` directory.
+    pub fn sweep_state(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
+        if !state_dir.join("incoming").join("temps").is_dir() {
+            return Ok(Vec::new());
+        }
+        Journal::of_state(state_dir)?.sweep()
     }
 
     fn entry(&self, path: &Path) -> PathBuf {
