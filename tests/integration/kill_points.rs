@@ -384,7 +384,7 @@ fn killed_at_every_point_a_node_restarts_consistent_and_converges() {
     if let Some(only) = std::env::var_os("SNAPSYNC_KILL_ONLY") {
         table.retain(|s| *s.point == *only);
     }
-    let (big, dirs) = if long { (8 << 20, 12) } else { (3 << 20, 4) };
+    let (big, dirs) = if long { (8 << 20, 12) } else { (2 << 20, 4) };
     let started = Instant::now();
     let next = AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
