@@ -8,6 +8,8 @@
 //!
 //! - [`audit`]: the audit log line for every change applied to disk.
 //! - [`exit`]: the exit statuses of every command.
+//! - [`killpoint`]: a test hook that ends the process at a named step
+//!   (`SNAPSYNC_KILL_AT`), for crash-safety tests.
 //! - [`hash`]: the BLAKE3 digest type that names chunks, contents and nodes.
 //! - [`progress`]: how long work reports its progress (shown by the caller).
 //! - [`interrupt`]: how a run is asked to stop (Ctrl-C, a caller gone).
@@ -50,6 +52,7 @@ pub mod fs;
 pub mod hash;
 pub mod interrupt;
 pub mod key;
+pub mod killpoint;
 pub mod net;
 pub mod node;
 pub mod peer;

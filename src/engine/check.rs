@@ -202,6 +202,7 @@ impl Engine {
                     };
                     generation = Some(g.id);
                     batch.put_generation(&g);
+                    crate::killpoint::hit("check.generation");
                 }
             }
             batch.commit()?;

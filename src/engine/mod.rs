@@ -117,6 +117,13 @@ impl Engine {
         check_group_keys(&groups)?;
         let store = Arc::new(Store::open(state_dir)?);
         let w = store.try_writer().expect("a store being opened has no other writer");
+        // Temporaries recorded by a process that was killed (sync or
+        // restore) are removed now: this process holds the state, so none
+        // is in use, and a restart must not leave them in the trees until
+        // some later sync happens to apply something (SPEC §7).
+        if let Err(e) = crate::fs::Journal::sweep_state(state_dir) {
+            tracing::warn!("sweeping temporary files left by an interrupted run: {e}");
+        }
         let damage = store.damage().to_vec();
         Engine::assemble(host, groups, Arc::clone(&store), &w, &[], damage)
     }

@@ -501,6 +501,7 @@ impl TempFile<'_> {
         let target = self.dir.path.join(name);
         let io_err = |source| PlaceError::Io { path: target.clone(), source };
         self.file.sync_all().map_err(io_err)?;
+        crate::killpoint::hit("place.synced");
         // Narrows the window; the check after the rename is the one that
         // counts.
         let before = self.dir.stat_at(&self.name).map_err(io_err)?;
@@ -513,6 +514,7 @@ impl TempFile<'_> {
         let fd = self.dir.fd.as_raw_fd();
         // SAFETY: both names are NUL-terminated; the descriptor is open.
         check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }).map_err(io_err)?;
+        crate::killpoint::hit("place.renamed");
         self.done = true;
         self.forget();
         let after = self.dir.stat_at(name).map_err(io_err)?;
@@ -589,6 +591,26 @@ impl Journal {
     pub fn open(dir: &Path) -> io::Result<Journal> {
         private_dir(dir)?;
         Ok(Journal { dir: dir.to_path_buf() })
+    }
+
+    /// The node's journal: `STATE/incoming/temps`, shared by every writer
+    /// of the trees (sync and restore), so one sweep finds the leftovers
+    /// of either.
+    pub fn of_state(state_dir: &Path) -> io::Result<Journal> {
+        // `incoming` is made private too, not only created so: a state
+        // from before the stores were private has it 0755.
+        let incoming = state_dir.join("incoming");
+        private_dir(&incoming)?;
+        Journal::open(&incoming.join("temps"))
+    }
+
+    /// Sweeps the node's journal ([`Journal::sweep`]) if it has one; a
+    /// state that never wrote into a tree gets no `incoming` directory.
+    pub fn sweep_state(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
+        if !state_dir.join("incoming").join("temps").is_dir() {
+            return Ok(Vec::new());
+        }
+        Journal::of_state(state_dir)?.sweep()
     }
 
     fn entry(&self, path: &Path) -> PathBuf {

@@ -145,6 +145,7 @@ async fn answer(
                 Stats::add(&node.stats.chunks_served, 1);
                 if let Message::Chunk { stored, .. } = &m {
                     peer.sent(stored.len() as u64);
+                    crate::killpoint::hit("serve.chunk");
                 }
             }
             let (files, missing) = reader.await.expect("chunk reader panicked");

@@ -464,6 +464,7 @@ async fn session(
         // and the conflicts it finds are there for this node to find too.
         // A receive-only host never pushes.
         if !g.local.receive_only {
+            crate::killpoint::hit("push.before");
             push(&peer, &mut opener, &g.name, dry_run, report).await?;
         }
         // A receive-only peer is never pulled from: with equal trees and

@@ -232,7 +232,9 @@ impl Engine {
             .filter_map(|(_, dest)| dest.parent().map(Path::to_path_buf))
             .collect();
         let matcher = to.is_none().then_some(&group.matcher);
-        let writer = write::Writer::new(&self.host, &self.store, chunks, matcher, task, trusted);
+        let journal =
+            crate::fs::Journal::of_state(self.store.dir()).map_err(|e| EngineError::io(self.store.dir(), e))?;
+        let writer = write::Writer::new(&self.host, &self.store, chunks, matcher, task, trusted, journal);
         for (root, local, want) in &targets {
             let (base, dest) = place(root, local);
             // Never write or delete through a symlink: every directory
@@ -245,6 +247,7 @@ impl Engine {
             writer.restore(&dest, want.as_ref());
         }
         writer.finish(&mut report);
+        crate::killpoint::hit("restore.written");
 
         if to.is_none() {
             let scope: Vec<PathBuf> = targets.iter().map(|(_, p, _)| p.clone()).collect();

@@ -16,7 +16,7 @@ use super::{RestoreReport, Want};
 use crate::chunk::ChunkRef;
 use crate::config::{Class, Matcher};
 pub(crate) use crate::fs::apply_meta;
-use crate::fs::{Dir, EntryType};
+use crate::fs::{Dir, EntryType, Journal};
 use crate::hash::Hash;
 use crate::scan::{Problem, Severity};
 use crate::store::{ChunkStore, Store};
@@ -42,6 +42,10 @@ pub(super) struct Writer<'a> {
     /// configuration or the operator, so a symlink there is followed.
     /// Every other parent is opened without following its last component.
     trusted: HashSet<PathBuf>,
+    /// The node's journal of temporaries: a restore killed half-way leaves
+    /// its temporary files recorded, so the next run removes them (SPEC §7)
+    /// instead of leaving `.snapsync-*.tmp` files in the tree for good.
+    journal: Journal,
 }
 
 impl<'a> Writer<'a> {
@@ -52,6 +56,7 @@ impl<'a> Writer<'a> {
         matcher: Option<&'a Matcher>,
         progress: Box<dyn crate::progress::ProgressTask>,
         trusted: HashSet<PathBuf>,
+        journal: Journal,
     ) -> Self {
         Writer {
             host,
@@ -66,6 +71,7 @@ impl<'a> Writer<'a> {
             progress,
             new_file_mode: 0o666 & !crate::fs::tree_umask(),
             trusted,
+            journal,
         }
     }
 
@@ -200,7 +206,7 @@ impl<'a> Writer<'a> {
         // A fresh temporary: never a name found in the tree (see
         // crate::fs).
         let (dir, name) = self.parent_of(path)?;
-        let tmp = dir.create_temp(None)?;
+        let tmp = dir.create_temp(Some(&self.journal))?;
         let mut w = io::BufWriter::with_capacity(1 << 20, tmp.file());
         let mut written = 0u64;
         for c in chunks {
@@ -223,6 +229,7 @@ impl<'a> Writer<'a> {
         self.applied("write", path);
         self.files_written.fetch_add(1, Ordering::Relaxed);
         self.bytes_written.fetch_add(size, Ordering::Relaxed);
+        crate::killpoint::hit("restore.file");
         Ok(())
     }
 

@@ -366,6 +366,7 @@ impl Run<'_, '_> {
         }
         let w = DirWrite { record: rec.map(DirRecord::encode), dir, share };
         self.writes.lock().expect("poisoned").dirs.push(w);
+        crate::killpoint::hit("scan.dir");
     }
 
     /// The tombstone of `old`, and tombstones for everything below it.

@@ -133,6 +133,7 @@ pub fn collect_garbage(
         live_nodes.extend(visited);
     }
 
+    crate::killpoint::hit("gc.marked");
     // Sweep the state first, then the chunks it referenced.
     for key in keyspace_keys(&store.nodes_keyspace()) {
         let key = key.map_err(|e| store.err(e))?;
@@ -142,6 +143,7 @@ pub fn collect_garbage(
         }
     }
     batch.commit()?;
+    crate::killpoint::hit("gc.state_swept");
 
     for (cs, live) in chunk_stores.iter().zip(&live_chunks) {
         let dead: Vec<(Hash, u64)> = cs.list()?.into_iter().filter(|(h, _)| !live.contains(h)).collect();

@@ -997,6 +997,7 @@ impl Batch<'_> {
         }
         if raised != *m {
             raised.write(&store.dir)?;
+            crate::killpoint::hit("store.commit.marker");
             *m = raised;
         }
         self.inner_commit()
@@ -1011,8 +1012,12 @@ impl Batch<'_> {
         }
         let Batch { store, h, inner, bytes, .. } = self;
         store.unflushed.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        crate::killpoint::hit("store.commit.before");
         let e = match inner.commit() {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                crate::killpoint::hit("store.commit.after");
+                return Ok(());
+            }
             Err(e) => e,
         };
         if !matches!(e, fjall::Error::Poisoned | fjall::Error::Io(_) | fjall::Error::Storage(_)) {

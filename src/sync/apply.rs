@@ -177,7 +177,7 @@ impl<'a> Apply<'a> {
         let dir = self.node.state_dir().join("incoming");
         let io = |e| SyncError::Engine(EngineError::io(&dir, e));
         let staging = Staging::open(&dir.join("chunks")).map_err(io)?;
-        Ok((Arc::new(staging), Journal::open(&dir.join("temps")).map_err(io)?))
+        Ok((Arc::new(staging), Journal::of_state(self.node.state_dir()).map_err(io)?))
     }
 
     /// Applies `plans`; returns the generation recorded, if any. Called
@@ -251,6 +251,7 @@ impl<'a> Apply<'a> {
             let last = files.len() == 0;
             if !batch.is_empty() {
                 self.fetch_missing(&batch, &staging, &receiving, report).await?;
+                crate::killpoint::hit("apply.fetched");
             }
             let now = last || batch.iter().any(|j| replaces_dir(&j.take));
             let this = self
@@ -809,6 +810,9 @@ impl<'a> Apply<'a> {
                 return;
             }
         }
+        if !placed.is_empty() {
+            crate::killpoint::hit("apply.placed");
+        }
         for (job, md) in placed {
             let t = job.take;
             let stat = crate::scan::stat_of(&md);
@@ -1117,6 +1121,7 @@ async fn fetch_one(
             tokio::task::block_in_place(|| -> Result<(), SyncError> {
                 if let Some(cs) = node.engine.chunk_store(gi) {
                     cs.put(hash, &data)?;
+                    crate::killpoint::hit("receive.chunk");
                     return Ok(());
                 }
                 for content in targets.get(hash).map(Vec::as_slice).unwrap_or_default() {
@@ -1126,6 +1131,7 @@ async fn fetch_one(
                         tracing::warn!("keeping chunk {} received from {}: {e}", hash.short(), peer.host);
                     }
                 }
+                crate::killpoint::hit("receive.chunk");
                 Ok(())
             })?;
         }

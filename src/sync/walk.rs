@@ -465,6 +465,7 @@ async fn pass(
             }
         }
     }
+    crate::killpoint::hit("reconcile.planned");
     let Walk { mut plans, edits, mut report, .. } = walk;
     tokio::task::block_in_place(|| edits.commit(&node.engine, &writer, &g.name, &peer.host, &mut plans))?;
     drop(writer);

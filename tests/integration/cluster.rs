@@ -558,6 +558,27 @@ impl Cluster {
         assert!(status.is_some(), "{name} did not die on SIGKILL");
     }
 
+    /// Waits (at most `limit`) for node `name`'s daemon to exit on its own
+    /// (a kill point, say): its exit status, or `None` if it still ran
+    /// (it is then killed). Either way the daemon no longer runs.
+    pub fn wait_exit(&mut self, name: &str, limit: Duration) -> Option<ExitStatus> {
+        let d = self.daemons.remove(name).unwrap_or_else(|| panic!("{name} does not run"));
+        d.wait(limit)
+    }
+
+    /// snapsync's temporary files in node `name`'s tree, and the entries
+    /// of its journal of temporaries: both empty once a run is over.
+    pub fn temporaries(&self, name: &str) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = snapshot(&self.tree(name))
+            .into_keys()
+            .filter(|p| p.file_name().is_some_and(|f| f.as_bytes().starts_with(b".snapsync-")))
+            .map(|p| self.tree(name).join(p))
+            .collect();
+        let journal = self.node_state_dir(name).join("incoming").join("temps");
+        out.extend(std::fs::read_dir(&journal).into_iter().flat_map(|d| d.flatten().map(|e| e.path())));
+        out
+    }
+
     /// Node `name`'s state directory for its current config:
     /// `STATE/CONFIG_NAME/HOST`, as the binary names it.
     pub fn node_state_dir(&self, name: &str) -> PathBuf {

@@ -14,6 +14,7 @@ mod faults_disk;
 mod faults_network;
 mod faults_source;
 mod generations_retention;
+mod kill_points;
 mod local;
 mod model_random;
 mod operator_reports;

@@ -704,15 +704,8 @@ impl Run<'_> {
         }
         // No temporary left in a tree or in a journal of temporaries.
         for n in NODES {
-            let temps: Vec<_> = walk(&self.c.tree(n))
-                .into_iter()
-                .filter(|p| p.file_name().is_some_and(|f| f.as_bytes().starts_with(b".snapsync-")))
-                .collect();
+            let temps = self.c.temporaries(n);
             assert!(temps.is_empty(), "{n} keeps temporaries: {temps:?}");
-            let journal = self.c.node_state_dir(n).join("incoming").join("temps");
-            let left: Vec<_> =
-                std::fs::read_dir(&journal).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-            assert!(left.is_empty(), "{n}'s journal of temporaries keeps {left:?}");
         }
     }
 }
@@ -723,20 +716,6 @@ fn remove(path: &Path) {
         Ok(_) => std::fs::remove_file(path).unwrap(),
         Err(_) => {}
     }
-}
-
-fn walk(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            }
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// Runs seed `seed`; on failure prints the seed and the operation log.

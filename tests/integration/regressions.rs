@@ -185,3 +185,30 @@ fn snapsync_temporary_files_are_never_tracked() {
     let ls = n.json(&["ls"]);
     assert!(!ls["entries"].as_array().unwrap().iter().any(|e| e["path"].as_str().unwrap().contains(".snapsync-")));
 }
+
+/// A restore killed between a file's sync and its rename left its
+/// temporary in the tree for good: restore did not record its temporaries
+/// in the journal, and nothing swept it. The next command now removes it.
+#[test]
+fn a_restore_killed_before_its_rename_leaves_no_temporary_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    let n = Node::new("a", 3, "");
+    write(&n.tree().join("f"), b"first");
+    n.cmd().arg("check").assert().success();
+    write(&n.tree().join("f"), b"second, longer");
+    n.cmd().arg("check").assert().success();
+    let temps = || -> Vec<String> {
+        std::fs::read_dir(n.tree())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".snapsync-"))
+            .collect()
+    };
+    let out =
+        n.cmd().env(snapsync::killpoint::ENV, "place.synced").args(["restore", "--generation", "1"]).output().unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(temps().len(), 1, "the kill leaves the temporary being renamed");
+    assert_eq!(std::fs::read(n.tree().join("f")).unwrap(), b"second, longer");
+    n.cmd().arg("check").assert().success();
+    assert_eq!(temps(), Vec::<String>::new());
+}
