@@ -666,24 +666,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// glibc's `fnmatch`, the reference csync2 matches with.
-        mod reference {
-            use std::ffi::{CString, c_char, c_int};
-
-            pub const FNM_PATHNAME: c_int = 1;
-            pub const FNM_LEADING_DIR: c_int = 1 << 3;
-
-            unsafe extern "C" {
-                fn fnmatch(pattern: *const c_char, string: *const c_char, flags: c_int) -> c_int;
-            }
-
-            pub fn matches(pattern: &str, string: &str, flags: c_int) -> bool {
-                let p = CString::new(pattern).unwrap();
-                let s = CString::new(string).unwrap();
-                // SAFETY: both are valid NUL-terminated strings that outlive the call.
-                unsafe { fnmatch(p.as_ptr(), s.as_ptr(), flags) == 0 }
-            }
-        }
+        use crate::fuzzing::fnmatch as reference;
 
         fn ours(pattern: &str, string: &str, path_flags: bool) -> bool {
             if path_flags {
@@ -693,41 +676,6 @@ mod tests {
             } else {
                 glob(pattern, false).unwrap().compile_matcher().is_match(string)
             }
-        }
-
-        /// csync2's `csync_match_file` for one group, written directly over
-        /// glibc's `fnmatch`.
-        fn reference_classify(patterns: &[Pattern], path: &str) -> Class {
-            use reference::{FNM_LEADING_DIR, FNM_PATHNAME, matches};
-            let base = path.rsplit('/').next().unwrap_or(path);
-            let (mut in_path, mut in_base) = (false, true);
-            for p in patterns {
-                let pathname = if p.star_matches_slashes() { 0 } else { FNM_PATHNAME };
-                if !p.is_path_pattern() {
-                    if matches(&p.text, base, 0) {
-                        in_base = p.kind.is_include();
-                    }
-                } else if matches(&p.text, path, FNM_LEADING_DIR | pathname) {
-                    in_path = p.kind.is_include();
-                }
-            }
-            if in_path && in_base {
-                return Class::Included;
-            }
-            if path == "/" {
-                return Class::Ancestor;
-            }
-            for p in patterns.iter().filter(|p| p.is_path_pattern() && p.kind.is_include()) {
-                let pathname = if p.star_matches_slashes() { 0 } else { FNM_PATHNAME };
-                let mut cut = p.text.as_str();
-                while let Some(i) = cut.rfind('/') {
-                    cut = &cut[..i];
-                    if matches(cut, path, pathname) {
-                        return Class::Ancestor;
-                    }
-                }
-            }
-            Class::Excluded
         }
 
         fn theirs(pattern: &str, string: &str, path_flags: bool) -> bool {
@@ -835,7 +783,7 @@ mod tests {
                     .collect();
                 let active: Vec<Pattern> = patterns.iter().filter(|p| p.kind != Compare).cloned().collect();
                 let m = Matcher::new(&patterns, false).unwrap();
-                prop_assert_eq!(m.classify(Path::new(&s)), reference_classify(&active, &s), "{:?} on {:?}", patterns, s);
+                prop_assert_eq!(m.classify(Path::new(&s)), reference::classify(&active, &s), "{:?} on {:?}", patterns, s);
             }
         }
     }

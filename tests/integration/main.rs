@@ -9,6 +9,7 @@ mod csync2_cli;
 mod daemon_config_reload;
 mod daemon_log;
 mod daemon_progress;
+mod fuzz_corpus;
 mod generations_retention;
 mod local;
 mod model_random;
