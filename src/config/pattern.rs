@@ -338,15 +338,42 @@ fn parse_bracket(chars: &[char], start: usize) -> Option<Bracket> {
         i += 1;
     }
     let mut ranges = Vec::new();
+    // Set at a class name glibc does not know (`[:foo:]`): glibc fails the
+    // match when it gets there, so members after it never match and a
+    // negated bracket matches nothing.
+    let mut invalid = false;
     let mut first = true;
     loop {
         let c = *chars.get(i)?;
         if c == ']' && !first {
+            if invalid && negated {
+                return Some(Bracket { negated: false, ranges: Vec::new(), end: i + 1 });
+            }
             return Some(Bracket { negated, ranges, end: i + 1 });
         }
         first = false;
         // One item: a class, an escaped or a plain character.
-        let lo = if c == '[' && matches!(chars.get(i + 1), Some(':' | '=' | '.')) {
+        let lo = if c == '[' && chars.get(i + 1) == Some(&':') {
+            // glibc reads a class name of the letters `a` to `y` (sic) up
+            // to `:]`; with any other character in it, the `[` is a plain
+            // member (`[[:a-b:]` is the set of `[`, `:`, `a` to `b`).
+            let body_start = i + 2;
+            let len = chars[body_start.min(chars.len())..].iter().take_while(|c| ('a'..'z').contains(*c)).count();
+            let end = body_start + len;
+            if chars.get(end) == Some(&':') && chars.get(end + 1) == Some(&']') {
+                let name: String = chars[body_start..end].iter().collect();
+                i = end + 2;
+                let class = posix_class(&name);
+                // glibc also refuses names of CHAR_CLASS_MAX_LENGTH (256) or more.
+                invalid |= class.is_empty() || len >= 256;
+                if !invalid {
+                    ranges.extend_from_slice(class);
+                }
+                continue;
+            }
+            i += 1;
+            '['
+        } else if c == '[' && matches!(chars.get(i + 1), Some('=' | '.')) {
             let kind = chars[i + 1];
             let body_start = i + 2;
             let close = (body_start..chars.len().saturating_sub(1)).find(|&j| chars[j] == kind && chars[j + 1] == ']');
@@ -354,10 +381,6 @@ fn parse_bracket(chars: &[char], start: usize) -> Option<Bracket> {
                 Some(end) => {
                     let name: String = chars[body_start..end].iter().collect();
                     i = end + 2;
-                    if kind == ':' {
-                        ranges.extend_from_slice(posix_class(&name));
-                        continue;
-                    }
                     // `[=c=]` and `[.c.]` with one character stand for it.
                     let mut it = name.chars();
                     match (it.next(), it.next()) {
@@ -386,10 +409,10 @@ fn parse_bracket(chars: &[char], start: usize) -> Option<Bracket> {
                 hi = *chars.get(i)?;
                 i += 1;
             }
-            if lo <= hi {
+            if lo <= hi && !invalid {
                 ranges.push((lo, hi));
             }
-        } else {
+        } else if !invalid {
             ranges.push((lo, lo));
         }
     }
@@ -716,6 +739,12 @@ mod tests {
                 ("/[[]", "/["),
                 ("/", "/etc"),
                 ("/?", "//"),
+                // Not a class name: the `[` is a member.
+                ("/[[:aap`ha:]", "/["),
+                // An unknown class ends what the bracket can match.
+                ("/[a[:foo:]b]", "/a"),
+                ("/[a[:foo:]b]", "/b"),
+                ("/[!a[:foo:]]", "/c"),
             ];
             for (p, s) in cases {
                 assert_eq!(ours(p, s, true), theirs(p, s, true), "pattern {p:?} on {s:?}");
