@@ -358,7 +358,7 @@ fn parse_bracket(chars: &[char], start: usize) -> Option<Bracket> {
             // to `:]`; with any other character in it, the `[` is a plain
             // member (`[[:a-b:]` is the set of `[`, `:`, `a` to `b`).
             let body_start = i + 2;
-            let len = chars[body_start.min(chars.len())..].iter().take_while(|c| ('a'..'z').contains(*c)).count();
+            let len = chars[body_start.min(chars.len())..].iter().take_while(|c| ('a'..='y').contains(*c)).count();
             let end = body_start + len;
             if chars.get(end) == Some(&':') && chars.get(end + 1) == Some(&']') {
                 let name: String = chars[body_start..end].iter().collect();
