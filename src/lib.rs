@@ -40,6 +40,9 @@
 //! - [`peer`]: sessions with peers and serving their requests.
 //! - [`daemon`]: `serve`: the QUIC endpoint, the local socket, signals.
 //! - [`cli`]: command-line parsing, output and exit codes.
+//! - `fuzzing` (hidden): the properties the fuzz targets check, shared
+//!   with the test that replays their corpus (uses `config`, `chunk`,
+//!   `tree`, `store`, `proto`).
 
 pub mod audit;
 pub mod chunk;
@@ -49,6 +52,8 @@ pub mod daemon;
 pub mod engine;
 pub mod exit;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod interrupt;
 pub mod key;

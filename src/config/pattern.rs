@@ -338,15 +338,42 @@ fn parse_bracket(chars: &[char], start: usize) -> Option<Bracket> {
         i += 1;
     }
     let mut ranges = Vec::new();
+    // Set at a class name glibc does not know (`[:foo:]`): glibc fails the
+    // match when it gets there, so members after it never match and a
+    // negated bracket matches nothing.
+    let mut invalid = false;
     let mut first = true;
     loop {
         let c = *chars.get(i)?;
         if c == ']' && !first {
+            if invalid && negated {
+                return Some(Bracket { negated: false, ranges: Vec::new(), end: i + 1 });
+            }
             return Some(Bracket { negated, ranges, end: i + 1 });
         }
         first = false;
         // One item: a class, an escaped or a plain character.
-        let lo = if c == '[' && matches!(chars.get(i + 1), Some(':' | '=' | '.')) {
+        let lo = if c == '[' && chars.get(i + 1) == Some(&':') {
+            // glibc reads a class name of the letters `a` to `y` (sic) up
+            // to `:]`; with any other character in it, the `[` is a plain
+            // member (`[[:a-b:]` is the set of `[`, `:`, `a` to `b`).
+            let body_start = i + 2;
+            let len = chars[body_start.min(chars.len())..].iter().take_while(|c| ('a'..='y').contains(*c)).count();
+            let end = body_start + len;
+            if chars.get(end) == Some(&':') && chars.get(end + 1) == Some(&']') {
+                let name: String = chars[body_start..end].iter().collect();
+                i = end + 2;
+                let class = posix_class(&name);
+                // glibc also refuses names of CHAR_CLASS_MAX_LENGTH (256) or more.
+                invalid |= class.is_empty() || len >= 256;
+                if !invalid {
+                    ranges.extend_from_slice(class);
+                }
+                continue;
+            }
+            i += 1;
+            '['
+        } else if c == '[' && matches!(chars.get(i + 1), Some('=' | '.')) {
             let kind = chars[i + 1];
             let body_start = i + 2;
             let close = (body_start..chars.len().saturating_sub(1)).find(|&j| chars[j] == kind && chars[j + 1] == ']');
@@ -354,10 +381,6 @@ fn parse_bracket(chars: &[char], start: usize) -> Option<Bracket> {
                 Some(end) => {
                     let name: String = chars[body_start..end].iter().collect();
                     i = end + 2;
-                    if kind == ':' {
-                        ranges.extend_from_slice(posix_class(&name));
-                        continue;
-                    }
                     // `[=c=]` and `[.c.]` with one character stand for it.
                     let mut it = name.chars();
                     match (it.next(), it.next()) {
@@ -386,10 +409,10 @@ fn parse_bracket(chars: &[char], start: usize) -> Option<Bracket> {
                 hi = *chars.get(i)?;
                 i += 1;
             }
-            if lo <= hi {
+            if lo <= hi && !invalid {
                 ranges.push((lo, hi));
             }
-        } else {
+        } else if !invalid {
             ranges.push((lo, lo));
         }
     }
@@ -666,24 +689,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// glibc's `fnmatch`, the reference csync2 matches with.
-        mod reference {
-            use std::ffi::{CString, c_char, c_int};
-
-            pub const FNM_PATHNAME: c_int = 1;
-            pub const FNM_LEADING_DIR: c_int = 1 << 3;
-
-            unsafe extern "C" {
-                fn fnmatch(pattern: *const c_char, string: *const c_char, flags: c_int) -> c_int;
-            }
-
-            pub fn matches(pattern: &str, string: &str, flags: c_int) -> bool {
-                let p = CString::new(pattern).unwrap();
-                let s = CString::new(string).unwrap();
-                // SAFETY: both are valid NUL-terminated strings that outlive the call.
-                unsafe { fnmatch(p.as_ptr(), s.as_ptr(), flags) == 0 }
-            }
-        }
+        use crate::fuzzing::fnmatch as reference;
 
         fn ours(pattern: &str, string: &str, path_flags: bool) -> bool {
             if path_flags {
@@ -693,41 +699,6 @@ mod tests {
             } else {
                 glob(pattern, false).unwrap().compile_matcher().is_match(string)
             }
-        }
-
-        /// csync2's `csync_match_file` for one group, written directly over
-        /// glibc's `fnmatch`.
-        fn reference_classify(patterns: &[Pattern], path: &str) -> Class {
-            use reference::{FNM_LEADING_DIR, FNM_PATHNAME, matches};
-            let base = path.rsplit('/').next().unwrap_or(path);
-            let (mut in_path, mut in_base) = (false, true);
-            for p in patterns {
-                let pathname = if p.star_matches_slashes() { 0 } else { FNM_PATHNAME };
-                if !p.is_path_pattern() {
-                    if matches(&p.text, base, 0) {
-                        in_base = p.kind.is_include();
-                    }
-                } else if matches(&p.text, path, FNM_LEADING_DIR | pathname) {
-                    in_path = p.kind.is_include();
-                }
-            }
-            if in_path && in_base {
-                return Class::Included;
-            }
-            if path == "/" {
-                return Class::Ancestor;
-            }
-            for p in patterns.iter().filter(|p| p.is_path_pattern() && p.kind.is_include()) {
-                let pathname = if p.star_matches_slashes() { 0 } else { FNM_PATHNAME };
-                let mut cut = p.text.as_str();
-                while let Some(i) = cut.rfind('/') {
-                    cut = &cut[..i];
-                    if matches(cut, path, pathname) {
-                        return Class::Ancestor;
-                    }
-                }
-            }
-            Class::Excluded
         }
 
         fn theirs(pattern: &str, string: &str, path_flags: bool) -> bool {
@@ -768,6 +739,12 @@ mod tests {
                 ("/[[]", "/["),
                 ("/", "/etc"),
                 ("/?", "//"),
+                // Not a class name: the `[` is a member.
+                ("/[[:aap`ha:]", "/["),
+                // An unknown class ends what the bracket can match.
+                ("/[a[:foo:]b]", "/a"),
+                ("/[a[:foo:]b]", "/b"),
+                ("/[!a[:foo:]]", "/c"),
             ];
             for (p, s) in cases {
                 assert_eq!(ours(p, s, true), theirs(p, s, true), "pattern {p:?} on {s:?}");
@@ -835,7 +812,7 @@ mod tests {
                     .collect();
                 let active: Vec<Pattern> = patterns.iter().filter(|p| p.kind != Compare).cloned().collect();
                 let m = Matcher::new(&patterns, false).unwrap();
-                prop_assert_eq!(m.classify(Path::new(&s)), reference_classify(&active, &s), "{:?} on {:?}", patterns, s);
+                prop_assert_eq!(m.classify(Path::new(&s)), reference::classify(&active, &s), "{:?} on {:?}", patterns, s);
             }
         }
     }

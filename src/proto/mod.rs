@@ -41,7 +41,7 @@ mod message;
 mod page;
 mod reply;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod validate;
 
 pub use deadline::Deadlines;

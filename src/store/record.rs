@@ -53,7 +53,14 @@ impl DirRecord {
 
     /// Decodes a stored record.
     pub fn decode(bytes: &[u8]) -> Result<DirRecord, String> {
-        postcard::from_bytes(bytes).map_err(|e| e.to_string())
+        // `take_from_bytes`, not `from_bytes`, which ignores what follows
+        // the value: bytes after a record mean it was damaged (found by
+        // the dir_record fuzz target).
+        match postcard::take_from_bytes(bytes) {
+            Ok((record, [])) => Ok(record),
+            Ok((_, rest)) => Err(format!("{} bytes after the record", rest.len())),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// The record of child `name`.

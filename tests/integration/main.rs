@@ -13,6 +13,7 @@ mod faults_clock;
 mod faults_disk;
 mod faults_network;
 mod faults_source;
+mod fuzz_corpus;
 mod generations_retention;
 mod kill_points;
 mod local;

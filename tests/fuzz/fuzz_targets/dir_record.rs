@@ -1,0 +1,7 @@
+//! Directory records: `store::DirRecord::decode`. The properties are `snapsync::fuzzing::check_dir_record`.
+#![no_main]
+
+#[global_allocator]
+static ALLOC: snapsync_fuzz::BoundedAlloc = snapsync_fuzz::BoundedAlloc;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| snapsync::fuzzing::check_dir_record(data));

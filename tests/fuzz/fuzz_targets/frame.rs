@@ -1,0 +1,7 @@
+//! Frames and messages: `proto::decode_frame`. The properties are `snapsync::fuzzing::check_frame`.
+#![no_main]
+
+#[global_allocator]
+static ALLOC: snapsync_fuzz::BoundedAlloc = snapsync_fuzz::BoundedAlloc;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| snapsync::fuzzing::check_frame(data));

@@ -1,0 +1,7 @@
+//! The csync2 pattern matcher against glibc's `fnmatch`. The properties are `snapsync::fuzzing::check_pattern`.
+#![no_main]
+
+#[global_allocator]
+static ALLOC: snapsync_fuzz::BoundedAlloc = snapsync_fuzz::BoundedAlloc;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| snapsync::fuzzing::check_pattern(data));
