@@ -688,7 +688,10 @@ async fn welcome(
     stream: Stream,
 ) -> Option<Vec<String>> {
     let mut stream = Deadlines::new(stream, "Hello request", "answer to Hello");
-    let hello = proto::read_frame(&mut stream).await.and_then(|m| m.validate().map(|()| m));
+    // Not welcomed yet: the budget all such connections share, whatever
+    // host their certificates name.
+    let hello =
+        proto::read_frame_within(&mut stream, &node.request_budget("")).await.and_then(|m| m.validate().map(|()| m));
     let reply = match hello {
         Ok(Message::Hello { protocol, host: claimed, groups }) => match proto::negotiate(protocol) {
             Err(e) => Err(Message::error(&e)),
