@@ -92,8 +92,11 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
 /// content or link target.
 pub type Seen = (String, u32, Option<(i64, i64)>, Vec<u8>);
 
-/// What a tree holds, for comparisons: relative path → [`Seen`].
-pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Seen> {
+/// What a tree holds: relative path → [`Seen`].
+pub type Snapshot = BTreeMap<PathBuf, Seen>;
+
+/// What a tree holds, for comparisons.
+pub fn snapshot(root: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     for e in walkdir(root) {
         let md = std::fs::symlink_metadata(&e).unwrap();
@@ -173,6 +176,16 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
     std::fs::set_permissions(to, md.permissions()).unwrap();
+}
+
+/// A field of `/proc/PID/status`, in kB.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Whether the tests run as root.
@@ -286,5 +299,33 @@ pub fn open_engine(config: &snapsync::config::Config, host: &str, state: &Path) 
             }
             other => return other.unwrap(),
         }
+    }
+}
+
+/// A directory outside every synced tree, with one file in it, that
+/// nothing may change: [`Outside::assert_untouched`] compares its entries,
+/// their content, modes and mtimes, and the directory's own mtime (which a
+/// new or removed entry changes) with what they were at [`Outside::new`].
+pub struct Outside {
+    pub dir: PathBuf,
+    before: (BTreeMap<PathBuf, Seen>, (i64, i64)),
+}
+
+impl Outside {
+    /// Creates `dir` with a file `sentinel` in it.
+    pub fn new(dir: &Path) -> Outside {
+        write(&dir.join("sentinel"), b"outside every tree");
+        Outside { dir: dir.to_path_buf(), before: Outside::seen(dir) }
+    }
+
+    fn seen(dir: &Path) -> (BTreeMap<PathBuf, Seen>, (i64, i64)) {
+        let md = std::fs::symlink_metadata(dir).expect("the outside directory");
+        (snapshot(dir), (md.mtime(), md.mtime_nsec()))
+    }
+
+    /// Panics if anything in or of the directory changed.
+    pub fn assert_untouched(&self) {
+        let now = Outside::seen(&self.dir);
+        assert!(now == self.before, "{} changed: {:#?}\nwas {:#?}", self.dir.display(), now, self.before);
     }
 }
