@@ -214,6 +214,23 @@ pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Option<std::process::C
     Some(cmd)
 }
 
+/// Makes `dir` reachable by other users: every directory from `dir`'s
+/// parent up to (not including) `outer` gets `o+x`. False, with the reason
+/// printed, when `outer` itself is not traversable by them.
+pub fn traversable_to(dir: &Path, outer: &Path) -> bool {
+    if std::fs::metadata(outer).unwrap().mode() & 0o001 == 0 {
+        eprintln!("skipped: {} is not traversable by other users", outer.display());
+        return false;
+    }
+    let mut p = dir.parent().unwrap();
+    while p != outer {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+        p = p.parent().unwrap();
+    }
+    true
+}
+
 /// A small tmpfs mounted over a directory for the length of a test, with
 /// the directory's mode (a tmpfs root is 1777); unmounted when dropped.
 pub struct Tmpfs(PathBuf);

@@ -22,6 +22,7 @@ mod packaging;
 mod regressions;
 mod security_flood;
 mod security_hostile_peer;
+mod security_hostile_user;
 mod security_local_files;
 mod security_part_files;
 mod security_peer_limits;
