@@ -86,8 +86,8 @@ pub struct Node {
     pulls: Arc<std::sync::Mutex<HashMap<(String, String), PullLock>>>,
     /// Per peer host (lower case), the budget of its request frames being
     /// read ([`crate::proto::REQUEST_BUDGET`]); the empty name's is shared
-    /// by connections whose `Hello` is not answered yet. Hosts are the
-    /// listed ones only (a session exists only once welcomed), so the map
+    /// by the `Hello` of every connection whose certificate names a host
+    /// no group lists. Only listed hosts get one of their own, so the map
     /// stays small.
     requests: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     /// What a watching daemon knows of the trees on disk.

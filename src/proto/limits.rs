@@ -196,9 +196,9 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// would keep a connection to a wedged peer open forever.
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Bytes of request frames a node reads at once from one peer host, all
-/// its connections and streams together (and, before a connection's
-/// `Hello` is answered, from all such connections together).
+/// Bytes of request frames a node reads at once from one listed peer
+/// host, all its connections and streams together (hosts no group lists
+/// share one such budget for their `Hello`).
 ///
 /// A local choice, not a wire rule. Honest requests are small (a `GetDir`
 /// or `Pull` is under 5 KiB, a `GetChunks` rarely over 64 KiB), so 16 MiB

@@ -339,37 +339,53 @@ impl Crafted {
     /// each welcomed, and on each [`net::MAX_STREAMS`] request streams
     /// that announce a frame of [`proto::MAX_FRAME`] bytes and send all but
     /// its last byte, so that the node would hold every one of them whole
-    /// while it waits for the end. Returns once every stream's bytes are
-    /// taken or refused (bounded); the streams and connections stay open until the
-    /// [`Flood`] is dropped.
-    pub fn flood(&self, c: &Cluster, target: &str, conns: usize) -> Flood {
+    /// while it waits for the end. Not `welcomed`: as a host no group lists
+    /// (a certificate minted with the group key), each connection sends
+    /// one such frame where the node waits for its `Hello`. Returns once
+    /// every stream's bytes are taken or refused, or its connection is
+    /// (bounded); the streams and connections stay open until the [`Flood`]
+    /// is dropped.
+    pub fn flood(&self, c: &Cluster, target: &str, conns: usize, welcomed: bool) -> Flood {
         let addr = SocketAddr::from((c.node(target).ip, c.node(target).port));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
         let rt = self.rt.as_ref().unwrap();
+        let host = if welcomed { self.name.clone() } else { "intruder".to_owned() };
+        let per_conn = if welcomed { net::MAX_STREAMS as usize } else { 1 };
         for _ in 0..conns {
-            let (id, target, name) = (identity(c, &self.name), target.to_owned(), self.name.clone());
+            let (id, target, name) = (identity(c, &host), target.to_owned(), host.clone());
             let (mut stopped, sent_tx) = (stopped.clone(), sent_tx.clone());
             rt.spawn(async move {
-                let Ok(conn) = net::connect(addr, &target, &id).await else { return };
-                let (mut opener, _acceptor) = conn.split();
-                let Ok(mut hello) = opener.open_stream().await else { return };
-                let msg = Message::Hello { protocol: proto::PROTOCOL_VERSION, host: name, groups: vec![GROUP.into()] };
-                if proto::write_frame(&mut hello, &msg).await.is_err()
-                    || !matches!(proto::read_frame(&mut hello).await, Ok(Message::Welcome { .. }))
-                {
-                    return;
-                }
-                drop(hello);
                 let mut held = Vec::new();
-                for _ in 0..net::MAX_STREAMS {
-                    let Ok(mut s) = opener.open_stream().await else { break };
-                    let len = proto::MAX_FRAME;
-                    let mut frame = (len as u32).to_be_bytes().to_vec();
-                    frame.resize(4 + len - 1, 0xa5);
-                    let sent = s.write_all(&frame).await.is_ok() && s.flush().await.is_ok();
-                    let _ = sent_tx.send(sent);
-                    held.push(s);
+                let mut reported = 0;
+                let opener = async {
+                    let mut opener = net::connect(addr, &target, &id).await.ok()?.split().0;
+                    if welcomed {
+                        let mut hello = opener.open_stream().await.ok()?;
+                        let msg = Message::Hello {
+                            protocol: proto::PROTOCOL_VERSION,
+                            host: name,
+                            groups: vec![GROUP.into()],
+                        };
+                        proto::write_frame(&mut hello, &msg).await.ok()?;
+                        let Ok(Message::Welcome { .. }) = proto::read_frame(&mut hello).await else { return None };
+                    }
+                    for _ in 0..per_conn {
+                        let mut s = opener.open_stream().await.ok()?;
+                        let len = proto::MAX_FRAME;
+                        let mut frame = (len as u32).to_be_bytes().to_vec();
+                        frame.resize(4 + len - 1, 0xa5);
+                        let sent = s.write_all(&frame).await.is_ok() && s.flush().await.is_ok();
+                        let _ = sent_tx.send(sent);
+                        reported += 1;
+                        held.push(s);
+                    }
+                    Some(opener)
+                }
+                .await;
+                // Refused or closed: what was not sent is reported so.
+                for _ in reported..per_conn {
+                    let _ = sent_tx.send(false);
                 }
                 let _ = stopped.wait_for(|s| *s).await;
                 drop(held);
@@ -377,7 +393,7 @@ impl Crafted {
             });
         }
         drop(sent_tx);
-        let want = conns * net::MAX_STREAMS as usize;
+        let want = conns * per_conn;
         let (streams, sent) = rt.block_on(async {
             let (mut n, mut ok) = (0, 0);
             let deadline = tokio::time::Instant::now() + EVENT_WAIT;

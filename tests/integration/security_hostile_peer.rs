@@ -308,10 +308,12 @@ fn a_directory_swapped_for_a_symlink_mid_pull_is_not_written_through() {
 
 /// A key holder floods the node with requests that never end: many
 /// connections, each with as many streams as it may open, each stream a
-/// frame of the largest size less its last byte. The daemon's memory stays
-/// bounded while they are held (it reads at most
+/// frame of the largest size less its last byte; then as many connections
+/// more, under a made-up host name, that send such a frame where the node
+/// waits for their `Hello`. The
+/// daemon's memory stays bounded while they are held (it reads at most
 /// [`proto::REQUEST_BUDGET`] of one host's requests at once and refuses
-/// the rest as busy), and another peer syncs with it meanwhile.
+/// the rest as busy), and another peer syncs with it both ways meanwhile.
 #[test]
 fn a_flood_of_unfinished_requests_keeps_memory_bounded_and_others_syncing() {
     const CONNECTIONS: usize = 16;
@@ -321,13 +323,16 @@ fn a_flood_of_unfinished_requests_keeps_memory_bounded_and_others_syncing() {
     let pid = c.daemon_pid("a");
     let crafted = Crafted::start(&c, "b", Listing::Served, Served::default());
     let rss_before = proc_status_kb(pid, "VmRSS");
-    let flood = crafted.flood(&c, "a", CONNECTIONS);
+    let requests = crafted.flood(&c, "a", CONNECTIONS, true);
+    let hellos = crafted.flood(&c, "a", CONNECTIONS, false);
     let want = CONNECTIONS * snapsync::net::MAX_STREAMS as usize;
+    assert_eq!((requests.streams, hellos.streams), (want, CONNECTIONS), "the flood did not get all its streams");
     let held = proc_status_kb(pid, "VmRSS");
-    assert_eq!(flood.streams, want, "the flood did not get all its streams");
     eprintln!(
-        "{} of {want} streams sent {} MiB each; a's daemon: RSS {} MiB before, {} MiB while held",
-        flood.sent,
+        "{} of {want} request streams and {} of {CONNECTIONS} Hello streams sent {} MiB each; \
+         a's daemon: RSS {} MiB before, {} MiB while held",
+        requests.sent,
+        hellos.sent,
         proto::MAX_FRAME >> 20,
         rss_before >> 10,
         held >> 10
@@ -337,11 +342,15 @@ fn a_flood_of_unfinished_requests_keeps_memory_bounded_and_others_syncing() {
     let v = c.sync_ok_with("c", &["--peer", "a"]);
     assert!(peer_report(&v, "a")["error"].is_null(), "{v:#}");
     assert_eq!(std::fs::read(c.path("a", "from-c")).unwrap(), b"c's file");
+    write(&c.path("a", "from-a"), b"a's file");
+    let v = c.sync_ok_with("a", &["--peer", "c"]);
+    assert!(peer_report(&v, "c")["error"].is_null(), "{v:#}");
+    assert_eq!(std::fs::read(c.path("c", "from-a")).unwrap(), b"a's file");
     let peak = proc_status_kb(pid, "VmHWM");
     eprintln!("a's daemon: peak RSS {} MiB", peak >> 10);
-    drop(flood);
+    drop((requests, hellos));
     // What the node may hold of the flood: b's request budget (16 MiB),
     // its decoding and the connections' QUIC buffers, not a frame per
-    // stream of every connection (128 frames of 4 MiB: over 500 MiB).
+    // stream of every connection (144 frames of 4 MiB: over 500 MiB).
     assert!(peak < rss_before + (96 << 10), "peak RSS {} MiB, {} MiB before", peak >> 10, rss_before >> 10);
 }
