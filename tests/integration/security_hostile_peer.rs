@@ -1,12 +1,15 @@
 //! Issue 12 item 4, SPEC §6 and §7: a hostile holder of the group key.
 //! The crafted peer of [`crate::crafted_peer`] sends what no member would:
-//! names with `/`, `..` or NUL, absolute paths, roots outside the include
-//! root, chunks that are not what they are named, chunk lists that do not
-//! add up, frames over the limit; it pushes while listed receive-only, and
-//! replays a push after the node moved on. Each time the node refuses,
-//! naming the peer; nothing outside the tree changes, nothing wrong is
-//! written inside it, the store verifies, and the daemon goes on syncing
-//! with an honest peer.
+//! names with `/`, `.`, `..` or NUL, absolute paths, chunks that are not
+//! what they are named, chunk lists that do not add up or claim 2^40
+//! chunks, frames over the limit. The node refuses each, naming the peer
+//! and the reason; nothing outside the tree changes, nothing is written
+//! inside it, no temporary is left, the store verifies, and the daemon
+//! goes on syncing with an honest peer. A root outside the include root is
+//! skipped unread; a receive-only host's push is refused unread; a
+//! replayed push takes nothing older than the node has; a directory
+//! swapped for a symlink mid-pull is not written through; a flood of
+//! unfinished requests costs bounded memory while others sync.
 
 use snapsync::chunk::ChunkRef;
 use snapsync::hash::Hash;
@@ -22,8 +25,8 @@ fn offered(owner: Owner, name: &[u8], data: &[u8]) -> (WireEntry, Hash, Vec<u8>)
     (file_of_chunks(owner, name, vec![r]), r.hash, stored)
 }
 
-/// Serves the include root listing `entries`, with the chunks of `data`
-/// under their names.
+/// Serves the include root listing `entries`, and `chunks` (name, stored
+/// bytes) for `GetChunks`.
 fn listing(owner: Owner, entries: Vec<WireEntry>, chunks: Vec<(Hash, Vec<u8>)>) -> Served {
     Served {
         roots: Some(roots(owner)),
