@@ -84,6 +84,12 @@ pub struct Node {
     /// time, so a peer that asks for many at once gets one reconcile's
     /// worth of this node's memory, not many.
     pulls: Arc<std::sync::Mutex<HashMap<(String, String), PullLock>>>,
+    /// Per peer host (lower case), the budget of its request frames being
+    /// read ([`crate::proto::REQUEST_BUDGET`]); the empty name's is shared
+    /// by the `Hello` of every connection whose certificate names a host
+    /// no group lists. Only listed hosts get one of their own, so the map
+    /// stays small.
+    requests: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     /// What a watching daemon knows of the trees on disk.
     pub watched: Arc<Watched>,
 }
@@ -178,6 +184,7 @@ impl Node {
             stats: Arc::default(),
             encoded: Arc::default(),
             pulls: Arc::default(),
+            requests: Arc::default(),
             watched: Arc::default(),
         }
     }
@@ -194,8 +201,19 @@ impl Node {
             stats: Arc::clone(&self.stats),
             encoded: Arc::clone(&self.encoded),
             pulls: Arc::clone(&self.pulls),
+            requests: Arc::clone(&self.requests),
             watched: Arc::clone(&self.watched),
         }
+    }
+
+    /// The budget of `peer`'s request frames being read (`""`: of the
+    /// connections not yet welcomed).
+    pub(crate) fn request_budget(&self, peer: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut budgets = self.requests.lock().expect("poisoned");
+        let budget = budgets
+            .entry(peer.to_ascii_lowercase())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(crate::proto::REQUEST_BUDGET)));
+        Arc::clone(budget)
     }
 
     /// The lock that serializes `peer`'s pulls of `group`.

@@ -36,7 +36,8 @@ use crate::tree::Body;
 /// Serves one request stream of `peer`.
 pub(super) async fn serve_stream(node: Arc<Node>, peer: Arc<Peer>, stream: Stream) {
     let mut stream = Deadlines::new(stream, "request", "answer");
-    let request = match proto::read_frame(&mut stream).await.and_then(|m| m.validate().map(|()| m)) {
+    let budget = node.request_budget(&peer.host);
+    let request = match proto::read_frame_within(&mut stream, &budget).await.and_then(|m| m.validate().map(|()| m)) {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!("peer {}: bad request: {e}", peer.host);

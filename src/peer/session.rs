@@ -692,7 +692,15 @@ async fn welcome(
     stream: Stream,
 ) -> Option<Vec<String>> {
     let mut stream = Deadlines::new(stream, "Hello request", "answer to Hello");
-    let hello = proto::read_frame(&mut stream).await.and_then(|m| m.validate().map(|()| m));
+    // Not welcomed yet. A host listed in a group of this key reads its
+    // `Hello` within its own budget, the one its requests will use; any
+    // other name within the one budget all such names share, so that
+    // certificates minted with the group key for made-up names cannot
+    // multiply it, nor take a listed host's.
+    let key = &node.engine.groups[via].key;
+    let listed = node.engine.groups.iter().any(|g| g.key == *key && g.host(host).is_some());
+    let budget = node.request_budget(if listed { host } else { "" });
+    let hello = proto::read_frame_within(&mut stream, &budget).await.and_then(|m| m.validate().map(|()| m));
     let reply = match hello {
         Ok(Message::Hello { protocol, host: claimed, groups }) => match proto::negotiate(protocol) {
             Err(e) => Err(Message::error(&e)),

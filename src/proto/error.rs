@@ -96,6 +96,17 @@ pub enum ProtoError {
         /// The limit.
         max: usize,
     },
+    /// A request frame the reader's budget for the peer's requests cannot
+    /// hold now: its other requests being read fill it
+    /// ([`super::read_frame_within`]). Nothing was allocated for it.
+    #[error(
+        "frame of {len} bytes refused: the peer's requests being read fill their budget of {} bytes",
+        super::REQUEST_BUDGET
+    )]
+    Busy {
+        /// The declared length.
+        len: usize,
+    },
     /// The frame body does not decode as a message.
     #[error("frame does not decode as a message: {0}")]
     Decode(#[source] postcard::Error),
@@ -292,6 +303,7 @@ impl ProtoError {
             ProtoError::Version { .. } => ErrorCode::VersionMismatch,
             ProtoError::OutsideRoots { .. } => ErrorCode::NotAllowed,
             ProtoError::Remote { code, .. } => *code,
+            ProtoError::Busy { .. } => ErrorCode::Busy,
             ProtoError::Decode(_)
             | ProtoError::TrailingBytes { .. }
             | ProtoError::BadPath { .. }
@@ -311,7 +323,11 @@ impl ProtoError {
     /// message, which fails the same way every time.
     pub fn is_transient(&self) -> bool {
         match self {
-            ProtoError::Io(_) | ProtoError::TimedOut(_) | ProtoError::Closed | ProtoError::Truncated { .. } => true,
+            ProtoError::Io(_)
+            | ProtoError::TimedOut(_)
+            | ProtoError::Closed
+            | ProtoError::Truncated { .. }
+            | ProtoError::Busy { .. } => true,
             ProtoError::Remote { code, .. } => code.is_transient(),
             _ => false,
         }

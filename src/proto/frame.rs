@@ -56,6 +56,33 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Message, usize), ProtoError> {
 /// first byte (the peer has nothing more to say); [`ProtoError::Truncated`]
 /// when it ends inside the frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, ProtoError> {
+    let len = read_header(r).await?;
+    read_body(r, len).await
+}
+
+/// Reads one frame like [`read_frame`], holding one permit of `budget` per
+/// byte of its body while the body is read and decoded.
+///
+/// A frame the budget cannot grant at once is refused with
+/// [`ProtoError::Busy`] as soon as its header is read, before anything is
+/// allocated for its body. [`read_frame`] bounds one frame; the budget
+/// bounds the frames of all the streams that share it: a peer that opens
+/// many connections, each with every stream it may open, each announcing a
+/// frame of [`MAX_FRAME`] bytes that it never finishes, would otherwise make
+/// the reader hold one whole frame per stream for as long as each frame's
+/// deadline allows.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    budget: &tokio::sync::Semaphore,
+) -> Result<Message, ProtoError> {
+    let len = read_header(r).await?;
+    // `len` is at most MAX_FRAME, which fits a u32.
+    let _held = budget.try_acquire_many(len as u32).map_err(|_| ProtoError::Busy { len })?;
+    read_body(r, len).await
+}
+
+/// Reads the 4-byte header: the body's length, checked against the limit.
+async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<usize, ProtoError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     let mut got = 0;
     while got < FRAME_HEADER_LEN {
@@ -65,7 +92,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, Prot
             n => got += n,
         }
     }
-    let len = body_len(header)?;
+    body_len(header)
+}
+
+/// Reads a body of `len` bytes, as it arrives, and decodes it.
+async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Message, ProtoError> {
     let mut body = Vec::with_capacity(len.min(INITIAL_READ));
     (&mut *r).take(len as u64).read_to_end(&mut body).await?;
     if body.len() < len {
@@ -297,5 +328,33 @@ mod tests {
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         assert!(matches!(read_frame(&mut b).await, Err(ProtoError::FrameTooLarge { .. })));
         drop(a);
+    }
+
+    /// Frames read within a budget hold it while their bodies arrive: a
+    /// frame the rest of the budget cannot hold is refused from its header
+    /// alone, and the budget is whole again once the frames are read.
+    #[tokio::test]
+    async fn read_frame_within_refuses_what_the_budget_cannot_hold() {
+        let msg = Message::GetRoots { group: "g".into() };
+        let frame = encode_frame(&msg);
+        let len = frame.len() - FRAME_HEADER_LEN;
+        let budget = tokio::sync::Semaphore::new(len + len / 2);
+        // A frame whose body has not all arrived holds `len` permits.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&frame[..frame.len() - 1]).await.unwrap();
+        let mut reading = Box::pin(read_frame_within(&mut b, &budget));
+        let pending = std::future::poll_fn(|cx| std::task::Poll::Ready(reading.as_mut().poll(cx).is_pending())).await;
+        assert!(pending, "the frame is not complete yet");
+        assert_eq!(budget.available_permits(), len / 2);
+        // A second one does not fit beside it.
+        let (mut c, mut d) = tokio::io::duplex(1 << 16);
+        c.write_all(&frame).await.unwrap();
+        assert!(matches!(read_frame_within(&mut d, &budget).await, Err(ProtoError::Busy { len: l }) if l == len));
+        a.write_all(&frame[frame.len() - 1..]).await.unwrap();
+        assert_eq!(reading.await.unwrap(), msg);
+        assert_eq!(budget.available_permits(), len + len / 2);
+        let (mut e, mut f) = tokio::io::duplex(1 << 16);
+        e.write_all(&frame).await.unwrap();
+        assert_eq!(read_frame_within(&mut f, &budget).await.unwrap(), msg);
     }
 }

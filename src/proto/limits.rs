@@ -196,6 +196,17 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// would keep a connection to a wedged peer open forever.
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Bytes of request frames a node reads at once from one listed peer
+/// host, all its connections and streams together (hosts no group lists
+/// share one such budget for their `Hello`).
+///
+/// A local choice, not a wire rule. Honest requests are small (a `GetDir`
+/// or `Pull` is under 5 KiB, a `GetChunks` rarely over 64 KiB), so 16 MiB
+/// (four frames of [`MAX_FRAME`]) never refuses one; it bounds what a key
+/// holder that floods the node with unfinished frames costs it, whatever
+/// the number of its connections, to 16 MiB per listed host.
+pub const REQUEST_BUDGET: usize = 4 * MAX_FRAME;
+
 /// Most entries one directory listing may have, all `Dir` pages together.
 ///
 /// A directory can legitimately hold a million entries; twice that is the

@@ -92,8 +92,11 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
 /// content or link target.
 pub type Seen = (String, u32, Option<(i64, i64)>, Vec<u8>);
 
-/// What a tree holds, for comparisons: relative path → [`Seen`].
-pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Seen> {
+/// What a tree holds: relative path → [`Seen`].
+pub type Snapshot = BTreeMap<PathBuf, Seen>;
+
+/// What a tree holds, for comparisons.
+pub fn snapshot(root: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     for e in walkdir(root) {
         let md = std::fs::symlink_metadata(&e).unwrap();
@@ -175,6 +178,16 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::set_permissions(to, md.permissions()).unwrap();
 }
 
+/// A field of `/proc/PID/status`, in kB.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
@@ -199,6 +212,23 @@ pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Option<std::process::C
     cmd.arg(format!("--reuid={NOBODY}")).arg(format!("--regid={NOBODY}")).args(["--clear-groups", "--"]);
     cmd.arg(program);
     Some(cmd)
+}
+
+/// Makes `dir` reachable by other users: every directory from `dir`'s
+/// parent up to (not including) `outer` gets `o+x`. False, with the reason
+/// printed, when `outer` itself is not traversable by them.
+pub fn traversable_to(dir: &Path, outer: &Path) -> bool {
+    if std::fs::metadata(outer).unwrap().mode() & 0o001 == 0 {
+        eprintln!("skipped: {} is not traversable by other users", outer.display());
+        return false;
+    }
+    let mut p = dir.parent().unwrap();
+    while p != outer {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+        p = p.parent().unwrap();
+    }
+    true
 }
 
 /// A small tmpfs mounted over a directory for the length of a test, with
@@ -286,5 +316,33 @@ pub fn open_engine(config: &snapsync::config::Config, host: &str, state: &Path) 
             }
             other => return other.unwrap(),
         }
+    }
+}
+
+/// A directory outside every synced tree, with one file in it, that
+/// nothing may change: [`Outside::assert_untouched`] compares its entries,
+/// their content, modes and mtimes, and the directory's own mtime (which a
+/// new or removed entry changes) with what they were at [`Outside::new`].
+pub struct Outside {
+    pub dir: PathBuf,
+    before: (BTreeMap<PathBuf, Seen>, (i64, i64)),
+}
+
+impl Outside {
+    /// Creates `dir` with a file `sentinel` in it.
+    pub fn new(dir: &Path) -> Outside {
+        write(&dir.join("sentinel"), b"outside every tree");
+        Outside { dir: dir.to_path_buf(), before: Outside::seen(dir) }
+    }
+
+    fn seen(dir: &Path) -> (BTreeMap<PathBuf, Seen>, (i64, i64)) {
+        let md = std::fs::symlink_metadata(dir).expect("the outside directory");
+        (snapshot(dir), (md.mtime(), md.mtime_nsec()))
+    }
+
+    /// Panics if anything in or of the directory changed.
+    pub fn assert_untouched(&self) {
+        let now = Outside::seen(&self.dir);
+        assert!(now == self.before, "{} changed: {:#?}\nwas {:#?}", self.dir.display(), now, self.before);
     }
 }

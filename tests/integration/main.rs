@@ -5,6 +5,7 @@
 
 mod cluster;
 mod common;
+mod crafted_peer;
 mod csync2_cli;
 mod daemon_config_reload;
 mod daemon_log;
@@ -22,6 +23,8 @@ mod operator_reports;
 mod packaging;
 mod regressions;
 mod security_flood;
+mod security_hostile_peer;
+mod security_hostile_user;
 mod security_local_files;
 mod security_part_files;
 mod security_peer_limits;

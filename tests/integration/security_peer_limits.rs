@@ -6,240 +6,17 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use snapsync::chunk::{self, ChunkRef};
-use snapsync::hash::Hash;
-use snapsync::net::{self, NodeIdentity, Stream, StreamAcceptor};
-use snapsync::proto::{self, Message, WireEntry};
-use snapsync::store::Version;
-use snapsync::tree::{Body, Meta, RootEntry, RootSet, Timestamp};
+use snapsync::net::{self, NodeIdentity};
+use snapsync::proto::{self, Message};
 
 use crate::cluster::{Cluster, Setup, peer_report};
-use crate::common::write;
-
-/// The cluster's group and its one include root, as the crafted peers
-/// name them.
-const GROUP: &str = "g";
-const ROOT: &str = "%tree%";
-
-/// Bound on waiting for the crafted peer to see a request: generous for a
-/// loaded machine, still a failure rather than a hang.
-const EVENT_WAIT: Duration = Duration::from_secs(60);
-
-/// The crafted peer's identity as host `name`: a certificate signed with
-/// the cluster's group key, in a state directory of its own.
-fn identity(c: &Cluster, name: &str) -> NodeIdentity {
-    let key = snapsync::key::read(&c.key_path()).expect("group key");
-    NodeIdentity::load_or_create(&c.root().join(format!("{name}-crafted")), name, &key).expect("identity")
-}
-
-/// Metadata like that of the node trees' directories (same owner), so the
-/// crafted entries are ones the node can take.
-#[derive(Clone, Copy)]
-struct Owner {
-    uid: u32,
-    gid: u32,
-    dir_mode: u32,
-}
-
-impl Owner {
-    fn of(dir: &Path) -> Owner {
-        let md = std::fs::metadata(dir).unwrap();
-        Owner { uid: md.uid(), gid: md.gid(), dir_mode: md.permissions().mode() & 0o7777 }
-    }
-
-    fn dir_meta(self) -> Meta {
-        Meta { mode: Some(self.dir_mode), uid: Some(self.uid), gid: Some(self.gid), mtime: None }
-    }
-
-    fn file_meta(self) -> Meta {
-        Meta {
-            mode: Some(0o644),
-            uid: Some(self.uid),
-            gid: Some(self.gid),
-            mtime: Some(Timestamp { secs: 1_700_000_000, nanos: 0 }),
-        }
-    }
-}
-
-fn version() -> Version {
-    Version(vec![("b".to_owned(), 1)])
-}
-
-/// `Roots` of a group whose include root holds some other tree than any
-/// node's: the node descends into it and asks for its listing.
-fn roots(owner: Owner) -> Message {
-    let meta = owner.dir_meta();
-    let body = Body::Dir { tree: Hash::of(b"a tree no node has") };
-    let set = RootSet { roots: vec![(ROOT.to_owned(), Some(RootEntry { meta: meta.clone(), body: body.clone() }))] };
-    let entry = WireEntry {
-        name: ROOT.as_bytes().to_vec(),
-        meta,
-        body,
-        version: version(),
-        deleted: false,
-        chunks: Vec::new(),
-    };
-    Message::Roots {
-        group: GROUP.to_owned(),
-        hash: set.hash(),
-        versions: Hash::of(b"versions no node has"),
-        roots: vec![(ROOT.to_owned(), Some(entry))],
-    }
-}
-
-/// A file of `n` chunks of 64 KiB that no node holds.
-fn file(owner: Owner, name: &str, n: u32) -> WireEntry {
-    let chunks: Vec<ChunkRef> =
-        (0..n).map(|i| ChunkRef { hash: Hash::of(format!("{name} {i}").as_bytes()), len: 64 * 1024 }).collect();
-    WireEntry {
-        name: name.as_bytes().to_vec(),
-        meta: owner.file_meta(),
-        body: Body::File { size: chunk::total_len(&chunks), content: chunk::content_hash(&chunks) },
-        version: version(),
-        deleted: false,
-        chunks,
-    }
-}
-
-/// An empty file named `name`.
-fn empty_file(owner: Owner, name: String) -> WireEntry {
-    WireEntry {
-        name: name.into_bytes(),
-        meta: owner.file_meta(),
-        body: Body::File { size: 0, content: chunk::content_hash(&[]) },
-        version: version(),
-        deleted: false,
-        chunks: Vec::new(),
-    }
-}
-
-/// How the crafted peer answers `GetDir`.
-const STALL: u8 = 0;
-const ENDLESS: u8 = 1;
-const REPEAT: u8 = 2;
-
-/// A crafted member listening as node `name` of a cluster, on its own
-/// runtime. It answers `Hello`, `GetRoots` (a tree that differs) and
-/// `Pull` (nothing taken) like a member, and `GetDir` as its mode says:
-/// never (the stream stays open, and QUIC keep-alives keep the connection
-/// up), with pages that never end, or with the same page again and again.
-struct CraftedServer {
-    rt: Option<tokio::runtime::Runtime>,
-    events: mpsc::Receiver<String>,
-    mode: Arc<AtomicU8>,
-}
-
-impl CraftedServer {
-    fn start(c: &Cluster, name: &str, mode: u8) -> CraftedServer {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let id = identity(c, name);
-        let addr = SocketAddr::from((c.node(name).ip, c.node(name).port));
-        let owner = Owner::of(&c.tree("a"));
-        let (tx, events) = mpsc::channel();
-        let mode = Arc::new(AtomicU8::new(mode));
-        let m = Arc::clone(&mode);
-        let mut server = rt.block_on(async { net::Server::bind(addr, &id) }).expect("the crafted peer binds");
-        rt.spawn(async move {
-            loop {
-                match server.accept().await {
-                    Ok(mut conn) => {
-                        // The worst case: the connection never goes idle.
-                        let _ = conn.keep_alive(true);
-                        let (_opener, acceptor) = conn.split();
-                        tokio::spawn(serve(acceptor, owner, Arc::clone(&m), tx.clone()));
-                    }
-                    Err(net::NetError::EndpointClosed { .. }) => break,
-                    Err(_) => {}
-                }
-            }
-        });
-        CraftedServer { rt: Some(rt), events, mode }
-    }
-
-    /// Waits (bounded) for the event `what`.
-    fn wait_for(&self, what: &str) {
-        let deadline = Instant::now() + EVENT_WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(e) if e == what => return,
-                Ok(_) => {}
-                Err(e) => panic!("the crafted peer saw no {what} within {EVENT_WAIT:?}: {e:?}"),
-            }
-        }
-    }
-
-    /// Whether the event `what` has happened (among those not yet seen).
-    fn happened(&self, what: &str) -> bool {
-        self.events.try_iter().any(|e| e == what)
-    }
-}
-
-impl Drop for CraftedServer {
-    fn drop(&mut self) {
-        // Closes the endpoint and every connection of the crafted peer.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-async fn serve(mut acceptor: StreamAcceptor, owner: Owner, mode: Arc<AtomicU8>, events: mpsc::Sender<String>) {
-    while let Ok(Some(stream)) = acceptor.accept_stream().await {
-        tokio::spawn(answer(stream, owner, Arc::clone(&mode), events.clone()));
-    }
-}
-
-async fn answer(mut stream: Stream, owner: Owner, mode: Arc<AtomicU8>, events: mpsc::Sender<String>) {
-    let Ok(request) = proto::read_frame(&mut stream).await else { return };
-    let reply = match request {
-        Message::Hello { groups, .. } => {
-            Message::Welcome { protocol: proto::PROTOCOL_VERSION, host: "b".into(), groups }
-        }
-        Message::GetRoots { .. } => roots(owner),
-        Message::Pull { .. } => {
-            Message::Pulled { changes: Vec::new(), more: 0, problems: Vec::new(), problems_total: 0 }
-        }
-        Message::GetDir { group, path, after } => {
-            let _ = events.send("GetDir".into());
-            match mode.load(Ordering::SeqCst) {
-                STALL => {
-                    // Never answered; the stream stays open until the
-                    // requester gives up on it.
-                    let mut buf = [0u8; 1];
-                    let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
-                    let _ = events.send("GetDir abandoned".into());
-                    return;
-                }
-                ENDLESS => {
-                    // Names after the cursor, 4096 a page, never the last
-                    // page. They are excluded on the node (`*.junk`), so
-                    // only the listing itself can cost it anything.
-                    let from = String::from_utf8_lossy(&after).split('.').next().unwrap_or("").parse().unwrap_or(0u64);
-                    let entries = (from + 1..=from + proto::MAX_ENTRIES_PER_PAGE as u64)
-                        .map(|n| empty_file(owner, format!("{n:012}.junk")))
-                        .collect();
-                    Message::Dir { group, path, last_page: false, entries }
-                }
-                _ => {
-                    // The first page again, whatever the cursor.
-                    let entries = (1..=16).map(|n| empty_file(owner, format!("{n:012}.junk"))).collect();
-                    Message::Dir { group, path, last_page: false, entries }
-                }
-            }
-        }
-        _ => return,
-    };
-    let _ = proto::write_frame(&mut stream, &reply).await;
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-}
+use crate::common::{proc_status_kb, write};
+use crate::crafted_peer::{Crafted, EVENT_WAIT, GROUP, Listing, Owner, ROOT, Served, file, roots};
 
 /// A peer that answers `Hello` and then never answers a listing: the sync
 /// with it fails, naming it, within the reply bound; meanwhile the node
@@ -250,7 +27,7 @@ fn a_stalled_peer_fails_its_sync_and_blocks_nothing_else() {
     let mut c = Cluster::new(3);
     c.start("a");
     c.start("c");
-    let crafted = CraftedServer::start(&c, "b", STALL);
+    let crafted = Crafted::start(&c, "b", Listing::Stall, Served::default());
     write(&c.path("a", "mine"), b"a's file");
     let stalled = c.spawn("a", "sync-b", &["--json", "sync", "--peer", "b"]);
     crafted.wait_for("GetDir");
@@ -273,14 +50,6 @@ fn a_stalled_peer_fails_its_sync_and_blocks_nothing_else() {
     crafted.wait_for("GetDir abandoned");
 }
 
-/// Peak resident memory of process `pid` (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// A peer that sends listing pages forever, never the last one: the sync
 /// fails once the listing passes MAX_DIR_ENTRIES, and the node keeps no
 /// more than a page of it at a time. A peer that sends the same page again
@@ -289,8 +58,8 @@ fn peak_rss(pid: u32) -> u64 {
 fn an_endless_listing_fails_the_sync_and_memory_stays_bounded() {
     let mut c = Cluster::with(Setup::nodes(3).extra("exclude *.junk;"));
     c.start("a");
-    let crafted = CraftedServer::start(&c, "b", ENDLESS);
-    let before = peak_rss(c.daemon_pid("a"));
+    let crafted = Crafted::start(&c, "b", Listing::Endless, Served::default());
+    let before = proc_status_kb(c.daemon_pid("a"), "VmHWM") * 1024;
     let (code, v) = c.sync("a", &["--peer", "b"]);
     assert_eq!(code, 1, "{v:#}");
     let err = peer_report(&v, "b")["error"].as_str().unwrap_or_default().to_owned();
@@ -299,11 +68,11 @@ fn an_endless_listing_fails_the_sync_and_memory_stays_bounded() {
     // The listing was about 2M entries; held whole it would take several
     // hundred MiB. One page at a time stays within the daemon's usual
     // footprint.
-    let peak = peak_rss(c.daemon_pid("a"));
+    let peak = proc_status_kb(c.daemon_pid("a"), "VmHWM") * 1024;
     eprintln!("a's daemon: peak RSS {} MiB after the listing, {} MiB before", peak >> 20, before >> 20);
     assert!(peak < before.max(64 << 20) + (128 << 20), "peak RSS {} MiB (before: {} MiB)", peak >> 20, before >> 20);
 
-    crafted.mode.store(REPEAT, Ordering::SeqCst);
+    crafted.set_listing(Listing::Repeat);
     let (code, v) = c.sync("a", &["--peer", "b"]);
     assert_eq!(code, 1, "{v:#}");
     let err = peer_report(&v, "b")["error"].as_str().unwrap_or_default().to_owned();
