@@ -175,6 +175,16 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::set_permissions(to, md.permissions()).unwrap();
 }
 
+/// A field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in kB.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)

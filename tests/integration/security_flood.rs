@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::{aead, hkdf};
 
 use crate::cluster::Cluster;
+use crate::common::proc_status_kb;
 
 /// Datagrams sent at most, and for how long at most.
 const FLOOD_DATAGRAMS: usize = 100_000;
@@ -144,16 +145,6 @@ fn flood_packets_use_the_rfc9001_initial_keys() {
     assert_eq!(keys.iv.to_vec(), hex("fa044b2f42a3fd3b46fb255c"));
     assert_eq!(keys.hp.to_vec(), hex("9f50449e04a0e810283a1e9933adedd2"));
     assert_eq!(keys.mask(&hex("d1b1c98dd7689fb8ec11d242b123dc9b")).to_vec(), hex("437b9aec36"));
-}
-
-/// A field of `/proc/PID/status`, in kB.
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon's /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// What the flood's sources got back: Initial packets (the daemon decrypted

@@ -21,7 +21,7 @@ use snapsync::store::Version;
 use snapsync::tree::{Body, Meta, RootEntry, RootSet, Timestamp};
 
 use crate::cluster::{Cluster, Setup, peer_report};
-use crate::common::write;
+use crate::common::{proc_status_kb, write};
 
 /// The cluster's group and its one include root, as the crafted peers
 /// name them.
@@ -275,10 +275,7 @@ fn a_stalled_peer_fails_its_sync_and_blocks_nothing_else() {
 
 /// Peak resident memory of process `pid` (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
+    proc_status_kb(pid, "VmHWM") * 1024
 }
 
 /// A peer that sends listing pages forever, never the last one: the sync
