@@ -717,6 +717,17 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Stops node `n`'s daemon with SIGTERM, or SIGKILL if `kill`.
+    fn take_down(&mut self, n: usize, kill: bool) {
+        if kill {
+            self.note(format!("{}: kill", NAMES[n]));
+            self.c.kill(NAMES[n]);
+        } else {
+            self.note(format!("{}: stop", NAMES[n]));
+            self.c.stop(NAMES[n]);
+        }
+    }
+
     /// Stops a node, or starts the one that is down.
     fn toggle(&mut self) {
         if let Some(n) = (0..self.p.nodes).find(|&n| !self.c.running(NAMES[n])) {
@@ -724,13 +735,8 @@ impl<'a> Run<'a> {
             self.start(n);
         } else {
             let n = self.rng.below(self.p.nodes);
-            if self.rng.below(3) == 0 {
-                self.note(format!("{}: kill", NAMES[n]));
-                self.c.kill(NAMES[n]);
-            } else {
-                self.note(format!("{}: stop", NAMES[n]));
-                self.c.stop(NAMES[n]);
-            }
+            let kill = self.rng.below(3) == 0;
+            self.take_down(n, kill);
         }
     }
 
@@ -1034,13 +1040,9 @@ impl Run<'_> {
     /// Restarts node `n`'s daemon: SIGTERM, or at times SIGKILL, then a
     /// new daemon.
     fn restart(&mut self, n: usize) {
-        if self.rng.below(4) == 0 {
-            self.note(format!("{}: kill, start", NAMES[n]));
-            self.c.kill(NAMES[n]);
-        } else {
-            self.note(format!("{}: stop, start", NAMES[n]));
-            self.c.stop(NAMES[n]);
-        }
+        let kill = self.rng.below(4) == 0;
+        self.take_down(n, kill);
+        self.note(format!("{}: start", NAMES[n]));
         self.start(n);
     }
 
