@@ -459,17 +459,57 @@ impl Cluster {
     /// Starts `snapsync ARGS` of node `name` in the background; its output
     /// goes to files in the node's directory (`tag` names them).
     pub fn spawn(&self, name: &str, tag: &str, args: &[&str]) -> Background {
+        let (mut cmd, stdout, stderr) = self.background_cmd(name, tag, args);
+        let child = cmd.spawn().expect("command starts");
+        Background { proc: Some(Watched::new(child)), stdout, stderr }
+    }
+
+    /// Starts `snapsync ARGS` of several nodes at the same instant, as
+    /// cron starts a job on many hosts in the same second: one thread per
+    /// command, all released by one barrier. `runs` are (node, tag, args)
+    /// as [`Cluster::spawn`] takes them.
+    pub fn spawn_together(&self, runs: &[(&str, String, Vec<String>)]) -> Vec<Background> {
+        let prepared: Vec<_> = runs
+            .iter()
+            .map(|(name, tag, args)| {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                self.background_cmd(name, tag, &args)
+            })
+            .collect();
+        let barrier = std::sync::Barrier::new(prepared.len());
+        std::thread::scope(|s| {
+            let threads: Vec<_> = prepared
+                .into_iter()
+                .map(|(mut cmd, stdout, stderr)| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        let child = cmd.spawn().expect("command starts");
+                        (child, stdout, stderr)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    let (child, stdout, stderr) = t.join().expect("spawning thread");
+                    Background { proc: Some(Watched::new(child)), stdout, stderr }
+                })
+                .collect()
+        })
+    }
+
+    /// The command [`Cluster::spawn`] starts, and the files its output
+    /// goes to.
+    fn background_cmd(&self, name: &str, tag: &str, args: &[&str]) -> (std::process::Command, PathBuf, PathBuf) {
         let stdout = self.root().join(name).join(format!("{tag}.out"));
         let stderr = self.root().join(name).join(format!("{tag}.err"));
-        let child = self
-            .std_cmd(name)
-            .args(args)
+        let mut cmd = self.std_cmd(name);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("command starts");
-        Background { proc: Some(Watched::new(child)), stdout, stderr }
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        (cmd, stdout, stderr)
     }
 
     /// Starts node `name`'s daemon and waits (bounded) for its ready line.

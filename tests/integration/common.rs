@@ -178,9 +178,9 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::set_permissions(to, md.permissions()).unwrap();
 }
 
-/// A field of `/proc/PID/status`, in kB.
+/// A field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in kB.
 pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's /proc status");
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
