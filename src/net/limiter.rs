@@ -189,6 +189,14 @@ impl Drop for InFlight {
     }
 }
 
+/// How long an address asked to validate keeps being asked: as long as a
+/// client may retransmit its first Initial (the handshake timeout).
+pub const RETRY_MEMORY: Duration = super::HANDSHAKE_TIMEOUT;
+
+/// Addresses asked to validate that [`AttemptLimiter`] remembers at most;
+/// past it the oldest are forgotten first.
+pub const MAX_RETRIED: usize = 4096;
+
 /// The endpoint limiter: s2n-quic asks it about every first Initial.
 pub(crate) struct AttemptLimiter {
     admission: Admission,
@@ -196,12 +204,76 @@ pub(crate) struct AttemptLimiter {
     /// Initials from source ports used for reflection attacks (DNS, NTP,
     /// ...) and throttles others.
     ports: endpoint_limits::Default,
+    /// Client addresses (address and port) answered with a Retry, and
+    /// when, oldest first.
+    retried: Retried,
+}
+
+/// Client addresses answered with a Retry lately.
+///
+/// A client that was sent a Retry may already have retransmitted its
+/// first Initial, which then arrives with no token and the same original
+/// connection ID as the Initial that answers the Retry. Were the copy
+/// allowed (the handshakes in flight having dropped below the bounds
+/// meanwhile), the endpoint would make two connections under one initial
+/// ID: s2n-quic asserts against that in debug builds (it stopped a daemon
+/// when ten nodes' cron syncs started at the same second) and is left
+/// with an ambiguous table otherwise. So an address asked to validate is
+/// asked again for [`RETRY_MEMORY`]; a client drops a second Retry, and
+/// its validated Initial goes through as before.
+#[derive(Default)]
+struct Retried {
+    at: HashMap<SocketAddr, Instant>,
+    order: std::collections::VecDeque<(Instant, SocketAddr)>,
+}
+
+impl Retried {
+    /// Whether `from` was asked to validate within [`RETRY_MEMORY`].
+    fn asked(&mut self, from: SocketAddr, now: Instant) -> bool {
+        self.expire(now);
+        self.at.contains_key(&from)
+    }
+
+    fn remember(&mut self, from: SocketAddr, now: Instant) {
+        self.expire(now);
+        while self.order.len() >= MAX_RETRIED {
+            self.forget_oldest();
+        }
+        self.at.insert(from, now);
+        self.order.push_back((now, from));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self.order.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) >= RETRY_MEMORY) {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((t, addr)) = self.order.pop_front()
+            && self.at.get(&addr) == Some(&t)
+        {
+            self.at.remove(&addr);
+        }
+    }
 }
 
 impl AttemptLimiter {
     pub(crate) fn new(admission: Admission) -> AttemptLimiter {
         let ports = endpoint_limits::Default::builder().build().unwrap_or_else(|never| match never {});
-        AttemptLimiter { admission, ports }
+        AttemptLimiter { admission, ports, retried: Retried::default() }
+    }
+
+    /// The answer to a first Initial from `from` at `now`.
+    fn answer(&mut self, from: SocketAddr, now: Instant) -> Verdict {
+        let verdict = match self.admission.first_attempt(from) {
+            Verdict::Allow if self.retried.asked(from, now) => Verdict::Validate,
+            v => v,
+        };
+        if verdict == Verdict::Validate {
+            self.retried.remember(from, now);
+        }
+        verdict
     }
 }
 
@@ -211,7 +283,7 @@ impl Limiter for AttemptLimiter {
         if ports != Outcome::allow() {
             return ports;
         }
-        match self.admission.first_attempt(SocketAddr::from(&info.remote_address)) {
+        match self.answer(SocketAddr::from(&info.remote_address), Instant::now()) {
             Verdict::Allow => Outcome::allow(),
             Verdict::Validate => Outcome::retry(),
             Verdict::Drop => Outcome::drop(),
@@ -353,6 +425,41 @@ mod tests {
         held.clear();
         assert_eq!(adm.in_flight(at("192.0.2.1")), (0, 0));
         assert_eq!(adm.first_attempt(at("192.0.2.1")), Verdict::Allow);
+    }
+
+    /// Regression (found by the ten-node soak): a first Initial
+    /// retransmitted by a client that was sent a Retry must not start a
+    /// connection beside the client's validated one, even once the
+    /// handshakes in flight have dropped below the bounds.
+    #[test]
+    fn an_address_asked_to_validate_keeps_being_asked_until_its_handshake_could_be_over() {
+        let adm = Admission::default();
+        let mut limiter = AttemptLimiter::new(adm.clone());
+        let t0 = Instant::now();
+        let client = SocketAddr::new("192.0.2.1".parse().unwrap(), 50_001);
+        let held: Vec<InFlight> = (0..RETRY_ABOVE_PER_SOURCE).map(|_| adm.started(client)).collect();
+        assert_eq!(limiter.answer(client, t0), Verdict::Validate);
+        drop(held);
+        assert_eq!(adm.first_attempt(client), Verdict::Allow, "room again");
+        assert_eq!(limiter.answer(client, t0 + Duration::from_secs(1)), Verdict::Validate, "the retransmission");
+        // Another port of the same host (a new connection) is not affected.
+        let other = SocketAddr::new(client.ip(), 50_002);
+        assert_eq!(limiter.answer(other, t0 + Duration::from_secs(1)), Verdict::Allow);
+        // Once the handshake would have timed out, the address is new again.
+        assert_eq!(limiter.answer(client, t0 + Duration::from_secs(1) + RETRY_MEMORY), Verdict::Allow);
+    }
+
+    #[test]
+    fn the_addresses_asked_to_validate_are_bounded() {
+        let mut r = Retried::default();
+        let t0 = Instant::now();
+        for i in 0..(MAX_RETRIED + 10) {
+            r.remember(SocketAddr::new("192.0.2.1".parse().unwrap(), i as u16), t0);
+        }
+        assert_eq!(r.order.len(), MAX_RETRIED);
+        assert_eq!(r.at.len(), MAX_RETRIED);
+        assert!(!r.asked(SocketAddr::new("192.0.2.1".parse().unwrap(), 0), t0), "the oldest went first");
+        assert!(r.asked(SocketAddr::new("192.0.2.1".parse().unwrap(), (MAX_RETRIED + 9) as u16), t0));
     }
 
     #[test]

@@ -55,14 +55,27 @@ fn lay_out(c: &Cluster, small: usize, big: usize, big_size: usize) -> usize {
     total
 }
 
+/// How long a sync through a lossy link may take.
+const LOSSY_SYNC_BOUND: Duration = Duration::from_secs(400);
+
 /// A first sync of a few hundred files, some of several MiB, through a
 /// link with every fault at probability `p`.
 fn sync_through_lossy_link(p: f64, seed: u64, big_size: usize) {
     let (c, proxy) = proxied(2, Faults::all(p), seed);
     let total = lay_out(&c, 300, 3, big_size);
     let started = Instant::now();
-    let v = c.sync_ok("a");
+    // At high fault rates the time goes to loss recovery (QUIC's probe
+    // timeouts back off), which a loaded machine stretches further: the
+    // bound here is generous, a sync that hangs still fails.
+    let out = c.cmd("a").args(["--json", "sync"]).timeout(LOSSY_SYNC_BOUND).output().expect("sync runs");
     let took = started.elapsed();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "sync through the lossy link: {v:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let n: Counts = proxy.counts();
     eprintln!(
         "faults at {:.0}%: {} files, {:.1} MiB synced in {took:.1?}; datagrams {} received ({:.1} MiB), \
@@ -91,15 +104,18 @@ fn sync_through_a_link_with_5_percent_faults_converges() {
     sync_through_lossy_link(0.05, 5, 4 * MIB);
 }
 
+// Smaller files as the fault rate grows: the link then moves a few
+// hundred KiB/s at best, and the whole suite shares two loaded cores with
+// these tests; the point is what arrives, not how fast.
+
 #[test]
 fn sync_through_a_link_with_10_percent_faults_converges() {
-    sync_through_lossy_link(0.10, 10, 4 * MIB);
+    sync_through_lossy_link(0.10, 10, 2 * MIB);
 }
 
 #[test]
 fn sync_through_a_link_with_20_percent_faults_converges() {
-    // Half the size: at this loss rate the link moves about 250 KiB/s.
-    sync_through_lossy_link(0.20, 20, 2 * MIB);
+    sync_through_lossy_link(0.20, 20, MIB / 2);
 }
 
 /// The longest a sync may take to give up on a peer that went silent:
