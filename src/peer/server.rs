@@ -400,7 +400,7 @@ fn read_chunks(
     Ok(missing)
 }
 
-/// The test hook's environment variable: see [`pause_for_tests`].
+/// The test hook's environment variable: see `pause_for_tests` in this module.
 pub const PAUSE_ENV: &str = "SNAPSYNC_TEST_PAUSE_SEND";
 
 /// Test hook. With `SNAPSYNC_TEST_PAUSE_SEND=DIR` in the daemon's

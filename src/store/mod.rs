@@ -1037,7 +1037,7 @@ impl Batch<'_> {
 
 impl Store {
     /// Writes what the memtables hold to the database's tables when that
-    /// is over [`FLUSH_ON_CLOSE_BYTES`], and frees them. Called when the
+    /// is over 1 MiB (`FLUSH_ON_CLOSE_BYTES`), and frees them. Called when the
     /// store closes, and by an idle daemon: memtables otherwise keep every
     /// directory record a sync wrote, superseded ones too, resident until
     /// fjall flushes them on its own.

@@ -100,18 +100,7 @@ fn a_full_state_directory_on_the_receiver_fails_the_sync_and_the_next_one_conver
         "the report for b does not say its state directory is full: {v:#}"
     );
     assert!(text.stdout.contains(" b: ") || text.stdout.contains("on b:"), "{}", text.stdout);
-    for n in &names {
-        if let Ok(d) = std::fs::read(c.path("b", n)) {
-            assert_eq!(d, std::fs::read(c.path("a", n)).unwrap(), "b holds a part of {n}");
-        }
-    }
-    assert_eq!(temporaries(&c.tree("b")), Vec::<PathBuf>::new(), "temporary files left in b's tree");
-
-    std::fs::remove_file(filler).unwrap();
-    c.sync_ok("a");
-    c.assert_all_same();
-    c.assert_status_clean("a");
-    c.assert_status_clean("b");
+    nothing_partial_then_converges(&c, &names, filler);
 }
 
 /// b's chunk store (its `backup-directory`, on a filesystem of its own)
@@ -150,18 +139,7 @@ fn a_full_chunk_store_on_the_receiver_fails_the_sync_and_the_next_one_converges(
         "the report for b does not say its chunk store is full: {v:#}"
     );
     assert!(text.stdout.contains("with b: failed: peer b: ") || text.stdout.contains("on b: "), "{}", text.stdout);
-    for n in &names {
-        if let Ok(d) = std::fs::read(c.path("b", n)) {
-            assert_eq!(d, std::fs::read(c.path("a", n)).unwrap(), "b holds a part of {n}");
-        }
-    }
-    assert_eq!(temporaries(&c.tree("b")), Vec::<PathBuf>::new(), "temporary files left in b's tree");
-
-    std::fs::remove_file(filler).unwrap();
-    c.sync_ok("a");
-    c.assert_all_same();
-    c.assert_status_clean("a");
-    c.assert_status_clean("b");
+    nothing_partial_then_converges(&c, &names, filler);
     let verify = c.run("b", &["verify"]);
     assert_eq!(verify.code, 0, "verify on b after the full disk:\n{}{}", verify.stdout, verify.stderr);
 }
@@ -232,4 +210,22 @@ fn a_target_directory_the_receiver_may_not_write_fails_naming_the_path() {
     c.sync_ok("a");
     c.assert_all_same();
     c.assert_status_clean("a");
+}
+
+/// After a sync that b could not apply for lack of space: b holds no part
+/// of any of `names` (each is absent or whole) and no temporary; once
+/// `filler` is removed, the next sync from a converges.
+fn nothing_partial_then_converges(c: &Cluster, names: &[String], filler: PathBuf) {
+    for n in names {
+        if let Ok(d) = std::fs::read(c.path("b", n)) {
+            assert_eq!(d, std::fs::read(c.path("a", n)).unwrap(), "b holds a part of {n}");
+        }
+    }
+    assert_eq!(temporaries(&c.tree("b")), Vec::<PathBuf>::new(), "temporary files left in b's tree");
+
+    std::fs::remove_file(filler).unwrap();
+    c.sync_ok("a");
+    c.assert_all_same();
+    c.assert_status_clean("a");
+    c.assert_status_clean("b");
 }

@@ -1127,30 +1127,21 @@ fn soak(seed: u64, p: Params, length: Length) {
 /// are settled, every tree is identical, no edit is lost, no temporary is
 /// left, and no daemon's memory grew beyond the bound.
 ///
-/// Run alone it does [`SOAK`]`.steps` rounds (`cargo test --test
-/// integration model_random::soak -- --ignored`);
+/// The suite runs [`SOAK`]`.steps` rounds;
 /// `SNAPSYNC_SOAK_SECONDS=N` runs rounds for N seconds instead,
 /// `SNAPSYNC_SOAK_ROUNDS=R` exactly R rounds; `SNAPSYNC_SOAK_SEED=S` picks
 /// the seed (1 by default).
 ///
-/// Not in the default run: in a debug build a daemon can stop in the middle
-/// of a tick. Its QUIC endpoint task panics on a debug assertion of
-/// s2n-quic-transport 0.91 (`endpoint/initial.rs:455`, "Initial ID ... was
-/// already in the map"), the endpoint closes and the daemon shuts down; the
-/// sync that needed it fails (a handshake timeout, or "the connection
-/// closed before the answer"). It takes many handshakes from one source at
-/// once: client endpoints bind 0.0.0.0, so on loopback every node connects
-/// from 127.0.0.1, and above four handshakes in flight from one source
-/// (`RETRY_ABOVE_PER_SOURCE`) first Initials are answered with Retry. The
-/// likely path: a client's first Initial is answered with Retry, the
-/// client sends it again before the Retry arrives, by then fewer
-/// handshakes are in flight so the copy is admitted (a connection under
-/// the client's original connection ID), and then the client's Initial
-/// with the Retry token makes a second connection under the same original
-/// ID. Seen about once in 70 rounds on two loaded cores (seeds 3 and 7).
-/// Release builds compile the assertion out.
+/// It found a daemon stopping in the middle of a tick: its QUIC endpoint
+/// task panicked on a debug assertion of s2n-quic-transport 0.91
+/// (`endpoint/initial.rs:455`, "Initial ID ... was already in the map")
+/// when many handshakes came from one source at once (on loopback every
+/// node connects from 127.0.0.1, and above four handshakes in flight from
+/// one source first Initials are answered with Retry): a client asked to
+/// validate that retransmitted its first Initial meanwhile got a second
+/// connection under the same original ID. The endpoint limiter now keeps
+/// asking such an address to validate (`net::limiter`, `Retried`).
 #[test]
-#[ignore = "a daemon can die on an s2n-quic debug assertion when many peers connect at once; see the doc"]
 fn soak_ten_nodes_with_cron_like_syncs() {
     let var = |name: &str| {
         std::env::var(name).ok().map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{name}: not a number")))
