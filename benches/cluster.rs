@@ -14,8 +14,8 @@
 //! Every sync's bytes on the wire are loopback's receive counter before
 //! and after (the bench runs in a network namespace of its own when it
 //! can, so nothing else counts). Every process's peak resident memory:
-//! wait4(2) for commands, VmHWM sampled every 50 ms for daemons and what
-//! they fork. Floors per tree: a parallel `lstat` of every file, reading
+//! VmHWM sampled every 50 ms (and when a daemon stops), for commands,
+//! daemons and what daemons fork; CPU time of commands from wait4(2). Floors per tree: a parallel `lstat` of every file, reading
 //! and hashing every byte (BLAKE3, all CPUs), `cp -a` to two directories
 //! at once; and QUIC throughput on loopback through snapsync's own
 //! endpoints.
@@ -221,6 +221,19 @@ fn main() {
     drop(sampler);
     common::save("cluster", &v);
     publish(&v);
+    // The other tools' failures are reported, not fatal: a machine may
+    // lack what they need. snapsync's mean the bench or snapsync broke.
+    let snap_errors = v["trees"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| &t["tools"]["snapsync"])
+        .chain([&v["big_file"]["tools"]["snapsync"]])
+        .any(|r| r["errors"].as_array().is_some_and(|e| !e.is_empty()));
+    if snap_errors {
+        eprintln!("snapsync failed in this run: see the report's FAILED lines");
+        std::process::exit(1);
+    }
 }
 
 /// The command line that reproduces this run (its environment knobs).
@@ -308,7 +321,6 @@ impl Shape {
 struct Work {
     runs: Vec<Duration>,
     wire: Vec<u64>,
-    client_rss: u64,
     counters: Vec<Value>,
 }
 
@@ -319,7 +331,6 @@ impl Work {
             "median_s": median(&self.runs).map(|d| d.as_secs_f64()),
             "wire_bytes": self.wire,
             "wire_bytes_median": median_u64(&self.wire),
-            "command_peak_rss_bytes": self.client_rss,
             "counters": self.counters,
         })
     }
@@ -348,11 +359,11 @@ impl Run {
         if !before.is_null() {
             w.counters.push(json!({"before": before, "after": after}));
         }
+        // CPU time from wait4(2); peak memory from the sampler, as
+        // wait4's ru_maxrss also counts the memory of this process that
+        // the child had before its exec.
         for e in exits {
-            w.client_rss = w.client_rss.max(e.peak_rss);
-            let c = self.commands.entry(format!("{} (command)", e.program)).or_default();
-            c.0 = c.0.max(e.peak_rss);
-            c.1 += e.cpu;
+            self.commands.entry(format!("{} (command)", e.program)).or_default().1 += e.cpu;
         }
         println!("  {work}: {:.3} s, {} on loopback", elapsed.as_secs_f64(), human_bytes(wire));
         Ok(elapsed)
@@ -372,20 +383,20 @@ impl Run {
     }
 }
 
-/// Peak memory and CPU time of every process of a run: the commands'
-/// from wait4(2), the daemons (and what they forked) as sampled.
+/// Peak memory and CPU time of every process of a run: VmHWM as sampled;
+/// the commands' CPU time from wait4(2), the daemons' as sampled.
 fn processes(commands: &BTreeMap<String, (u64, Duration)>, sampler: &Sampler) -> Value {
     let mut all = commands.clone();
     for (label, hwm, cpu) in sampler.take() {
         // Daemons' labels name their node in parentheses; other processes
         // go by command name, and those wait4 measured are left to it.
         let key = if label.contains('(') { label.clone() } else { format!("{label} (command)") };
-        if !label.contains('(') && commands.contains_key(&key) {
-            continue;
-        }
+        let exact_cpu = commands.contains_key(&key);
         let e = all.entry(key).or_default();
         e.0 = e.0.max(hwm);
-        e.1 += cpu;
+        if !exact_cpu {
+            e.1 += cpu;
+        }
     }
     all.into_iter()
         .filter(|(_, (rss, _))| *rss > 0)

@@ -20,6 +20,7 @@ WORKS = [
     ("rename_dir", "directory of 1,000 files renamed"),
 ]
 TOOLS = ["snapsync", "csync2", "rsync", "unison", "syncthing"]
+COLORS = dict(zip(TOOLS, ["C0", "C1", "C2", "C3", "C4"]))
 FLOORS = {"first": ("copy_two_s", "floor: cp -a to two"), "no_change": ("lstat_s", "floor: parallel lstat")}
 
 
@@ -36,7 +37,7 @@ def main():
                     xs.append(t["files"])
                     ys.append(y)
             if xs:
-                ax.plot(xs, ys, marker="o", label=tool)
+                ax.plot(xs, ys, marker="o", label=tool, color=COLORS[tool])
         if key in FLOORS:
             fk, label = FLOORS[key]
             pts = [(t["files"], t["floors"].get(fk)) for t in trees if t["floors"].get(fk)]
@@ -58,7 +59,7 @@ def main():
         if s:
             names.append(tool)
             times.append(s)
-    ax.bar(names, times)
+    ax.bar(names, times, color=[COLORS[n] for n in names])
     ax.set_yscale("log")
     ax.set_ylabel("seconds")
     ax.set_title("one-byte edit in a %d MiB file" % (big.get("bytes", 0) >> 20))

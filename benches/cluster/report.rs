@@ -368,7 +368,7 @@ on {} made for that tool and tree alone, and does the same work in the same orde
 - Unison: two replicas (Unison syncs pairs): a local to `unison -batch -auto -times -fastcheck true`, b behind `unison -socket` on its own address. It does half the peers' work of the others.\n\
 - Syncthing: three instances, each `--home` of its own, discovery, relays, NAT traversal and usage reporting off, devices at static loopback addresses, file watching off and periodic rescans an hour apart. A first sync unpauses a's folder; every later sync is `POST /rest/db/scan` on a; a sync ends when a's folder is idle and a reports b and c at 100% (`/rest/db/completion`, no items or deletes needed).\n\
 - Bytes on the wire: loopback's receive counter (/proc/net/dev) before and after each sync{}.\n\
-- Peak memory: commands by wait4(2); daemons (and what csync2 and rsync daemons fork) by VmHWM from /proc, sampled every 50 ms and when stopped.\n\
+- Peak memory: VmHWM from /proc of every process (commands, daemons, and what csync2 and rsync daemons fork), sampled every 50 ms and when a daemon stops; a command shorter than that may be missing from the memory table. CPU time of commands from wait4(2), of daemons as sampled.\n\
 - A tool that is not installed is skipped with the reason, never estimated.\n",
         v["filesystem"].as_str().unwrap_or("a fresh filesystem"),
         if v["network"].as_str().is_some_and(|n| n.starts_with("a network namespace")) {

@@ -19,13 +19,13 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- one-shot commands
 
-/// A finished command: its wall-clock time, stdout, peak resident memory
-/// and CPU time (user + system), the last two from wait4(2).
+/// A finished command: its wall-clock time, stdout and CPU time (user +
+/// system, from wait4(2)). Not its peak memory: wait4's ru_maxrss counts
+/// the memory the child had before its exec, which is this process's.
 pub struct Exit {
     pub program: String,
     pub elapsed: Duration,
     pub stdout: String,
-    pub peak_rss: u64,
     pub cpu: Duration,
 }
 
@@ -82,8 +82,6 @@ pub fn run_all(cmds: Vec<&mut Command>, ok: &[i32]) -> Result<Vec<Exit>, String>
             program,
             elapsed,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            // ru_maxrss is in KiB on Linux.
-            peak_rss: rusage.ru_maxrss.max(0) as u64 * 1024,
             cpu: tv(rusage.ru_utime) + tv(rusage.ru_stime),
         });
     }

@@ -257,7 +257,6 @@ impl Setup for SnapCluster {
                 json!({
                     "check_alone_s": e.elapsed.as_secs_f64(),
                     "check_bytes_read": v["groups"][0]["stats"]["bytes_read"],
-                    "check_peak_rss_bytes": e.peak_rss,
                 })
             }
             Err(e) => json!({ "check_alone_error": e }),
