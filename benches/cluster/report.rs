@@ -138,16 +138,19 @@ pub fn markdown(v: &Value) -> String {
         }
         let _ = writeln!(o, "\n|---|{}", "---:|".repeat(measured.len()));
         let tv = |t: &str| &tree["tools"][t];
-        for (key, title) in WORKS {
-            let title = if key == "pct1_change" {
-                let n = measured.iter().find_map(|t| tv(t)["pct1_files"].as_u64()).unwrap_or(0);
-                format!("{title} ({n})")
-            } else if key == "rename_dir" {
-                let n = measured.iter().find_map(|t| tv(t)["rename_dir_files"].as_u64()).unwrap_or(0);
-                format!("a directory of {n} files renamed")
-            } else {
-                title.to_owned()
-            };
+        let titles: Vec<(&str, String)> = WORKS
+            .iter()
+            .map(|(key, title)| {
+                let n = |k: &str| measured.iter().find_map(|t| tv(t)[k].as_u64());
+                let title = match (*key, n("pct1_files"), n("rename_dir_files")) {
+                    ("pct1_change", Some(n), _) => format!("{title} ({n})"),
+                    ("rename_dir", _, Some(n)) => format!("a directory of {n} files renamed"),
+                    _ => (*title).to_owned(),
+                };
+                (*key, title)
+            })
+            .collect();
+        for (key, title) in &titles {
             let _ = write!(o, "| {title} |");
             for t in &measured {
                 let _ = write!(o, " {} |", secs(&tv(t)["works"][key]["median_s"]));
@@ -177,7 +180,7 @@ pub fn markdown(v: &Value) -> String {
             let _ = write!(o, " {t} |");
         }
         let _ = writeln!(o, "\n|---|{}", "---:|".repeat(measured.len()));
-        for (key, title) in WORKS {
+        for (key, title) in &titles {
             let _ = write!(o, "| {title} |");
             for t in &measured {
                 let _ = write!(o, " {} |", bytes(&tv(t)["works"][key]["wire_bytes_median"]));
