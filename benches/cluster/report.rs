@@ -440,8 +440,9 @@ The same change with `serve --watch` reaches both peers in {} (p50).",
             secs(&quantile(&ss["watch"]["watch_change_to_peers"], 0.5))
         ),
         "watch" => format!(
-            "with the watcher the latency ({} p50) is the watcher's event delay plus one sync run to both peers; \
-the no-walk no-change sync takes {}.",
+            "the watcher starts a sync run only after 300 ms without events (`QUIET` in src/daemon/watch.rs), so \
+the change-to-peers latency ({} p50) cannot go below 300 ms, whatever the tree's size; a 100x ratio against csync2 \
+needs a quieter trigger or a target on the sync run's own time. The no-walk no-change sync takes {}.",
             secs(&quantile(&ss["watch"]["watch_change_to_peers"], 0.5)),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
         ),
