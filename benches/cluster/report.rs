@@ -364,12 +364,12 @@ pub fn markdown(v: &Value) -> String {
     let _ = writeln!(
         o,
         "- Every tool gets the same generated tree (deterministic content: 60% incompressible bytes, 40% text-like tokens) \
-on {} made for that tool and tree alone, and does the same work in the same order. The tree is written and flushed \
+on a filesystem of its own for each tool and tree ({}), and does the same work in the same order. The tree is written and flushed \
 (syncfs) before the tool starts, so the page cache is warm, as after any recent write.\n\
 - snapsync and csync2 run three nodes on their own loopback addresses; a pushes to b and c. csync2 runs with `nossl * *` (plain TCP), which favours it; snapsync uses QUIC and TLS 1.3.\n\
 - rsync: a runs two `rsync -a --delete` clients at once, to an `rsync --daemon` for b and one for c.\n\
-- Unison: two replicas (Unison syncs pairs): a local to `unison -batch -auto -times -fastcheck false`, b behind `unison -socket` on its own address. It does half the peers' work of the others. It runs with `-fastcheck false`: with its Unix default (`true`) it missed same-size in-place edits of files it had propagated shortly before (this bench's verification failed), so it reads every file on each sync.\n\
-- Syncthing: three instances, each `--home` of its own, discovery, relays, NAT traversal and usage reporting off, devices at static loopback addresses, file watching off and periodic rescans an hour apart. A first sync unpauses a's folder; every later sync is `POST /rest/db/scan` on a; a sync ends when a's folder is idle and a reports b and c at 100% (`/rest/db/completion`, no items or deletes needed).\n\
+- Unison: two replicas (Unison syncs pairs): a local to `unison -batch -auto -times`, b behind `unison -socket` on its own address. It does half the peers' work of the others. It runs with `-fastcheck false`: with its Unix default (`true`) it missed same-size in-place edits of files it had propagated shortly before (this bench's verification failed), so it reads every file on each sync.\n\
+- Syncthing: three instances, each `--home` of its own, discovery, relays, NAT traversal and usage reporting off, devices at static loopback addresses, file watching off and periodic rescans an hour apart. A first sync unpauses a's folder; every later sync is `POST /rest/db/scan` on a; a sync ends when a's folder is idle, b and c are idle holding as many files, directories and bytes as a, and a reports b and c at 100% (`/rest/db/completion`, no items or deletes needed).\n\
 - Bytes on the wire: loopback's receive counter (/proc/net/dev) before and after each sync{}.\n\
 - Peak memory: VmHWM from /proc of every process (commands, daemons, and what csync2 and rsync daemons fork), sampled every 50 ms and when a daemon stops; a command shorter than that may be missing from the memory table. CPU time of commands from wait4(2), of daemons as sampled.\n\
 - A tool that is not installed is skipped with the reason, never estimated.\n",
