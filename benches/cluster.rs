@@ -1,74 +1,143 @@
-//! Cluster sync side by side with csync2 (SPEC §8): three nodes on
-//! loopback addresses, the same generated tree for both tools, and the
-//! same work timed for each: a first sync to two empty peers, a no-change
-//! sync and a sync of one changed file. Also where snapsync's first sync
-//! spends its time: the local check alone, the transfer, bytes and
-//! throughput, one peer against two.
+//! The project's speed report (SPEC §8): snapsync side by side with
+//! csync2, rsync, Unison and Syncthing on the same generated trees, on
+//! loopback addresses, and the floors the machine sets.
 //!
-//! Terms:
-//! - The *first tree*: `SNAPSYNC_BENCH_FIRST_FILES` asset-like files
-//!   (default 20000, about 0.7 GiB; 300 B to 256 KiB, log-uniform), for the
-//!   first-sync row.
-//! - The *many tree*: `SNAPSYNC_BENCH_FILES` small files (default 100000,
-//!   about 1.8 KiB average), for the no-change and one-changed-file rows;
-//!   each tool first syncs it once (reported as a row too).
-//! - Content is deterministic: 60% of files are xorshift bytes (images,
-//!   fonts: incompressible), 40% are text-like tokens (scripts, styles:
-//!   zstd shrinks them a few times, csync2 sends them as they are).
+//! For each tree and each tool, on a freshly made filesystem (an ext4
+//! image loop-mounted for that run alone, the same for every tool), the
+//! same work in the same order: a first sync to empty peers; no-change
+//! syncs; one changed file (several times); 1% of the files changed; a
+//! directory of 1,000 files renamed. Then, per tool, a tree of one large
+//! file: its first sync and a one-byte edit in its middle, with the bytes
+//! that crossed loopback. With snapsync's `serve --watch`: no-change syncs
+//! without a walk and the latency from a change to both peers holding it.
 //!
-//! `SNAPSYNC_BENCH_WATCH_SAMPLES` sets how many single-file changes the
-//! watch-mode latency row takes (default 20, for its p50 and p99);
-//! `SNAPSYNC_BENCH_SKIP_CSYNC2=1` measures snapsync alone;
-//! `SNAPSYNC_BENCH_PEER_SPLIT=0` skips the one-peer/two-peer transfers;
+//! Every sync's bytes on the wire are loopback's receive counter before
+//! and after (the bench runs in a network namespace of its own when it
+//! can, so nothing else counts). Every process's peak resident memory:
+//! VmHWM sampled every 50 ms (and when a daemon stops), for commands,
+//! daemons and what daemons fork; CPU time of commands from wait4(2). Floors per tree: a parallel `lstat` of every file, reading
+//! and hashing every byte (BLAKE3, all CPUs), `cp -a` to two directories
+//! at once; and QUIC throughput on loopback through snapsync's own
+//! endpoints.
+//!
+//! Setups: snapsync and csync2 run three nodes (a pushes to b and c);
+//! rsync pushes from a to two `rsync --daemon`s with two clients at once;
+//! Unison syncs two replicas (a local, b over `unison -socket`), as Unison
+//! has no more; Syncthing runs three instances (`--home` each, discovery,
+//! relays and NAT off) and a sync is a REST-triggered scan on a that ends
+//! when a sees b and c complete. A tool that is not installed is skipped
+//! with a note, never estimated.
+//!
+//! Trees (deterministic content: 60% xorshift bytes, like images and
+//! fonts; 40% text-like tokens that zstd shrinks a few times):
+//! - the *first* tree: `SNAPSYNC_BENCH_FIRST_FILES` files (default 20000,
+//!   about 0.7 GiB; 300 B to 256 KiB, log-uniform);
+//! - the *many* tree: `SNAPSYNC_BENCH_FILES` small files (default 100000,
+//!   100 B to 8 KiB).
+//!
+//! A tree of 0 files is skipped. Other knobs: `SNAPSYNC_BENCH_QUICK=1`
+//! (2,000 and 3,000 files, a 64 MiB large file, 3 repetitions: for CI);
+//! `SNAPSYNC_BENCH_BIG_MIB` (1024), `SNAPSYNC_BENCH_QUIC_MIB` (1024),
+//! `SNAPSYNC_BENCH_REPEATS` (5), `SNAPSYNC_BENCH_WATCH_SAMPLES` (20);
+//! `SNAPSYNC_BENCH_SKIP=csync2,syncthing` leaves tools out
+//! (`SNAPSYNC_BENCH_SKIP_CSYNC2=1` still works); `SNAPSYNC_BENCH_LOOP=0`
+//! uses fresh directories instead of loop-mounted filesystems;
+//! `SNAPSYNC_BENCH_NETNS=0` stays in the machine's network namespace;
 //! `SNAPSYNC_BENCH_DIR` moves the work directory (default
-//! `target/bench-work`, on disk, not tmpfs). csync2 needs its node names in
-//! `/etc/hosts` (`csbench-a` .. `csbench-c` on 127.0.0.31 .. 33): they are
-//! appended when missing. Results go to `target/bench-results/cluster.txt`
-//! and `cluster.json`.
+//! `target/bench-work`, on disk, not tmpfs).
+//!
+//! csync2 needs its node names in `/etc/hosts` (`csbench-a` ..
+//! `csbench-c` on 127.0.0.31 .. 33): they are appended when missing.
+//!
+//! Results: `target/bench-results/cluster.json`, `cluster.md` (the report)
+//! and `cluster.png` (time against files, one line per tool; drawn by
+//! `benches/cluster/chart.py` when python3 with matplotlib is there).
+//! `SNAPSYNC_BENCH_WRITE_DOC=1` also writes them to `docs/benchmarks.md`
+//! and `docs/benchmarks.png`. `SNAPSYNC_BENCH_RENDER=FILE.json` only
+//! renders the report and chart from a saved JSON file.
 
 mod common;
+#[path = "cluster/floors.rs"]
+mod floors;
+#[path = "cluster/report.rs"]
+mod report;
+#[path = "cluster/sys.rs"]
+mod sys;
+#[path = "cluster/tools.rs"]
+mod tools;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
+use std::io::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
-/// How long a daemon may take to print its ready line.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a daemon may take to exit after SIGTERM.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::sys::{Fresh, Sampler};
+use crate::tools::{CSYNC2_NODES, Setup, Tool};
+
+/// The tools, in the report's order.
+const TOOLS: [&str; 5] = ["snapsync", "csync2", "rsync", "unison", "syncthing"];
+/// The size of the directory the rename row moves.
+const RENAME_FILES: usize = 1000;
+
+fn env_num(k: &str, d: usize) -> usize {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+fn env_flag(k: &str, d: bool) -> bool {
+    std::env::var(k).map(|v| !matches!(v.as_str(), "" | "0")).unwrap_or(d)
+}
+
+fn quick() -> bool {
+    env_flag("SNAPSYNC_BENCH_QUICK", false)
+}
+
 /// Repetitions of the no-change and one-changed-file runs.
-const REPEATS: usize = 5;
-/// The snapsync nodes' addresses.
-const SNAP_NODES: [(&str, Ipv4Addr); 3] =
-    [("a", Ipv4Addr::new(127, 0, 0, 21)), ("b", Ipv4Addr::new(127, 0, 0, 22)), ("c", Ipv4Addr::new(127, 0, 0, 23))];
-/// The csync2 nodes' names and addresses (csync2 resolves names itself).
-const CSYNC2_NODES: [(&str, Ipv4Addr); 3] = [
-    ("csbench-a", Ipv4Addr::new(127, 0, 0, 31)),
-    ("csbench-b", Ipv4Addr::new(127, 0, 0, 32)),
-    ("csbench-c", Ipv4Addr::new(127, 0, 0, 33)),
-];
-/// csync2's config name (`-C`): csync2 allows only `[a-z0-9]+`.
-const CSYNC2_CONFIG: &str = "snapbench";
+pub fn repeats() -> usize {
+    env_num("SNAPSYNC_BENCH_REPEATS", if quick() { 3 } else { 5 }).max(1)
+}
 
 fn main() {
-    let env_num = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    let env_flag = |k: &str, d: bool| std::env::var(k).map(|v| !matches!(v.as_str(), "" | "0")).unwrap_or(d);
-    let first_files = env_num("SNAPSYNC_BENCH_FIRST_FILES", 20_000);
-    let many_files = env_num("SNAPSYNC_BENCH_FILES", 100_000);
-    let skip_csync2 = env_flag("SNAPSYNC_BENCH_SKIP_CSYNC2", false);
-    let peer_split = env_flag("SNAPSYNC_BENCH_PEER_SPLIT", true);
+    if let Some(json) = std::env::var_os("SNAPSYNC_BENCH_RENDER") {
+        let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: {e}", Path::new(&json).display()));
+        let v: Value = serde_json::from_str(&text).expect("a cluster.json");
+        publish(&v);
+        return;
+    }
+    // First, while this process has one thread.
+    let netns = if env_flag("SNAPSYNC_BENCH_NETNS", true) {
+        match sys::private_network() {
+            Ok(()) => "a network namespace of its own: loopback counters count this run alone".to_owned(),
+            Err(e) => format!("the machine's network namespace ({e}): loopback counters include other traffic"),
+        }
+    } else {
+        "the machine's network namespace (SNAPSYNC_BENCH_NETNS=0): loopback counters include other traffic".to_owned()
+    };
+    let q = quick();
+    let first_files = env_num("SNAPSYNC_BENCH_FIRST_FILES", if q { 2000 } else { 20_000 });
+    let many_files = env_num("SNAPSYNC_BENCH_FILES", if q { 3000 } else { 100_000 });
+    let big_mib = env_num("SNAPSYNC_BENCH_BIG_MIB", if q { 64 } else { 1024 }) as u64;
+    let quic_mib = env_num("SNAPSYNC_BENCH_QUIC_MIB", if q { 128 } else { 1024 }) as u64;
+    let watch_samples = env_num("SNAPSYNC_BENCH_WATCH_SAMPLES", if q { 5 } else { 20 });
+    let allow_loop = env_flag("SNAPSYNC_BENCH_LOOP", true);
+    let mut skip: Vec<String> = std::env::var("SNAPSYNC_BENCH_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if env_flag("SNAPSYNC_BENCH_SKIP_CSYNC2", false) {
+        skip.push("csync2".into());
+    }
 
     let snapsync = snapsync_binary();
-    // Other work on the machine skews wall-clock figures: record it.
-    let load_start = loadavg();
+    let load_start = sys::loadavg();
+    let started = SystemTime::now();
     let base = std::env::var_os("SNAPSYNC_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-work"));
@@ -76,360 +145,426 @@ fn main() {
     let work = tempfile::tempdir_in(&base).unwrap();
     println!("snapsync: {}", snapsync.display());
     println!("work directory: {}", work.path().display());
+    println!("network: {netns}");
 
-    let csync2 = if skip_csync2 {
-        Err("skipped (SNAPSYNC_BENCH_SKIP_CSYNC2)".to_owned())
-    } else {
-        Csync2::find().and_then(|c| ensure_hosts().map(|()| c))
-    };
-    match &csync2 {
-        Ok(c) => println!("csync2: {} ({})", c.bin.display(), c.version),
-        Err(e) => println!("csync2: not measured: {e}"),
-    }
-
-    let shape_first = Shape { files: first_files, lo: 300, hi: 256 * 1024, seed: 20 };
-    let shape_many = Shape { files: many_files, lo: 100, hi: 8 * 1024, seed: 100 };
-    let mut snap = Figures::default();
-    let mut cs = Figures::default();
-    let mut details = Details::default();
-
-    println!("\n== snapsync: first sync, {first_files} files ==");
-    if let Err(e) =
-        snapsync_first(&snapsync, &work.path().join("ss-first"), &shape_first, peer_split, &mut snap, &mut details)
-    {
-        println!("snapsync first sync failed: {e}");
-        snap.errors.push(e);
-    }
-    if let Ok(c) = &csync2 {
-        println!("\n== csync2: first sync, {first_files} files ==");
-        if let Err(e) = c.first(&work.path().join("cs-first"), &shape_first, &mut cs) {
-            println!("csync2 first sync failed: {e}");
-            cs.errors.push(e);
+    let tools: Vec<Tool> = TOOLS.iter().map(|t| Tool::detect(t, &snapsync, &skip)).collect();
+    for t in &tools {
+        match &t.found {
+            Ok(v) => println!("{}: {v}", t.name),
+            Err(e) => println!("{}: not measured: {e}", t.name),
         }
     }
-    println!("\n== snapsync: {many_files} files: first, no-change, one changed ==");
-    if let Err(e) = snapsync_many(&snapsync, &work.path().join("ss-many"), &shape_many, &mut snap, &mut details) {
-        println!("snapsync {many_files}-file runs failed: {e}");
-        snap.errors.push(e);
-    }
-    if let Ok(c) = &csync2 {
-        println!("\n== csync2: {many_files} files: first, no-change, one changed ==");
-        if let Err(e) = c.many(&work.path().join("cs-many"), &shape_many, &mut cs) {
-            println!("csync2 {many_files}-file runs failed: {e}");
-            cs.errors.push(e);
+    let sampler = Sampler::start();
+
+    let specs = [
+        TreeSpec { name: "first", shape: Shape { files: first_files, lo: 300, hi: 256 * 1024, seed: 20 } },
+        TreeSpec { name: "many", shape: Shape { files: many_files, lo: 100, hi: 8 * 1024, seed: 100 } },
+    ];
+    let mut trees = Vec::new();
+    let mut fs_kind = String::new();
+    for spec in specs.iter().filter(|s| s.shape.files > 0) {
+        let files = spec.shape.files;
+        println!("\n==== {} tree: {files} files ====", spec.name);
+        println!("\n== floors ==");
+        let fl = floors::tree_floors(work.path(), spec, allow_loop);
+        fs_kind = fl["filesystem"].as_str().unwrap_or("").to_owned();
+        let mut per_tool = serde_json::Map::new();
+        let mut bytes = fl["tree_bytes"].as_u64().unwrap_or(0);
+        for t in tools.iter().filter(|t| t.found.is_ok()) {
+            println!("\n== {}: {files} files ==", t.name);
+            let r = measure(t, work.path(), spec, allow_loop, watch_samples, &sampler);
+            bytes = bytes.max(r["tree_bytes"].as_u64().unwrap_or(0));
+            per_tool.insert(t.name.to_owned(), r);
         }
+        trees.push(json!({
+            "name": spec.name,
+            "files": files,
+            "bytes": bytes,
+            "file_sizes": format!("{} B to {} KiB, log-uniform", spec.shape.lo, spec.shape.hi / 1024),
+            "floors": fl,
+            "tools": per_tool,
+        }));
     }
 
-    let report =
-        report(&snap, &cs, &details, csync2.as_ref().map_err(Clone::clone), first_files, many_files, &load_start);
-    println!("\n{report}");
+    println!("\n==== one large file: {big_mib} MiB ====");
+    let mut big = serde_json::Map::new();
+    for t in tools.iter().filter(|t| t.found.is_ok()) {
+        println!("\n== {}: one {big_mib} MiB file ==", t.name);
+        big.insert(t.name.to_owned(), big_file(t, work.path(), big_mib << 20, allow_loop, &sampler));
+    }
+
+    println!("\n==== QUIC on loopback ====");
+    let quic = floors::quic(work.path(), quic_mib << 20);
+    println!("  {quic}");
+
+    let secs_since = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let v = json!({
+        "quick": q,
+        "started_unix": secs_since(started),
+        "finished_unix": secs_since(SystemTime::now()),
+        "load_start": load_start,
+        "load_end": sys::loadavg(),
+        "machine": sys::machine(&base),
+        "network": netns,
+        "filesystem": fs_kind,
+        "snapsync_binary": snapsync.display().to_string(),
+        "repeats": repeats(),
+        "tools": tools.iter().map(|t| (t.name.to_owned(), match &t.found {
+            Ok(v) => json!({"version": v}),
+            Err(e) => json!({"skipped": e}),
+        })).collect::<serde_json::Map<_, _>>(),
+        "trees": trees,
+        "big_file": { "bytes": big_mib << 20, "tools": big },
+        "quic_floor": quic,
+        "commands": commands(),
+    });
+    drop(sampler);
+    common::save("cluster", &v);
+    publish(&v);
+    // The other tools' failures are reported, not fatal: a machine may
+    // lack what they need. snapsync's mean the bench or snapsync broke.
+    let snap_errors = v["trees"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| &t["tools"]["snapsync"])
+        .chain([&v["big_file"]["tools"]["snapsync"]])
+        .any(|r| r["errors"].as_array().is_some_and(|e| !e.is_empty()));
+    if snap_errors {
+        eprintln!("snapsync failed in this run: see the report's FAILED lines");
+        std::process::exit(1);
+    }
+}
+
+/// The command line that reproduces this run (its environment knobs).
+fn commands() -> Vec<String> {
+    let mut env: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("SNAPSYNC_BENCH_") && k != "SNAPSYNC_BENCH_WRITE_DOC")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.sort();
+    env.push("cargo bench --bench cluster".into());
+    vec![
+        "sudo apt-get install -y csync2 rsync unison syncthing python3-matplotlib".into(),
+        "cargo build --release".into(),
+        env.join(" "),
+    ]
+}
+
+/// Writes the report and the chart next to the JSON, and to docs/ when
+/// asked.
+fn publish(v: &Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
     std::fs::create_dir_all(&dir).unwrap();
-    let txt = dir.join("cluster.txt");
-    std::fs::write(&txt, &report).unwrap();
-    println!("results written to {}", txt.display());
-    common::save(
-        "cluster",
-        &json!({
-            "first_files": first_files,
-            "many_files": many_files,
-            "csync2": cs.to_json(),
-            "snapsync": snap.to_json(),
-            "snapsync_details": details.to_json(),
-        }),
-    );
+    let md = report::markdown(v);
+    let md_path = dir.join("cluster.md");
+    std::fs::write(&md_path, &md).unwrap();
+    println!("\n{md}");
+    println!("report written to {}", md_path.display());
+    let json_path = dir.join("cluster-render.json");
+    std::fs::write(&json_path, serde_json::to_string(v).unwrap()).unwrap();
+    let png = dir.join("cluster.png");
+    let chart = chart(&json_path, &png);
+    match &chart {
+        Ok(()) => println!("chart written to {}", png.display()),
+        Err(e) => println!("no chart: {e}"),
+    }
+    if env_flag("SNAPSYNC_BENCH_WRITE_DOC", false) {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::write(docs.join("benchmarks.md"), &md).unwrap();
+        if chart.is_ok() {
+            std::fs::copy(&png, docs.join("benchmarks.png")).unwrap();
+        }
+        println!("written to docs/benchmarks.md and docs/benchmarks.png");
+    }
 }
 
-// ---------------------------------------------------------------- figures
+/// Draws the chart with `benches/cluster/chart.py` (python3 and
+/// matplotlib); the reason when it cannot.
+fn chart(json: &Path, png: &Path) -> Result<(), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/cluster/chart.py");
+    // Debian's python3 first: its python3-matplotlib is where the
+    // reproduction commands install matplotlib.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| Command::new(p).args(["-c", "import matplotlib"]).output().is_ok_and(|o| o.status.success()))
+        .ok_or("python3 with matplotlib not found (apt-get install python3-matplotlib)")?;
+    sys::run(Command::new(python).arg(script).arg(json).arg(png), &[0]).map(|_| ())
+}
 
-/// What one tool measured; `None` where a step failed or did not run.
+// ---------------------------------------------------------------- the work
+
+/// A tree to measure on.
+pub struct TreeSpec {
+    pub name: &'static str,
+    pub shape: Shape,
+}
+
+/// A generated tree's shape.
+pub struct Shape {
+    pub files: usize,
+    pub lo: u64,
+    pub hi: u64,
+    pub seed: u64,
+}
+
+impl Shape {
+    /// An upper bound of the tree's size.
+    fn max_bytes(&self) -> u64 {
+        self.files as u64 * self.hi.min(self.lo.max(1) * 64).max(self.hi / 4) + (64 << 20)
+    }
+}
+
+/// Runs of one piece of work: times, loopback bytes, the commands' peak
+/// memory.
 #[derive(Default)]
-struct Figures {
-    /// First sync of the first tree, to two empty peers.
-    first: Option<Duration>,
-    /// The first tree's size.
-    first_bytes: u64,
-    /// First sync of the many tree.
-    many_first: Option<Duration>,
-    /// The many tree's size.
-    many_bytes: u64,
-    /// No-change sync of the many tree, every run.
-    no_change: Vec<Duration>,
-    /// One changed file among the many tree, every run.
-    one_change: Vec<Duration>,
-    /// CPU time (user + system) per run of each piece of work, by process:
-    /// work, then (process, CPU time).
-    cpu: Vec<(String, Vec<(String, Duration)>)>,
-    /// What went wrong.
-    errors: Vec<String>,
+struct Work {
+    runs: Vec<Duration>,
+    wire: Vec<u64>,
+    counters: Vec<Value>,
 }
 
-impl Figures {
+impl Work {
     fn to_json(&self) -> Value {
-        let s = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        let all = |v: &[Duration]| v.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>();
         json!({
-            "first_sync_s": s(self.first),
-            "first_tree_bytes": self.first_bytes,
-            "many_first_sync_s": s(self.many_first),
-            "many_tree_bytes": self.many_bytes,
-            "no_change_sync_median_s": s(median(&self.no_change)),
-            "no_change_sync_runs_s": all(&self.no_change),
-            "one_change_sync_median_s": s(median(&self.one_change)),
-            "one_change_sync_runs_s": all(&self.one_change),
-            "cpu_per_run_s": self.cpu.iter().map(|(w, parts)| {
-                json!({"work": w, "cpu_s": parts.iter().map(|(p, c)| json!({"process": p, "s": c.as_secs_f64()})).collect::<Vec<_>>()})
-            }).collect::<Vec<_>>(),
-            "errors": self.errors,
+            "runs_s": self.runs.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>(),
+            "median_s": median(&self.runs).map(|d| d.as_secs_f64()),
+            "wire_bytes": self.wire,
+            "wire_bytes_median": median_u64(&self.wire),
+            "counters": self.counters,
         })
     }
 }
 
-/// Where snapsync's time goes.
-#[derive(Default)]
-struct Details {
-    /// `check` of a's first tree alone on a fresh state: scan, chunk, hash.
-    check: Option<Duration>,
-    /// What that check read.
-    check_bytes_read: u64,
-    /// Chunk bytes (stored form) b and c received in the first sync.
-    received: Vec<(String, u64, u64)>,
-    /// Entries each peer applied in the first sync.
-    pushed: Vec<(String, u64)>,
-    /// Transfer to b alone, a's check already done (first tree).
-    one_peer: Option<Duration>,
-    /// Transfer to b and c, a's check already done (first tree).
-    two_peers: Option<Duration>,
-    /// Chunk bytes b received in the one-peer run.
-    one_peer_bytes: u64,
-    /// No-change `check` of the many tree, alone (through a's daemon).
-    many_check: Vec<Duration>,
-    /// No-change `sync` of the many tree with a's daemon watching.
-    watch_no_change: Vec<Duration>,
-    /// With a's daemon watching: from a file's change on a until both
-    /// peers hold it.
-    watch_latency: Vec<Duration>,
+/// Everything measured for one tool on one tree.
+struct Run {
+    setup: Box<dyn Setup>,
+    works: BTreeMap<&'static str, Work>,
+    commands: BTreeMap<String, (u64, Duration)>,
 }
 
-impl Details {
-    fn received_total(&self) -> u64 {
-        self.received.iter().map(|r| r.1).sum()
+impl Run {
+    /// One timed sync, recorded as a run of `work`.
+    fn sync(&mut self, work: &'static str) -> Result<Duration, String> {
+        let lo = sys::lo_bytes();
+        let before = self.setup.counters();
+        let t = Instant::now();
+        let exits = self.setup.sync()?;
+        let elapsed = t.elapsed();
+        let wire = sys::lo_bytes() - lo;
+        let after = self.setup.counters();
+        let w = self.works.entry(work).or_default();
+        w.runs.push(elapsed);
+        w.wire.push(wire);
+        if !before.is_null() {
+            w.counters.push(json!({"before": before, "after": after}));
+        }
+        // CPU time from wait4(2); peak memory from the sampler, as
+        // wait4's ru_maxrss also counts the memory of this process that
+        // the child had before its exec.
+        for e in exits {
+            self.commands.entry(format!("{} (command)", e.program)).or_default().1 += e.cpu;
+        }
+        println!("  {work}: {:.3} s, {} on loopback", elapsed.as_secs_f64(), human_bytes(wire));
+        Ok(elapsed)
+    }
+
+    fn verify(&self, every: usize, extra: &[PathBuf]) -> Result<(), String> {
+        let trees = self.setup.trees();
+        for other in &trees[1..] {
+            let (files, bytes) = verify(&trees[0], other, every, extra)?;
+            println!("  verified {}: {files} files, {}", other.display(), human_bytes(bytes));
+        }
+        Ok(())
     }
 
     fn to_json(&self) -> Value {
-        let s = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        json!({
-            "check_s": s(self.check),
-            "check_bytes_read": self.check_bytes_read,
-            "received": self.received.iter().map(|(p, b, c)| json!({"peer": p, "bytes": b, "chunks": c})).collect::<Vec<_>>(),
-            "pushed": self.pushed.iter().map(|(p, n)| json!({"peer": p, "entries": n})).collect::<Vec<_>>(),
-            "one_peer_transfer_s": s(self.one_peer),
-            "one_peer_bytes": self.one_peer_bytes,
-            "two_peer_transfer_s": s(self.two_peers),
-            "many_no_change_check_median_s": s(median(&self.many_check)),
-            "watch_no_change_sync_median_s": s(median(&self.watch_no_change)),
-            "watch_change_to_peers_s": self.watch_latency.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>(),
-            "watch_change_to_peers_p50_s": s(quantile(&self.watch_latency, 0.5)),
-            "watch_change_to_peers_p99_s": s(quantile(&self.watch_latency, 0.99)),
-        })
+        Value::Object(self.works.iter().map(|(k, w)| ((*k).to_owned(), w.to_json())).collect())
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
+/// Peak memory and CPU time of every process of a run: VmHWM as sampled;
+/// the commands' CPU time from wait4(2), the daemons' as sampled.
+fn processes(commands: &BTreeMap<String, (u64, Duration)>, sampler: &Sampler) -> Value {
+    let mut all = commands.clone();
+    for (label, hwm, cpu) in sampler.take() {
+        // Daemons' labels name their node in parentheses; other processes
+        // go by command name, and those wait4 measured are left to it.
+        let key = if label.contains('(') { label.clone() } else { format!("{label} (command)") };
+        let exact_cpu = commands.contains_key(&key);
+        let e = all.entry(key).or_default();
+        e.0 = e.0.max(hwm);
+        if !exact_cpu {
+            e.1 += cpu;
+        }
+    }
+    all.into_iter()
+        .filter(|(_, (rss, _))| *rss > 0)
+        .map(|(p, (rss, cpu))| json!({"process": p, "peak_rss_bytes": rss, "cpu_s": cpu.as_secs_f64()}))
+        .collect()
 }
 
-fn median(v: &[Duration]) -> Option<Duration> {
+/// The whole list of work for `tool` on a fresh copy of `spec`'s tree.
+fn measure(tool: &Tool, base: &Path, spec: &TreeSpec, allow_loop: bool, samples: usize, sampler: &Sampler) -> Value {
+    let size = spec.shape.max_bytes() * tool.copies() * 2 + (1 << 30);
+    let fresh = Fresh::new(base, &format!("{}-{}", tool.name, spec.name), size, allow_loop);
+    let mut out = json!({ "filesystem": fresh.kind });
+    let setup = match tool.setup(&fresh.path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("  {} set-up failed: {e}", tool.name);
+            out["errors"] = json!([e]);
+            return out;
+        }
+    };
+    let mut run = Run { setup, works: BTreeMap::new(), commands: BTreeMap::new() };
+    let a = run.setup.trees()[0].clone();
+    let (t, tree) = common::time(|| generate(&a, &spec.shape));
+    println!("  generated {} files, {} in {:.1?}", tree.files.len(), human_bytes(tree.bytes), t);
+    out["tree_bytes"] = json!(tree.bytes);
+    syncfs(&a);
+    out["before_start"] = run.setup.before_start();
+    sampler.take();
+    let mut errors = Vec::new();
+    if let Err(e) = work_list(&mut run, &tree, samples, &mut out) {
+        println!("  {} FAILED: {e}", tool.name);
+        errors.push(e);
+    }
+    out["works"] = run.to_json();
+    drop(run.setup);
+    out["processes"] = processes(&run.commands, sampler);
+    out["errors"] = json!(errors);
+    drop(fresh);
+    out
+}
+
+fn work_list(run: &mut Run, tree: &Tree, samples: usize, out: &mut Value) -> Result<(), String> {
+    let a = run.setup.trees()[0].clone();
+    run.setup.start()?;
+    run.sync("first")?;
+    run.verify(50, &[])?;
+    for _ in 0..repeats() {
+        run.sync("no_change")?;
+    }
+    let victims = victims(tree);
+    for v in &victims {
+        touch_content(&a.join(v));
+        run.sync("one_change")?;
+    }
+    run.verify(1000, &victims)?;
+    // 1%: every hundredth file, outside the directory the rename moves.
+    let changed: Vec<PathBuf> = tree.files[tree.rename_files..].iter().step_by(100).cloned().collect();
+    for p in &changed {
+        touch_content(&a.join(p));
+    }
+    run.sync("pct1_change")?;
+    run.verify(1000, &changed)?;
+    out["pct1_files"] = json!(changed.len());
+    // One directory of `rename_files` files gets a new name.
+    let (from, to) = (a.join(&tree.rename_dir), a.join(format!("{}-renamed", tree.rename_dir.display())));
+    std::fs::rename(&from, &to).map_err(|e| format!("rename {}: {e}", from.display()))?;
+    run.sync("rename_dir")?;
+    run.verify(200, &[])?;
+    out["rename_dir_files"] = json!(tree.rename_files);
+    if let Some(w) = run.setup.watch(&victims, samples) {
+        out["watch"] = w?;
+    }
+    Ok(())
+}
+
+/// A tree of one large file of incompressible bytes: its first sync and
+/// a one-byte edit in its middle.
+fn big_file(tool: &Tool, base: &Path, bytes: u64, allow_loop: bool, sampler: &Sampler) -> Value {
+    let fresh = Fresh::new(base, &format!("{}-big", tool.name), bytes * tool.copies() * 2 + (1 << 30), allow_loop);
+    let mut out = json!({ "filesystem": fresh.kind });
+    let setup = match tool.setup(&fresh.path) {
+        Ok(s) => s,
+        Err(e) => {
+            out["errors"] = json!([e]);
+            return out;
+        }
+    };
+    let mut run = Run { setup, works: BTreeMap::new(), commands: BTreeMap::new() };
+    let a = run.setup.trees()[0].clone();
+    let file = a.join("large.bin");
+    {
+        let mut f = std::fs::File::create(&file).unwrap();
+        let mut rng = common::Rng(7);
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(8 << 20);
+            f.write_all(&rng.bytes(n as usize)).unwrap();
+            left -= n;
+        }
+    }
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_times(std::fs::FileTimes::new().set_modified(old)))
+        .unwrap();
+    syncfs(&a);
+    sampler.take();
+    let r = (|| -> Result<(), String> {
+        run.setup.start()?;
+        run.sync("first")?;
+        run.verify(1, &[])?;
+        // One byte in the middle, written in place.
+        let f = std::fs::File::options().write(true).open(&file).map_err(|e| e.to_string())?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a], bytes / 2).map_err(|e| e.to_string())?;
+        drop(f);
+        run.sync("one_byte_edit")?;
+        run.verify(1, &[])
+    })();
+    out["works"] = run.to_json();
+    drop(run.setup);
+    out["processes"] = processes(&run.commands, sampler);
+    out["errors"] = json!(r.err().into_iter().collect::<Vec<_>>());
+    drop(fresh);
+    out
+}
+
+/// Flushes the filesystem holding `path`, so what a tool measures is not
+/// the generator's writeback.
+fn syncfs(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: syncfs(2) on an open descriptor.
+        unsafe { libc::syncfs(f.as_raw_fd()) };
+    }
+}
+
+pub fn median(v: &[Duration]) -> Option<Duration> {
     let mut v = v.to_vec();
     v.sort();
     v.get(v.len() / 2).copied()
 }
 
-/// The `q` quantile (0 < q <= 1) of `v`, nearest rank.
-fn quantile(v: &[Duration], q: f64) -> Option<Duration> {
+fn median_u64(v: &[u64]) -> Option<u64> {
     let mut v = v.to_vec();
     v.sort();
-    let rank = ((q * v.len() as f64).ceil() as usize).max(1);
-    v.get(rank - 1).copied()
+    v.get(v.len() / 2).copied()
 }
 
-fn secs(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.3} s", d.as_secs_f64())).unwrap_or_else(|| "-".to_owned())
-}
-
-fn gib(b: u64) -> String {
-    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-}
-
-fn mib_s(bytes: u64, d: Duration) -> String {
-    format!("{:.0} MiB/s", bytes as f64 / 1048576.0 / d.as_secs_f64())
-}
-
-fn report(
-    snap: &Figures,
-    cs: &Figures,
-    d: &Details,
-    csync2: Result<&Csync2, String>,
-    first_files: usize,
-    many_files: usize,
-    load_start: &str,
-) -> String {
-    let mut o = String::new();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let _ = writeln!(o, "cluster sync, 3 nodes on loopback, {cpus} CPUs, Linux {}", kernel.trim());
-    let _ = writeln!(o, "load average at start: {}; at end: {}", load_start.trim(), loadavg().trim());
-    match &csync2 {
-        Ok(c) => {
-            let _ = writeln!(
-                o,
-                "csync2: {} (plain TCP: `nossl * *`, which favours csync2; snapsync uses QUIC + TLS 1.3)",
-                c.version
-            );
-        }
-        Err(e) => {
-            let _ = writeln!(o, "csync2: not measured: {e}");
-        }
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
     }
-    let _ = writeln!(o, "trees freshly written (warm page cache); times are wall clock of the initiating command;");
-    let _ = writeln!(o, "the three nodes share this machine's CPUs: work done on b and c competes with a's\n");
-    let _ = writeln!(o, "{:<52} {:>10} {:>10} {:>8} {:>7}", "work", "csync2", "snapsync", "ratio", "target");
-    let row = |o: &mut String, what: String, c: Option<Duration>, s: Option<Duration>, target: &str| {
-        let ratio = match (c, s) {
-            (Some(c), Some(s)) => format!("{:.1}x", c.as_secs_f64() / s.as_secs_f64()),
-            _ => "-".to_owned(),
-        };
-        let _ = writeln!(o, "{what:<52} {:>10} {:>10} {ratio:>8} {target:>7}", secs(c), secs(s));
-    };
-    let first_bytes = snap.first_bytes.max(cs.first_bytes);
-    let many_bytes = snap.many_bytes.max(cs.many_bytes);
-    row(&mut o, format!("first sync {first_files} files/{} to 2 peers", gib(first_bytes)), cs.first, snap.first, "10x");
-    row(
-        &mut o,
-        format!("no-change sync {many_files} files (median of {REPEATS})"),
-        median(&cs.no_change),
-        median(&snap.no_change),
-        "5x",
-    );
-    row(
-        &mut o,
-        format!("one changed file among {many_files} (median of {REPEATS})"),
-        median(&cs.one_change),
-        median(&snap.one_change),
-        "5x",
-    );
-    row(
-        &mut o,
-        format!("first sync {many_files} files/{} to 2 peers", gib(many_bytes)),
-        cs.many_first,
-        snap.many_first,
-        "10x",
-    );
-    let runs = |v: &[Duration]| v.iter().map(|d| format!("{:.3}", d.as_secs_f64())).collect::<Vec<_>>().join(" ");
-    let _ =
-        writeln!(o, "\nall runs (s): no-change csync2 [{}] snapsync [{}]", runs(&cs.no_change), runs(&snap.no_change));
-    let _ =
-        writeln!(o, "              one-change csync2 [{}] snapsync [{}]", runs(&cs.one_change), runs(&snap.one_change));
-
-    let _ = writeln!(o, "\nsnapsync, first sync of {first_files} files ({}):", gib(snap.first_bytes));
-    if let Some(c) = d.check {
-        let _ = writeln!(
-            o,
-            "  check of a's tree alone, fresh state (walk+read+chunk+hash): {:.3} s, {} read, {}",
-            c.as_secs_f64(),
-            gib(d.check_bytes_read),
-            mib_s(d.check_bytes_read, c)
-        );
-    }
-    if let Some(s) = snap.first {
-        let _ = writeln!(o, "  whole first sync (check + transfer to b and c + apply):  {:.3} s", s.as_secs_f64());
-    }
-    for (peer, bytes, chunks) in &d.received {
-        let _ = writeln!(
-            o,
-            "  chunk bytes received by {peer} (stored, zstd where it helps): {} in {chunks} chunks",
-            gib(*bytes)
-        );
-    }
-    for (peer, n) in &d.pushed {
-        let _ = writeln!(o, "  entries {peer} applied: {n}");
-    }
-
-    if let (Some(s), Some(c)) = (snap.first, d.check)
-        && s > c
-    {
-        let t = s - c;
-        let _ = writeln!(
-            o,
-            "  estimate: sync minus check = {:.3} s for transfer+apply; throughput {} of chunk bytes, {} of file bytes (2 peers)",
-            t.as_secs_f64(),
-            mib_s(d.received_total(), t),
-            mib_s(2 * snap.first_bytes, t)
-        );
-    }
-    if let Some(t) = d.one_peer {
-        let _ = writeln!(
-            o,
-            "  sync to 1 peer (b, emptied; a's check no-change):  {:.3} s, {} of chunk bytes",
-            t.as_secs_f64(),
-            mib_s(d.one_peer_bytes, t)
-        );
-    }
-    if let Some(t) = d.two_peers {
-        let _ = writeln!(o, "  sync to 2 peers (b, c emptied; a's check no-change): {:.3} s", t.as_secs_f64());
-    }
-    if let (Some(nc), Some(check)) = (median(&snap.no_change), median(&d.many_check)) {
-        let _ = writeln!(o, "\nsnapsync, {many_files} files, no change:");
-        let _ = writeln!(o, "  check alone (through a's daemon, median of {REPEATS}): {:.3} s", check.as_secs_f64());
-        let _ = writeln!(
-            o,
-            "  sync (median of {REPEATS}): {:.3} s; estimate of the peer comparison, sync minus check: {:.3} s",
-            nc.as_secs_f64(),
-            nc.as_secs_f64() - check.as_secs_f64()
-        );
-    }
-    if let Some(nc) = median(&d.watch_no_change) {
-        let _ = writeln!(o, "\nsnapsync, {many_files} files, a's daemon running `serve --watch`:");
-        let _ = writeln!(o, "  no-change sync (median of {REPEATS}, no walk): {:.3} s", nc.as_secs_f64());
-        let _ = writeln!(
-            o,
-            "  one changed file, from the write until both peers hold it ({} changes): p50 {}, p99 {}, max {}",
-            d.watch_latency.len(),
-            secs(quantile(&d.watch_latency, 0.5)),
-            secs(quantile(&d.watch_latency, 0.99)),
-            secs(d.watch_latency.iter().max().copied())
-        );
-    }
-    let _ = writeln!(o, "\nCPU time (user+system) per run, by process (snapsync: the daemons; csync2: `csync2 -x`");
-    let _ = writeln!(o, "only, its receiving daemons fork per connection and are not counted):");
-    for (tool, f) in [("snapsync", snap), ("csync2", cs)] {
-        for (work, parts) in &f.cpu {
-            let parts = parts.iter().map(|(p, c)| format!("{p} {:.2} s", c.as_secs_f64())).collect::<Vec<_>>();
-            let _ = writeln!(o, "  {tool:<8} {work:<24} {}", parts.join(", "));
-        }
-    }
-    for (tool, f) in [("snapsync", snap), ("csync2", cs)] {
-        for e in &f.errors {
-            let _ = writeln!(o, "\n{tool} FAILED: {e}");
-        }
-    }
-    o
 }
 
 // ---------------------------------------------------------------- trees
 
-/// A generated tree's shape.
-struct Shape {
-    files: usize,
-    lo: u64,
-    hi: u64,
-    seed: u64,
-}
-
 /// Relative paths of a generated tree's files, and its total size.
-struct Tree {
-    files: Vec<PathBuf>,
-    bytes: u64,
+pub struct Tree {
+    pub files: Vec<PathBuf>,
+    pub bytes: u64,
+    /// The directory the rename row moves, and how many files it holds
+    /// (its files are `files[..rename_files]`).
+    rename_dir: PathBuf,
+    rename_files: usize,
 }
 
 /// Tokens of the text-like files: enough repetition for zstd to find.
@@ -439,16 +574,24 @@ const WORDS: &[&str] = &[
     ",", "\n", "color:", "margin:", "padding:", "px;", "div", "span", "0", "1", "#fff", "@media",
 ];
 
-/// Writes `shape.files` files below `root`, 100 to a directory, three
-/// levels deep, every file's mtime an hour back (so no file is racily
-/// clean and any later edit changes it).
-fn generate(root: &Path, shape: &Shape) -> Tree {
+/// Writes `shape.files` files below `root`: the first 1,000 (half of a
+/// smaller tree) in one directory, `d00/r000`, for the rename row; the
+/// rest 100 to a directory, three levels deep. Every file's mtime is an
+/// hour back (so no file is racily clean and any later edit changes it).
+pub fn generate(root: &Path, shape: &Shape) -> Tree {
     let mut rng = common::Rng(shape.seed | 1);
     let mut files = Vec::with_capacity(shape.files);
     let mut bytes = 0u64;
+    let rename_files = RENAME_FILES.min(shape.files / 2);
+    let rename_dir = PathBuf::from("d00/r000");
+    std::fs::create_dir_all(root.join(&rename_dir)).unwrap();
     for i in 0..shape.files {
-        let dir = PathBuf::from(format!("d{:02}/e{:03}", i / 10_000, (i / 100) % 100));
-        if i % 100 == 0 {
+        let dir = if i < rename_files {
+            rename_dir.clone()
+        } else {
+            PathBuf::from(format!("d{:02}/e{:03}", i / 10_000, (i / 100) % 100))
+        };
+        if i == rename_files || i % 100 == 0 {
             std::fs::create_dir_all(root.join(&dir)).unwrap();
         }
         let len = rng.size(shape.lo, shape.hi);
@@ -463,7 +606,7 @@ fn generate(root: &Path, shape: &Shape) -> Tree {
         let f = std::fs::File::options().write(true).open(root.join(p)).unwrap();
         f.set_times(std::fs::FileTimes::new().set_modified(old)).unwrap();
     });
-    Tree { files, bytes }
+    Tree { files, bytes, rename_dir, rename_files }
 }
 
 /// `len` bytes of text: tokens, and every fourth one a random identifier.
@@ -482,14 +625,16 @@ fn text(rng: &mut common::Rng, len: usize) -> Vec<u8> {
     v
 }
 
-/// The files to change in the one-changed-file runs: spread over the tree.
+/// The files to change in the one-changed-file runs: spread over the
+/// tree, outside the directory the rename moves.
 fn victims(tree: &Tree) -> Vec<PathBuf> {
-    let n = tree.files.len();
-    (0..REPEATS).map(|k| tree.files[(n / 3 + k * 7919) % n].clone()).collect()
+    let rest = &tree.files[tree.rename_files..];
+    let n = rest.len();
+    (0..repeats()).map(|k| rest[(n / 3 + k * 7919) % n].clone()).collect()
 }
 
 /// Changes one byte in the middle of `path` (same size, new mtime).
-fn touch_content(path: &Path) {
+pub fn touch_content(path: &Path) {
     let mut data = std::fs::read(path).unwrap();
     let mid = data.len() / 2;
     data[mid] ^= 0x5a;
@@ -527,7 +672,7 @@ fn verify(a: &Path, other: &Path, every: usize, extra: &[PathBuf]) -> Result<(us
 }
 
 /// Every entry below `root`: relative path to file size (`None`: directory).
-fn listing(root: &Path) -> BTreeMap<PathBuf, Option<u64>> {
+pub fn listing(root: &Path) -> BTreeMap<PathBuf, Option<u64>> {
     fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Option<u64>>) {
         let Ok(rd) = std::fs::read_dir(root.join(rel)) else { return };
         for e in rd.flatten() {
@@ -546,178 +691,9 @@ fn listing(root: &Path) -> BTreeMap<PathBuf, Option<u64>> {
     out
 }
 
-fn verify_peers(dir: &Path, nodes: &[&str], every: usize, extra: &[PathBuf]) -> Result<(), String> {
-    let a = dir.join(nodes[0]).join("tree");
-    for n in &nodes[1..] {
-        let (files, bytes) = verify(&a, &dir.join(n).join("tree"), every, extra)?;
-        println!("  verified {n}: {files} files, {} equal to a's", gib(bytes));
-    }
-    Ok(())
-}
+// ---------------------------------------------------------------- binaries and hosts
 
-// ---------------------------------------------------------------- processes
-
-/// Runs `cmd` to completion; its time and stdout, or why it failed.
-/// Exit statuses in `ok` count as success.
-fn run(cmd: &mut Command, ok: &[i32]) -> Result<(Duration, String), String> {
-    let what = format!("{cmd:?}");
-    let t = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: cannot start: {e}"))?;
-    let elapsed = t.elapsed();
-    let code = out.status.code().unwrap_or(-1);
-    if !ok.contains(&code) {
-        return Err(format!(
-            "{what} exited with {}: stderr: {}; stdout: {}",
-            out.status,
-            tail(&String::from_utf8_lossy(&out.stderr), 2000),
-            tail(&String::from_utf8_lossy(&out.stdout), 1000)
-        ));
-    }
-    Ok((elapsed, String::from_utf8_lossy(&out.stdout).into_owned()))
-}
-
-fn tail(s: &str, n: usize) -> &str {
-    let mut at = s.len().saturating_sub(n);
-    while !s.is_char_boundary(at) {
-        at += 1;
-    }
-    s[at..].trim()
-}
-
-/// A daemon, stopped with SIGTERM when dropped (also on a panic).
-struct Daemon {
-    name: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts `cmd` with stderr to `log` and waits for a stdout line
-    /// starting with `ready`, for at most [`READY_TIMEOUT`].
-    fn start(mut cmd: Command, name: &str, ready: &'static str, log: PathBuf) -> Result<Daemon, String> {
-        let err = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let what = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("{what}: cannot start: {e}"))?;
-        let out = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        // Reads to the end, so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with(ready) {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let mut daemon = Daemon { name: name.to_owned(), child: Some(child), log };
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(_) => Ok(daemon),
-            Err(e) => {
-                daemon.stop();
-                Err(format!("{what} did not say {ready:?} ({e}); its log: {}", daemon.log_tail()))
-            }
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 2000).to_owned()
-    }
-
-    /// CPU time (user + system, all threads) the daemon used so far.
-    fn cpu(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.as_ref()?.id())).ok()?;
-        // Fields after the parenthesised command name; utime and stime are
-        // fields 14 and 15 of stat(5), in clock ticks.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Some(Duration::from_millis(ticks * 1000 / hz))
-    }
-
-    /// SIGTERM, then a bounded wait, then SIGKILL.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let t = Instant::now();
-        while t.elapsed() < EXIT_TIMEOUT {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-        eprintln!("{} did not exit {EXIT_TIMEOUT:?} after SIGTERM; killing it", self.name);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// CPU time each daemon has used so far.
-fn daemons_cpu(daemons: &[Daemon]) -> Vec<(String, Option<Duration>)> {
-    daemons.iter().map(|d| (d.name.clone(), d.cpu())).collect()
-}
-
-/// CPU used per run since `before`, over `runs` runs.
-fn daemons_cpu_since(daemons: &[Daemon], before: &[(String, Option<Duration>)], runs: u32) -> Vec<(String, Duration)> {
-    daemons_cpu(daemons)
-        .into_iter()
-        .zip(before)
-        .filter_map(|((n, now), (_, then))| Some((n, now?.saturating_sub((*then)?) / runs.max(1))))
-        .collect()
-}
-
-/// CPU time of this process's reaped children (user + system).
-fn children_cpu() -> Duration {
-    // SAFETY: getrusage only writes into the zeroed struct it is given.
-    let u = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
-        u
-    };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// A UDP port free on every address in `ips` right now.
-fn free_udp_port(ips: &[Ipv4Addr]) -> u16 {
-    for _ in 0..50 {
-        let s = UdpSocket::bind((ips[0], 0)).unwrap();
-        let port = s.local_addr().unwrap().port();
-        if ips[1..].iter().all(|ip| UdpSocket::bind((*ip, port)).is_ok()) {
-            return port;
-        }
-    }
-    panic!("no UDP port free on all of {ips:?}");
-}
-
-/// A TCP port free on every address in `ips` right now.
-fn free_tcp_port(ips: &[Ipv4Addr]) -> u16 {
-    for _ in 0..50 {
-        let s = TcpListener::bind((ips[0], 0)).unwrap();
-        let port = s.local_addr().unwrap().port();
-        if ips[1..].iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
-            return port;
-        }
-    }
-    panic!("no TCP port free on all of {ips:?}");
-}
-
-// ---------------------------------------------------------------- snapsync
-
-/// The release binary: the one Cargo built for this bench, else the one
+/// The snapsync binary: the one Cargo built for this bench, else the one
 /// next to the bench executable, else `target/release/snapsync`.
 fn snapsync_binary() -> PathBuf {
     let mut candidates: Vec<PathBuf> = option_env!("CARGO_BIN_EXE_snapsync").map(PathBuf::from).into_iter().collect();
@@ -732,251 +708,9 @@ fn snapsync_binary() -> PathBuf {
     })
 }
 
-/// Three snapsync nodes sharing one config, in `dir/{a,b,c}`.
-struct SnapCluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    config: PathBuf,
-    daemons: Vec<Daemon>,
-}
-
-impl SnapCluster {
-    fn new(bin: &Path, dir: &Path) -> Result<SnapCluster, String> {
-        for (n, _) in SNAP_NODES {
-            std::fs::create_dir_all(dir.join(n).join("tree")).unwrap();
-        }
-        let key = dir.join("key");
-        run(Command::new(bin).arg("keygen").arg(&key), &[0])?;
-        let port = free_udp_port(&SNAP_NODES.map(|n| n.1));
-        let on = SNAP_NODES.map(|(n, _)| format!("on {n}: {}/{n}/tree;", dir.display())).join(" ");
-        let hosts = SNAP_NODES.map(|(n, ip)| format!("{n}@{ip}:{port}")).join(" ");
-        let text = format!(
-            "prefix tree {{ {on} }}\ngroup g {{\n  host {hosts};\n  key {};\n  include %tree%;\n}}\n",
-            key.display()
-        );
-        let config = dir.join("cluster.cfg");
-        std::fs::write(&config, text).unwrap();
-        Ok(SnapCluster { bin: bin.to_owned(), dir: dir.to_owned(), config, daemons: Vec::new() })
-    }
-
-    fn tree(&self, node: &str) -> PathBuf {
-        self.dir.join(node).join("tree")
-    }
-
-    /// `snapsync --config CFG -N node -D state ...`.
-    fn cmd(&self, node: &str, state: &Path) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--config").arg(&self.config).arg("-N").arg(node).arg("-D").arg(state);
-        c
-    }
-
-    fn state(&self, node: &str) -> PathBuf {
-        self.dir.join(node).join("state")
-    }
-
-    /// A command run by `node`'s daemon (forwarded through its socket).
-    fn at(&self, node: &str, args: &[&str]) -> Command {
-        let mut c = self.cmd(node, &self.state(node));
-        c.args(args);
-        c
-    }
-
-    fn start(&mut self, node: &str) -> Result<(), String> {
-        self.start_args(node, &[])
-    }
-
-    /// Starts `node`'s daemon as `serve ARGS`.
-    fn start_args(&mut self, node: &str, args: &[&str]) -> Result<(), String> {
-        let mut cmd = self.cmd(node, &self.state(node));
-        cmd.arg("serve").args(args);
-        let log = self.dir.join(format!("{node}.log"));
-        self.daemons.push(Daemon::start(cmd, node, "snapsync serve:", log)?);
-        Ok(())
-    }
-
-    fn start_all(&mut self) -> Result<(), String> {
-        SNAP_NODES.iter().try_for_each(|(n, _)| self.start(n))
-    }
-
-    fn stop(&mut self, node: &str) {
-        self.daemons.retain(|d| d.name != node);
-    }
-
-    /// Stops `node`, deletes its tree and state (node key included), and
-    /// starts it again empty; a forgets its pinned key.
-    fn empty(&mut self, node: &str) -> Result<(), String> {
-        self.stop(node);
-        std::fs::remove_dir_all(self.tree(node)).unwrap();
-        std::fs::remove_dir_all(self.state(node)).unwrap();
-        std::fs::create_dir_all(self.tree(node)).unwrap();
-        self.start(node)?;
-        run(&mut self.at("a", &["trust", "--peer", node]), &[0])?;
-        Ok(())
-    }
-
-    /// `served` counters of `node`'s daemon (`status --json`).
-    fn served(&self, node: &str) -> Result<Value, String> {
-        let (_, out) = run(&mut self.at(node, &["--json", "status"]), &[0, 3])?;
-        let v: Value = serde_json::from_str(&out).map_err(|e| format!("status --json on {node}: {e}: {out}"))?;
-        Ok(v["served"].clone())
-    }
-}
-
-fn snapsync_first(
-    bin: &Path,
-    dir: &Path,
-    shape: &Shape,
-    peer_split: bool,
-    f: &mut Figures,
-    d: &mut Details,
-) -> Result<(), String> {
-    let mut cl = SnapCluster::new(bin, dir)?;
-    let (t, tree) = common::time(|| generate(&cl.tree("a"), shape));
-    println!("  generated {} files, {} in {:.1?}", tree.files.len(), gib(tree.bytes), t);
-    f.first_bytes = tree.bytes;
-
-    // The local part alone: a check of the same tree on a fresh state.
-    let scratch = dir.join("check-state");
-    let (t, out) = run(cl.cmd("a", &scratch).args(["--json", "check"]), &[0])?;
-    let v: Value = serde_json::from_str(&out).map_err(|e| format!("check --json: {e}"))?;
-    d.check = Some(t);
-    d.check_bytes_read = v["groups"][0]["stats"]["bytes_read"].as_u64().unwrap_or(0);
-    println!("  check alone: {:.3} s ({} read)", t.as_secs_f64(), gib(d.check_bytes_read));
-    std::fs::remove_dir_all(&scratch).unwrap();
-
-    cl.start_all()?;
-    let before = daemons_cpu(&cl.daemons);
-    let (t, out) = run(&mut cl.at("a", &["--json", "sync"]), &[0])?;
-    f.first = Some(t);
-    f.cpu.push(("first sync (first tree)".into(), daemons_cpu_since(&cl.daemons, &before, 1)));
-    println!("  first sync: {:.3} s", t.as_secs_f64());
-    let v: Value = serde_json::from_str(&out).map_err(|e| format!("sync --json: {e}: {}", tail(&out, 500)))?;
-    for p in v["peers"].as_array().into_iter().flatten() {
-        if let Some(e) = p["error"].as_str() {
-            return Err(format!("first sync with {}: {e}", p["peer"]));
-        }
-        let n = p["pushed"].as_array().map_or(0, |a| a.len() as u64) + p["pushed_more"].as_u64().unwrap_or(0);
-        d.pushed.push((p["peer"].as_str().unwrap_or("?").to_owned(), n));
-    }
-    verify_peers(dir, &["a", "b", "c"], 50, &[])?;
-    for peer in ["b", "c"] {
-        let s = cl.served(peer)?;
-        let bytes = s["bytes_received"].as_u64().unwrap_or(0);
-        let chunks = s["chunks_received"].as_u64().unwrap_or(0);
-        println!("  {peer} received {} in {chunks} chunks", gib(bytes));
-        d.received.push((peer.to_owned(), bytes, chunks));
-    }
-
-    if peer_split {
-        // The transfer alone, to one peer and to two: b and c emptied, so
-        // a's check finds nothing new and the sync is all transfer.
-        cl.empty("b")?;
-        cl.empty("c")?;
-        let (t, _) = run(&mut cl.at("a", &["-q", "sync", "--peer", "b"]), &[0])?;
-        println!("  sync to b alone: {:.3} s", t.as_secs_f64());
-        verify_peers(dir, &["a", "b"], 50, &[])?;
-        d.one_peer = Some(t);
-        d.one_peer_bytes = cl.served("b")?["bytes_received"].as_u64().unwrap_or(0);
-        cl.empty("b")?;
-        let (t, _) = run(&mut cl.at("a", &["-q", "sync"]), &[0])?;
-        println!("  sync to b and c: {:.3} s", t.as_secs_f64());
-        verify_peers(dir, &["a", "b", "c"], 50, &[])?;
-        d.two_peers = Some(t);
-    }
-    drop(cl);
-    std::fs::remove_dir_all(dir).unwrap();
-    Ok(())
-}
-
-fn snapsync_many(bin: &Path, dir: &Path, shape: &Shape, f: &mut Figures, d: &mut Details) -> Result<(), String> {
-    let mut cl = SnapCluster::new(bin, dir)?;
-    let (t, tree) = common::time(|| generate(&cl.tree("a"), shape));
-    println!("  generated {} files, {} in {:.1?}", tree.files.len(), gib(tree.bytes), t);
-    f.many_bytes = tree.bytes;
-    cl.start_all()?;
-    let before = daemons_cpu(&cl.daemons);
-    let (t, _) = run(&mut cl.at("a", &["-q", "sync"]), &[0])?;
-    println!("  first sync: {:.3} s", t.as_secs_f64());
-    f.many_first = Some(t);
-    f.cpu.push(("first sync (many tree)".into(), daemons_cpu_since(&cl.daemons, &before, 1)));
-    verify_peers(dir, &["a", "b", "c"], 200, &[])?;
-
-    let before = daemons_cpu(&cl.daemons);
-    for _ in 0..REPEATS {
-        let (t, _) = run(&mut cl.at("a", &["-q", "sync"]), &[0])?;
-        f.no_change.push(t);
-    }
-    f.cpu.push(("no-change sync".into(), daemons_cpu_since(&cl.daemons, &before, REPEATS as u32)));
-    println!("  no-change sync: median {}", secs(median(&f.no_change)));
-    for _ in 0..REPEATS {
-        let (t, _) = run(&mut cl.at("a", &["-q", "check"]), &[0])?;
-        d.many_check.push(t);
-    }
-    println!("  no-change check alone: median {}", secs(median(&d.many_check)));
-
-    let victims = victims(&tree);
-    let before = daemons_cpu(&cl.daemons);
-    for v in &victims {
-        touch_content(&cl.tree("a").join(v));
-        let (t, _) = run(&mut cl.at("a", &["-q", "sync"]), &[0])?;
-        f.one_change.push(t);
-    }
-    f.cpu.push(("one changed file".into(), daemons_cpu_since(&cl.daemons, &before, REPEATS as u32)));
-    println!("  one changed file: median {}", secs(median(&f.one_change)));
-    verify_peers(dir, &["a", "b", "c"], 1000, &victims)?;
-
-    // The same with a's daemon watching its tree (SPEC §8: no walk).
-    cl.stop("a");
-    cl.start_args("a", &["--watch"])?;
-    let log = cl.dir.join("a.log");
-    let start = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("sync run: full reconcile") {
-        if start.elapsed() > READY_TIMEOUT * 10 {
-            return Err("a's watcher did not finish its first full reconcile".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for _ in 0..REPEATS {
-        let (t, _) = run(&mut cl.at("a", &["-q", "sync"]), &[0])?;
-        d.watch_no_change.push(t);
-    }
-    println!("  no-change sync, watching: median {}", secs(median(&d.watch_no_change)));
-    // Changes one at a time, a moment apart: each its own watch run.
-    let samples: usize = std::env::var("SNAPSYNC_BENCH_WATCH_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    for v in victims.iter().cycle().take(samples) {
-        std::thread::sleep(Duration::from_millis(200));
-        touch_content(&cl.tree("a").join(v));
-        let want = std::fs::read(cl.tree("a").join(v)).unwrap();
-        let start = Instant::now();
-        while ["b", "c"].iter().any(|n| std::fs::read(cl.tree(n).join(v)).is_ok_and(|got| got != want)) {
-            if start.elapsed() > Duration::from_secs(60) {
-                return Err(format!("{} did not reach the peers within 60 s of its change", v.display()));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        d.watch_latency.push(start.elapsed());
-    }
-    println!(
-        "  one changed file, watching: from the write to both peers, p50 {}, p99 {}",
-        secs(quantile(&d.watch_latency, 0.5)),
-        secs(quantile(&d.watch_latency, 0.99))
-    );
-    drop(cl);
-    std::fs::remove_dir_all(dir).unwrap();
-    Ok(())
-}
-
-// ---------------------------------------------------------------- csync2
-
-/// The csync2 binary and its version line.
-struct Csync2 {
-    bin: PathBuf,
-    version: String,
-}
-
 /// Makes every csync2 node name resolve to its own loopback address,
 /// appending to `/etc/hosts` what is missing.
-fn ensure_hosts() -> Result<(), String> {
+pub fn ensure_hosts() -> Result<(), String> {
     let hosts = std::fs::read_to_string("/etc/hosts").map_err(|e| format!("/etc/hosts: {e}"))?;
     let mut add = String::new();
     for (name, ip) in CSYNC2_NODES {
@@ -1004,154 +738,4 @@ fn ensure_hosts() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-impl Csync2 {
-    fn find() -> Result<Csync2, String> {
-        let bin =
-            std::env::var_os("SNAPSYNC_BENCH_CSYNC2").map(PathBuf::from).unwrap_or_else(|| "/usr/sbin/csync2".into());
-        if !bin.is_file() {
-            return Err(format!("{} not found (apt-get install -y csync2)", bin.display()));
-        }
-        // Without arguments csync2 prints its help, version first.
-        let out = Command::new(&bin).stdin(Stdio::null()).output().map_err(|e| format!("{}: {e}", bin.display()))?;
-        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-        let mut version =
-            text.lines().find(|l| l.starts_with("csync2 ")).unwrap_or("csync2 (unknown version)").to_owned();
-        if let Ok(o) = Command::new("dpkg-query").args(["-W", "-f", "${Version}", "csync2"]).output()
-            && o.status.success()
-        {
-            let _ = write!(version, "; Debian package {}", String::from_utf8_lossy(&o.stdout));
-        }
-        Ok(Csync2 { bin, version })
-    }
-
-    fn first(&self, dir: &Path, shape: &Shape, f: &mut Figures) -> Result<(), String> {
-        let mut cl = CsCluster::new(self, dir)?;
-        let (t, tree) = common::time(|| generate(&cl.tree(0), shape));
-        println!("  generated {} files, {} in {:.1?}", tree.files.len(), gib(tree.bytes), t);
-        f.first_bytes = tree.bytes;
-        cl.start_all()?;
-        let before = children_cpu();
-        let (t, _) = run(&mut cl.sync(), &[0])?;
-        println!("  first sync: {:.3} s", t.as_secs_f64());
-        f.first = Some(t);
-        f.cpu.push(("first sync (first tree)".into(), vec![("csync2 -x".into(), children_cpu() - before)]));
-        verify_peers(dir, &["a", "b", "c"], 50, &[])?;
-        drop(cl);
-        std::fs::remove_dir_all(dir).unwrap();
-        Ok(())
-    }
-
-    fn many(&self, dir: &Path, shape: &Shape, f: &mut Figures) -> Result<(), String> {
-        let mut cl = CsCluster::new(self, dir)?;
-        let (t, tree) = common::time(|| generate(&cl.tree(0), shape));
-        println!("  generated {} files, {} in {:.1?}", tree.files.len(), gib(tree.bytes), t);
-        f.many_bytes = tree.bytes;
-        cl.start_all()?;
-        let before = children_cpu();
-        let (t, _) = run(&mut cl.sync(), &[0])?;
-        println!("  first sync: {:.3} s", t.as_secs_f64());
-        f.many_first = Some(t);
-        f.cpu.push(("first sync (many tree)".into(), vec![("csync2 -x".into(), children_cpu() - before)]));
-        verify_peers(dir, &["a", "b", "c"], 200, &[])?;
-        let before = children_cpu();
-        for _ in 0..REPEATS {
-            let (t, _) = run(&mut cl.sync(), &[0])?;
-            f.no_change.push(t);
-        }
-        f.cpu.push(("no-change sync".into(), vec![("csync2 -x".into(), (children_cpu() - before) / REPEATS as u32)]));
-        println!("  no-change sync: median {}", secs(median(&f.no_change)));
-        let victims = victims(&tree);
-        let before = children_cpu();
-        for v in &victims {
-            touch_content(&cl.tree(0).join(v));
-            let (t, _) = run(&mut cl.sync(), &[0])?;
-            f.one_change.push(t);
-        }
-        f.cpu.push(("one changed file".into(), vec![("csync2 -x".into(), (children_cpu() - before) / REPEATS as u32)]));
-        println!("  one changed file: median {}", secs(median(&f.one_change)));
-        verify_peers(dir, &["a", "b", "c"], 1000, &victims)?;
-        drop(cl);
-        std::fs::remove_dir_all(dir).unwrap();
-        Ok(())
-    }
-}
-
-/// Three csync2 nodes in `dir/{a,b,c}`: trees, database directories, and
-/// `dir/etc` as `CSYNC2_SYSTEM_DIR` holding the config.
-struct CsCluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    daemons: Vec<Daemon>,
-}
-
-impl CsCluster {
-    fn new(cs: &Csync2, dir: &Path) -> Result<CsCluster, String> {
-        let short = ["a", "b", "c"];
-        for n in short {
-            std::fs::create_dir_all(dir.join(n).join("tree")).unwrap();
-            std::fs::create_dir_all(dir.join(n).join("db")).unwrap();
-        }
-        std::fs::create_dir_all(dir.join("etc")).unwrap();
-        let key = dir.join("key");
-        run(Command::new(&cs.bin).arg("-k").arg(&key), &[0])?;
-        let on = (0..3)
-            .map(|i| format!("on {}: {}/{}/tree;", CSYNC2_NODES[i].0, dir.display(), short[i]))
-            .collect::<Vec<_>>();
-        let hosts = CSYNC2_NODES.map(|n| n.0).join(" ");
-        let text = format!(
-            "nossl * *;\nprefix tree {{ {} }}\ngroup g {{\n  host {hosts};\n  key {};\n  include %tree%;\n}}\n",
-            on.join(" "),
-            key.display()
-        );
-        std::fs::write(dir.join("etc").join(format!("csync2_{CSYNC2_CONFIG}.cfg")), text).unwrap();
-        let port = free_tcp_port(&CSYNC2_NODES.map(|n| n.1));
-        Ok(CsCluster { bin: cs.bin.clone(), dir: dir.to_owned(), port, daemons: Vec::new() })
-    }
-
-    fn tree(&self, i: usize) -> PathBuf {
-        self.dir.join(["a", "b", "c"][i]).join("tree")
-    }
-
-    /// `-N name -D db -C snapbench -p PORT` for node `i`.
-    fn args(&self, i: usize) -> Vec<std::ffi::OsString> {
-        let db = self.dir.join(["a", "b", "c"][i]).join("db");
-        let port = self.port.to_string();
-        [
-            "-N".as_ref(),
-            CSYNC2_NODES[i].0.as_ref(),
-            "-D".as_ref(),
-            db.as_os_str(),
-            "-C".as_ref(),
-            CSYNC2_CONFIG.as_ref(),
-        ]
-        .into_iter()
-        .chain(["-p".as_ref(), port.as_ref()])
-        .map(std::ffi::OsStr::to_owned)
-        .collect()
-    }
-
-    /// `csync2 -x` on a: check everything, push what is dirty to b and c.
-    /// The config's directory is `CSYNC2_SYSTEM_DIR`.
-    fn sync(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.env("CSYNC2_SYSTEM_DIR", self.dir.join("etc")).args(self.args(0)).arg("-x");
-        c
-    }
-
-    /// The stand-alone daemons (`-ii`), each bound to its own address by
-    /// `-N` (a's is never used: the initiator only pushes; it runs for
-    /// symmetry). csync2 prints its ready line through stdio's buffer, so
-    /// it runs under `stdbuf -o0`.
-    fn start_all(&mut self) -> Result<(), String> {
-        for (i, (name, _)) in CSYNC2_NODES.iter().enumerate() {
-            let mut cmd = Command::new("stdbuf");
-            cmd.env("CSYNC2_SYSTEM_DIR", self.dir.join("etc")).arg("-o0").arg(&self.bin).args(self.args(i)).arg("-ii");
-            let log = self.dir.join(format!("{name}.log"));
-            self.daemons.push(Daemon::start(cmd, name, "Csync2 daemon running", log)?);
-        }
-        Ok(())
-    }
 }
