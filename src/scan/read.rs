@@ -3,8 +3,11 @@
 //! A file that is being written while it is read must never be recorded
 //! half-read (SPEC §4.14). The file is opened without following links,
 //! `fstat`ed before and after its bytes are chunked, and the read counts
-//! only if both agree (size, mtime, ctime, inode). Otherwise it is tried
-//! again a few times and then skipped until the next run.
+//! only if both agree (size, mtime, ctime, inode). A file changed within a
+//! timestamp tick of the read (whose times writes during the read may not
+//! have moved) is read a second time after the tick and counts only if it
+//! reads the same. Otherwise it is tried again a few times and then
+//! skipped until the next run.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -21,6 +24,11 @@ const ATTEMPTS: usize = 3;
 /// How close to "now" an mtime makes the stat cache untrustworthy. Two
 /// seconds covers filesystems with coarse timestamps and clock ticks.
 const RACY_WINDOW_SECS: i64 = 2;
+
+/// The coarsest tick of the file timestamps the kernel sets (they come
+/// from a clock that advances once per jiffy, up to 10 ms), with margin.
+/// Writes within one tick leave `st_mtime` and `st_ctime` as they were.
+const TIMESTAMP_TICK: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub(super) struct ReadOut {
     pub chunks: Vec<ChunkRef>,
@@ -52,6 +60,7 @@ pub(super) fn read_stable(path: &Path, backups: Option<&ChunkStore>) -> Result<R
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => continue,
             Err(e) => return Err(ReadError::Io(e)),
         };
+        let started = std::time::SystemTime::now();
         let before = fstat(&f)?;
         if before.mode & libc::S_IFMT != libc::S_IFREG {
             continue;
@@ -80,12 +89,46 @@ pub(super) fn read_stable(path: &Path, backups: Option<&ChunkStore>) -> Result<R
             tracing::debug!("{}: changed while being read, reading again", path.display());
             continue;
         }
+        // Changed within a timestamp tick of the read: writes during the
+        // read may have left the times as they were (a file rewritten in
+        // place while it is read would be recorded half old, half new).
+        // Once the tick is over, the file must still have those times and
+        // read the same.
+        if changed_within_a_tick_of(&after, started) {
+            std::thread::sleep(TIMESTAMP_TICK);
+            if !reads_the_same(&mut f, &after, &chunks)? {
+                tracing::debug!("{}: changed while being read, reading again", path.display());
+                continue;
+            }
+        }
         // A future mtime is not racy: a later write would set an earlier one.
         let age = Timestamp::now().secs - after.mtime.secs;
         let racy = (0..RACY_WINDOW_SECS).contains(&age);
         return Ok(ReadOut { chunks, stat: after, racy, added_bytes: added });
     }
     Err(ReadError::Unstable)
+}
+
+/// Whether `stat`'s change time is no earlier than a timestamp tick
+/// before `started`.
+fn changed_within_a_tick_of(stat: &Stat, started: std::time::SystemTime) -> bool {
+    let Ok(since_epoch) = started.duration_since(std::time::UNIX_EPOCH) else { return true };
+    let from = since_epoch.saturating_sub(TIMESTAMP_TICK);
+    let ctime = (stat.ctime.secs, stat.ctime.nanos);
+    ctime >= (from.as_secs() as i64, from.subsec_nanos())
+}
+
+/// Whether `f` still has the times of `stat` and holds the bytes `chunks`
+/// describe: read again from the start, chunked the same way, checked
+/// against the same stat after.
+fn reads_the_same(f: &mut File, stat: &Stat, chunks: &[ChunkRef]) -> Result<bool, ReadError> {
+    use std::io::Seek;
+    if fstat(f)? != *stat {
+        return Ok(false);
+    }
+    f.rewind().map_err(ReadError::Io)?;
+    let again = crate::chunk::chunk_file(f, stat.size, |_, _| Ok(())).map_err(ReadError::Io)?;
+    Ok(again == chunks && fstat(f)? == *stat)
 }
 
 fn fstat(f: &File) -> Result<Stat, ReadError> {
