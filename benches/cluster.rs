@@ -204,6 +204,7 @@ fn main() {
         "finished_unix": secs_since(SystemTime::now()),
         "load_start": load_start,
         "load_end": sys::loadavg(),
+        "load_max_1min": sys::max_load(),
         "machine": sys::machine(&base),
         "network": netns,
         "filesystem": fs_kind,

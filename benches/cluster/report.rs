@@ -76,17 +76,24 @@ pub fn markdown(v: &Value) -> String {
     let quick = v["quick"].as_bool().unwrap_or(false);
     let _ = writeln!(
         o,
-        "**This run:** {} on {}, from {} to {}; load average at the start {}, at the end {}.{}\n",
+        "**This run:** {} on {}, from {} to {}; load average at the start {}, at the end {}; highest one-minute load average during the run {}.{}\n",
         if quick {
-            "quick mode (`SNAPSYNC_BENCH_QUICK=1`, small trees: it checks that the bench works; its figures are not the project's)"
+            "quick mode (`SNAPSYNC_BENCH_QUICK=1`, small trees: it checks that the bench works; its figures are not the project's)".to_owned()
         } else {
-            "a full run"
+            let trees: Vec<String> =
+                v["trees"].as_array().into_iter().flatten().map(|t| format!("{} files", t["files"])).collect();
+            format!(
+                "trees of {}, a large file of {} (the command is under Reproduce)",
+                if trees.is_empty() { "none".to_owned() } else { trees.join(" and ") },
+                bytes(&v["big_file"]["bytes"])
+            )
         },
         v["machine"]["cpu_model"].as_str().unwrap_or("?"),
         utc(v["started_unix"].as_u64().unwrap_or(0)),
         utc(v["finished_unix"].as_u64().unwrap_or(0)),
         v["load_start"].as_str().unwrap_or("?"),
         v["load_end"].as_str().unwrap_or("?"),
+        v["load_max_1min"],
         if v["snapsync_binary"].as_str().is_some_and(|b| !b.contains("/release/")) {
             " snapsync was **not** a release build here."
         } else {

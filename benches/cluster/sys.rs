@@ -309,6 +309,14 @@ fn processes() -> HashMap<u32, (u32, String)> {
     out
 }
 
+/// The highest one-minute load average seen while sampling, times 100.
+static MAX_LOAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The highest one-minute load average seen while the sampler ran.
+pub fn max_load() -> f64 {
+    MAX_LOAD.load(Ordering::Relaxed) as f64 / 100.0
+}
+
 /// Samples in the background until dropped.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -321,8 +329,14 @@ impl Sampler {
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let me = std::process::id();
+            let mut n = 0u32;
             while !flag.load(Ordering::Relaxed) {
                 sample_descendants(me);
+                if n.is_multiple_of(20) {
+                    let load: f64 = loadavg().split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0);
+                    MAX_LOAD.fetch_max((load * 100.0) as u64, Ordering::Relaxed);
+                }
+                n = n.wrapping_add(1);
                 std::thread::sleep(SAMPLE_EVERY);
             }
         });
