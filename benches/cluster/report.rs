@@ -298,8 +298,15 @@ pub fn markdown(v: &Value) -> String {
         let misses: Vec<&Check> = tc.iter().filter(|c| c.pass == Some(false)).collect();
         if !misses.is_empty() {
             let _ = writeln!(o, "\nWhy, and what would close it:\n");
+            let mut said = Vec::new();
             for c in misses {
-                let _ = writeln!(o, "- *{}*: {}", c.what, note(c.key, tree));
+                let text = note(c.key, tree);
+                if said.contains(&text) {
+                    let _ = writeln!(o, "- *{}*: as above.", c.what);
+                } else {
+                    let _ = writeln!(o, "- *{}*: {text}", c.what);
+                    said.push(text);
+                }
             }
         }
         checks.extend(tc);
