@@ -134,3 +134,36 @@ fn reads_the_same(f: &mut File, stat: &Stat, chunks: &[ChunkRef]) -> Result<bool
 fn fstat(f: &File) -> Result<Stat, ReadError> {
     f.metadata().map(|md| super::stat_of(&md)).map_err(ReadError::Io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn changed_at(t: SystemTime) -> Stat {
+        Stat { ctime: Timestamp::from_system(t), ..Stat::default() }
+    }
+
+    #[test]
+    fn only_a_change_within_a_tick_of_the_read_calls_for_a_second_read() {
+        let started = SystemTime::now();
+        assert!(changed_within_a_tick_of(&changed_at(started), started));
+        // The coarse file clock lags: a write during the read may carry a
+        // time just before the read started.
+        assert!(changed_within_a_tick_of(&changed_at(started - Duration::from_millis(5)), started));
+        assert!(changed_within_a_tick_of(&changed_at(started + Duration::from_millis(5)), started));
+        assert!(!changed_within_a_tick_of(&changed_at(started - Duration::from_secs(1)), started));
+    }
+
+    #[test]
+    fn a_file_rewritten_after_its_read_does_not_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 300_000]).unwrap();
+        let out = read_stable(&path, None).ok().expect("a quiet file reads");
+        let mut f = File::open(&path).unwrap();
+        assert!(reads_the_same(&mut f, &out.stat, &out.chunks).ok().unwrap());
+        std::fs::write(&path, vec![2u8; 300_000]).unwrap();
+        assert!(!reads_the_same(&mut f, &out.stat, &out.chunks).ok().unwrap());
+    }
+}
