@@ -6,9 +6,16 @@
 //!   (random, made once), the highest version counter (`seq`) and the next
 //!   generation id the node has handed out or is about to, and the name of
 //!   the node's chunk store in each backup directory.
+//! - The marker also keeps the counters the database held, committed and
+//!   synced, when the marker was written (`settled-seq`,
+//!   `settled-next-generation`).
 //! - A state is *behind its marker* when its counters are lower than the
-//!   marker's: commits the marker announced never reached the database
-//!   (a crash or full disk mid-commit, or a truncated journal).
+//!   marker's. When they are still at least the settled ones, only the
+//!   commit the marker announced last is missing: the process stopped
+//!   between writing the marker and committing (a kill or power cut), the
+//!   commit was never acknowledged, and nothing is lost. Lower than the
+//!   settled counters, commits that were acknowledged are gone (a
+//!   truncated or damaged journal): that is damage.
 //!
 //! Why outside fjall: a truncated or corrupt journal, a removed `db/`, or a
 //! lost `meta` keyspace would otherwise make the node start over at
@@ -38,6 +45,12 @@ pub(crate) struct Marker {
     pub seq: u64,
     /// No generation id at or above this was handed out.
     pub next_generation: u64,
+    /// The version counter the database held, committed, when the marker
+    /// was written.
+    pub settled_seq: u64,
+    /// The next generation id the database held, committed, when the
+    /// marker was written.
+    pub settled_next_generation: u64,
     /// The chunk store name in each backup directory.
     pub chunk_stores: Vec<(PathBuf, String)>,
 }
@@ -48,7 +61,22 @@ impl Marker {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id)
             .map_err(|e| StoreError::io(Path::new(MARKER_FILE), std::io::Error::other(e.to_string())))?;
-        Ok(Marker { store_id: hex(&id), seq: 0, next_generation: 1, chunk_stores: Vec::new() })
+        Ok(Marker {
+            store_id: hex(&id),
+            seq: 0,
+            next_generation: 1,
+            settled_seq: 0,
+            settled_next_generation: 1,
+            chunk_stores: Vec::new(),
+        })
+    }
+
+    /// Whether a database holding counters `seq` and `next_generation`
+    /// lost commits that were acknowledged: it is below the counters the
+    /// database held when the marker was last written. Missing only the
+    /// commit the marker announced is an interrupted commit, not a loss.
+    pub fn lost_commits(&self, seq: u64, next_generation: u64) -> bool {
+        seq < self.settled_seq || next_generation < self.settled_next_generation
     }
 
     /// The chunk store name recorded for backup directory `dir`.
@@ -75,8 +103,8 @@ impl Marker {
     /// Writes the marker durably into state directory `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), StoreError> {
         let mut text = format!(
-            "{MAGIC}\nstore-id {}\nseq {}\nnext-generation {}\n",
-            self.store_id, self.seq, self.next_generation
+            "{MAGIC}\nstore-id {}\nseq {}\nnext-generation {}\nsettled-seq {}\nsettled-next-generation {}\n",
+            self.store_id, self.seq, self.next_generation, self.settled_seq, self.settled_next_generation
         );
         for (d, n) in &self.chunk_stores {
             text.push_str(&format!("chunk-store {} {}\n", hex(d.as_os_str().as_bytes()), n));
@@ -122,6 +150,10 @@ fn parse(text: &str) -> Option<Marker> {
     }
     let mut m = Marker::default();
     let mut seen_id = false;
+    // A marker written before the settled counters were kept: every
+    // counter it announced counts as settled, so a database behind it is
+    // reported as before.
+    let (mut settled_seq, mut settled_next) = (None, None);
     for line in lines {
         let (key, rest) = line.split_once(' ')?;
         match key {
@@ -131,6 +163,8 @@ fn parse(text: &str) -> Option<Marker> {
             }
             "seq" => m.seq = rest.parse().ok()?,
             "next-generation" => m.next_generation = rest.parse().ok()?,
+            "settled-seq" => settled_seq = Some(rest.parse().ok()?),
+            "settled-next-generation" => settled_next = Some(rest.parse().ok()?),
             "chunk-store" => {
                 let (d, n) = rest.split_once(' ')?;
                 let d = PathBuf::from(std::ffi::OsStr::from_bytes(&unhex(d)?));
@@ -139,6 +173,8 @@ fn parse(text: &str) -> Option<Marker> {
             _ => return None,
         }
     }
+    m.settled_seq = settled_seq.unwrap_or(m.seq);
+    m.settled_next_generation = settled_next.unwrap_or(m.next_generation);
     seen_id.then_some(m)
 }
 
@@ -156,8 +192,20 @@ mod tests {
         m.write(dir.path()).unwrap();
         assert_eq!(Marker::read(dir.path()).unwrap(), Some(m.clone()));
         m.seq = 43;
+        m.settled_seq = 42;
+        m.settled_next_generation = 6;
         m.write(dir.path()).unwrap();
-        assert_eq!(Marker::read(dir.path()).unwrap().unwrap().seq, 43);
+        assert_eq!(Marker::read(dir.path()).unwrap(), Some(m));
+    }
+
+    #[test]
+    fn a_marker_without_settled_counters_counts_all_as_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MARKER_FILE), format!("{MAGIC}\nstore-id ab\nseq 9\nnext-generation 4\n"))
+            .unwrap();
+        let m = Marker::read(dir.path()).unwrap().unwrap();
+        assert_eq!((m.settled_seq, m.settled_next_generation), (9, 4));
+        assert!(m.lost_commits(8, 4) && m.lost_commits(9, 3) && !m.lost_commits(9, 4));
     }
 
     #[test]

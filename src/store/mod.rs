@@ -103,13 +103,22 @@ pub struct Store {
     h: std::sync::RwLock<Option<Arc<Handles>>>,
     /// Bytes committed since the memtables were last flushed.
     unflushed: std::sync::atomic::AtomicU64,
-    /// The marker as last written; held across a commit.
-    marker: std::sync::Mutex<marker::Marker>,
+    /// The marker as last written, and the counters committed since;
+    /// held across a commit.
+    marker: std::sync::Mutex<MarkerState>,
     /// Damage found when opening, as messages for the operator.
     damage: Vec<String>,
     /// Held by whatever writes the state ([`Writer`]).
     writer: writer::WriterLock,
     _lock: File,
+}
+
+/// The marker as last written, and the counters the database holds
+/// committed now (the next marker's settled ones).
+#[derive(Default)]
+struct MarkerState {
+    written: marker::Marker,
+    committed: (u64, u64),
 }
 
 /// The open database and its keyspaces, before they become a [`Store`].
@@ -329,7 +338,7 @@ impl Store {
             h: std::sync::RwLock::new(Some(Arc::new(handles))),
             dir: dir.to_path_buf(),
             unflushed: std::sync::atomic::AtomicU64::new(0),
-            marker: std::sync::Mutex::new(marker.clone().unwrap_or_default()),
+            marker: Default::default(),
             damage,
             writer: Default::default(),
             _lock: lock,
@@ -348,7 +357,7 @@ impl Store {
 
     /// The state's store id, made once and kept in the marker.
     pub fn store_id(&self) -> String {
-        self.marker.lock().expect("marker lock").store_id.clone()
+        self.marker.lock().expect("marker lock").written.store_id.clone()
     }
 
     /// The open database.
@@ -420,14 +429,30 @@ impl Store {
         } else {
             let (seq, next) = (self.seq()?, self.next_generation_id()?);
             if seq < m.seq || next < m.next_generation {
-                self.damage.push(format!(
-                    "state database {} is behind its marker (version counter {seq} < {}, next generation \
-                     {next} < {}): its last commits were lost (a crash or full disk while committing, or a \
-                     truncated journal); ids continue from the marker; run `{REPAIR_COMMAND}`",
-                    self.dir.join("db").display(),
-                    m.seq,
-                    m.next_generation
-                ));
+                if m.lost_commits(seq, next) {
+                    let mut behind = Vec::new();
+                    if seq < m.seq {
+                        behind.push(format!("version counter {seq} < {}", m.seq));
+                    }
+                    if next < m.next_generation {
+                        behind.push(format!("next generation {next} < {}", m.next_generation));
+                    }
+                    self.damage.push(format!(
+                        "state database {} is behind its marker ({}): commits it had acknowledged were lost \
+                         (a truncated or damaged journal); ids continue from the marker; run `{REPAIR_COMMAND}`",
+                        self.dir.join("db").display(),
+                        behind.join(", ")
+                    ));
+                } else {
+                    // Only the commit the marker announced last is missing:
+                    // the process stopped before it committed, so it was
+                    // never acknowledged and its writes are all absent.
+                    tracing::info!(
+                        "state database {}: the last commit was interrupted before it was written; ids continue \
+                         from the marker",
+                        self.dir.join("db").display()
+                    );
+                }
                 let w = self.try_writer().expect("a store being opened has no other writer");
                 let mut batch = self.batch(&w);
                 batch.put_seq(seq.max(m.seq));
@@ -444,11 +469,14 @@ impl Store {
                 }
             }
         }
+        // Everything the database holds now is committed and synced.
+        (m.settled_seq, m.settled_next_generation) = (m.seq, m.next_generation.max(1));
         let on_disk = marker::Marker::read(&self.dir).ok().flatten();
         if on_disk.as_ref() != Some(&m) {
             m.write(&self.dir)?;
         }
-        *self.marker.get_mut().expect("marker lock") = m;
+        let committed = (m.seq, m.next_generation.max(1));
+        *self.marker.get_mut().expect("marker lock") = MarkerState { written: m, committed };
         Ok(())
     }
 
@@ -569,7 +597,7 @@ impl Store {
         if let Some(name) = self.meta_string(&[CHUNK_STORE_PREFIX, dir.as_os_str().as_encoded_bytes()].concat())? {
             return Ok(Some(name));
         }
-        Ok(self.marker.lock().expect("marker lock").chunk_store(dir).map(str::to_owned))
+        Ok(self.marker.lock().expect("marker lock").written.chunk_store(dir).map(str::to_owned))
     }
 
     /// The chunk store (by name) that `group`'s records marked `stored`
@@ -982,7 +1010,7 @@ impl Batch<'_> {
         }
         let store = self.store;
         let mut m = store.marker.lock().expect("marker lock");
-        let mut raised = m.clone();
+        let mut raised = m.written.clone();
         if let Some(seq) = self.seq {
             raised.seq = raised.seq.max(seq);
         }
@@ -995,12 +1023,18 @@ impl Batch<'_> {
                 None => raised.chunk_stores.push((d.clone(), n.clone())),
             }
         }
-        if raised != *m {
+        if raised != m.written {
+            (raised.settled_seq, raised.settled_next_generation) = m.committed;
             raised.write(&store.dir)?;
             crate::killpoint::hit("store.commit.marker");
-            *m = raised;
+            m.written = raised;
         }
-        self.inner_commit()
+        let (seq, next) = (self.seq, self.next_generation);
+        self.inner_commit()?;
+        let committed = &mut m.committed;
+        committed.0 = committed.0.max(seq.unwrap_or(0));
+        committed.1 = committed.1.max(next.unwrap_or(0));
+        Ok(())
     }
 
     /// Commits without touching the marker. A failed write (a full disk)
@@ -1419,27 +1453,73 @@ mod tests {
         assert!(Store::open(dir.path()).unwrap().damage().is_empty(), "reported once");
     }
 
-    #[test]
-    fn database_behind_its_marker_is_raised_to_it() {
+    /// A state whose marker announced seq 9 and generation 5, with
+    /// `settled` as the marker's settled counters; the database holds
+    /// seq 1 and generation 1.
+    fn store_behind_its_marker(settled: (u64, u64)) -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();
         let id = {
             let store = Store::open(dir.path()).unwrap();
             let w = store.writer_blocking();
-            store.allocate_seq(&w).unwrap();
+            assert_eq!(store.allocate_seq(&w).unwrap(), 1);
             store.store_id()
         };
-        // As a commit the marker announced but that never reached the
-        // database would leave it.
         let mut m = marker::Marker::read(dir.path()).unwrap().unwrap();
         m.seq = 9;
         m.next_generation = 5;
+        (m.settled_seq, m.settled_next_generation) = settled;
         m.write(dir.path()).unwrap();
+        (dir, id)
+    }
+
+    #[test]
+    fn interrupted_commit_raises_the_database_to_its_marker_without_an_alarm() {
+        // As a process killed after writing the marker for a commit and
+        // before committing it leaves the state.
+        let (dir, id) = store_behind_its_marker((1, 1));
         let store = Store::open(dir.path()).unwrap();
         let w = store.writer_blocking();
         assert_eq!((store.seq().unwrap(), store.next_generation_id().unwrap()), (9, 5));
         assert_eq!(store.store_id(), id);
-        assert!(store.damage().iter().any(|d| d.contains("behind its marker")), "{:?}", store.damage());
+        assert!(store.damage().is_empty(), "{:?}", store.damage());
         assert_eq!(store.allocate_seq(&w).unwrap(), 10);
+    }
+
+    #[test]
+    fn database_that_lost_acknowledged_commits_is_raised_to_its_marker_and_says_so() {
+        let (dir, _) = store_behind_its_marker((3, 1));
+        let store = Store::open(dir.path()).unwrap();
+        let w = store.writer_blocking();
+        assert_eq!((store.seq().unwrap(), store.next_generation_id().unwrap()), (9, 5));
+        let [msg] = store.damage() else { panic!("{:?}", store.damage()) };
+        assert!(
+            msg.contains("behind its marker (version counter 1 < 9, next generation 1 < 5)")
+                && msg.contains(REPAIR_COMMAND),
+            "{msg}"
+        );
+        assert_eq!(store.allocate_seq(&w).unwrap(), 10);
+        drop((w, store));
+        // Only the counter that is behind is named.
+        let (dir, _) = store_behind_its_marker((3, 1));
+        let mut m = marker::Marker::read(dir.path()).unwrap().unwrap();
+        m.next_generation = 1;
+        m.write(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let [msg] = store.damage() else { panic!("{:?}", store.damage()) };
+        assert!(msg.contains("(version counter 1 < 9)"), "{msg}");
+    }
+
+    #[test]
+    fn each_marker_written_for_a_commit_settles_the_commits_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let w = store.writer_blocking();
+        for _ in 0..3 {
+            store.allocate_seq(&w).unwrap();
+        }
+        let m = marker::Marker::read(dir.path()).unwrap().unwrap();
+        assert_eq!((m.seq, m.settled_seq), (3, 2));
+        assert!(!m.lost_commits(2, 1) && m.lost_commits(1, 1));
     }
 
     #[test]
