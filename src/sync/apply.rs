@@ -230,7 +230,8 @@ impl<'a> Apply<'a> {
         loop {
             let mut batch = Vec::new();
             let mut entries = 0;
-            for t in files.by_ref() {
+            for mut t in files.by_ref() {
+                self.rebase(&mut t);
                 // Not worth fetching for: it would be refused below.
                 if let Err(why) = tokio::task::block_in_place(|| self.record_unchanged(&t)) {
                     self.refuse(&t.local, &t.logical, &t.new.version, why);
@@ -268,9 +269,9 @@ impl<'a> Apply<'a> {
     /// changed goes to the run's action queue.
     async fn local_phase(
         &mut self,
-        others: Option<Vec<Take>>,
-        batch: Vec<FileJob>,
-        rest: Option<Rest>,
+        mut others: Option<Vec<Take>>,
+        mut batch: Vec<FileJob>,
+        mut rest: Option<Rest>,
         staging: &Staging,
         journal: &Journal,
         report: &mut GroupReport,
@@ -280,6 +281,13 @@ impl<'a> Apply<'a> {
         let w = &writer;
         let first = others.is_some();
         let generation = tokio::task::block_in_place(|| -> Result<Option<u64>, SyncError> {
+            // Records only move on while the lock is held elsewhere: each
+            // plan is rebased once here, on the record it meets.
+            let takes = others.iter_mut().flatten().chain(batch.iter_mut().map(|j| &mut j.take));
+            let rest_takes = rest.iter_mut().flat_map(|r| r.deletions.iter_mut().chain(r.replacing.iter_mut()));
+            for t in takes.chain(rest_takes) {
+                self.rebase(t);
+            }
             // No temporary of this node is in use while the lock is free.
             if let Err(e) = journal.sweep() {
                 tracing::warn!("sweeping temporary files left by an interrupted run: {e}");
@@ -309,19 +317,19 @@ impl<'a> Apply<'a> {
                 }
             });
             let mut patches = Vec::new();
-            for (logical, local, record) in reversions {
-                match self.still_planned(&logical, &record) {
+            for (logical, local, mut record) in reversions {
+                match self.still_planned(&logical, &mut record) {
                     Ok(()) => self.adopt(logical, local, record),
                     Err(why) => self.refuse(&local, &logical, &record.version, why),
                 }
             }
-            for (dir, name, local, record) in patches_planned {
+            for (dir, name, local, mut record) in patches_planned {
                 let logical = join_logical(&dir, &name);
                 // Something on disk where the tombstone goes was made after
                 // the last check: it is a change to decide next run, never
                 // one to record as if it came after the deletion.
                 let planned =
-                    self.still_planned(&logical, &record).and_then(|()| match std::fs::symlink_metadata(&local) {
+                    self.still_planned(&logical, &mut record).and_then(|()| match std::fs::symlink_metadata(&local) {
                         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
                             Ok(())
                         }
@@ -384,6 +392,34 @@ impl<'a> Apply<'a> {
         self.problem(local, why);
     }
 
+    /// Rebases a plan on the record the store holds now, when another
+    /// reconcile of this node (a session with another peer, or another
+    /// run) moved that record on after the plan was made and the version
+    /// planned has seen the record's version: taking it is still what the
+    /// walk would decide against the record now. Refusing it instead made
+    /// the reconcile walk again, and a path that several peers' sessions
+    /// keep moving could use up every pass (`MAX_PASSES`) and fail the run
+    /// with "changed while syncing" although nothing conflicted. The record
+    /// must keep the planned one's shape (live or deleted, and kind), so
+    /// that a plan for a file never meets a directory, say; a record the
+    /// plan has not seen (a conflict now) or one that already holds the
+    /// version planned is left to [`Apply::refuse`].
+    fn rebase(&self, t: &mut Take) {
+        let Ok(Some(now)) = self.current(&t.logical) else { return };
+        let shape = |r: &EntryRecord| (r.deleted, (!r.deleted).then(|| r.body.kind()));
+        let same_shape = match &t.old {
+            Some(old) => old.version != now.version && shape(old) == shape(&now),
+            None => now.deleted || now.body.kind() == t.new.body.kind(),
+        };
+        if !same_shape || now.version == t.new.version || !t.new.version.dominates(&now.version) {
+            return;
+        }
+        if t.action != ChangeAction::Merge {
+            t.action = super::walk::action_for(Some(&now), &t.new);
+        }
+        t.old = Some(now);
+    }
+
     /// The record the store holds now for `logical`.
     fn current(&self, logical: &[u8]) -> Result<Option<EntryRecord>, String> {
         let (dir, name) = match logical.iter().rposition(|&b| b == b'/') {
@@ -395,17 +431,25 @@ impl<'a> Apply<'a> {
     }
 
     /// Checks that a store-only plan (a new version for the local state)
-    /// still fits the record: the same state, under a version the plan's
-    /// dominates.
-    fn still_planned(&self, logical: &[u8], record: &EntryRecord) -> Result<(), String> {
-        let now = self.current(logical)?;
-        let fits = match &now {
+    /// still fits the record: the same state (or both deleted). When
+    /// another reconcile of this node recorded that same state under a
+    /// version the plan has not seen meanwhile (each of one run's sessions
+    /// settling the same conflict with its own peer bumps the version, or
+    /// merges another peer's), the state has seen both: the plan's version
+    /// becomes the merge of the two. Refusing instead left the path to a
+    /// new pass, whose plan the other sessions moved on again, until a run
+    /// whose hosts all settle one path at once used up its passes and
+    /// failed with "changed while syncing".
+    fn still_planned(&self, logical: &[u8], record: &mut EntryRecord) -> Result<(), String> {
+        let fits = match self.current(logical)? {
             None => record.deleted,
-            Some(n) => {
-                n.deleted == record.deleted
-                    && (n.deleted || same_state(n, record))
-                    && record.version.dominates(&n.version)
+            Some(n) if n.deleted == record.deleted && (n.deleted || same_state(&n, record)) => {
+                if !record.version.dominates(&n.version) {
+                    record.version = super::decide::merged_version(&record.version, &n.version);
+                }
+                true
             }
+            Some(_) => false,
         };
         if fits { Ok(()) } else { Err(CHANGED_WHILE_SYNCING.into()) }
     }

@@ -1062,7 +1062,7 @@ impl<'a> Walk<'a> {
 }
 
 /// What taking `r` over `l` does to the path.
-fn action_for(l: Option<&EntryRecord>, r: &EntryRecord) -> ChangeAction {
+pub(super) fn action_for(l: Option<&EntryRecord>, r: &EntryRecord) -> ChangeAction {
     match (l.filter(|l| !l.deleted), r.deleted) {
         (_, true) => ChangeAction::Delete,
         (None, false) => ChangeAction::Create,

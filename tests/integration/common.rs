@@ -75,6 +75,18 @@ pub fn write(path: &Path, data: &[u8]) {
     std::fs::write(path, data).unwrap();
 }
 
+/// Waits (bounded) for `path` to exist: how a test hook in a daemon
+/// (`snapsync::peer::PAUSE_ENV`) announces that it has paused.
+pub fn wait_for_file(path: &Path, limit: std::time::Duration) {
+    // The one place a poll is fine: the hook announces its pause with a
+    // file; the wait is bounded.
+    let started = std::time::Instant::now();
+    while !path.exists() {
+        assert!(started.elapsed() < limit, "{} did not appear within {limit:?}", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

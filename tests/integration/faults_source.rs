@@ -9,11 +9,11 @@
 //! whole, or nothing, and never a mix at the final path; a failed run
 //! names the path; the next run delivers what the sender holds then.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::cluster::{Cluster, peer_report};
-use crate::common::{bytes, temporaries, write};
+use crate::common::{bytes, temporaries, wait_for_file, write};
 
 const MIB: usize = 1 << 20;
 
@@ -24,17 +24,6 @@ enum Change {
     Grow,
     RenameOver,
     RewriteInPlace,
-}
-
-/// Waits (bounded) for `path` to exist.
-fn wait_for_file(path: &Path, limit: Duration) {
-    // The one place a poll is fine: the hook announces its pause with a
-    // file; the wait is bounded.
-    let started = Instant::now();
-    while !path.exists() {
-        assert!(started.elapsed() < limit, "{} did not appear within {limit:?}", path.display());
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// a sends an 8 MiB file to b; after its first chunk, `change` is made
