@@ -61,7 +61,7 @@ use crate::node::{Node, Stats};
 use crate::progress::{ProgressTask, Unit};
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
 use crate::scan::Adopted;
-use crate::store::{EntryRecord, Writer, join_logical};
+use crate::store::{EntryRecord, Version, Writer, join_logical};
 use crate::tree::{Body, Kind, Meta, Timestamp};
 
 /// Taking the peer's state of one path.
@@ -318,7 +318,7 @@ impl<'a> Apply<'a> {
             });
             let mut patches = Vec::new();
             for (logical, local, mut record) in reversions {
-                match self.still_planned(&logical, &mut record) {
+                match self.still_planned(w, &logical, &mut record) {
                     Ok(()) => self.adopt(logical, local, record),
                     Err(why) => self.refuse(&local, &logical, &record.version, why),
                 }
@@ -328,13 +328,7 @@ impl<'a> Apply<'a> {
                 // Something on disk where the tombstone goes was made after
                 // the last check: it is a change to decide next run, never
                 // one to record as if it came after the deletion.
-                let planned =
-                    self.still_planned(&logical, &mut record).and_then(|()| match std::fs::symlink_metadata(&local) {
-                        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
-                            Ok(())
-                        }
-                        _ => Err("changed here since the last check: left for the next run".to_owned()),
-                    });
+                let planned = self.still_planned(w, &logical, &mut record).and_then(|()| nothing_at(&local));
                 match planned {
                     Ok(()) => patches.push((dir, name, record)),
                     Err(why) => self.refuse(&local, &logical, &record.version, why),
@@ -439,19 +433,39 @@ impl<'a> Apply<'a> {
     /// becomes the merge of the two. Refusing instead left the path to a
     /// new pass, whose plan the other sessions moved on again, until a run
     /// whose hosts all settle one path at once used up its passes and
-    /// failed with "changed while syncing".
-    fn still_planned(&self, logical: &[u8], record: &mut EntryRecord) -> Result<(), String> {
+    /// failed with "changed while syncing". A force that holds for both
+    /// versions holds for the merge ([`Apply::force_follows`]).
+    fn still_planned(&self, w: &Writer, logical: &[u8], record: &mut EntryRecord) -> Result<(), String> {
         let fits = match self.current(logical)? {
             None => record.deleted,
             Some(n) if n.deleted == record.deleted && (n.deleted || same_state(&n, record)) => {
                 if !record.version.dominates(&n.version) {
-                    record.version = super::decide::merged_version(&record.version, &n.version);
+                    let merged = super::decide::merged_version(&record.version, &n.version);
+                    self.force_follows(w, logical, [&record.version, &n.version], &merged)?;
+                    record.version = merged;
                 }
                 true
             }
             Some(_) => false,
         };
         if fits { Ok(()) } else { Err(CHANGED_WHILE_SYNCING.into()) }
+    }
+
+    /// A force on `logical` that holds for both versions `from` (each
+    /// session that settled the path with its peer added its own) holds
+    /// for their `merged` version too; otherwise the merge would void it
+    /// and leave the forced path in conflict with the peers not reached
+    /// yet.
+    fn force_follows(&self, w: &Writer, logical: &[u8], from: [&Version; 2], merged: &Version) -> Result<(), String> {
+        let store = &self.node.engine.store;
+        let Some(mut f) = store.force(&self.g.name, logical).map_err(|e| e.to_string())? else { return Ok(()) };
+        if !from.iter().all(|v| f.versions.contains(v)) {
+            return Ok(());
+        }
+        f.also_under(merged.clone());
+        let mut batch = store.batch(w);
+        batch.put_force(&f);
+        batch.commit().map_err(|e| e.to_string())
     }
 
     /// Checks that the record of `t.local` is still the one the decision
@@ -1033,6 +1047,14 @@ impl ChunkListPages {
 }
 
 const CHANGED_WHILE_SYNCING: &str = "changed while syncing: retried next run";
+
+/// Checks that nothing is at `local`, where a tombstone is recorded.
+fn nothing_at(local: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(local) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(()),
+        _ => Err("changed here since the last check: left for the next run".to_owned()),
+    }
+}
 
 /// Whether two live records hold the same state: body (a directory's tree
 /// left out: its children are checked on their own) and metadata.
