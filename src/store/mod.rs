@@ -1098,7 +1098,10 @@ impl Drop for Store {
 
 /// The stored form of a manifest: the chunk lists of a node's entries.
 pub fn encode_manifest(manifest: &[Vec<ChunkRef>]) -> Vec<u8> {
-    postcard::to_stdvec(manifest).expect("encoding to a Vec cannot fail")
+    let mut out = postcard::to_stdvec(manifest).expect("encoding to a Vec cannot fail");
+    // Held until the scan commits, as records are (`DirRecord::encode`).
+    out.shrink_to_fit();
+    out
 }
 
 /// The state lock file's name in the state directory.

@@ -82,6 +82,9 @@ impl Node {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![NODE_FORMAT];
         postcard::to_io(self, &mut out).expect("encoding to a Vec cannot fail");
+        // Held until the scan commits, as records are
+        // (`crate::store::DirRecord::encode`).
+        out.shrink_to_fit();
         out
     }
 
