@@ -38,7 +38,8 @@
 //! A tree of 0 files is skipped. Other knobs: `SNAPSYNC_BENCH_QUICK=1`
 //! (for CI: the first tree alone, of 2,000 files, as the many tree only
 //! runs the same work on other file sizes; a 64 MiB large file; 3
-//! repetitions; about 2 minutes, mostly the peer tools' first syncs);
+//! repetitions; about two and a half minutes, mostly the peer tools'
+//! first syncs);
 //! `SNAPSYNC_BENCH_BIG_MIB` (1024), `SNAPSYNC_BENCH_QUIC_MIB` (1024),
 //! `SNAPSYNC_BENCH_REPEATS` (5), `SNAPSYNC_BENCH_WATCH_SAMPLES` (20);
 //! `SNAPSYNC_BENCH_SKIP=csync2,syncthing` leaves tools out

@@ -402,7 +402,7 @@ on a filesystem of its own for each tool and tree ({}), and does the same work i
     let _ = writeln!(
         o,
         "The bench needs root (network namespace, loop mounts, csync2's names in /etc/hosts); without it, it falls back \
-to fresh directories and the shared loopback and says so above. `SNAPSYNC_BENCH_QUICK=1` runs one small tree in about two minutes."
+to fresh directories and the shared loopback and says so above. `SNAPSYNC_BENCH_QUICK=1` runs one small tree in about two and a half minutes."
     );
     o
 }
