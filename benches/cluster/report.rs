@@ -78,7 +78,7 @@ pub fn markdown(v: &Value) -> String {
         o,
         "**This run:** {} on {}, from {} to {}; load average at the start {}, at the end {}; highest one-minute load average during the run {}.{}\n",
         if quick {
-            "quick mode (`SNAPSYNC_BENCH_QUICK=1`, small trees: it checks that the bench works; its figures are not the project's)".to_owned()
+            "quick mode (`SNAPSYNC_BENCH_QUICK=1`, one small tree: it checks that the bench works; its figures are not the project's)".to_owned()
         } else {
             let trees: Vec<String> =
                 v["trees"].as_array().into_iter().flatten().map(|t| format!("{} files", t["files"])).collect();
@@ -402,7 +402,7 @@ on a filesystem of its own for each tool and tree ({}), and does the same work i
     let _ = writeln!(
         o,
         "The bench needs root (network namespace, loop mounts, csync2's names in /etc/hosts); without it, it falls back \
-to fresh directories and the shared loopback and says so above. `SNAPSYNC_BENCH_QUICK=1` runs small trees in about a minute."
+to fresh directories and the shared loopback and says so above. `SNAPSYNC_BENCH_QUICK=1` runs one small tree in about two and a half minutes."
     );
     o
 }

@@ -47,7 +47,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::walk::{GroupReport, Plan};
 use super::{Peer, SyncError, request};
@@ -61,7 +61,7 @@ use crate::node::{Node, Stats};
 use crate::progress::{ProgressTask, Unit};
 use crate::proto::{self, ChangeAction, FileChunks, Message, PendingChunks};
 use crate::scan::Adopted;
-use crate::store::{EntryRecord, Version, Writer, join_logical};
+use crate::store::{DirRecord, EntryRecord, Version, Writer, join_logical};
 use crate::tree::{Body, Kind, Meta, Timestamp};
 
 /// Taking the peer's state of one path.
@@ -80,6 +80,16 @@ pub(super) struct Take {
 
 /// How many `GetChunks` requests run at once.
 const PARALLEL_REQUESTS: usize = 4;
+
+/// Files built before their temporaries are synced together and placed:
+/// bounds the descriptors held open at once.
+const PLACE_GROUP: usize = 128;
+
+/// Threads that sync one group's temporaries. Syncing files one after
+/// another costs one journal commit each (2.5-3.7 s for 1,000 files of
+/// 35 KB on ext4 here); started with `sync_file_range` and synced from 8
+/// threads, they share commits (0.16-0.25 s).
+const SYNC_THREADS: usize = 8;
 
 /// Most chunk references held for one batch of files: 2^20 (about 40 MiB,
 /// files of 64 GiB at the average chunk size). A single file with a longer
@@ -129,6 +139,15 @@ pub(super) struct Apply<'a> {
     /// Directories whose deletion by the peer this apply left in place
     /// because everything they hold conflicts with the peer.
     kept_in_conflict: HashSet<Vec<u8>>,
+    /// Directory records read from the store, by logical directory, so
+    /// that checking each of a directory's entries decodes its record
+    /// once, not once per entry (a renamed directory of 1,000 files made
+    /// that 4,000 decodes of a 1,000-entry record). Emptied whenever the
+    /// writer lock is taken or its phase commits: under the lock no other
+    /// writer changes a record; outside it a record read may be
+    /// outdated, which only delays a refusal to the checks made under
+    /// the lock (a record only moves on).
+    records: Mutex<HashMap<Vec<u8>, Option<Arc<DirRecord>>>>,
 }
 
 impl<'a> Apply<'a> {
@@ -144,6 +163,7 @@ impl<'a> Apply<'a> {
             problems: Vec::new(),
             failed: Default::default(),
             kept_in_conflict: Default::default(),
+            records: Default::default(),
         }
     }
 
@@ -279,6 +299,8 @@ impl<'a> Apply<'a> {
         let node: &Arc<Node> = self.node;
         let writer = node.engine.store.writer().await;
         let w = &writer;
+        // Records read before the lock may be outdated now.
+        self.forget_records();
         let first = others.is_some();
         let generation = tokio::task::block_in_place(|| -> Result<Option<u64>, SyncError> {
             // Records only move on while the lock is held elsewhere: each
@@ -358,7 +380,11 @@ impl<'a> Apply<'a> {
                 self.node.engine.patch_tombstones(w, self.gi, patches)?;
             }
             Ok(generation)
-        })?;
+        });
+        // The commit above changed records, and once the lock is free
+        // other writers may.
+        self.forget_records();
+        let generation = generation?;
         drop(writer);
         // The actions run once the run ends (all its peers and pulls);
         // a pull that outlived its session runs them for its own paths.
@@ -420,8 +446,24 @@ impl<'a> Apply<'a> {
             Some(i) => (&logical[..i], &logical[i + 1..]),
             None => (&[][..], logical),
         };
-        let rec = self.node.engine.store.dir_record(&self.g.name, dir).map_err(|e| e.to_string())?;
+        let rec = self.dir_record(dir)?;
         Ok(rec.and_then(|r| r.get(name).cloned()))
+    }
+
+    /// The record of directory `dir`, read once until the cache is
+    /// emptied (see [`Apply::records`]).
+    fn dir_record(&self, dir: &[u8]) -> Result<Option<Arc<DirRecord>>, String> {
+        if let Some(r) = self.records.lock().expect("records lock").get(dir) {
+            return Ok(r.clone());
+        }
+        let rec = self.node.engine.store.dir_record(&self.g.name, dir).map_err(|e| e.to_string())?.map(Arc::new);
+        self.records.lock().expect("records lock").insert(dir.to_vec(), rec.clone());
+        Ok(rec)
+    }
+
+    /// Forgets the directory records read so far.
+    fn forget_records(&self) {
+        self.records.lock().expect("records lock").clear();
     }
 
     /// Checks that a store-only plan (a new version for the local state)
@@ -781,55 +823,70 @@ impl<'a> Apply<'a> {
         }
         let mut placed = Vec::new();
         let mut waiting = Vec::new();
-        for job in ready {
-            let t = &job.take;
-            let parent = t.local.parent().expect("checked above");
-            let name = t.local.file_name().expect("a path with a parent has a name");
-            let dir = &dirs[parent];
-            // `ignore mod`: keep the replaced file's mode, or the mode a
-            // new file would get (a directory replaced gives none).
-            let mode = fs::symlink_metadata(&t.local)
-                .ok()
-                .filter(|m| m.is_file())
-                .map(|m| m.permissions().mode() & 0o7777)
-                .unwrap_or(0o666 & !umask);
-            let built = (|| -> Result<crate::fs::TempFile<'_>, String> {
-                let temp = dir.create_temp(Some(journal)).map_err(|e| format!("creating a temporary file: {e}"))?;
-                let mut sources = Sources::new(&job, cs, staging, self.node, self.g, &mut index);
-                let mut w = io::BufWriter::with_capacity(1 << 20, temp.file());
-                for c in &job.chunks {
-                    let data = sources.get(c).ok_or_else(|| {
-                        format!(
-                            "chunk {} is no longer here (a local copy changed meanwhile): left for the next run",
-                            c.hash.short()
-                        )
-                    })?;
-                    w.write_all(&data).map_err(|e| e.to_string())?;
+        let mut ready = ready.into_iter().peekable();
+        while ready.peek().is_some() {
+            // Built a group at a time and synced together (see
+            // `sync_temps`); a group bounds the temporaries held open.
+            let mut built = Vec::new();
+            for job in ready.by_ref().take(PLACE_GROUP) {
+                let t = &job.take;
+                let parent = t.local.parent().expect("checked above");
+                let dir = &dirs[parent];
+                // `ignore mod`: keep the replaced file's mode, or the mode a
+                // new file would get (a directory replaced gives none).
+                let mode = fs::symlink_metadata(&t.local)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .unwrap_or(0o666 & !umask);
+                let result = (|| -> Result<crate::fs::TempFile<'_>, String> {
+                    let temp = dir.create_temp(Some(journal)).map_err(|e| format!("creating a temporary file: {e}"))?;
+                    let mut sources = Sources::new(&job, cs, staging, self.node, self.g, &mut index);
+                    let mut w = io::BufWriter::with_capacity(1 << 20, temp.file());
+                    for c in &job.chunks {
+                        let data = sources.get(c).ok_or_else(|| {
+                            format!(
+                                "chunk {} is no longer here (a local copy changed meanwhile): left for the next run",
+                                c.hash.short()
+                            )
+                        })?;
+                        w.write_all(&data).map_err(|e| e.to_string())?;
+                    }
+                    w.flush().map_err(|e| e.to_string())?;
+                    drop(w);
+                    temp.set_meta(&t.new.meta, mode).map_err(|e| e.to_string())?;
+                    temp.start_writeback();
+                    Ok(temp)
+                })();
+                match result {
+                    Ok(temp) => built.push((job, temp)),
+                    Err(e) => {
+                        unplaced.insert(job.content);
+                        self.problem(&job.take.local, e);
+                    }
                 }
-                w.flush().map_err(|e| e.to_string())?;
-                drop(w);
-                temp.set_meta(&t.new.meta, mode).map_err(|e| e.to_string())?;
-                Ok(temp)
-            })();
-            let temp = match built {
-                Ok(temp) => temp,
-                Err(e) => {
+            }
+            let synced = sync_temps(&mut built);
+            for ((job, temp), synced) in built.into_iter().zip(synced) {
+                let t = &job.take;
+                if let Err(e) = synced {
                     unplaced.insert(job.content);
-                    self.problem(&t.local, e);
+                    self.problem(&t.local, format!("syncing the file: {e}"));
                     continue;
                 }
-            };
-            if replaces_dir(t) {
-                waiting.push((job, temp));
-                continue;
-            }
-            // Checked again right before the rename: the old version may
-            // have been changed while the new one was built.
-            match self.unchanged(t).and_then(|()| temp.place(name).map_err(|e| e.to_string())) {
-                Ok(md) => placed.push((job, md)),
-                Err(e) => {
-                    unplaced.insert(job.content);
-                    self.problem(&job.take.local, e);
+                if replaces_dir(t) {
+                    waiting.push((job, temp));
+                    continue;
+                }
+                let name = t.local.file_name().expect("a path with a parent has a name");
+                // Checked again right before the rename: the old version may
+                // have been changed while the new one was built.
+                match self.unchanged(t).and_then(|()| temp.place(name).map_err(|e| e.to_string())) {
+                    Ok(md) => placed.push((job, md)),
+                    Err(e) => {
+                        unplaced.insert(job.content);
+                        self.problem(&job.take.local, e);
+                    }
                 }
             }
         }
@@ -1204,6 +1261,22 @@ async fn fetch_one(
         reply = proto::read_frame(&mut stream).await.map_err(proto_err)?;
         reply.validate().map_err(proto_err)?;
     }
+}
+
+/// Syncs the temporaries of `built` from up to [`SYNC_THREADS`] threads
+/// at once; the result of each, in order.
+fn sync_temps(built: &mut [(FileJob, crate::fs::TempFile<'_>)]) -> Vec<io::Result<()>> {
+    if built.len() <= 1 {
+        return built.iter_mut().map(|(_, t)| t.sync()).collect();
+    }
+    let per = built.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = built
+            .chunks_mut(per)
+            .map(|part| s.spawn(move || part.iter_mut().map(|(_, t)| t.sync()).collect::<Vec<_>>()))
+            .collect();
+        parts.into_iter().flat_map(|p| p.join().expect("a sync thread panicked")).collect()
+    })
 }
 
 /// Where each chunk of the group's tracked files is: a file and offset.

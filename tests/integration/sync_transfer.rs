@@ -46,6 +46,38 @@ fn sync_rename_moves_no_content() {
     c.assert_all_same();
 }
 
+/// SPEC §4.9 and §7: a renamed directory of 300 files (more than one
+/// group of files built and synced together) reaches B and C from their
+/// own copies: no chunk fetched, every file in place with its content,
+/// the old directory gone, no temporary left.
+#[test]
+fn sync_renamed_directory_is_placed_from_local_copies() {
+    const FILES: usize = 300;
+    let mut c = Cluster::new(3);
+    c.start_all();
+    let content = |i: usize| bytes(i as u64 + 100, 1000 + 37 * i);
+    for i in 0..FILES {
+        write(&c.path("a", &format!("dir/f{i:03}")), &content(i));
+    }
+    c.sync_ok("a");
+    c.assert_all_same();
+    std::fs::rename(c.path("a", "dir"), c.path("a", "moved")).unwrap();
+    c.check("a");
+    for n in ["b", "c"] {
+        let v = c.sync_ok_with(n, &["--peer", "a"]);
+        let p = pulled(&v, "a");
+        assert_eq!(p["chunks_fetched"], 0, "{n} fetched chunks for a rename: {v:#}");
+        assert!(p["chunks_local"].as_u64().unwrap() >= FILES as u64, "{v:#}");
+        assert!(p["problems"].as_array().is_none_or(|a| a.is_empty()), "{v:#}");
+        for i in 0..FILES {
+            assert_eq!(std::fs::read(c.path(n, &format!("moved/f{i:03}"))).unwrap(), content(i), "{n}: f{i:03}");
+        }
+        assert!(!c.path(n, "dir").exists(), "{n} kept the old directory");
+        assert_eq!(c.temporaries(n), Vec::<std::path::PathBuf>::new(), "{n}");
+    }
+    c.assert_all_same();
+}
+
 /// SPEC §4.10: a one-byte edit in the middle of an 8 MiB file: the puller
 /// fetches about one chunk.
 #[test]
