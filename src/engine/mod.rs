@@ -208,7 +208,17 @@ impl Engine {
                 .iter()
                 .zip(&group_chunks)
                 .any(|(g, gc)| *gc == Some(c) && gens.iter().any(|x| x.group == g.name && x.bytes > 0));
-            if held {
+            // A group no longer linked to the store (damage found and
+            // reported before, by a command that did not store the live
+            // files again) has nothing recorded as stored there: its empty
+            // store is known, not news.
+            let mut linked = false;
+            for (g, gc) in groups.iter().zip(&group_chunks) {
+                if *gc == Some(c) && store.group_store(&g.name)?.as_deref() == Some(chunk_store_names[c].as_str()) {
+                    linked = true;
+                }
+            }
+            if held && linked {
                 damage.push(format!(
                     "chunk store {} is empty although generations were recorded into it; the next check \
                      stores the live files in it again, and older generations have lost content; run `{}` \

@@ -116,6 +116,14 @@ impl ChunkStore {
             ));
         }
         match ChunkStore::open(path) {
+            // Opening reads each table's index and meta blocks but no data
+            // block: a first read of one finds damage there before anyone
+            // uses the store; it is flagged, and opening again moves the
+            // store aside.
+            Ok(cs) if damage.is_none() && cs.is_empty().is_err() && cs.found_damaged() => {
+                drop(cs);
+                ChunkStore::open_checked(path, expected)
+            }
             Ok(cs) => Ok((cs, damage)),
             Err(StoreError::Db { source, .. }) if damage.is_none() && super::is_damage(&source) => {
                 let aside = super::move_aside(path)?;
@@ -131,6 +139,12 @@ impl ChunkStore {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a read found the open store damaged: it is flagged for the
+    /// next open to move aside (see `ChunkStore::err`).
+    pub fn found_damaged(&self) -> bool {
+        std::fs::symlink_metadata(self.path.join(DAMAGE_FLAG)).is_ok()
     }
 
     /// Whether the store holds no chunk at all.
