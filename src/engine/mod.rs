@@ -246,6 +246,15 @@ impl Engine {
         Ok(Engine { host: host.to_owned(), groups, store, chunk_stores, chunk_store_names, group_chunks, damage })
     }
 
+    /// The state database or chunk store that a read found damaged since
+    /// it was opened, if any: it is moved aside when next opened.
+    pub fn found_damaged(&self) -> Option<PathBuf> {
+        if self.store.found_damaged() {
+            return Some(self.store.dir().join("db"));
+        }
+        self.chunk_stores.iter().find(|cs| cs.found_damaged()).map(|cs| cs.path().to_path_buf())
+    }
+
     /// The chunk store of group `i`, if it keeps backups.
     pub fn chunk_store(&self, i: usize) -> Option<&ChunkStore> {
         self.group_chunks[i].map(|c| &*self.chunk_stores[c])
