@@ -427,6 +427,10 @@ fn state_table_with_a_flipped_byte_is_found_by_the_next_read() {
     assert_recovers_after_read(&c, &before, &["check"], "state database", "moved to");
 }
 
+/// A truncated or deleted table of directory records: opening reads each
+/// table's trailer and counts the tables the keyspace's version lists, so
+/// the database cannot be opened; it is moved aside at once and a fresh
+/// state built.
 #[test]
 fn state_table_truncated_is_moved_aside_on_open() {
     let (c, before) = cluster_with_tables();
@@ -466,36 +470,35 @@ fn chunk_table_with_a_flipped_byte_is_moved_aside() {
     assert_lists_old_bin_lost(&repair);
 }
 
-#[test]
-fn chunk_table_truncated_is_moved_aside_on_open() {
+/// A truncated or deleted table or blob file of the chunk store: opening
+/// reads every file's trailer and counts the files its version lists, so
+/// the store cannot be opened; it is moved aside at once, a new one takes
+/// the live files, and the repair lists the first `d/old.bin` as lost.
+fn assert_chunk_file_damage_found_on_open(kind: &str, how: Damage) {
     let (c, before) = cluster_with_tables();
-    damage(&chunk_file(&c, "tables"), Damage::Truncated);
+    damage(&chunk_file(&c, kind), how);
     let repair = assert_recovers(&c, &before, "chunk store");
     assert_lists_old_bin_lost(&repair);
+}
+
+#[test]
+fn chunk_table_truncated_is_moved_aside_on_open() {
+    assert_chunk_file_damage_found_on_open("tables", Damage::Truncated);
 }
 
 #[test]
 fn chunk_table_deleted_is_moved_aside_on_open() {
-    let (c, before) = cluster_with_tables();
-    damage(&chunk_file(&c, "tables"), Damage::Deleted);
-    let repair = assert_recovers(&c, &before, "chunk store");
-    assert_lists_old_bin_lost(&repair);
+    assert_chunk_file_damage_found_on_open("tables", Damage::Deleted);
 }
 
 #[test]
 fn chunk_blob_file_truncated_is_moved_aside_on_open() {
-    let (c, before) = cluster_with_tables();
-    damage(&chunk_file(&c, "blobs"), Damage::Truncated);
-    let repair = assert_recovers(&c, &before, "chunk store");
-    assert_lists_old_bin_lost(&repair);
+    assert_chunk_file_damage_found_on_open("blobs", Damage::Truncated);
 }
 
 #[test]
 fn chunk_blob_file_deleted_is_moved_aside_on_open() {
-    let (c, before) = cluster_with_tables();
-    damage(&chunk_file(&c, "blobs"), Damage::Deleted);
-    let repair = assert_recovers(&c, &before, "chunk store");
-    assert_lists_old_bin_lost(&repair);
+    assert_chunk_file_damage_found_on_open("blobs", Damage::Deleted);
 }
 
 /// A flipped byte in a blob file damages one chunk's value: only what
