@@ -110,7 +110,7 @@ pub(super) fn serve(
                 match e {
                     ServeError::Sync(SyncError::Refused(_)) => EXIT_USAGE,
                     ServeError::Sync(e) => exit_code_of(&e),
-                    ServeError::Socket(_) => EXIT_FAILURE,
+                    ServeError::Socket(_) | ServeError::Damaged(_) => EXIT_FAILURE,
                 }
             }
         }

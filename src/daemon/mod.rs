@@ -12,7 +12,10 @@
 //! the command killed) *interrupts* the run ([`Interrupt`]), which stops
 //! at its next safe point. On SIGTERM or SIGINT it stops accepting work,
 //! lets the change being applied finish (it waits for the writer token),
-//! and exits.
+//! and exits. It stops the same way, exiting with an error, when a read
+//! found its state database or a chunk store damaged: the next open, by a
+//! command run without the daemon or by the daemon restarted, moves the
+//! damaged one aside and rebuilds it ([`ServeError::Damaged`]).
 //!
 //! With `serve --watch` the daemon also runs a *watcher* ([`watch`]): it
 //! follows the included trees through inotify and syncs what changed as
@@ -73,6 +76,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for the change being applied.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
+
+/// How often the daemon looks whether a read found its state or a chunk
+/// store damaged ([`ServeError::Damaged`]).
+const DAMAGE_POLL: Duration = Duration::from_secs(1);
 
 /// How often the daemon sends a running command's progress: often enough
 /// for a bar to move smoothly, seldom enough that a fast scan does not
@@ -483,6 +490,15 @@ pub enum ServeError {
     /// The local socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// A read found the state database or a chunk store damaged.
+    #[error(
+        "{} was found damaged while reading; the daemon stopped so that the next open moves it aside and \
+         rebuilds it from the live trees: commands run without the daemon now, and a restart serves peers \
+         again; run `{}`",
+        .0.display(),
+        crate::store::REPAIR_COMMAND
+    )]
+    Damaged(PathBuf),
 }
 
 /// Who may use the socket: root, and the state directory's owner.
@@ -628,8 +644,22 @@ pub async fn run(
         None => None,
     };
     ready(&Listening { host: engine.host.clone(), addr: server.local_addr(), socket: sock.clone() });
+    // A database found damaged while open cannot be moved aside under
+    // the daemon, which holds it for every command and session: each would
+    // fail on the same damaged block until a restart. The daemon looks for
+    // the damage flag a read leaves (two `stat` calls) and stops, so that
+    // the next open, by a command run without it or by the daemon
+    // restarted (systemd's `Restart=on-failure`), rebuilds it.
+    let mut damage_tick = tokio::time::interval(DAMAGE_POLL);
+    let mut outcome = Ok(());
     loop {
         tokio::select! {
+            _ = damage_tick.tick() => {
+                if let Some(path) = current.node().engine.found_damaged() {
+                    outcome = Err(ServeError::Damaged(path));
+                    break;
+                }
+            }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping");
                 break;
@@ -693,7 +723,7 @@ pub async fn run(
         let _ = std::fs::remove_file(&sock);
     }
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }
 
 /// Reads one request line: at most `limit` bytes before the newline, all

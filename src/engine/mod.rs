@@ -208,7 +208,17 @@ impl Engine {
                 .iter()
                 .zip(&group_chunks)
                 .any(|(g, gc)| *gc == Some(c) && gens.iter().any(|x| x.group == g.name && x.bytes > 0));
-            if held {
+            // A group no longer linked to the store (damage found and
+            // reported before, by a command that did not store the live
+            // files again) has nothing recorded as stored there: its empty
+            // store is known, not news.
+            let mut linked = false;
+            for (g, gc) in groups.iter().zip(&group_chunks) {
+                if *gc == Some(c) && store.group_store(&g.name)?.as_deref() == Some(chunk_store_names[c].as_str()) {
+                    linked = true;
+                }
+            }
+            if held && linked {
                 damage.push(format!(
                     "chunk store {} is empty although generations were recorded into it; the next check \
                      stores the live files in it again, and older generations have lost content; run `{}` \
@@ -234,6 +244,15 @@ impl Engine {
             tracing::error!("{msg}");
         }
         Ok(Engine { host: host.to_owned(), groups, store, chunk_stores, chunk_store_names, group_chunks, damage })
+    }
+
+    /// The state database or chunk store that a read found damaged since
+    /// it was opened, if any: it is moved aside when next opened.
+    pub fn found_damaged(&self) -> Option<PathBuf> {
+        if self.store.found_damaged() {
+            return Some(self.store.dir().join("db"));
+        }
+        self.chunk_stores.iter().find(|cs| cs.found_damaged()).map(|cs| cs.path().to_path_buf())
     }
 
     /// The chunk store of group `i`, if it keeps backups.

@@ -17,7 +17,11 @@
 //! it. It is then moved aside or made anew, and the groups using it are
 //! unlinked from it, so the next check stores every live file again;
 //! `verify --repair` does the same for chunks that fail their hash and
-//! lists what no live file holds any more. A write that fails (a full
+//! lists what no live file holds any more. Damage found while the store
+//! is open (a table block that fails its checksum) is flagged in
+//! `PATH/damaged`, and the next open moves the store aside; a damaged
+//! chunk *value* (in a blob file, the index around it intact) is one
+//! damaged chunk, like one that fails its hash. A write that fails (a full
 //! disk) leaves fjall's database *poisoned*; the store reopens it.
 
 use std::path::{Path, PathBuf};
@@ -66,6 +70,12 @@ fn open_db(path: &Path) -> Result<Handles, fjall::Error> {
     opened.unwrap_or(Err(fjall::Error::Unrecoverable))
 }
 
+/// The file, inside a chunk store, that flags it as damaged for the next
+/// open (as the state's `damaged` beside its database). Inside, so that
+/// moving the store aside takes the flag along; fjall ignores files it
+/// does not know.
+const DAMAGE_FLAG: &str = "damaged";
+
 impl ChunkStore {
     /// Opens (creating if needed) the chunk store at `path`, and makes it
     /// and everything in it owner-only (0700 directories, 0600 files) if it
@@ -87,7 +97,18 @@ impl ChunkStore {
         let rebuilt = "a new one is made, the next check stores the live files in it again, and older \
                        generations may have lost content";
         let mut damage = None;
-        if expected && std::fs::symlink_metadata(path).is_err() {
+        let flag = path.join(DAMAGE_FLAG);
+        if let Ok(why) = std::fs::read_to_string(&flag) {
+            let aside = super::move_aside(path)?;
+            damage = Some(format!(
+                "chunk store {} was found damaged while reading ({}); it was moved to {}; {rebuilt}; run `{}` to \
+                 list what is lost",
+                path.display(),
+                why.trim(),
+                aside.display(),
+                super::REPAIR_COMMAND
+            ));
+        } else if expected && std::fs::symlink_metadata(path).is_err() {
             damage = Some(format!(
                 "chunk store {} is missing; {rebuilt}; run `{}` to list what is lost",
                 path.display(),
@@ -95,8 +116,16 @@ impl ChunkStore {
             ));
         }
         match ChunkStore::open(path) {
+            // Opening reads each table's index and meta blocks but no data
+            // block: a first read of one finds damage there before anyone
+            // uses the store; it is flagged, and opening again moves the
+            // store aside.
+            Ok(cs) if damage.is_none() && cs.is_empty().is_err() && cs.found_damaged() => {
+                drop(cs);
+                ChunkStore::open_checked(path, expected)
+            }
             Ok(cs) => Ok((cs, damage)),
-            Err(StoreError::Db { source, .. }) if super::is_damage(&source) => {
+            Err(StoreError::Db { source, .. }) if damage.is_none() && super::is_damage(&source) => {
                 let aside = super::move_aside(path)?;
                 let cs = ChunkStore::open(path)?;
                 let msg = format!(
@@ -110,6 +139,12 @@ impl ChunkStore {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a read found the open store damaged: it is flagged for the
+    /// next open to move aside (see `ChunkStore::err`).
+    pub fn found_damaged(&self) -> bool {
+        std::fs::symlink_metadata(self.path.join(DAMAGE_FLAG)).is_ok()
     }
 
     /// Whether the store holds no chunk at all.
@@ -130,8 +165,27 @@ impl ChunkStore {
             .unwrap_or_else(|| panic!("chunk store {} could not be reopened", self.path.display()))
     }
 
+    /// The error for a failed read. Damage (a table block that fails its
+    /// checksum) cannot be moved aside under the open database: it is
+    /// flagged in `PATH/damaged`, and the next open moves the store aside
+    /// and makes a new one ([`ChunkStore::open_checked`]). Without that,
+    /// every later command that reads the store would fail the same way.
     fn err(&self, e: fjall::Error) -> StoreError {
-        StoreError::db(&self.path, e)
+        if !super::is_damage(&e) {
+            return StoreError::db(&self.path, e);
+        }
+        let flag = self.path.join(DAMAGE_FLAG);
+        if let Err(io) = std::fs::write(&flag, e.to_string()) {
+            tracing::error!("{}: {io}", flag.display());
+        }
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "chunk store".into(),
+            why: format!(
+                "{e}; the next open of the chunk store (the next command, or a restart of the daemon that \
+                 holds it) moves it aside and makes a new one"
+            ),
+        }
     }
 
     /// The error of a failed write; a poisoned database (a full disk) is
@@ -177,14 +231,19 @@ impl ChunkStore {
 
     /// Reads a chunk back, decompressed and verified against its hash.
     pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
-        let stored = self.h().chunks.get(hash.as_bytes()).map_err(|e| self.err(e))?.ok_or_else(|| {
-            StoreError::Corrupt { path: self.path.clone(), what: format!("chunk {hash}"), why: "missing".into() }
-        })?;
-        crate::chunk::decode(hash, &stored).map_err(|e| StoreError::Corrupt {
-            path: self.path.clone(),
-            what: format!("chunk {hash}"),
-            why: e.to_string(),
-        })
+        let corrupt = |why: String| StoreError::Corrupt { path: self.path.clone(), what: format!("chunk {hash}"), why };
+        let stored = match self.h().chunks.get(hash.as_bytes()) {
+            Ok(v) => v.ok_or_else(|| corrupt("missing".into()))?,
+            // The index still finds the key: only this chunk's value (in a
+            // blob file) is damaged. That is one damaged chunk, as one that
+            // fails its hash (`verify --repair` drops it), not a reason to
+            // give up the whole store.
+            Err(e) if super::is_damage(&e) && self.h().chunks.contains_key(hash.as_bytes()).is_ok() => {
+                return Err(corrupt(e.to_string()));
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        crate::chunk::decode(hash, &stored).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Makes every chunk written so far durable.

@@ -355,6 +355,12 @@ impl Store {
         &self.damage
     }
 
+    /// Whether a read found the open database damaged: it is flagged for
+    /// the next open to move aside (see `Store::err`).
+    pub fn found_damaged(&self) -> bool {
+        std::fs::symlink_metadata(self.dir.join(DAMAGE_FLAG)).is_ok()
+    }
+
     /// The state's store id, made once and kept in the marker.
     pub fn store_id(&self) -> String {
         self.marker.lock().expect("marker lock").written.store_id.clone()

@@ -844,12 +844,7 @@ impl<'a> Apply<'a> {
                     let mut sources = Sources::new(&job, cs, staging, self.node, self.g, &mut index);
                     let mut w = io::BufWriter::with_capacity(1 << 20, temp.file());
                     for c in &job.chunks {
-                        let data = sources.get(c).ok_or_else(|| {
-                            format!(
-                                "chunk {} is no longer here (a local copy changed meanwhile): left for the next run",
-                                c.hash.short()
-                            )
-                        })?;
+                        let data = sources.get(c)?;
                         w.write_all(&data).map_err(|e| e.to_string())?;
                     }
                     w.flush().map_err(|e| e.to_string())?;
@@ -1164,22 +1159,50 @@ impl<'j> Sources<'j> {
         self.in_tree(c).is_some()
     }
 
-    /// The bytes of chunk `c`, checked.
-    fn get(&mut self, c: &ChunkRef) -> Option<Vec<u8>> {
+    /// The bytes of chunk `c`, checked; else why the file is left for the
+    /// next run.
+    fn get(&mut self, c: &ChunkRef) -> Result<Vec<u8>, String> {
+        let mut damaged = None;
         if let Some(cs) = self.cs
             && cs.has(&c.hash).unwrap_or(false)
-            && let Ok(d) = cs.get(&c.hash)
         {
-            return Some(d);
+            match cs.get(&c.hash) {
+                Ok(d) => return Ok(d),
+                // The store lists the chunk but cannot give it back (its
+                // value is damaged). `has` trusts the store, so as long as
+                // the chunk stays listed no pass would fetch it again and
+                // the file would never be placed: drop it, and the next
+                // pass (of this sync, or the next run) fetches it.
+                Err(e @ crate::store::StoreError::Corrupt { .. }) => {
+                    let dropped = match cs.remove(&[c.hash]) {
+                        Ok(()) => "dropped from the chunk store, to be fetched again".to_owned(),
+                        Err(r) => format!("dropping it failed: {r}"),
+                    };
+                    damaged = Some(format!("{e}; {dropped}"));
+                }
+                Err(_) => {}
+            }
         }
-        if let Some(d) = self.staging.get(&self.job.content, &c.hash) {
-            return Some(d);
+        let staged = self.staging.get(&self.job.content, &c.hash);
+        let found = match staged {
+            Some(d) => Some((d, false)),
+            None => self.in_tree(c).map(|d| (d, true)),
+        };
+        let Some((d, from_tree)) = found else {
+            return Err(damaged.unwrap_or_else(|| {
+                format!(
+                    "chunk {} is no longer here (a local copy changed meanwhile): left for the next run",
+                    c.hash.short()
+                )
+            }));
+        };
+        if let Some(damaged) = damaged {
+            tracing::warn!("{}: {damaged}; read from a local copy instead", self.job.take.local.display());
         }
-        let d = self.in_tree(c)?;
-        if let Some(cs) = self.cs {
+        if from_tree && let Some(cs) = self.cs {
             let _ = cs.put(&c.hash, &d);
         }
-        Some(d)
+        Ok(d)
     }
 
     /// Chunk `c` from the file's old version or another tracked file.
