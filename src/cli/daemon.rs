@@ -110,11 +110,49 @@ pub(super) fn serve(
                 match e {
                     ServeError::Sync(SyncError::Refused(_)) => EXIT_USAGE,
                     ServeError::Sync(e) => exit_code_of(&e),
-                    ServeError::Socket(_) | ServeError::Damaged(_) => EXIT_FAILURE,
+                    ServeError::Socket(_) => EXIT_FAILURE,
+                    ServeError::Damaged(_) => restart_after_damage(),
                 }
             }
         }
     })
+}
+
+/// Set by a daemon that started itself again after damage
+/// ([`restart_after_damage`]): the time of that restart, in seconds since
+/// the epoch.
+const RESTARTED_ENV: &str = "SNAPSYNC_DAEMON_RESTARTED";
+
+/// How soon after such a restart damage found again stops the daemon
+/// for good instead: damage that comes back at once needs an operator.
+const RESTART_AGAIN_AFTER_SECS: u64 = 60;
+
+/// Starts this daemon again in place, after a read found its state or a
+/// chunk store damaged: the same process (pid, arguments, environment,
+/// standard streams) runs the binary afresh, its state lock released with
+/// the old image's descriptors (all close on exec), and its open moves
+/// the damaged database aside and rebuilds it from the live trees, so the
+/// node goes on serving its peers with or without a supervisor (SPEC §5:
+/// damage never stops a node from syncing its live files). The binary is
+/// the one running (`/proc/self/exe`), even if an upgrade replaced the
+/// file meanwhile. Returns the exit status only when it does not restart.
+fn restart_after_damage() -> u8 {
+    use std::os::unix::process::CommandExt;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = std::env::var(RESTARTED_ENV).ok().and_then(|v| v.parse::<u64>().ok());
+    if last.is_some_and(|t| now.saturating_sub(t) < RESTART_AGAIN_AFTER_SECS) {
+        tracing::error!(
+            "damage found again within {RESTART_AGAIN_AFTER_SECS}s of a restart for damage: the daemon stays stopped"
+        );
+        return EXIT_FAILURE;
+    }
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "snapsync".into());
+    tracing::warn!("starting the daemon again: the damaged state is moved aside and rebuilt as it opens");
+    let err =
+        std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).env(RESTARTED_ENV, now.to_string()).exec();
+    tracing::error!("starting the daemon again: {err}");
+    EXIT_FAILURE
 }
 
 /// Reopens the log file (`serve --log FILE`) on every SIGHUP, as

@@ -12,10 +12,10 @@
 //! the command killed) *interrupts* the run ([`Interrupt`]), which stops
 //! at its next safe point. On SIGTERM or SIGINT it stops accepting work,
 //! lets the change being applied finish (it waits for the writer token),
-//! and exits. It stops the same way, exiting with an error, when a read
-//! found its state database or a chunk store damaged: the next open, by a
-//! command run without the daemon or by the daemon restarted, moves the
-//! damaged one aside and rebuilds it ([`ServeError::Damaged`]).
+//! and exits. It stops the same way, with an error, when a read found its
+//! state database or a chunk store damaged ([`ServeError::Damaged`]); the
+//! command line then starts the daemon again in place, and that open
+//! moves the damaged one aside and rebuilds it.
 //!
 //! With `serve --watch` the daemon also runs a *watcher* ([`watch`]): it
 //! follows the included trees through inotify and syncs what changed as
@@ -493,8 +493,7 @@ pub enum ServeError {
     /// A read found the state database or a chunk store damaged.
     #[error(
         "{} was found damaged while reading; the daemon stopped so that the next open moves it aside and \
-         rebuilds it from the live trees: commands run without the daemon now, and a restart serves peers \
-         again; run `{}`",
+         rebuilds it from the live trees; run `{}`",
         .0.display(),
         crate::store::REPAIR_COMMAND
     )]
@@ -648,8 +647,8 @@ pub async fn run(
     // the daemon, which holds it for every command and session: each would
     // fail on the same damaged block until a restart. The daemon looks for
     // the damage flag a read leaves (two `stat` calls) and stops, so that
-    // the next open, by a command run without it or by the daemon
-    // restarted (systemd's `Restart=on-failure`), rebuilds it.
+    // the next open rebuilds it: the daemon's own, started again in place
+    // by the command line (`cli::daemon`).
     let mut damage_tick = tokio::time::interval(DAMAGE_POLL);
     let mut outcome = Ok(());
     loop {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -567,6 +567,21 @@ impl Cluster {
         let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
         for n in names {
             self.start(&n);
+        }
+    }
+
+    /// Waits (at most `limit`) until node `name`'s daemon log holds
+    /// `what` `n` times.
+    pub fn wait_for_log(&self, name: &str, what: &str, n: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.log(name).matches(what).count() < n {
+            assert!(
+                start.elapsed() < limit,
+                "{name} did not log {what:?} {n} times within {limit:?}:\n{}",
+                self.log(name)
+            );
+            // The log is a file: looked at again shortly.
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -3,7 +3,7 @@
 //! peer session, or SIGHUP), and an edit that does not load leaves the
 //! daemon with the configuration it had and shows the error.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cluster::Cluster;
 use crate::common::write;
@@ -15,15 +15,6 @@ const LOG_WAIT: Duration = Duration::from_secs(20);
 fn with_line(c: &Cluster, line: &str) -> String {
     let text = std::fs::read_to_string(c.config_path()).unwrap();
     text.replacen("  include %tree%;\n", &format!("  include %tree%;\n  {line}\n"), 1)
-}
-
-/// Waits until node `name`'s daemon log holds `what` `n` times.
-fn wait_for_log(c: &Cluster, name: &str, what: &str, n: usize) {
-    let start = Instant::now();
-    while c.log(name).matches(what).count() < n {
-        assert!(start.elapsed() < LOG_WAIT, "{name} did not log {what:?} in time:\n{}", c.log(name));
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -64,7 +55,7 @@ fn an_edit_that_does_not_load_keeps_the_old_configuration_and_shows_why() {
     let pid = c.daemon_pid("b");
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
-    wait_for_log(&c, "b", "keeps the configuration it had", 1);
+    c.wait_for_log("b", "keeps the configuration it had", 1, LOG_WAIT);
     assert!(c.running("b"));
 
     // Fixed again: the next command works and the daemons take it.
@@ -74,7 +65,7 @@ fn an_edit_that_does_not_load_keeps_the_old_configuration_and_shows_why() {
     assert!(c.path("b", "after.txt").exists());
     // SAFETY: as above.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
-    wait_for_log(&c, "b", "configuration reloaded from", 1);
+    c.wait_for_log("b", "configuration reloaded from", 1, LOG_WAIT);
 }
 
 /// A configuration the daemon cannot take although it parses: the daemon

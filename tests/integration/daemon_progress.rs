@@ -87,16 +87,6 @@ impl Terminal {
     }
 }
 
-/// Waits (bounded) until node `name`'s daemon log holds `line` `times` times.
-fn wait_for_log(c: &Cluster, name: &str, line: &str, times: usize) {
-    let deadline = Instant::now() + SHOWN_WAIT;
-    while c.log(name).matches(line).count() < times {
-        assert!(Instant::now() < deadline, "{line:?} not logged {times} times within {SHOWN_WAIT:?}:\n{}", c.log(name));
-        // The log is a file: looked at again shortly.
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs `snapsync ARGS` of node `name` with its stderr on `term`.
 fn spawn_on(c: &Cluster, name: &str, term: &mut Terminal, args: &[&str]) -> std::process::Child {
     c.std_cmd(name)
@@ -231,7 +221,7 @@ fn ctrl_c_stops_a_sync_the_daemon_runs() {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     let (code, _) = exit_of(child);
     assert_eq!(code, -1, "killed");
-    wait_for_log(&c, "a", "`sync` interrupted by the command's caller: stopped", 2);
+    c.wait_for_log("a", "`sync` interrupted by the command's caller: stopped", 2, SHOWN_WAIT);
     assert!(c.log("a").contains("the caller of a local command is gone"), "{}", c.log("a"));
 
     // SAFETY: as above.

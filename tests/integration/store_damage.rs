@@ -548,25 +548,27 @@ fn chunk_blob_with_a_flipped_byte_is_fetched_again_from_the_peer() {
 /// A daemon holds its state open for every command and session: damage a
 /// read finds there cannot be moved aside under it, and every later
 /// command and peer session failed on the same block until the daemon
-/// was restarted. Now the daemon stops (exit status 1, the damage and the
-/// repair command in its log) once a read flagged the damage; commands
-/// then run without it and rebuild the state, and the daemon started
-/// again serves b.
+/// was restarted. Now the daemon stops once a read flagged the damage and
+/// starts itself again in place (the same process): that open moves the
+/// damaged database aside and rebuilds it, and the node serves b again
+/// with no supervisor and no operator.
 #[test]
-fn daemon_stops_when_a_read_finds_its_state_damaged() {
+fn daemon_restarts_itself_when_a_read_finds_its_state_damaged() {
     let (mut c, before) = cluster_with_tables();
     damage(&state_table(&c), Damage::FlippedByte);
     c.start("a");
+    let pid = c.daemon_pid("a");
     let hit = c.run("a", &["check"]);
     assert_ne!(hit.code, 0, "check through the daemon read the damage and succeeded:\n{}", hit.stderr);
     assert!(hit.stderr.contains("state database") && hit.stderr.contains(REPAIR), "{}", hit.stderr);
-    let status = c.wait_exit("a", crate::cluster::EXIT_TIMEOUT);
-    assert_eq!(status.and_then(|s| s.code()), Some(1), "the daemon did not stop on the damage:\n{}", c.log("a"));
-    assert!(c.log("a").contains("daemon stopped") && c.log("a").contains(REPAIR), "{}", c.log("a"));
-    assert_recovers(&c, &before, "moved to");
-    c.start("a");
+    c.wait_for_log("a", "started: a serving", 2, crate::cluster::EXIT_TIMEOUT);
+    let log = c.log("a");
+    assert!(log.contains("the daemon stopped") && log.contains("moved to") && log.contains(REPAIR), "{log}");
+    assert_eq!(c.daemon_pid("a"), pid);
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "a's daemon is gone:\n{log}");
     write(&c.path("b", "from-b.txt"), b"served by a's daemon again");
     c.sync_ok("b");
     assert_eq!(std::fs::read(c.path("a", "from-b.txt")).unwrap(), b"served by a's daemon again");
+    assert_keeps_working(&c, &before);
     c.stop("a");
 }

@@ -38,18 +38,9 @@ fn watching_with(setup: Setup, extra: &[&str]) -> Cluster {
         c.start_with(n, &args);
     }
     for n in ["a", "b", "c"] {
-        wait_for_log(&c, n, FULL_RUN, 1);
+        c.wait_for_log(n, FULL_RUN, 1, WAIT);
     }
     c
-}
-
-/// Waits until node `name`'s daemon log holds `what` `n` times.
-fn wait_for_log(c: &Cluster, name: &str, what: &str, n: usize) {
-    let start = Instant::now();
-    while c.log(name).matches(what).count() < n {
-        assert!(start.elapsed() < WAIT, "{name} did not log {what:?} in time:\n{}", c.log(name));
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits until `path` holds `want`, and returns how long that took.
@@ -112,7 +103,7 @@ fn a_burst_of_creates_arrives_whole_in_few_runs() {
         }
     }
     // A run logs once it is over, after its peers have the files.
-    wait_for_log(&c, "a", WATCH_RUN, before + 1);
+    c.wait_for_log("a", WATCH_RUN, before + 1, WAIT);
     let runs = c.log("a").matches(WATCH_RUN).count() - before;
     println!("{FILES} files on both peers after {:.3} s, in {runs} watch runs", started.elapsed().as_secs_f64());
     assert!((1..=10).contains(&runs), "{runs} runs for one burst:\n{}", c.log("a"));
@@ -165,7 +156,7 @@ fn an_exhausted_watch_limit_falls_back_to_periodic_reconciles() {
     );
     c.start("b");
     c.start("c");
-    wait_for_log(&c, "a", "fs.inotify.max_user_watches", 1);
+    c.wait_for_log("a", "fs.inotify.max_user_watches", 1, WAIT);
     let log = c.log("a");
     assert!(log.contains("falling back to a full reconcile every 1 s"), "{log}");
     // Changes still move, by the periodic reconcile.
@@ -207,7 +198,7 @@ fn a_sync_on_a_watching_daemon_with_nothing_changed_does_not_walk() {
     let runs = c.log("a").matches(WATCH_RUN).count();
     write(&c.path("a", "d0/f0"), b"changed");
     wait_for_content(&c.path("b", "d0/f0"), b"changed");
-    wait_for_log(&c, "a", WATCH_RUN, runs + 1);
+    c.wait_for_log("a", WATCH_RUN, runs + 1, WAIT);
     let (code, v) = c.sync("a", &[]);
     assert_eq!(code, 0, "{v:#}");
     assert!(dirs_listed(&v).iter().all(|&n| n == 0), "the watch run left the tree clean: {v:#}\n{}", c.log("a"));
@@ -296,7 +287,7 @@ fn a_symlink_out_of_the_tree_is_not_watched_through() {
         c.start_with(n, &[OsStr::new("--watch")]);
     }
     for n in ["a", "b", "c"] {
-        wait_for_log(&c, n, FULL_RUN, 1);
+        c.wait_for_log(n, FULL_RUN, 1, WAIT);
     }
     let before = c.log("a").matches(WATCH_RUN).count();
     // Events out there would come before the marker's: in its run, or in
@@ -307,7 +298,7 @@ fn a_symlink_out_of_the_tree_is_not_watched_through() {
     for (k, marker) in ["marker-1.txt", "marker-2.txt"].into_iter().enumerate() {
         write(&c.path("a", marker), marker.as_bytes());
         wait_for_content(&c.path("b", marker), marker.as_bytes());
-        wait_for_log(&c, "a", WATCH_RUN, before + k + 1);
+        c.wait_for_log("a", WATCH_RUN, before + k + 1, WAIT);
     }
     let log = c.log("a");
     let runs: Vec<&str> = log.lines().filter(|l| l.contains(WATCH_RUN)).skip(before).collect();
