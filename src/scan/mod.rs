@@ -726,6 +726,8 @@ impl Run<'_, '_> {
             }
             _ => Listing::default(),
         };
+        #[cfg(test)]
+        tests::after_listing(local);
         let stored = &stored.children;
         let mut paths = ChildPaths::new(local);
         let mut classify = |n: &[u8]| self.scan.group.matcher.classify(paths.get(n));
@@ -978,5 +980,93 @@ pub(crate) fn stat_of(md: &Metadata) -> Stat {
         mode: md.mode(),
         uid: md.uid(),
         gid: md.gid(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+
+    /// Run once, when the directory at its path has been opened and
+    /// listed, before its entries are looked at.
+    type Hook = (PathBuf, Box<dyn FnOnce() + Send>);
+    static AFTER_LISTING: Mutex<Option<Hook>> = Mutex::new(None);
+
+    pub(super) fn after_listing(dir: &Path) {
+        let mut hook = AFTER_LISTING.lock().expect("poisoned");
+        if hook.as_ref().is_some_and(|(p, _)| p == dir) {
+            let (_, f) = hook.take().expect("just checked");
+            drop(hook);
+            f();
+        }
+    }
+
+    /// A directory swapped for a symlink to a directory outside the tree
+    /// after it was listed, before its entries are looked at: the entries
+    /// are looked up in the directory listed, never through the link.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_its_listing_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let (tree, outside) = (d.path().join("tree"), d.path().join("outside"));
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/f"), b"inside").unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"outside!").unwrap();
+        let src = format!("group g {{ host h; key {}/key; include {}; }}", d.path().display(), tree.display());
+        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
+        let engine = Engine::open(&config, "h", &d.path().join("state")).unwrap();
+        let w = engine.store.writer_blocking();
+        engine.check(&w, &[], &crate::progress::Quiet, None).unwrap();
+        // The file changes (so its stat cache does not spare the lookup),
+        // then the directory goes and a link to `outside` takes its name.
+        std::fs::write(tree.join("sub/f"), b"inside, changed").unwrap();
+        let (sub, moved) = (tree.join("sub"), d.path().join("moved"));
+        let swap = {
+            let (sub, moved, outside) = (sub.clone(), moved.clone(), outside.clone());
+            move || {
+                std::fs::rename(&sub, &moved).unwrap();
+                std::os::unix::fs::symlink(&outside, &sub).unwrap();
+            }
+        };
+        *AFTER_LISTING.lock().unwrap() = Some((sub.clone(), Box::new(swap)));
+        engine.check(&w, &[], &crate::progress::Quiet, None).unwrap();
+        assert!(AFTER_LISTING.lock().unwrap().is_none(), "the hook ran");
+        assert!(std::fs::symlink_metadata(&sub).unwrap().file_type().is_symlink());
+        let records: Vec<(Vec<u8>, DirRecord)> = engine.store.all_dir_records("g").collect::<Result<_, _>>().unwrap();
+        let sizes: Vec<u64> = records
+            .iter()
+            .flat_map(|(_, r)| &r.children)
+            .filter(|(n, _)| n == b"f")
+            .map(|(_, r)| match r.body {
+                Body::File { size, .. } => size,
+                _ => panic!("f is a file"),
+            })
+            .collect();
+        assert_eq!(sizes, vec![b"inside, changed".len() as u64], "what was recorded is the listed directory's file");
+    }
+
+    /// The stat cache taken through a directory descriptor is the one a
+    /// path's `lstat` gives, field for field: a scan after an upgrade
+    /// reads no file again.
+    #[test]
+    fn a_stat_through_the_directory_equals_the_stat_by_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"data").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("f", d.path().join("link")).unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        for name in ["f", "sub", "link"] {
+            let by_path = stat_of(&std::fs::symlink_metadata(d.path().join(name)).unwrap());
+            assert_eq!(Loc::In(&dir, name.as_bytes()).lstat().unwrap(), by_path, "{name}");
+        }
+        let sub = Loc::In(&dir, b"sub").open_dir().unwrap();
+        assert_eq!(
+            stat_of_raw(&sub.stat().unwrap()),
+            stat_of(&std::fs::symlink_metadata(d.path().join("sub")).unwrap())
+        );
+        assert_eq!(Loc::In(&dir, b"link").read_link().unwrap(), b"f");
+        assert!(Loc::In(&dir, b"link").open_dir().is_err(), "a link is not opened as a directory");
+        assert!(Loc::In(&dir, b"link").open_file().is_err(), "nor as a file");
     }
 }
