@@ -430,8 +430,26 @@ impl Dir {
 
     /// Opens subdirectory `name`; a symlink in its place is refused.
     pub fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        self.open_dir_with(name, 0)
+    }
+
+    /// Opens subdirectory `name` only to reach entries below it
+    /// (`O_PATH`): the directory needs search permission, not read
+    /// permission, and cannot be listed ([`Dir::listing`] fails).
+    pub fn open_dir_to_lookup(&self, name: &OsStr) -> io::Result<Dir> {
+        self.open_dir_with(name, libc::O_PATH)
+    }
+
+    /// Opens directory `path` only to reach entries below it, as
+    /// [`Dir::open_dir_to_lookup`] does; a symlink in its last component
+    /// is refused.
+    pub fn open_to_lookup(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, libc::O_NOFOLLOW | libc::O_PATH)
+    }
+
+    fn open_dir_with(&self, name: &OsStr, extra: libc::c_int) -> io::Result<Dir> {
         with_cname(name.as_bytes(), |c| {
-            let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC | extra;
             // SAFETY: `c` is NUL-terminated; the descriptor returned is
             // owned by the new `Dir`.
             let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };

@@ -512,7 +512,7 @@ impl Run<'_, '_> {
             if stat.mode & libc::S_IFMT != libc::S_IFDIR {
                 break (stat, None);
             }
-            match at.open_dir().and_then(|d| Ok((stat_of_raw(&d.stat()?), d))) {
+            match at.open_dir(matches!(mode, Mode::Full)).and_then(|d| Ok((stat_of_raw(&d.stat()?), d))) {
                 Ok((stat, d)) => break (stat, Some(d)),
                 Err(e)
                     if attempts < 2 && matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::ENOENT)) =>
@@ -906,10 +906,14 @@ impl Loc<'_> {
     }
 
     /// Opens the entry as a directory; a symlink in its place is refused.
-    fn open_dir(&self) -> io::Result<Dir> {
-        match self {
-            Loc::Root(p) => Dir::open(p),
-            Loc::In(d, n) => d.open_dir(OsStr::from_bytes(n)),
+    /// Unless it is to be listed, it is opened only to reach entries below
+    /// it, which takes search permission alone (as a lookup by path does).
+    fn open_dir(&self, listed: bool) -> io::Result<Dir> {
+        match (self, listed) {
+            (Loc::Root(p), true) => Dir::open(p),
+            (Loc::Root(p), false) => Dir::open_to_lookup(p),
+            (Loc::In(d, n), true) => d.open_dir(OsStr::from_bytes(n)),
+            (Loc::In(d, n), false) => d.open_dir_to_lookup(OsStr::from_bytes(n)),
         }
     }
 
@@ -1060,13 +1064,14 @@ mod tests {
             let by_path = stat_of(&std::fs::symlink_metadata(d.path().join(name)).unwrap());
             assert_eq!(Loc::In(&dir, name.as_bytes()).lstat().unwrap(), by_path, "{name}");
         }
-        let sub = Loc::In(&dir, b"sub").open_dir().unwrap();
+        let sub = Loc::In(&dir, b"sub").open_dir(true).unwrap();
         assert_eq!(
             stat_of_raw(&sub.stat().unwrap()),
             stat_of(&std::fs::symlink_metadata(d.path().join("sub")).unwrap())
         );
         assert_eq!(Loc::In(&dir, b"link").read_link().unwrap(), b"f");
-        assert!(Loc::In(&dir, b"link").open_dir().is_err(), "a link is not opened as a directory");
+        assert!(Loc::In(&dir, b"link").open_dir(true).is_err(), "a link is not opened as a directory");
+        assert!(Loc::In(&dir, b"link").open_dir(false).is_err(), "not even to look below it");
         assert!(Loc::In(&dir, b"link").open_file().is_err(), "nor as a file");
     }
 }
