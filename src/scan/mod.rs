@@ -17,7 +17,12 @@
 //! Directories are visited depth-first in parallel (rayon): each directory
 //! merges its listing with its stored children, visits them, and hashes its
 //! node only when something below it changed. The walk never follows
-//! symlinks and never opens a path the group's patterns exclude.
+//! symlinks and never opens a path the group's patterns exclude. Each
+//! directory is opened once (`O_NOFOLLOW`, relative to its parent's
+//! descriptor), listed through that descriptor, and its entries are
+//! `lstat`ed, opened and read relative to it ([`crate::fs::Dir`]): the
+//! kernel looks up one name per entry, and a directory swapped for a
+//! symlink once opened cannot lead the walk anywhere else.
 
 mod read;
 
