@@ -1,5 +1,7 @@
 //! The one door through which snapsync puts files into the trees it
-//! writes (sync and restore), safe against the other users of those trees.
+//! writes (sync and restore), safe against the other users of those trees,
+//! and through which the scan lists and `lstat`s them (relative to an open
+//! [`Dir`], never by a path a swapped directory could redirect).
 //!
 //! The daemon runs as root over directories that others may write into (an
 //! upload directory). Anything it finds there under a name it might use is
@@ -28,7 +30,7 @@
 //!   leftovers of a crash are recognised as the daemon's own and removed;
 //!   nothing else named `.snapsync-*` is ever opened, reused or removed.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::{self, File, FileTimes, Permissions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -136,6 +138,52 @@ fn cstr(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a file name"))
 }
 
+/// Calls `f` with `name` NUL-terminated, copied on the stack (a file
+/// name is at most 255 bytes on Linux): no allocation per name.
+fn with_cname<T>(name: &[u8], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
+    let mut buf = [0u8; 256];
+    if name.len() >= buf.len() {
+        return f(&cstr(OsStr::from_bytes(name))?);
+    }
+    buf[..name.len()].copy_from_slice(name);
+    match CStr::from_bytes_with_nul(&buf[..=name.len()]) {
+        Ok(c) => f(c),
+        Err(_) => Err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in a file name")),
+    }
+}
+
+/// The names of a directory ([`Dir::listing`]), sorted by bytes.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Every name, one after another.
+    bytes: Vec<u8>,
+    /// Where each name is in `bytes`, in sorted order.
+    spans: Vec<(usize, usize)>,
+}
+
+impl Listing {
+    fn push(&mut self, name: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        self.spans.push((start, self.bytes.len()));
+    }
+
+    /// How many names there are.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The names, sorted by bytes.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|&(a, b)| &self.bytes[a..b])
+    }
+}
+
 fn check(ret: libc::c_int) -> io::Result<()> {
     if ret == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
@@ -211,13 +259,70 @@ impl Dir {
 
     /// `lstat` of `name` in the directory.
     fn stat_at(&self, name: &OsStr) -> io::Result<libc::stat> {
-        let c = cstr(name)?;
+        self.lstat(name.as_bytes())
+    }
+
+    /// `lstat` of `name` in the directory: `fstatat(AT_SYMLINK_NOFOLLOW)`
+    /// relative to its descriptor, so the kernel looks up one component,
+    /// not the whole path, and a symlink in the name's place is never
+    /// followed.
+    pub fn lstat(&self, name: &[u8]) -> io::Result<libc::stat> {
+        with_cname(name, |c| {
+            // SAFETY: an all-zero `stat` is a valid value of a plain C struct.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `c` is NUL-terminated, `st` is writable, the
+            // descriptor is open.
+            check(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+            Ok(st)
+        })
+    }
+
+    /// `fstat` of the directory itself.
+    pub fn stat(&self) -> io::Result<libc::stat> {
         // SAFETY: an all-zero `stat` is a valid value of a plain C struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `c` is NUL-terminated, `st` is writable, the descriptor
-        // is open.
-        check(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+        // SAFETY: `st` is writable, the descriptor is open.
+        check(unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) })?;
         Ok(st)
+    }
+
+    /// Opens file `name` in the directory for reading: a symlink in its
+    /// place is refused (`ELOOP`), and a fifo put there does not block the
+    /// open.
+    pub fn open_file(&self, name: &[u8]) -> io::Result<File> {
+        with_cname(name, |c| {
+            let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+            // SAFETY: `c` is NUL-terminated; the descriptor returned is
+            // owned by the `File` made from it.
+            let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            Ok(unsafe { File::from_raw_fd(fd) })
+        })
+    }
+
+    /// The target of symlink `name` in the directory.
+    pub fn read_link(&self, name: &[u8]) -> io::Result<Vec<u8>> {
+        with_cname(name, |c| {
+            let mut buf = vec![0u8; 256];
+            loop {
+                // SAFETY: `c` is NUL-terminated and `buf` writable for its
+                // length; the descriptor is open.
+                let n =
+                    unsafe { libc::readlinkat(self.fd.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // A target that fills the buffer may have been cut short.
+                if (n as usize) < buf.len() {
+                    buf.truncate(n as usize);
+                    return Ok(buf);
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+        })
     }
 
     /// The directory itself as a `File`, for its metadata.
@@ -325,16 +430,35 @@ impl Dir {
 
     /// Opens subdirectory `name`; a symlink in its place is refused.
     pub fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
-        let c = cstr(name)?;
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        // SAFETY: `c` is NUL-terminated; the descriptor returned is owned
-        // by the new `Dir`.
-        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: self.path.join(name) })
+        self.open_dir_with(name, 0)
+    }
+
+    /// Opens subdirectory `name` only to reach entries below it
+    /// (`O_PATH`): the directory needs search permission, not read
+    /// permission, and cannot be listed ([`Dir::listing`] fails).
+    pub fn open_dir_to_lookup(&self, name: &OsStr) -> io::Result<Dir> {
+        self.open_dir_with(name, libc::O_PATH)
+    }
+
+    /// Opens directory `path` only to reach entries below it, as
+    /// [`Dir::open_dir_to_lookup`] does; a symlink in its last component
+    /// is refused.
+    pub fn open_to_lookup(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, libc::O_NOFOLLOW | libc::O_PATH)
+    }
+
+    fn open_dir_with(&self, name: &OsStr, extra: libc::c_int) -> io::Result<Dir> {
+        with_cname(name.as_bytes(), |c| {
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC | extra;
+            // SAFETY: `c` is NUL-terminated; the descriptor returned is
+            // owned by the new `Dir`.
+            let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: self.path.join(name) })
+        })
     }
 
     /// Removes `name`: a file or symlink is unlinked (a symlink itself,
@@ -358,6 +482,13 @@ impl Dir {
     /// The names in the directory (`.` and `..` left out), read through
     /// its descriptor.
     pub fn names(&self) -> io::Result<Vec<OsString>> {
+        Ok(self.listing()?.iter().map(|n| OsStr::from_bytes(n).to_owned()).collect())
+    }
+
+    /// The names in the directory (`.` and `..` left out), read through
+    /// its descriptor, sorted by bytes, all in one buffer: a listing costs
+    /// a few allocations, not one per name.
+    pub fn listing(&self) -> io::Result<Listing> {
         // Reads a duplicate of the descriptor (`fdopendir` takes it over
         // and `closedir` closes it), from the start.
         let fd = self.fd.try_clone()?;
@@ -375,7 +506,7 @@ impl Dir {
             unsafe { libc::close(raw) };
             return Err(e);
         }
-        let mut names = Vec::new();
+        let mut listing = Listing::default();
         loop {
             // SAFETY: errno is this thread's; `stream` is a valid open
             // directory stream. readdir returns NULL at the end (errno
@@ -397,12 +528,14 @@ impl Dir {
             // valid until the next readdir on `stream`.
             let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
             if name != b"." && name != b".." {
-                names.push(OsStr::from_bytes(name).to_owned());
+                listing.push(name);
             }
         }
         // SAFETY: `stream` is valid and closed once.
         unsafe { libc::closedir(stream) };
-        Ok(names)
+        let Listing { bytes, spans } = &mut listing;
+        spans.sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
+        Ok(listing)
     }
 
     /// Creates a fresh temporary file in the directory (recorded in

@@ -17,12 +17,18 @@
 //! Directories are visited depth-first in parallel (rayon): each directory
 //! merges its listing with its stored children, visits them, and hashes its
 //! node only when something below it changed. The walk never follows
-//! symlinks and never opens a path the group's patterns exclude.
+//! symlinks and never opens a path the group's patterns exclude. Each
+//! directory is opened once (`O_NOFOLLOW`, relative to its parent's
+//! descriptor), listed through that descriptor, and its entries are
+//! `lstat`ed, opened and read relative to it ([`crate::fs::Dir`]): the
+//! kernel looks up one name per entry, and a directory swapped for a
+//! symlink once opened cannot lead the walk anywhere else.
 
 mod read;
 
 use std::ffi::OsStr;
-use std::fs::Metadata;
+use std::fs::{File, Metadata};
+use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -33,6 +39,7 @@ use rayon::prelude::*;
 
 use crate::chunk::ChunkRef;
 use crate::config::{Class, ResolvedGroup};
+use crate::fs::{Dir, Listing};
 use crate::hash::Hash;
 use crate::store::{
     ChunkStore, DirRecord, EntryRecord, Stat, Store, StoreError, Version, encode_manifest, join_logical, xor_dir_digest,
@@ -173,14 +180,14 @@ pub struct Scanner<'a> {
 pub type Adopted = std::collections::HashMap<Vec<u8>, EntryRecord>;
 
 /// What a visit found an entry's record to become.
-// Returned by value once per visit and matched at once: boxing the record
-// would cost an allocation for every change.
-#[allow(clippy::large_enum_variant)]
 enum Seen {
     /// The stored record stands as it is (or there is none, and still none).
     Same,
     /// A new record (a new, changed or deleted entry, or a fresher stat).
-    New(EntryRecord),
+    /// Boxed: a directory collects one `Seen` per child, and on a scan that
+    /// finds nothing changed those are all `Same`; unboxed, each would be
+    /// the size of a record, written and moved for nothing.
+    New(Box<EntryRecord>),
     /// The entry is not tracked (any more): no record.
     Untracked,
 }
@@ -249,9 +256,9 @@ impl Scanner<'_> {
                 }
                 continue;
             }
-            let rec = match run.visit(b"", logical, &root.local, prev, Class::Included, &mode) {
+            let rec = match run.visit(b"", logical, Loc::Root(&root.local), prev, Class::Included, &mode) {
                 Seen::Same => prev.cloned(),
-                Seen::New(r) => Some(r),
+                Seen::New(r) => Some(*r),
                 Seen::Untracked => None,
             };
             if let Some(rec) = rec {
@@ -400,7 +407,7 @@ impl Run<'_, '_> {
         let mut t = self.tombstone(old);
         // The directory's deletion has seen everything it held.
         t.version = t.version.with_counters_of(&seen_below);
-        Seen::New(t)
+        Seen::New(Box::new(t))
     }
 
     fn tombstone(&self, old: &EntryRecord) -> EntryRecord {
@@ -436,7 +443,7 @@ impl Run<'_, '_> {
         &self,
         parent: &[u8],
         name: &[u8],
-        local: &Path,
+        at: Loc<'_>,
         old: Option<&EntryRecord>,
         class: Class,
         mode: &Mode,
@@ -446,12 +453,12 @@ impl Run<'_, '_> {
             _ => None,
         };
         let Some(adopted) = adopted else {
-            return self.visit_entry(parent, name, local, old, class, mode, None);
+            return self.visit_entry(parent, name, at, old, class, mode, None);
         };
-        let seen = self.visit_entry(parent, name, local, old, class, mode, Some(adopted));
+        let seen = self.visit_entry(parent, name, at, old, class, mode, Some(adopted));
         let found = match &seen {
             Seen::Same => old.cloned(),
-            Seen::New(r) => Some(r.clone()),
+            Seen::New(r) => Some(EntryRecord::clone(r)),
             Seen::Untracked => None,
         };
         match found {
@@ -460,7 +467,7 @@ impl Run<'_, '_> {
                     return seen;
                 }
                 r.version = adopted.version.clone();
-                Seen::New(r)
+                Seen::New(Box::new(r))
             }
             // No record (excluded meanwhile), or another state: what the
             // scan found stands.
@@ -474,7 +481,7 @@ impl Run<'_, '_> {
         &self,
         parent: &[u8],
         name: &[u8],
-        local: &Path,
+        at: Loc<'_>,
         old: Option<&EntryRecord>,
         class: Class,
         mode: &Mode,
@@ -491,24 +498,46 @@ impl Run<'_, '_> {
         self.entries_seen.fetch_add(1, Ordering::Relaxed);
         self.scan.progress.inc(1);
         let gone = |old: Option<&EntryRecord>| old.map_or(Seen::Untracked, |o| self.gone(parent, name, o));
-        let md = match std::fs::symlink_metadata(local) {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return gone(old),
-            Err(e) => {
-                self.problem(local, format!("cannot stat: {e}"), Severity::Error);
-                return Seen::Same;
+        // A directory is opened (never through a symlink) and its stat
+        // taken through that descriptor: what is recorded is what is
+        // listed, and its children are looked up relative to it, so a
+        // directory swapped for a symlink cannot lead the walk out of the
+        // tree. One replaced between the `lstat` and the open is looked at
+        // again.
+        let mut attempts = 0;
+        let (stat, dir) = loop {
+            let stat = match at.lstat() {
+                Ok(st) => st,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(old),
+                Err(e) => {
+                    self.problem(&at.path(), format!("cannot stat: {e}"), Severity::Error);
+                    return Seen::Same;
+                }
+            };
+            if stat.mode & libc::S_IFMT != libc::S_IFDIR {
+                break (stat, None);
+            }
+            match at.open_dir(matches!(mode, Mode::Full)).and_then(|d| Ok((stat_of_raw(&d.stat()?), d))) {
+                Ok((stat, d)) => break (stat, Some(d)),
+                Err(e)
+                    if attempts < 2 && matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::ENOENT)) =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => {
+                    self.problem(&at.path(), format!("cannot list directory: {e}"), Severity::Error);
+                    return Seen::Same;
+                }
             }
         };
-        let ft = md.file_type();
-        let kind = if ft.is_file() {
-            Kind::File
-        } else if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else {
-            self.problem(local, "skipped: not a regular file, directory or symlink", Severity::Warning);
-            return gone(old);
+        let kind = match stat.mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            _ => {
+                self.problem(&at.path(), "skipped: not a regular file, directory or symlink", Severity::Warning);
+                return gone(old);
+            }
         };
         // An ancestor of an include is walked through but only tracked
         // when it is a directory.
@@ -522,42 +551,42 @@ impl Run<'_, '_> {
                 match self.gone(parent, name, o) {
                     // Marked, so that hosts taking the replacement list the
                     // tombstones below it (`Version::replacing_dir`).
-                    Seen::New(t) => Some(EntryRecord { version: t.version.replacing_dir(), ..t }),
+                    Seen::New(t) => Some(EntryRecord { version: t.version.replacing_dir(), ..*t }),
                     _ => None,
                 }
             }
             _ => None,
         };
         let old = replaced.as_ref().or(old);
-        let meta = self.meta_of(&md, kind);
-        let stat = stat_of(&md);
-        let seen = match kind {
-            Kind::Dir => self.visit_dir(parent, name, local, old, meta, stat, mode),
+        let meta = self.meta_of(&stat, kind);
+        let seen = match (kind, dir) {
+            (Kind::Dir, Some(dir)) => self.visit_dir(parent, name, &dir, old, meta, stat, mode),
             // A file just written by a sync is known by its stat: the
             // adopted record stands in for the old one, so it is not read
             // again while untouched.
-            Kind::File => match adopted.filter(|a| !a.deleted && a.body.kind() == Kind::File) {
-                Some(a) => match self.visit_file(local, Some(a), meta, stat) {
-                    Seen::Same => Seen::New(a.clone()),
+            (Kind::File, _) => match adopted.filter(|a| !a.deleted && a.body.kind() == Kind::File) {
+                Some(a) => match self.visit_file(at, Some(a), meta, stat) {
+                    Seen::Same => Seen::New(Box::new(a.clone())),
                     seen => seen,
                 },
-                None => self.visit_file(local, old, meta, stat),
+                None => self.visit_file(at, old, meta, stat),
             },
-            Kind::Symlink => self.visit_symlink(local, old, meta, stat),
+            (Kind::Symlink, _) => self.visit_symlink(at, old, meta, stat),
+            (Kind::Dir, None) => unreachable!("a directory is opened before its kind is taken"),
         };
         match (seen, replaced) {
-            (Seen::Same, Some(t)) => Seen::New(t),
+            (Seen::Same, Some(t)) => Seen::New(Box::new(t)),
             (seen, _) => seen,
         }
     }
 
-    fn meta_of(&self, md: &Metadata, kind: Kind) -> Meta {
+    fn meta_of(&self, st: &Stat, kind: Kind) -> Meta {
         let ignore = &self.scan.group.ignore;
         Meta {
-            mode: (kind != Kind::Symlink && !ignore.mode).then_some(md.mode() & 0o7777),
-            uid: (!ignore.uid).then_some(md.uid()),
-            gid: (!ignore.gid).then_some(md.gid()),
-            mtime: (kind == Kind::File).then(|| Timestamp { secs: md.mtime(), nanos: md.mtime_nsec() as u32 }),
+            mode: (kind != Kind::Symlink && !ignore.mode).then_some(st.mode & 0o7777),
+            uid: (!ignore.uid).then_some(st.uid),
+            gid: (!ignore.gid).then_some(st.gid),
+            mtime: (kind == Kind::File).then_some(st.mtime),
         }
     }
 
@@ -600,7 +629,7 @@ impl Run<'_, '_> {
         }
     }
 
-    fn visit_symlink(&self, local: &Path, old: Option<&EntryRecord>, meta: Meta, stat: Stat) -> Seen {
+    fn visit_symlink(&self, at: Loc<'_>, old: Option<&EntryRecord>, meta: Meta, stat: Stat) -> Seen {
         if let Some(o) = old
             && !o.deleted
             && o.stat == stat
@@ -609,17 +638,17 @@ impl Run<'_, '_> {
         {
             return Seen::Same;
         }
-        let target = match std::fs::read_link(local) {
-            Ok(t) => t.into_os_string().into_vec(),
+        let target = match at.read_link() {
+            Ok(t) => t,
             Err(e) => {
-                self.problem(local, format!("cannot read link: {e}"), Severity::Error);
+                self.problem(&at.path(), format!("cannot read link: {e}"), Severity::Error);
                 return Seen::Same;
             }
         };
-        Seen::New(self.record(old, meta, Body::Symlink { target }, stat))
+        Seen::New(Box::new(self.record(old, meta, Body::Symlink { target }, stat)))
     }
 
-    fn visit_file(&self, local: &Path, old: Option<&EntryRecord>, meta: Meta, stat: Stat) -> Seen {
+    fn visit_file(&self, at: Loc<'_>, old: Option<&EntryRecord>, meta: Meta, stat: Stat) -> Seen {
         let backups = self.scan.chunks;
         if let Some(o) = old
             && !o.deleted
@@ -631,17 +660,21 @@ impl Run<'_, '_> {
         {
             return Seen::Same;
         }
-        let read = match read::read_stable(local, backups) {
+        let read = match read::read_stable(at, backups) {
             Ok(r) => r,
             Err(read::ReadError::Unstable) => {
-                self.problem(local, "skipped: changed while being read; it is read again next run", Severity::Warning);
+                self.problem(
+                    &at.path(),
+                    "skipped: changed while being read; it is read again next run",
+                    Severity::Warning,
+                );
                 return Seen::Same;
             }
             // Deleted between the listing and the read: the next run
             // records the deletion.
             Err(read::ReadError::Gone) => return Seen::Same,
             Err(read::ReadError::Io(e)) => {
-                self.problem(local, format!("cannot read: {e}"), Severity::Error);
+                self.problem(&at.path(), format!("cannot read: {e}"), Severity::Error);
                 return Seen::Same;
             }
             Err(read::ReadError::Store(e)) => {
@@ -661,7 +694,7 @@ impl Run<'_, '_> {
         rec.chunks = read.chunks;
         rec.racy = read.racy;
         rec.stored = backups.is_some();
-        if old == Some(&rec) { Seen::Same } else { Seen::New(rec) }
+        if old == Some(&rec) { Seen::Same } else { Seen::New(Box::new(rec)) }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -669,7 +702,7 @@ impl Run<'_, '_> {
         &self,
         parent: &[u8],
         name: &[u8],
-        local: &Path,
+        dir: &Dir,
         old: Option<&EntryRecord>,
         meta: Meta,
         stat: Stat,
@@ -684,40 +717,61 @@ impl Run<'_, '_> {
                 return Seen::Same;
             }
         };
-        // (name, stored record, class, mode) for each child to visit.
-        let mut todo: Vec<(Vec<u8>, Option<EntryRecord>, Class, Mode)> = Vec::new();
-        match mode {
+        let local = dir.path();
+        let listing = match mode {
             Mode::Full => {
                 self.dirs_listed.fetch_add(1, Ordering::Relaxed);
-                let listing = match list_dir(local) {
+                match dir.listing() {
                     Ok(l) => l,
                     Err(e) => {
                         self.problem(local, format!("cannot list directory: {e}"), Severity::Error);
                         return Seen::Same;
                     }
-                };
-                let classify = |n: &[u8]| self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(n)));
-                // Stored children missing from the listing: tombstones stay
-                // as they are; the others are visited so the visit confirms
-                // they are gone (or excluded now).
-                let missing = |(n, r): (Vec<u8>, EntryRecord)| {
-                    let m = if r.deleted { Mode::Keep } else { Mode::Full };
-                    let class = classify(&n);
-                    (n, Some(r), class, m)
-                };
-                let mut stored_iter = stored.children.into_iter().peekable();
-                for child in listing {
-                    while let Some(s) = stored_iter.next_if(|(n, _)| *n < child) {
-                        todo.push(missing(s));
-                    }
-                    let rec = stored_iter.next_if(|(n, _)| *n == child).map(|(_, r)| r);
-                    let class = classify(&child);
-                    todo.push((child, rec, class, Mode::Full));
                 }
-                todo.extend(stored_iter.map(missing));
+            }
+            _ => Listing::default(),
+        };
+        #[cfg(test)]
+        tests::after_listing(local);
+        let stored = &stored.children;
+        let mut paths = ChildPaths::new(local);
+        let mut classify = |n: &[u8]| self.scan.group.matcher.classify(paths.get(n));
+        // (name, index of its stored record, class, mode) for each child
+        // to visit; names are borrowed from the listing or the record.
+        let mut todo: Vec<(&[u8], Option<usize>, Class, Mode)> = Vec::with_capacity(listing.len());
+        let mut wanted: Vec<(Vec<u8>, Mode)> = Vec::new();
+        match mode {
+            Mode::Full => {
+                // snapsync's own temporary files (a restore or transfer in
+                // flight, or left by a crash) are never tracked.
+                let mut listed = listing.iter().filter(|n| !n.starts_with(TEMP_PREFIX)).peekable();
+                let mut s = 0;
+                loop {
+                    let (n, rec, m) = match (listed.peek().copied(), stored.get(s)) {
+                        (None, None) => break,
+                        (Some(l), Some((n, _))) if l == n.as_slice() => {
+                            listed.next();
+                            s += 1;
+                            (l, Some(s - 1), Mode::Full)
+                        }
+                        (Some(l), stored) if stored.is_none_or(|(n, _)| l < n.as_slice()) => {
+                            listed.next();
+                            (l, None, Mode::Full)
+                        }
+                        // A stored child missing from the listing: a
+                        // tombstone stays as it is; the others are visited
+                        // so the visit confirms they are gone (or excluded
+                        // now).
+                        (_, Some((n, r))) => {
+                            s += 1;
+                            (n.as_slice(), Some(s - 1), if r.deleted { Mode::Keep } else { Mode::Full })
+                        }
+                        (Some(_), None) => unreachable!("taken by the arm above"),
+                    };
+                    todo.push((n, rec, classify(n), m));
+                }
             }
             Mode::Partial(targets) => {
-                let mut wanted: Vec<(Vec<u8>, Mode)> = Vec::new();
                 for t in targets {
                     let (first, rest) = t.split_first().expect("targets are never empty");
                     let m = if rest.is_empty() { Mode::Full } else { Mode::Partial(vec![rest.to_vec()]) };
@@ -726,40 +780,37 @@ impl Run<'_, '_> {
                         None => wanted.push((first.clone(), m)),
                     }
                 }
-                let mut stored: std::collections::BTreeMap<Vec<u8>, EntryRecord> =
-                    stored.children.into_iter().collect();
-                for (n, m) in wanted {
-                    let class = self.scan.group.matcher.classify(&local.join(OsStr::from_bytes(&n)));
-                    let rec = stored.remove(&n);
-                    todo.push((n, rec, class, m));
+                let mut taken = vec![false; stored.len()];
+                for (n, m) in &mut wanted {
+                    let i = stored.binary_search_by(|(c, _)| c.as_slice().cmp(n)).ok();
+                    if let Some(i) = i {
+                        taken[i] = true;
+                    }
+                    todo.push((n.as_slice(), i, classify(n), std::mem::replace(m, Mode::Keep)));
                 }
-                todo.extend(stored.into_iter().map(|(n, r)| (n, Some(r), Class::Included, Mode::Keep)));
+                let rest = taken.iter().enumerate().filter(|(_, t)| !**t);
+                todo.extend(rest.map(|(i, _)| (stored[i].0.as_slice(), Some(i), Class::Included, Mode::Keep)));
             }
             Mode::Keep => unreachable!("visit handles Keep"),
         }
-        let visited: Vec<(Vec<u8>, Option<EntryRecord>, bool)> = todo
-            .into_par_iter()
-            .map(|(n, rec, class, m)| {
-                let seen = if class == Class::Excluded {
+        let visited: Vec<Seen> = todo
+            .par_iter()
+            .map(|&(n, i, class, ref m)| {
+                let rec = i.map(|i| &stored[i].1);
+                if class == Class::Excluded {
                     // Excluded now: forgotten, never a deletion.
-                    rec.as_ref().map_or(Seen::Untracked, |r| self.forget(&logical, &n, r))
+                    rec.map_or(Seen::Untracked, |r| self.forget(&logical, n, r))
                 } else {
-                    let path = local.join(OsStr::from_bytes(&n));
-                    self.visit(&logical, &n, &path, rec.as_ref(), class, &m)
-                };
-                match seen {
-                    Seen::Same => (n, rec, false),
-                    Seen::New(r) => (n, Some(r), true),
-                    Seen::Untracked => {
-                        let changed = rec.is_some();
-                        (n, None, changed)
-                    }
+                    self.visit(&logical, n, Loc::In(dir, n), rec, class, m)
                 }
             })
             .collect();
-        let changed = !exists || visited.iter().any(|(_, _, c)| *c);
-        let mut children: Vec<(Vec<u8>, EntryRecord)> =
-            visited.into_iter().filter_map(|(n, r, _)| r.map(|r| (n, r))).collect();
+        let changed = !exists
+            || visited.iter().zip(&todo).any(|(seen, t)| match seen {
+                Seen::Same => false,
+                Seen::New(_) => true,
+                Seen::Untracked => t.1.is_some(),
+            });
         if !changed && let Some(o) = old.filter(|o| !o.deleted && o.body.kind() == Kind::Dir) {
             // Same children as recorded: same node, same tree hash.
             if o.meta == meta {
@@ -767,8 +818,19 @@ impl Run<'_, '_> {
             }
             let mut rec = self.record(Some(o), meta, o.body.clone(), stat);
             (rec.count, rec.bytes) = (o.count, o.bytes);
-            return Seen::New(rec);
+            return Seen::New(Box::new(rec));
         }
+        // Records kept as they were are cloned: only the directories
+        // where something changed get here.
+        let mut children: Vec<(Vec<u8>, EntryRecord)> = visited
+            .into_iter()
+            .zip(&todo)
+            .filter_map(|(seen, &(n, i, ..))| match seen {
+                Seen::Same => i.map(|i| stored[i].clone()),
+                Seen::New(r) => Some((n.to_vec(), *r)),
+                Seen::Untracked => None,
+            })
+            .collect();
         children.sort_by(|a, b| a.0.cmp(&b.0));
         let new = DirRecord { children };
         if changed {
@@ -802,7 +864,7 @@ impl Run<'_, '_> {
                 let mut rec = self.record(old, meta, body, stat);
                 rec.count = count;
                 rec.bytes = bytes;
-                Seen::New(rec)
+                Seen::New(Box::new(rec))
             }
         }
     }
@@ -820,19 +882,100 @@ fn merge_mode(existing: &mut Mode, new: Mode) {
 /// Names starting with this are snapsync's temporary files.
 pub const TEMP_PREFIX: &[u8] = b".snapsync-";
 
-/// The names in a directory, sorted by bytes.
-fn list_dir(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let name = e?.file_name().into_vec();
-        // snapsync's own temporary files (a restore or transfer in flight,
-        // or left by a crash) are never tracked.
-        if !name.starts_with(TEMP_PREFIX) {
-            names.push(name);
+/// Where an entry is on disk.
+#[derive(Clone, Copy)]
+enum Loc<'p> {
+    /// An include root, by its configured path (the configuration vouches
+    /// for the directories above it).
+    Root(&'p Path),
+    /// `name` in an open directory.
+    In(&'p Dir, &'p [u8]),
+}
+
+impl Loc<'_> {
+    /// The local path, for messages (built only when needed: an unchanged
+    /// entry never needs it).
+    fn path(&self) -> PathBuf {
+        match self {
+            Loc::Root(p) => p.to_path_buf(),
+            Loc::In(d, n) => d.path().join(OsStr::from_bytes(n)),
         }
     }
-    names.sort_unstable();
-    Ok(names)
+
+    /// The entry's `lstat`.
+    fn lstat(&self) -> io::Result<Stat> {
+        match self {
+            Loc::Root(p) => std::fs::symlink_metadata(p).map(|md| stat_of(&md)),
+            Loc::In(d, n) => d.lstat(n).map(|st| stat_of_raw(&st)),
+        }
+    }
+
+    /// Opens the entry as a directory; a symlink in its place is refused.
+    /// Unless it is to be listed, it is opened only to reach entries below
+    /// it, which takes search permission alone (as a lookup by path does).
+    fn open_dir(&self, listed: bool) -> io::Result<Dir> {
+        match (self, listed) {
+            (Loc::Root(p), true) => Dir::open(p),
+            (Loc::Root(p), false) => Dir::open_to_lookup(p),
+            (Loc::In(d, n), true) => d.open_dir(OsStr::from_bytes(n)),
+            (Loc::In(d, n), false) => d.open_dir_to_lookup(OsStr::from_bytes(n)),
+        }
+    }
+
+    /// Opens the entry for reading; a symlink in its place is refused.
+    fn open_file(&self) -> io::Result<File> {
+        match self {
+            Loc::Root(p) => crate::fs::open_nofollow(p),
+            Loc::In(d, n) => d.open_file(n),
+        }
+    }
+
+    fn read_link(&self) -> io::Result<Vec<u8>> {
+        match self {
+            Loc::Root(p) => std::fs::read_link(p).map(|t| t.into_os_string().into_vec()),
+            Loc::In(d, n) => d.read_link(n),
+        }
+    }
+}
+
+/// The paths of a directory's children, for pattern matching, built one
+/// at a time in one buffer.
+struct ChildPaths {
+    buf: Vec<u8>,
+    base: usize,
+}
+
+impl ChildPaths {
+    fn new(dir: &Path) -> ChildPaths {
+        let mut buf = dir.as_os_str().as_bytes().to_vec();
+        if buf.last() != Some(&b'/') {
+            buf.push(b'/');
+        }
+        ChildPaths { base: buf.len(), buf }
+    }
+
+    /// The path of child `name` (as `Path::join` makes it).
+    fn get(&mut self, name: &[u8]) -> &Path {
+        self.buf.truncate(self.base);
+        self.buf.extend_from_slice(name);
+        Path::new(OsStr::from_bytes(&self.buf))
+    }
+}
+
+/// The stat cache fields of `st`, as [`stat_of`] takes them from the same
+/// entry's `Metadata`.
+#[allow(clippy::unnecessary_cast)] // the field types differ between targets
+pub(crate) fn stat_of_raw(st: &libc::stat) -> Stat {
+    Stat {
+        size: st.st_size as u64,
+        mtime: Timestamp { secs: st.st_mtime as i64, nanos: st.st_mtime_nsec as u32 },
+        ctime: Timestamp { secs: st.st_ctime as i64, nanos: st.st_ctime_nsec as u32 },
+        ino: st.st_ino as u64,
+        dev: st.st_dev as u64,
+        mode: st.st_mode as u32,
+        uid: st.st_uid as u32,
+        gid: st.st_gid as u32,
+    }
 }
 
 /// The stat cache fields of `md`.
@@ -846,5 +989,94 @@ pub(crate) fn stat_of(md: &Metadata) -> Stat {
         mode: md.mode(),
         uid: md.uid(),
         gid: md.gid(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+
+    /// Run once, when the directory at its path has been opened and
+    /// listed, before its entries are looked at.
+    type Hook = (PathBuf, Box<dyn FnOnce() + Send>);
+    static AFTER_LISTING: Mutex<Option<Hook>> = Mutex::new(None);
+
+    pub(super) fn after_listing(dir: &Path) {
+        let mut hook = AFTER_LISTING.lock().expect("poisoned");
+        if hook.as_ref().is_some_and(|(p, _)| p == dir) {
+            let (_, f) = hook.take().expect("just checked");
+            drop(hook);
+            f();
+        }
+    }
+
+    /// A directory swapped for a symlink to a directory outside the tree
+    /// after it was listed, before its entries are looked at: the entries
+    /// are looked up in the directory listed, never through the link.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_its_listing_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let (tree, outside) = (d.path().join("tree"), d.path().join("outside"));
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/f"), b"inside").unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"outside!").unwrap();
+        let src = format!("group g {{ host h; key {}/key; include {}; }}", d.path().display(), tree.display());
+        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
+        let engine = Engine::open(&config, "h", &d.path().join("state")).unwrap();
+        let w = engine.store.writer_blocking();
+        engine.check(&w, &[], &crate::progress::Quiet, None).unwrap();
+        // The file changes (so its stat cache does not spare the lookup),
+        // then the directory goes and a link to `outside` takes its name.
+        std::fs::write(tree.join("sub/f"), b"inside, changed").unwrap();
+        let (sub, moved) = (tree.join("sub"), d.path().join("moved"));
+        let swap = {
+            let (sub, moved, outside) = (sub.clone(), moved.clone(), outside.clone());
+            move || {
+                std::fs::rename(&sub, &moved).unwrap();
+                std::os::unix::fs::symlink(&outside, &sub).unwrap();
+            }
+        };
+        *AFTER_LISTING.lock().unwrap() = Some((sub.clone(), Box::new(swap)));
+        engine.check(&w, &[], &crate::progress::Quiet, None).unwrap();
+        assert!(AFTER_LISTING.lock().unwrap().is_none(), "the hook ran");
+        assert!(std::fs::symlink_metadata(&sub).unwrap().file_type().is_symlink());
+        let records: Vec<(Vec<u8>, DirRecord)> = engine.store.all_dir_records("g").collect::<Result<_, _>>().unwrap();
+        let sizes: Vec<u64> = records
+            .iter()
+            .flat_map(|(_, r)| &r.children)
+            .filter(|(n, _)| n == b"f")
+            .map(|(_, r)| match r.body {
+                Body::File { size, .. } => size,
+                _ => panic!("f is a file"),
+            })
+            .collect();
+        assert_eq!(sizes, vec![b"inside, changed".len() as u64], "what was recorded is the listed directory's file");
+    }
+
+    /// The stat cache taken through a directory descriptor is the one a
+    /// path's `lstat` gives, field for field: a scan after an upgrade
+    /// reads no file again.
+    #[test]
+    fn a_stat_through_the_directory_equals_the_stat_by_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"data").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("f", d.path().join("link")).unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        for name in ["f", "sub", "link"] {
+            let by_path = stat_of(&std::fs::symlink_metadata(d.path().join(name)).unwrap());
+            assert_eq!(Loc::In(&dir, name.as_bytes()).lstat().unwrap(), by_path, "{name}");
+        }
+        let sub = Loc::In(&dir, b"sub").open_dir(true).unwrap();
+        assert_eq!(
+            stat_of_raw(&sub.stat().unwrap()),
+            stat_of(&std::fs::symlink_metadata(d.path().join("sub")).unwrap())
+        );
+        assert_eq!(Loc::In(&dir, b"link").read_link().unwrap(), b"f");
+        assert!(Loc::In(&dir, b"link").open_dir(true).is_err(), "a link is not opened as a directory");
+        assert!(Loc::In(&dir, b"link").open_dir(false).is_err(), "not even to look below it");
+        assert!(Loc::In(&dir, b"link").open_file().is_err(), "nor as a file");
     }
 }

@@ -9,11 +9,10 @@
 //! reads the same. Otherwise it is tried again a few times and then
 //! skipped until the next run.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
+use super::Loc;
 use crate::chunk::ChunkRef;
 use crate::store::{ChunkStore, Stat, StoreError};
 use crate::tree::Timestamp;
@@ -48,12 +47,13 @@ pub(super) enum ReadError {
     Store(StoreError),
 }
 
-/// Reads and chunks `path`, storing chunks in `backups` if given.
-pub(super) fn read_stable(path: &Path, backups: Option<&ChunkStore>) -> Result<ReadOut, ReadError> {
+/// Reads and chunks the file at `at`, storing chunks in `backups` if given.
+pub(super) fn read_stable(at: Loc<'_>, backups: Option<&ChunkStore>) -> Result<ReadOut, ReadError> {
     for _ in 0..ATTEMPTS {
-        // O_NONBLOCK: if a fifo took the file's place since the lstat, the
-        // open must not wait for a writer (the type check below skips it).
-        let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
+        // Not following a link, and not blocking: if a fifo took the
+        // file's place since the lstat, the open must not wait for a
+        // writer (the type check below skips it).
+        let mut f = match at.open_file() {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Gone),
             // ELOOP: a symlink was put in its place since the lstat.
@@ -86,7 +86,7 @@ pub(super) fn read_stable(path: &Path, backups: Option<&ChunkStore>) -> Result<R
         let after = fstat(&f)?;
         let len: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
         if before != after || len != before.size {
-            tracing::debug!("{}: changed while being read, reading again", path.display());
+            tracing::debug!("{}: changed while being read, reading again", at.path().display());
             continue;
         }
         // Changed within a timestamp tick of the read: writes during the
@@ -97,7 +97,7 @@ pub(super) fn read_stable(path: &Path, backups: Option<&ChunkStore>) -> Result<R
         if changed_within_a_tick_of(&after, started) {
             std::thread::sleep(TIMESTAMP_TICK);
             if !reads_the_same(&mut f, &after, &chunks)? {
-                tracing::debug!("{}: changed while being read, reading again", path.display());
+                tracing::debug!("{}: changed while being read, reading again", at.path().display());
                 continue;
             }
         }
@@ -160,7 +160,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![1u8; 300_000]).unwrap();
-        let out = read_stable(&path, None).ok().expect("a quiet file reads");
+        let out = read_stable(Loc::Root(&path), None).ok().expect("a quiet file reads");
         let mut f = File::open(&path).unwrap();
         assert!(reads_the_same(&mut f, &out.stat, &out.chunks).ok().unwrap());
         std::fs::write(&path, vec![2u8; 300_000]).unwrap();
