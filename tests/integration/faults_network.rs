@@ -95,6 +95,11 @@ fn sync_through_lossy_link(p: f64, seed: u64, big_size: usize) {
     assert!(n.bytes as usize > total, "the data did not cross the proxy: {n:?}");
     assert!(n.dropped > 0 && n.duplicated > 0 && n.reordered > 0 && n.delayed > 0, "{n:?}");
     c.assert_all_same();
+    // What the lossy sync left is judged over a clean link: `status` is
+    // a handshake of its own, which at 20% loss on a loaded machine can
+    // outlast the 10 s handshake timeout (it did once in a full suite
+    // run beside another build) and prove nothing about the sync.
+    proxy.set_faults(Faults::default());
     c.assert_status_clean("a");
     assert!(temporaries(&c.tree("a")).is_empty() && temporaries(&c.tree("b")).is_empty());
 }
