@@ -45,7 +45,6 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -55,7 +54,7 @@ use crate::chunk::ChunkRef;
 use crate::chunk::offset_of;
 use crate::config::ResolvedGroup;
 use crate::engine::EngineError;
-use crate::fs::{Dir, EntryType, Journal, STAGING_MAX_AGE, Staging, apply_meta};
+use crate::fs::{Dir, EntryType, Journal, Pack, STAGING_MAX_AGE, Staged, Staging, apply_meta};
 use crate::hash::Hash;
 use crate::node::{Node, Stats};
 use crate::progress::{ProgressTask, Unit};
@@ -96,6 +95,11 @@ const SYNC_THREADS: usize = 8;
 /// list is a batch of its own.
 pub(super) const BATCH_CHUNKS: usize = 1 << 20;
 
+/// Most bytes of files in one batch. Batches are pipelined: the next
+/// batch's chunks arrive while this one is placed, so the network and the
+/// disk work at once, and at most two batches' chunks are staged.
+const BATCH_BYTES: u64 = 64 << 20;
+
 /// The most chunks a file of `size` bytes can have: every chunk but the
 /// last is at least [`crate::chunk::MIN_SIZE`].
 pub(crate) fn max_chunks(size: u64) -> u64 {
@@ -109,6 +113,19 @@ struct FileJob {
     take: Take,
     content: Hash,
     chunks: Vec<ChunkRef>,
+}
+
+/// A batch of files whose chunks are being fetched.
+struct Batch {
+    jobs: Vec<FileJob>,
+    /// Chunks found staged when the batch was planned (by an earlier
+    /// batch, or an interrupted run): kept readable until it is placed,
+    /// whatever happens to the packs they are in.
+    held: HashMap<Hash, Staged>,
+    /// The pack its fetched chunks go to (without a chunk store).
+    pack: Option<Arc<Pack>>,
+    /// The requests in flight; dropping the batch cancels them.
+    fetch: tokio::task::JoinSet<Result<LaneResult, SyncError>>,
 }
 
 /// What only the last batch applies (or the first batch holding a file
@@ -148,6 +165,13 @@ pub(super) struct Apply<'a> {
     /// outdated, which only delays a refusal to the checks made under
     /// the lock (a record only moves on).
     records: Mutex<HashMap<Vec<u8>, Option<Arc<DirRecord>>>>,
+    /// Where each chunk of the group's tracked files is, built when a
+    /// chunk is first looked for there. Built once per apply: an entry
+    /// outdated since is only a miss, since every copy read is checked.
+    tracked: Option<HashMap<Hash, (PathBuf, u64, u32)>>,
+    /// Whether every file taken was placed: then the staged chunks of
+    /// interrupted runs are not needed any more.
+    all_placed: bool,
 }
 
 impl<'a> Apply<'a> {
@@ -164,6 +188,8 @@ impl<'a> Apply<'a> {
             failed: Default::default(),
             kept_in_conflict: Default::default(),
             records: Default::default(),
+            tracked: None,
+            all_placed: true,
         }
     }
 
@@ -196,7 +222,7 @@ impl<'a> Apply<'a> {
     fn incoming(&self) -> Result<(Arc<Staging>, Journal), SyncError> {
         let dir = self.node.state_dir().join("incoming");
         let io = |e| SyncError::Engine(EngineError::io(&dir, e));
-        let staging = Staging::open(&dir.join("chunks")).map_err(io)?;
+        let staging = Staging::open(&dir.join("chunks"), STAGING_MAX_AGE).map_err(io)?;
         Ok((Arc::new(staging), Journal::of_state(self.node.state_dir()).map_err(io)?))
     }
 
@@ -247,42 +273,83 @@ impl<'a> Apply<'a> {
         let mut others = Some(others);
         let mut rest = Some(rest);
         let mut generation = None;
+        // One batch is placed while the next one's chunks arrive.
+        let mut fetching: Option<Batch> = None;
         loop {
-            let mut batch = Vec::new();
-            let mut entries = 0;
-            for mut t in files.by_ref() {
-                self.rebase(&mut t);
-                // Not worth fetching for: it would be refused below.
-                if let Err(why) = tokio::task::block_in_place(|| self.record_unchanged(&t)) {
-                    self.refuse(&t.local, &t.logical, &t.new.version, why);
-                    continue;
-                }
-                match self.chunk_list(&t).await {
-                    Ok(chunks) => {
-                        entries += chunks.len();
-                        let Body::File { content, .. } = t.new.body else { unreachable!("only files here") };
-                        batch.push(FileJob { take: t, content, chunks });
-                        if entries >= BATCH_CHUNKS {
-                            break;
-                        }
-                    }
-                    Err(e) => self.problem(&t.local, e),
-                }
-            }
+            let jobs = self.next_batch(&mut files).await;
             let last = files.len() == 0;
-            if !batch.is_empty() {
-                self.fetch_missing(&batch, &staging, &receiving, report).await?;
-                crate::killpoint::hit("apply.fetched");
+            let batch = self.start_fetch(jobs, &staging, &receiving, report)?;
+            if let Some(previous) = fetching.replace(batch) {
+                let this =
+                    self.place_batch(previous, &mut others, &mut rest, false, &staging, &journal, report).await?;
+                generation = this.or(generation);
             }
-            let now = last || batch.iter().any(|j| replaces_dir(&j.take));
-            let this = self
-                .local_phase(others.take(), batch, if now { rest.take() } else { None }, &staging, &journal, report)
-                .await?;
-            generation = this.or(generation);
             if last {
-                return Ok(generation);
+                let batch = fetching.take().expect("a batch was just started");
+                let this = self.place_batch(batch, &mut others, &mut rest, true, &staging, &journal, report).await?;
+                if self.all_placed && self.failed.is_empty() {
+                    staging.retire_leftovers();
+                }
+                return Ok(this.or(generation));
             }
         }
+    }
+
+    /// The next files to take, with their chunk lists: at most
+    /// [`BATCH_CHUNKS`] chunk references and [`BATCH_BYTES`] bytes, or one
+    /// file.
+    async fn next_batch(&mut self, files: &mut std::vec::IntoIter<Take>) -> Vec<FileJob> {
+        let mut batch = Vec::new();
+        let (mut entries, mut bytes) = (0, 0);
+        for mut t in files.by_ref() {
+            self.rebase(&mut t);
+            // Not worth fetching for: it would be refused below.
+            if let Err(why) = tokio::task::block_in_place(|| self.record_unchanged(&t)) {
+                self.refuse(&t.local, &t.logical, &t.new.version, why);
+                continue;
+            }
+            match self.chunk_list(&t).await {
+                Ok(chunks) => {
+                    entries += chunks.len();
+                    let Body::File { content, size } = t.new.body else { unreachable!("only files here") };
+                    bytes += size;
+                    batch.push(FileJob { take: t, content, chunks });
+                    if entries >= BATCH_CHUNKS || bytes >= BATCH_BYTES {
+                        break;
+                    }
+                }
+                Err(e) => self.problem(&t.local, e),
+            }
+        }
+        batch
+    }
+
+    /// Waits for `batch`'s chunks and places it; `last` when no batch
+    /// follows. The first batch placed also applies `others`; the last
+    /// one (or the first holding a file that replaces a directory)
+    /// applies `rest`.
+    #[allow(clippy::too_many_arguments)]
+    async fn place_batch(
+        &mut self,
+        mut batch: Batch,
+        others: &mut Option<Vec<Take>>,
+        rest: &mut Option<Rest>,
+        last: bool,
+        staging: &Staging,
+        journal: &Journal,
+        report: &mut GroupReport,
+    ) -> Result<Option<u64>, SyncError> {
+        let fetched = !batch.fetch.is_empty();
+        while let Some(r) = batch.fetch.join_next().await {
+            let r = r.expect("fetch task panicked")?;
+            report.chunks_fetched += r.chunks;
+            report.bytes_fetched += r.bytes;
+        }
+        if fetched {
+            crate::killpoint::hit("apply.fetched");
+        }
+        let now = last || batch.jobs.iter().any(|j| replaces_dir(&j.take));
+        self.local_phase(others.take(), batch, if now { rest.take() } else { None }, staging, journal, report).await
     }
 
     /// The local phase of one batch, under the writer lock; then what
@@ -290,7 +357,7 @@ impl<'a> Apply<'a> {
     async fn local_phase(
         &mut self,
         mut others: Option<Vec<Take>>,
-        mut batch: Vec<FileJob>,
+        mut batch: Batch,
         mut rest: Option<Rest>,
         staging: &Staging,
         journal: &Journal,
@@ -305,7 +372,7 @@ impl<'a> Apply<'a> {
         let generation = tokio::task::block_in_place(|| -> Result<Option<u64>, SyncError> {
             // Records only move on while the lock is held elsewhere: each
             // plan is rebased once here, on the record it meets.
-            let takes = others.iter_mut().flatten().chain(batch.iter_mut().map(|j| &mut j.take));
+            let takes = others.iter_mut().flatten().chain(batch.jobs.iter_mut().map(|j| &mut j.take));
             let rest_takes = rest.iter_mut().flat_map(|r| r.deletions.iter_mut().chain(r.replacing.iter_mut()));
             for t in takes.chain(rest_takes) {
                 self.rebase(t);
@@ -531,23 +598,44 @@ impl<'a> Apply<'a> {
     fn unchanged(&self, t: &Take) -> Result<(), String> {
         let root = self.g.root_of_local(&t.local).ok_or("outside the include roots")?;
         crate::fs::no_links_between(&root.local, &t.local).map_err(|e| e.to_string())?;
-        let now = self.record_unchanged(t)?;
         let md = match fs::symlink_metadata(&t.local) {
             Ok(md) => Some(md),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.to_string()),
         };
+        self.as_recorded(t, md.map(|md| crate::scan::stat_of(&md)))
+    }
+
+    /// [`Apply::unchanged`] for a path in `dir`, a descriptor of its
+    /// parent opened without following links (so no link between the
+    /// root and the path can matter); returns what is there.
+    fn unchanged_in(&self, dir: &Dir, t: &Take) -> Result<Option<crate::store::Stat>, String> {
+        let name = t.local.file_name().ok_or("no file name")?;
+        let st = match dir.lstat(name.as_bytes()) {
+            Ok(st) => Some(crate::scan::stat_of_raw(&st)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        self.as_recorded(t, st.clone())?;
+        Ok(st)
+    }
+
+    /// Whether `found`, what `t`'s path holds, is what the store records
+    /// for it.
+    fn as_recorded(&self, t: &Take, found: Option<crate::store::Stat>) -> Result<(), String> {
+        let now = self.record_unchanged(t)?;
         let old = now.as_ref().filter(|o| !o.deleted);
-        match (old, md) {
+        let is_dir = |st: &crate::store::Stat| st.mode & libc::S_IFMT == libc::S_IFDIR;
+        match (old, found) {
             (None, None) => Ok(()),
-            (None, Some(md)) if md.is_dir() && t.new.body.kind() == Kind::Dir => Ok(()),
+            (None, Some(st)) if is_dir(&st) && t.new.body.kind() == Kind::Dir => Ok(()),
             (None, Some(_)) => Err("exists here but is not recorded yet: left for the next run".into()),
             (Some(_), None) if t.new.deleted => Ok(()),
             (Some(_), None) => Err("deleted here since the last check: left for the next run".into()),
-            (Some(o), Some(md)) => {
+            (Some(o), Some(st)) => {
                 let same = match o.body.kind() {
-                    Kind::Dir => md.is_dir(),
-                    _ => crate::scan::stat_of(&md) == o.stat,
+                    Kind::Dir => is_dir(&st),
+                    _ => st == o.stat,
                 };
                 if same { Ok(()) } else { Err("changed here since the last check: left for the next run".into()) }
             }
@@ -689,36 +777,41 @@ impl<'a> Apply<'a> {
         }
     }
 
-    /// Which chunks of `batch` are here (read and checked), and fetches
-    /// the rest from the peer into the chunk store or the staging area.
-    async fn fetch_missing(
+    /// Which chunks of `jobs` are here (read and checked), and starts
+    /// fetching the rest from the peer into the chunk store or, without
+    /// one, a new pack of the staging area.
+    fn start_fetch(
         &mut self,
-        batch: &[FileJob],
+        jobs: Vec<FileJob>,
         staging: &Arc<Staging>,
         receiving: &Arc<dyn ProgressTask>,
         report: &mut GroupReport,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Batch, SyncError> {
         let cs = self.node.engine.chunk_store(self.gi);
-        let mut wanted: HashMap<Hash, Vec<Hash>> = HashMap::new();
-        let mut index: Option<HashMap<Hash, (PathBuf, u64, u32)>> = None;
+        let mut batch = Batch { jobs, held: HashMap::new(), pack: None, fetch: tokio::task::JoinSet::new() };
+        // Each missing chunk, with the content of the first file that
+        // needs it (the request names that file).
+        let mut wanted: HashMap<Hash, Hash> = HashMap::new();
         tokio::task::block_in_place(|| {
-            for job in batch {
-                let mut sources = Sources::new(job, cs, staging, self.node, self.g, &mut index);
+            for job in &batch.jobs {
+                let mut sources = Sources::new(job, cs, staging, self.node, self.g, &mut self.tracked);
                 for c in &job.chunks {
-                    if sources.has(c) {
+                    if sources.has(c, &mut batch.held) {
                         report.chunks_local += 1;
                         receiving.inc(u64::from(c.len));
                     } else {
-                        let contents = wanted.entry(c.hash).or_default();
-                        if !contents.contains(&job.content) {
-                            contents.push(job.content);
-                        }
+                        wanted.entry(c.hash).or_insert(job.content);
                     }
                 }
             }
         });
         if wanted.is_empty() {
-            return Ok(());
+            return Ok(batch);
+        }
+        if cs.is_none() {
+            let dir = self.node.state_dir().join("incoming");
+            let pack = staging.pack().map_err(|e| SyncError::Engine(EngineError::io(&dir, e)))?;
+            batch.pack = Some(pack);
         }
         // Requests of at most MAX_CHUNKS_PER_REQUEST chunks, each named
         // with a file that holds it.
@@ -726,10 +819,10 @@ impl<'a> Apply<'a> {
         let mut current: Vec<FileChunks> = Vec::new();
         let mut count = 0;
         let mut assigned: HashSet<Hash> = HashSet::new();
-        for job in batch {
+        for job in &batch.jobs {
             let mut hashes = Vec::new();
             for c in &job.chunks {
-                if wanted.get(&c.hash).is_some_and(|w| w[0] == job.content) && assigned.insert(c.hash) {
+                if wanted.get(&c.hash) == Some(&job.content) && assigned.insert(c.hash) {
                     hashes.push(c.hash);
                 }
             }
@@ -749,31 +842,25 @@ impl<'a> Apply<'a> {
         if !current.is_empty() {
             requests.push(current);
         }
-        let targets = Arc::new(wanted);
         let mut lanes: Vec<Vec<Vec<FileChunks>>> = (0..PARALLEL_REQUESTS).map(|_| Vec::new()).collect();
         for (i, r) in requests.into_iter().enumerate() {
             lanes[i % PARALLEL_REQUESTS].push(r);
         }
-        let mut tasks = tokio::task::JoinSet::new();
         for lane in lanes.into_iter().filter(|l| !l.is_empty()) {
-            let (node, peer, targets, staging, gi) =
-                (Arc::clone(self.node), Arc::clone(self.peer), Arc::clone(&targets), Arc::clone(staging), self.gi);
-            let receiving = Arc::clone(receiving);
+            let (node, peer, staging, gi) =
+                (Arc::clone(self.node), Arc::clone(self.peer), Arc::clone(staging), self.gi);
+            let (pack, receiving) = (batch.pack.clone(), Arc::clone(receiving));
             let group = self.g.name.clone();
-            tasks.spawn(async move {
+            batch.fetch.spawn(async move {
                 let mut out = LaneResult::default();
+                let into = Destination { node: &node, gi, staging: &staging, pack: pack.as_ref() };
                 for files in lane {
-                    fetch_one(&node, &peer, gi, &group, files, &targets, &staging, &*receiving, &mut out).await?;
+                    fetch_one(&peer, &group, files, &into, &*receiving, &mut out).await?;
                 }
                 Ok::<LaneResult, SyncError>(out)
             });
         }
-        while let Some(r) = tasks.join_next().await {
-            let r = r.expect("fetch task panicked")?;
-            report.chunks_fetched += r.chunks;
-            report.bytes_fetched += r.bytes;
-        }
-        Ok(())
+        Ok(batch)
     }
 
     /// Builds each file of `batch` from local chunks in a fresh temporary
@@ -783,20 +870,20 @@ impl<'a> Apply<'a> {
     fn place_files(
         &mut self,
         w: &Writer,
-        batch: Vec<FileJob>,
+        batch: Batch,
         staging: &Staging,
         journal: &Journal,
         between: impl FnOnce(&mut Self),
     ) {
+        let Batch { jobs, held, pack, .. } = batch;
         let cs = self.node.engine.chunk_store(self.gi);
-        let mut index: Option<HashMap<Hash, (PathBuf, u64, u32)>> = None;
         let umask = crate::fs::tree_umask();
         let mut unplaced: HashSet<Hash> = HashSet::new();
         // Every directory is opened first: the temporaries built before
         // `between` stay open in them until placed.
         let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();
         let mut ready = Vec::new();
-        for job in batch {
+        for job in jobs {
             let t = &job.take;
             if let Err(why) = self.unchanged(t) {
                 unplaced.insert(job.content);
@@ -832,19 +919,21 @@ impl<'a> Apply<'a> {
                 let t = &job.take;
                 let parent = t.local.parent().expect("checked above");
                 let dir = &dirs[parent];
+                let name = t.local.file_name().expect("a path with a parent has a name");
                 // `ignore mod`: keep the replaced file's mode, or the mode a
                 // new file would get (a directory replaced gives none).
-                let mode = fs::symlink_metadata(&t.local)
+                let mode = dir
+                    .lstat(name.as_bytes())
                     .ok()
-                    .filter(|m| m.is_file())
-                    .map(|m| m.permissions().mode() & 0o7777)
+                    .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+                    .map(|st| st.st_mode & 0o7777)
                     .unwrap_or(0o666 & !umask);
                 let result = (|| -> Result<crate::fs::TempFile<'_>, String> {
                     let temp = dir.create_temp(Some(journal)).map_err(|e| format!("creating a temporary file: {e}"))?;
-                    let mut sources = Sources::new(&job, cs, staging, self.node, self.g, &mut index);
+                    let mut sources = Sources::new(&job, cs, staging, self.node, self.g, &mut self.tracked);
                     let mut w = io::BufWriter::with_capacity(1 << 20, temp.file());
                     for c in &job.chunks {
-                        let data = sources.get(c)?;
+                        let data = sources.get(c, &held)?;
                         w.write_all(&data).map_err(|e| e.to_string())?;
                     }
                     w.flush().map_err(|e| e.to_string())?;
@@ -874,9 +963,10 @@ impl<'a> Apply<'a> {
                     continue;
                 }
                 let name = t.local.file_name().expect("a path with a parent has a name");
+                let dir = &dirs[t.local.parent().expect("checked above")];
                 // Checked again right before the rename: the old version may
                 // have been changed while the new one was built.
-                match self.unchanged(t).and_then(|()| temp.place(name).map_err(|e| e.to_string())) {
+                match self.unchanged_in(dir, t).and_then(|_| temp.place(name).map_err(|e| e.to_string())) {
                     Ok(md) => placed.push((job, md)),
                     Err(e) => {
                         unplaced.insert(job.content);
@@ -911,6 +1001,13 @@ impl<'a> Apply<'a> {
             if !unplaced.contains(&job.content) {
                 staging.remove(&job.content);
             }
+        }
+        if unplaced.is_empty() {
+            if let Some(pack) = &pack {
+                staging.retire(pack);
+            }
+        } else {
+            self.all_placed = false;
         }
         // One directory sync per directory makes the renames durable
         // before the state records them.
@@ -1126,7 +1223,7 @@ struct Sources<'j> {
     staging: &'j Staging,
     node: &'j Node,
     g: &'j ResolvedGroup,
-    index: &'j mut Option<HashMap<Hash, (PathBuf, u64, u32)>>,
+    tracked: &'j mut Option<HashMap<Hash, (PathBuf, u64, u32)>>,
     old: Option<Option<File>>,
 }
 
@@ -1137,31 +1234,30 @@ impl<'j> Sources<'j> {
         staging: &'j Staging,
         node: &'j Node,
         g: &'j ResolvedGroup,
-        index: &'j mut Option<HashMap<Hash, (PathBuf, u64, u32)>>,
+        tracked: &'j mut Option<HashMap<Hash, (PathBuf, u64, u32)>>,
     ) -> Self {
-        Sources { job, cs, staging, node, g, index, old: None }
+        Sources { job, cs, staging, node, g, tracked, old: None }
     }
 
     /// Whether chunk `c` is here. A copy in the chunk store is trusted (it
     /// checks what it holds when read); a staged one is read and checked
-    /// (a crash may have torn it), and so is one in a tracked file, since
-    /// anyone may have changed it.
-    fn has(&mut self, c: &ChunkRef) -> bool {
-        if self.cs.is_some_and(|cs| cs.has(&c.hash).unwrap_or(false)) {
+    /// (a crash may have torn it), and kept readable in `held`; so is one
+    /// in a tracked file, since anyone may have changed it.
+    fn has(&mut self, c: &ChunkRef, held: &mut HashMap<Hash, Staged>) -> bool {
+        if self.cs.is_some_and(|cs| cs.has(&c.hash).unwrap_or(false)) || held.contains_key(&c.hash) {
             return true;
         }
-        if self.staging.has(&self.job.content, &c.hash) {
-            if self.staging.get(&self.job.content, &c.hash).is_some() {
-                return true;
-            }
-            self.staging.discard(&self.job.content, &c.hash);
+        if let Some((staged, _)) = self.staging.read(&c.hash) {
+            held.insert(c.hash, staged);
+            return true;
         }
-        self.in_tree(c).is_some()
+        self.staging.legacy(&self.job.content, &c.hash).is_some() || self.in_tree(c).is_some()
     }
 
     /// The bytes of chunk `c`, checked; else why the file is left for the
-    /// next run.
-    fn get(&mut self, c: &ChunkRef) -> Result<Vec<u8>, String> {
+    /// next run. `held`: the chunks found staged when the batch was
+    /// planned.
+    fn get(&mut self, c: &ChunkRef, held: &HashMap<Hash, Staged>) -> Result<Vec<u8>, String> {
         let mut damaged = None;
         if let Some(cs) = self.cs
             && cs.has(&c.hash).unwrap_or(false)
@@ -1183,7 +1279,11 @@ impl<'j> Sources<'j> {
                 Err(_) => {}
             }
         }
-        let staged = self.staging.get(&self.job.content, &c.hash);
+        let staged = held
+            .get(&c.hash)
+            .and_then(|s| s.read(&c.hash))
+            .or_else(|| self.staging.read(&c.hash).map(|(_, d)| d))
+            .or_else(|| self.staging.legacy(&self.job.content, &c.hash));
         let found = match staged {
             Some(d) => Some((d, false)),
             None => self.in_tree(c).map(|d| (d, true)),
@@ -1216,7 +1316,7 @@ impl<'j> Sources<'j> {
                 return Some(d);
             }
         }
-        let idx = self.index.get_or_insert_with(|| chunk_index(self.node, self.g));
+        let idx = self.tracked.get_or_insert_with(|| chunk_index(self.node, self.g));
         let (path, off, _) = idx.get(&c.hash)?;
         open_nofollow(path).ok().and_then(|f| read_checked(&f, *off, c))
     }
@@ -1228,19 +1328,22 @@ struct LaneResult {
     bytes: u64,
 }
 
-/// One `GetChunks` exchange: every chunk received is verified and kept in
-/// the chunk store, or else in the staging area for each file that needs
-/// it. A chunk the peer no longer has is simply not kept: its file is left
-/// for the next run.
-#[allow(clippy::too_many_arguments)]
-async fn fetch_one(
-    node: &Arc<Node>,
-    peer: &Arc<Peer>,
+/// Where fetched chunks go: the group's chunk store, or else `pack`.
+struct Destination<'a> {
+    node: &'a Arc<Node>,
     gi: usize,
+    staging: &'a Staging,
+    pack: Option<&'a Arc<Pack>>,
+}
+
+/// One `GetChunks` exchange: every chunk received is verified and kept in
+/// the chunk store, or else in the batch's pack. A chunk the peer no
+/// longer has is simply not kept: its file is left for the next run.
+async fn fetch_one(
+    peer: &Arc<Peer>,
     group: &str,
     files: Vec<FileChunks>,
-    targets: &HashMap<Hash, Vec<Hash>>,
-    staging: &Staging,
+    into: &Destination<'_>,
     receiving: &dyn ProgressTask,
     out: &mut LaneResult,
 ) -> Result<(), SyncError> {
@@ -1261,21 +1364,19 @@ async fn fetch_one(
             })?;
             out.chunks += 1;
             out.bytes += stored.len() as u64;
-            Stats::add(&node.stats.chunks_received, 1);
-            Stats::add(&node.stats.bytes_received, stored.len() as u64);
+            let stats = &into.node.stats;
+            Stats::add(&stats.chunks_received, 1);
+            Stats::add(&stats.bytes_received, stored.len() as u64);
             receiving.inc(data.len() as u64);
             tokio::task::block_in_place(|| -> Result<(), SyncError> {
-                if let Some(cs) = node.engine.chunk_store(gi) {
+                if let Some(cs) = into.node.engine.chunk_store(into.gi) {
                     cs.put(hash, &data)?;
-                    crate::killpoint::hit("receive.chunk");
-                    return Ok(());
-                }
-                for content in targets.get(hash).map(Vec::as_slice).unwrap_or_default() {
-                    if let Err(e) = staging.put(content, hash, &data) {
-                        // Disk full, say: the file is not complete, so it
-                        // is left for the next run like a chunk never sent.
-                        tracing::warn!("keeping chunk {} received from {}: {e}", hash.short(), peer.host);
-                    }
+                } else if let Some(pack) = into.pack
+                    && let Err(e) = into.staging.put(pack, hash, &data)
+                {
+                    // Disk full, say: the file is not complete, so it is
+                    // left for the next run like a chunk never sent.
+                    tracing::warn!("keeping chunk {} received from {}: {e}", hash.short(), peer.host);
                 }
                 crate::killpoint::hit("receive.chunk");
                 Ok(())
