@@ -3,11 +3,13 @@
 //! A file that is being written while it is read must never be recorded
 //! half-read (SPEC §4.14). The file is opened without following links,
 //! `fstat`ed before and after its bytes are chunked, and the read counts
-//! only if both agree (size, mtime, ctime, inode). A file changed within a
-//! timestamp tick of the read (whose times writes during the read may not
-//! have moved) is read a second time after the tick and counts only if it
-//! reads the same. Otherwise it is tried again a few times and then
-//! skipped until the next run.
+//! only if both agree (size, mtime, ctime, inode). The kernel takes file
+//! times from a clock that advances once per tick (a jiffy, 1-10 ms), so
+//! writes within the tick of the last change leave them as they were: a
+//! file last changed in the tick the read started in (by the same clock,
+//! `CLOCK_REALTIME_COARSE`) is read a second time once that tick is over,
+//! and counts only if it reads the same. Otherwise it is tried again a few
+//! times and then skipped until the next run.
 
 use std::fs::File;
 use std::io;
@@ -23,11 +25,6 @@ const ATTEMPTS: usize = 3;
 /// How close to "now" an mtime makes the stat cache untrustworthy. Two
 /// seconds covers filesystems with coarse timestamps and clock ticks.
 const RACY_WINDOW_SECS: i64 = 2;
-
-/// The coarsest tick of the file timestamps the kernel sets (they come
-/// from a clock that advances once per jiffy, up to 10 ms), with margin.
-/// Writes within one tick leave `st_mtime` and `st_ctime` as they were.
-const TIMESTAMP_TICK: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub(super) struct ReadOut {
     pub chunks: Vec<ChunkRef>,
@@ -60,7 +57,7 @@ pub(super) fn read_stable(at: Loc<'_>, backups: Option<&ChunkStore>) -> Result<R
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => continue,
             Err(e) => return Err(ReadError::Io(e)),
         };
-        let started = std::time::SystemTime::now();
+        let started = coarse_now();
         let before = fstat(&f)?;
         if before.mode & libc::S_IFMT != libc::S_IFREG {
             continue;
@@ -89,13 +86,13 @@ pub(super) fn read_stable(at: Loc<'_>, backups: Option<&ChunkStore>) -> Result<R
             tracing::debug!("{}: changed while being read, reading again", at.path().display());
             continue;
         }
-        // Changed within a timestamp tick of the read: writes during the
-        // read may have left the times as they were (a file rewritten in
-        // place while it is read would be recorded half old, half new).
-        // Once the tick is over, the file must still have those times and
-        // read the same.
-        if changed_within_a_tick_of(&after, started) {
-            std::thread::sleep(TIMESTAMP_TICK);
+        // Changed in the tick the read started in: writes during the read
+        // may have left the times as they were (a file rewritten in place
+        // while it is read would be recorded half old, half new). Once the
+        // tick is over, the file must still have those times and read the
+        // same.
+        if let Some(tick) = last_tick_of(&after, started) {
+            wait_past(tick);
             if !reads_the_same(&mut f, &after, &chunks)? {
                 tracing::debug!("{}: changed while being read, reading again", at.path().display());
                 continue;
@@ -109,13 +106,40 @@ pub(super) fn read_stable(at: Loc<'_>, backups: Option<&ChunkStore>) -> Result<R
     Err(ReadError::Unstable)
 }
 
-/// Whether `stat`'s change time is no earlier than a timestamp tick
-/// before `started`.
-fn changed_within_a_tick_of(stat: &Stat, started: std::time::SystemTime) -> bool {
-    let Ok(since_epoch) = started.duration_since(std::time::UNIX_EPOCH) else { return true };
-    let from = since_epoch.saturating_sub(TIMESTAMP_TICK);
-    let ctime = (stat.ctime.secs, stat.ctime.nanos);
-    ctime >= (from.as_secs() as i64, from.subsec_nanos())
+/// The kernel's coarse clock, which file times are taken from.
+fn coarse_now() -> Timestamp {
+    // SAFETY: an all-zero timespec is a valid value of a plain C struct.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is writable; CLOCK_REALTIME_COARSE always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    Timestamp { secs: ts.tv_sec, nanos: ts.tv_nsec as u32 }
+}
+
+/// When `stat` was changed in the tick of the coarse clock a read began
+/// in (`started`) or later, the time the clock must pass before the file
+/// reads as it will stay: its change time. A change time of a whole second
+/// (a filesystem that keeps seconds only) counts as the whole second.
+fn last_tick_of(stat: &Stat, started: Timestamp) -> Option<Timestamp> {
+    let (changed, started) = if stat.ctime.nanos == 0 {
+        (Timestamp { secs: stat.ctime.secs, nanos: 999_999_999 }, Timestamp { secs: started.secs, nanos: 0 })
+    } else {
+        (stat.ctime, started)
+    };
+    ((changed.secs, changed.nanos) >= (started.secs, started.nanos)).then_some(changed)
+}
+
+/// Sleeps until the coarse clock is past `t` (a tick or two: 1-10 ms, or
+/// up to a second for a filesystem that keeps seconds only).
+fn wait_past(t: Timestamp) {
+    loop {
+        let now = coarse_now();
+        if (now.secs, now.nanos) > (t.secs, t.nanos) {
+            return;
+        }
+        // The clock's resolution is one tick: a millisecond wakes soon
+        // after it moves without spinning.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Whether `f` still has the times of `stat` and holds the bytes `chunks`
@@ -138,21 +162,33 @@ fn fstat(f: &File) -> Result<Stat, ReadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
 
-    fn changed_at(t: SystemTime) -> Stat {
-        Stat { ctime: Timestamp::from_system(t), ..Stat::default() }
+    fn changed_at(secs: i64, nanos: u32) -> Stat {
+        Stat { ctime: Timestamp { secs, nanos }, ..Stat::default() }
     }
 
     #[test]
-    fn only_a_change_within_a_tick_of_the_read_calls_for_a_second_read() {
-        let started = SystemTime::now();
-        assert!(changed_within_a_tick_of(&changed_at(started), started));
-        // The coarse file clock lags: a write during the read may carry a
-        // time just before the read started.
-        assert!(changed_within_a_tick_of(&changed_at(started - Duration::from_millis(5)), started));
-        assert!(changed_within_a_tick_of(&changed_at(started + Duration::from_millis(5)), started));
-        assert!(!changed_within_a_tick_of(&changed_at(started - Duration::from_secs(1)), started));
+    fn only_a_change_in_the_tick_of_the_read_calls_for_a_second_read() {
+        let started = Timestamp { secs: 100, nanos: 4_000_000 };
+        let same_tick = changed_at(100, 4_000_000);
+        assert_eq!(last_tick_of(&same_tick, started), Some(same_tick.ctime));
+        // A fine-grained time (kernels since 6.13 give one to a file whose
+        // times were just looked at) can be later than the coarse clock.
+        assert!(last_tick_of(&changed_at(100, 5_500_000), started).is_some());
+        // Any write in the tick the read started in would have moved it.
+        assert_eq!(last_tick_of(&changed_at(100, 1), started), None);
+        assert_eq!(last_tick_of(&changed_at(99, 999_999_999), started), None);
+        // Whole seconds only: the whole second is the tick.
+        assert_eq!(last_tick_of(&changed_at(100, 0), started), Some(Timestamp { secs: 100, nanos: 999_999_999 }));
+        assert_eq!(last_tick_of(&changed_at(99, 0), started), None);
+    }
+
+    #[test]
+    fn waiting_past_a_tick_ends_once_the_coarse_clock_moves_on() {
+        let now = coarse_now();
+        wait_past(now);
+        let later = coarse_now();
+        assert!((later.secs, later.nanos) > (now.secs, now.nanos));
     }
 
     #[test]
