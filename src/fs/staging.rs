@@ -84,8 +84,7 @@ pub struct Staged {
 impl Staged {
     /// The chunk's bytes, if they still hash to `hash`.
     pub fn read(&self, hash: &Hash) -> Option<Vec<u8>> {
-        let mut data = vec![0; self.len as usize];
-        self.pack.file.read_exact_at(&mut data, self.offset).ok()?;
+        let data = super::read_at(&self.pack.file, self.offset, self.len as usize).ok()?;
         (self.pack.fresh || Hash::of(&data) == *hash).then_some(data)
     }
 }

@@ -134,20 +134,20 @@ async fn answer(
                 check_path(peer, g, &f.path)?;
             }
             let node2 = Arc::clone(node);
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(8);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<ChunkFrame>(8);
             // Reading and compressing happen on a blocking thread; frames
             // are written as they come.
             let reader = tokio::task::spawn_blocking(move || {
                 let missing = read_chunks(&node2, gi, &files, &tx);
                 (files, missing)
             });
-            while let Some(m) = rx.recv().await {
-                send(stream, &m).await?;
+            while let Some(chunk) = rx.recv().await {
+                proto::write_encoded(stream, &chunk.frame)
+                    .await
+                    .map_err(|e| SyncError::Refused(format!("writing a reply: {e}")))?;
                 Stats::add(&node.stats.chunks_served, 1);
-                if let Message::Chunk { stored, .. } = &m {
-                    peer.sent(stored.len() as u64);
-                    crate::killpoint::hit("serve.chunk");
-                }
+                peer.sent(chunk.stored as u64);
+                crate::killpoint::hit("serve.chunk");
             }
             let (files, missing) = reader.await.expect("chunk reader panicked");
             let missing = missing?;
@@ -339,13 +339,19 @@ pub(super) fn split_logical<'p>(g: &ResolvedGroup, path: &'p [u8]) -> (&'p [u8],
     }
 }
 
+/// A `Chunk` message, encoded, and the length of the chunk's stored form.
+struct ChunkFrame {
+    frame: Vec<u8>,
+    stored: usize,
+}
+
 /// Reads the wanted chunks of `files`, sending each as a `Chunk` frame;
 /// returns those it could not send.
 fn read_chunks(
     node: &Node,
     gi: usize,
     files: &[FileChunks],
-    tx: &tokio::sync::mpsc::Sender<Message>,
+    tx: &tokio::sync::mpsc::Sender<ChunkFrame>,
 ) -> Result<Vec<Hash>, SyncError> {
     let g = &node.engine.groups[gi];
     let store = node.engine.chunk_store(gi);
@@ -383,7 +389,8 @@ fn read_chunks(
             match data {
                 Some(stored) => {
                     sent.insert(*h);
-                    if tx.blocking_send(Message::Chunk { hash: *h, stored: stored.to_vec() }).is_err() {
+                    let chunk = ChunkFrame { frame: proto::encode_chunk_frame(h, &stored), stored: stored.len() };
+                    if tx.blocking_send(chunk).is_err() {
                         return Ok(missing);
                     }
                     if sent.len() == 1 {

@@ -34,6 +34,39 @@ pub fn encode_frame(msg: &Message) -> Vec<u8> {
     out
 }
 
+/// The frame of `Message::Chunk { hash, stored }`, encoded from borrowed
+/// bytes: a chunk kept for several peers is not copied into a message
+/// first. The same bytes as [`encode_frame`] gives.
+pub fn encode_chunk_frame(hash: &crate::hash::Hash, stored: &[u8]) -> Vec<u8> {
+    /// `Message::Chunk`'s index among the variants (postcard writes it as
+    /// a varint, then the fields in order).
+    const CHUNK_VARIANT: u32 = 9;
+    struct Bytes<'a>(&'a [u8]);
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + 48 + stored.len());
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    let mut out =
+        postcard::to_extend(&(CHUNK_VARIANT, hash, Bytes(stored)), out).expect("encoding to a Vec cannot fail");
+    let len = u32::try_from(out.len() - FRAME_HEADER_LEN).unwrap_or(u32::MAX);
+    out[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Writes a frame made by [`encode_frame`] or [`encode_chunk_frame`],
+/// refusing one over [`MAX_FRAME`].
+pub async fn write_encoded<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), ProtoError> {
+    let len = frame.len() - FRAME_HEADER_LEN;
+    if len > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge { len: len as u64, max: MAX_FRAME });
+    }
+    w.write_all(frame).await?;
+    Ok(())
+}
+
 /// Decodes the frame at the start of `buf`: the message and the number of
 /// bytes the frame took (what follows is the next frame's).
 ///
@@ -112,13 +145,7 @@ async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Messag
 /// stream a flush waits for the peer's acknowledgement, so the caller
 /// flushes or finishes the stream once it has written all its frames.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), ProtoError> {
-    let frame = encode_frame(msg);
-    let len = frame.len() - FRAME_HEADER_LEN;
-    if len > MAX_FRAME {
-        return Err(ProtoError::FrameTooLarge { len: len as u64, max: MAX_FRAME });
-    }
-    w.write_all(&frame).await?;
-    Ok(())
+    write_encoded(w, &encode_frame(msg)).await
 }
 
 fn body_len(header: [u8; FRAME_HEADER_LEN]) -> Result<usize, ProtoError> {
@@ -160,6 +187,17 @@ mod tests {
             let (back, used) = decode_frame(&frame).unwrap();
             prop_assert_eq!(used, frame.len());
             prop_assert_eq!(back, msg);
+        }
+
+        #[test]
+        fn a_chunk_frame_from_borrowed_bytes_is_the_chunk_messages_frame(
+            hash in any::<[u8; 32]>(),
+            data in proptest::collection::vec(any::<u8>(), 1..70_000),
+        ) {
+            let (hash, stored) = (crate::hash::Hash(hash), crate::chunk::encode(&data));
+            let frame = encode_chunk_frame(&hash, &stored);
+            prop_assert_eq!(&frame, &encode_frame(&Message::Chunk { hash, stored: stored.clone() }));
+            prop_assert_eq!(decode_frame(&frame).unwrap().0, Message::Chunk { hash, stored });
         }
 
         #[test]

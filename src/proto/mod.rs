@@ -46,7 +46,10 @@ mod validate;
 
 pub use deadline::Deadlines;
 pub use error::{ErrorCode, ProtoError, SHOWN};
-pub use frame::{FRAME_HEADER_LEN, decode_frame, encode_frame, read_frame, read_frame_within, write_frame};
+pub use frame::{
+    FRAME_HEADER_LEN, decode_frame, encode_chunk_frame, encode_frame, read_frame, read_frame_within, write_encoded,
+    write_frame,
+};
 pub use limits::*;
 pub use message::{
     Change, ChangeAction, FileChunks, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Refusal, WireEntry, negotiate,
