@@ -106,6 +106,9 @@ pub(super) fn read_stable(at: Loc<'_>, backups: Option<&ChunkStore>) -> Result<R
     Err(ReadError::Unstable)
 }
 
+/// The longest tick of the coarse clock (a jiffy at 100 Hz), with margin.
+const MAX_TICK: std::time::Duration = std::time::Duration::from_millis(12);
+
 /// The kernel's coarse clock, which file times are taken from.
 fn coarse_now() -> Timestamp {
     // SAFETY: an all-zero timespec is a valid value of a plain C struct.
@@ -128,12 +131,17 @@ fn last_tick_of(stat: &Stat, started: Timestamp) -> Option<Timestamp> {
     ((changed.secs, changed.nanos) >= (started.secs, started.nanos)).then_some(changed)
 }
 
-/// Sleeps until the coarse clock is past `t` (a tick or two: 1-10 ms, or
-/// up to a second for a filesystem that keeps seconds only).
+/// Sleeps until the coarse clock is past `t`: a tick or two (1-10 ms), or
+/// up to a second for a filesystem that keeps seconds only. A clock set
+/// back behind the file's time (a daemon under a faked clock, a clock
+/// stepped back) is waited for no longer than the longest tick, 10 ms, or
+/// that second.
 fn wait_past(t: Timestamp) {
+    let most = if t.nanos == 999_999_999 { std::time::Duration::from_millis(1010) } else { MAX_TICK };
+    let until = std::time::Instant::now() + most;
     loop {
         let now = coarse_now();
-        if (now.secs, now.nanos) > (t.secs, t.nanos) {
+        if (now.secs, now.nanos) > (t.secs, t.nanos) || std::time::Instant::now() >= until {
             return;
         }
         // The clock's resolution is one tick: a millisecond wakes soon
@@ -189,6 +197,11 @@ mod tests {
         wait_past(now);
         let later = coarse_now();
         assert!((later.secs, later.nanos) > (now.secs, now.nanos));
+        // A file time ahead of the clock (the clock was set back) is not
+        // waited for.
+        let started = std::time::Instant::now();
+        wait_past(Timestamp { secs: now.secs + 3600, nanos: 1 });
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
     }
 
     #[test]
