@@ -11,12 +11,18 @@
 //!   or [`HELD_QUIET`] without any event. A pending path that is neither
 //!   held nor above a held one is *ready*.
 //! - A *watch run* checks the ready paths only (`sync` limited to them)
-//!   and reconciles with every reachable peer. Ready paths wait for
-//!   [`QUIET`] without events, but no longer than [`MAX_DELAY`] after the
-//!   first of them: a burst (a release unpacked) moves in a few runs, and
-//!   a lone change within about a second of its writer closing the file.
-//!   A file still being written is never read, so a peer never gets half
-//!   of it.
+//!   and reconciles with every reachable peer. Ready paths wait for the
+//!   *quiet*, a spell without events that make a path ready, but no
+//!   longer than [`MAX_DELAY`] after the first of them. The quiet is
+//!   [`QUICK`] when the tree was idle, so a lone change (a file written
+//!   and closed, a rename, a delete, a `mkdir`) starts its run a few
+//!   milliseconds after its last event. Events that come while a run
+//!   works are taken by the next run, which batches a burst (a release
+//!   unpacked); every run that ends with more events already in makes the
+//!   quiet [`QUIET_GROWTH`] times longer, up to [`QUIET`], and it is back
+//!   to [`QUICK`] once no event came for [`QUIET`]. So a burst moves in a
+//!   few runs, not one per file. A file still being written is never
+//!   read, so a peer never gets half of it.
 //! - A *full reconcile* (a `sync` of every tree) runs when the watcher
 //!   starts, every `--full-every` seconds as a safety net, and after the
 //!   kernel dropped events (queue overflow). When the watch limit of the
@@ -44,7 +50,36 @@ use crate::config::Class;
 use crate::interrupt::Interrupt;
 use crate::peer::{Node, SyncOptions, SyncReport};
 
-/// How long ready paths wait for the events to stop.
+/// How long ready paths wait for the events to stop when the tree was
+/// idle. The events of one operation (a rename's two halves, an editor's
+/// close and the rename of its temporary over the file, a `mkdir` and the
+/// first files put in it) come from the writer's consecutive system calls,
+/// microseconds apart, and reach this thread together through notify's;
+/// 2 ms is well above that while small beside the run itself (tens of
+/// ms). A writer that pauses longer (put off the CPU on a busy host) only
+/// splits its burst: what comes during the run is taken by the next, and
+/// the quiet grows ([`QUIET_GROWTH`]).
+pub const QUICK: Duration = Duration::from_millis(2);
+
+/// The shortest quiet of a run of more than [`FEW`] paths. The scan reads
+/// a file whose times changed within one timestamp tick (the kernel's
+/// clock for file times moves once per jiffy, up to 10 ms) a second time
+/// after a pause of two such ticks (`scan::read`), a pause per file: a
+/// run of many files just written waits once here instead, so that they
+/// are older than that when read. A run of a few paths starts after
+/// [`QUICK`]: its one pause in the scan costs no more than waiting here.
+pub const SETTLE: Duration = Duration::from_millis(25);
+
+/// Up to this many paths a run waits for the quiet alone; more wait at
+/// least [`SETTLE`].
+pub const FEW: usize = 4;
+
+/// How many times longer the quiet gets after a run that ended with more
+/// events already in: a burst reaches [`QUIET`] in four runs
+/// (2, 8, 32, 128, 300 ms).
+pub const QUIET_GROWTH: u32 = 4;
+
+/// The longest quiet: what ready paths wait for while a burst goes on.
 pub const QUIET: Duration = Duration::from_millis(300);
 
 /// The longest a ready path waits while events keep coming.
@@ -63,6 +98,11 @@ pub const FULL_DEFER: Duration = Duration::from_secs(60);
 
 /// The default interval of the full reconcile (`serve --full-every`).
 pub const FULL_EVERY: Duration = Duration::from_secs(600);
+
+/// The longest the watcher waits for events before it looks again at the
+/// stop flag and the configuration. Not a delay of any change: an event
+/// wakes it at once, and it wakes when ready paths are due.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Test knob: at most this many directories are watched, as if the
 /// kernel's limit were reached there.
@@ -203,6 +243,8 @@ struct Watch {
     /// the next watch run.
     taken: u64,
     last_event: Instant,
+    /// The quiet ready paths wait for now: [`QUICK`] to [`QUIET`].
+    quiet: Duration,
     next_full: Instant,
     /// Events were lost: the next run is a full reconcile.
     lost: bool,
@@ -234,6 +276,7 @@ impl Watch {
             pending: BTreeMap::new(),
             taken: 0,
             last_event: Instant::now(),
+            quiet: QUICK,
             next_full: Instant::now(),
             lost: false,
             fallback: false,
@@ -399,11 +442,13 @@ impl Watch {
     }
 
     fn run(&mut self) {
+        // When something may be due next: the receive waits no longer.
+        let mut wake = Instant::now();
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
-            self.receive(Duration::from_millis(50));
+            self.receive(wake.saturating_duration_since(Instant::now()).min(POLL));
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
@@ -426,21 +471,31 @@ impl Watch {
             // A full reconcile waits for files being written, but not
             // for ever (a log file appended to all day).
             let due = now >= self.next_full && (!held_any || self.fallback || now >= self.next_full + FULL_DEFER);
-            if due || self.lost && !held_any && self.quiet(now) {
+            // After lost events the whole tree is walked: that waits for
+            // the longest quiet, as the burst that overflowed the queue
+            // may go on.
+            let settled = now.duration_since(self.last_event) >= QUIET;
+            if due || self.lost && !held_any && settled {
                 self.full();
+                wake = Instant::now();
                 continue;
+            }
+            wake = if now < self.next_full { self.next_full } else { self.next_full + FULL_DEFER };
+            if self.lost {
+                wake = wake.min(self.last_event + QUIET);
             }
             if self.fallback {
                 continue;
             }
-            if let Some(paths) = self.ready(now) {
-                self.partial(paths);
+            match self.ready(now) {
+                Ok(paths) => {
+                    self.partial(paths);
+                    wake = Instant::now();
+                }
+                Err(Some(at)) => wake = wake.min(at),
+                Err(None) => {}
             }
         }
-    }
-
-    fn quiet(&self, now: Instant) -> bool {
-        now.duration_since(self.last_event) >= QUIET
     }
 
     /// Takes in the watcher's events for at most `wait`.
@@ -543,40 +598,52 @@ impl Watch {
             if matches!(ev.kind, EventKind::Remove(RemoveKind::Folder)) {
                 c.held = false;
             }
-            self.last_event = now;
+            // The quiet counts events that leave a path ready: the writes
+            // of a file still open (a log appended all day, a large file
+            // being unpacked) make nothing ready, and do not keep other
+            // paths waiting.
+            if !c.held {
+                if now.duration_since(self.last_event) >= QUIET {
+                    self.quiet = QUICK;
+                }
+                self.last_event = now;
+            }
         }
     }
 
-    /// The paths a watch run checks now, if it is time for one.
-    fn ready(&mut self, now: Instant) -> Option<Vec<PathBuf>> {
-        let held: Vec<&PathBuf> = self
-            .pending
-            .iter()
-            .filter(|(_, c)| c.held && now.duration_since(c.last) < HELD_QUIET)
-            .map(|(p, _)| p)
-            .collect();
+    /// The paths a watch run checks now, if it is time for one; else
+    /// when that may change (a held path let go, ready paths due), if
+    /// anything is pending.
+    fn ready(&mut self, now: Instant) -> Result<Vec<PathBuf>, Option<Instant>> {
+        let held: Vec<(&PathBuf, &Change)> =
+            self.pending.iter().filter(|(_, c)| c.held && now.duration_since(c.last) < HELD_QUIET).collect();
+        let let_go = held.iter().map(|(_, c)| c.last + HELD_QUIET).min();
         let ready: Vec<(&PathBuf, &Change)> = self
             .pending
             .iter()
             // A held path is below (or is) itself.
-            .filter(|(p, _)| !held.iter().any(|h| h.starts_with(p)))
+            .filter(|(p, _)| !held.iter().any(|(h, _)| h.starts_with(p)))
             .collect();
-        let oldest = ready.iter().map(|(_, c)| c.since).min()?;
-        if !self.quiet(now) && now.duration_since(oldest) < MAX_DELAY {
-            return None;
+        let Some(oldest) = ready.iter().map(|(_, c)| c.since).min() else { return Err(let_go) };
+        let quiet = if ready.len() > FEW { self.quiet.max(SETTLE) } else { self.quiet };
+        if now.duration_since(self.last_event) < quiet && now.duration_since(oldest) < MAX_DELAY {
+            let due = (self.last_event + quiet).min(oldest + MAX_DELAY);
+            return Err(Some(let_go.map_or(due, |t| t.min(due))));
         }
         let paths: Vec<PathBuf> = ready.iter().map(|(p, _)| (*p).clone()).collect();
-        let held: Vec<PathBuf> = held.into_iter().cloned().collect();
+        let held: Vec<PathBuf> = held.into_iter().map(|(p, _)| p.clone()).collect();
         for p in &paths {
             self.pending.remove(p);
         }
         let roots: Vec<PathBuf> =
             self.node.engine.groups.iter().flat_map(|g| g.roots.iter().map(|r| r.local.clone())).collect();
-        Some(fewest(paths, &held, &roots))
+        Ok(fewest(paths, &held, &roots))
     }
 
-    /// A watch run: checks `paths` and reconciles.
+    /// A watch run: checks `paths` and reconciles; then sets the quiet
+    /// for the next one by whether events came meanwhile.
     fn partial(&mut self, paths: Vec<PathBuf>) {
+        let started = Instant::now();
         let node = self.refreshed();
         // Groups with nothing left pending are clean once this run's check
         // recorded what it found.
@@ -596,6 +663,13 @@ impl Watch {
                 }
             }
         });
+        // Events that came meanwhile: the burst goes on, and the next run
+        // waits for a longer quiet. It is back to `QUICK` once events
+        // stop for `QUIET` ([`Watch::note`]).
+        self.receive(Duration::ZERO);
+        if self.last_event >= started {
+            self.quiet = (self.quiet * QUIET_GROWTH).min(QUIET);
+        }
     }
 
     /// A full reconcile.
