@@ -203,6 +203,51 @@ fn groups_of(node: &Node, path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// When ready paths are due: the quiet they wait for, longer while a burst
+/// goes on, and back to [`QUICK`] when the tree was idle.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// The last event that left a path ready.
+    last: Instant,
+    /// The quiet ready paths wait for now: [`QUICK`] to [`QUIET`].
+    quiet: Duration,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Pace {
+        Pace { last: now, quiet: QUICK }
+    }
+
+    /// An event left a path ready at `now`; after `QUIET` without one it
+    /// starts a new burst.
+    fn event(&mut self, now: Instant) {
+        if now.duration_since(self.last) >= QUIET {
+            self.quiet = QUICK;
+        }
+        self.last = now;
+    }
+
+    /// A run that started at `started` is over, and the events that came
+    /// meanwhile are taken in: if there were any, the burst goes on, and
+    /// the next run waits for a longer quiet.
+    fn run_over(&mut self, started: Instant) {
+        if self.last >= started {
+            self.quiet = (self.quiet * QUIET_GROWTH).min(QUIET);
+        }
+    }
+
+    /// When `ready` paths, the first of them seen at `oldest`, are due.
+    fn due(&self, ready: usize, oldest: Instant) -> Instant {
+        let quiet = if ready > FEW { self.quiet.max(SETTLE) } else { self.quiet };
+        (self.last + quiet).min(oldest + MAX_DELAY)
+    }
+
+    /// Whether no event came for the longest quiet.
+    fn settled(&self, now: Instant) -> bool {
+        now.duration_since(self.last) >= QUIET
+    }
+}
+
 /// A path changed and not checked yet.
 #[derive(Debug, Clone, Copy)]
 struct Change {
@@ -242,9 +287,7 @@ struct Watch {
     /// Events taken in that may be a change ([`may_change`]): the mark of
     /// the next watch run.
     taken: u64,
-    last_event: Instant,
-    /// The quiet ready paths wait for now: [`QUICK`] to [`QUIET`].
-    quiet: Duration,
+    pace: Pace,
     next_full: Instant,
     /// Events were lost: the next run is a full reconcile.
     lost: bool,
@@ -275,8 +318,7 @@ impl Watch {
             limit,
             pending: BTreeMap::new(),
             taken: 0,
-            last_event: Instant::now(),
-            quiet: QUICK,
+            pace: Pace::new(Instant::now()),
             next_full: Instant::now(),
             lost: false,
             fallback: false,
@@ -474,7 +516,7 @@ impl Watch {
             // After lost events the whole tree is walked: that waits for
             // the longest quiet, as the burst that overflowed the queue
             // may go on.
-            let settled = now.duration_since(self.last_event) >= QUIET;
+            let settled = self.pace.settled(now);
             if due || self.lost && !held_any && settled {
                 self.full();
                 wake = Instant::now();
@@ -482,7 +524,7 @@ impl Watch {
             }
             wake = if now < self.next_full { self.next_full } else { self.next_full + FULL_DEFER };
             if self.lost {
-                wake = wake.min(self.last_event + QUIET);
+                wake = wake.min(self.pace.last + QUIET);
             }
             if self.fallback {
                 continue;
@@ -603,10 +645,7 @@ impl Watch {
             // being unpacked) make nothing ready, and do not keep other
             // paths waiting.
             if !c.held {
-                if now.duration_since(self.last_event) >= QUIET {
-                    self.quiet = QUICK;
-                }
-                self.last_event = now;
+                self.pace.event(now);
             }
         }
     }
@@ -625,9 +664,8 @@ impl Watch {
             .filter(|(p, _)| !held.iter().any(|(h, _)| h.starts_with(p)))
             .collect();
         let Some(oldest) = ready.iter().map(|(_, c)| c.since).min() else { return Err(let_go) };
-        let quiet = if ready.len() > FEW { self.quiet.max(SETTLE) } else { self.quiet };
-        if now.duration_since(self.last_event) < quiet && now.duration_since(oldest) < MAX_DELAY {
-            let due = (self.last_event + quiet).min(oldest + MAX_DELAY);
+        let due = self.pace.due(ready.len(), oldest);
+        if now < due {
             return Err(Some(let_go.map_or(due, |t| t.min(due))));
         }
         let paths: Vec<PathBuf> = ready.iter().map(|(p, _)| (*p).clone()).collect();
@@ -663,13 +701,8 @@ impl Watch {
                 }
             }
         });
-        // Events that came meanwhile: the burst goes on, and the next run
-        // waits for a longer quiet. It is back to `QUICK` once events
-        // stop for `QUIET` ([`Watch::note`]).
         self.receive(Duration::ZERO);
-        if self.last_event >= started {
-            self.quiet = (self.quiet * QUIET_GROWTH).min(QUIET);
-        }
+        self.pace.run_over(started);
     }
 
     /// A full reconcile.
@@ -751,6 +784,89 @@ mod tests {
 
     fn p(s: &str) -> PathBuf {
         PathBuf::from(s)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_lone_change_is_due_after_the_short_quiet() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        let at = t0 + ms(1000);
+        pace.event(at);
+        assert_eq!(pace.due(1, at), at + QUICK);
+        // A rename's two halves, an editor's temporary renamed over a file.
+        assert_eq!(pace.due(FEW, at), at + QUICK);
+        // Many files just written are read once they are past the scan's
+        // timestamp tick.
+        assert_eq!(pace.due(FEW + 1, at), at + SETTLE);
+    }
+
+    #[test]
+    fn the_quiet_grows_while_runs_end_with_more_events_and_falls_back_when_idle() {
+        // A writer makes a path ready every 10 ms for 5 s; a run starts
+        // when its paths are due and takes 20 ms, the events meanwhile
+        // waiting for the next. Time is simulated, a millisecond a step.
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        let mut oldest = None;
+        let mut running_until = None;
+        let mut quiets = Vec::new();
+        for i in 0..5000 {
+            let now = t0 + ms(1000 + i);
+            if let Some((started, until)) = running_until
+                && now >= until
+            {
+                pace.run_over(started);
+                quiets.push(pace.quiet);
+                running_until = None;
+            }
+            if i % 10 == 0 {
+                pace.event(now);
+                oldest.get_or_insert(now);
+            }
+            if running_until.is_none()
+                && let Some(first) = oldest
+                && now >= pace.due(1, first)
+            {
+                running_until = Some((now, now + ms(20)));
+                oldest = None;
+            }
+        }
+        assert_eq!(quiets[..4], [ms(8), ms(32), ms(128), QUIET], "{quiets:?}");
+        assert!(quiets[4..].iter().all(|&q| q == QUIET), "{quiets:?}");
+        // 5 s of events: a few runs to grow the quiet, then one per
+        // MAX_DELAY, not one per event.
+        assert!(quiets.len() <= 8, "{} runs: {quiets:?}", quiets.len());
+        // A run that ends with no event since it started leaves the quiet
+        // as it is, and so does the next event within QUIET.
+        let last = pace.last;
+        pace.run_over(last + ms(1));
+        assert_eq!(pace.quiet, QUIET);
+        pace.event(last + QUIET - ms(1));
+        assert_eq!(pace.quiet, QUIET);
+        // Idle for QUIET: the next change is a lone one again.
+        let now = pace.last + QUIET;
+        assert!(pace.settled(now));
+        pace.event(now);
+        assert_eq!(pace.quiet, QUICK);
+        assert_eq!(pace.due(1, now), now + QUICK);
+    }
+
+    #[test]
+    fn a_stream_of_events_delays_ready_paths_at_most_max_delay() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        pace.quiet = QUIET;
+        let first = t0 + ms(1000);
+        // An event every millisecond: the quiet never comes.
+        for i in 0..3000 {
+            pace.event(first + ms(i));
+        }
+        assert!(!pace.settled(first + ms(3000)));
+        assert_eq!(pace.due(1, first), first + MAX_DELAY);
     }
 
     #[test]
