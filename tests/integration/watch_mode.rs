@@ -157,11 +157,10 @@ fn a_closed_file_moves_at_once_while_one_still_open_waits_for_its_close() {
     let last_write = Instant::now();
     // Written and closed after the other file's events: its run comes
     // after them, and must leave the open file out.
-    let closed = Instant::now();
     write(&c.path("a", "closed.txt"), b"closed and left alone");
     for n in ["b", "c"] {
         wait_for_content(&c.path(n, "closed.txt"), b"closed and left alone");
-        println!("closed file on {n} after {:.3} s", closed.elapsed().as_secs_f64());
+        println!("closed file on {n} after {:.3} s", last_write.elapsed().as_secs_f64());
     }
     // Its run is over once logged: the open file was not in it.
     c.wait_for_log("a", WATCH_RUN, before + 1, WAIT);
