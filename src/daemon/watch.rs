@@ -11,12 +11,18 @@
 //!   or [`HELD_QUIET`] without any event. A pending path that is neither
 //!   held nor above a held one is *ready*.
 //! - A *watch run* checks the ready paths only (`sync` limited to them)
-//!   and reconciles with every reachable peer. Ready paths wait for
-//!   [`QUIET`] without events, but no longer than [`MAX_DELAY`] after the
-//!   first of them: a burst (a release unpacked) moves in a few runs, and
-//!   a lone change within about a second of its writer closing the file.
-//!   A file still being written is never read, so a peer never gets half
-//!   of it.
+//!   and reconciles with every reachable peer. Ready paths wait for the
+//!   *quiet*, a spell without events that make a path ready, but no
+//!   longer than [`MAX_DELAY`] after the first of them. The quiet is
+//!   [`QUICK`] when the tree was idle, so a lone change (a file written
+//!   and closed, a rename, a delete, a `mkdir`) starts its run a few
+//!   milliseconds after its last event. Events that come while a run
+//!   works are taken by the next run, which batches a burst (a release
+//!   unpacked); every run that ends with more events already in makes the
+//!   quiet [`QUIET_GROWTH`] times longer, up to [`QUIET`], and it is back
+//!   to [`QUICK`] once no event came for [`QUIET`]. So a burst moves in a
+//!   few runs, not one per file. A file still being written is never
+//!   read, so a peer never gets half of it.
 //! - A *full reconcile* (a `sync` of every tree) runs when the watcher
 //!   starts, every `--full-every` seconds as a safety net, and after the
 //!   kernel dropped events (queue overflow). When the watch limit of the
@@ -44,7 +50,36 @@ use crate::config::Class;
 use crate::interrupt::Interrupt;
 use crate::peer::{Node, SyncOptions, SyncReport};
 
-/// How long ready paths wait for the events to stop.
+/// How long ready paths wait for the events to stop when the tree was
+/// idle. The events of one operation (a rename's two halves, an editor's
+/// close and the rename of its temporary over the file, a `mkdir` and the
+/// first files put in it) come from the writer's consecutive system calls,
+/// microseconds apart, and reach this thread together through notify's;
+/// 2 ms is well above that while small beside the run itself (tens of
+/// ms). A writer that pauses longer (put off the CPU on a busy host) only
+/// splits its burst: what comes during the run is taken by the next, and
+/// the quiet grows ([`QUIET_GROWTH`]).
+pub const QUICK: Duration = Duration::from_millis(2);
+
+/// The shortest quiet of a run of more than [`FEW`] paths. The scan reads
+/// a file whose times changed within one timestamp tick (the kernel's
+/// clock for file times moves once per jiffy, up to 10 ms) a second time
+/// after a pause of two such ticks (`scan::read`), a pause per file: a
+/// run of many files just written waits once here instead, so that they
+/// are older than that when read. A run of a few paths starts after
+/// [`QUICK`]: its one pause in the scan costs no more than waiting here.
+pub const SETTLE: Duration = Duration::from_millis(25);
+
+/// Up to this many paths a run waits for the quiet alone; more wait at
+/// least [`SETTLE`].
+pub const FEW: usize = 4;
+
+/// How many times longer the quiet gets after a run that ended with more
+/// events already in: a burst reaches [`QUIET`] in four runs
+/// (2, 8, 32, 128, 300 ms).
+pub const QUIET_GROWTH: u32 = 4;
+
+/// The longest quiet: what ready paths wait for while a burst goes on.
 pub const QUIET: Duration = Duration::from_millis(300);
 
 /// The longest a ready path waits while events keep coming.
@@ -63,6 +98,11 @@ pub const FULL_DEFER: Duration = Duration::from_secs(60);
 
 /// The default interval of the full reconcile (`serve --full-every`).
 pub const FULL_EVERY: Duration = Duration::from_secs(600);
+
+/// The longest the watcher waits for events before it looks again at the
+/// stop flag and the configuration. Not a delay of any change: an event
+/// wakes it at once, and it wakes when ready paths are due.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Test knob: at most this many directories are watched, as if the
 /// kernel's limit were reached there.
@@ -163,6 +203,51 @@ fn groups_of(node: &Node, path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// When ready paths are due: the quiet they wait for, longer while a burst
+/// goes on, and back to [`QUICK`] when the tree was idle.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// The last event that left a path ready.
+    last: Instant,
+    /// The quiet ready paths wait for now: [`QUICK`] to [`QUIET`].
+    quiet: Duration,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Pace {
+        Pace { last: now, quiet: QUICK }
+    }
+
+    /// An event left a path ready at `now`; after `QUIET` without one it
+    /// starts a new burst.
+    fn event(&mut self, now: Instant) {
+        if now.duration_since(self.last) >= QUIET {
+            self.quiet = QUICK;
+        }
+        self.last = now;
+    }
+
+    /// A run that started at `started` is over, and the events that came
+    /// meanwhile are taken in: if there were any, the burst goes on, and
+    /// the next run waits for a longer quiet.
+    fn run_over(&mut self, started: Instant) {
+        if self.last >= started {
+            self.quiet = (self.quiet * QUIET_GROWTH).min(QUIET);
+        }
+    }
+
+    /// When `ready` paths, the first of them seen at `oldest`, are due.
+    fn due(&self, ready: usize, oldest: Instant) -> Instant {
+        let quiet = if ready > FEW { self.quiet.max(SETTLE) } else { self.quiet };
+        (self.last + quiet).min(oldest + MAX_DELAY)
+    }
+
+    /// Whether no event came for the longest quiet.
+    fn settled(&self, now: Instant) -> bool {
+        now.duration_since(self.last) >= QUIET
+    }
+}
+
 /// A path changed and not checked yet.
 #[derive(Debug, Clone, Copy)]
 struct Change {
@@ -202,7 +287,7 @@ struct Watch {
     /// Events taken in that may be a change ([`may_change`]): the mark of
     /// the next watch run.
     taken: u64,
-    last_event: Instant,
+    pace: Pace,
     next_full: Instant,
     /// Events were lost: the next run is a full reconcile.
     lost: bool,
@@ -233,7 +318,7 @@ impl Watch {
             limit,
             pending: BTreeMap::new(),
             taken: 0,
-            last_event: Instant::now(),
+            pace: Pace::new(Instant::now()),
             next_full: Instant::now(),
             lost: false,
             fallback: false,
@@ -399,11 +484,13 @@ impl Watch {
     }
 
     fn run(&mut self) {
+        // When something may be due next: the receive waits no longer.
+        let mut wake = Instant::now();
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
-            self.receive(Duration::from_millis(50));
+            self.receive(wake.saturating_duration_since(Instant::now()).min(POLL));
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
@@ -426,21 +513,31 @@ impl Watch {
             // A full reconcile waits for files being written, but not
             // for ever (a log file appended to all day).
             let due = now >= self.next_full && (!held_any || self.fallback || now >= self.next_full + FULL_DEFER);
-            if due || self.lost && !held_any && self.quiet(now) {
+            // After lost events the whole tree is walked: that waits for
+            // the longest quiet, as the burst that overflowed the queue
+            // may go on.
+            let settled = self.pace.settled(now);
+            if due || self.lost && !held_any && settled {
                 self.full();
+                wake = Instant::now();
                 continue;
+            }
+            wake = if now < self.next_full { self.next_full } else { self.next_full + FULL_DEFER };
+            if self.lost {
+                wake = wake.min(self.pace.last + QUIET);
             }
             if self.fallback {
                 continue;
             }
-            if let Some(paths) = self.ready(now) {
-                self.partial(paths);
+            match self.ready(now) {
+                Ok(paths) => {
+                    self.partial(paths);
+                    wake = Instant::now();
+                }
+                Err(Some(at)) => wake = wake.min(at),
+                Err(None) => {}
             }
         }
-    }
-
-    fn quiet(&self, now: Instant) -> bool {
-        now.duration_since(self.last_event) >= QUIET
     }
 
     /// Takes in the watcher's events for at most `wait`.
@@ -543,40 +640,48 @@ impl Watch {
             if matches!(ev.kind, EventKind::Remove(RemoveKind::Folder)) {
                 c.held = false;
             }
-            self.last_event = now;
+            // The quiet counts events that leave a path ready: the writes
+            // of a file still open (a log appended all day, a large file
+            // being unpacked) make nothing ready, and do not keep other
+            // paths waiting.
+            if !c.held {
+                self.pace.event(now);
+            }
         }
     }
 
-    /// The paths a watch run checks now, if it is time for one.
-    fn ready(&mut self, now: Instant) -> Option<Vec<PathBuf>> {
-        let held: Vec<&PathBuf> = self
-            .pending
-            .iter()
-            .filter(|(_, c)| c.held && now.duration_since(c.last) < HELD_QUIET)
-            .map(|(p, _)| p)
-            .collect();
+    /// The paths a watch run checks now, if it is time for one; else
+    /// when that may change (a held path let go, ready paths due), if
+    /// anything is pending.
+    fn ready(&mut self, now: Instant) -> Result<Vec<PathBuf>, Option<Instant>> {
+        let held: Vec<(&PathBuf, &Change)> =
+            self.pending.iter().filter(|(_, c)| c.held && now.duration_since(c.last) < HELD_QUIET).collect();
+        let let_go = held.iter().map(|(_, c)| c.last + HELD_QUIET).min();
         let ready: Vec<(&PathBuf, &Change)> = self
             .pending
             .iter()
             // A held path is below (or is) itself.
-            .filter(|(p, _)| !held.iter().any(|h| h.starts_with(p)))
+            .filter(|(p, _)| !held.iter().any(|(h, _)| h.starts_with(p)))
             .collect();
-        let oldest = ready.iter().map(|(_, c)| c.since).min()?;
-        if !self.quiet(now) && now.duration_since(oldest) < MAX_DELAY {
-            return None;
+        let Some(oldest) = ready.iter().map(|(_, c)| c.since).min() else { return Err(let_go) };
+        let due = self.pace.due(ready.len(), oldest);
+        if now < due {
+            return Err(Some(let_go.map_or(due, |t| t.min(due))));
         }
         let paths: Vec<PathBuf> = ready.iter().map(|(p, _)| (*p).clone()).collect();
-        let held: Vec<PathBuf> = held.into_iter().cloned().collect();
+        let held: Vec<PathBuf> = held.into_iter().map(|(p, _)| p.clone()).collect();
         for p in &paths {
             self.pending.remove(p);
         }
         let roots: Vec<PathBuf> =
             self.node.engine.groups.iter().flat_map(|g| g.roots.iter().map(|r| r.local.clone())).collect();
-        Some(fewest(paths, &held, &roots))
+        Ok(fewest(paths, &held, &roots))
     }
 
-    /// A watch run: checks `paths` and reconciles.
+    /// A watch run: checks `paths` and reconciles; then sets the quiet
+    /// for the next one by whether events came meanwhile.
     fn partial(&mut self, paths: Vec<PathBuf>) {
+        let started = Instant::now();
         let node = self.refreshed();
         // Groups with nothing left pending are clean once this run's check
         // recorded what it found.
@@ -596,6 +701,8 @@ impl Watch {
                 }
             }
         });
+        self.receive(Duration::ZERO);
+        self.pace.run_over(started);
     }
 
     /// A full reconcile.
@@ -677,6 +784,89 @@ mod tests {
 
     fn p(s: &str) -> PathBuf {
         PathBuf::from(s)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_lone_change_is_due_after_the_short_quiet() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        let at = t0 + ms(1000);
+        pace.event(at);
+        assert_eq!(pace.due(1, at), at + QUICK);
+        // A rename's two halves, an editor's temporary renamed over a file.
+        assert_eq!(pace.due(FEW, at), at + QUICK);
+        // Many files just written are read once they are past the scan's
+        // timestamp tick.
+        assert_eq!(pace.due(FEW + 1, at), at + SETTLE);
+    }
+
+    #[test]
+    fn the_quiet_grows_while_runs_end_with_more_events_and_falls_back_when_idle() {
+        // A writer makes a path ready every 10 ms for 5 s; a run starts
+        // when its paths are due and takes 20 ms, the events meanwhile
+        // waiting for the next. Time is simulated, a millisecond a step.
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        let mut oldest = None;
+        let mut running_until = None;
+        let mut quiets = Vec::new();
+        for i in 0..5000 {
+            let now = t0 + ms(1000 + i);
+            if let Some((started, until)) = running_until
+                && now >= until
+            {
+                pace.run_over(started);
+                quiets.push(pace.quiet);
+                running_until = None;
+            }
+            if i % 10 == 0 {
+                pace.event(now);
+                oldest.get_or_insert(now);
+            }
+            if running_until.is_none()
+                && let Some(first) = oldest
+                && now >= pace.due(1, first)
+            {
+                running_until = Some((now, now + ms(20)));
+                oldest = None;
+            }
+        }
+        assert_eq!(quiets[..4], [ms(8), ms(32), ms(128), QUIET], "{quiets:?}");
+        assert!(quiets[4..].iter().all(|&q| q == QUIET), "{quiets:?}");
+        // 5 s of events: a few runs to grow the quiet, then one per
+        // MAX_DELAY, not one per event.
+        assert!(quiets.len() <= 8, "{} runs: {quiets:?}", quiets.len());
+        // A run that ends with no event since it started leaves the quiet
+        // as it is, and so does the next event within QUIET.
+        let last = pace.last;
+        pace.run_over(last + ms(1));
+        assert_eq!(pace.quiet, QUIET);
+        pace.event(last + QUIET - ms(1));
+        assert_eq!(pace.quiet, QUIET);
+        // Idle for QUIET: the next change is a lone one again.
+        let now = pace.last + QUIET;
+        assert!(pace.settled(now));
+        pace.event(now);
+        assert_eq!(pace.quiet, QUICK);
+        assert_eq!(pace.due(1, now), now + QUICK);
+    }
+
+    #[test]
+    fn a_stream_of_events_delays_ready_paths_at_most_max_delay() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        pace.quiet = QUIET;
+        let first = t0 + ms(1000);
+        // An event every millisecond: the quiet never comes.
+        for i in 0..3000 {
+            pace.event(first + ms(i));
+        }
+        assert!(!pace.settled(first + ms(3000)));
+        assert_eq!(pace.due(1, first), first + MAX_DELAY);
     }
 
     #[test]
