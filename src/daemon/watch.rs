@@ -62,13 +62,13 @@ use crate::peer::{Node, SyncOptions, SyncReport};
 pub const QUICK: Duration = Duration::from_millis(2);
 
 /// The shortest quiet of a run of more than [`FEW`] paths. The scan reads
-/// a file whose times changed within one timestamp tick (the kernel's
-/// clock for file times moves once per jiffy, up to 10 ms) a second time
-/// after a pause of two such ticks (`scan::read`), a pause per file: a
-/// run of many files just written waits once here instead, so that they
-/// are older than that when read. A run of a few paths starts after
-/// [`QUICK`]: its one pause in the scan costs no more than waiting here.
-pub const SETTLE: Duration = Duration::from_millis(25);
+/// a file changed in the tick of the kernel's file-time clock its read
+/// started in (a jiffy, up to 10 ms) a second time once that tick is over
+/// (`scan::read`), a pause per file: a run of many files just written
+/// waits once here instead, so that they are past their tick when read.
+/// A run of a few paths starts after [`QUICK`]: its pauses in the scan
+/// cost no more than waiting here.
+pub const SETTLE: Duration = Duration::from_millis(12);
 
 /// Up to this many paths a run waits for the quiet alone; more wait at
 /// least [`SETTLE`].
