@@ -104,6 +104,11 @@ pub(super) const BATCH_CHUNKS: usize = 1 << 20;
 /// disk work at once, and at most two batches' chunks are staged.
 const BATCH_BYTES: u64 = 64 << 20;
 
+/// Most bytes of files in the first batch, which nothing overlaps: the
+/// limit doubles from this one batch to the next, up to [`BATCH_BYTES`],
+/// so placing starts early.
+const FIRST_BATCH_BYTES: u64 = 4 << 20;
+
 /// The most chunks a file of `size` bytes can have: every chunk but the
 /// last is at least [`crate::chunk::MIN_SIZE`].
 pub(crate) fn max_chunks(size: u64) -> u64 {
@@ -279,8 +284,10 @@ impl<'a> Apply<'a> {
         let mut generation = None;
         // One batch is placed while the next one's chunks arrive.
         let mut fetching: Option<Batch> = None;
+        let mut limit = FIRST_BATCH_BYTES;
         loop {
-            let jobs = self.next_batch(&mut files).await;
+            let jobs = self.next_batch(&mut files, limit).await;
+            limit = (limit * 2).min(BATCH_BYTES);
             let last = files.len() == 0;
             let batch = self.start_fetch(jobs, &staging, &receiving, report)?;
             if let Some(previous) = fetching.replace(batch) {
@@ -300,9 +307,8 @@ impl<'a> Apply<'a> {
     }
 
     /// The next files to take, with their chunk lists: at most
-    /// [`BATCH_CHUNKS`] chunk references and [`BATCH_BYTES`] bytes, or one
-    /// file.
-    async fn next_batch(&mut self, files: &mut std::vec::IntoIter<Take>) -> Vec<FileJob> {
+    /// [`BATCH_CHUNKS`] chunk references and `limit` bytes, or one file.
+    async fn next_batch(&mut self, files: &mut std::vec::IntoIter<Take>, limit: u64) -> Vec<FileJob> {
         let mut batch = Vec::new();
         let (mut entries, mut bytes) = (0, 0);
         for mut t in files.by_ref() {
@@ -318,7 +324,7 @@ impl<'a> Apply<'a> {
                     let Body::File { content, size } = t.new.body else { unreachable!("only files here") };
                     bytes += size;
                     batch.push(FileJob { take: t, content, chunks });
-                    if entries >= BATCH_CHUNKS || bytes >= BATCH_BYTES {
+                    if entries >= BATCH_CHUNKS || bytes >= limit {
                         break;
                     }
                 }
