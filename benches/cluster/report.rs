@@ -431,8 +431,12 @@ the rest ({}) is sending to and applying on b and c. ",
             let _ = write!(
                 s,
                 "Floors: read and hash {}, two copies {}. Every file snapsync places on b and c has its data synced \
-before the rename into place (SPEC §7); `cp -a` and rsync sync nothing. Closing it needs a profile of the part above \
-the check (not done yet); the three nodes share this machine's CPUs, so work on b and c competes with a's.",
+before the rename into place (SPEC §7); `cp -a` and rsync sync nothing. A profile of a receiver shows it bound by \
+placing files, not by the network: each batch's chunks arrive before the previous batch is placed, and each file \
+costs a create, a write, a `sync_file_range`, an `fsync` (shared with the others of its group), a rename and the \
+checks around it, about 0.3 ms, on two cores that the three nodes share (the CPU of each daemon is in the table \
+below). Closing it needs less kernel work per file (a create and rename for each file is the floor of the \
+atomic-replace rule) or fewer processes per core than this bench runs.",
                 secs(&fl["read_hash_s"]),
                 secs(&fl["copy_two_s"])
             );
@@ -440,15 +444,20 @@ the check (not done yet); the three nodes share this machine's CPUs, so work on 
         }
         "no_change" | "lstat_floor" => format!(
             "a no-change sync walks the tree (the `lstat` floor is {}) and then compares with each peer; it takes {}. \
-With `serve --watch` the walk is skipped ({} median here). Closing it without the watcher means cutting the work per \
-file after the walk (to be profiled).",
+With `serve --watch` the walk is skipped ({} median here). A profile of the walk: half of its CPU is the kernel's \
+`fstatat` and `getdents` (the floor); the rest is decoding each directory's stored record (chunk lists included, \
+which a no-change walk does not need), allocation, and matching each path against the group's patterns. Closing it \
+without the watcher means a record view that decodes only names and stats.",
             secs(&fl["lstat_s"]),
             secs(&w("no_change").into()),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
         ),
         "one_change" => format!(
-            "one changed file costs a walk like a no-change sync ({} here against {}): the change itself is small. \
-The same change with `serve --watch` reaches both peers in {} (p50).",
+            "one changed file ({} here against {} for no change) costs two walks one after the other: a's check \
+finds the change, then each peer checks its own tree before it takes a's (so that a local change there is seen as a \
+conflict, not overwritten), and then each peer syncs the file, its directory and its state. Closing it needs the \
+peers to check only the paths the exchange touches, and the faster walk above. The same change with `serve --watch` \
+reaches both peers in {} (p50).",
             secs(&w("one_change").into()),
             secs(&w("no_change").into()),
             secs(&quantile(&ss["watch"]["watch_change_to_peers"], 0.5))

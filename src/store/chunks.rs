@@ -44,6 +44,10 @@ pub struct ChunkStore {
     /// this store added, whether a scan read the content or a sync
     /// received it from a peer.
     added: AtomicU64,
+    /// The error of the last write that failed on its own (not because
+    /// the database was already poisoned): writes made at the same time
+    /// on the handles it poisoned report it as their cause.
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 struct Handles {
@@ -85,7 +89,12 @@ impl ChunkStore {
         super::private::private_dir(path)?;
         super::private::tighten_tree(path)?;
         let h = open_db(path).map_err(|e| StoreError::db(path, e))?;
-        Ok(ChunkStore { path: path.to_path_buf(), h: RwLock::new(Some(Arc::new(h))), added: AtomicU64::new(0) })
+        Ok(ChunkStore {
+            path: path.to_path_buf(),
+            h: RwLock::new(Some(Arc::new(h))),
+            added: AtomicU64::new(0),
+            last_failure: Default::default(),
+        })
     }
 
     /// Opens the chunk store at `path` like [`ChunkStore::open`], and says
@@ -199,7 +208,15 @@ impl ChunkStore {
             Ok(()) => tracing::warn!("{}: writing failed ({e}); the chunk store was reopened", self.path.display()),
             Err(why) => tracing::error!("{}: writing failed ({e}); {why}", self.path.display()),
         }
-        StoreError::WriteFailed { path: self.path.clone(), source: Box::new(e), reopened: reopened.err() }
+        let mut last = self.last_failure.lock().expect("chunk store failure lock");
+        let poisoned_by = match e {
+            fjall::Error::Poisoned => last.clone(),
+            _ => {
+                *last = Some(e.to_string());
+                None
+            }
+        };
+        StoreError::WriteFailed { path: self.path.clone(), source: Box::new(e), poisoned_by, reopened: reopened.err() }
     }
 
     /// Whether a chunk is stored.

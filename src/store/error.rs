@@ -24,8 +24,12 @@ pub enum StoreError {
     /// A write to the state failed (a full disk, an I/O error); nothing of
     /// the batch was recorded.
     #[error(
-        "state database {}: writing failed ({source}); nothing of this command was recorded; {}",
+        "state database {}: writing failed ({source}{}); nothing of this command was recorded; {}",
         path.display(),
+        match poisoned_by {
+            Some(cause) => format!(", after a concurrent write failed: {cause}"),
+            None => String::new(),
+        },
         match reopened {
             None => "the database was reopened: free space (or fix the cause) and run the command again".to_owned(),
             Some(why) => why.clone(),
@@ -36,6 +40,10 @@ pub enum StoreError {
         path: PathBuf,
         /// The engine's error.
         source: Box<fjall::Error>,
+        /// When the engine refused the write because an earlier one, made
+        /// at the same time, failed and poisoned it: that write's error
+        /// (a full disk, say), the cause worth reporting.
+        poisoned_by: Option<String>,
         /// Why the database could not be reopened (`None`: it was).
         reopened: Option<String>,
     },

@@ -1071,7 +1071,12 @@ impl Batch<'_> {
             }
             Err(why) => tracing::error!("{}: writing the state failed ({e}); {why}", store.dir.display()),
         }
-        Err(StoreError::WriteFailed { path: store.dir.join("db"), source: Box::new(e), reopened: reopened.err() })
+        Err(StoreError::WriteFailed {
+            path: store.dir.join("db"),
+            source: Box::new(e),
+            poisoned_by: None,
+            reopened: reopened.err(),
+        })
     }
 }
 
