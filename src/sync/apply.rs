@@ -1444,7 +1444,13 @@ fn build_temps<'d>(
         Ok(temp)
     };
     if jobs.len() <= 1 {
-        return jobs.into_iter().map(|j| (build(&j), j)).map(|(r, j)| (j, r)).collect();
+        return jobs
+            .into_iter()
+            .map(|j| {
+                let built = build(&j);
+                (j, built)
+            })
+            .collect();
     }
     let per = jobs.len().div_ceil(BUILD_THREADS);
     let results: Vec<Result<crate::fs::TempFile<'d>, String>> = std::thread::scope(|s| {
