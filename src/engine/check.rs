@@ -72,19 +72,6 @@ impl Engine {
         self.check_with_cause(w, paths, "local scan", None, true, None, progress, interrupt)
     }
 
-    /// Whether the collector has work even though no tree changed: some
-    /// group holds a generation its retention no longer keeps (its
-    /// `backup-generations` was lowered, its backups turned off, or a
-    /// `backup-keep` bucket aged out), or the state holds a group the
-    /// configuration no longer lists. The plan follows only what changed
-    /// between generations, so asking costs little.
-    fn needs_collection(&self) -> Result<bool, EngineError> {
-        if self.store.groups_with_state()?.iter().any(|g| self.group_index(g).is_none()) {
-            return Ok(true);
-        }
-        Ok(self.retention(&[])?.values().any(Vec::is_empty))
-    }
-
     /// Like [`Engine::check`], naming the cause recorded with generations.
     /// With `only_group`, other groups are left alone; without `gc`, no
     /// generation is dropped (a restore needs its source to stay); with
@@ -227,8 +214,10 @@ impl Engine {
             });
             report.problems.extend(out.problems);
         }
-        if gc && (any_changed || self.needs_collection()?) {
-            self.gc(w)?;
+        // Also when no tree changed: a generation may have aged out of its
+        // `backup-keep` bucket, or retention been lowered.
+        if gc {
+            self.gc_if_due(w, any_changed)?;
         }
         Ok(report)
     }
@@ -543,6 +532,45 @@ mod tests {
     }
 
     /// How many files are under `dir`.
+    /// A check that changes a file does not collect each time: the nodes it
+    /// replaced stay until what changed since the last collection reaches
+    /// a quarter of what was live then; that collection frees them all.
+    #[test]
+    fn a_collection_waits_until_its_debt_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let src = format!("group g {{ host h; key {}/key; include {}; }}", dir.path().display(), tree.display());
+        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
+        let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
+        for d in 0..100 {
+            std::fs::create_dir_all(tree.join(format!("d{d}"))).unwrap();
+            // Distinct contents: equal directories share one node.
+            std::fs::write(tree.join(format!("d{d}/f")), format!("{d}")).unwrap();
+        }
+        let check = || engine.check(&engine.store.writer_blocking(), &[], &crate::progress::Quiet, None).unwrap();
+        let nodes = || crate::store::keyspace_keys(&engine.store.nodes_keyspace()).count() as u64;
+        check();
+        let first = engine.store.gc_debt().unwrap();
+        assert_eq!((first.nodes, first.live_nodes), (0, 101), "the first check collects: 100 directories and the root");
+        assert_eq!(nodes(), 101);
+        let mut collected_at = None;
+        for k in 1..=20 {
+            std::fs::write(tree.join(format!("d{k}/f")), format!("changed {k}")).unwrap();
+            check();
+            let debt = engine.store.gc_debt().unwrap();
+            if debt.nodes == 0 {
+                collected_at = Some(k);
+                assert_eq!(nodes(), 101, "the collection freed every replaced node");
+                break;
+            }
+            // Each change replaced the file's directory and the root.
+            assert_eq!(debt.nodes, 2 * k);
+            assert_eq!(nodes(), 101 + 2 * k, "replaced nodes wait for the collection");
+        }
+        // 2 nodes a change: due at 26 nodes (a quarter of 101, rounded up).
+        assert_eq!(collected_at, Some(13));
+    }
+
     fn walkdir_count(dir: &Path) -> usize {
         let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
         entries

@@ -33,7 +33,7 @@ use crate::key::KeyError;
 use crate::progress::Quiet;
 use crate::store::{
     ChunkStore, EntryRecord, Force, GcGroup, GcReport, Generation, KeepReason, Retention, Store, StoreError, Writer,
-    collect_garbage, join_logical, retention_plan,
+    collect_garbage, collect_if_due, join_logical, retention_plan,
 };
 use crate::tree::{Kind, Timestamp};
 
@@ -302,26 +302,34 @@ impl Engine {
         self.gc_protecting(w, &[])
     }
 
-    /// Like [`Engine::gc`], keeping the generations in `protected` (a
-    /// restore's source) whatever the retention says.
-    pub(crate) fn gc_protecting(&self, w: &Writer, protected: &[u64]) -> Result<GcReport, EngineError> {
-        let groups: Vec<GcGroup<'_>> = self
-            .groups
+    /// Collects after a check ([`crate::store::collect_if_due`]):
+    /// generations no rule keeps are dropped at once, everything else
+    /// once enough changed since the last collection.
+    pub(crate) fn gc_if_due(&self, w: &Writer, changed: bool) -> Result<(), EngineError> {
+        let groups = self.gc_groups();
+        let stores: Vec<&ChunkStore> = self.chunk_stores.iter().map(|c| &**c).collect();
+        if let Some(report) = collect_if_due(&self.store, w, &groups, &stores, changed)? {
+            log_collection(&report);
+        }
+        Ok(())
+    }
+
+    /// The groups as the collector sees them.
+    fn gc_groups(&self) -> Vec<GcGroup<'_>> {
+        self.groups
             .iter()
             .enumerate()
             .map(|(i, g)| GcGroup { name: &g.name, retention: retention(g), chunk_store: self.group_chunks[i] })
-            .collect();
+            .collect()
+    }
+
+    /// Like [`Engine::gc`], keeping the generations in `protected` (a
+    /// restore's source) whatever the retention says.
+    pub(crate) fn gc_protecting(&self, w: &Writer, protected: &[u64]) -> Result<GcReport, EngineError> {
+        let groups = self.gc_groups();
         let stores: Vec<&ChunkStore> = self.chunk_stores.iter().map(|c| &**c).collect();
         let report = collect_garbage(&self.store, w, &groups, &stores, protected)?;
-        if !report.generations_dropped.is_empty() || report.chunks_freed > 0 {
-            tracing::debug!(
-                "gc: dropped generations {:?}, freed {} chunks ({} bytes) and {} nodes",
-                report.generations_dropped,
-                report.chunks_freed,
-                report.bytes_freed,
-                report.nodes_freed
-            );
-        }
+        log_collection(&report);
         Ok(report)
     }
 
@@ -334,6 +342,19 @@ impl Engine {
     /// Like `absolute`, falling back to the path as given.
     pub fn absolute_path(path: &Path) -> PathBuf {
         Engine::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// Logs what a collection did, if anything.
+fn log_collection(report: &GcReport) {
+    if !report.generations_dropped.is_empty() || report.chunks_freed > 0 || report.nodes_freed > 0 {
+        tracing::debug!(
+            "gc: dropped generations {:?}, freed {} chunks ({} bytes) and {} nodes",
+            report.generations_dropped,
+            report.chunks_freed,
+            report.bytes_freed,
+            report.nodes_freed
+        );
     }
 }
 

@@ -11,6 +11,14 @@
 //! generations. State records are removed (and synced) before the chunks
 //! they referenced, so a crash leaves at worst unreferenced chunks for the
 //! next collection.
+//!
+//! A check that changed the tree does not collect every time: marking
+//! walks every node of the tree, so a one-file change would pay for the
+//! whole tree. [`collect_if_due`] drops the generations no rule keeps at
+//! once (a record each) and collects when what changed since the last
+//! collection ([`GcDebt`]) reaches a quarter of what was live then, so the
+//! cost per change is what changed, and garbage stays a fraction of the
+//! store.
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,6 +45,32 @@ pub struct GcReport {
     pub chunks_freed: u64,
     /// Stored bytes those chunks took.
     pub bytes_freed: u64,
+}
+
+/// What changed since the last collection, and what it left live: the
+/// garbage a collection now would find is at most about `nodes` nodes and
+/// `bytes` stored bytes. Kept in the state, so that short-lived commands
+/// add up too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcDebt {
+    /// Tree nodes written since (each may replace one).
+    pub nodes: u64,
+    /// Bytes the generations dropped since had added to the chunk store.
+    pub bytes: u64,
+    /// Tree nodes live after the last collection.
+    pub live_nodes: u64,
+    /// Stored bytes live after the last collection.
+    pub live_bytes: u64,
+}
+
+impl GcDebt {
+    /// Whether a collection is due: what may be garbage reached a quarter
+    /// of what was live (a small tree is collected after most changes,
+    /// which costs little).
+    pub fn due(&self) -> bool {
+        (self.nodes > 0 && self.nodes.saturating_mul(4) >= self.live_nodes)
+            || (self.bytes > 0 && self.bytes.saturating_mul(4) >= self.live_bytes)
+    }
 }
 
 /// A group as the collector sees it.
@@ -68,17 +102,7 @@ pub fn collect_garbage(
     // Which generations stay.
     let mut kept: HashMap<&str, Vec<KeptTree>> = HashMap::new();
     let all = store.generations()?;
-    let now = Timestamp::now();
-    let mut keep_ids = HashSet::new();
-    for g in groups {
-        let mine: Vec<&super::Generation> = all.iter().filter(|x| x.group == g.name).collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let current = store.root_set(g.name)?;
-        let reasons = plan(store, &mine, current.as_ref(), &g.retention, protected, now)?;
-        keep_ids.extend(reasons.into_iter().filter(|(_, r)| !r.is_empty()).map(|(id, _)| id));
-    }
+    let keep_ids = kept_generations(store, &all, groups, protected)?;
     for g in &all {
         let group = groups.iter().find(|x| x.name == g.group);
         if let Some(group) = group.filter(|_| keep_ids.contains(&g.id)) {
@@ -142,16 +166,86 @@ pub fn collect_garbage(
             report.nodes_freed += 1;
         }
     }
+    let listed: Vec<Vec<(Hash, u64)>> = chunk_stores.iter().map(|cs| cs.list()).collect::<Result<_, _>>()?;
+    let live_bytes = listed
+        .iter()
+        .zip(&live_chunks)
+        .flat_map(|(list, live)| list.iter().filter(|(h, _)| live.contains(h)).map(|(_, size)| size))
+        .sum();
+    batch.put_gc_debt(GcDebt { nodes: 0, bytes: 0, live_nodes: live_nodes.len() as u64, live_bytes });
     batch.commit()?;
     crate::killpoint::hit("gc.state_swept");
 
-    for (cs, live) in chunk_stores.iter().zip(&live_chunks) {
-        let dead: Vec<(Hash, u64)> = cs.list()?.into_iter().filter(|(h, _)| !live.contains(h)).collect();
+    for ((cs, live), list) in chunk_stores.iter().zip(&live_chunks).zip(listed) {
+        let dead: Vec<(Hash, u64)> = list.into_iter().filter(|(h, _)| !live.contains(h)).collect();
         report.chunks_freed += dead.len() as u64;
         report.bytes_freed += dead.iter().map(|(_, s)| s).sum::<u64>();
         cs.remove(&dead.iter().map(|(h, _)| *h).collect::<Vec<_>>())?;
     }
     Ok(report)
+}
+
+/// The ids of the generations some retention rule keeps (or `protected`).
+fn kept_generations(
+    store: &Store,
+    all: &[super::Generation],
+    groups: &[GcGroup<'_>],
+    protected: &[u64],
+) -> Result<HashSet<u64>, StoreError> {
+    let now = Timestamp::now();
+    let mut keep_ids = HashSet::new();
+    for g in groups {
+        let mine: Vec<&super::Generation> = all.iter().filter(|x| x.group == g.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let current = store.root_set(g.name)?;
+        let reasons = plan(store, &mine, current.as_ref(), &g.retention, protected, now)?;
+        keep_ids.extend(reasons.into_iter().filter(|(_, r)| !r.is_empty()).map(|(id, _)| id));
+    }
+    Ok(keep_ids)
+}
+
+/// What a check that may have changed the tree collects: everything, as
+/// [`collect_garbage`], when a group no longer configured has state or
+/// the debt ([`GcDebt`]) is due; else only the generations no rule keeps
+/// any more are dropped, their added bytes counted as debt. `changed`:
+/// the check changed a tree (else only generations are looked at, which
+/// costs little). Returns what was done, if anything.
+pub fn collect_if_due(
+    store: &Store,
+    w: &Writer,
+    groups: &[GcGroup<'_>],
+    chunk_stores: &[&ChunkStore],
+    changed: bool,
+) -> Result<Option<GcReport>, StoreError> {
+    if store.groups_with_state()?.iter().any(|name| !groups.iter().any(|g| g.name == name)) {
+        return collect_garbage(store, w, groups, chunk_stores, &[]).map(Some);
+    }
+    let all = store.generations()?;
+    let keep_ids = kept_generations(store, &all, groups, &[])?;
+    let dropped: Vec<&super::Generation> =
+        all.iter().filter(|g| !keep_ids.contains(&g.id) || !groups.iter().any(|x| x.name == g.group)).collect();
+    if !changed && dropped.is_empty() {
+        return Ok(None);
+    }
+    let mut debt = store.gc_debt()?;
+    debt.bytes = dropped.iter().fold(debt.bytes, |sum, g| sum.saturating_add(g.added_bytes));
+    if debt.due() {
+        return collect_garbage(store, w, groups, chunk_stores, &[]).map(Some);
+    }
+    if dropped.is_empty() {
+        return Ok(None);
+    }
+    let mut batch = store.batch(w);
+    let mut report = GcReport::default();
+    for g in dropped {
+        batch.remove_generation(g.id);
+        report.generations_dropped.push(g.id);
+    }
+    batch.put_gc_debt(debt);
+    batch.commit()?;
+    Ok(Some(report))
 }
 
 /// Marks every node below `tree` and, with `chunks`, every chunk its files

@@ -54,7 +54,7 @@ pub use chunks::ChunkStore;
 pub use conflict::{Conflict, Force};
 pub use diff::{DiffScope, Side, diff_trees, entry_at};
 pub use error::StoreError;
-pub use gc::{GcGroup, GcReport, collect_garbage};
+pub use gc::{GcDebt, GcGroup, GcReport, collect_garbage, collect_if_due};
 pub use generation::Generation;
 pub use private::{PRIVATE_UMASK, original_umask, restrict_umask};
 pub use record::{
@@ -82,6 +82,7 @@ pub const STATE_FORMAT: u32 = 1;
 const KEY_FORMAT: &[u8] = b"format";
 const KEY_SEQ: &[u8] = b"seq";
 const KEY_NEXT_GENERATION: &[u8] = b"next-generation";
+const KEY_GC_DEBT: &[u8] = b"gc-debt";
 const ROOT_PREFIX: &[u8] = b"root\0";
 const CHUNK_STORE_PREFIX: &[u8] = b"chunk-store\0";
 const GROUP_STORE_PREFIX: &[u8] = b"group-store\0";
@@ -521,6 +522,14 @@ impl Store {
         }
     }
 
+    /// What changed since the last collection ([`GcDebt`]).
+    pub fn gc_debt(&self) -> Result<GcDebt, StoreError> {
+        match self.h().meta.get(KEY_GC_DEBT).map_err(|e| self.err(e))? {
+            None => Ok(GcDebt::default()),
+            Some(v) => postcard::from_bytes(&v).map_err(|e| self.corrupt("collection debt", e.to_string())),
+        }
+    }
+
     /// The last version counter this node handed out (0 if none yet).
     pub fn seq(&self) -> Result<u64, StoreError> {
         self.get_u64(KEY_SEQ)
@@ -586,6 +595,13 @@ impl Store {
             out.push((path.to_vec(), DirRecord::decode(&v).map_err(|why| self.corrupt("directory record", why))?));
         }
         Ok(out)
+    }
+
+    /// About how many directory records the state holds, all groups
+    /// together (fjall's estimate: overwritten records may count twice).
+    /// Costs nothing; sizes work that scales with the tree.
+    pub fn approximate_dirs(&self) -> usize {
+        self.h().dirs.approximate_len()
     }
 
     /// Every directory record of `group`, in key order.
@@ -780,6 +796,8 @@ impl Store {
             next_generation: None,
             chunk_stores: Vec::new(),
             digests: Default::default(),
+            nodes_put: 0,
+            debt: None,
         }
     }
 }
@@ -802,6 +820,12 @@ pub struct Batch<'a> {
     /// batch writes, kept up to date as it writes them and stored on
     /// commit.
     digests: std::collections::HashMap<String, PendingDigest>,
+    /// Tree nodes this batch writes: each may replace one that becomes
+    /// garbage, so the commit adds them to the collection debt.
+    nodes_put: u64,
+    /// The collection debt this batch sets (a collection, or generations
+    /// dropped); the nodes it writes are added to it.
+    debt: Option<GcDebt>,
 }
 
 /// A group's version digest as a batch changes it.
@@ -888,6 +912,12 @@ impl Batch<'_> {
         let h = Arc::clone(&self.h);
         self.insert(&h.nodes, hash.as_bytes(), encoded);
         self.insert(&h.manifests, hash.as_bytes(), manifest);
+        self.nodes_put += 1;
+    }
+
+    /// Sets the collection debt ([`GcDebt`]) as of this batch.
+    pub fn put_gc_debt(&mut self, debt: GcDebt) {
+        self.debt = Some(debt);
     }
 
     /// Sets a group's current root set.
@@ -1010,6 +1040,15 @@ impl Batch<'_> {
     pub fn commit(mut self) -> Result<(), StoreError> {
         for (group, pending) in std::mem::take(&mut self.digests) {
             self.put_version_digest(&group, &Hash(pending.acc));
+        }
+        if self.nodes_put > 0 || self.debt.is_some() {
+            let mut debt = match self.debt.take() {
+                Some(d) => d,
+                None => self.store.gc_debt()?,
+            };
+            debt.nodes = debt.nodes.saturating_add(self.nodes_put);
+            let h = Arc::clone(&self.h);
+            self.insert(&h.meta, KEY_GC_DEBT, postcard::to_stdvec(&debt).expect("encoding to a Vec cannot fail"));
         }
         if self.empty {
             return Ok(());
