@@ -23,7 +23,7 @@ use crate::chunk::{self, ChunkError};
 use crate::config::{self, Class, Matcher, Pattern, PatternKind};
 use crate::hash::Hash;
 use crate::proto::{self, ProtoError};
-use crate::store::DirRecord;
+use crate::store::{DirRecord, DirView};
 use crate::tree::Node;
 
 /// A target's check: panics when a property fails on the input.
@@ -90,11 +90,22 @@ pub fn check_tree_node(data: &[u8]) {
 }
 
 /// [`DirRecord::decode`]: what decodes encodes (no longer) and decodes
-/// back to itself, and is refused with a byte after it.
+/// back to itself, and is refused with a byte after it; a scan's
+/// [`DirView`] of the same bytes parses exactly when the record decodes,
+/// and agrees with it child by child.
 pub fn check_dir_record(data: &[u8]) {
+    let view = DirView::decode(data.to_vec());
     let Ok(record) = DirRecord::decode(data) else {
+        assert!(view.is_err(), "a view of bytes that do not decode as a record");
         return;
     };
+    let view = view.expect("a record that decodes parses as a view");
+    assert_eq!(view.len(), record.children.len());
+    for (i, (name, rec)) in record.children.iter().enumerate() {
+        assert_eq!(view.name(i), name.as_slice());
+        assert_eq!((view.brief(i).stat.clone(), view.brief(i).deleted), (rec.stat.clone(), rec.deleted));
+        assert_eq!(view.full(i), rec);
+    }
     let again = record.encode();
     assert!(again.len() <= data.len(), "re-encoded record is longer");
     assert_eq!(DirRecord::decode(&again).expect("a re-encoded record decodes"), record);

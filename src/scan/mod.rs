@@ -42,7 +42,8 @@ use crate::config::{Class, ResolvedGroup};
 use crate::fs::{Dir, Listing};
 use crate::hash::Hash;
 use crate::store::{
-    ChunkStore, DirRecord, EntryRecord, Stat, Store, StoreError, Version, encode_manifest, join_logical, xor_dir_digest,
+    ChunkStore, DirRecord, DirView, EntryBrief, EntryRecord, Stat, Store, StoreError, Version, encode_manifest,
+    join_logical, xor_dir_digest,
 };
 use crate::tree::{Body, Kind, Meta, Node, NodeEntry, RootEntry, RootSet, Timestamp};
 
@@ -256,7 +257,8 @@ impl Scanner<'_> {
                 }
                 continue;
             }
-            let rec = match run.visit(b"", logical, Loc::Root(&root.local), prev, Class::Included, &mode) {
+            let at = Loc::Root(&root.local);
+            let rec = match run.visit(b"", logical, at, prev.map(Old::Whole), Class::Included, &mode) {
                 Seen::Same => prev.cloned(),
                 Seen::New(r) => Some(*r),
                 Seen::Untracked => None,
@@ -268,7 +270,7 @@ impl Scanner<'_> {
         // Roots the configuration no longer names: forget what was below them.
         for (logical, rec) in &old.children {
             if !self.group.roots.iter().any(|r| r.logical.as_bytes() == logical.as_slice()) {
-                run.forget(b"", logical, rec);
+                run.forget(b"", logical, rec.body.kind());
             }
         }
         if let Some(f) = run.fatal.lock().expect("poisoned").take() {
@@ -423,8 +425,8 @@ impl Run<'_, '_> {
 
     /// Drops an entry and everything below it from the state, without
     /// tombstones: it left the included set, which is not a deletion.
-    fn forget(&self, parent: &[u8], name: &[u8], old: &EntryRecord) -> Seen {
-        if old.body.kind() == Kind::Dir {
+    fn forget(&self, parent: &[u8], name: &[u8], kind: Kind) -> Seen {
+        if kind == Kind::Dir {
             match self.scan.store.dir_records_below(self.group(), &join_logical(parent, name)) {
                 Ok(below) => {
                     for (dir, _) in below {
@@ -439,15 +441,7 @@ impl Run<'_, '_> {
 
     /// Visits one entry and says what its record becomes, recording an
     /// adopted state under its adopted version.
-    fn visit(
-        &self,
-        parent: &[u8],
-        name: &[u8],
-        at: Loc<'_>,
-        old: Option<&EntryRecord>,
-        class: Class,
-        mode: &Mode,
-    ) -> Seen {
+    fn visit(&self, parent: &[u8], name: &[u8], at: Loc<'_>, old: Option<Old<'_>>, class: Class, mode: &Mode) -> Seen {
         let adopted = match self.scan.adopt {
             Some(a) if !matches!(mode, Mode::Keep) => a.get(&join_logical(parent, name)),
             _ => None,
@@ -457,13 +451,13 @@ impl Run<'_, '_> {
         };
         let seen = self.visit_entry(parent, name, at, old, class, mode, Some(adopted));
         let found = match &seen {
-            Seen::Same => old.cloned(),
+            Seen::Same => old.map(|o| o.full().clone()),
             Seen::New(r) => Some(EntryRecord::clone(r)),
             Seen::Untracked => None,
         };
         match found {
             Some(mut r) if EntryRecord::same_state(Some(&r), Some(adopted)) => {
-                if old.is_some_and(|o| o.deleted && r.deleted && o.version == adopted.version) {
+                if old.is_some_and(|o| o.deleted() && r.deleted && o.full().version == adopted.version) {
                     return seen;
                 }
                 r.version = adopted.version.clone();
@@ -482,7 +476,7 @@ impl Run<'_, '_> {
         parent: &[u8],
         name: &[u8],
         at: Loc<'_>,
-        old: Option<&EntryRecord>,
+        old: Option<Old<'_>>,
         class: Class,
         mode: &Mode,
         adopted: Option<&EntryRecord>,
@@ -497,7 +491,7 @@ impl Run<'_, '_> {
         }
         self.entries_seen.fetch_add(1, Ordering::Relaxed);
         self.scan.progress.inc(1);
-        let gone = |old: Option<&EntryRecord>| old.map_or(Seen::Untracked, |o| self.gone(parent, name, o));
+        let gone = |old: Option<Old<'_>>| old.map_or(Seen::Untracked, |o| self.gone(parent, name, o.full()));
         // A directory is opened (never through a symlink) and its stat
         // taken through that descriptor: what is recorded is what is
         // listed, and its children are looked up relative to it, so a
@@ -542,13 +536,13 @@ impl Run<'_, '_> {
         // An ancestor of an include is walked through but only tracked
         // when it is a directory.
         if class == Class::Ancestor && kind != Kind::Dir {
-            return old.map_or(Seen::Untracked, |o| self.forget(parent, name, o));
+            return old.map_or(Seen::Untracked, |o| self.forget(parent, name, o.kind()));
         }
         // A directory replaced by something else: its subtree is deleted,
         // and what replaced it is compared with the tombstone.
         let replaced = match old {
-            Some(o) if !o.deleted && o.body.kind() == Kind::Dir && kind != Kind::Dir => {
-                match self.gone(parent, name, o) {
+            Some(o) if !o.deleted() && o.kind() == Kind::Dir && kind != Kind::Dir => {
+                match self.gone(parent, name, o.full()) {
                     // Marked, so that hosts taking the replacement list the
                     // tombstones below it (`Version::replacing_dir`).
                     Seen::New(t) => Some(EntryRecord { version: t.version.replacing_dir(), ..*t }),
@@ -557,7 +551,7 @@ impl Run<'_, '_> {
             }
             _ => None,
         };
-        let old = replaced.as_ref().or(old);
+        let old = replaced.as_ref().map(Old::Whole).or(old);
         let meta = self.meta_of(&stat, kind);
         let seen = match (kind, dir) {
             (Kind::Dir, Some(dir)) => self.visit_dir(parent, name, &dir, old, meta, stat, mode),
@@ -565,7 +559,7 @@ impl Run<'_, '_> {
             // adopted record stands in for the old one, so it is not read
             // again while untouched.
             (Kind::File, _) => match adopted.filter(|a| !a.deleted && a.body.kind() == Kind::File) {
-                Some(a) => match self.visit_file(at, Some(a), meta, stat) {
+                Some(a) => match self.visit_file(at, Some(Old::Whole(a)), meta, stat) {
                     Seen::Same => Seen::New(Box::new(a.clone())),
                     seen => seen,
                 },
@@ -629,12 +623,12 @@ impl Run<'_, '_> {
         }
     }
 
-    fn visit_symlink(&self, at: Loc<'_>, old: Option<&EntryRecord>, meta: Meta, stat: Stat) -> Seen {
+    fn visit_symlink(&self, at: Loc<'_>, old: Option<Old<'_>>, meta: Meta, stat: Stat) -> Seen {
         if let Some(o) = old
-            && !o.deleted
-            && o.stat == stat
-            && o.meta == meta
-            && o.body.kind() == Kind::Symlink
+            && !o.deleted()
+            && *o.stat() == stat
+            && *o.meta() == meta
+            && o.kind() == Kind::Symlink
         {
             return Seen::Same;
         }
@@ -645,18 +639,18 @@ impl Run<'_, '_> {
                 return Seen::Same;
             }
         };
-        Seen::New(Box::new(self.record(old, meta, Body::Symlink { target }, stat)))
+        Seen::New(Box::new(self.record(old.map(Old::full), meta, Body::Symlink { target }, stat)))
     }
 
-    fn visit_file(&self, at: Loc<'_>, old: Option<&EntryRecord>, meta: Meta, stat: Stat) -> Seen {
+    fn visit_file(&self, at: Loc<'_>, old: Option<Old<'_>>, meta: Meta, stat: Stat) -> Seen {
         let backups = self.scan.chunks;
         if let Some(o) = old
-            && !o.deleted
-            && o.stat == stat
-            && !o.racy
-            && o.meta == meta
-            && (backups.is_none() || (o.stored && !self.scan.read_all))
-            && o.body.kind() == Kind::File
+            && !o.deleted()
+            && *o.stat() == stat
+            && !o.racy()
+            && *o.meta() == meta
+            && (backups.is_none() || (o.stored() && !self.scan.read_all))
+            && o.kind() == Kind::File
         {
             return Seen::Same;
         }
@@ -690,6 +684,7 @@ impl Run<'_, '_> {
         // bytes read; metadata may have moved since the lstat.
         let meta = Meta { mtime: Some(read.stat.mtime), ..meta };
         let body = Body::File { size: read.stat.size, content: crate::chunk::content_hash(&read.chunks) };
+        let old = old.map(Old::full);
         let mut rec = self.record(old, meta, body, read.stat);
         rec.chunks = read.chunks;
         rec.racy = read.racy;
@@ -703,15 +698,15 @@ impl Run<'_, '_> {
         parent: &[u8],
         name: &[u8],
         dir: &Dir,
-        old: Option<&EntryRecord>,
+        old: Option<Old<'_>>,
         meta: Meta,
         stat: Stat,
         mode: &Mode,
     ) -> Seen {
         let logical = join_logical(parent, name);
-        let (stored, exists) = match self.scan.store.dir_record(self.group(), &logical) {
-            Ok(Some(rec)) => (rec, true),
-            Ok(None) => (DirRecord::default(), false),
+        let (stored, exists) = match self.scan.store.dir_view(self.group(), &logical) {
+            Ok(Some(view)) => (view, true),
+            Ok(None) => (DirView::default(), false),
             Err(e) => {
                 self.fatal(e);
                 return Seen::Same;
@@ -733,7 +728,7 @@ impl Run<'_, '_> {
         };
         #[cfg(test)]
         tests::after_listing(local);
-        let stored = &stored.children;
+        let stored = &stored;
         let mut paths = ChildPaths::new(local);
         let mut classify = |n: &[u8]| self.scan.group.matcher.classify(paths.get(n));
         // (name, index of its stored record, class, mode) for each child
@@ -747,14 +742,15 @@ impl Run<'_, '_> {
                 let mut listed = listing.iter().filter(|n| !n.starts_with(TEMP_PREFIX)).peekable();
                 let mut s = 0;
                 loop {
-                    let (n, rec, m) = match (listed.peek().copied(), stored.get(s)) {
+                    let next = (s < stored.len()).then(|| stored.name(s));
+                    let (n, rec, m) = match (listed.peek().copied(), next) {
                         (None, None) => break,
-                        (Some(l), Some((n, _))) if l == n.as_slice() => {
+                        (Some(l), Some(n)) if l == n => {
                             listed.next();
                             s += 1;
                             (l, Some(s - 1), Mode::Full)
                         }
-                        (Some(l), stored) if stored.is_none_or(|(n, _)| l < n.as_slice()) => {
+                        (Some(l), next) if next.is_none_or(|n| l < n) => {
                             listed.next();
                             (l, None, Mode::Full)
                         }
@@ -762,9 +758,9 @@ impl Run<'_, '_> {
                         // tombstone stays as it is; the others are visited
                         // so the visit confirms they are gone (or excluded
                         // now).
-                        (_, Some((n, r))) => {
+                        (_, Some(n)) => {
                             s += 1;
-                            (n.as_slice(), Some(s - 1), if r.deleted { Mode::Keep } else { Mode::Full })
+                            (n, Some(s - 1), if stored.brief(s - 1).deleted { Mode::Keep } else { Mode::Full })
                         }
                         (Some(_), None) => unreachable!("taken by the arm above"),
                     };
@@ -782,24 +778,24 @@ impl Run<'_, '_> {
                 }
                 let mut taken = vec![false; stored.len()];
                 for (n, m) in &mut wanted {
-                    let i = stored.binary_search_by(|(c, _)| c.as_slice().cmp(n)).ok();
+                    let i = stored.position(n);
                     if let Some(i) = i {
                         taken[i] = true;
                     }
                     todo.push((n.as_slice(), i, classify(n), std::mem::replace(m, Mode::Keep)));
                 }
                 let rest = taken.iter().enumerate().filter(|(_, t)| !**t);
-                todo.extend(rest.map(|(i, _)| (stored[i].0.as_slice(), Some(i), Class::Included, Mode::Keep)));
+                todo.extend(rest.map(|(i, _)| (stored.name(i), Some(i), Class::Included, Mode::Keep)));
             }
             Mode::Keep => unreachable!("visit handles Keep"),
         }
         let visited: Vec<Seen> = todo
             .par_iter()
             .map(|&(n, i, class, ref m)| {
-                let rec = i.map(|i| &stored[i].1);
+                let rec = i.map(|i| Old::InView(stored, i));
                 if class == Class::Excluded {
                     // Excluded now: forgotten, never a deletion.
-                    rec.map_or(Seen::Untracked, |r| self.forget(&logical, n, r))
+                    rec.map_or(Seen::Untracked, |r| self.forget(&logical, n, r.kind()))
                 } else {
                     self.visit(&logical, n, Loc::In(dir, n), rec, class, m)
                 }
@@ -811,13 +807,13 @@ impl Run<'_, '_> {
                 Seen::New(_) => true,
                 Seen::Untracked => t.1.is_some(),
             });
-        if !changed && let Some(o) = old.filter(|o| !o.deleted && o.body.kind() == Kind::Dir) {
+        if !changed && let Some(o) = old.filter(|o| !o.deleted() && o.kind() == Kind::Dir) {
             // Same children as recorded: same node, same tree hash.
-            if o.meta == meta {
+            if *o.meta() == meta {
                 return Seen::Same;
             }
-            let mut rec = self.record(Some(o), meta, o.body.clone(), stat);
-            (rec.count, rec.bytes) = (o.count, o.bytes);
+            let mut rec = self.record(Some(o.full()), meta, o.body().clone(), stat);
+            (rec.count, rec.bytes) = (o.count(), o.bytes());
             return Seen::New(Box::new(rec));
         }
         // Records kept as they were are cloned: only the directories
@@ -826,7 +822,7 @@ impl Run<'_, '_> {
             .into_iter()
             .zip(&todo)
             .filter_map(|(seen, &(n, i, ..))| match seen {
-                Seen::Same => i.map(|i| stored[i].clone()),
+                Seen::Same => i.map(|i| (stored.name(i).to_vec(), stored.full(i).clone())),
                 Seen::New(r) => Some((n.to_vec(), *r)),
                 Seen::Untracked => None,
             })
@@ -853,15 +849,21 @@ impl Run<'_, '_> {
         // A live old record with this tree hash means the node is stored and
         // kept alive by the current tree; a tombstone's node may have been
         // collected since, so a re-created identical directory stores it again.
-        if old.is_none_or(|o| o.deleted || o.body != body) {
+        if old.is_none_or(|o| o.deleted() || *o.body() != body) {
             self.writes.lock().expect("poisoned").nodes.push((tree, encoded, encode_manifest(&manifest)));
         }
         match old {
-            Some(o) if !o.deleted && o.meta == meta && o.body == body && o.count == count && o.bytes == bytes => {
+            Some(o)
+                if !o.deleted()
+                    && *o.meta() == meta
+                    && *o.body() == body
+                    && o.count() == count
+                    && o.bytes() == bytes =>
+            {
                 Seen::Same
             }
             old => {
-                let mut rec = self.record(old, meta, body, stat);
+                let mut rec = self.record(old.map(Old::full), meta, body, stat);
                 rec.count = count;
                 rec.bytes = bytes;
                 Seen::New(Box::new(rec))
@@ -881,6 +883,69 @@ fn merge_mode(existing: &mut Mode, new: Mode) {
 
 /// Names starting with this are snapsync's temporary files.
 pub const TEMP_PREFIX: &[u8] = b".snapsync-";
+
+/// An entry's stored record as the scan meets it: a child in its
+/// directory's [`DirView`] (what an unchanged entry is told by is read;
+/// the whole record is decoded the first time it is needed), or a record
+/// already whole.
+#[derive(Clone, Copy)]
+enum Old<'r> {
+    Whole(&'r EntryRecord),
+    InView(&'r DirView, usize),
+}
+
+impl<'r> Old<'r> {
+    /// The whole record.
+    fn full(self) -> &'r EntryRecord {
+        match self {
+            Old::Whole(r) => r,
+            Old::InView(v, i) => v.full(i),
+        }
+    }
+
+    fn pick<T>(self, whole: impl FnOnce(&'r EntryRecord) -> T, brief: impl FnOnce(&'r EntryBrief) -> T) -> T {
+        match self {
+            Old::Whole(r) => whole(r),
+            Old::InView(v, i) => brief(v.brief(i)),
+        }
+    }
+
+    fn deleted(self) -> bool {
+        self.pick(|r| r.deleted, |b| b.deleted)
+    }
+
+    fn kind(self) -> Kind {
+        self.body().kind()
+    }
+
+    fn meta(self) -> &'r Meta {
+        self.pick(|r| &r.meta, |b| &b.meta)
+    }
+
+    fn body(self) -> &'r Body {
+        self.pick(|r| &r.body, |b| &b.body)
+    }
+
+    fn stat(self) -> &'r Stat {
+        self.pick(|r| &r.stat, |b| &b.stat)
+    }
+
+    fn racy(self) -> bool {
+        self.pick(|r| r.racy, |b| b.racy)
+    }
+
+    fn stored(self) -> bool {
+        self.pick(|r| r.stored, |b| b.stored)
+    }
+
+    fn count(self) -> u64 {
+        self.pick(|r| r.count, |b| b.count)
+    }
+
+    fn bytes(self) -> u64 {
+        self.pick(|r| r.bytes, |b| b.bytes)
+    }
+}
 
 /// Where an entry is on disk.
 #[derive(Clone, Copy)]

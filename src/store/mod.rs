@@ -58,7 +58,8 @@ pub use gc::{GcDebt, GcGroup, GcReport, collect_garbage, collect_if_due};
 pub use generation::Generation;
 pub use private::{PRIVATE_UMASK, original_umask, restrict_umask};
 pub use record::{
-    DirRecord, EntryRecord, Stat, dir_key, split_dir_key, version_digest, xor_dir_digest, xor_entry_digest,
+    DirRecord, DirView, EntryBrief, EntryRecord, Stat, dir_key, split_dir_key, version_digest, xor_dir_digest,
+    xor_entry_digest,
 };
 pub use retention::{KeepReason, Retention, plan as retention_plan};
 pub use writer::Writer;
@@ -572,6 +573,15 @@ impl Store {
         match self.h().dirs.get(dir_key(group, dir)).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => DirRecord::decode(&v).map(Some).map_err(|why| self.corrupt("directory record", why)),
+        }
+    }
+
+    /// The record of directory `dir` of `group` as a scan reads it
+    /// ([`DirView`]).
+    pub fn dir_view(&self, group: &str, dir: &[u8]) -> Result<Option<DirView>, StoreError> {
+        match self.h().dirs.get(dir_key(group, dir)).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => DirView::decode(v.to_vec()).map(Some).map_err(|why| self.corrupt("directory record", why)),
         }
     }
 

@@ -139,6 +139,174 @@ impl EntryRecord {
     }
 }
 
+/// A stored directory record as a scan reads it: each child's name and
+/// what a scan compares with the disk ([`EntryBrief`]), parsed without
+/// allocating (chunk lists and version vectors are stepped over). A
+/// child's whole record is decoded the first time it is asked for
+/// ([`DirView::full`]): a scan that finds a directory unchanged never
+/// needs one.
+#[derive(Default)]
+pub struct DirView {
+    bytes: Vec<u8>,
+    children: Vec<ViewChild>,
+}
+
+struct ViewChild {
+    /// Where the name is in the record's bytes.
+    name: std::ops::Range<usize>,
+    /// Where the child's entry record is.
+    record: std::ops::Range<usize>,
+    brief: EntryBrief,
+    full: std::sync::OnceLock<EntryRecord>,
+}
+
+/// The fields of an [`EntryRecord`] a scan compares with the disk (all
+/// but its chunk list and version vector).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryBrief {
+    /// As in [`EntryRecord::meta`].
+    pub meta: Meta,
+    /// As in [`EntryRecord::body`].
+    pub body: Body,
+    /// As in [`EntryRecord::stat`].
+    pub stat: Stat,
+    /// As in [`EntryRecord::racy`].
+    pub racy: bool,
+    /// As in [`EntryRecord::stored`].
+    pub stored: bool,
+    /// As in [`EntryRecord::deleted`].
+    pub deleted: bool,
+    /// As in [`EntryRecord::count`].
+    pub count: u64,
+    /// As in [`EntryRecord::bytes`].
+    pub bytes: u64,
+}
+
+/// [`EntryRecord`]'s encoding, its chunk list and version stepped over.
+/// The fields must stay in the order of [`EntryRecord`]'s
+/// (`dir_view_agrees_with_the_record` checks it).
+#[derive(Deserialize)]
+struct BriefEncoding {
+    meta: Meta,
+    body: Body,
+    _chunks: Skipped<ChunkRef>,
+    stat: Stat,
+    racy: bool,
+    stored: bool,
+    _version: SkippedVersion,
+    deleted: bool,
+    count: u64,
+    bytes: u64,
+}
+
+/// A sequence read and dropped element by element.
+struct Skipped<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Skipped<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Each<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Each<T> {
+            type Value = Skipped<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<T>()?.is_some() {}
+                Ok(Skipped(std::marker::PhantomData))
+            }
+        }
+        d.deserialize_seq(Each(std::marker::PhantomData))
+    }
+}
+
+/// A [`Version`] read and dropped: its host names are borrowed, not copied.
+struct SkippedVersion;
+
+impl<'de> Deserialize<'de> for SkippedVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Inner;
+        impl<'de> serde::de::Visitor<'de> for Inner {
+            type Value = SkippedVersion;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a version vector")
+            }
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                Skipped::<(&'de str, u64)>::deserialize(d).map(|_| SkippedVersion)
+            }
+        }
+        d.deserialize_newtype_struct("Version", Inner)
+    }
+}
+
+impl DirView {
+    /// Parses a stored record. Refuses what [`DirRecord::decode`] refuses.
+    pub fn decode(bytes: Vec<u8>) -> Result<DirView, String> {
+        let err = |e: postcard::Error| e.to_string();
+        let (count, mut rest) = postcard::take_from_bytes::<usize>(&bytes).map_err(err)?;
+        let at = |rest: &[u8]| bytes.len() - rest.len();
+        // Each child takes at least a byte, so a count beyond what is
+        // left is damage, not an allocation to make.
+        let mut children = Vec::with_capacity(count.min(rest.len()));
+        for _ in 0..count {
+            let (name, after_name) = postcard::take_from_bytes::<&[u8]>(rest).map_err(err)?;
+            let name = at(after_name) - name.len()..at(after_name);
+            let (b, after) = postcard::take_from_bytes::<BriefEncoding>(after_name).map_err(err)?;
+            let brief = EntryBrief {
+                meta: b.meta,
+                body: b.body,
+                stat: b.stat,
+                racy: b.racy,
+                stored: b.stored,
+                deleted: b.deleted,
+                count: b.count,
+                bytes: b.bytes,
+            };
+            let record = at(after_name)..at(after);
+            children.push(ViewChild { name, record, brief, full: std::sync::OnceLock::new() });
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after the record", rest.len()));
+        }
+        Ok(DirView { bytes, children })
+    }
+
+    /// How many children the record holds, tombstones included.
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Whether the record holds no child.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    /// Child `i`'s name (children are in increasing name order).
+    pub fn name(&self, i: usize) -> &[u8] {
+        &self.bytes[self.children[i].name.clone()]
+    }
+
+    /// What a scan compares of child `i`.
+    pub fn brief(&self, i: usize) -> &EntryBrief {
+        &self.children[i].brief
+    }
+
+    /// Child `i`'s whole record, decoded once.
+    pub fn full(&self, i: usize) -> &EntryRecord {
+        let c = &self.children[i];
+        c.full.get_or_init(|| {
+            // The same bytes parsed as a brief: every field was read
+            // then, so they decode.
+            postcard::from_bytes(&self.bytes[c.record.clone()]).expect("a child parsed as a brief decodes")
+        })
+    }
+
+    /// The index of the child named `name`.
+    pub fn position(&self, name: &[u8]) -> Option<usize> {
+        self.children.binary_search_by(|c| self.bytes[c.name.clone()].cmp(name)).ok()
+    }
+}
+
 /// The key of the directory record of `dir` (a logical path, empty for
 /// the roots) in `group`.
 pub fn dir_key(group: &str, dir: &[u8]) -> Vec<u8> {
@@ -203,6 +371,57 @@ pub fn version_digest<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a DirRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A view gives each child's name, brief and whole record as the full
+    /// decode does, and refuses what it refuses.
+    #[test]
+    fn dir_view_agrees_with_the_record() {
+        use crate::hash::Hash;
+        let file = |n: u8| EntryRecord {
+            meta: Meta { mode: Some(0o644), uid: Some(1), gid: Some(2), mtime: Some(Timestamp { secs: 5, nanos: 6 }) },
+            body: Body::File { size: 70_000 + u64::from(n), content: Hash::of(&[n]) },
+            chunks: vec![
+                ChunkRef { hash: Hash::of(b"c1"), len: 65_536 },
+                ChunkRef { hash: Hash::of(&[n, 2]), len: 4_464 + u32::from(n) },
+            ],
+            stat: Stat { size: 70_000, ino: 9, dev: 8, mode: 0o100644, uid: 1, gid: 2, ..Stat::default() },
+            racy: n % 2 == 0,
+            stored: n % 3 == 0,
+            version: Version::default().bumped("alpha", u64::from(n)).bumped("b", 300),
+            deleted: false,
+            count: 1,
+            bytes: 70_000,
+        };
+        let rec = DirRecord {
+            children: vec![
+                (b"a".to_vec(), file(1)),
+                (b"b\xff".to_vec(), EntryRecord::tombstone_for_test()),
+                (b"link".to_vec(), EntryRecord { deleted: false, ..EntryRecord::tombstone_for_test() }),
+                (vec![b'z'; 300], file(2)),
+            ],
+        };
+        let bytes = rec.encode();
+        let view = DirView::decode(bytes.clone()).unwrap();
+        assert_eq!(view.len(), rec.children.len());
+        for (i, (name, r)) in rec.children.iter().enumerate() {
+            assert_eq!(view.name(i), name.as_slice());
+            let b = view.brief(i);
+            let brief = (&b.meta, &b.body, &b.stat, b.racy, b.stored, b.deleted, b.count, b.bytes);
+            assert_eq!(brief, (&r.meta, &r.body, &r.stat, r.racy, r.stored, r.deleted, r.count, r.bytes));
+            assert_eq!(view.full(i), r);
+            assert_eq!(view.position(name), Some(i));
+        }
+        assert_eq!(view.position(b"nope"), None);
+        assert!(DirView::decode(DirRecord::default().encode()).unwrap().is_empty());
+        // Damage: cut short, or followed by more bytes.
+        for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(DirView::decode(bytes[..cut].to_vec()).is_err(), "cut at {cut}");
+            assert!(DirRecord::decode(&bytes[..cut]).is_err());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(DirView::decode(longer).is_err());
+    }
 
     #[test]
     fn keys_split_back() {
