@@ -444,10 +444,11 @@ atomic-replace rule) or fewer processes per core than this bench runs.",
         }
         "no_change" | "lstat_floor" => format!(
             "a no-change sync walks the tree (the `lstat` floor is {}) and then compares with each peer; it takes {}. \
-With `serve --watch` the walk is skipped ({} median here). A profile of the walk: half of its CPU is the kernel's \
-`fstatat` and `getdents` (the floor); the rest is decoding each directory's stored record (chunk lists included, \
-which a no-change walk does not need), allocation, and matching each path against the group's patterns. Closing it \
-without the watcher means a record view that decodes only names and stats.",
+With `serve --watch` the walk is skipped ({} median here). A profile of the walk: more than half of its CPU is the \
+kernel's `fstatat` and `getdents` (the floor); the rest is reading and parsing each directory's stored record \
+(about a sixth, a point lookup and a view that allocates nothing), matching each path against the group's patterns, \
+and setting up a QUIC connection to each peer. Closing it without the watcher needs connections kept between runs \
+and a walk that touches less than every directory's record.",
             secs(&fl["lstat_s"]),
             secs(&w("no_change").into()),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
