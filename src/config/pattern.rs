@@ -58,6 +58,8 @@ pub struct Matcher {
     bases: GlobSet,
     base_rule: Vec<usize>,
     ancestors: GlobSet,
+    /// No pattern excludes ([`Matcher::excludes_nothing`]).
+    excludes_nothing: bool,
 }
 
 impl Matcher {
@@ -101,6 +103,7 @@ impl Matcher {
             })
         };
         Ok(Matcher {
+            excludes_nothing: patterns.iter().all(|p| p.kind.is_include()),
             paths: build(paths)?,
             path_rule,
             bases: build(bases)?,
@@ -130,15 +133,26 @@ impl Matcher {
             None => bytes,
         };
         let whole = Candidate::new(whole);
-        // The last matching pattern of a class decides it.
+        // The last matching pattern of a class decides it. A walk asks for
+        // every entry: the matches go into a buffer of the thread's.
+        thread_local! {
+            static MATCHES: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let last_rule = |set: &GlobSet, map: &[usize], c: &Candidate<'_>| {
-            if set.is_empty() { None } else { set.matches_candidate(c).into_iter().map(|g| map[g]).max() }
+            if set.is_empty() {
+                return None;
+            }
+            MATCHES.with_borrow_mut(|m| {
+                set.matches_candidate_into(c, m);
+                m.iter().map(|&g| map[g]).max()
+            })
         };
         let path_included =
             last_rule(&self.paths, &self.path_rule, &whole).is_some_and(|rule| self.patterns[rule].kind.is_include());
         let base_included = path_included
-            && last_rule(&self.bases, &self.base_rule, &Candidate::new(OsStr::from_bytes(base)))
-                .is_none_or(|rule| self.patterns[rule].kind.is_include());
+            && (self.bases.is_empty()
+                || last_rule(&self.bases, &self.base_rule, &Candidate::new(OsStr::from_bytes(base)))
+                    .is_none_or(|rule| self.patterns[rule].kind.is_include()));
         if path_included && base_included {
             Class::Included
         } else if bytes == b"/" || self.ancestors.is_match_candidate(&whole) {
@@ -146,6 +160,14 @@ impl Matcher {
         } else {
             Class::Excluded
         }
+    }
+
+    /// Whether no pattern excludes. Then everything below an included path
+    /// is included too: the include pattern that matches the path matches
+    /// everything below it (`FNM_LEADING_DIR`), and no later pattern can
+    /// exclude. A walk then classifies nothing below an included directory.
+    pub fn excludes_nothing(&self) -> bool {
+        self.excludes_nothing
     }
 
     /// Whether `path` is synchronized: [`Class::Included`].
@@ -539,6 +561,30 @@ mod tests {
         assert_eq!(class(&m, "/"), Class::Ancestor);
         assert_eq!(class(&m, "/var"), Class::Excluded);
         assert_eq!(class(&m, "/etc/apache/"), Class::Included);
+    }
+
+    /// With no exclude pattern, everything below an included path is
+    /// included: what lets a walk skip matching there.
+    #[test]
+    fn without_excludes_everything_below_an_included_path_is_included() {
+        let sets: &[&[(PatternKind, &str)]] = &[
+            &[(Include, "/srv")],
+            &[(Include, "/srv/*/www"), (Include, "/etc/a?c")],
+            &[(Include, "/srv/**/x"), (Include, "*.html")],
+            &[(Include, "/s[a-r]v"), (Include, "/srv/[!c]*")],
+        ];
+        let paths = ["/srv", "/srv/a", "/srv/a/www", "/srv/b/www", "/etc/abc", "/srv/q/x", "/srv/dir", "/x/y.html"];
+        let below = ["f", "sub/g", ".hidden", "a~", "deep/er/h.c"];
+        for set in sets {
+            let m = m(set);
+            assert!(m.excludes_nothing());
+            for p in paths.iter().filter(|p| class(&m, p) == Class::Included) {
+                for b in below {
+                    assert_eq!(class(&m, &format!("{p}/{b}")), Class::Included, "{p}/{b} under {set:?}");
+                }
+            }
+        }
+        assert!(!m(&[(Include, "/srv"), (Exclude, "*~")]).excludes_nothing());
     }
 
     #[test]

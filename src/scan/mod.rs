@@ -554,7 +554,7 @@ impl Run<'_, '_> {
         let old = replaced.as_ref().map(Old::Whole).or(old);
         let meta = self.meta_of(&stat, kind);
         let seen = match (kind, dir) {
-            (Kind::Dir, Some(dir)) => self.visit_dir(parent, name, &dir, old, meta, stat, mode),
+            (Kind::Dir, Some(dir)) => self.visit_dir(parent, name, &dir, old, meta, stat, mode, class),
             // A file just written by a sync is known by its stat: the
             // adopted record stands in for the old one, so it is not read
             // again while untouched.
@@ -702,6 +702,7 @@ impl Run<'_, '_> {
         meta: Meta,
         stat: Stat,
         mode: &Mode,
+        class: Class,
     ) -> Seen {
         let logical = join_logical(parent, name);
         let (stored, exists) = match self.scan.store.dir_view(self.group(), &logical) {
@@ -730,7 +731,9 @@ impl Run<'_, '_> {
         tests::after_listing(local);
         let stored = &stored;
         let mut paths = ChildPaths::new(local);
-        let mut classify = |n: &[u8]| self.scan.group.matcher.classify(paths.get(n));
+        let matcher = &self.scan.group.matcher;
+        let all_included = class == Class::Included && matcher.excludes_nothing();
+        let mut classify = |n: &[u8]| if all_included { Class::Included } else { matcher.classify(paths.get(n)) };
         // (name, index of its stored record, class, mode) for each child
         // to visit; names are borrowed from the listing or the record.
         let mut todo: Vec<(&[u8], Option<usize>, Class, Mode)> = Vec::with_capacity(listing.len());
