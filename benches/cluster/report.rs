@@ -446,8 +446,9 @@ atomic-replace rule) or fewer processes per core than this bench runs.",
             "a no-change sync walks the tree (the `lstat` floor is {}) and then compares with each peer; it takes {}. \
 With `serve --watch` the walk is skipped ({} median here). A profile of the walk: more than half of its CPU is the \
 kernel's `fstatat` and `getdents` (the floor); the rest is reading and parsing each directory's stored record \
-(about a sixth, a point lookup and a view that allocates nothing), matching each path against the group's patterns, \
-and setting up a QUIC connection to each peer. Closing it without the watcher needs connections kept between runs \
+(a point lookup and a view that allocates nothing), listing each directory, matching paths against the group's \
+patterns (none below an included directory when the group excludes nothing, as here), and setting up a QUIC \
+connection to each peer. Closing it without the watcher needs connections kept between runs \
 and a walk that touches less than every directory's record.",
             secs(&fl["lstat_s"]),
             secs(&w("no_change").into()),
