@@ -531,7 +531,6 @@ mod tests {
         assert!(recorded.groups[0].changed && recorded.groups[0].generation.is_some());
     }
 
-    /// How many files are under `dir`.
     /// A check that changes a file does not collect each time: the nodes it
     /// replaced stay until what changed since the last collection reaches
     /// a quarter of what was live then; that collection frees them all.
@@ -571,6 +570,7 @@ mod tests {
         assert_eq!(collected_at, Some(13));
     }
 
+    /// How many files are under `dir`.
     fn walkdir_count(dir: &Path) -> usize {
         let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
         entries
