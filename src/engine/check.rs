@@ -414,6 +414,17 @@ mod tests {
     use super::*;
     use crate::store::version_digest;
 
+    /// An engine for group `g`, including `DIR/tree`, with its state in
+    /// `DIR/state`; `DIR` goes when the first value is dropped.
+    fn engine_on_tree() -> (tempfile::TempDir, std::path::PathBuf, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let src = format!("group g {{ host h; key {}/key; include {}; }}", dir.path().display(), tree.display());
+        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
+        let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
+        (dir, tree, engine)
+    }
+
     fn recomputed(engine: &Engine) -> crate::hash::Hash {
         let records: Vec<(Vec<u8>, DirRecord)> =
             engine.store.all_dir_records("g").collect::<Result<_, _>>().expect("records read");
@@ -425,11 +436,7 @@ mod tests {
     /// directories, tombstone patches and re-creations.
     #[test]
     fn kept_version_digest_matches_the_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("tree");
-        let src = format!("group g {{ host h; key {}/key; include {}; }}", dir.path().display(), tree.display());
-        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
-        let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
+        let (_dir, tree, engine) = engine_on_tree();
         let write = |p: &str, b: &[u8]| {
             let p = tree.join(p);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -461,11 +468,7 @@ mod tests {
     /// scanning; the next one records everything.
     #[test]
     fn an_interrupted_check_records_nothing_of_its_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("tree");
-        let src = format!("group g {{ host h; key {}/key; include {}; }}", dir.path().display(), tree.display());
-        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
-        let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
+        let (_dir, tree, engine) = engine_on_tree();
         std::fs::create_dir_all(tree.join("d")).unwrap();
         std::fs::write(tree.join("d/a"), b"one").unwrap();
         let interrupt = Interrupt::new();
@@ -536,11 +539,7 @@ mod tests {
     /// a quarter of what was live then; that collection frees them all.
     #[test]
     fn a_collection_waits_until_its_debt_is_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("tree");
-        let src = format!("group g {{ host h; key {}/key; include {}; }}", dir.path().display(), tree.display());
-        let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
-        let engine = Engine::open(&config, "h", &dir.path().join("state")).unwrap();
+        let (_dir, tree, engine) = engine_on_tree();
         for d in 0..100 {
             std::fs::create_dir_all(tree.join(format!("d{d}"))).unwrap();
             // Distinct contents: equal directories share one node.
