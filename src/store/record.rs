@@ -161,19 +161,23 @@ struct ViewChild {
 }
 
 /// The fields of an [`EntryRecord`] a scan compares with the disk (all
-/// but its chunk list and version vector).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// but its chunk list and version vector), decoded from the record's
+/// encoding with those two stepped over. The fields stay in the order of
+/// [`EntryRecord`]'s (`dir_view_agrees_with_the_record` checks it).
+#[derive(Debug, Deserialize)]
 pub struct EntryBrief {
     /// As in [`EntryRecord::meta`].
     pub meta: Meta,
     /// As in [`EntryRecord::body`].
     pub body: Body,
+    _chunks: Skipped<ChunkRef>,
     /// As in [`EntryRecord::stat`].
     pub stat: Stat,
     /// As in [`EntryRecord::racy`].
     pub racy: bool,
     /// As in [`EntryRecord::stored`].
     pub stored: bool,
+    _version: SkippedVersion,
     /// As in [`EntryRecord::deleted`].
     pub deleted: bool,
     /// As in [`EntryRecord::count`].
@@ -182,24 +186,8 @@ pub struct EntryBrief {
     pub bytes: u64,
 }
 
-/// [`EntryRecord`]'s encoding, its chunk list and version stepped over.
-/// The fields must stay in the order of [`EntryRecord`]'s
-/// (`dir_view_agrees_with_the_record` checks it).
-#[derive(Deserialize)]
-struct BriefEncoding {
-    meta: Meta,
-    body: Body,
-    _chunks: Skipped<ChunkRef>,
-    stat: Stat,
-    racy: bool,
-    stored: bool,
-    _version: SkippedVersion,
-    deleted: bool,
-    count: u64,
-    bytes: u64,
-}
-
 /// A sequence read and dropped element by element.
+#[derive(Debug)]
 struct Skipped<T>(std::marker::PhantomData<T>);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Skipped<T> {
@@ -220,6 +208,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Skipped<T> {
 }
 
 /// A [`Version`] read and dropped: its host names are borrowed, not copied.
+#[derive(Debug)]
 struct SkippedVersion;
 
 impl<'de> Deserialize<'de> for SkippedVersion {
@@ -250,17 +239,7 @@ impl DirView {
         for _ in 0..count {
             let (name, after_name) = postcard::take_from_bytes::<&[u8]>(rest).map_err(err)?;
             let name = at(after_name) - name.len()..at(after_name);
-            let (b, after) = postcard::take_from_bytes::<BriefEncoding>(after_name).map_err(err)?;
-            let brief = EntryBrief {
-                meta: b.meta,
-                body: b.body,
-                stat: b.stat,
-                racy: b.racy,
-                stored: b.stored,
-                deleted: b.deleted,
-                count: b.count,
-                bytes: b.bytes,
-            };
+            let (brief, after) = postcard::take_from_bytes::<EntryBrief>(after_name).map_err(err)?;
             let record = at(after_name)..at(after);
             children.push(ViewChild { name, record, brief, full: std::sync::OnceLock::new() });
             rest = after;
