@@ -185,7 +185,8 @@ pub fn collect_garbage(
     Ok(report)
 }
 
-/// The ids of the generations some retention rule keeps (or `protected`).
+/// The ids of the generations some retention rule keeps (or `protected`),
+/// among those of `groups`.
 fn kept_generations(
     store: &Store,
     all: &[super::Generation],
@@ -224,8 +225,8 @@ pub fn collect_if_due(
     }
     let all = store.generations()?;
     let keep_ids = kept_generations(store, &all, groups, &[])?;
-    let dropped: Vec<&super::Generation> =
-        all.iter().filter(|g| !keep_ids.contains(&g.id) || !groups.iter().any(|x| x.name == g.group)).collect();
+    // Only generations of listed groups are ever kept.
+    let dropped: Vec<&super::Generation> = all.iter().filter(|g| !keep_ids.contains(&g.id)).collect();
     if !changed && dropped.is_empty() {
         return Ok(None);
     }
