@@ -284,9 +284,9 @@ impl<'a> Apply<'a> {
         // Counts the bytes of the files taken as they become available
         // here: found locally or received.
         let total: u64 = files.iter().map(|t| if let Body::File { size, .. } = t.new.body { size } else { 0 }).sum();
-        self.local = LocalChunks::of(&files, &rest.deletions);
-        self.local.whole_tree = total
+        let whole_tree = total
             >= TREE_INDEX_MIN_BYTES.max(self.node.engine.store.approximate_dirs() as u64 * TREE_INDEX_BYTES_PER_DIR);
+        self.local = LocalChunks::of(&files, &rest.deletions, whole_tree);
         let receiving: Arc<dyn ProgressTask> = if total > 0 {
             let what = format!("receiving from {} ({})", self.peer.host, self.g.name);
             Arc::from(self.peer.progress.start(&what, Some(total), Unit::Bytes))
@@ -1497,6 +1497,16 @@ fn sync_temps(built: &mut [(FileJob, crate::fs::TempFile<'_>)]) -> Vec<io::Resul
 /// Where chunks of tracked files are: a file, an offset and a length.
 type ChunkIndex = HashMap<Hash, (PathBuf, u64, u32)>;
 
+/// Adds where each of `chunks`, the chunk list of the file at `local`, is
+/// in that file (a chunk already indexed keeps its first place).
+fn index_file(index: &mut ChunkIndex, local: &Path, chunks: &[ChunkRef]) {
+    let mut off = 0u64;
+    for c in chunks {
+        index.entry(c.hash).or_insert_with(|| (local.to_path_buf(), off, c.len));
+        off += u64::from(c.len);
+    }
+}
+
 /// Where an apply looks for chunks in files already here. Every entry may
 /// be outdated (a local change since): it is only a miss, since every copy
 /// read is checked against its hash.
@@ -1514,18 +1524,15 @@ struct LocalChunks {
 
 impl LocalChunks {
     /// The chunks of the local files that `files` replace and that
-    /// `deletions` delete.
-    fn of(files: &[Take], deletions: &[Take]) -> Self {
+    /// `deletions` delete; `whole_tree` as the field says.
+    fn of(files: &[Take], deletions: &[Take], whole_tree: bool) -> Self {
         let mut replaced = HashMap::new();
         for t in files.iter().chain(deletions) {
-            let Some(old) = t.old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::File) else { continue };
-            let mut off = 0u64;
-            for c in &old.chunks {
-                replaced.entry(c.hash).or_insert_with(|| (t.local.clone(), off, c.len));
-                off += u64::from(c.len);
+            if let Some(old) = t.old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::File) {
+                index_file(&mut replaced, &t.local, &old.chunks);
             }
         }
-        LocalChunks { replaced, whole_tree: false, tree: std::sync::OnceLock::new() }
+        LocalChunks { replaced, whole_tree, tree: std::sync::OnceLock::new() }
     }
 
     /// Where chunk `hash` is, if known; `index` builds the index of the
@@ -1543,11 +1550,7 @@ fn chunk_index(node: &Node, g: &ResolvedGroup) -> ChunkIndex {
         for (name, r) in rec.children.iter().filter(|(_, r)| !r.deleted && r.body.kind() == Kind::File) {
             let logical = join_logical(&dir, name);
             let Some(local) = g.to_local(Path::new(std::ffi::OsStr::from_bytes(&logical))) else { continue };
-            let mut off = 0u64;
-            for c in &r.chunks {
-                index.entry(c.hash).or_insert_with(|| (local.clone(), off, c.len));
-                off += u64::from(c.len);
-            }
+            index_file(&mut index, &local, &r.chunks);
         }
     }
     index
