@@ -92,6 +92,8 @@ pub struct Node {
     requests: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     /// What a watching daemon knows of the trees on disk.
     pub watched: Arc<Watched>,
+    /// Sessions this node opened, kept between a daemon's runs.
+    pub kept: crate::peer::KeptSessions,
 }
 
 /// What the daemon's watcher (`serve --watch`) knows of the trees on
@@ -186,13 +188,15 @@ impl Node {
             pulls: Arc::default(),
             requests: Arc::default(),
             watched: Arc::default(),
+            kept: Default::default(),
         }
     }
 
     /// The same node with `engine` (made by [`Engine::reconfigured`] from
     /// this node's): counters, cached chunks and pull locks are shared with
     /// this node, whose sessions may still run; identities are made anew
-    /// from the key files the new configuration names.
+    /// from the key files the new configuration names, and sessions kept
+    /// between runs too.
     pub fn reconfigured(&self, engine: Engine) -> Node {
         Node {
             engine,
@@ -203,6 +207,7 @@ impl Node {
             pulls: Arc::clone(&self.pulls),
             requests: Arc::clone(&self.requests),
             watched: Arc::clone(&self.watched),
+            kept: self.kept.like(),
         }
     }
 

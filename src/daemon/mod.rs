@@ -597,6 +597,8 @@ pub async fn run(
     ready: impl FnOnce(&Listening),
 ) -> Result<(), ServeError> {
     let node = current.node();
+    // Sessions with peers stay open between this daemon's runs.
+    node.kept.enable();
     let engine = &node.engine;
     let gi = engine
         .groups
@@ -681,9 +683,13 @@ pub async fn run(
                     let current = Arc::clone(&current);
                     let served_key = served_key.clone();
                     tokio::spawn(async move {
-                        let node = refreshed(current).await;
+                        let node = refreshed(Arc::clone(&current)).await;
+                        let fresh: crate::peer::Fresh = Arc::new(move || {
+                            current.refresh();
+                            current.node()
+                        });
                         match node.engine.groups.iter().position(|g| g.key == served_key) {
-                            Some(gi) => crate::peer::accept_session(node, conn, gi).await,
+                            Some(gi) => crate::peer::accept_session(node, conn, gi, Some(fresh)).await,
                             None => {
                                 tracing::warn!(
                                     "refused peer {}: no group of the configuration uses the key this daemon \
@@ -714,6 +720,7 @@ pub async fn run(
     {
         tracing::warn!("the watcher's run was still going after {SHUTDOWN_WAIT:?}; exiting anyway");
     }
+    current.node().kept.close_all();
     tracing::info!("shutting down: waiting for changes being applied");
     if !current.node().quiesce(SHUTDOWN_WAIT).await {
         tracing::warn!("a change was still being applied after {SHUTDOWN_WAIT:?}; exiting anyway");

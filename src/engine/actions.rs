@@ -72,9 +72,20 @@ impl ActionQueue {
     /// Runs, once, the actions of every group for everything added, and
     /// closes the queue. Blocks until the commands end.
     pub fn run(&self, groups: &[ResolvedGroup]) {
+        self.run_pending(groups, true);
+    }
+
+    /// Runs the actions of every group for everything added so far and
+    /// leaves the queue open: one run of a session that serves several
+    /// ends. Blocks until the commands end.
+    pub fn run_so_far(&self, groups: &[ResolvedGroup]) {
+        self.run_pending(groups, false);
+    }
+
+    fn run_pending(&self, groups: &[ResolvedGroup], close: bool) {
         let pending = {
             let mut p = self.inner.lock().expect("poisoned");
-            p.ran = true;
+            p.ran |= close;
             std::mem::take(&mut p.groups)
         };
         for (gi, (local, received)) in pending {

@@ -14,7 +14,7 @@ use crate::hash::Hash;
 use crate::proto::testutil::{arb_entry, arb_message};
 use crate::proto::{self, Message};
 use crate::store::{DirRecord, EntryRecord, Stat};
-use crate::tree::{Node, NodeEntry, Timestamp};
+use crate::tree::{Body, Meta, Node, NodeEntry, Timestamp, Version};
 
 /// One seed: its target, a file name, the bytes.
 type Seed = (&'static str, String, Vec<u8>);
@@ -39,7 +39,7 @@ fn frames(runner: &mut TestRunner) -> Vec<Seed> {
             same.push(msg);
         }
     }
-    assert_eq!(per_kind.len(), 17, "every kind of message: {:?}", per_kind.keys());
+    assert_eq!(per_kind.len(), 18, "every kind of message: {:?}", per_kind.keys());
     let mut out = Vec::new();
     for (kind, msgs) in per_kind {
         for (i, msg) in msgs.iter().enumerate() {
@@ -69,26 +69,26 @@ fn tree_nodes(runner: &mut TestRunner) -> Vec<Seed> {
 /// Directory records: live entries with their chunk lists, tombstones.
 fn dir_records(runner: &mut TestRunner) -> Vec<Seed> {
     let arb = proptest::collection::vec(arb_entry(), 0..5);
+    let stat = Stat {
+        size: 4096,
+        mtime: Timestamp { secs: 1_700_000_000, nanos: 5 },
+        ctime: Timestamp { secs: 1_700_000_001, nanos: 0 },
+        ino: 42,
+        dev: 2049,
+        mode: 0o100644,
+        uid: 1000,
+        gid: 1000,
+    };
     (0..5)
         .map(|i| {
             let mut children: Vec<(Vec<u8>, EntryRecord)> = sample(runner, &arb)
                 .into_iter()
                 .map(|e| {
-                    let stat = Stat {
-                        size: 4096,
-                        mtime: Timestamp { secs: 1_700_000_000, nanos: 5 },
-                        ctime: Timestamp { secs: 1_700_000_001, nanos: 0 },
-                        ino: 42,
-                        dev: 2049,
-                        mode: 0o100644,
-                        uid: 1000,
-                        gid: 1000,
-                    };
                     let record = EntryRecord {
                         meta: e.meta,
                         body: e.body,
                         chunks: e.chunks,
-                        stat,
+                        stat: stat.clone(),
                         racy: i % 2 == 0,
                         stored: true,
                         version: e.version,
@@ -99,6 +99,28 @@ fn dir_records(runner: &mut TestRunner) -> Vec<Seed> {
                     (e.name, record)
                 })
                 .collect();
+            if i == 0 {
+                // One file whose chunk list is kept, whatever was drawn.
+                let chunks = vec![ChunkRef { hash: Hash::of(b"seed chunk"), len: 65_536 }];
+                let body = Body::File { size: 65_536, content: chunk::content_hash(&chunks) };
+                let version = Version(vec![("app1".to_owned(), 7)]);
+                let (count, bytes) = (1, 65_536);
+                children.push((
+                    b"~kept".to_vec(),
+                    EntryRecord {
+                        meta: Meta::default(),
+                        body,
+                        chunks,
+                        stat: Stat { size: 65_536, ..stat.clone() },
+                        racy: false,
+                        stored: true,
+                        version,
+                        deleted: false,
+                        count,
+                        bytes,
+                    },
+                ));
+            }
             children.sort_by(|a, b| a.0.cmp(&b.0));
             children.dedup_by(|a, b| a.0 == b.0);
             ("dir_record", format!("seed-{i}"), DirRecord { children }.encode())

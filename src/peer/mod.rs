@@ -6,7 +6,9 @@
 //!   the end that opened it (the *initiator*) drives the reconciles
 //!   ([`crate::sync::reconcile`]): for each group, it asks the peer to
 //!   reconcile against it (`Pull`), then reconciles against the peer, over
-//!   the same connection.
+//!   the same connection. A session serves one run of the initiator, or
+//!   for a daemon several: between them it waits in [`KeptSessions`]
+//!   (`kept.rs`).
 //!
 //! A peer never holds the node up (SPEC §6): every wait on it is bounded
 //! ([`crate::proto::Deadlines`], [`crate::proto::REPLY_TIMEOUT`]); the
@@ -20,15 +22,17 @@
 //! docs/protocol.md describes the messages and the rules; this module and
 //! [`crate::sync`] are their implementation.
 
+mod kept;
 mod peek;
 mod server;
 mod session;
 
 pub use crate::node::{Node, Stats};
 pub use crate::sync::{ChangeReport, GroupReport, SyncError};
+pub use kept::KeptSessions;
 pub use peek::{DiffReport, MAX_PEEK_BYTES, PeekSide, PeerPeek, diff};
 pub use server::PAUSE_ENV;
-pub use session::{PeerReport, SyncOptions, SyncReport, accept_session, resolve, sync};
+pub use session::{Fresh, PeerReport, SyncOptions, SyncReport, accept_session, resolve, sync};
 
 use std::sync::Arc;
 

@@ -181,6 +181,24 @@ async fn answer(
             }
             send(stream, &report.pulled()).await
         }
+        Message::Done => {
+            if !peer.end_run() {
+                return Err(refused(
+                    peer,
+                    ErrorCode::BadRequest,
+                    "Done ends a run of the side that opened the session".into(),
+                ));
+            }
+            // The run's actions go on their own: the initiator's run is
+            // not held up by them. What the run left in memory goes back
+            // to the system, as when a session ends.
+            let (actions, node) = (Arc::clone(&peer.actions), Arc::clone(node));
+            tokio::task::spawn_blocking(move || {
+                actions.run_so_far(&node.engine.groups);
+                node.settle_memory();
+            });
+            send(stream, &Message::Done).await
+        }
         // Notices, not answered.
         Message::Bye | Message::Progress => Ok(()),
         other => Err(refused(peer, ErrorCode::BadRequest, format!("{} is not a request", other.kind()))),

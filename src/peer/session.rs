@@ -7,7 +7,8 @@
 //! `Progress` notices so the peer does not close it as idle; the side that
 //! accepted a session closes it after [`proto::SESSION_IDLE_TIMEOUT`]
 //! without a request. When a session ends, the requests still being
-//! served for it are cancelled.
+//! served for it are cancelled. A daemon keeps the sessions it opened
+//! between its runs (`kept.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -341,12 +342,23 @@ async fn sync_peer(node: Arc<Node>, gi: usize, entry: HostEntry, run: Run, actio
 pub(super) struct Opened {
     /// The peer's host name, from its verified certificate.
     pub host: String,
+    /// The peer's key, as its certificate showed it.
+    pub fingerprint: net::Fingerprint,
+    /// The protocol version the peer chose.
+    pub protocol: u16,
     /// The groups the peer welcomed.
     pub groups: Vec<String>,
     /// Opens request streams to the peer.
     pub opener: StreamOpener,
     /// The streams the peer opens.
     pub acceptor: StreamAcceptor,
+}
+
+impl Opened {
+    /// Closes the session in order.
+    pub fn close(&self) {
+        self.opener.close(0);
+    }
 }
 
 /// Connects to the peer `entry` of group `gi`, checks its key against its
@@ -369,14 +381,50 @@ async fn exchange(
     actions: Arc<ActionQueue>,
     report: &mut PeerReport,
 ) -> Result<(), SyncError> {
+    let group = &node.engine.groups[gi].name;
+    if let Some(kept) = node.kept.take(group, &entry.name) {
+        // The pins may have changed since the session was opened.
+        if let Err(e) = node.pins().and_then(|p| Ok(p.check(&kept.host, kept.fingerprint)?)) {
+            kept.close();
+            return Err(e);
+        }
+        match interruptible(node, gi, entry, kept, true, run, Arc::clone(&actions), report).await? {
+            Ended::Done => return Ok(()),
+            Ended::KeptGone => {}
+        }
+    }
     let connecting = run.progress.start(&format!("connecting to {}", entry.name), None, Unit::Items);
-    let conn = tokio::select! {
-        conn = connect(node, gi, entry) => conn?,
+    let opened = tokio::select! {
+        opened = async { welcomed(node, gi, connect(node, gi, entry).await?).await } => opened?,
         () = run.interrupt.wait() => return Err(SyncError::Interrupted),
     };
     drop(connecting);
-    let closer = conn.opener();
-    let session = session(node, gi, entry, conn, run, actions, report);
+    interruptible(node, gi, entry, opened, false, run, actions, report).await.map(|_| ())
+}
+
+/// How a session's part in a run ended.
+enum Ended {
+    /// The run's exchange is over (failures are errors).
+    Done,
+    /// A kept session did not answer the run's first request: it is
+    /// closed, nothing was asked of the peer, and a new session is needed.
+    KeptGone,
+}
+
+/// Runs [`session`] until the run is interrupted; then closes it.
+#[allow(clippy::too_many_arguments)]
+async fn interruptible(
+    node: &Arc<Node>,
+    gi: usize,
+    entry: &HostEntry,
+    opened: Opened,
+    kept: bool,
+    run: &Run,
+    actions: Arc<ActionQueue>,
+    report: &mut PeerReport,
+) -> Result<Ended, SyncError> {
+    let closer = opened.opener.clone();
+    let session = session(node, gi, entry, opened, kept, run, actions, report);
     tokio::pin!(session);
     tokio::select! {
         result = &mut session => result,
@@ -412,6 +460,7 @@ async fn connect(node: &Arc<Node>, gi: usize, entry: &HostEntry) -> Result<Conne
 async fn welcomed(node: &Arc<Node>, gi: usize, conn: Connection) -> Result<Opened, SyncError> {
     let g = &node.engine.groups[gi];
     let host = conn.peer_host().to_owned();
+    let fingerprint = conn.peer_fingerprint();
     let (mut opener, acceptor) = conn.split();
     let hello = Message::Hello {
         protocol: proto::PROTOCOL_VERSION,
@@ -419,37 +468,67 @@ async fn welcomed(node: &Arc<Node>, gi: usize, conn: Connection) -> Result<Opene
         groups: vec![g.name.clone()],
     };
     let (_, welcome) = request(&host, &mut opener, &hello).await?;
-    let Message::Welcome { groups, .. } = welcome else { unreachable!("check_reply allows only Welcome") };
+    let Message::Welcome { groups, protocol, .. } = welcome else { unreachable!("check_reply allows only Welcome") };
     if !groups.contains(&g.name) {
         return Err(SyncError::Refused(format!(
             "peer {host} does not share group {} with {}",
             g.name, node.engine.host
         )));
     }
-    Ok(Opened { host, groups, opener, acceptor })
+    Ok(Opened { host, fingerprint, protocol, groups, opener, acceptor })
 }
 
-/// The session of one exchange, on a connection to the peer.
+/// The exchange of one run with the peer, on a session opened for it or
+/// `kept` from an earlier run. A daemon keeps the session for the next
+/// run when the exchange succeeds and the peer speaks protocol 3.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     node: &Arc<Node>,
     gi: usize,
     entry: &HostEntry,
-    conn: Connection,
+    opened: Opened,
+    kept: bool,
     run: &Run,
     actions: Arc<ActionQueue>,
     report: &mut PeerReport,
-) -> Result<(), SyncError> {
+) -> Result<Ended, SyncError> {
     let (dry_run, progress) = (run.dry_run, &run.progress);
     let g = &node.engine.groups[gi];
-    let Opened { host, groups, mut opener, acceptor } = welcomed(node, gi, conn).await?;
-    let peer = Arc::new(Peer::new(host.clone(), groups, opener.clone(), actions, progress.clone()));
-    // Both end with the session, also when it is dropped unfinished.
-    let server = AbortOnDrop(tokio::spawn(serve_streams(Arc::clone(node), Arc::clone(&peer), acceptor, false)));
-    let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(host.clone(), opener.clone())));
+    let Opened { host, fingerprint, protocol, groups, mut opener, mut acceptor } = opened;
+    let peer = Arc::new(Peer::new(host.clone(), groups.clone(), opener.clone(), actions, progress.clone()));
+    // Both end with the session, also when it is dropped unfinished; the
+    // server gives the acceptor back when stopped, for a session kept.
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = AbortOnDrop(Some(tokio::spawn({
+        let (node, peer) = (Arc::clone(node), Arc::clone(&peer));
+        async move {
+            serve_streams(node, peer, &mut acceptor, false, Some(stopped), None).await;
+            acceptor
+        }
+    })));
+    let heartbeat = AbortOnDrop(Some(tokio::spawn(heartbeat(host.clone(), opener.clone()))));
 
+    // One round trip when nothing differs. On a kept session, a peer that
+    // does not answer at once (it restarted, or closed the session for a
+    // new configuration) gets a new session instead.
+    let compared = if kept {
+        match tokio::time::timeout(super::kept::KEPT_PROBE, roots_compared(node, &peer, gi)).await {
+            Ok(Ok(compared)) => compared,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", super::kept::KEPT_PROBE),
+                };
+                tracing::debug!("peer {host}: the kept session failed ({why}): opening a new one");
+                opener.close(0);
+                return Ok(Ended::KeptGone);
+            }
+        }
+    } else {
+        roots_compared(node, &peer, gi).await?
+    };
     let result = async {
-        // One round trip when nothing differs.
-        let (trees_equal, digests_equal) = roots_compared(node, &peer, gi).await?;
+        let (trees_equal, digests_equal) = compared;
         if trees_equal && digests_equal {
             report.in_sync = true;
             // Whatever conflict was recorded with the peer is settled (a
@@ -494,20 +573,39 @@ async fn session(
     }
     .await;
     drop(heartbeat);
-    if result.is_ok() {
+    if let Err(e) = result {
+        opener.close(0);
+        return Err(e);
+    }
+    if protocol >= 3 && node.kept.enabled() && request(&host, &mut opener, &Message::Done).await.is_ok() {
+        let _ = stop.send(());
+        if let Some(acceptor) = server.finish().await {
+            let opened = Opened { host, fingerprint, protocol, groups, opener, acceptor };
+            node.kept.put(&g.name, &entry.name, opened);
+            return Ok(Ended::Done);
+        }
+    } else {
         let _ = send_only(&host, &mut opener, &Message::Bye).await;
     }
     opener.close(0);
-    drop(server);
-    result
+    Ok(Ended::Done)
 }
 
 /// Aborts a spawned task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> AbortOnDrop<T> {
+    /// Waits for the task to end; `None` if it panicked.
+    async fn finish(mut self) -> Option<T> {
+        self.0.take()?.await.ok()
+    }
+}
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -614,19 +712,50 @@ pub async fn resolve(entry: &HostEntry) -> Result<SocketAddr, SyncError> {
 /// accepted the session), closes the session once the peer has opened no
 /// stream for [`proto::SESSION_IDLE_TIMEOUT`] and nothing is being served.
 ///
+/// Also returns when `stop` fires (the initiator's side of a session kept
+/// for the next run). With `fresh` (a daemon's side that accepted the
+/// session), the first request after a `Done` finds the configuration
+/// reloaded if it changed: the session then closes in order, so that the
+/// initiator's next run opens one served by the node as configured now.
+///
 /// When it returns, the requests still being served are cancelled: a
 /// session that ended holds nothing of the node's. (A pull being served
 /// runs in its own task and stops at its next wait on the network, which
 /// fails at once on a closed connection; it is never cut off in the middle
 /// of applying.)
-async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcceptor, idle_close: bool) {
+async fn serve_streams(
+    node: Arc<Node>,
+    peer: Arc<Peer>,
+    acceptor: &mut StreamAcceptor,
+    idle_close: bool,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    fresh: Option<&Fresh>,
+) {
     let cache = node.encoded.hold();
     let mut tasks = tokio::task::JoinSet::new();
+    let stop = async {
+        match stop {
+            Some(stop) => {
+                let _ = stop.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
     loop {
         let idle = tokio::time::sleep(proto::SESSION_IDLE_TIMEOUT);
         tokio::select! {
+            () = &mut stop => break,
             accepted = acceptor.accept_stream(), if tasks.len() < MAX_SERVED_AT_ONCE => match accepted {
                 Ok(Some(stream)) => {
+                    if let Some(fresh) = fresh
+                        && peer.starts_run()
+                        && outdated(&node, fresh).await
+                    {
+                        tracing::debug!("peer {}: the configuration changed: session closed", peer.host);
+                        peer.opener.close(0);
+                        break;
+                    }
                     tasks.spawn(serve_stream(Arc::clone(&node), Arc::clone(&peer), stream));
                 }
                 Ok(None) => break,
@@ -656,10 +785,23 @@ async fn serve_streams(node: Arc<Node>, peer: Arc<Peer>, mut acceptor: StreamAcc
     }
 }
 
+/// The node as configured now, once the configuration on disk was looked
+/// at (a daemon's [`crate::daemon::Current`]). Blocking.
+pub type Fresh = Arc<dyn Fn() -> Arc<Node> + Send + Sync>;
+
+/// Whether `node` is no longer the node as configured now.
+async fn outdated(node: &Arc<Node>, fresh: &Fresh) -> bool {
+    let fresh = Arc::clone(fresh);
+    tokio::task::spawn_blocking(move || fresh()).await.is_ok_and(|now| !Arc::ptr_eq(&now, node))
+}
+
 /// Serves a connection a peer opened to this node's endpoint, which
 /// authenticated with the identity of group `via`: the peer's `Hello`
-/// first, then its requests.
-pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
+/// first, then its requests, run after run for as long as the peer keeps
+/// the session. With `fresh` (a daemon), the first request after a `Done`
+/// finds the configuration reloaded if it changed, and the session then
+/// closes instead of serving a run with the old one.
+pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize, fresh: Option<Fresh>) {
     let host = conn.peer_host().to_owned();
     let fingerprint = conn.peer_fingerprint();
     let (opener, mut acceptor) = conn.split();
@@ -674,11 +816,12 @@ pub async fn accept_session(node: Arc<Node>, conn: Connection, via: usize) {
         opener.close(net::CLOSE_REFUSED);
         return;
     };
-    // Everything the peer's pulls of this session change runs the
-    // group's actions once, when the session ends.
-    let actions = Arc::new(ActionQueue::default());
-    let peer = Arc::new(Peer::new(host, groups, opener, Arc::clone(&actions), Reporter::default()));
-    serve_streams(Arc::clone(&node), peer, acceptor, true).await;
+    tracing::debug!("peer {host}: session opened");
+    // Everything the peer's pulls of one run change runs the group's
+    // actions once: at the run's `Done`, or when the session ends.
+    let peer = Arc::new(Peer::accepted(host, groups, opener));
+    serve_streams(Arc::clone(&node), Arc::clone(&peer), &mut acceptor, true, None, fresh.as_ref()).await;
+    let actions = Arc::clone(&peer.actions);
     tokio::task::spawn_blocking(move || actions.run(&node.engine.groups)).await.expect("actions panicked");
 }
 

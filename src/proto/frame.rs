@@ -289,8 +289,8 @@ mod tests {
     #[test]
     fn empty_and_unknown_bodies_are_refused() {
         assert!(matches!(decode_frame(&framed(&[])), Err(ProtoError::Decode(_))));
-        // Variant 17 does not exist in version 2.
-        assert!(matches!(decode_frame(&framed(&[17])), Err(ProtoError::Decode(_))));
+        // Variant 18 does not exist in version 3.
+        assert!(matches!(decode_frame(&framed(&[18])), Err(ProtoError::Decode(_))));
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The messages of protocol version 2.
+//! The messages of protocol version 3.
 //!
 //! Version 2 adds [`Message::Progress`], the heartbeat that bounds every
 //! wait on a peer: a receiver of `Pull` sends it while it works, so the
 //! sender can tell a long pull from a stalled one. Version 1 is no longer
 //! spoken: a version-1 node cannot bound its waits on a peer, and a mixed
-//! cluster would fall back to that.
+//! cluster would fall back to that. Version 3 adds [`Message::Done`], which
+//! ends a run without ending the session, so that a session can serve the
+//! next run too.
 //!
 //! The variant order and the field order are the wire format (postcard
 //! encodes a variant by its index and a struct as its fields in order):
@@ -23,7 +25,7 @@ use crate::tree::{Body, Meta};
 pub use super::error::ErrorCode;
 
 /// Protocol version this build speaks and prefers.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
@@ -239,6 +241,10 @@ pub enum Message {
     /// what it took) sends it alone on a new stream, not answered, so the
     /// session is not closed as idle.
     Progress,
+    /// Variant 17 (protocol version 3): the initiator's run is over; the
+    /// session stays open for a later one. The receiver runs the actions
+    /// of what the run changed there, then answers `Done`.
+    Done,
 }
 
 /// Why a `Pull` was refused.
@@ -376,6 +382,7 @@ impl Message {
             Message::Error { .. } => "Error",
             Message::Bye => "Bye",
             Message::Progress => "Progress",
+            Message::Done => "Done",
         }
     }
 
@@ -391,6 +398,7 @@ impl Message {
                 | Message::Pull { .. }
                 | Message::Bye
                 | Message::Progress
+                | Message::Done
         )
     }
 
@@ -515,5 +523,6 @@ mod tests {
         assert_eq!(first(&Message::Error { code: ErrorCode::Busy, message: String::new() }), 14);
         assert_eq!(first(&Message::Bye), 15);
         assert_eq!(first(&Message::Progress), 16);
+        assert_eq!(first(&Message::Done), 17);
     }
 }

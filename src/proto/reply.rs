@@ -79,6 +79,7 @@ pub fn check_reply(request: &Message, reply: &Message) -> Result<(), ProtoError>
         }
         // Progress frames come before the answer, any number of them.
         (Message::Pull { .. }, Message::Progress | Message::Pulled { .. } | Message::Refused { .. }) => Ok(()),
+        (Message::Done, Message::Done) => Ok(()),
         _ => Err(ProtoError::Unexpected { request: request.kind(), expected: expected(request), found: reply.kind() }),
     }
 }
@@ -92,6 +93,7 @@ fn expected(request: &Message) -> &'static str {
         Message::GetChunkList { .. } => "ChunkList",
         Message::GetChunks { .. } => "Chunk or ChunksDone",
         Message::Pull { .. } => "Progress, Pulled or Refused",
+        Message::Done => "Done",
         _ => "no reply",
     }
 }
@@ -176,6 +178,18 @@ mod tests {
             group: "app".into(),
             files: vec![FileChunks { path: b"/srv/a".to_vec(), content: Hash::of(b"c"), hashes: hashes.to_vec() }],
         }
+    }
+
+    #[test]
+    fn done_is_answered_by_done_alone() {
+        check_reply(&Message::Done, &Message::Done).unwrap();
+        let roots =
+            Message::Roots { group: "app".into(), hash: Hash::of(b"r"), versions: Hash::of(b"v"), roots: vec![] };
+        assert!(matches!(
+            check_reply(&Message::Done, &roots),
+            Err(ProtoError::Unexpected { request: "Done", expected: "Done", found: "Roots" })
+        ));
+        assert!(check_reply(&Message::GetRoots { group: "app".into() }, &Message::Done).is_err());
     }
 
     #[test]

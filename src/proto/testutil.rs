@@ -217,6 +217,7 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         (code, arb_text()).prop_map(|(code, message)| Message::Error { code, message }).boxed(),
         Just(Message::Bye).boxed(),
         Just(Message::Progress).boxed(),
+        Just(Message::Done).boxed(),
     ]
 }
 

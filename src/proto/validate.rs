@@ -181,7 +181,7 @@ impl Message {
             }
             Message::Refused { reason: _, message } => check_text("Refused.message", message),
             Message::Error { code: _, message } => check_text("Error.message", message),
-            Message::Bye | Message::Progress => Ok(()),
+            Message::Bye | Message::Progress | Message::Done => Ok(()),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! [`proto::REPLY_TIMEOUT`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::AsyncWriteExt;
 
@@ -30,6 +31,10 @@ pub struct Peer {
     /// While the peer pulls from this node at its request ([`Peer::sending`]),
     /// the chunks served to it count there.
     sending: std::sync::Mutex<Option<Arc<dyn ProgressTask>>>,
+    /// On the side that accepted the session: the initiator ended a run
+    /// with `Done` and has not started the next one. `None` on the
+    /// initiator's side, which is never told.
+    run_over: Option<AtomicBool>,
 }
 
 impl Peer {
@@ -41,7 +46,29 @@ impl Peer {
         actions: Arc<ActionQueue>,
         progress: Reporter,
     ) -> Self {
-        Peer { host, groups, opener, actions, progress, sending: std::sync::Mutex::new(None) }
+        Peer { host, groups, opener, actions, progress, sending: std::sync::Mutex::new(None), run_over: None }
+    }
+
+    /// The initiator of a session this node accepted: its pulls' changes
+    /// go to an action queue of the session's own, run at each `Done`
+    /// and when the session ends.
+    pub fn accepted(host: String, groups: Vec<String>, opener: StreamOpener) -> Self {
+        Peer {
+            run_over: Some(AtomicBool::new(false)),
+            ..Peer::new(host, groups, opener, Arc::default(), Reporter::default())
+        }
+    }
+
+    /// Notes the initiator's `Done`; false on the initiator's side, where
+    /// the peer may not end a run.
+    pub fn end_run(&self) -> bool {
+        self.run_over.as_ref().inspect(|r| r.store(true, Ordering::SeqCst)).is_some()
+    }
+
+    /// Whether a run ended since the last call: the request at hand starts
+    /// a new one.
+    pub fn starts_run(&self) -> bool {
+        self.run_over.as_ref().is_some_and(|r| r.swap(false, Ordering::SeqCst))
     }
 
     /// Counts what this node serves the peer in `task` until the returned

@@ -10,6 +10,7 @@ mod csync2_cli;
 mod daemon_config_reload;
 mod daemon_log;
 mod daemon_progress;
+mod daemon_sessions;
 mod faults_clock;
 mod faults_disk;
 mod faults_network;

@@ -12,7 +12,8 @@ use crate::cluster::{Cluster, Setup};
 use crate::common::write;
 
 /// How long a receiver may take to run its actions after the sync that
-/// sent it changes returned (they run when its session ends).
+/// sent it changes returned (they run when the run ends there, or when
+/// its session does).
 const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where actions record their runs: one file per run, holding the
@@ -70,13 +71,18 @@ impl Runs {
 
     /// Waits (bounded) until `tag` has run at least once on `tree`.
     fn wait_for(&self, tag: &str, tree: &Path) -> Vec<Vec<PathBuf>> {
+        self.wait_within(tag, tree, ACTION_TIMEOUT)
+    }
+
+    /// Waits at most `limit` until `tag` has run at least once on `tree`.
+    fn wait_within(&self, tag: &str, tree: &Path, limit: Duration) -> Vec<Vec<PathBuf>> {
         let start = Instant::now();
         loop {
             let runs = self.of(tag, tree);
             if !runs.is_empty() {
                 return runs;
             }
-            assert!(start.elapsed() < ACTION_TIMEOUT, "action {tag} did not run on {} in time", tree.display());
+            assert!(start.elapsed() < limit, "action {tag} did not run on {} within {limit:?}", tree.display());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -122,6 +128,29 @@ fn actions_run_once_per_sync_with_every_path_from_every_peer() {
     let on_c = runs.wait_for("deploy", &c.tree("c"));
     let from_b = [c.path("c", "site/1"), c.path("c", "site/2")];
     assert!(on_c.iter().flatten().all(|p| from_b.contains(p)), "runs on c: {on_c:?}");
+}
+
+#[test]
+fn a_receiver_runs_the_actions_of_each_run_of_a_session_kept_between_runs() {
+    let runs = Runs::new();
+    let mut c = Cluster::with(Setup::nodes(2).extra(&runs.action("deploy", "pattern %tree%/site;")));
+    baseline(&c, &runs);
+    c.start_all();
+    // a's daemon keeps its session with b for its next run (for 20 s);
+    // b runs each run's actions when that run ends, well before.
+    let run_ends = Duration::from_secs(10);
+    write(&c.path("a", "site/1"), b"one");
+    c.sync_ok("a");
+    let first = runs.wait_within("deploy", &c.tree("b"), run_ends);
+    assert_eq!(
+        first.into_iter().map(sorted).collect::<Vec<_>>(),
+        vec![vec![c.path("b", "site"), c.path("b", "site/1")]]
+    );
+    runs.clear();
+    write(&c.path("a", "site/2"), b"two");
+    c.sync_ok("a");
+    let second = runs.wait_within("deploy", &c.tree("b"), run_ends);
+    assert_eq!(second, vec![vec![c.path("b", "site/2")]], "the second run's action has its own paths only");
 }
 
 #[test]
