@@ -388,23 +388,31 @@ impl Run {
 }
 
 /// Peak memory and CPU time of every process of a run: VmHWM as sampled;
-/// the commands' CPU time from wait4(2), the daemons' as sampled.
+/// the commands' CPU time from wait4(2), the daemons' as sampled; and a
+/// daemon's resident memory when it was stopped, after all its work.
 fn processes(commands: &BTreeMap<String, (u64, Duration)>, sampler: &Sampler) -> Value {
-    let mut all = commands.clone();
-    for (label, hwm, cpu) in sampler.take() {
+    let mut all: BTreeMap<String, (u64, Duration, Option<u64>)> =
+        commands.iter().map(|(k, (h, c))| (k.clone(), (*h, *c, None))).collect();
+    for (label, hwm, cpu, rss) in sampler.take() {
         // Daemons' labels name their node in parentheses; other processes
         // go by command name, and those wait4 measured are left to it.
-        let key = if label.contains('(') { label.clone() } else { format!("{label} (command)") };
+        let daemon = label.contains('(');
+        let key = if daemon { label.clone() } else { format!("{label} (command)") };
         let exact_cpu = commands.contains_key(&key);
         let e = all.entry(key).or_default();
         e.0 = e.0.max(hwm);
         if !exact_cpu {
             e.1 += cpu;
         }
+        if daemon && !label.ends_with("(forked)") {
+            e.2 = Some(rss);
+        }
     }
     all.into_iter()
-        .filter(|(_, (rss, _))| *rss > 0)
-        .map(|(p, (rss, cpu))| json!({"process": p, "peak_rss_bytes": rss, "cpu_s": cpu.as_secs_f64()}))
+        .filter(|(_, (peak, _, _))| *peak > 0)
+        .map(|(p, (peak, cpu, end))| {
+            json!({"process": p, "peak_rss_bytes": peak, "cpu_s": cpu.as_secs_f64(), "end_rss_bytes": end})
+        })
         .collect()
 }
 

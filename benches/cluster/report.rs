@@ -285,6 +285,31 @@ pub fn markdown(v: &Value) -> String {
                 pass: Some(n <= 1.5 * l),
             });
         }
+        // The issue's memory target is for the 20k-file tree; a peak over
+        // the whole bench counts, not only the daemon's size once idle.
+        let daemons: Vec<&Value> = tv("snapsync")["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["process"].as_str().is_some_and(|n| n.starts_with("snapsync serve")))
+            .collect();
+        let peak = daemons.iter().filter_map(|p| p["peak_rss_bytes"].as_u64()).max();
+        let end = daemons.iter().filter_map(|p| p["end_rss_bytes"].as_u64()).max();
+        if let Some(peak) = peak
+            && files <= 20_000
+        {
+            tc.push(Check {
+                key: "memory",
+                what: format!("resident memory of a daemon that synced the {files}-file tree (the largest)"),
+                have: format!(
+                    "peak {}, at the end {}",
+                    human_bytes(peak),
+                    end.map(human_bytes).unwrap_or_else(|| "–".to_owned())
+                ),
+                need: "< 64 MiB".to_owned(),
+                pass: Some(peak < 64 << 20),
+            });
+        }
         let _ = writeln!(o, "\nSPEC §8 targets:\n");
         let _ = writeln!(o, "| target | measured | needed | |\n|---|---|---|---|");
         for c in &tc {
@@ -313,16 +338,18 @@ pub fn markdown(v: &Value) -> String {
 
         let _ = writeln!(
             o,
-            "\nPeak resident memory and CPU time (user + system) of each process over all the work above:\n"
+            "\nPeak resident memory and CPU time (user + system) of each process over all the work above, and a \
+             daemon's resident memory when it was stopped, after all of it:\n"
         );
-        let _ = writeln!(o, "| tool | process | peak RSS | CPU |\n|---|---|---:|---:|");
+        let _ = writeln!(o, "| tool | process | peak RSS | RSS at the end | CPU |\n|---|---|---:|---:|---:|");
         for t in &measured {
             for p in tv(t)["processes"].as_array().into_iter().flatten() {
                 let _ = writeln!(
                     o,
-                    "| {t} | {} | {} | {} |",
+                    "| {t} | {} | {} | {} | {} |",
                     p["process"].as_str().unwrap_or("?"),
                     bytes(&p["peak_rss_bytes"]),
+                    bytes(&p["end_rss_bytes"]),
                     secs(&p["cpu_s"])
                 );
             }
@@ -447,16 +474,17 @@ atomic-replace rule) or fewer processes per core than this bench runs.",
 With `serve --watch` the walk is skipped ({} median here). A profile of the walk: more than half of its CPU is the \
 kernel's `fstatat` and `getdents` (the floor); the rest is reading and parsing each directory's stored record \
 (a point lookup and a view that allocates nothing), listing each directory, matching paths against the group's \
-patterns (none below an included directory when the group excludes nothing, as here), and setting up a QUIC \
-connection to each peer. Closing it without the watcher needs connections kept between runs \
-and a walk that touches less than every directory's record.",
+patterns (none below an included directory when the group excludes nothing, as here); then one `GetRoots` round \
+trip to each peer on the session a's daemon keeps between runs. Closing it without the watcher needs a walk that \
+touches less than every directory's record.",
             secs(&fl["lstat_s"]),
             secs(&w("no_change").into()),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
         ),
         "one_change" => format!(
             "one changed file ({} here against {} for no change): a's check walks the whole tree as a no-change \
-sync does, then a connects to each peer, and each peer walks down only the differing directories, checks the one \
+sync does, then a asks each peer over the session kept from its last run, and each peer walks down only the \
+differing directories, checks the one \
 path, fetches its chunks and places the file, syncing the file, its directory and its state. In a trace of one such \
 sync on this machine the walk on a was about two thirds of the time and each peer's pull about 12 ms. Closing it \
 needs the faster walk above. The same change with `serve --watch` (no walk) reaches both peers in {} (p50).",
@@ -466,13 +494,24 @@ needs the faster walk above. The same change with `serve --watch` (no walk) reac
         ),
         "watch" => format!(
             "the watcher starts a sync run 2 ms after a change's last event (`QUICK` in src/daemon/watch.rs); the \
-change-to-peers latency ({} p50) is the run itself: the check of the one path on a, a new QUIC connection to each \
-peer, and each peer's pull until the file is in place, which syncs the file, its directory and the peer's state. A \
-100x ratio against csync2 (a few ms) needs connections kept between runs and an apply that does not wait for the \
-disk three times. The no-walk no-change sync takes {}.",
+change-to-peers latency ({} p50) is the run itself, on the sessions a's daemon keeps between runs (no handshake): \
+the check of the one path on a (a file written in the coarse clock's current tick is read again once the tick is \
+over; the commit syncs the state's marker and journal), then on each peer the pull: about six round trips \
+(`GetRoots` and `Pull` from a, then the peer's `GetRoots`, a `GetDir` per level down to the file and \
+`GetChunks`), its own check of the path, and building, syncing and renaming the file. Three processes share two \
+cores, and such a run costs them about 20 ms of CPU together. A 100x ratio against csync2 (a few ms) needs a push \
+of the changed entries with their chunks instead of the peer's walk, and a check that does not wait for the disk \
+before the peers are told. The no-walk no-change sync takes {}.",
             secs(&quantile(&ss["watch"]["watch_change_to_peers"], 0.5)),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
         ),
+        "memory" => "a daemon's resident memory is mostly bounded caches and buffers (docs/design.md): the \
+database's 8 MiB block cache and an 8 MiB memtable per keyspace being written, the 16 MiB cache of chunks encoded \
+for peers, the QUIC endpoint's buffers (about 12 MiB) and each connection's. They fill during the first sync, and \
+together they pass 64 MiB; after the work, with the memtables flushed and freed memory returned (`malloc_trim`), \
+each daemon holds the size in the last column. Closing it needs those bounds made smaller, or released between \
+runs."
+            .to_owned(),
         _ => "not analysed yet.".to_owned(),
     }
 }

@@ -260,38 +260,44 @@ pub fn free_tcp_port(ips: &[Ipv4Addr]) -> u16 {
 
 /// Peak resident memory (VmHWM) and CPU time of every process this run
 /// started, daemons and what they fork included, sampled every
-/// [`SAMPLE_EVERY`] and once more when a daemon is stopped.
+/// [`SAMPLE_EVERY`] and once more when a daemon is stopped; for a daemon
+/// also its resident memory (VmRSS) then.
 static SAMPLES: Mutex<Samples> = Mutex::new(Samples { seen: None });
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 struct Samples {
-    /// pid -> (label, peak bytes, CPU time).
-    seen: Option<HashMap<u32, (String, u64, Duration)>>,
+    /// pid -> (label, peak bytes, CPU time, resident bytes when stopped).
+    seen: Option<HashMap<u32, (String, u64, Duration, u64)>>,
 }
 
 impl Samples {
     fn sample_one(&mut self, pid: u32) {
         let daemons = DAEMONS.lock().unwrap();
         let Some(label) = daemons.get(&pid) else { return };
-        if let Some((hwm, cpu)) = hwm_cpu(pid) {
-            let e = self.seen.get_or_insert_with(HashMap::new).entry(pid).or_insert((label.clone(), 0, Duration::ZERO));
+        if let Some((hwm, rss, cpu)) = hwm_cpu(pid) {
+            let e =
+                self.seen.get_or_insert_with(HashMap::new).entry(pid).or_insert((label.clone(), 0, Duration::ZERO, 0));
             e.1 = e.1.max(hwm);
             e.2 = e.2.max(cpu);
+            e.3 = rss;
         }
     }
 }
 
-/// VmHWM in bytes and user + system CPU time of `pid`.
-fn hwm_cpu(pid: u32) -> Option<(u64, Duration)> {
+/// VmHWM and VmRSS in bytes and user + system CPU time of `pid`.
+fn hwm_cpu(pid: u32) -> Option<(u64, u64, Duration)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    let (kb, rss_kb) = (field("VmHWM:")?, field("VmRSS:")?);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some((kb * 1024, Duration::from_millis(ticks * 1000 / hz)))
+    Some((kb * 1024, rss_kb * 1024, Duration::from_millis(ticks * 1000 / hz)))
 }
 
 /// Every process: pid -> (parent pid, command name).
@@ -343,18 +349,20 @@ impl Sampler {
         Sampler { stop, handle: Some(handle) }
     }
 
-    /// Peak memory and CPU time by process label since the last call, and
-    /// forgets them: `[{process, peak_rss_bytes, cpu_s}]`, largest first.
-    pub fn take(&self) -> Vec<(String, u64, Duration)> {
+    /// Peak memory, CPU time and the resident memory last sampled (a
+    /// daemon's: when it was stopped) by process label since the last
+    /// call, and forgets them.
+    pub fn take(&self) -> Vec<(String, u64, Duration, u64)> {
         sample_descendants(std::process::id());
         let seen = SAMPLES.lock().unwrap().seen.take().unwrap_or_default();
-        let mut by: BTreeMap<String, (u64, Duration)> = BTreeMap::new();
-        for (label, hwm, cpu) in seen.into_values() {
+        let mut by: BTreeMap<String, (u64, Duration, u64)> = BTreeMap::new();
+        for (label, hwm, cpu, rss) in seen.into_values() {
             let e = by.entry(label).or_default();
             e.0 = e.0.max(hwm);
             e.1 += cpu;
+            e.2 = e.2.max(rss);
         }
-        by.into_iter().map(|(l, (h, c))| (l, h, c)).collect()
+        by.into_iter().map(|(l, (h, c, r))| (l, h, c, r)).collect()
     }
 }
 
@@ -402,10 +410,11 @@ fn sample_descendants(root: u32) {
             continue;
         }
         let label = label.unwrap_or_else(|| comm.clone());
-        if let Some((hwm, cpu)) = hwm_cpu(pid) {
-            let e = seen.entry(pid).or_insert((label, 0, Duration::ZERO));
+        if let Some((hwm, rss, cpu)) = hwm_cpu(pid) {
+            let e = seen.entry(pid).or_insert((label, 0, Duration::ZERO, 0));
             e.1 = e.1.max(hwm);
             e.2 = e.2.max(cpu);
+            e.3 = rss;
         }
     }
 }
@@ -482,7 +491,8 @@ impl Fresh {
                     return Fresh {
                         path,
                         image: Some(image),
-                        kind: "ext4 made for this measurement on a loop-mounted sparse image file".to_owned(),
+                        kind: "ext4 made for this measurement (an inode per 4 KiB) on a loop-mounted sparse image file"
+                            .to_owned(),
                     };
                 }
                 Err(e) => {
@@ -504,10 +514,12 @@ fn make_ext4(image: &Path, at: &Path, bytes: u64) -> Result<(), String> {
     f.set_len(bytes).map_err(|e| format!("{}: {e}", image.display()))?;
     drop(f);
     // Lazy inode tables and no background zeroing (noinit_itable): the
-    // filesystem does no work of its own while the tools run.
+    // filesystem does no work of its own while the tools run. An inode per
+    // 4 KiB (ext4's default is 16 KiB): three copies of a tree of small
+    // files (the copy floor) need more inodes than bytes.
     run(
         Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+            .args(["-q", "-F", "-m", "0", "-i", "4096", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
             .arg(image),
         &[0],
     )?;
