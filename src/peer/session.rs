@@ -742,10 +742,14 @@ async fn serve_streams(
         }
     };
     tokio::pin!(stop);
+    let mut stopped = false;
     loop {
         let idle = tokio::time::sleep(proto::SESSION_IDLE_TIMEOUT);
         tokio::select! {
-            () = &mut stop => break,
+            () = &mut stop => {
+                stopped = true;
+                break;
+            }
             accepted = acceptor.accept_stream(), if tasks.len() < MAX_SERVED_AT_ONCE => match accepted {
                 Ok(Some(stream)) => {
                     if let Some(fresh) = fresh
@@ -780,7 +784,9 @@ async fn serve_streams(
         tracing::debug!("peer {}: session ended: {} requests cancelled", peer.host, tasks.len());
     }
     tasks.shutdown().await;
-    if cache.release() {
+    // A session stopped for the next run returns at once: the command it
+    // ran for gives the memory back after it answered.
+    if cache.release() && !stopped {
         let _ = tokio::task::spawn_blocking(move || node.settle_memory()).await;
     }
 }

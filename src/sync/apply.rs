@@ -1040,12 +1040,13 @@ impl<'a> Apply<'a> {
             self.all_placed = false;
         }
         // One directory sync per directory makes the renames durable
-        // before the state records them.
-        for (path, dir) in &dirs {
-            if let Err(e) = dir.sync() {
-                self.problem(path, format!("syncing the directory: {e}"));
-                return;
-            }
+        // before the state records them; a batch spread over many
+        // directories syncs them from several threads.
+        let mut synced: Vec<(&PathBuf, &Dir)> = dirs.iter().collect();
+        let results = synced_from_threads(&mut synced, |(_, dir)| dir.sync());
+        if let Some(((path, _), Err(e))) = synced.iter().zip(results).find(|(_, r)| r.is_err()) {
+            self.problem(path, format!("syncing the directory: {e}"));
+            return;
         }
         if !placed.is_empty() {
             crate::killpoint::hit("apply.placed");
@@ -1481,15 +1482,23 @@ type Synced<'d> = (Vec<(FileJob, crate::fs::TempFile<'d>)>, Vec<io::Result<()>>)
 /// Syncs the temporaries of `built` from up to [`SYNC_THREADS`] threads
 /// at once; the result of each, in order.
 fn sync_temps(built: &mut [(FileJob, crate::fs::TempFile<'_>)]) -> Vec<io::Result<()>> {
-    if built.len() <= 1 {
-        return built.iter_mut().map(|(_, t)| t.sync()).collect();
+    synced_from_threads(built, |(_, t)| t.sync())
+}
+
+/// `sync` applied to every item, from up to [`SYNC_THREADS`] threads: the
+/// waits for the disk overlap and share its journal commits.
+fn synced_from_threads<T: Send>(
+    items: &mut [T],
+    sync: impl Fn(&mut T) -> io::Result<()> + Sync,
+) -> Vec<io::Result<()>> {
+    if items.len() <= 1 {
+        return items.iter_mut().map(&sync).collect();
     }
-    let per = built.len().div_ceil(SYNC_THREADS);
+    let per = items.len().div_ceil(SYNC_THREADS);
+    let sync = &sync;
     std::thread::scope(|s| {
-        let parts: Vec<_> = built
-            .chunks_mut(per)
-            .map(|part| s.spawn(move || part.iter_mut().map(|(_, t)| t.sync()).collect::<Vec<_>>()))
-            .collect();
+        let parts: Vec<_> =
+            items.chunks_mut(per).map(|part| s.spawn(move || part.iter_mut().map(sync).collect::<Vec<_>>())).collect();
         parts.into_iter().flat_map(|p| p.join().expect("a sync thread panicked")).collect()
     })
 }

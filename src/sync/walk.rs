@@ -541,26 +541,50 @@ impl Listing {
         while self.page.is_empty() && !self.done {
             let msg = Message::GetDir { group: group.to_owned(), path: self.dir.clone(), after: self.after.clone() };
             let (_, reply) = request(&peer.host, opener, &msg).await?;
-            let Message::Dir { last_page, entries, .. } = reply else { unreachable!("check_reply allows only Dir") };
-            self.pages += 1;
-            self.entries += entries.len() as u64;
-            if self.entries > MAX_DIR_ENTRIES {
-                return Err(SyncError::Limit {
-                    peer: peer.host.clone(),
-                    what: format!(
-                        "directory {:?} of group {group} lists more than {MAX_DIR_ENTRIES} entries (the limit of one \
-                         listing); the reconcile with this peer stops here and nothing of it is applied",
-                        String::from_utf8_lossy(&self.dir)
-                    ),
-                });
-            }
-            if let Some(last) = entries.last() {
-                self.after = last.name.clone();
-            }
-            self.done = last_page || entries.is_empty();
-            self.page.extend(entries);
+            self.add_page(reply, peer, group)?;
         }
         Ok(())
+    }
+
+    /// Takes the peer's next page (a checked `Dir` answer).
+    fn add_page(&mut self, reply: Message, peer: &Peer, group: &str) -> Result<(), SyncError> {
+        let Message::Dir { last_page, entries, .. } = reply else { unreachable!("check_reply allows only Dir") };
+        self.pages += 1;
+        self.entries += entries.len() as u64;
+        if self.entries > MAX_DIR_ENTRIES {
+            return Err(SyncError::Limit {
+                peer: peer.host.clone(),
+                what: format!(
+                    "directory {:?} of group {group} lists more than {MAX_DIR_ENTRIES} entries (the limit of one \
+                     listing); the reconcile with this peer stops here and nothing of it is applied",
+                    String::from_utf8_lossy(&self.dir)
+                ),
+            });
+        }
+        if let Some(last) = entries.last() {
+            self.after = last.name.clone();
+        }
+        self.done = last_page || entries.is_empty();
+        self.page.extend(entries);
+        Ok(())
+    }
+}
+
+/// Directories whose first page is asked for before the walk reaches
+/// them: the next ones in its queue, so that their round trips overlap
+/// instead of following one another (a change spread over 200 directories
+/// waited for 200 round trips in a row). Half the streams a connection
+/// allows at once ([`crate::net::MAX_STREAMS`]); each holds at most one
+/// page ([`crate::proto::PAGE_BUDGET`]).
+const LISTINGS_AHEAD: usize = 4;
+
+/// The first page of a directory's listing, asked for ahead; the request
+/// stops when this is dropped unread (the walk failed).
+struct Ahead(tokio::task::JoinHandle<Result<Message, SyncError>>);
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -623,11 +647,29 @@ impl<'a> Walk<'a> {
         let top: Vec<WireEntry> = top.into_iter().filter(|e| roots.iter().any(|r| r.as_bytes() == e.name)).collect();
         let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
         self.merge(Vec::new(), Listing::given(top), &mut queue).await?;
-        while let Some(dir) = queue.pop_front() {
+        // `ahead[i]` is the first page of `queue[i]`.
+        let mut ahead: VecDeque<Ahead> = VecDeque::new();
+        loop {
+            while ahead.len() < LISTINGS_AHEAD.min(queue.len()) {
+                ahead.push_back(self.ask_ahead(queue[ahead.len()].clone()));
+            }
+            let Some(dir) = queue.pop_front() else { break };
             self.held -= queued_footprint(&dir);
-            self.merge(dir.clone(), Listing::of(dir), &mut queue).await?;
+            let mut listing = Listing::of(dir.clone());
+            if let Some(mut first) = ahead.pop_front() {
+                let reply = (&mut first.0).await.expect("a listing task panicked")?;
+                listing.add_page(reply, self.peer, &self.g.name)?;
+            }
+            self.merge(dir, listing, &mut queue).await?;
         }
         Ok(())
+    }
+
+    /// Asks for the first page of `dir`'s listing, to be read later.
+    fn ask_ahead(&self, dir: Vec<u8>) -> Ahead {
+        let (host, mut opener) = (self.peer.host.clone(), self.peer.opener.clone());
+        let msg = Message::GetDir { group: self.g.name.clone(), path: dir, after: Vec::new() };
+        Ahead(tokio::spawn(async move { request(&host, &mut opener, &msg).await.map(|(_, reply)| reply) }))
     }
 
     /// Merges the peer's listing of `dir` with the local record, deciding
