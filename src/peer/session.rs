@@ -388,7 +388,9 @@ async fn exchange(
             kept.close();
             return Err(e);
         }
-        match interruptible(node, gi, entry, kept, true, run, Arc::clone(&actions), report).await? {
+        let closer = kept.opener.clone();
+        let kept = session(node, gi, entry, kept, true, run, Arc::clone(&actions), report);
+        match interruptible(entry, closer, run, kept).await? {
             Ended::Done => return Ok(()),
             Ended::KeptGone => {}
         }
@@ -399,7 +401,8 @@ async fn exchange(
         () = run.interrupt.wait() => return Err(SyncError::Interrupted),
     };
     drop(connecting);
-    interruptible(node, gi, entry, opened, false, run, actions, report).await.map(|_| ())
+    let closer = opened.opener.clone();
+    interruptible(entry, closer, run, session(node, gi, entry, opened, false, run, actions, report)).await.map(|_| ())
 }
 
 /// How a session's part in a run ended.
@@ -411,20 +414,14 @@ enum Ended {
     KeptGone,
 }
 
-/// Runs [`session`] until the run is interrupted; then closes it.
-#[allow(clippy::too_many_arguments)]
+/// Runs `session` (on the session `closer` closes) until the run is
+/// interrupted; then closes the session and lets it end.
 async fn interruptible(
-    node: &Arc<Node>,
-    gi: usize,
     entry: &HostEntry,
-    opened: Opened,
-    kept: bool,
+    closer: StreamOpener,
     run: &Run,
-    actions: Arc<ActionQueue>,
-    report: &mut PeerReport,
+    session: impl std::future::Future<Output = Result<Ended, SyncError>>,
 ) -> Result<Ended, SyncError> {
-    let closer = opened.opener.clone();
-    let session = session(node, gi, entry, opened, kept, run, actions, report);
     tokio::pin!(session);
     tokio::select! {
         result = &mut session => result,
