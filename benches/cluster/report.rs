@@ -505,12 +505,14 @@ before the peers are told. The no-walk no-change sync takes {}.",
             secs(&quantile(&ss["watch"]["watch_change_to_peers"], 0.5)),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
         ),
-        "memory" => "a daemon's resident memory is mostly bounded caches and buffers (docs/design.md): the \
-database's 8 MiB block cache and an 8 MiB memtable per keyspace being written, the 16 MiB cache of chunks encoded \
-for peers, the QUIC endpoint's buffers (about 12 MiB) and each connection's. They fill during the first sync, and \
-together they pass 64 MiB; after the work, with the memtables flushed and freed memory returned (`malloc_trim`), \
-each daemon holds the size in the last column. Closing it needs those bounds made smaller, or released between \
-runs."
+        "memory" => "a daemon's resident memory is mostly buffers and caches with bounds (docs/design.md): what \
+the streams answering a peer's chunk requests hold until the peer acknowledges it (up to the 4 MiB window of \
+each of the four fetch streams of each peer: the largest part of the sender's peak in a heap profile of a first \
+sync), the 16 MiB cache of chunks encoded for peers, the QUIC endpoint's socket rings (about 11 MiB), the \
+database's 8 MiB block cache and an 8 MiB memtable per keyspace being written. They fill during the first sync; \
+after the work, with the memtables flushed and freed memory returned (`malloc_trim`), each daemon holds the size \
+in the last column. Closing it needs smaller bounds for the chunk answers' buffers and the rings, and the cache \
+released between runs, each checked against the transfer rate."
             .to_owned(),
         _ => "not analysed yet.".to_owned(),
     }
