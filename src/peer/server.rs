@@ -189,15 +189,21 @@ async fn answer(
                     "Done ends a run of the side that opened the session".into(),
                 ));
             }
-            // The run's actions go on their own: the initiator's run is
-            // not held up by them. What the run left in memory goes back
-            // to the system, as when a session ends.
+            // Answered first: the initiator's run is not held up by the
+            // actions. They run while this request still counts among the
+            // session's requests served at once, so a peer that sends
+            // `Done` after `Done` cannot queue work without bound. What the
+            // run left in memory then goes back to the system, as when a
+            // session ends.
+            send(stream, &Message::Done).await?;
+            let _ = stream.shutdown().await;
             let (actions, node) = (Arc::clone(&peer.actions), Arc::clone(node));
-            tokio::task::spawn_blocking(move || {
+            let ran = tokio::task::spawn_blocking(move || {
                 actions.run_so_far(&node.engine.groups);
                 node.settle_memory();
             });
-            send(stream, &Message::Done).await
+            ran.await.expect("actions panicked");
+            Ok(())
         }
         // Notices, not answered.
         Message::Bye | Message::Progress => Ok(()),
