@@ -96,6 +96,14 @@ pub const MAX_STREAMS: u64 = 8;
 /// default (3.75 MB) rounded, set here so the bound is ours.
 pub const DATA_WINDOW: u64 = 4 * 1024 * 1024;
 
+/// The most data one stream holds written but not yet acknowledged by the
+/// peer. s2n-quic's default is 4 MiB a stream: a daemon answering two
+/// peers' chunk requests on four streams each held 36 MiB of chunk frames
+/// in these buffers, the largest part of its peak. 1 MiB a stream still
+/// keeps the four fetch streams of a peer (4 MiB in flight together) ahead
+/// of a 1 Gbit/s link at 30 ms round trip, and loopback at full speed.
+pub const SEND_BUFFER: u32 = 1024 * 1024;
+
 fn limits() -> Result<Limits, NetError> {
     Limits::new()
         .with_max_handshake_duration(HANDSHAKE_TIMEOUT)
@@ -107,6 +115,7 @@ fn limits() -> Result<Limits, NetError> {
         .and_then(|l| l.with_data_window(DATA_WINDOW))
         .and_then(|l| l.with_bidirectional_local_data_window(DATA_WINDOW))
         .and_then(|l| l.with_bidirectional_remote_data_window(DATA_WINDOW))
+        .and_then(|l| l.with_max_send_buffer_size(SEND_BUFFER))
         .map_err(|e| NetError::crypto("set QUIC limits", e))
 }
 
@@ -146,7 +155,7 @@ impl Server {
             .map_err(|e| fail(e.to_string()))?
             .with_address_token(TokenProvider(admission))
             .map_err(|e| fail(e.to_string()))?
-            .with_io(io(addr, None).map_err(|e| fail(e.to_string()))?)
+            .with_io(io(addr, SERVER_RECEIVE_QUEUE).map_err(|e| fail(e.to_string()))?)
             .map_err(|e| fail(e.to_string()))?
             .with_limits(limits()?)
             .map_err(|e| fail(e.to_string()))?
@@ -209,22 +218,25 @@ impl Server {
 /// clusters often live, get six times fewer packets for the same data.
 const MAX_MTU: u16 = 9001;
 
-/// The receive queue of a client endpoint, between its socket and the
-/// connection. s2n-quic's default, 8 MiB, is allocated and zeroed for every
-/// endpoint: with one client endpoint per connection, zeroing two of them
-/// was 7% of the CPU of a no-change sync with two peers. 1 MiB is 16
-/// batches of received datagrams, enough to take a peer's data at full
-/// speed on loopback; the daemon's one server endpoint keeps the default.
+/// The receive queue of an endpoint, between its socket and its
+/// connections. s2n-quic's default, 8 MiB, is allocated for every
+/// endpoint and filled as datagrams arrive: zeroing it for the client
+/// endpoint each connection gets was 7% of the CPU of a no-change sync
+/// with two peers, and the daemon's server endpoint kept all 8 MiB
+/// resident. 1 MiB is 16 batches of received datagrams, enough to take a
+/// peer's data at full speed on loopback; the server, which takes every
+/// peer's data at once, gets 2 MiB.
 const CLIENT_RECEIVE_QUEUE: usize = 1 << 20;
+const SERVER_RECEIVE_QUEUE: usize = 2 << 20;
 
-/// The UDP socket of an endpoint bound to `addr`; `receive_queue`: the
-/// size of its receive queue, when not s2n-quic's default.
-fn io(addr: SocketAddr, receive_queue: Option<usize>) -> std::io::Result<s2n_quic::provider::io::tokio::Provider> {
-    let mut io = s2n_quic::provider::io::tokio::Builder::default().with_receive_address(addr)?.with_max_mtu(MAX_MTU)?;
-    if let Some(size) = receive_queue {
-        io = io.with_internal_recv_buffer_size(size)?;
-    }
-    io.build()
+/// The UDP socket of an endpoint bound to `addr`, with a receive queue of
+/// `receive_queue` bytes.
+fn io(addr: SocketAddr, receive_queue: usize) -> std::io::Result<s2n_quic::provider::io::tokio::Provider> {
+    s2n_quic::provider::io::tokio::Builder::default()
+        .with_receive_address(addr)?
+        .with_max_mtu(MAX_MTU)?
+        .with_internal_recv_buffer_size(receive_queue)?
+        .build()
 }
 
 /// Connects to `addr` as `identity`, expecting the peer's certificate to be
@@ -257,7 +269,7 @@ pub async fn connect(
     let mut client = s2n_quic::Client::builder()
         .with_tls(tls)
         .map_err(|e| fail(e.to_string()))?
-        .with_io(io(local, Some(CLIENT_RECEIVE_QUEUE)).map_err(|e| fail(e.to_string()))?)
+        .with_io(io(local, CLIENT_RECEIVE_QUEUE).map_err(|e| fail(e.to_string()))?)
         .map_err(|e| fail(e.to_string()))?
         .with_limits(limits()?)
         .map_err(|e| fail(e.to_string()))?

@@ -40,7 +40,8 @@
 //! (Retry) above [`RETRY_ABOVE`] ([`RETRY_ABOVE_PER_SOURCE`]), and failed
 //! handshakes reported once per [`REPORT_INTERVAL`] while they keep coming.
 //! A connection carries at most [`MAX_STREAMS`] streams each way at a time
-//! and [`DATA_WINDOW`] of unread data. Errors are [`NetError`]s, each
+//! and [`DATA_WINDOW`] of unread data; each stream holds at most
+//! [`SEND_BUFFER`] written but not yet acknowledged. Errors are [`NetError`]s, each
 //! transient (retry later) or permanent (needs an operator):
 //! [`NetError::is_transient`].
 
@@ -57,7 +58,7 @@ mod tests;
 
 pub use endpoint::{
     ALPN, CLOSE_INTERRUPTED, CLOSE_REFUSED, Connection, DATA_WINDOW, DEFAULT_PORT, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
-    MAX_STREAMS, Server, Stream, StreamAcceptor, StreamOpener, connect,
+    MAX_STREAMS, SEND_BUFFER, Server, Stream, StreamAcceptor, StreamOpener, connect,
 };
 pub use error::NetError;
 pub use files::NET_DIR;

@@ -142,11 +142,11 @@ async fn answer(
                 (files, missing)
             });
             while let Some(chunk) = rx.recv().await {
-                proto::write_encoded(stream, &chunk.frame)
+                proto::write_chunk_frame(stream, &chunk.head, &chunk.stored)
                     .await
                     .map_err(|e| SyncError::Refused(format!("writing a reply: {e}")))?;
                 Stats::add(&node.stats.chunks_served, 1);
-                peer.sent(chunk.stored as u64);
+                peer.sent(chunk.stored.len() as u64);
                 crate::killpoint::hit("serve.chunk");
             }
             let (files, missing) = reader.await.expect("chunk reader panicked");
@@ -363,10 +363,11 @@ pub(super) fn split_logical<'p>(g: &ResolvedGroup, path: &'p [u8]) -> (&'p [u8],
     }
 }
 
-/// A `Chunk` message, encoded, and the length of the chunk's stored form.
+/// A `Chunk` message: the head of its frame and the chunk's stored form,
+/// shared with the node's cache of encoded chunks (not copied).
 struct ChunkFrame {
-    frame: Vec<u8>,
-    stored: usize,
+    head: Vec<u8>,
+    stored: Arc<Vec<u8>>,
 }
 
 /// Reads the wanted chunks of `files`, sending each as a `Chunk` frame;
@@ -413,7 +414,7 @@ fn read_chunks(
             match data {
                 Some(stored) => {
                     sent.insert(*h);
-                    let chunk = ChunkFrame { frame: proto::encode_chunk_frame(h, &stored), stored: stored.len() };
+                    let chunk = ChunkFrame { head: proto::chunk_frame_head(h, stored.len()), stored };
                     if tx.blocking_send(chunk).is_err() {
                         return Ok(missing);
                     }

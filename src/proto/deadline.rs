@@ -29,6 +29,14 @@ use tokio::time::{Instant, Sleep};
 use super::FRAME_HEADER_LEN;
 use super::limits::{MIN_TRANSFER_RATE, REPLY_TIMEOUT};
 
+/// The most bytes handed to the stream in one write. A QUIC stream copies
+/// each write into one buffer and frees it only when the peer has
+/// acknowledged all of it, so a large write holds its whole length while
+/// the stream's send buffer ([`crate::net::SEND_BUFFER`]) refills behind it: with
+/// frames of up to 4 MiB written whole, a stream held about twice its send
+/// buffer. In 64 KiB pieces it holds little more than the buffer.
+const WRITE_PIECE: usize = 64 * 1024;
+
 /// A stream whose reads and writes fail with `TimedOut` when the peer
 /// stalls. See the module documentation for the rules.
 pub struct Deadlines<S> {
@@ -228,6 +236,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
         this.write.begin(this.timeout, this.rate);
+        let buf = &buf[..buf.len().min(WRITE_PIECE)];
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 this.write.advance(&buf[..n], this.timeout, this.rate);
@@ -407,5 +416,30 @@ mod tests {
         let err = s.shutdown().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("the end of the answer to GetDir"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn writes_reach_the_stream_in_bounded_pieces() {
+        /// Takes every write whole and keeps the largest length.
+        #[derive(Default)]
+        struct Largest(usize, usize);
+        impl AsyncWrite for Largest {
+            fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+                self.0 = self.0.max(b.len());
+                self.1 += b.len();
+                Poll::Ready(Ok(b.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut s = Deadlines::with_limits(Largest::default(), "-", "answer to GetChunks", T, 1 << 20);
+        let big = Message::Chunk { hash: crate::hash::Hash::of(b"x"), stored: vec![7; 3 * WRITE_PIECE + 5] };
+        write_frame(&mut s, &big).await.unwrap();
+        assert_eq!(s.inner.0, WRITE_PIECE, "the largest single write");
+        assert_eq!(s.inner.1, super::super::encode_frame(&big).len(), "every byte written");
     }
 }

@@ -34,36 +34,44 @@ pub fn encode_frame(msg: &Message) -> Vec<u8> {
     out
 }
 
-/// The frame of `Message::Chunk { hash, stored }`, encoded from borrowed
-/// bytes: a chunk kept for several peers is not copied into a message
-/// first. The same bytes as [`encode_frame`] gives.
-pub fn encode_chunk_frame(hash: &crate::hash::Hash, stored: &[u8]) -> Vec<u8> {
+/// The start of the frame of `Message::Chunk { hash, stored }`: what
+/// comes before the `stored` bytes, which follow it unchanged. A chunk kept
+/// for several peers is written from where it is kept, not copied into a
+/// message first. The head and `stored` together are the bytes
+/// [`encode_frame`] gives.
+pub fn chunk_frame_head(hash: &crate::hash::Hash, stored_len: usize) -> Vec<u8> {
     /// `Message::Chunk`'s index among the variants (postcard writes it as
-    /// a varint, then the fields in order).
+    /// a varint, then the fields in order; bytes as a varint length, then
+    /// the bytes).
     const CHUNK_VARIANT: u32 = 9;
-    struct Bytes<'a>(&'a [u8]);
-    impl serde::Serialize for Bytes<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(self.0)
-        }
-    }
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + 48 + stored.len());
-    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-    let mut out =
-        postcard::to_extend(&(CHUNK_VARIANT, hash, Bytes(stored)), out).expect("encoding to a Vec cannot fail");
-    let len = u32::try_from(out.len() - FRAME_HEADER_LEN).unwrap_or(u32::MAX);
+    let out = vec![0u8; FRAME_HEADER_LEN];
+    let mut out = postcard::to_extend(&(CHUNK_VARIANT, hash, stored_len), out).expect("encoding to a Vec cannot fail");
+    let body = out.len() - FRAME_HEADER_LEN + stored_len;
+    // A body over 4 GiB cannot be sent anyway; saturating keeps it refused.
+    let len = u32::try_from(body).unwrap_or(u32::MAX);
     out[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     out
 }
 
-/// Writes a frame made by [`encode_frame`] or [`encode_chunk_frame`],
-/// refusing one over [`MAX_FRAME`].
+/// Writes a frame made by [`encode_frame`], refusing one over
+/// [`MAX_FRAME`].
 pub async fn write_encoded<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), ProtoError> {
-    let len = frame.len() - FRAME_HEADER_LEN;
+    write_parts(w, frame, &[]).await
+}
+
+/// Writes the frame of a chunk: `head` from [`chunk_frame_head`], then the
+/// chunk's `stored` bytes; refuses one over [`MAX_FRAME`].
+pub async fn write_chunk_frame<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], stored: &[u8]) -> Result<(), ProtoError> {
+    write_parts(w, head, stored).await
+}
+
+async fn write_parts<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], rest: &[u8]) -> Result<(), ProtoError> {
+    let len = head.len() + rest.len() - FRAME_HEADER_LEN;
     if len > MAX_FRAME {
         return Err(ProtoError::FrameTooLarge { len: len as u64, max: MAX_FRAME });
     }
-    w.write_all(frame).await?;
+    w.write_all(head).await?;
+    w.write_all(rest).await?;
     Ok(())
 }
 
@@ -195,7 +203,8 @@ mod tests {
             data in proptest::collection::vec(any::<u8>(), 1..70_000),
         ) {
             let (hash, stored) = (crate::hash::Hash(hash), crate::chunk::encode(&data));
-            let frame = encode_chunk_frame(&hash, &stored);
+            let mut frame = chunk_frame_head(&hash, stored.len());
+            frame.extend_from_slice(&stored);
             prop_assert_eq!(&frame, &encode_frame(&Message::Chunk { hash, stored: stored.clone() }));
             prop_assert_eq!(decode_frame(&frame).unwrap().0, Message::Chunk { hash, stored });
         }

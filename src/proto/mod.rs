@@ -47,8 +47,8 @@ mod validate;
 pub use deadline::Deadlines;
 pub use error::{ErrorCode, ProtoError, SHOWN};
 pub use frame::{
-    FRAME_HEADER_LEN, decode_frame, encode_chunk_frame, encode_frame, read_frame, read_frame_within, write_encoded,
-    write_frame,
+    FRAME_HEADER_LEN, chunk_frame_head, decode_frame, encode_frame, read_frame, read_frame_within, write_chunk_frame,
+    write_encoded, write_frame,
 };
 pub use limits::*;
 pub use message::{

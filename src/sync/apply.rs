@@ -70,8 +70,9 @@ pub(super) struct Take {
     pub logical: Vec<u8>,
     /// The local path.
     pub local: PathBuf,
-    /// The local record the decision was made on.
-    pub old: Option<EntryRecord>,
+    /// The local record the decision was made on. Boxed: a first sync's
+    /// plans have none, and a plan is held for every file of the run.
+    pub old: Option<Box<EntryRecord>>,
     /// The state to take, with the version to record it under.
     pub new: EntryRecord,
     /// What it does, for the audit trail.
@@ -540,7 +541,7 @@ impl<'a> Apply<'a> {
         if t.action != ChangeAction::Merge {
             t.action = super::walk::action_for(Some(&now), &t.new);
         }
-        t.old = Some(now);
+        t.old = Some(Box::new(now));
     }
 
     /// The record the store holds now for `logical`.
@@ -619,7 +620,7 @@ impl<'a> Apply<'a> {
     /// apply may be changing until it commits.
     fn record_unchanged(&self, t: &Take) -> Result<Option<EntryRecord>, String> {
         let now = self.current(&t.logical)?;
-        let same_record = match (&now, &t.old) {
+        let same_record = match (&now, t.old.as_deref()) {
             (None, None) => true,
             (Some(n), Some(o)) => n.version == o.version && n.deleted == o.deleted && (n.deleted || same_state(n, o)),
             _ => false,
@@ -775,7 +776,7 @@ impl<'a> Apply<'a> {
                             Err(e) => return self.problem(&t.local, e),
                         }
                     }
-                    self.adopt(t.logical, t.local, EntryRecord { version, ..old });
+                    self.adopt(t.logical, t.local, EntryRecord { version, ..*old });
                 }
             }
             Ok(Err(held)) => {
@@ -806,7 +807,7 @@ impl<'a> Apply<'a> {
                 {
                     let version =
                         crate::sync::settled_version(&old.version, &t.new.version, &self.node.engine.host, seq);
-                    self.adopt(t.logical, t.local, EntryRecord { version, ..old });
+                    self.adopt(t.logical, t.local, EntryRecord { version, ..*old });
                 }
             }
             Err(e) => self.problem(&t.local, e),
@@ -1097,7 +1098,7 @@ impl<'a> Apply<'a> {
                     match self.node.engine.store.allocate_seq(w) {
                         Ok(seq) => {
                             let version = old.version.bumped(&self.node.engine.host, seq);
-                            self.adopt(t.logical.clone(), t.local.clone(), EntryRecord { version, ..old.clone() });
+                            self.adopt(t.logical.clone(), t.local.clone(), EntryRecord { version, ..(**old).clone() });
                         }
                         Err(e) => self.problem(&t.local, e),
                     }

@@ -194,7 +194,7 @@ impl Plan {
             Plan::Take(t) => {
                 t.logical.len()
                     + t.local.as_os_str().len()
-                    + t.old.as_ref().map_or(0, record_heap)
+                    + t.old.as_deref().map_or(0, |r| size_of::<EntryRecord>() + record_heap(r))
                     + record_heap(&t.new)
             }
             Plan::Reversion { logical, local, record } => logical.len() + local.as_os_str().len() + record_heap(record),
@@ -1076,7 +1076,7 @@ impl<'a> Walk<'a> {
             self.charge(change_footprint(logical))?;
             self.report.change(action, logical);
         }
-        self.plan(Plan::Take(Take { logical: logical.to_vec(), local, old: l.cloned(), new: r, action }))
+        self.plan(Plan::Take(Take { logical: logical.to_vec(), local, old: l.cloned().map(Box::new), new: r, action }))
     }
 
     fn reversion(
@@ -1206,7 +1206,7 @@ mod tests {
         assert!(MAX_PLAN_BYTES / fat < 40_000, "{} fat plans fit", MAX_PLAN_BYTES / fat);
         let with_old = match take(4) {
             Plan::Take(mut t) => {
-                t.old = Some(file_record(1000, 2));
+                t.old = Some(Box::new(file_record(1000, 2)));
                 Plan::Take(t).footprint()
             }
             _ => unreachable!(),
