@@ -265,15 +265,23 @@ impl Node {
 
 /// How many bytes of encoded chunks [`EncodedCache`] keeps: a few hundred
 /// chunks, enough for peers pulling the same change at about the same
-/// time, small beside the daemon's other memory.
-const ENCODED_CACHE_BYTES: usize = 16 << 20;
+/// time, small beside the daemon's other memory. In a first sync of 20k
+/// files to two peers, counted, the cache held at most 9 MiB while the
+/// second peer was served from it (about every other chunk); once one
+/// peer had fallen more than the budget (16 MiB then) behind the other,
+/// nothing more was served from it, and the full budget only held chunks
+/// that would not be asked for again.
+const ENCODED_CACHE_BYTES: usize = 8 << 20;
 
 /// Chunks recently read and compressed for a peer, shared by every
 /// session of the node: peers pulling the same content at about the same
 /// time (the usual case: one host's change goes to all the others) get it
-/// read, checked and compressed once. Oldest out first. Emptied when the
-/// last peer session ends ([`EncodedCache::hold`]): an idle daemon keeps
-/// none of it.
+/// read, checked and compressed once. A chunk leaves as soon as it has
+/// been served as many times as there are peer sessions (each peer has
+/// had it), else oldest out first; so during a first sync to several
+/// peers it holds only the chunks between the slowest peer and the
+/// fastest. Emptied when the last peer session ends
+/// ([`EncodedCache::hold`]): an idle daemon keeps none of it.
 #[derive(Default)]
 pub(crate) struct EncodedCache {
     inner: std::sync::Mutex<CacheInner>,
@@ -323,7 +331,9 @@ impl Node {
 
 #[derive(Default)]
 struct CacheInner {
-    map: std::collections::HashMap<Hash, Arc<Vec<u8>>>,
+    /// Each chunk with the number of times it was served.
+    map: std::collections::HashMap<Hash, (Arc<Vec<u8>>, usize)>,
+    /// Oldest first; may name chunks already gone (served to every peer).
     order: std::collections::VecDeque<Hash>,
     bytes: usize,
 }
@@ -335,23 +345,51 @@ impl EncodedCache {
         CacheHold(Arc::clone(self))
     }
 
+    /// The chunk, if cached; counts it served once more, and drops it once
+    /// every peer session has been served it.
     pub(crate) fn get(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
-        self.inner.lock().expect("poisoned").map.get(hash).cloned()
+        let sessions = self.sessions.load(std::sync::atomic::Ordering::Acquire);
+        let mut c = self.inner.lock().expect("poisoned");
+        let (stored, served) = c.map.get_mut(hash)?;
+        *served += 1;
+        let stored = Arc::clone(stored);
+        if *served >= sessions {
+            c.map.remove(hash);
+            c.bytes -= stored.len();
+            c.compact();
+        }
+        Some(stored)
     }
 
+    /// Keeps `stored`, just read and compressed for one peer (served once).
     pub(crate) fn put(&self, hash: Hash, stored: Arc<Vec<u8>>) {
+        if self.sessions.load(std::sync::atomic::Ordering::Acquire) <= 1 {
+            // One peer: nobody else will ask for it.
+            return;
+        }
         let mut c = self.inner.lock().expect("poisoned");
         c.bytes += stored.len();
-        if let Some(replaced) = c.map.insert(hash, stored) {
+        if let Some((replaced, _)) = c.map.insert(hash, (stored, 1)) {
             c.bytes -= replaced.len();
             return;
         }
         c.order.push_back(hash);
         while c.bytes > ENCODED_CACHE_BYTES {
             let Some(old) = c.order.pop_front() else { break };
-            if let Some(v) = c.map.remove(&old) {
+            if let Some((v, _)) = c.map.remove(&old) {
                 c.bytes -= v.len();
             }
+        }
+    }
+}
+
+impl CacheInner {
+    /// Forgets the names of chunks already gone once they outnumber those
+    /// kept, so that the order stays as long as the map, give or take.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order.retain(|h| map.contains_key(h));
         }
     }
 }
@@ -388,7 +426,9 @@ mod tests {
 
     #[test]
     fn encoded_cache_keeps_the_newest_within_its_budget() {
-        let cache = EncodedCache::default();
+        let cache = Arc::new(EncodedCache::default());
+        // Three peer sessions: a chunk served to two of them stays.
+        let _holds = [cache.hold(), cache.hold(), cache.hold()];
         let chunk = Arc::new(vec![0u8; ENCODED_CACHE_BYTES / 4]);
         let hashes: Vec<Hash> = (0u8..6).map(|i| Hash::of(&[i])).collect();
         for h in &hashes {
@@ -399,5 +439,29 @@ mod tests {
         assert!(cache.get(&hashes[0]).is_none() && cache.get(&hashes[1]).is_none());
         assert!(hashes[2..].iter().all(|h| cache.get(h).is_some()));
         assert_eq!(cache.inner.lock().unwrap().bytes, 4 * chunk.len());
+    }
+
+    #[test]
+    fn a_chunk_served_to_every_peer_session_leaves_the_cache() {
+        let cache = Arc::new(EncodedCache::default());
+        let one = cache.hold();
+        // With one peer session nothing is kept: nobody else will ask.
+        cache.put(Hash::of(b"a"), Arc::new(vec![1; 10]));
+        assert!(cache.get(&Hash::of(b"a")).is_none());
+        let two = cache.hold();
+        let hashes: Vec<Hash> = (0..1000u32).map(|i| Hash::of(&i.to_le_bytes())).collect();
+        for h in &hashes {
+            cache.put(*h, Arc::new(vec![2; 10]));
+        }
+        // The second peer takes each chunk once: then it is gone.
+        for h in &hashes {
+            assert!(cache.get(h).is_some());
+            assert!(cache.get(h).is_none());
+        }
+        let c = cache.inner.lock().unwrap();
+        assert_eq!((c.map.len(), c.bytes), (0, 0));
+        assert!(c.order.len() <= 64, "the order forgets chunks gone: {} left", c.order.len());
+        drop(c);
+        drop((one, two));
     }
 }

@@ -505,14 +505,17 @@ before the peers are told. The no-walk no-change sync takes {}.",
             secs(&quantile(&ss["watch"]["watch_change_to_peers"], 0.5)),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
         ),
-        "memory" => "a daemon's resident memory is mostly buffers and caches with bounds (docs/design.md): what \
-the streams answering a peer's chunk requests hold until the peer acknowledges it (up to the 4 MiB window of \
-each of the four fetch streams of each peer: the largest part of the sender's peak in a heap profile of a first \
-sync), the 16 MiB cache of chunks encoded for peers, the QUIC endpoint's socket rings (about 11 MiB), the \
-database's 8 MiB block cache and an 8 MiB memtable per keyspace being written. They fill during the first sync; \
-after the work, with the memtables flushed and freed memory returned (`malloc_trim`), each daemon holds the size \
-in the last column. Closing it needs smaller bounds for the chunk answers' buffers and the rings, and the cache \
-released between runs, each checked against the transfer rate."
+        "memory" => "a daemon's resident memory is mostly buffers and caches with bounds (docs/design.md): up \
+to 1 MiB not yet acknowledged on each stream answering a peer (four fetch streams and the listings asked ahead, \
+per peer), the 8 MiB cache of chunks encoded for peers (the chunk answers are written from it), the QUIC \
+endpoints' receive queues (2 MiB for the server, 1 MiB per connection opened), a compression context per thread \
+reading chunks, the database's 8 MiB block cache and an 8 MiB memtable per keyspace being written; a receiver \
+also holds the plan of every entry it takes until the apply. The sender is the largest: about 61 MiB of heap at \
+its peak in a heap profile of a first sync, and 15-25 MiB more resident, freed memory the allocator has not \
+returned yet. After the work, with the memtables flushed and freed memory returned (`malloc_trim`), each daemon \
+holds the size in the last column. Closing it needs the sender to hold less while it serves two peers at once: \
+a send budget per connection rather than per stream, fewer threads reading chunks at once (each holds a \
+compression context), and an allocator that returns freed memory sooner."
             .to_owned(),
         _ => "not analysed yet.".to_owned(),
     }
