@@ -17,6 +17,7 @@
 
 use std::cell::Cell;
 use std::io::{self, Cursor};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use zstd::bulk::{Compressor, Decompressor};
 use zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode;
@@ -45,10 +46,73 @@ pub const ZSTD_LEVEL: i32 = 1;
 const MIN_COMPRESS: usize = 64;
 
 thread_local! {
-    /// Compression and decompression contexts, kept per thread because
-    /// creating one costs more than compressing a small chunk.
-    static COMPRESSOR: Cell<Option<Compressor<'static>>> = const { Cell::new(None) };
+    /// Decompression contexts, kept per thread because creating one costs
+    /// more than decompressing a small chunk; each is small.
     static DECOMPRESSOR: Cell<Option<Decompressor<'static>>> = const { Cell::new(None) };
+}
+
+/// Compression contexts, kept because creating one costs more than
+/// compressing a small chunk, and shared by every thread: at most one per
+/// CPU exists, and a thread that finds them all in use waits for one.
+/// Compression is CPU-bound, so more at once would not finish sooner; kept
+/// per thread instead, a daemon serving two peers from a dozen threads
+/// held about 9 MiB of contexts.
+static COMPRESSORS: Pool =
+    Pool { state: Mutex::new(PoolState { idle: Vec::new(), made: 0 }), returned: Condvar::new() };
+
+/// How many compression contexts [`COMPRESSORS`] makes at most: one per
+/// CPU.
+static MAX_COMPRESSORS: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+struct Pool {
+    state: Mutex<PoolState>,
+    returned: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Compressor<'static>>,
+    /// Contexts that exist, idle or lent.
+    made: usize,
+}
+
+/// A compression context lent by [`COMPRESSORS`]; given back when dropped.
+struct Lent(Option<Compressor<'static>>);
+
+impl Pool {
+    /// A context: an idle one, a new one while there are fewer than CPUs,
+    /// else the next one given back. None if zstd could not make one (out
+    /// of memory): the chunk is then stored raw.
+    fn lend(&'static self) -> Option<Lent> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(c) = state.idle.pop() {
+                return Some(Lent(Some(c)));
+            }
+            if state.made < *MAX_COMPRESSORS {
+                state.made += 1;
+                drop(state);
+                return match Compressor::new(ZSTD_LEVEL) {
+                    Ok(c) => Some(Lent(Some(c))),
+                    Err(_) => {
+                        self.state.lock().unwrap_or_else(PoisonError::into_inner).made -= 1;
+                        self.returned.notify_one();
+                        None
+                    }
+                };
+            }
+            state = self.returned.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            COMPRESSORS.state.lock().unwrap_or_else(PoisonError::into_inner).idle.push(c);
+            COMPRESSORS.returned.notify_one();
+        }
+    }
 }
 
 /// The stored form of the chunk `data`: zstd when that is smaller, raw
@@ -79,9 +143,10 @@ pub fn encode_into(data: &[u8], out: &mut Vec<u8>) {
 /// compression failed or did not shrink the chunk.
 fn compress_into(data: &[u8], out: &mut Vec<u8>) -> bool {
     // Without a context (out of memory) the chunk is simply stored raw.
-    let Some(mut compressor) = COMPRESSOR.take().or_else(|| Compressor::new(ZSTD_LEVEL).ok()) else {
+    let Some(mut lent) = COMPRESSORS.lend() else {
         return false;
     };
+    let compressor = lent.0.as_mut().expect("a lent context is held until dropped");
     // Room for zstd's worst case, so it never fails for lack of space.
     out.reserve(1 + zstd::compress_bound(data.len()));
     out.push(TAG_ZSTD);
@@ -89,7 +154,7 @@ fn compress_into(data: &[u8], out: &mut Vec<u8>) -> bool {
     let mut payload = Cursor::new(&mut *out);
     payload.set_position(1);
     let result = compressor.compress_to_buffer(data, &mut payload);
-    COMPRESSOR.set(Some(compressor));
+    drop(lent);
     matches!(result, Ok(n) if n < data.len())
 }
 
@@ -188,6 +253,28 @@ mod tests {
     fn text(len: usize) -> Vec<u8> {
         let line = b"body { margin: 0; padding: 0; font-family: sans-serif; }\n";
         line.iter().copied().cycle().take(len).collect()
+    }
+
+    #[test]
+    fn threads_share_at_most_one_compression_context_per_cpu() {
+        let threads: Vec<_> = (0..4 * *MAX_COMPRESSORS + 4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let data = text(4096 + 64 * t + i);
+                        let stored = encode(&data);
+                        assert_eq!(stored[0], TAG_ZSTD);
+                        assert_eq!(decode(&Hash::of(&data), &stored).unwrap(), data);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let state = COMPRESSORS.state.lock().unwrap();
+        assert!(state.made <= *MAX_COMPRESSORS, "{} contexts for {} CPUs", state.made, *MAX_COMPRESSORS);
+        assert!(state.made >= 1);
     }
 
     #[test]
