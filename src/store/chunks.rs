@@ -232,8 +232,7 @@ impl ChunkStore {
         }
         let stored = crate::chunk::encode(data);
         let n = stored.len() as u64;
-        let inserted = self.h().chunks.insert(hash.as_bytes(), stored);
-        inserted.map_err(|e| self.write_err(e))?;
+        self.write(|h| h.chunks.insert(hash.as_bytes(), &stored[..]))?;
         self.added.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
@@ -263,10 +262,12 @@ impl ChunkStore {
         crate::chunk::decode(hash, &stored).map_err(|e| corrupt(e.to_string()))
     }
 
-    /// Makes every chunk written so far durable.
+    /// Makes every chunk written so far durable. A database poisoned
+    /// meanwhile is reopened first ([`ChunkStore::write`]): reopening
+    /// replays its journal and syncs what it recovers, and chunks it did
+    /// not recover read as absent, so they are stored again when needed.
     pub fn persist(&self) -> Result<(), StoreError> {
-        let persisted = self.h().db.persist(PersistMode::SyncAll);
-        persisted.map_err(|e| self.write_err(e))
+        self.write(|h| h.db.persist(PersistMode::SyncAll))
     }
 
     /// Every stored chunk hash with its stored size, without reading the
@@ -292,13 +293,29 @@ impl ChunkStore {
         if hashes.is_empty() {
             return Ok(());
         }
-        let h = self.h();
-        let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
-        for hash in hashes {
-            batch.remove(&h.chunks, hash.as_bytes());
-        }
-        let committed = batch.commit();
-        drop(h);
-        committed.map_err(|e| self.write_err(e))
+        self.write(|h| {
+            let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
+            for hash in hashes {
+                batch.remove(&h.chunks, hash.as_bytes());
+            }
+            batch.commit()
+        })
+    }
+
+    /// Runs the write `op`. A database found poisoned was poisoned by an
+    /// earlier failure, not by this write: another thread's write, or a
+    /// flush fjall ran on its own while the disk was full. It is reopened
+    /// and `op` runs once more, so the write succeeds if the cause is gone
+    /// (space freed since) and otherwise fails for itself.
+    fn write(&self, op: impl Fn(&Handles) -> Result<(), fjall::Error>) -> Result<(), StoreError> {
+        let first = op(&self.h());
+        let done = match first {
+            Err(fjall::Error::Poisoned) => {
+                let _ = self.write_err(fjall::Error::Poisoned);
+                op(&self.h())
+            }
+            done => done,
+        };
+        done.map_err(|e| self.write_err(e))
     }
 }
