@@ -263,7 +263,7 @@ impl ChunkStore {
     }
 
     /// Makes every chunk written so far durable. A database poisoned
-    /// meanwhile is reopened first ([`ChunkStore::write`]): reopening
+    /// meanwhile is reopened first and the sync tried again: reopening
     /// replays its journal and syncs what it recovers, and chunks it did
     /// not recover read as absent, so they are stored again when needed.
     pub fn persist(&self) -> Result<(), StoreError> {
