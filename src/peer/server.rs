@@ -202,7 +202,9 @@ async fn answer(
                 actions.run_so_far(&node.engine.groups);
                 node.settle_memory();
             });
-            ran.await.expect("actions panicked");
+            if let Err(e) = ran.await {
+                tracing::error!("peer {}: the run's actions did not finish: {e}", peer.host);
+            }
             Ok(())
         }
         // Notices, not answered.
