@@ -313,10 +313,11 @@ impl Drop for CacheHold {
 
 impl Node {
     /// Gives back what a finished command or session left in memory: the
-    /// state's memtables are written out when large, and what the
-    /// allocator holds free goes back to the system. glibc keeps what a
-    /// burst of work freed in its per-thread arenas; after a sync that is
-    /// tens of megabytes an idle daemon has no use for. Blocking (it may
+    /// state's memtables are written out when large, and what the C
+    /// library's malloc holds free goes back to the system. The daemon's
+    /// own allocator (jemalloc, src/main.rs) returns freed pages by itself;
+    /// the C libraries (TLS, zstd's contexts) allocate from glibc's, which
+    /// keeps what a burst of work freed in its arenas. Blocking (it may
     /// wait for a flush).
     pub(crate) fn settle_memory(&self) {
         self.engine.store.flush_if_large();
