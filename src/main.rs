@@ -25,8 +25,9 @@ fn main() -> std::process::ExitCode {
     // core, so what one thread freed is reused by the next instead of
     // sitting resident in an arena of its own.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any
-    // thread starts.
+    // SAFETY: mallopt only sets an allocator parameter and takes glibc's
+    // malloc lock itself; called before the program starts threads of its
+    // own.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }

@@ -188,20 +188,26 @@ impl Daemon {
     /// SIGTERM, then a bounded wait, then SIGKILL.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
+        let pid = child.id();
         // Its peak memory, before it is gone.
-        SAMPLES.lock().unwrap().sample_one(child.id());
+        SAMPLES.lock().unwrap().sample_one(pid);
         // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         let t = Instant::now();
-        while t.elapsed() < EXIT_TIMEOUT {
+        let mut exited = false;
+        while !exited && t.elapsed() < EXIT_TIMEOUT {
             match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
+                Ok(Some(_)) | Err(_) => exited = true,
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
-        eprintln!("{} did not exit {EXIT_TIMEOUT:?} after SIGTERM; killing it", self.name);
-        let _ = child.kill();
-        let _ = child.wait();
+        if !exited {
+            eprintln!("{} did not exit {EXIT_TIMEOUT:?} after SIGTERM; killing it", self.name);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Reaped: its pid may be given to another process from now on.
+        DAEMONS.lock().unwrap().remove(&pid);
     }
 }
 
@@ -266,17 +272,27 @@ static SAMPLES: Mutex<Samples> = Mutex::new(Samples { seen: None });
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 struct Samples {
-    /// pid -> (label, peak bytes, CPU time, resident bytes when stopped).
-    seen: Option<HashMap<u32, (String, u64, Duration, u64)>>,
+    /// (pid, start time) -> what was seen of it. The start time tells apart processes that had the
+    /// same pid: a run starts tens of thousands of processes and threads,
+    /// and pids wrap at `kernel.pid_max` (32768 by default), so a daemon
+    /// could get the pid of a command that ran before it.
+    seen: Option<HashMap<(u32, u64), Seen>>,
 }
+
+/// A process's label, peak bytes, CPU time and resident bytes when stopped.
+type Seen = (String, u64, Duration, u64);
 
 impl Samples {
     fn sample_one(&mut self, pid: u32) {
         let daemons = DAEMONS.lock().unwrap();
         let Some(label) = daemons.get(&pid) else { return };
-        if let Some((hwm, rss, cpu)) = hwm_cpu(pid) {
-            let e =
-                self.seen.get_or_insert_with(HashMap::new).entry(pid).or_insert((label.clone(), 0, Duration::ZERO, 0));
+        if let Some(Usage { start, hwm, rss, cpu }) = usage(pid) {
+            let e = self.seen.get_or_insert_with(HashMap::new).entry((pid, start)).or_insert((
+                label.clone(),
+                0,
+                Duration::ZERO,
+                0,
+            ));
             e.1 = e.1.max(hwm);
             e.2 = e.2.max(cpu);
             e.3 = rss;
@@ -284,8 +300,20 @@ impl Samples {
     }
 }
 
-/// VmHWM and VmRSS in bytes and user + system CPU time of `pid`.
-fn hwm_cpu(pid: u32) -> Option<(u64, u64, Duration)> {
+/// What [`usage`] reads of a process.
+struct Usage {
+    /// When it started, in clock ticks after boot.
+    start: u64,
+    /// VmHWM in bytes.
+    hwm: u64,
+    /// VmRSS in bytes.
+    rss: u64,
+    /// User + system CPU time.
+    cpu: Duration,
+}
+
+/// Start time, VmHWM, VmRSS and CPU time of `pid`.
+fn usage(pid: u32) -> Option<Usage> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
@@ -295,9 +323,10 @@ fn hwm_cpu(pid: u32) -> Option<(u64, u64, Duration)> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let start: u64 = f.get(19)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some((kb * 1024, rss_kb * 1024, Duration::from_millis(ticks * 1000 / hz)))
+    Some(Usage { start, hwm: kb * 1024, rss: rss_kb * 1024, cpu: Duration::from_millis(ticks * 1000 / hz) })
 }
 
 /// Every process: pid -> (parent pid, command name).
@@ -410,8 +439,8 @@ fn sample_descendants(root: u32) {
             continue;
         }
         let label = label.unwrap_or_else(|| comm.clone());
-        if let Some((hwm, rss, cpu)) = hwm_cpu(pid) {
-            let e = seen.entry(pid).or_insert((label, 0, Duration::ZERO, 0));
+        if let Some(Usage { start, hwm, rss, cpu }) = usage(pid) {
+            let e = seen.entry((pid, start)).or_insert((label, 0, Duration::ZERO, 0));
             e.1 = e.1.max(hwm);
             e.2 = e.2.max(cpu);
             e.3 = rss;
