@@ -272,10 +272,11 @@ static SAMPLES: Mutex<Samples> = Mutex::new(Samples { seen: None });
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 struct Samples {
-    /// (pid, start time) -> what was seen of it. The start time tells apart processes that had the
-    /// same pid: a run starts tens of thousands of processes and threads,
-    /// and pids wrap at `kernel.pid_max` (32768 by default), so a daemon
-    /// could get the pid of a command that ran before it.
+    /// (pid, start time) -> what was seen of it. The start time tells
+    /// apart processes that had the same pid: a run starts tens of
+    /// thousands of processes and threads, and pids wrap at
+    /// `kernel.pid_max` (32768 by default), so a daemon could get the pid
+    /// of a command that ran before it.
     seen: Option<HashMap<(u32, u64), Seen>>,
 }
 
