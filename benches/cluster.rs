@@ -20,6 +20,13 @@
 //! at once; and QUIC throughput on loopback through snapsync's own
 //! endpoints.
 //!
+//! snapsync alone, at scale (benches/cluster/scale.rs): one node's daemon
+//! tracking `SNAPSYNC_BENCH_SCALE_FILES` small files (1,000,000; 0 skips
+//! it), its first `check` and no-change syncs, and its peak resident
+//! memory. And the store space of three backup generations with 1% of the
+//! bytes changed between them (`SNAPSYNC_BENCH_STORE_FILES` files, 5,000;
+//! the same measurement as benches/store_size.rs).
+//!
 //! Setups: snapsync and csync2 run three nodes (a pushes to b and c);
 //! rsync pushes from a to two `rsync --daemon`s with two clients at once;
 //! Unison syncs two replicas (a local, b over `unison -socket`), as Unison
@@ -37,7 +44,8 @@
 //!
 //! A tree of 0 files is skipped. Other knobs: `SNAPSYNC_BENCH_QUICK=1`
 //! (for CI: the first tree alone, of 2,000 files, as the many tree only
-//! runs the same work on other file sizes; a 64 MiB large file; 3
+//! runs the same work on other file sizes; a 64 MiB large file; 5,000
+//! files at scale and 500 for the store space; 3
 //! repetitions; about two and a half minutes, mostly the peer tools'
 //! first syncs);
 //! `SNAPSYNC_BENCH_BIG_MIB` (1024), `SNAPSYNC_BENCH_QUIC_MIB` (1024),
@@ -64,6 +72,8 @@ mod common;
 mod floors;
 #[path = "cluster/report.rs"]
 mod report;
+#[path = "cluster/scale.rs"]
+mod scale;
 #[path = "cluster/sys.rs"]
 mod sys;
 #[path = "cluster/tools.rs"]
@@ -127,6 +137,8 @@ fn main() {
     let big_mib = env_num("SNAPSYNC_BENCH_BIG_MIB", if q { 64 } else { 1024 }) as u64;
     let quic_mib = env_num("SNAPSYNC_BENCH_QUIC_MIB", if q { 128 } else { 1024 }) as u64;
     let watch_samples = env_num("SNAPSYNC_BENCH_WATCH_SAMPLES", if q { 5 } else { 20 });
+    let scale_files = env_num("SNAPSYNC_BENCH_SCALE_FILES", if q { 5000 } else { 1_000_000 });
+    let store_files = env_num("SNAPSYNC_BENCH_STORE_FILES", if q { 500 } else { 5000 });
     let allow_loop = env_flag("SNAPSYNC_BENCH_LOOP", true);
     let mut skip: Vec<String> = std::env::var("SNAPSYNC_BENCH_SKIP")
         .unwrap_or_default()
@@ -200,6 +212,21 @@ fn main() {
     let quic = floors::quic(work.path(), quic_mib << 20);
     println!("  {quic}");
 
+    let scale = if scale_files > 0 && tools[0].found.is_ok() {
+        println!("\n==== one node, {scale_files} files ====");
+        let shape = Shape { files: scale_files, lo: 100, hi: 8 * 1024, seed: 1000 };
+        scale::measure(&snapsync, work.path(), &shape, allow_loop, &sampler)
+    } else {
+        Value::Null
+    };
+
+    let store_space = if store_files > 0 {
+        println!("\n==== store space: {store_files} files, three generations ====");
+        common::store_space::both(store_files)
+    } else {
+        Value::Null
+    };
+
     let secs_since = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let v = json!({
         "quick": q,
@@ -220,6 +247,8 @@ fn main() {
         "trees": trees,
         "big_file": { "bytes": big_mib << 20, "tools": big },
         "quic_floor": quic,
+        "scale": scale,
+        "store_space": store_space,
         "commands": commands(),
     });
     drop(sampler);
@@ -232,7 +261,7 @@ fn main() {
         .into_iter()
         .flatten()
         .map(|t| &t["tools"]["snapsync"])
-        .chain([&v["big_file"]["tools"]["snapsync"]])
+        .chain([&v["big_file"]["tools"]["snapsync"], &v["scale"]])
         .any(|r| r["errors"].as_array().is_some_and(|e| !e.is_empty()));
     if snap_errors {
         eprintln!("snapsync failed in this run: see the report's FAILED lines");

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+pub mod store_space;
 use std::time::{Duration, Instant};
 
 /// A seeded xorshift generator: benchmarks must be repeatable.

@@ -1,0 +1,92 @@
+//! The scale stage: one node tracking a tree of many small files
+//! (`SNAPSYNC_BENCH_SCALE_FILES`, 1,000,000 by default), for SPEC §8's
+//! "under 400 MiB resident at 1M tracked files, on the first scan too"
+//! and the "1M files: no-change sync under 3 s".
+//!
+//! The node's daemon does the work, as in production: a first `check`
+//! (walk, read and hash every file, one commit), then no-change `sync`s.
+//! The group has no other host, so a sync is its walk and nothing else;
+//! with peers it adds one `GetRoots` round trip per peer. The other tools
+//! are not run at this size: their first syncs alone would take hours.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::sys::{self, Daemon, Fresh, Sampler};
+use crate::{Shape, generate, human_bytes, repeats, syncfs};
+
+/// The node's address (the cluster's use 127.0.0.21 to 23).
+const ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 24);
+/// The daemon's label in the memory samples.
+const LABEL: &str = "snapsync serve (scale)";
+
+/// Generates the tree on a fresh filesystem and measures; errors end up
+/// in the result's `errors`.
+pub fn measure(bin: &Path, base: &Path, shape: &Shape, allow_loop: bool, sampler: &Sampler) -> Value {
+    let fresh = Fresh::new(base, "snapsync-scale", shape.max_bytes() * 2 + (1 << 30), allow_loop);
+    let mut out = json!({ "files": shape.files, "filesystem": fresh.kind });
+    let dir = fresh.path.clone();
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let (t, generated) = crate::common::time(|| generate(&tree, shape));
+    println!("  generated {} files, {} in {:.1?}", generated.files.len(), human_bytes(generated.bytes), t);
+    out["bytes"] = json!(generated.bytes);
+    syncfs(&tree);
+    sampler.take();
+    let mut daemon = None;
+    if let Err(e) = work(bin, &dir, &mut daemon, &mut out) {
+        println!("  scale FAILED: {e}");
+        out["errors"] = json!([e]);
+    }
+    if let Some(mut d) = daemon {
+        d.stop();
+    }
+    let rows = sampler.take();
+    let daemon = rows.iter().filter(|(label, ..)| label == LABEL);
+    out["daemon_peak_rss_bytes"] = json!(daemon.clone().map(|(_, hwm, ..)| *hwm).max());
+    out["daemon_cpu_s"] = json!(daemon.map(|(_, _, cpu, _)| cpu.as_secs_f64()).sum::<f64>());
+    drop(fresh);
+    out
+}
+
+fn work(bin: &Path, dir: &Path, daemon: &mut Option<Daemon>, out: &mut Value) -> Result<(), String> {
+    let key = dir.join("key");
+    sys::run(Command::new(bin).arg("keygen").arg(&key), &[0])?;
+    let port = sys::free_udp_port(&[ADDR]);
+    let config = dir.join("scale.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "group g {{\n  host a@{ADDR}:{port};\n  key {};\n  include {};\n}}\n",
+            key.display(),
+            dir.join("tree").display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", config.display()))?;
+    let at = |args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.arg("--config").arg(&config).args(["-N", "a", "-D"]).arg(dir.join("state")).args(args);
+        c
+    };
+    *daemon = Some(Daemon::start(at(&["serve"]), LABEL, "snapsync serve:", dir.join("a.log"))?);
+
+    let t = Instant::now();
+    let first = sys::run(&mut at(&["-q", "check"]), &[0])?;
+    let first_s = t.elapsed().as_secs_f64();
+    println!("  first check: {first_s:.1} s");
+    out["first_check_s"] = json!(first_s);
+    out["first_check_command_cpu_s"] = json!(first.cpu.as_secs_f64());
+
+    let mut no_change = Vec::new();
+    for _ in 0..repeats() {
+        let e = sys::run(&mut at(&["-q", "sync"]), &[0])?;
+        println!("  no_change: {:.3} s", e.elapsed.as_secs_f64());
+        no_change.push(e.elapsed.as_secs_f64());
+    }
+    out["no_change_sync_s"] = json!(no_change);
+    Ok(())
+}
