@@ -212,7 +212,7 @@ fn main() {
     let quic = floors::quic(work.path(), quic_mib << 20);
     println!("  {quic}");
 
-    let scale = if scale_files > 0 && tools[0].found.is_ok() {
+    let scale = if scale_files > 0 && tools.iter().any(|t| t.name == "snapsync" && t.found.is_ok()) {
         println!("\n==== one node, {scale_files} files ====");
         let shape = Shape { files: scale_files, lo: 100, hi: 8 * 1024, seed: 1000 };
         scale::measure(&snapsync, work.path(), &shape, allow_loop, &sampler)

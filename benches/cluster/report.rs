@@ -429,6 +429,23 @@ to fresh directories and the shared loopback and says so above. `SNAPSYNC_BENCH_
     o
 }
 
+/// Which of snapsync's daemons peaked highest in this run, as a sentence.
+fn largest(ss: &Value) -> String {
+    let daemons =
+        ss["processes"].as_array().into_iter().flatten().filter(|p| {
+            p["process"].as_str().is_some_and(|n| n.starts_with("snapsync serve") && !n.ends_with("(forked)"))
+        });
+    match daemons.max_by_key(|p| p["peak_rss_bytes"].as_u64()) {
+        Some(p) => format!(
+            "the largest here is {} (peak {}, {} when it was stopped); ",
+            p["process"].as_str().unwrap_or("?"),
+            bytes(&p["peak_rss_bytes"]),
+            bytes(&p["end_rss_bytes"])
+        ),
+        None => String::new(),
+    }
+}
+
 /// The table of SPEC §8 targets `checks`.
 fn targets(o: &mut String, checks: &[Check]) {
     let _ = writeln!(o, "\nSPEC §8 targets:\n");
@@ -636,19 +653,21 @@ before the peers are told. The no-walk no-change sync takes {}.",
             secs(&quantile(&ss["watch"]["watch_change_to_peers"], 0.5)),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
         ),
-        "memory" => "a daemon's resident memory is mostly buffers and caches with bounds (docs/design.md): up \
+        "memory" => format!(
+            "{}a daemon's resident memory is mostly buffers and caches with bounds (docs/design.md): up \
 to 1 MiB not yet acknowledged on each stream answering a peer (four fetch streams and the listings asked ahead, \
 per peer), the 8 MiB cache of chunks encoded for peers (the chunk answers are written from it), the QUIC \
 endpoints' receive queues (2 MiB for the server, 1 MiB per connection opened), a compression context per thread \
 reading chunks, the database's 8 MiB block cache and an 8 MiB memtable per keyspace being written; a receiver \
-also holds the plan of every entry it takes until the apply. The sender is the largest: about 53 MiB of heap at \
-its peak in a heap profile of a first sync, 17 MiB of it chunk frames in the streams' send buffers, and 14 MiB \
-of its resident set is the program's code. jemalloc (one arena, no per-thread caches) returns freed memory \
+also holds the plan of every entry it takes until the apply. The sender is usually the largest: about 53 MiB of \
+heap at its peak in a heap profile of a first sync, 17 MiB of it chunk frames in the streams' send buffers, and \
+14 MiB of its resident set is the program's code. jemalloc (one arena, no per-thread caches) returns freed memory \
 100 ms after it is freed. After the work, with the memtables flushed, each daemon holds the size in the last \
 column. Closing the gap for good needs the sender to hold less while it serves two peers at once: a send budget \
 per connection rather than per stream (the stream buffers), and fewer threads reading chunks at once (each holds \
-a compression context)."
-            .to_owned(),
+a compression context).",
+            largest(ss)
+        ),
         _ => "not analysed yet.".to_owned(),
     }
 }

@@ -7,7 +7,8 @@
 //! (walk, read and hash every file, one commit), then no-change `sync`s.
 //! The group has no other host, so a sync is its walk and nothing else;
 //! with peers it adds one `GetRoots` round trip per peer. The other tools
-//! are not run at this size: their first syncs alone would take hours.
+//! are not run at this size: csync2's first sync of 100k files already
+//! takes several minutes, so at 1M each tool's would take about an hour.
 
 use std::net::Ipv4Addr;
 use std::path::Path;

@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub mod store_space;
-use std::time::{Duration, Instant};
 
 /// A seeded xorshift generator: benchmarks must be repeatable.
 pub struct Rng(pub u64);
