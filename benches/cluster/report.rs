@@ -463,12 +463,7 @@ fn targets(o: &mut String, checks: &[Check]) {
 /// The scale stage (benches/cluster/scale.rs): one node and many files.
 fn scale(o: &mut String, s: &Value) {
     let Some(files) = s["files"].as_u64() else { return };
-    let _ = writeln!(
-        o,
-        "## One node tracking {files} files ({})
-",
-        bytes(&s["bytes"])
-    );
+    let _ = writeln!(o, "## One node tracking {files} files ({})\n", bytes(&s["bytes"]));
     let _ = writeln!(
         o,
         "snapsync alone: one node's daemon, files of 100 B to 8 KiB (log-uniform, the same content mix) on {}. \
@@ -532,11 +527,7 @@ every directory's record."
 /// The store space of backup generations (benches/common/store_space.rs).
 fn store_space(o: &mut String, s: &Value) {
     let Some(files) = s["files"].as_u64() else { return };
-    let _ = writeln!(
-        o,
-        "## Store space of backup generations
-"
-    );
+    let _ = writeln!(o, "## Store space of backup generations\n");
     let _ = writeln!(
         o,
         "One node keeping backups of a tree of {files} files (300 B to 300 KiB, incompressible); a first generation, \
