@@ -39,11 +39,11 @@ pub fn measure(files: usize, change: Change) -> serde_json::Value {
         let engine = Engine::open(&config, "bench", &state).unwrap();
         engine.check(&engine.store.writer_blocking(), &[], &snapsync::progress::Quiet, None).unwrap()
     };
-    let measure = || stored_bytes(&Engine::open(&config, "bench", &state).unwrap(), &state);
+    let size = || stored_bytes(&Engine::open(&config, "bench", &state).unwrap(), &state);
     let mut rng = super::Rng(99);
 
     check();
-    let one = measure();
+    let one = size();
     for _ in 0..2 {
         let mut budget = total / 100;
         while budget > 0 {
@@ -67,7 +67,7 @@ pub fn measure(files: usize, change: Change) -> serde_json::Value {
     }
     let gens = Engine::open(&config, "bench", &state).unwrap().generations(&[]).unwrap();
     assert_eq!(gens.len(), 3);
-    let three = measure();
+    let three = size();
     let ratio = three as f64 / one as f64;
     println!(
         "{change:?}: tree {} in {files} files; store after 1 generation {}, after 3 {}: {ratio:.3}x (target at most 1.05x for rewritten files)",
