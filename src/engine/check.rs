@@ -105,6 +105,9 @@ impl Engine {
             // state; under another one (or none before), read everything once.
             let linked = self.store.group_store(&group.name)?;
             let read_all = store_name.is_some() && linked.as_deref() != store_name;
+            let listing = crate::scan::listing_fingerprint(group);
+            let trust_listings = self.store.listing_fingerprint(&group.name)? == Some(listing);
+            let scope = if read_all { Scope::All } else { scope };
             let scanner = Scanner {
                 group,
                 store: &self.store,
@@ -114,8 +117,9 @@ impl Engine {
                 read_all,
                 adopt,
                 interrupt,
+                trust_listings,
             };
-            let mut out = scanner.run(if read_all { &Scope::All } else { &scope })?;
+            let mut out = scanner.run(&scope)?;
             drop(bar);
             if out.interrupted {
                 return Err(EngineError::Interrupted(group.name.clone()));
@@ -149,6 +153,10 @@ impl Engine {
             }
             if linked.as_deref() != store_name {
                 batch.put_group_store(&group.name, store_name);
+            }
+            // Every directory was just listed under the current patterns.
+            if !trust_listings && matches!(scope, Scope::All) && out.listings_current {
+                batch.put_listing_fingerprint(&group.name, &listing);
             }
             if changed {
                 batch.put_root_set(&group.name, &out.roots);
@@ -300,6 +308,8 @@ impl Engine {
                 read_all: false,
                 adopt: None,
                 interrupt,
+                trust_listings: self.store.listing_fingerprint(&group.name)?
+                    == Some(crate::scan::listing_fingerprint(group)),
             };
             let out = scanner.run(&scope)?;
             drop(bar);
@@ -567,6 +577,137 @@ mod tests {
         }
         // 2 nodes a change: due at 26 nodes (a quarter of 101, rounded up).
         assert_eq!(collected_at, Some(13));
+    }
+
+    /// Waits out the window in which the last change of `tree`'s
+    /// directories counts as recent (two whole seconds by the clock), so
+    /// that the next check's listings stand for the directories.
+    fn settle() {
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+    }
+
+    fn full_check(engine: &Engine) -> GroupCheck {
+        let w = engine.store.writer_blocking();
+        let mut report = engine.check(&w, &[], &crate::progress::Quiet, None).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        report.groups.remove(0)
+    }
+
+    /// The live names recorded in `dir` (below the tree).
+    fn tracked(engine: &Engine, tree: &Path, dir: &str) -> Vec<String> {
+        let logical = format!("{}/{dir}", tree.display());
+        let rec = engine.store.dir_record("g", logical.as_bytes()).unwrap().unwrap_or_default();
+        rec.children.iter().filter(|(_, r)| !r.deleted).map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect()
+    }
+
+    /// A directory whose stat still matches its record is not listed
+    /// again; any name created, removed or renamed in it moves its change
+    /// time, and the next check lists it (and only it).
+    #[test]
+    fn a_directory_unchanged_since_its_listing_is_not_listed_again() {
+        let (_dir, tree, engine) = engine_on_tree();
+        std::fs::create_dir_all(tree.join("d/e")).unwrap();
+        std::fs::write(tree.join("d/a"), b"one").unwrap();
+        std::fs::write(tree.join("d/e/b"), b"two").unwrap();
+        assert_eq!(full_check(&engine).stats.dirs_listed, 3);
+        // Changed within the racy window: listed again.
+        assert_eq!(full_check(&engine).stats.dirs_listed, 3);
+        settle();
+        assert_eq!(full_check(&engine).stats.dirs_listed, 3, "the first listing past the window");
+        let quiet = full_check(&engine);
+        assert_eq!((quiet.stats.dirs_listed, quiet.stats.entries_seen, quiet.changed), (0, 5, false));
+        let status = engine.check_read_only(&[], &crate::progress::Quiet, None).unwrap();
+        assert_eq!(status.groups[0].stats.dirs_listed, 0);
+
+        std::fs::write(tree.join("d/new"), b"three").unwrap();
+        let found = full_check(&engine);
+        assert!(found.changed);
+        assert_eq!(found.stats.dirs_listed, 1, "only d changed");
+        assert_eq!(tracked(&engine, &tree, "d"), ["a", "e", "new"]);
+        settle();
+        full_check(&engine);
+        std::fs::rename(tree.join("d/e/b"), tree.join("d/e/c")).unwrap();
+        std::fs::remove_file(tree.join("d/a")).unwrap();
+        let moved = full_check(&engine);
+        assert_eq!(moved.stats.dirs_listed, 2);
+        assert_eq!(
+            (tracked(&engine, &tree, "d"), tracked(&engine, &tree, "d/e")),
+            (vec!["e".into(), "new".into()], vec!["c".into()])
+        );
+    }
+
+    /// A name a listing found but could not record (here a FIFO, which is
+    /// skipped with a warning) keeps its directory listed by every check,
+    /// so the name is looked at again each time.
+    #[test]
+    fn a_name_left_unrecorded_keeps_its_directory_listed() {
+        let (_dir, tree, engine) = engine_on_tree();
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::write(tree.join("d/a"), b"one").unwrap();
+        let fifo = std::ffi::CString::new(tree.join("d/fifo").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        settle();
+        let w = engine.store.writer_blocking();
+        for listed in [2, 1, 1] {
+            let report = engine.check(&w, &[], &crate::progress::Quiet, None).unwrap();
+            assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+            assert!(report.problems[0].message.contains("not a regular file"), "{:?}", report.problems);
+            assert_eq!(report.groups[0].stats.dirs_listed, listed, "the root is listed once, d every time");
+        }
+    }
+
+    /// Listings are taken under the group's patterns: after a change of
+    /// configuration, every directory is listed again once, so a name
+    /// excluded before is found.
+    #[test]
+    fn a_changed_configuration_lists_every_directory_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let open = |exclude: &str| {
+            let src = format!(
+                "group g {{ host h; key {}/key; include {}; {exclude} }}",
+                dir.path().display(),
+                tree.display()
+            );
+            let config = crate::config::parse_str(&src, Path::new("t.cfg")).unwrap();
+            Engine::open(&config, "h", &dir.path().join("state")).unwrap()
+        };
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::write(tree.join("d/a"), b"one").unwrap();
+        std::fs::write(tree.join("d/x.tmp"), b"scratch").unwrap();
+        settle();
+        let engine = open("exclude *.tmp;");
+        full_check(&engine);
+        assert_eq!(full_check(&engine).stats.dirs_listed, 0);
+        assert_eq!(tracked(&engine, &tree, "d"), ["a"]);
+        drop(engine);
+        let engine = open("");
+        assert_eq!(full_check(&engine).stats.dirs_listed, 2);
+        assert_eq!(tracked(&engine, &tree, "d"), ["a", "x.tmp"]);
+        assert_eq!(full_check(&engine).stats.dirs_listed, 0, "listed under the new patterns");
+    }
+
+    /// A check of some paths records them without listing their
+    /// directory: another name created there meanwhile is still found by
+    /// the next full check.
+    #[test]
+    fn a_check_of_one_path_leaves_its_directory_to_the_next_full_check() {
+        let (_dir, tree, engine) = engine_on_tree();
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::write(tree.join("d/a"), b"one").unwrap();
+        settle();
+        full_check(&engine);
+        assert_eq!(full_check(&engine).stats.dirs_listed, 0);
+        std::fs::write(tree.join("d/x"), b"named").unwrap();
+        std::fs::write(tree.join("d/y"), b"not named").unwrap();
+        let w = engine.store.writer_blocking();
+        engine.check(&w, &[tree.join("d/x")], &crate::progress::Quiet, None).unwrap();
+        drop(w);
+        assert_eq!(tracked(&engine, &tree, "d"), ["a", "x"]);
+        let full = full_check(&engine);
+        assert_eq!(full.stats.dirs_listed, 1);
+        assert_eq!(tracked(&engine, &tree, "d"), ["a", "x", "y"]);
     }
 
     /// How many files are under `dir`.

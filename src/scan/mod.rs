@@ -146,6 +146,11 @@ pub struct ScanOutput {
     /// visiting entries, so this output is partial and must not be
     /// recorded.
     pub interrupted: bool,
+    /// Every directory whose record the scan kept was looked at: none was
+    /// left as recorded because it could not be stat'ed, opened or listed.
+    /// After a scan of the whole group, its records hold the listings of
+    /// the current patterns ([`Scanner::trust_listings`]).
+    pub listings_current: bool,
 }
 
 /// A scan of one group against one state.
@@ -167,6 +172,10 @@ pub struct Scanner<'a> {
     pub adopt: Option<&'a Adopted>,
     /// Stops the scan once raised (see [`ScanOutput::interrupted`]).
     pub interrupt: Option<&'a crate::interrupt::Interrupt>,
+    /// The state's directory records were listed under this group's
+    /// current patterns and roots ([`listing_fingerprint`]): a directory
+    /// whose `fstat` still matches its record is not listed again.
+    pub trust_listings: bool,
 }
 
 /// States a sync has just written to disk, by logical path, each with the
@@ -218,6 +227,8 @@ struct Run<'a, 's> {
     fatal: Mutex<Option<StoreError>>,
     /// Entries were left unvisited: the scan's interrupt was raised.
     interrupted: AtomicBool,
+    /// A directory kept its record without being looked at.
+    unlisted: AtomicBool,
 }
 
 impl Scanner<'_> {
@@ -236,6 +247,7 @@ impl Scanner<'_> {
             entries_changed: AtomicU64::new(0),
             fatal: Mutex::new(None),
             interrupted: AtomicBool::new(false),
+            unlisted: AtomicBool::new(false),
         };
         // The roots are the children of the record with the empty path.
         let old = self.store.dir_record(&self.group.name, b"")?.unwrap_or_default();
@@ -309,8 +321,30 @@ impl Scanner<'_> {
             bytes,
             added_bytes: run.added_bytes.into_inner(),
             interrupted: run.interrupted.into_inner(),
+            listings_current: !run.unlisted.into_inner(),
         })
     }
+}
+
+/// What the directory listings in a group's records were taken under: its
+/// include roots and its patterns, as the scanner classifies names. A
+/// state whose records were all listed under another (or under none: a
+/// state older than this, whose directory records never said whether
+/// they stand for a listing) lists every directory in its next full scan
+/// ([`Scanner::trust_listings`]).
+pub fn listing_fingerprint(group: &ResolvedGroup) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("snapsync 2026-12 directory listings");
+    // NUL ends each string: neither paths nor patterns hold one.
+    for root in &group.roots {
+        h.update(root.logical.as_bytes()).update(b"\0");
+        h.update(root.local.as_os_str().as_bytes()).update(b"\0");
+    }
+    h.update(b"\0");
+    for p in group.matcher.patterns() {
+        h.update(format!("{:?}", p.kind).as_bytes()).update(b"\0");
+        h.update(p.text.as_bytes()).update(b"\0");
+    }
+    Hash(*h.finalize().as_bytes())
 }
 
 /// Whether the include root at `local` is a symlink; reports it if so.
@@ -376,6 +410,14 @@ impl Run<'_, '_> {
         let w = DirWrite { record: rec.map(DirRecord::encode), dir, share };
         self.writes.lock().expect("poisoned").dirs.push(w);
         crate::killpoint::hit("scan.dir");
+    }
+
+    /// Notes that the directory recorded as `old`, if any, keeps its
+    /// record without having been looked at ([`ScanOutput::listings_current`]).
+    fn kept_unlisted(&self, old: Option<Old<'_>>) {
+        if old.is_some_and(|o| !o.deleted() && o.kind() == Kind::Dir) {
+            self.unlisted.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The tombstone of `old`, and tombstones for everything below it.
@@ -505,6 +547,7 @@ impl Run<'_, '_> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return gone(old),
                 Err(e) => {
                     self.problem(&at.path(), format!("cannot stat: {e}"), Severity::Error);
+                    self.kept_unlisted(old);
                     return Seen::Same;
                 }
             };
@@ -520,6 +563,7 @@ impl Run<'_, '_> {
                 }
                 Err(e) => {
                     self.problem(&at.path(), format!("cannot list directory: {e}"), Severity::Error);
+                    self.kept_unlisted(old);
                     return Seen::Same;
                 }
             }
@@ -714,8 +758,15 @@ impl Run<'_, '_> {
             }
         };
         let local = dir.path();
+        // Listed as recorded: the names in a directory cannot change
+        // without moving its change time, and its record was taken from a
+        // listing of them (see `racy` below).
+        let as_recorded = self.scan.trust_listings
+            && exists
+            && old.is_some_and(|o| !o.deleted() && o.kind() == Kind::Dir && !o.racy() && *o.stat() == stat);
+        let listed = matches!(mode, Mode::Full) && !as_recorded;
         let listing = match mode {
-            Mode::Full => {
+            Mode::Full if listed => {
                 self.dirs_listed.fetch_add(1, Ordering::Relaxed);
                 match dir.listing() {
                     Ok(l) => l,
@@ -739,6 +790,11 @@ impl Run<'_, '_> {
         let mut todo: Vec<(&[u8], Option<usize>, Class, Mode)> = Vec::with_capacity(listing.len());
         let mut wanted: Vec<(Vec<u8>, Mode)> = Vec::new();
         match mode {
+            // Every stored name, tombstones too: a name back on disk is
+            // seen as a listing would see it.
+            Mode::Full if !listed => {
+                todo.extend((0..stored.len()).map(|i| (stored.name(i), Some(i), classify(stored.name(i)), Mode::Full)));
+            }
             Mode::Full => {
                 // snapsync's own temporary files (a restore or transfer in
                 // flight, or left by a crash) are never tracked.
@@ -810,13 +866,39 @@ impl Run<'_, '_> {
                 Seen::New(_) => true,
                 Seen::Untracked => t.1.is_some(),
             });
+        // Whether the record to keep can stand for a listing next time
+        // (`racy` says it cannot). A listing counts when every name in it
+        // ended up recorded (or is excluded): a name left out for now (it
+        // could not be read, it is a special file) must be looked at
+        // again. And when the directory changed within the racy window: a
+        // change in the same clock tick as the last one may leave its
+        // times as they were.
+        let racy = match mode {
+            Mode::Full if listed => {
+                let recorded = visited.iter().zip(&todo).all(|(seen, &(_, i, class, _))| match seen {
+                    Seen::New(_) => true,
+                    Seen::Same => i.is_some(),
+                    Seen::Untracked => class == Class::Excluded,
+                });
+                !recorded || read::recent(stat.ctime)
+            }
+            Mode::Full => false,
+            // Not listed: the record stands for a listing only as long
+            // as the directory is as it was.
+            _ => !as_recorded,
+        };
+        // A directory looked at through some paths only keeps its stat as
+        // recorded when nothing else changes: keeping the old one is
+        // always safe (it differs from the directory's, so the next full
+        // look lists it).
+        let same_stat = |o: Old<'_>| !matches!(mode, Mode::Full) || (*o.stat() == stat && o.racy() == racy);
         if !changed && let Some(o) = old.filter(|o| !o.deleted() && o.kind() == Kind::Dir) {
             // Same children as recorded: same node, same tree hash.
-            if *o.meta() == meta {
+            if *o.meta() == meta && same_stat(o) {
                 return Seen::Same;
             }
             let mut rec = self.record(Some(o.full()), meta, o.body().clone(), stat);
-            (rec.count, rec.bytes) = (o.count(), o.bytes());
+            (rec.count, rec.bytes, rec.racy) = (o.count(), o.bytes(), racy);
             return Seen::New(Box::new(rec));
         }
         // Records kept as they were are cloned: only the directories
@@ -861,14 +943,14 @@ impl Run<'_, '_> {
                     && *o.meta() == meta
                     && *o.body() == body
                     && o.count() == count
-                    && o.bytes() == bytes =>
+                    && o.bytes() == bytes
+                    && same_stat(o) =>
             {
                 Seen::Same
             }
             old => {
                 let mut rec = self.record(old.map(Old::full), meta, body, stat);
-                rec.count = count;
-                rec.bytes = bytes;
+                (rec.count, rec.bytes, rec.racy) = (count, bytes, racy);
                 Seen::New(Box::new(rec))
             }
         }

@@ -98,12 +98,18 @@ pub(super) fn read_stable(at: Loc<'_>, backups: Option<&ChunkStore>) -> Result<R
                 continue;
             }
         }
-        // A future mtime is not racy: a later write would set an earlier one.
-        let age = Timestamp::now().secs - after.mtime.secs;
-        let racy = (0..RACY_WINDOW_SECS).contains(&age);
+        let racy = recent(after.mtime);
         return Ok(ReadOut { chunks, stat: after, racy, added_bytes: added });
     }
     Err(ReadError::Unstable)
+}
+
+/// Whether a file time `t` is so close to now that a change in the same
+/// clock tick could have left it as it is: a stat cache taken now cannot
+/// be trusted. A time in the future is not recent: a later change would
+/// set an earlier one.
+pub(super) fn recent(t: Timestamp) -> bool {
+    (0..RACY_WINDOW_SECS).contains(&(Timestamp::now().secs - t.secs))
 }
 
 /// The longest tick of the coarse clock (a jiffy at 100 Hz), with margin.

@@ -87,6 +87,9 @@ const KEY_GC_DEBT: &[u8] = b"gc-debt";
 const ROOT_PREFIX: &[u8] = b"root\0";
 const CHUNK_STORE_PREFIX: &[u8] = b"chunk-store\0";
 const GROUP_STORE_PREFIX: &[u8] = b"group-store\0";
+/// What a group's directory records were listed under
+/// ([`crate::scan::listing_fingerprint`]).
+const LISTING_PREFIX: &[u8] = b"listing\0";
 /// The kept version digests. The key changed with the rule that a
 /// tombstone under the empty version has no share
 /// ([`crate::store::xor_entry_digest`]): a digest kept under the earlier
@@ -638,6 +641,17 @@ impl Store {
         self.meta_string(&[GROUP_STORE_PREFIX, group.as_bytes()].concat())
     }
 
+    /// What `group`'s directory records were listed under, once a full
+    /// scan recorded it ([`crate::scan::listing_fingerprint`]).
+    pub fn listing_fingerprint(&self, group: &str) -> Result<Option<Hash>, StoreError> {
+        match self.h().meta.get([LISTING_PREFIX, group.as_bytes()].concat()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => {
+                Hash::from_slice(&v).map(Some).ok_or_else(|| self.corrupt("listing fingerprint", "not 32 bytes"))
+            }
+        }
+    }
+
     fn meta_string(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
         match self.h().meta.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
@@ -955,6 +969,12 @@ impl Batch<'_> {
         }
     }
 
+    /// Records what `group`'s directory records were listed under.
+    pub fn put_listing_fingerprint(&mut self, group: &str, fingerprint: &Hash) {
+        let h = Arc::clone(&self.h);
+        self.insert(&h.meta, [LISTING_PREFIX, group.as_bytes()].concat(), fingerprint.as_bytes());
+    }
+
     /// Sets a group's version digest (the batch does, on commit, for the
     /// groups whose records it wrote).
     fn put_version_digest(&mut self, group: &str, digest: &Hash) {
@@ -972,6 +992,7 @@ impl Batch<'_> {
         self.remove(&h.meta, [OLD_VERSION_DIGEST_PREFIX, group.as_bytes()].concat());
         self.remove(&h.meta, [ROOT_PREFIX, group.as_bytes()].concat());
         self.remove(&h.meta, [GROUP_STORE_PREFIX, group.as_bytes()].concat());
+        self.remove(&h.meta, [LISTING_PREFIX, group.as_bytes()].concat());
         for guard in h.dirs.prefix(dir_key(group, b"")) {
             let k = guard.key().map_err(|e| store.err(e))?;
             self.remove(&h.dirs, k);
