@@ -514,8 +514,8 @@ a file) until its one commit (docs/design.md, \"Daemon and sessions\"); bounding
 parts during the first scan."
             }
             _ => {
-                "a no-change sync is the walk: a `getdents` per directory, an `fstatat` per file and a read of each \
-directory's stored record, on every core. Closing it without the watcher needs a walk that touches less than \
+                "a no-change sync is the walk: an `fstatat` per entry, a read of each directory's stored record and \
+a `getdents` only for the directories changed since their records were taken, on every core. Closing it without the watcher needs a walk that touches less than \
 every directory's record."
             }
         };
@@ -610,12 +610,13 @@ atomic-replace rule) or fewer processes per core than this bench runs.",
         }
         "no_change" | "lstat_floor" => format!(
             "a no-change sync walks the tree (the `lstat` floor is {}) and then compares with each peer; it takes {}. \
-With `serve --watch` the walk is skipped ({} median here). A profile of the walk: more than half of its CPU is the \
-kernel's `fstatat` and `getdents` (the floor); the rest is reading and parsing each directory's stored record \
-(a point lookup and a view that allocates nothing), listing each directory, matching paths against the group's \
-patterns (none below an included directory when the group excludes nothing, as here); then one `GetRoots` round \
-trip to each peer on the session a's daemon keeps between runs. Closing it without the watcher needs a walk that \
-touches less than every directory's record.",
+With `serve --watch` the walk is skipped ({} median here). The walk `lstat`s every entry but lists only the \
+directories changed since their records were taken (a directory's change time moves with every name made, \
+removed or renamed in it). A profile of the walk: about 60% of its CPU is the kernel's `fstatat` (the floor); \
+the rest is reading and parsing each directory's stored record (a point lookup and a view that allocates \
+nothing) and the work split between two threads; then one `GetRoots` round trip to each peer on the session a's \
+daemon keeps between runs, and the command's own start (about 3 ms, most of it the loader's relocations). \
+Closing it without the watcher needs a walk that touches less than every directory's record.",
             secs(&fl["lstat_s"]),
             secs(&w("no_change").into()),
             secs(&quantile(&ss["watch"]["watch_no_change"], 0.5))
@@ -646,13 +647,13 @@ before the peers are told. The no-walk no-change sync takes {}.",
         ),
         "memory" => format!(
             "{}a daemon's resident memory is mostly buffers and caches with bounds (docs/design.md): up \
-to 1 MiB not yet acknowledged on each stream answering a peer (four fetch streams and the listings asked ahead, \
-per peer), the 8 MiB cache of chunks encoded for peers (the chunk answers are written from it), the QUIC \
+to 512 KiB not yet acknowledged on each stream answering a peer (four fetch streams and the listings asked ahead, \
+per peer), the 4 MiB cache of chunks encoded for peers (the chunk answers are written from it), the QUIC \
 endpoints' receive queues (2 MiB for the server, 1 MiB per connection opened), a compression context per thread \
 reading chunks, the database's 8 MiB block cache and an 8 MiB memtable per keyspace being written; a receiver \
-also holds the plan of every entry it takes until the apply. The sender is usually the largest: about 53 MiB of \
-heap at its peak in a heap profile of a first sync, 17 MiB of it chunk frames in the streams' send buffers, and \
-14 MiB of its resident set is the program's code. jemalloc (one arena, no per-thread caches) returns freed memory \
+also holds the plan of every entry it takes until the apply. The sender is usually the largest: in a heap \
+profile of a first sync with 1 MiB a stream, 17 MiB of its 53 MiB of heap at the peak were chunk frames in the \
+streams' send buffers (halved since), and 14 MiB of its resident set is the program's code. jemalloc (one arena, no per-thread caches) returns freed memory \
 100 ms after it is freed. After the work, with the memtables flushed, each daemon holds the size in the last \
 column. Closing the gap for good needs the sender to hold less while it serves two peers at once: a send budget \
 per connection rather than per stream (the stream buffers), and fewer threads reading chunks at once (each holds \

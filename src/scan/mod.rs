@@ -8,8 +8,10 @@
 //!   commits [`ScanOutput::writes`] in one batch.
 //! - The *stat cache* is the [`Stat`] kept in each file's record. A file
 //!   whose `lstat` still matches it (and which was not racily clean) is not
-//!   opened: an unchanged tree costs one `readdir` per directory, one
-//!   `lstat` per entry and one range read of the state per directory.
+//!   opened. A directory's stat cache stands for its listing: a directory
+//!   whose `fstat` still matches it is not listed (see `visit_dir`). An
+//!   unchanged tree costs one `lstat` per entry and one read of the state
+//!   per directory.
 //! - A *problem* is something wrong with one path (unreadable, changing
 //!   while read, a special file). It is reported and the rest of the scan
 //!   goes on; the path keeps its previous record.

@@ -87,7 +87,9 @@ pub struct EntryRecord {
     pub stat: Stat,
     /// Whether the stat cache must not be trusted: the file's mtime was so
     /// close to the time it was read that a write in the same clock tick
-    /// could go unnoticed (git's "racily clean" problem).
+    /// could go unnoticed (git's "racily clean" problem). For a directory:
+    /// the stat does not stand for a listing of its names (see the scan
+    /// rules in docs/design.md), so the next walk lists it.
     pub racy: bool,
     /// Whether the file's chunks are in the group's chunk store.
     pub stored: bool,
