@@ -780,6 +780,8 @@ impl Run<'_, '_> {
             }
             _ => Listing::default(),
         };
+        // Judged when listed: a visit of the children can take long.
+        let changed_lately = listed && read::recent(stat.ctime);
         #[cfg(test)]
         tests::after_listing(local);
         let stored = &stored;
@@ -882,7 +884,7 @@ impl Run<'_, '_> {
                     Seen::Same => i.is_some(),
                     Seen::Untracked => class == Class::Excluded,
                 });
-                !recorded || read::recent(stat.ctime)
+                !recorded || changed_lately
             }
             Mode::Full => false,
             // Not listed: the record stands for a listing only as long
