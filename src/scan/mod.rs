@@ -774,6 +774,7 @@ impl Run<'_, '_> {
                     Ok(l) => l,
                     Err(e) => {
                         self.problem(local, format!("cannot list directory: {e}"), Severity::Error);
+                        self.kept_unlisted(old);
                         return Seen::Same;
                     }
                 }
