@@ -636,6 +636,29 @@ mod tests {
         );
     }
 
+    /// A tombstone in a directory taken as recorded stays a tombstone; the
+    /// name made again is found.
+    #[test]
+    fn a_tombstone_in_a_directory_taken_as_recorded_stays_until_its_name_is_back() {
+        let (_dir, tree, engine) = engine_on_tree();
+        std::fs::create_dir_all(tree.join("d")).unwrap();
+        std::fs::write(tree.join("d/a"), b"one").unwrap();
+        std::fs::write(tree.join("d/gone"), b"two").unwrap();
+        full_check(&engine);
+        std::fs::remove_file(tree.join("d/gone")).unwrap();
+        assert!(full_check(&engine).changed);
+        settle();
+        full_check(&engine);
+        let quiet = full_check(&engine);
+        assert_eq!((quiet.stats.dirs_listed, quiet.changed), (0, false));
+        let logical = format!("{}/d", tree.display());
+        let rec = engine.store.dir_record("g", logical.as_bytes()).unwrap().unwrap();
+        assert!(rec.get(b"gone").is_some_and(|r| r.deleted), "{rec:?}");
+        std::fs::write(tree.join("d/gone"), b"back").unwrap();
+        assert!(full_check(&engine).changed);
+        assert_eq!(tracked(&engine, &tree, "d"), ["a", "gone"]);
+    }
+
     /// A name a listing found but could not record (here a FIFO, which is
     /// skipped with a warning) keeps its directory listed by every check,
     /// so the name is looked at again each time.
