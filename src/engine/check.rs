@@ -105,8 +105,7 @@ impl Engine {
             // state; under another one (or none before), read everything once.
             let linked = self.store.group_store(&group.name)?;
             let read_all = store_name.is_some() && linked.as_deref() != store_name;
-            let listing = crate::scan::listing_fingerprint(group);
-            let trust_listings = self.store.listing_fingerprint(&group.name)? == Some(listing);
+            let (listing, trust_listings) = self.listings(group)?;
             let scope = if read_all { Scope::All } else { scope };
             let scanner = Scanner {
                 group,
@@ -232,6 +231,14 @@ impl Engine {
 }
 
 impl Engine {
+    /// What `group`'s directories are listed under now
+    /// ([`crate::scan::listing_fingerprint`]), and whether its records were
+    /// listed under it ([`Scanner::trust_listings`]).
+    fn listings(&self, group: &crate::config::ResolvedGroup) -> Result<(crate::hash::Hash, bool), EngineError> {
+        let now = crate::scan::listing_fingerprint(group);
+        Ok((now, self.store.listing_fingerprint(&group.name)? == Some(now)))
+    }
+
     /// `paths` made absolute; each must be inside (or above) an include root.
     fn absolute_inside(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, EngineError> {
         let abs: Vec<PathBuf> = paths.iter().map(|p| Engine::absolute(p)).collect::<Result<_, _>>()?;
@@ -308,8 +315,7 @@ impl Engine {
                 read_all: false,
                 adopt: None,
                 interrupt,
-                trust_listings: self.store.listing_fingerprint(&group.name)?
-                    == Some(crate::scan::listing_fingerprint(group)),
+                trust_listings: self.listings(group)?.1,
             };
             let out = scanner.run(&scope)?;
             drop(bar);
