@@ -532,13 +532,21 @@ fn local_text(groups: &[ResolvedGroup], group: &str, logical: &str) -> String {
 /// Lists `items` (already formatted lines), all of them with `-v`, else at
 /// most [`LIST_CUT`] and a count of the rest.
 fn list_lines(o: &mut String, cli: &Cli, indent: &str, items: impl ExactSizeIterator<Item = String>) {
+    list_lines_of(o, cli, indent, items, 0);
+}
+
+/// [`list_lines`] for a list that leaves out `unlisted` more items, which
+/// the count of the rest includes.
+fn list_lines_of(o: &mut String, cli: &Cli, indent: &str, items: impl ExactSizeIterator<Item = String>, unlisted: u64) {
     let total = items.len();
     let shown = if cli.verbose > 0 { total } else { total.min(LIST_CUT) };
     for line in items.take(shown) {
         say!(o, "{indent}{line}");
     }
-    if total > shown {
-        say!(o, "{indent}... and {} more (`-v` lists them all)", total - shown);
+    let rest = (total - shown) as u64 + unlisted;
+    if rest > 0 {
+        let where_all = if unlisted > 0 { "the log's audit lines list them all" } else { "`-v` lists them all" };
+        say!(o, "{indent}... and {rest} more ({where_all})");
     }
 }
 
@@ -546,7 +554,8 @@ fn list_lines(o: &mut String, cli: &Cli, indent: &str, items: impl ExactSizeIter
 /// version merges left out) here and there, and conflicts.
 fn tally(p: &crate::peer::PeerReport) -> (u64, u64, u64) {
     let real = |a: ChangeAction| !matches!(a, ChangeAction::Conflict | ChangeAction::Merge);
-    let here = p.pulled.as_ref().map_or(0, |x| x.changes.iter().filter(|c| real(c.action)).count() as u64);
+    let here =
+        p.pulled.as_ref().map_or(0, |x| x.changes.iter().filter(|c| real(c.action)).count() as u64 + x.more_changes);
     let there = p.pushed.iter().filter(|c| real(c.action)).count() as u64 + p.pushed_more;
     let conflicts_here = p.pulled.as_ref().map_or(0, |x| x.conflicts.len() as u64);
     let conflicts_there = p.pushed.iter().filter(|c| c.action == ChangeAction::Conflict).count() as u64;
@@ -624,7 +633,7 @@ pub(super) fn sync(
                     }),
             )
             .collect::<Vec<_>>();
-        list_lines(o, cli, "  ", lines.into_iter());
+        list_lines_of(o, cli, "  ", lines.into_iter(), p.pulled.as_ref().map_or(0, |x| x.more_changes));
         if p.pushed_more > 0 {
             say!(o, "  {:<8} ... and {} more", p.peer, p.pushed_more);
         }

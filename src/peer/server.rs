@@ -174,7 +174,7 @@ async fn answer(
                     "pull by {} of group {}: changes {}, conflicts {}, not applied {}",
                     peer.host,
                     name,
-                    report.changes.len(),
+                    report.changes_total(),
                     report.conflicts.len(),
                     report.problems.len()
                 );

@@ -185,7 +185,7 @@ pub async fn sync(node: Arc<Node>, opts: SyncOptions) -> Result<SyncReport, Sync
     // a second round, one root comparison per peer where nothing is left.
     let took: Vec<String> = peers
         .iter()
-        .filter(|p| p.pulled.as_ref().is_some_and(|r| r.changes.iter().any(|c| c.action != ChangeAction::Conflict)))
+        .filter(|p| p.pulled.as_ref().is_some_and(GroupReport::took_any))
         .map(|p| p.group.clone())
         .collect();
     if !opts.dry_run && !took.is_empty() && !interrupted {

@@ -409,21 +409,22 @@ impl Message {
         Message::Error { code: err.code(), message }
     }
 
-    /// The `Pulled` answer reporting `changes`, in the order given: the
-    /// first ones while there are at most [`MAX_REPORTED_CHANGES`] and
-    /// their encoding stays within [`PAGE_BUDGET`] bytes (so the frame fits
-    /// [`super::MAX_FRAME`] however long the paths), the rest counted in
-    /// `more`; and the first [`MAX_REPORTED_PROBLEMS`] `problems`, each cut
+    /// The `Pulled` answer reporting `changes`, in the order given, and
+    /// `unlisted` more: the first ones while there are at most
+    /// [`MAX_REPORTED_CHANGES`] and their encoding stays within
+    /// [`PAGE_BUDGET`] bytes (so the frame fits [`super::MAX_FRAME`] however
+    /// long the paths), the rest counted in `more` with `unlisted`; and the first [`MAX_REPORTED_PROBLEMS`] `problems`, each cut
     /// to [`MAX_PROBLEM_LEN`] bytes, with their total.
     pub fn pulled<'p>(
         changes: impl IntoIterator<Item = Change>,
+        unlisted: u64,
         problems: impl IntoIterator<Item = &'p String>,
     ) -> Message {
         let mut listed = Vec::new();
         let mut bytes = 0usize;
-        let mut more = 0u64;
+        let (mut more, mut cut) = (unlisted, false);
         for change in changes {
-            if more == 0 && listed.len() < MAX_REPORTED_CHANGES {
+            if !cut && listed.len() < MAX_REPORTED_CHANGES {
                 let size = postcard::experimental::serialized_size(&change).expect("sizing cannot fail");
                 if bytes + size <= PAGE_BUDGET {
                     bytes += size;
@@ -431,6 +432,7 @@ impl Message {
                     continue;
                 }
             }
+            cut = true;
             more += 1;
         }
         let mut shown = Vec::new();
@@ -462,13 +464,13 @@ mod tests {
         let change = |path: Vec<u8>| Change { action: ChangeAction::Update, path };
         let short = |n: usize| (0..n).map(|i| change(format!("/srv/f{i}").into_bytes()));
         assert_eq!(
-            Message::pulled(short(3), &[]),
+            Message::pulled(short(3), 0, &[]),
             Message::Pulled { changes: short(3).collect(), more: 0, problems: vec![], problems_total: 0 }
         );
-        let Message::Pulled { changes, more, .. } = Message::pulled(short(MAX_REPORTED_CHANGES + 10), &[]) else {
+        let Message::Pulled { changes, more, .. } = Message::pulled(short(MAX_REPORTED_CHANGES + 10), 5, &[]) else {
             unreachable!()
         };
-        assert_eq!((changes.len(), more), (MAX_REPORTED_CHANGES, 10));
+        assert_eq!((changes.len(), more), (MAX_REPORTED_CHANGES, 15));
         assert_eq!(changes.last(), short(MAX_REPORTED_CHANGES).next_back().as_ref());
 
         // The longest valid paths: the list is cut by size, and the frame
@@ -484,7 +486,7 @@ mod tests {
         // With as many problems as are listed, each as long as allowed.
         let problems: Vec<String> =
             (0..MAX_REPORTED_PROBLEMS + 5).map(|i| format!("{i}{}", "é".repeat(MAX_PROBLEM_LEN))).collect();
-        let msg = Message::pulled((0..MAX_REPORTED_CHANGES).map(longest), &problems);
+        let msg = Message::pulled((0..MAX_REPORTED_CHANGES).map(longest), 0, &problems);
         let Message::Pulled { changes, more, problems: listed, problems_total } = &msg else { unreachable!() };
         assert_eq!((listed.len(), *problems_total), (MAX_REPORTED_PROBLEMS, problems.len() as u64));
         assert!(listed.iter().all(|p| p.len() <= MAX_PROBLEM_LEN && p.len() > MAX_PROBLEM_LEN - 4));

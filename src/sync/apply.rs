@@ -250,10 +250,18 @@ impl<'a> Apply<'a> {
 
     /// Applies `plans`; returns the generation recorded, if any. Called
     /// without the writer lock, which it takes for each local phase.
-    pub(super) async fn run(mut self, plans: Vec<Plan>, report: &mut GroupReport) -> Result<Option<u64>, SyncError> {
+    /// `later`: plans the walk applies later, whose deletions are places
+    /// to find chunks too (a file moved by the peer).
+    pub(super) async fn run(
+        mut self,
+        plans: Vec<Plan>,
+        later: &[Plan],
+        report: &mut GroupReport,
+    ) -> Result<Option<u64>, SyncError> {
         let (staging, journal) = self.incoming()?;
         let mut others = Vec::new();
-        let mut files = Vec::new();
+        let is_file = |p: &Plan| matches!(p, Plan::Take(t) if !t.new.deleted && t.new.body.kind() == Kind::File);
+        let mut files = Vec::with_capacity(plans.iter().filter(|p| is_file(p)).count());
         let mut rest = Rest::default();
         for plan in plans {
             match plan {
@@ -287,7 +295,8 @@ impl<'a> Apply<'a> {
         let total: u64 = files.iter().map(|t| if let Body::File { size, .. } = t.new.body { size } else { 0 }).sum();
         let whole_tree = total
             >= TREE_INDEX_MIN_BYTES.max(self.node.engine.store.approximate_dirs() as u64 * TREE_INDEX_BYTES_PER_DIR);
-        self.local = LocalChunks::of(&files, &rest.deletions, whole_tree);
+        let later = later.iter().filter_map(|p| if let Plan::Take(t) = p { Some(t) } else { None });
+        self.local = LocalChunks::of(files.iter().chain(&rest.deletions).chain(later), whole_tree);
         let receiving: Arc<dyn ProgressTask> = if total > 0 {
             let what = format!("receiving from {} ({})", self.peer.host, self.g.name);
             Arc::from(self.peer.progress.start(&what, Some(total), Unit::Bytes))
@@ -329,8 +338,12 @@ impl<'a> Apply<'a> {
         let (mut entries, mut bytes) = (0, 0);
         for mut t in files.by_ref() {
             self.rebase(&mut t);
-            // Not worth fetching for: it would be refused below.
-            if let Err(why) = tokio::task::block_in_place(|| self.record_unchanged(&t)) {
+            // Not worth fetching for: it would be refused below. A read of
+            // a directory record decoded once per directory (`records`),
+            // like the walk's: handing the worker thread off around each
+            // one (`block_in_place`) cost a thread switch per file and
+            // left the runtime with hundreds of threads.
+            if let Err(why) = self.record_unchanged(&t) {
                 self.refuse(&t.local, &t.logical, &t.new.version, why);
                 continue;
             }
@@ -1403,19 +1416,19 @@ async fn fetch_one(
             Stats::add(&stats.chunks_received, 1);
             Stats::add(&stats.bytes_received, stored.len() as u64);
             receiving.inc(data.len() as u64);
-            tokio::task::block_in_place(|| -> Result<(), SyncError> {
-                if let Some(cs) = into.node.engine.chunk_store(into.gi) {
-                    cs.put(hash, &data)?;
-                } else if let Some(pack) = into.pack
-                    && let Err(e) = into.staging.put(pack, hash, &data)
-                {
-                    // Disk full, say: the file is not complete, so it is
-                    // left for the next run like a chunk never sent.
-                    tracing::warn!("keeping chunk {} received from {}: {e}", hash.short(), peer.host);
-                }
-                crate::killpoint::hit("receive.chunk");
-                Ok(())
-            })?;
+            if let Some(cs) = into.node.engine.chunk_store(into.gi) {
+                // Compressed and written: worth handing the worker off.
+                tokio::task::block_in_place(|| cs.put(hash, &data))?;
+            } else if let Some(pack) = into.pack
+                && let Err(e) = into.staging.put(pack, hash, &data)
+            {
+                // Two writes into the page cache: done here, as a thread
+                // switch per chunk would cost more. Disk full, say: the
+                // file is not complete, so it is left for the next run
+                // like a chunk never sent.
+                tracing::warn!("keeping chunk {} received from {}: {e}", hash.short(), peer.host);
+            }
+            crate::killpoint::hit("receive.chunk");
         }
         reply = proto::read_frame(&mut stream).await.map_err(proto_err)?;
         reply.validate().map_err(proto_err)?;
@@ -1533,11 +1546,11 @@ struct LocalChunks {
 }
 
 impl LocalChunks {
-    /// The chunks of the local files that `files` replace and that
-    /// `deletions` delete; `whole_tree` as the field says.
-    fn of(files: &[Take], deletions: &[Take], whole_tree: bool) -> Self {
+    /// The chunks of the local files that `takes` replace or delete;
+    /// `whole_tree` as the field says.
+    fn of<'t>(takes: impl Iterator<Item = &'t Take>, whole_tree: bool) -> Self {
         let mut replaced = HashMap::new();
-        for t in files.iter().chain(deletions) {
+        for t in takes {
             if let Some(old) = t.old.as_ref().filter(|o| !o.deleted && o.body.kind() == Kind::File) {
                 index_file(&mut replaced, &t.local, &old.chunks);
             }
@@ -1601,7 +1614,7 @@ fn make_symlink(dir: &Dir, name: &OsStr, meta: &Meta, target: &[u8]) -> io::Resu
 }
 
 /// Whether `t` puts a file or symlink where this node has a directory.
-fn replaces_dir(t: &Take) -> bool {
+pub(super) fn replaces_dir(t: &Take) -> bool {
     !t.new.deleted
         && t.new.body.kind() != Kind::Dir
         && t.old.as_ref().is_some_and(|o| !o.deleted && o.body.kind() == Kind::Dir)

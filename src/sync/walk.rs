@@ -40,7 +40,7 @@ use crate::config::{Class, ResolvedGroup};
 use crate::engine::Engine;
 use crate::net::StreamOpener;
 use crate::node::Node;
-use crate::proto::{Change, ChangeAction, MAX_DIR_ENTRIES, MAX_PLAN_BYTES, Message, WireEntry};
+use crate::proto::{Change, ChangeAction, MAX_DIR_ENTRIES, MAX_PLAN_BYTES, MAX_REPORTED_CHANGES, Message, WireEntry};
 use crate::store::{Conflict, EntryRecord, Version, Writer, join_logical};
 use crate::tree::{Body, Kind, Timestamp};
 
@@ -78,8 +78,12 @@ pub struct GroupReport {
     /// no problem, only versions to merge (which a sync records, and a
     /// dry run or `status` leaves for the next sync).
     pub in_sync: bool,
-    /// Changes applied (or, dry run, that would be).
+    /// Changes applied (or, dry run, that would be): every conflict, and
+    /// the first [`MAX_REPORTED_CHANGES`] other changes.
     pub changes: Vec<ChangeReport>,
+    /// Changes applied (or, dry run, that would be) past those listed in
+    /// `changes`: counted, not listed (the audit log has every one).
+    pub more_changes: u64,
     /// Paths in conflict with the peer.
     pub conflicts: Vec<String>,
     /// Paths that could not be applied, with the reason; retried next run.
@@ -105,7 +109,53 @@ pub struct GroupReport {
 impl GroupReport {
     /// The `Pulled` message reporting these changes.
     pub fn pulled(&self) -> Message {
-        Message::pulled(self.wire.iter().cloned(), &self.problems)
+        Message::pulled(self.wire.iter().cloned(), self.more_changes, &self.problems)
+    }
+
+    /// Whether any change other than a conflict was made (or, dry run,
+    /// would be).
+    pub fn took_any(&self) -> bool {
+        self.more_changes > 0 || self.changes.iter().any(|c| c.action != ChangeAction::Conflict)
+    }
+
+    /// All changes made (or, dry run, that would be), listed or not.
+    pub fn changes_total(&self) -> u64 {
+        self.changes.len() as u64 + self.more_changes
+    }
+
+    /// Adds what a later part of the same walk did (its paths are not in
+    /// this report): lists its changes while fewer than
+    /// [`MAX_REPORTED_CHANGES`] other than conflicts are listed, and counts
+    /// the rest.
+    fn append(&mut self, later: GroupReport) {
+        let real = |a: ChangeAction| a != ChangeAction::Conflict;
+        let mut listed = self.changes.iter().filter(|c| real(c.action)).count();
+        for c in later.changes {
+            if !real(c.action) || listed < MAX_REPORTED_CHANGES {
+                listed += usize::from(real(c.action));
+                self.changes.push(c);
+            } else {
+                self.more_changes += 1;
+            }
+        }
+        // The wire list is the same changes, with conflicts the apply
+        // could not settle left out: it is cut by the same rule.
+        let mut listed = self.wire.iter().filter(|c| real(c.action)).count();
+        for c in later.wire {
+            if !real(c.action) || listed < MAX_REPORTED_CHANGES {
+                listed += usize::from(real(c.action));
+                self.wire.push(c);
+            }
+        }
+        self.more_changes += later.more_changes;
+        self.conflicts.extend(later.conflicts);
+        self.problems.extend(later.problems);
+        self.dirs_listed += later.dirs_listed;
+        self.chunks_fetched += later.chunks_fetched;
+        self.bytes_fetched += later.bytes_fetched;
+        self.chunks_local += later.chunks_local;
+        self.settled += later.settled;
+        self.generation = later.generation.or(self.generation);
     }
 
     /// Adds what a later reconcile with the same peer did.
@@ -114,6 +164,7 @@ impl GroupReport {
             self.changes.retain(|x| x.path != c.path);
             self.changes.push(c);
         }
+        self.more_changes += later.more_changes;
         self.conflicts = later.conflicts;
         self.problems.extend(later.problems);
         self.dirs_listed += later.dirs_listed;
@@ -131,7 +182,11 @@ impl GroupReport {
     /// no problem. Versions merged (or to merge) do not count: they change
     /// no file, and the next sync records them.
     fn nothing_to_do(&self) -> bool {
-        self.changes.is_empty() && self.conflicts.is_empty() && self.problems.is_empty() && self.settled == 0
+        self.changes.is_empty()
+            && self.more_changes == 0
+            && self.conflicts.is_empty()
+            && self.problems.is_empty()
+            && self.settled == 0
     }
 
     /// Drops the changes reported for `failed` paths: they were not made.
@@ -167,6 +222,14 @@ pub(super) enum Plan {
 }
 
 impl Plan {
+    /// Whether the plan waits for the last flush of the walk (see
+    /// [`Walk::flush`]): a deletion, or a file or symlink that replaces a
+    /// directory, removes what is below it, which must all be decided (and
+    /// what is taken below it applied) first.
+    fn waits_for_last(&self) -> bool {
+        matches!(self, Plan::Take(t) if t.new.deleted || super::apply::replaces_dir(t))
+    }
+
     /// The local path a plan changes on disk, if it changes one.
     fn local_path(&self) -> Option<&PathBuf> {
         match self {
@@ -417,76 +480,84 @@ async fn pass(
     // equal tree hashes, so every directory is listed (once; merging makes
     // the digests equal).
     let mut everywhere = hash == tree;
-    let mut walk = Walk::new(node, peer, g, initiated, everywhere);
-    walk.run(top.clone()).await?;
-    if dry_run {
-        // Read-only (SPEC §3): the walk decided from the recorded state;
-        // nothing is checked, recorded or applied, conflicts included.
-        let mut report = walk.report;
-        report.in_sync = everywhere && report.nothing_to_do();
-        return Ok(report);
-    }
-    // The local steps, under the writer lock and with no wait on the
-    // network while it is held.
-    let mut writer = node.engine.store.writer().await;
-    // The initiator checked its whole tree before; a peer asked to pull
-    // checks the paths it is about to change, so that a local change it
-    // has not recorded yet takes part (as a conflict, say) instead of
-    // blocking the apply. If that check found anything, decide again.
-    if !initiated {
-        let paths = super::apply::minimal(walk.plans.iter().filter_map(Plan::local_path).cloned().collect());
-        if !paths.is_empty() {
-            // The writer is held: the check runs here, not through
-            // `write_locked` (the token is not reentrant).
-            let checked = tokio::task::block_in_place(|| {
-                node.engine.check_with_cause(
-                    &writer,
-                    &paths,
-                    "local scan",
-                    Some(gi),
-                    false,
-                    None,
-                    &*peer.progress,
-                    None,
-                )
-            })?;
-            if !dry_run {
-                peer.actions.add_check(&node.engine.groups, &checked);
+    let mut may_rewalk = !initiated;
+    loop {
+        let mut walk = Walk::new(node, peer, g, gi, dry_run, initiated, everywhere, may_rewalk);
+        match walk.run(top.clone()).await? {
+            Walked::Done => {
+                let mut report = walk.done;
+                report.in_sync = everywhere && report.nothing_to_do();
+                return Ok(report);
             }
-            if checked.groups.iter().any(|c| c.changed) {
-                drop(writer);
+            Walked::Again => {
                 // The tree as checked now may equal the peer's (a host
                 // that had not checked before, say): then only versions
                 // differ, and they hide below equal directories.
                 everywhere = hash == roots_summary(&node.engine, g)?.0;
-                walk = Walk::new(node, peer, g, initiated, everywhere);
-                walk.run(top).await?;
-                writer = node.engine.store.writer().await;
+                may_rewalk = false;
             }
         }
     }
-    crate::killpoint::hit("reconcile.planned");
-    let Walk { mut plans, edits, mut report, .. } = walk;
-    tokio::task::block_in_place(|| edits.commit(&node.engine, &writer, &g.name, &peer.host, &mut plans))?;
-    drop(writer);
-    let applied = Apply::new(node, peer, gi).run(plans, &mut report).await?;
-    report.generation = applied;
-    report.in_sync = everywhere && report.nothing_to_do();
-    Ok(report)
+}
+
+/// How a walk ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Walked {
+    /// Everything it decided is applied (a dry run: reported).
+    Done,
+    /// The pulled side's check of the paths found a local change before
+    /// anything was applied: the walk is made again, deciding it.
+    Again,
+}
+
+/// Estimated bytes of plans (with their changes and edits) the walk keeps
+/// before it applies them and goes on: about 30,000 files. What a reconcile
+/// holds at once stays bounded however many paths it changes (a first sync
+/// of a million files held about 1 GiB of plans otherwise), while each apply
+/// is still large enough for its batches to overlap the network and the
+/// disk.
+const PLAN_FLUSH_BYTES: usize = 32 << 20;
+
+/// The test hook that sets the flush size instead (bytes), so that tests
+/// make walks of a few files apply in many parts. Nobody sets it in
+/// production.
+const FLUSH_BYTES_ENV: &str = "SNAPSYNC_PLAN_FLUSH_BYTES";
+
+/// [`PLAN_FLUSH_BYTES`], or what [`FLUSH_BYTES_ENV`] says, read once.
+fn plan_flush_bytes() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::env::var(FLUSH_BYTES_ENV).ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0).unwrap_or(PLAN_FLUSH_BYTES)
+    })
 }
 
 struct Walk<'a> {
     node: &'a Arc<Node>,
     peer: &'a Arc<Peer>,
     g: &'a ResolvedGroup,
+    gi: usize,
+    dry_run: bool,
     initiated: bool,
     /// Descend into every directory live on both sides, equal trees too.
     everywhere: bool,
+    /// Nothing is applied yet and the walk may be made again if the
+    /// pulled side's check finds a local change.
+    may_rewalk: bool,
+    /// Plans not applied yet: those decided since the last flush, and the
+    /// deletions and directory replacements kept for the last one.
     plans: Vec<Plan>,
     edits: Edits,
+    /// What the plans not applied yet report.
     report: GroupReport,
-    /// Estimated bytes held in plans, edits and the queue of directories.
+    /// What the parts applied (a dry run: decided) so far did.
+    done: GroupReport,
+    /// Estimated bytes held in plans, their changes and edits.
     held: usize,
+    /// Of `held`, the bytes of plans kept for the last flush.
+    kept: usize,
+    /// Estimated bytes held until the walk ends: the queue of directories
+    /// and the directory maps below.
+    lasting: usize,
     /// Directories that lose a settled type-change conflict, on either
     /// side, with the version every entry below them is deleted under
     /// (see [`Walk::visit`]).
@@ -624,29 +695,49 @@ fn descend(
 }
 
 impl<'a> Walk<'a> {
-    fn new(node: &'a Arc<Node>, peer: &'a Arc<Peer>, g: &'a ResolvedGroup, initiated: bool, everywhere: bool) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        node: &'a Arc<Node>,
+        peer: &'a Arc<Peer>,
+        g: &'a ResolvedGroup,
+        gi: usize,
+        dry_run: bool,
+        initiated: bool,
+        everywhere: bool,
+        may_rewalk: bool,
+    ) -> Self {
         Walk {
             node,
             peer,
             g,
+            gi,
+            dry_run,
             initiated,
             everywhere,
+            may_rewalk,
             plans: Vec::new(),
             edits: Edits::default(),
             report: GroupReport::default(),
+            done: GroupReport::default(),
             held: 0,
+            kept: 0,
+            lasting: 0,
             doomed: Default::default(),
             missing: Default::default(),
             relayed: Default::default(),
         }
     }
 
-    async fn run(&mut self, top: Vec<WireEntry>) -> Result<(), SyncError> {
+    /// Walks the differing paths from the include roots the peer listed,
+    /// applying what it decides as it goes (see [`Walk::flush`]).
+    async fn run(&mut self, top: Vec<WireEntry>) -> Result<Walked, SyncError> {
         let roots: Vec<&str> = self.g.roots.iter().map(|r| r.logical.as_str()).collect();
         // Include roots the peer names must be ours too.
         let top: Vec<WireEntry> = top.into_iter().filter(|e| roots.iter().any(|r| r.as_bytes() == e.name)).collect();
         let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
-        self.merge(Vec::new(), Listing::given(top), &mut queue).await?;
+        if self.merge(Vec::new(), Listing::given(top), &mut queue).await? == Walked::Again {
+            return Ok(Walked::Again);
+        }
         // `ahead[i]` is the first page of `queue[i]`.
         let mut ahead: VecDeque<Ahead> = VecDeque::new();
         loop {
@@ -654,15 +745,93 @@ impl<'a> Walk<'a> {
                 ahead.push_back(self.ask_ahead(queue[ahead.len()].clone()));
             }
             let Some(dir) = queue.pop_front() else { break };
-            self.held -= queued_footprint(&dir);
+            self.lasting -= queued_footprint(&dir);
             let mut listing = Listing::of(dir.clone());
             if let Some(mut first) = ahead.pop_front() {
                 let reply = (&mut first.0).await.expect("a listing task panicked")?;
                 listing.add_page(reply, self.peer, &self.g.name)?;
             }
-            self.merge(dir, listing, &mut queue).await?;
+            if self.merge(dir, listing, &mut queue).await? == Walked::Again {
+                return Ok(Walked::Again);
+            }
         }
-        Ok(())
+        self.flush(true).await
+    }
+
+    /// Applies the plans decided so far (a dry run: drops them, keeping
+    /// what they report), except, unless `last`, deletions and files or
+    /// links that replace a directory: those wait for the last flush, when
+    /// everything below the directories they remove is decided and
+    /// applied. Under the writer lock, with no wait on the network while
+    /// it is held: a pulled side first checks the paths it is about to
+    /// change, so that a local change it has not recorded yet takes part
+    /// (as a conflict, say) instead of blocking the apply; then the walk's
+    /// edits are made. If that check found a change before anything was
+    /// applied, nothing is and the walk is made again (once).
+    async fn flush(&mut self, last: bool) -> Result<Walked, SyncError> {
+        let goes = |p: &Plan| last || !p.waits_for_last();
+        if !self.dry_run {
+            let node = self.node;
+            let writer = node.engine.store.writer().await;
+            if !self.initiated {
+                let paths = self.plans.iter().filter(|p| goes(p)).filter_map(Plan::local_path).cloned().collect();
+                let paths = super::apply::minimal(paths);
+                if !paths.is_empty() {
+                    // The writer is held: the check runs here, not through
+                    // `write_locked` (the token is not reentrant).
+                    let checked = tokio::task::block_in_place(|| {
+                        node.engine.check_with_cause(
+                            &writer,
+                            &paths,
+                            "local scan",
+                            Some(self.gi),
+                            false,
+                            None,
+                            &*self.peer.progress,
+                            None,
+                        )
+                    })?;
+                    self.peer.actions.add_check(&node.engine.groups, &checked);
+                    if checked.groups.iter().any(|c| c.changed) && self.may_rewalk {
+                        return Ok(Walked::Again);
+                    }
+                }
+            }
+            crate::killpoint::hit("reconcile.planned");
+            // The edits name plans by their place in `plans`: they are
+            // made before any plan moves.
+            let edits = std::mem::take(&mut self.edits);
+            let (group, peer) = (&self.g.name, &self.peer.host);
+            tokio::task::block_in_place(|| edits.commit(&node.engine, &writer, group, peer, &mut self.plans))?;
+            drop(writer);
+            self.may_rewalk = false;
+        }
+        // A dry run makes no edits (SPEC §3: read-only) and drops its
+        // plans here, keeping what they report.
+        self.edits = Edits::default();
+        let count = self.plans.iter().filter(|p| goes(p)).count();
+        let mut go = Vec::with_capacity(count);
+        go.extend(self.plans.extract_if(.., |p| goes(p)));
+        self.plans.shrink_to_fit();
+        let mut report = std::mem::take(&mut self.report);
+        // The changes of kept plans (takes, all of them) stay with them.
+        if !self.plans.is_empty() {
+            let paths: std::collections::HashSet<&[u8]> = (self.plans.iter())
+                .filter_map(|p| if let Plan::Take(t) = p { Some(&t.logical[..]) } else { None })
+                .collect();
+            let (waiting, now) = report.changes.into_iter().partition(|c| paths.contains(c.path.as_bytes()));
+            (self.report.changes, report.changes) = (waiting, now);
+            let (waiting, now) = report.wire.into_iter().partition(|c| paths.contains(&c.path[..]));
+            (self.report.wire, report.wire) = (waiting, now);
+        }
+        self.kept = self.plans.iter().map(Plan::footprint).sum::<usize>()
+            + self.report.changes.iter().map(|c| change_footprint(c.path.as_bytes())).sum::<usize>();
+        self.held = self.kept;
+        if !self.dry_run {
+            report.generation = Apply::new(self.node, self.peer, self.gi).run(go, &self.plans, &mut report).await?;
+        }
+        self.done.append(report);
+        Ok(Walked::Done)
     }
 
     /// Asks for the first page of `dir`'s listing, to be read later.
@@ -679,7 +848,7 @@ impl<'a> Walk<'a> {
         dir: Vec<u8>,
         mut remote: Listing,
         queue: &mut VecDeque<Vec<u8>>,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Walked, SyncError> {
         let local = self.node.engine.store.dir_record(&self.g.name, &dir)?.unwrap_or_default();
         let mut local = local.children.into_iter().peekable();
         let mut opener = self.peer.opener.clone();
@@ -706,23 +875,38 @@ impl<'a> Walk<'a> {
             };
             let logical = join_logical(&dir, &name);
             if self.visit(&dir, &name, &logical, l.as_ref(), r.as_ref())? {
-                self.charge(queued_footprint(&logical))?;
+                self.charge_lasting(queued_footprint(&logical))?;
                 queue.push_back(logical);
+            }
+            if self.held - self.kept >= plan_flush_bytes() && self.flush(false).await? == Walked::Again {
+                return Ok(Walked::Again);
             }
         }
         self.report.dirs_listed += remote.pages;
-        Ok(())
+        Ok(Walked::Done)
     }
 
-    /// Counts `bytes` more held until the apply; fails over [`MAX_PLAN_BYTES`].
+    /// Counts `bytes` more held until the plans are applied; fails over
+    /// [`MAX_PLAN_BYTES`].
     fn charge(&mut self, bytes: usize) -> Result<(), SyncError> {
         self.held += bytes;
-        if self.held > MAX_PLAN_BYTES {
+        self.within_budget()
+    }
+
+    /// Counts `bytes` more held until the walk ends; fails over
+    /// [`MAX_PLAN_BYTES`].
+    fn charge_lasting(&mut self, bytes: usize) -> Result<(), SyncError> {
+        self.lasting += bytes;
+        self.within_budget()
+    }
+
+    fn within_budget(&self) -> Result<(), SyncError> {
+        if self.held + self.lasting > MAX_PLAN_BYTES {
             return Err(SyncError::Limit {
                 peer: self.peer.host.clone(),
                 what: format!(
-                    "reconciling group {} would keep more than {} MiB of changes to make (the limit of one \
-                     reconcile); it stops here and nothing of it is applied",
+                    "reconciling group {} would keep more than {} MiB of changes to make at once (the limit of \
+                     one reconcile); it stops here, and what it had not applied yet is not applied",
                     self.g.name,
                     MAX_PLAN_BYTES >> 20
                 ),
@@ -783,7 +967,7 @@ impl<'a> Walk<'a> {
                 self.edits.cleared.push(logical.to_vec());
             }
             if go_down {
-                self.charge(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
+                self.charge_lasting(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
                 self.doomed.insert(logical.to_vec(), base);
             }
             return Ok(go_down);
@@ -951,18 +1135,18 @@ impl<'a> Walk<'a> {
         {
             let version = |x: &Option<EntryRecord>| x.as_ref().map(|x| x.version.clone()).unwrap_or_default();
             let base = merged_version(&version(&c.local), &version(&c.remote));
-            self.charge(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
+            self.charge_lasting(size_of::<Vec<u8>>() + logical.len() + version_heap(&base))?;
             self.doomed.insert(logical.to_vec(), base);
             go_down = true;
         }
         let parent_missing = self.missing.get(dir).copied();
         if relay {
-            self.charge(size_of::<Vec<u8>>() + logical.len())?;
+            self.charge_lasting(size_of::<Vec<u8>>() + logical.len())?;
             self.relayed.insert(logical.to_vec());
             go_down = true;
         } else if go_down && !live_here && (parent_missing.is_some() || r.is_some_and(|r| !r.deleted)) {
             let in_conflict = decision.is_conflict() || parent_missing == Some(true);
-            self.charge(size_of::<(Vec<u8>, bool)>() + logical.len())?;
+            self.charge_lasting(size_of::<(Vec<u8>, bool)>() + logical.len())?;
             self.missing.insert(logical.to_vec(), in_conflict);
         }
         if conflict_cleared && !self.node.engine.store.conflicts_of(&g.name, logical)?.is_empty() {
@@ -1185,6 +1369,48 @@ mod tests {
         assert!(!descend(Some(&dir), Some(&file), None, false));
         // A directory taken over a file: its entries come with it.
         assert!(descend(Some(&file), Some(&dir), Some(&dir), false));
+    }
+
+    #[test]
+    fn deletions_and_replaced_directories_wait_for_the_last_flush() {
+        let Plan::Take(file) = take(2) else { unreachable!() };
+        let dir = EntryRecord { body: Body::Dir { tree: Hash::of(b"t") }, ..file_record(0, 1) };
+        let with = |old: Option<&EntryRecord>, new: EntryRecord| {
+            Plan::Take(Take { old: old.cloned().map(Box::new), new, ..take_of(&file) })
+        };
+        assert!(!with(None, file.new.clone()).waits_for_last(), "a new file");
+        assert!(!with(Some(&file.new), dir.clone()).waits_for_last(), "a directory over a file");
+        assert!(with(Some(&dir), file.new.clone()).waits_for_last(), "a file over a directory");
+        assert!(with(Some(&file.new), absent_like(&file.new)).waits_for_last(), "a deletion");
+        assert!(with(Some(&dir), absent_like(&dir)).waits_for_last(), "a directory's deletion");
+    }
+
+    fn take_of(t: &Take) -> Take {
+        Take { logical: t.logical.clone(), local: t.local.clone(), old: None, new: t.new.clone(), action: t.action }
+    }
+
+    #[test]
+    fn changes_appended_past_the_listed_ones_are_counted() {
+        let part = |from: usize, n: usize| {
+            let mut r = GroupReport { chunks_fetched: 1, ..GroupReport::default() };
+            for i in from..from + n {
+                r.change(ChangeAction::Create, format!("/srv/f{i}").as_bytes());
+            }
+            r
+        };
+        let mut done = GroupReport::default();
+        done.append(part(0, MAX_REPORTED_CHANGES - 1));
+        let mut second = part(MAX_REPORTED_CHANGES - 1, 3);
+        second.change(ChangeAction::Conflict, b"/srv/c");
+        done.append(second);
+        // Conflicts are always listed.
+        assert_eq!(done.changes.len(), MAX_REPORTED_CHANGES + 1);
+        assert_eq!(done.changes.last().map(|c| c.path.as_str()), Some("/srv/c"));
+        assert_eq!((done.more_changes, done.changes_total()), (2, MAX_REPORTED_CHANGES as u64 + 3));
+        assert_eq!(done.chunks_fetched, 2);
+        assert!(done.took_any());
+        let Message::Pulled { changes, more, .. } = done.pulled() else { unreachable!() };
+        assert_eq!(changes.len() as u64 + more, done.changes_total());
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod sync_dir_conflicts;
 mod sync_dry_run;
 mod sync_exclude;
 mod sync_force;
+mod sync_in_parts;
 mod sync_include_root;
 mod sync_no_descent;
 mod sync_propagate;
