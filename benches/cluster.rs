@@ -22,8 +22,8 @@
 //!
 //! snapsync alone, at scale (benches/cluster/scale.rs): one node's daemon
 //! tracking `SNAPSYNC_BENCH_SCALE_FILES` small files (1,000,000; 0 skips
-//! it), its first `check` and no-change syncs, and its peak resident
-//! memory. And the store space of three backup generations with 1% of the
+//! it), its first `check`, a first sync to a second node with an empty
+//! tree, no-change syncs, and both daemons' peak resident memory. And the store space of three backup generations with 1% of the
 //! bytes changed between them (`SNAPSYNC_BENCH_STORE_FILES` files, 5,000;
 //! the same measurement as benches/store_size.rs).
 //!
