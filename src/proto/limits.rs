@@ -217,15 +217,18 @@ pub const REQUEST_BUDGET: usize = 4 * MAX_FRAME;
 /// directory.
 pub const MAX_DIR_ENTRIES: u64 = 1 << 21;
 
-/// Most memory, in bytes, a receiver spends on what one reconcile decided
-/// before it applies it (the plans of the paths to change, the conflicts to
-/// record, the directories still to list), as estimated by the reconcile
-/// (heap and inline size of each record it keeps).
+/// Most memory, in bytes, a receiver spends at once on what one reconcile
+/// decided and has not applied yet (the plans of the paths to change, the
+/// conflicts to record, the directories still to list), as estimated by
+/// the reconcile (heap and inline size of each record it keeps).
 ///
-/// A changed file costs about 1 KiB of plan, so 1 GiB holds a first sync
-/// of about a million files. A peer that offers a larger tree (an endless
-/// one, say) makes the reconcile fail with a message, before it applies
-/// anything, instead of exhausting the node's memory.
+/// The reconcile applies its plans every 32 MiB as it walks, so what counts
+/// against this is mostly what waits for the walk's end: deletions, and
+/// files or links that replace a directory (about 1 KiB each, so a million
+/// of them fit), and the directories still to list. A peer that offers more
+/// (an endless tree of deletions, say) makes the reconcile fail with a
+/// message instead of exhausting the node's memory; what it had not
+/// applied yet is not applied.
 pub const MAX_PLAN_BYTES: usize = 1 << 30;
 
 #[cfg(test)]

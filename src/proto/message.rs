@@ -413,8 +413,9 @@ impl Message {
     /// `unlisted` more: the first ones while there are at most
     /// [`MAX_REPORTED_CHANGES`] and their encoding stays within
     /// [`PAGE_BUDGET`] bytes (so the frame fits [`super::MAX_FRAME`] however
-    /// long the paths), the rest counted in `more` with `unlisted`; and the first [`MAX_REPORTED_PROBLEMS`] `problems`, each cut
-    /// to [`MAX_PROBLEM_LEN`] bytes, with their total.
+    /// long the paths), the rest counted in `more` with `unlisted`; and the
+    /// first [`MAX_REPORTED_PROBLEMS`] `problems`, each cut to
+    /// [`MAX_PROBLEM_LEN`] bytes, with their total.
     pub fn pulled<'p>(
         changes: impl IntoIterator<Item = Change>,
         unlisted: u64,

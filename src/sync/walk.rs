@@ -16,9 +16,15 @@
 //!   conflicts to record and the directories still to list are what the
 //!   reconcile keeps until it applies; their estimated size is bounded by
 //!   [`MAX_PLAN_BYTES`].
+//! - A *flush* applies the plans kept so far, once they reach
+//!   [`PLAN_FLUSH_BYTES`] and when the walk ends, and the walk goes on:
+//!   what a reconcile holds stays bounded however many paths it changes.
+//!   Deletions, and files or links that replace a directory, wait for the
+//!   last flush (they remove what is below them, all of which must be
+//!   decided first).
 //! - *Edits* are the walk's own writes to the state (conflicts found or
 //!   gone, versions for settled conflicts, `force` marks used up). They are
-//!   made after the walk, under the writer lock, with no wait on the
+//!   made at each flush, under the writer lock, with no wait on the
 //!   network while it is held.
 
 use std::collections::VecDeque;
@@ -815,14 +821,17 @@ impl<'a> Walk<'a> {
         self.plans.shrink_to_fit();
         let mut report = std::mem::take(&mut self.report);
         // The changes of kept plans (takes, all of them) stay with them.
+        // Until an apply drops some, the two lists are the same changes in
+        // the same order; the wire one has the paths as bytes.
         if !self.plans.is_empty() {
             let paths: std::collections::HashSet<&[u8]> = (self.plans.iter())
                 .filter_map(|p| if let Plan::Take(t) = p { Some(&t.logical[..]) } else { None })
                 .collect();
-            let (waiting, now) = report.changes.into_iter().partition(|c| paths.contains(c.path.as_bytes()));
-            (self.report.changes, report.changes) = (waiting, now);
-            let (waiting, now) = report.wire.into_iter().partition(|c| paths.contains(&c.path[..]));
-            (self.report.wire, report.wire) = (waiting, now);
+            debug_assert_eq!(report.changes.len(), report.wire.len());
+            let (waiting, now): (Vec<_>, Vec<_>) =
+                report.changes.into_iter().zip(report.wire).partition(|(_, w)| paths.contains(&w.path[..]));
+            (self.report.changes, self.report.wire) = waiting.into_iter().unzip();
+            (report.changes, report.wire) = now.into_iter().unzip();
         }
         self.kept = self.plans.iter().map(Plan::footprint).sum::<usize>()
             + self.report.changes.iter().map(|c| change_footprint(c.path.as_bytes())).sum::<usize>();
