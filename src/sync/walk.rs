@@ -488,7 +488,7 @@ async fn pass(
     let mut everywhere = hash == tree;
     let mut may_rewalk = !initiated;
     loop {
-        let mut walk = Walk::new(node, peer, g, gi, dry_run, initiated, everywhere, may_rewalk);
+        let mut walk = Walk::new(node, peer, gi, Mode { dry_run, initiated, everywhere, may_rewalk });
         match walk.run(top.clone()).await? {
             Walked::Done => {
                 let mut report = walk.done;
@@ -537,18 +537,28 @@ fn plan_flush_bytes() -> usize {
     })
 }
 
-struct Walk<'a> {
-    node: &'a Arc<Node>,
-    peer: &'a Arc<Peer>,
-    g: &'a ResolvedGroup,
-    gi: usize,
+/// How one walk runs.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// Decide and report only (SPEC §3): nothing is checked, recorded or
+    /// applied.
     dry_run: bool,
+    /// This node runs the sync (for `auto first`); else a peer asked it to
+    /// pull.
     initiated: bool,
     /// Descend into every directory live on both sides, equal trees too.
     everywhere: bool,
     /// Nothing is applied yet and the walk may be made again if the
     /// pulled side's check finds a local change.
     may_rewalk: bool,
+}
+
+struct Walk<'a> {
+    node: &'a Arc<Node>,
+    peer: &'a Arc<Peer>,
+    g: &'a ResolvedGroup,
+    gi: usize,
+    mode: Mode,
     /// Plans not applied yet: those decided since the last flush, and the
     /// deletions and directory replacements kept for the last one.
     plans: Vec<Plan>,
@@ -701,26 +711,13 @@ fn descend(
 }
 
 impl<'a> Walk<'a> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        node: &'a Arc<Node>,
-        peer: &'a Arc<Peer>,
-        g: &'a ResolvedGroup,
-        gi: usize,
-        dry_run: bool,
-        initiated: bool,
-        everywhere: bool,
-        may_rewalk: bool,
-    ) -> Self {
+    fn new(node: &'a Arc<Node>, peer: &'a Arc<Peer>, gi: usize, mode: Mode) -> Self {
         Walk {
             node,
             peer,
-            g,
+            g: &node.engine.groups[gi],
             gi,
-            dry_run,
-            initiated,
-            everywhere,
-            may_rewalk,
+            mode,
             plans: Vec::new(),
             edits: Edits::default(),
             report: GroupReport::default(),
@@ -776,10 +773,10 @@ impl<'a> Walk<'a> {
     /// applied, nothing is and the walk is made again (once).
     async fn flush(&mut self, last: bool) -> Result<Walked, SyncError> {
         let goes = |p: &Plan| last || !p.waits_for_last();
-        if !self.dry_run {
+        if !self.mode.dry_run {
             let node = self.node;
             let writer = node.engine.store.writer().await;
-            if !self.initiated {
+            if !self.mode.initiated {
                 let paths = self.plans.iter().filter(|p| goes(p)).filter_map(Plan::local_path).cloned().collect();
                 let paths = super::apply::minimal(paths);
                 if !paths.is_empty() {
@@ -798,7 +795,7 @@ impl<'a> Walk<'a> {
                         )
                     })?;
                     self.peer.actions.add_check(&node.engine.groups, &checked);
-                    if checked.groups.iter().any(|c| c.changed) && self.may_rewalk {
+                    if checked.groups.iter().any(|c| c.changed) && self.mode.may_rewalk {
                         return Ok(Walked::Again);
                     }
                 }
@@ -810,7 +807,7 @@ impl<'a> Walk<'a> {
             let (group, peer) = (&self.g.name, &self.peer.host);
             tokio::task::block_in_place(|| edits.commit(&node.engine, &writer, group, peer, &mut self.plans))?;
             drop(writer);
-            self.may_rewalk = false;
+            self.mode.may_rewalk = false;
         }
         // A dry run makes no edits (SPEC §3: read-only) and drops its
         // plans here, keeping what they report.
@@ -836,7 +833,7 @@ impl<'a> Walk<'a> {
         self.kept = self.plans.iter().map(Plan::footprint).sum::<usize>()
             + self.report.changes.iter().map(|c| change_footprint(c.path.as_bytes())).sum::<usize>();
         self.held = self.kept;
-        if !self.dry_run {
+        if !self.mode.dry_run {
             report.generation = Apply::new(self.node, self.peer, self.gi).run(go, &self.plans, &mut report).await?;
         }
         self.done.append(report);
@@ -1110,7 +1107,7 @@ impl<'a> Walk<'a> {
         let keeps_over_peer_dir = matches!(decision, Decision::KeepLocal | Decision::Conflict(_))
             && !self.g.local.receive_only
             && matches!((dir_state(l), dir_state(r)), (Some(true), Some(false)) | (Some(false), Some(true)));
-        let go_down = descend(l, r, taken, self.everywhere) || keeps_over_peer_dir;
+        let go_down = descend(l, r, taken, self.mode.everywhere) || keeps_over_peer_dir;
         // A directory that loses a settled type-change conflict: here (the
         // peer's file, symlink or deletion is taken), or there (this side
         // keeps its file or symlink; the peer's directory is listed so
@@ -1132,7 +1129,7 @@ impl<'a> Walk<'a> {
         let dead_dir = r.is_some_and(|r| r.deleted && r.body.kind() == Kind::Dir);
         let relay = !live_dir(l)
             && !live_dir(taken)
-            && ((replacement && (taken.is_some() || (self.everywhere && decision == Decision::InSync)))
+            && ((replacement && (taken.is_some() || (self.mode.everywhere && decision == Decision::InSync)))
                 || (dead_dir && self.relayed.contains(dir)));
         let mut go_down = go_down;
         if (loses_here || loses_there)
@@ -1192,7 +1189,7 @@ impl<'a> Walk<'a> {
         let remote_is_left = g.is_left_of_local(&self.peer.host);
         let lv = l.map(|x| x.version.clone()).unwrap_or_default();
         let rv = r.map(|x| x.version.clone()).unwrap_or_default();
-        match resolve(kind, l, r, g.auto, remote_is_left, self.initiated) {
+        match resolve(kind, l, r, g.auto, remote_is_left, self.mode.initiated) {
             Some(Resolution::TakeRemote) => {
                 let version = self.settled(&lv, &over_dir(&rv, r, l));
                 let r = r.cloned().unwrap_or_else(|| absent_like(l.expect("one side has a record")));
