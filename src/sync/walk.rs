@@ -134,6 +134,7 @@ impl GroupReport {
     /// [`MAX_REPORTED_CHANGES`] other than conflicts are listed, and counts
     /// the rest.
     fn append(&mut self, later: GroupReport) {
+        self.add_counts(&later);
         let real = |a: ChangeAction| a != ChangeAction::Conflict;
         let mut listed = self.changes.iter().filter(|c| real(c.action)).count();
         for c in later.changes {
@@ -153,9 +154,14 @@ impl GroupReport {
                 self.wire.push(c);
             }
         }
-        self.more_changes += later.more_changes;
         self.conflicts.extend(later.conflicts);
         self.problems.extend(later.problems);
+    }
+
+    /// Adds what `later` counted, and takes its generation if it recorded
+    /// one.
+    fn add_counts(&mut self, later: &GroupReport) {
+        self.more_changes += later.more_changes;
         self.dirs_listed += later.dirs_listed;
         self.chunks_fetched += later.chunks_fetched;
         self.bytes_fetched += later.bytes_fetched;
@@ -166,19 +172,13 @@ impl GroupReport {
 
     /// Adds what a later reconcile with the same peer did.
     pub fn absorb(&mut self, later: GroupReport) {
+        self.add_counts(&later);
         for c in later.changes {
             self.changes.retain(|x| x.path != c.path);
             self.changes.push(c);
         }
-        self.more_changes += later.more_changes;
         self.conflicts = later.conflicts;
         self.problems.extend(later.problems);
-        self.dirs_listed += later.dirs_listed;
-        self.chunks_fetched += later.chunks_fetched;
-        self.bytes_fetched += later.bytes_fetched;
-        self.chunks_local += later.chunks_local;
-        self.settled += later.settled;
-        self.generation = later.generation.or(self.generation);
         self.in_sync = later.in_sync;
         self.wire.extend(later.wire);
     }
