@@ -139,6 +139,20 @@ pub fn encode_into(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(data);
 }
 
+/// `raw`, a chunk's raw stored form ([`TAG_RAW`], then its bytes),
+/// compressed when that makes it smaller: [`encode`] for a chunk already
+/// read into that form, without copying the bytes of one that does not
+/// shrink.
+pub fn compressed(raw: Vec<u8>) -> Vec<u8> {
+    debug_assert_eq!(raw.first(), Some(&TAG_RAW), "not a raw stored form");
+    let mut out = Vec::new();
+    if raw.len() > MIN_COMPRESS && compress_into(&raw[1..], &mut out) {
+        out.shrink_to_fit();
+        return out;
+    }
+    raw
+}
+
 /// Writes the zstd stored form of `data` into the empty `out`; false when
 /// compression failed or did not shrink the chunk.
 fn compress_into(data: &[u8], out: &mut Vec<u8>) -> bool {
@@ -417,6 +431,10 @@ mod tests {
         ) {
             let stored = encode(&data);
             prop_assert!(stored.len() <= data.len() + 1);
+            // From the raw form, the same stored form.
+            let mut raw = vec![TAG_RAW];
+            raw.extend_from_slice(&data);
+            prop_assert_eq!(&compressed(raw), &stored);
             prop_assert_eq!(decode(&Hash::of(&data), &stored).unwrap(), data);
         }
 

@@ -91,15 +91,32 @@ pub fn read_checked(f: &File, off: u64, c: &crate::chunk::ChunkRef) -> Option<Ve
     (Hash::of(&buf) == c.hash).then_some(buf)
 }
 
+/// [`read_checked`], returned in the chunk's raw stored form
+/// ([`crate::chunk::TAG_RAW`], then the bytes), ready to send.
+pub fn read_checked_raw(f: &File, off: u64, c: &crate::chunk::ChunkRef) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(1 + c.len as usize);
+    buf.push(crate::chunk::TAG_RAW);
+    read_at_into(f, off, c.len as usize, &mut buf).ok()?;
+    (Hash::of(&buf[1..]) == c.hash).then_some(buf)
+}
+
 /// Exactly `len` bytes of `f` at offset `off`, read into a buffer that is
 /// not zeroed first (chunks are read by the gigabyte; zeroing each buffer
 /// cost as much as a copy).
 pub fn read_at(f: &File, off: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    while buf.len() < len {
+    let mut buf = Vec::with_capacity(len);
+    read_at_into(f, off, len, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_at`], appending to `buf`.
+fn read_at_into(f: &File, off: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    let (start, end) = (buf.len(), buf.len() + len);
+    buf.reserve_exact(len);
+    while buf.len() < end {
         let have = buf.len();
-        let at = off + have as u64;
-        let spare = &mut buf.spare_capacity_mut()[..len - have];
+        let at = off + (have - start) as u64;
+        let spare = &mut buf.spare_capacity_mut()[..end - have];
         // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by
         // `buf`; pread writes at most that many bytes into it and returns
         // how many it wrote, which are then initialised.
@@ -116,7 +133,7 @@ pub fn read_at(f: &File, off: u64, len: usize) -> io::Result<Vec<u8>> {
             n => unsafe { buf.set_len(buf.len() + n as usize) },
         }
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// Why a built file was not placed.
@@ -913,6 +930,22 @@ mod tests {
         assert_eq!(read_at(&f, 1000, 70_000).unwrap(), &data[1000..71_000]);
         assert_eq!(read_at(&f, 100_000, 0).unwrap(), b"");
         assert_eq!(read_at(&f, 99_000, 2000).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_checked_chunk_reads_in_its_raw_stored_form() {
+        let d = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(d.path().join("f"), &data).unwrap();
+        let f = File::open(d.path().join("f")).unwrap();
+        let part = &data[1000..71_000];
+        let c = crate::chunk::ChunkRef { hash: Hash::of(part), len: part.len() as u32 };
+        let raw = read_checked_raw(&f, 1000, &c).unwrap();
+        assert_eq!(crate::chunk::decode(&c.hash, &raw).unwrap(), part);
+        assert_eq!(raw.len(), 1 + part.len());
+        // Bytes that do not hash to the name, or a range past the end.
+        assert_eq!(read_checked_raw(&f, 1001, &c), None);
+        assert_eq!(read_checked_raw(&f, 40_000, &c), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! docs/protocol.md describes the messages and the rules; this module and
 //! [`crate::sync`] are their implementation.
 
+mod cpu;
 mod kept;
 mod peek;
 mod server;
@@ -29,6 +30,7 @@ mod session;
 
 pub use crate::node::{Node, Stats};
 pub use crate::sync::{ChangeReport, GroupReport, SyncError};
+pub use cpu::COMPRESS_ENV;
 pub use kept::KeptSessions;
 pub use peek::{DiffReport, MAX_PEEK_BYTES, PeekSide, PeerPeek, diff};
 pub use server::PAUSE_ENV;

@@ -372,8 +372,8 @@ struct ChunkFrame {
     stored: Arc<Vec<u8>>,
 }
 
-/// Reads the wanted chunks of `files`, sending each as a `Chunk` frame;
-/// returns those it could not send.
+/// Reads the wanted chunks of `files`, sending each as a `Chunk` frame
+/// ([`read_one`]); returns those it could not send.
 fn read_chunks(
     node: &Node,
     gi: usize,
@@ -401,12 +401,12 @@ fn read_chunks(
             if sent.contains(h) {
                 continue;
             }
-            // Encoded once for every peer that asks while it is cached.
+            // Read once for every peer that asks while it is cached.
             let data = match node.encoded.get(h) {
                 Some(stored) => Some(stored),
                 None => match (&rec, &local) {
-                    (Some(rec), Some(local)) => read_one(store, rec, h, local, &mut file).map(|d| {
-                        let stored = Arc::new(crate::chunk::encode(&d));
+                    (Some(rec), Some(local)) => read_one(store, rec, h, local, &mut file).map(|stored| {
+                        let stored = Arc::new(stored);
                         node.encoded.put(*h, Arc::clone(&stored));
                         stored
                     }),
@@ -458,7 +458,9 @@ fn pause_for_tests() {
     }
 }
 
-/// One chunk's bytes, checked: from the chunk store, else from the file.
+/// One chunk's stored form, to send, checked: from the chunk store as it
+/// is stored there, else read from the file and compressed if this host
+/// has processor time to spare (`cpu.rs`).
 fn read_one(
     store: Option<&crate::store::ChunkStore>,
     rec: &EntryRecord,
@@ -468,13 +470,14 @@ fn read_one(
 ) -> Option<Vec<u8>> {
     if let Some(cs) = store
         && rec.stored
-        && let Ok(d) = cs.get(hash)
+        && let Ok(stored) = cs.get_stored(hash)
     {
-        return Some(d);
+        return Some(stored);
     }
     let (offset, c) = crate::chunk::offset_of(&rec.chunks, hash)?;
     if file.is_none() {
         *file = crate::fs::open_nofollow(local).ok();
     }
-    crate::fs::read_checked(file.as_ref()?, offset, c)
+    let raw = crate::fs::read_checked_raw(file.as_ref()?, offset, c)?;
+    Some(if super::cpu::room_to_compress() { crate::chunk::compressed(raw) } else { raw })
 }

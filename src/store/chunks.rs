@@ -247,19 +247,36 @@ impl ChunkStore {
 
     /// Reads a chunk back, decompressed and verified against its hash.
     pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
-        let corrupt = |why: String| StoreError::Corrupt { path: self.path.clone(), what: format!("chunk {hash}"), why };
-        let stored = match self.h().chunks.get(hash.as_bytes()) {
-            Ok(v) => v.ok_or_else(|| corrupt("missing".into()))?,
+        let stored = self.get_unchecked(hash)?;
+        crate::chunk::decode(hash, &stored).map_err(|e| self.corrupt(hash, e.to_string()))
+    }
+
+    /// Reads a chunk back in its stored form, to send as it is; it is
+    /// decoded and verified against its hash first, so that a damaged
+    /// chunk is found here, not by the peer.
+    pub fn get_stored(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        let stored = self.get_unchecked(hash)?;
+        crate::chunk::decode(hash, &stored).map_err(|e| self.corrupt(hash, e.to_string()))?;
+        Ok(stored.to_vec())
+    }
+
+    fn corrupt(&self, hash: &Hash, why: String) -> StoreError {
+        StoreError::Corrupt { path: self.path.clone(), what: format!("chunk {hash}"), why }
+    }
+
+    /// A chunk's stored form, not checked.
+    fn get_unchecked(&self, hash: &Hash) -> Result<fjall::Slice, StoreError> {
+        match self.h().chunks.get(hash.as_bytes()) {
+            Ok(v) => v.ok_or_else(|| self.corrupt(hash, "missing".into())),
             // The index still finds the key: only this chunk's value (in a
             // blob file) is damaged. That is one damaged chunk, as one that
             // fails its hash (`verify --repair` drops it), not a reason to
             // give up the whole store.
             Err(e) if super::is_damage(&e) && self.h().chunks.contains_key(hash.as_bytes()).is_ok() => {
-                return Err(corrupt(e.to_string()));
+                Err(self.corrupt(hash, e.to_string()))
             }
-            Err(e) => return Err(self.err(e)),
-        };
-        crate::chunk::decode(hash, &stored).map_err(|e| corrupt(e.to_string()))
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     /// Makes every chunk written so far durable. A database poisoned
@@ -317,5 +334,32 @@ impl ChunkStore {
             done => done,
         };
         done.map_err(|e| self.write_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_reads_back_decoded_or_as_stored_and_checked_either_way() {
+        let d = tempfile::tempdir().unwrap();
+        let cs = ChunkStore::open(&d.path().join("chunks")).unwrap();
+        let text = b"stored as it is, then sent as it is; ".repeat(400);
+        let hash = Hash::of(&text);
+        cs.put(&hash, &text).unwrap();
+        assert_eq!(cs.get(&hash).unwrap(), text);
+        let stored = cs.get_stored(&hash).unwrap();
+        assert_eq!(stored, crate::chunk::encode(&text));
+        assert_eq!(stored[0], crate::chunk::TAG_ZSTD, "text is kept compressed");
+        // A value that does not decode to its name is found on either read.
+        let other = Hash::of(b"other");
+        cs.write(|h| h.chunks.insert(other.as_bytes(), &stored[..])).unwrap();
+        for e in [cs.get(&other).unwrap_err(), cs.get_stored(&other).unwrap_err()] {
+            assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(&other.to_string()), "{e}");
+        }
+        let absent = Hash::of(b"absent");
+        assert!(cs.get_stored(&absent).unwrap_err().to_string().contains("missing"));
     }
 }

@@ -103,6 +103,44 @@ fn sync_one_byte_edit_fetches_about_one_chunk() {
     c.assert_all_same();
 }
 
+/// Chunks read from a file travel compressed while the sending host has
+/// processor time to spare, raw while it has none (src/peer/cpu.rs; the
+/// test hook fixes which): 1 MiB of text pulled from A, which always has
+/// room, arrives in far fewer bytes than from B, which never has.
+#[test]
+fn sync_compresses_chunks_only_with_processor_time_to_spare() {
+    let mut c = Cluster::new(2);
+    let hook = snapsync::peer::COMPRESS_ENV;
+    c.start_with_env("a", &[], &[(hook, "always")]);
+    c.start_with_env("b", &[], &[(hook, "never")]);
+    let text = |seed: u64| -> Vec<u8> {
+        let words = ["sync", "chunk", "peer", "tree", "store", "state"];
+        let mut out = Vec::with_capacity(MIB + 16);
+        let mut x = seed;
+        while out.len() < MIB {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            out.extend_from_slice(words[(x >> 33) as usize % words.len()].as_bytes());
+            out.push(b' ');
+        }
+        out.truncate(MIB);
+        out
+    };
+    let (from_a, from_b) = (text(1), text(2));
+    write(&c.path("a", "from-a.txt"), &from_a);
+    c.check("a");
+    let v = c.sync_ok_with("b", &["--peer", "a"]);
+    let fetched = pulled(&v, "a")["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched < MIB as u64 / 2, "{fetched} bytes fetched for 1 MiB of text, compressed: {v:#}");
+    assert_eq!(std::fs::read(c.path("b", "from-a.txt")).unwrap(), from_a);
+    write(&c.path("b", "from-b.txt"), &from_b);
+    c.check("b");
+    let v = c.sync_ok_with("a", &["--peer", "b"]);
+    let fetched = pulled(&v, "b")["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched > MIB as u64, "{fetched} bytes fetched for 1 MiB of text, raw: {v:#}");
+    assert_eq!(std::fs::read(c.path("a", "from-b.txt")).unwrap(), from_b);
+    c.assert_all_same();
+}
+
 /// What B's tree holds during a transfer: bytes allocated to part files,
 /// and the finished (non-temporary) files.
 fn progress(dir: &Path, staging: &Path) -> (u64, Vec<String>) {
