@@ -457,11 +457,15 @@ mod tests {
             let hash = Hash::of(&data);
             let mut stored = encode(&data);
             prop_assert_eq!(stored[0], TAG_ZSTD);
+            let intact = stored.clone();
             for (at, mask) in flips {
                 let i = 1 + at.index(stored.len() - 1);
                 stored[i] ^= mask;
             }
-            prop_assert!(decode(&hash, &stored).is_err());
+            // Two flips of one byte with one mask undo each other.
+            if stored != intact {
+                prop_assert!(decode(&hash, &stored).is_err());
+            }
             stored.truncate(cut.index(stored.len()));
             prop_assert!(decode(&hash, &stored).is_err());
         }
