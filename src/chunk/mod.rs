@@ -52,7 +52,9 @@ use serde::{Deserialize, Serialize};
 use crate::hash::Hash;
 
 pub use cut::{Chunks, STREAM_WINDOW, chunk_bytes, chunk_file, chunk_reader, chunks};
-pub use stored::{TAG_RAW, TAG_ZSTD, ZSTD_LEVEL, compressed, decode, decode_into, encode, encode_into};
+pub use stored::{
+    TAG_RAW, TAG_ZSTD, ZSTD_LEVEL, compressed, decode, decode_borrowed, decode_into, encode, encode_into,
+};
 
 /// Smallest chunk FastCDC cuts (except a file's last chunk).
 ///

@@ -179,6 +179,21 @@ pub fn decode(expected: &Hash, stored: &[u8]) -> Result<Vec<u8>, ChunkError> {
     Ok(out)
 }
 
+/// [`decode`], borrowing the bytes of a raw stored form rather than
+/// copying them (a received chunk is checked and then written once).
+pub fn decode_borrowed<'s>(expected: &Hash, stored: &'s [u8]) -> Result<std::borrow::Cow<'s, [u8]>, ChunkError> {
+    match stored.split_first() {
+        Some((&TAG_RAW, payload)) => {
+            if payload.len() > MAX_SIZE as usize {
+                return Err(ChunkError::TooLarge { hash: *expected, size: payload.len() as u64 });
+            }
+            verify(expected, payload)?;
+            Ok(std::borrow::Cow::Borrowed(payload))
+        }
+        _ => decode(expected, stored).map(std::borrow::Cow::Owned),
+    }
+}
+
 /// [`decode`] into `out` (cleared first). On error `out` is left empty.
 pub fn decode_into(expected: &Hash, stored: &[u8], out: &mut Vec<u8>) -> Result<(), ChunkError> {
     out.clear();
@@ -358,8 +373,11 @@ mod tests {
         let data = vec![0; MAX_SIZE as usize + 1];
         let mut stored = vec![TAG_RAW];
         stored.extend_from_slice(&data);
-        let err = decode(&Hash::of(&data), &stored).unwrap_err();
-        assert!(matches!(err, ChunkError::TooLarge { size, .. } if size == u64::from(MAX_SIZE) + 1), "{err:?}");
+        for err in
+            [decode(&Hash::of(&data), &stored).unwrap_err(), decode_borrowed(&Hash::of(&data), &stored).unwrap_err()]
+        {
+            assert!(matches!(err, ChunkError::TooLarge { size, .. } if size == u64::from(MAX_SIZE) + 1), "{err:?}");
+        }
     }
 
     #[test]
@@ -415,6 +433,10 @@ mod tests {
             decode(&hash, &stored),
             Err(ChunkError::HashMismatch { expected, .. }) if expected == hash
         ));
+        assert!(matches!(
+            decode_borrowed(&hash, &stored),
+            Err(ChunkError::HashMismatch { expected, .. }) if expected == hash
+        ));
 
         // Well-formed zstd of other bytes.
         let stored = encode(&text(5000));
@@ -435,6 +457,7 @@ mod tests {
             let mut raw = vec![TAG_RAW];
             raw.extend_from_slice(&data);
             prop_assert_eq!(&compressed(raw), &stored);
+            prop_assert_eq!(&*decode_borrowed(&Hash::of(&data), &stored).unwrap(), &data[..]);
             prop_assert_eq!(decode(&Hash::of(&data), &stored).unwrap(), data);
         }
 

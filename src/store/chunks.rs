@@ -230,9 +230,26 @@ impl ChunkStore {
         if self.has(hash)? {
             return Ok(0);
         }
-        let stored = crate::chunk::encode(data);
+        self.insert(hash, &crate::chunk::encode(data))
+    }
+
+    /// Stores a chunk received from a peer unless present: its stored form
+    /// `stored` as it is when compressed, else as [`ChunkStore::put`]
+    /// does. `stored` must decode to `data`, which must hash to `hash`
+    /// (the caller has just checked both).
+    pub fn put_received(&self, hash: &Hash, stored: &[u8], data: &[u8]) -> Result<u64, StoreError> {
+        if stored.first() != Some(&crate::chunk::TAG_ZSTD) {
+            return self.put(hash, data);
+        }
+        if self.has(hash)? {
+            return Ok(0);
+        }
+        self.insert(hash, stored)
+    }
+
+    fn insert(&self, hash: &Hash, stored: &[u8]) -> Result<u64, StoreError> {
+        self.write(|h| h.chunks.insert(hash.as_bytes(), stored))?;
         let n = stored.len() as u64;
-        self.write(|h| h.chunks.insert(hash.as_bytes(), &stored[..]))?;
         self.added.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
@@ -359,6 +376,18 @@ mod tests {
             assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
             assert!(e.to_string().contains(&other.to_string()), "{e}");
         }
+        // A chunk received compressed is kept as received; one received
+        // raw is compressed where that helps.
+        let text2 = b"received compressed, kept as it came; ".repeat(400);
+        let zstd = crate::chunk::encode(&text2);
+        assert!(cs.put_received(&Hash::of(&text2), &zstd, &text2).unwrap() == zstd.len() as u64);
+        assert_eq!(cs.get_stored(&Hash::of(&text2)).unwrap(), zstd);
+        let text3 = b"received raw, compressed to keep; ".repeat(400);
+        let mut raw = vec![crate::chunk::TAG_RAW];
+        raw.extend_from_slice(&text3);
+        cs.put_received(&Hash::of(&text3), &raw, &text3).unwrap();
+        assert_eq!(cs.get_stored(&Hash::of(&text3)).unwrap(), crate::chunk::encode(&text3));
+        assert_eq!(cs.put_received(&Hash::of(&text3), &raw, &text3).unwrap(), 0, "already kept");
         let absent = Hash::of(b"absent");
         assert!(cs.get_stored(&absent).unwrap_err().to_string().contains("missing"));
     }

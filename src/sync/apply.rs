@@ -1406,7 +1406,7 @@ async fn fetch_one(
             return Ok(());
         }
         if let Message::Chunk { hash, stored } = &reply {
-            let data = crate::chunk::decode(hash, stored).map_err(|e| SyncError::Proto {
+            let data = crate::chunk::decode_borrowed(hash, stored).map_err(|e| SyncError::Proto {
                 peer: peer.host.clone(),
                 source: proto::ProtoError::Mismatch { why: format!("chunk {}: {e}", hash.short()) },
             })?;
@@ -1417,8 +1417,9 @@ async fn fetch_one(
             Stats::add(&stats.bytes_received, stored.len() as u64);
             receiving.inc(data.len() as u64);
             if let Some(cs) = into.node.engine.chunk_store(into.gi) {
-                // Compressed and written: worth handing the worker off.
-                tokio::task::block_in_place(|| cs.put(hash, &data))?;
+                // Written, and compressed if it came raw: worth handing
+                // the worker off.
+                tokio::task::block_in_place(|| cs.put_received(hash, stored, &data))?;
             } else if let Some(pack) = into.pack
                 && let Err(e) = into.staging.put(pack, hash, &data)
             {
