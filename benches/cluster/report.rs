@@ -608,12 +608,15 @@ the rest ({}) is sending to and applying on b and c. ",
             let _ = write!(
                 s,
                 "Floors: read and hash {}, two copies {}. Every file snapsync places on b and c has its data synced \
-before the rename into place (SPEC §7); `cp -a` and rsync sync nothing. A profile of a receiver shows it bound by \
-placing files, not by the network: each batch's chunks arrive before the previous batch is placed, and each file \
-costs a create, a write, a `sync_file_range`, an `fsync` (shared with the others of its group), a rename and the \
-checks around it, about 0.3 ms, on two cores that the three nodes share (the CPU of each daemon is in the table \
-below). Closing it needs less kernel work per file (a create and rename for each file is the floor of the \
-atomic-replace rule) or fewer processes per core than this bench runs.",
+before the rename into place (SPEC §7); `cp -a` and rsync sync nothing. The three nodes share two cores, busy \
+through most of the transfer (the CPU of each daemon is in the table below), and the sender sends chunks \
+uncompressed while they are (src/peer/cpu.rs: compressing them cost more time than the bytes it saved). Profiles: the sender reads and hashes each chunk, \
+encrypts it for QUIC once per peer, and switches threads about once per chunk; each receiver decrypts, checks \
+each chunk's hash, writes it to its staging pack (about a tenth of its CPU) and again into the file, and each \
+file costs a create, a `sync_file_range`, an `fsync` (shared with the others of its group), a rename and the \
+checks around it. Closing it needs less kernel work per file (a create and rename for each file is the floor \
+of the atomic-replace rule), chunks written once (into the file, without the staging pack, while still \
+resuming an interrupted transfer), or fewer processes per core than this bench runs.",
                 secs(&fl["read_hash_s"]),
                 secs(&fl["copy_two_s"])
             );
@@ -661,15 +664,14 @@ before the peers are told. The no-walk no-change sync takes {}.",
             "{}a daemon's resident memory is mostly buffers and caches with bounds (docs/design.md): up \
 to 512 KiB not yet acknowledged on each stream answering a peer (four fetch streams and the listings asked ahead, \
 per peer), the 4 MiB cache of chunks encoded for peers (the chunk answers are written from it), the QUIC \
-endpoints' receive queues (2 MiB for the server, 1 MiB per connection opened), a compression context per thread \
-reading chunks, the database's 8 MiB block cache and an 8 MiB memtable per keyspace being written; a receiver \
-also holds the plan of every entry it takes until the apply. In a heap profile of the sender's first sync with \
+endpoints' receive queues (2 MiB for the server, 1 MiB per connection opened), up to one compression context \
+per CPU, the database's 8 MiB block cache and an 8 MiB memtable per keyspace being written; a receiver \
+also holds up to 32 MiB of plans before it applies them. In a heap profile of the sender's first sync with \
 1 MiB a stream, 17 MiB of its 53 MiB of heap at the peak were chunk frames in the streams' send buffers (halved \
 since), and 14 MiB of its resident set is the program's code. jemalloc (one arena, no per-thread caches) returns \
 freed memory 100 ms after it is freed. After the work, with the memtables flushed, each daemon holds the size in the last \
 column. Closing the gap for good needs the sender to hold less while it serves two peers at once: a send budget \
-per connection rather than per stream (the stream buffers), and fewer threads reading chunks at once (each holds \
-a compression context).",
+per connection rather than per stream (the stream buffers).",
             largest(ss)
         ),
         _ => "not analysed yet.".to_owned(),
