@@ -42,8 +42,9 @@ struct Ticks {
 }
 
 struct Gauge {
-    /// The last sample and when it was taken.
-    last: Mutex<Option<(Instant, Ticks)>>,
+    /// When the counters were last read, and what they were (`None`: not
+    /// readable).
+    last: Mutex<Option<(Instant, Option<Ticks>)>>,
     /// The verdict of the last interval.
     room: AtomicBool,
 }
@@ -68,15 +69,15 @@ pub fn room_to_compress() -> bool {
     if let Ok(mut last) = GAUGE.last.try_lock() {
         let now = Instant::now();
         if last.is_none_or(|(at, _)| now.duration_since(at) >= SAMPLE_EVERY) {
-            match read_ticks() {
-                Some(ticks) => {
-                    if let Some((_, before)) = *last {
-                        GAUGE.room.store(has_room(before, ticks), Ordering::Relaxed);
-                    }
-                    *last = Some((now, ticks));
-                }
-                None => GAUGE.room.store(true, Ordering::Relaxed),
+            let ticks = read_ticks();
+            match (last.and_then(|(_, before)| before), ticks) {
+                (Some(before), Some(after)) => GAUGE.room.store(has_room(before, after), Ordering::Relaxed),
+                // Not readable: compress, and read again at the next interval.
+                (_, None) => GAUGE.room.store(true, Ordering::Relaxed),
+                // The first reading: the verdict comes with the next one.
+                (None, Some(_)) => {}
             }
+            *last = Some((now, ticks));
         }
     }
     GAUGE.room.load(Ordering::Relaxed)
