@@ -30,8 +30,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// During a CPU-bound transfer the idle share stays below 5%.
 pub const ROOM: f64 = 0.15;
 
-/// Test hook: `always` or `never` fixes the choice [`room_to_compress`]
-/// makes; read once.
+/// Test hook: `always` or `never` fixes whether chunks read from files
+/// are compressed for peers; read once.
 pub const COMPRESS_ENV: &str = "SNAPSYNC_WIRE_COMPRESS";
 
 /// The processors' counters at one time: idle and total ticks.
