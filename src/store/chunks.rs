@@ -273,7 +273,7 @@ impl ChunkStore {
     /// chunk is found here, not by the peer.
     pub fn get_stored(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
         let stored = self.get_unchecked(hash)?;
-        crate::chunk::decode(hash, &stored).map_err(|e| self.corrupt(hash, e.to_string()))?;
+        crate::chunk::decode_borrowed(hash, &stored).map_err(|e| self.corrupt(hash, e.to_string()))?;
         Ok(stored.to_vec())
     }
 
@@ -380,7 +380,7 @@ mod tests {
         // raw is compressed where that helps.
         let text2 = b"received compressed, kept as it came; ".repeat(400);
         let zstd = crate::chunk::encode(&text2);
-        assert!(cs.put_received(&Hash::of(&text2), &zstd, &text2).unwrap() == zstd.len() as u64);
+        assert_eq!(cs.put_received(&Hash::of(&text2), &zstd, &text2).unwrap(), zstd.len() as u64);
         assert_eq!(cs.get_stored(&Hash::of(&text2)).unwrap(), zstd);
         let text3 = b"received raw, compressed to keep; ".repeat(400);
         let mut raw = vec![crate::chunk::TAG_RAW];
