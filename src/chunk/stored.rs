@@ -184,9 +184,7 @@ pub fn decode(expected: &Hash, stored: &[u8]) -> Result<Vec<u8>, ChunkError> {
 pub fn decode_borrowed<'s>(expected: &Hash, stored: &'s [u8]) -> Result<std::borrow::Cow<'s, [u8]>, ChunkError> {
     match stored.split_first() {
         Some((&TAG_RAW, payload)) => {
-            if payload.len() > MAX_SIZE as usize {
-                return Err(ChunkError::TooLarge { hash: *expected, size: payload.len() as u64 });
-            }
+            let payload = raw_payload(*expected, payload)?;
             verify(expected, payload)?;
             Ok(std::borrow::Cow::Borrowed(payload))
         }
@@ -212,15 +210,20 @@ fn decode_unchecked(hash: &Hash, stored: &[u8], out: &mut Vec<u8>) -> Result<(),
     };
     match tag {
         TAG_RAW => {
-            if payload.len() > MAX_SIZE as usize {
-                return Err(ChunkError::TooLarge { hash, size: payload.len() as u64 });
-            }
-            out.extend_from_slice(payload);
+            out.extend_from_slice(raw_payload(hash, payload)?);
             Ok(())
         }
         TAG_ZSTD => decompress_into(hash, payload, out),
         tag => Err(ChunkError::BadTag { hash, tag }),
     }
+}
+
+/// The payload of a raw stored form, if no longer than a chunk may be.
+fn raw_payload(hash: Hash, payload: &[u8]) -> Result<&[u8], ChunkError> {
+    if payload.len() > MAX_SIZE as usize {
+        return Err(ChunkError::TooLarge { hash, size: payload.len() as u64 });
+    }
+    Ok(payload)
 }
 
 /// Decompresses `payload` into the empty `out`, producing at most
